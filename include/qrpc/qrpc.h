@@ -1,0 +1,14 @@
+/*
+ * qrpc: RPC and messaging over QUIC. Include this one header.
+ */
+#ifndef QRPC_QRPC_H
+#define QRPC_QRPC_H
+
+#include "qrpc/error.h"
+#include "qrpc/log.h"
+#include "qrpc/loop.h"
+#include "qrpc/quic.h"
+#include "qrpc/tls.h"
+#include "qrpc/version.h"
+
+#endif

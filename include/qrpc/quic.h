@@ -1,0 +1,293 @@
+/*
+ * The QUIC transport: endpoints, connections, raw streams and datagrams.
+ *
+ * A server is a qrpc_endpoint bound to a UDP address; it accepts
+ * connections and reports each one to the application once its handshake
+ * has completed. A client connection is made with qrpc_conn_connect(); it
+ * owns its own UDP socket.
+ *
+ * Threading: every function here must be called on the thread running the
+ * loop the object belongs to. Callbacks fire on that thread.
+ *
+ * Lifetime: a connection's on_closed callback fires exactly once, and is the
+ * last callback for that connection; the handle must not be used after it
+ * returns. A stream's on_closed callback is likewise its last. Data passed to
+ * a callback is borrowed for the duration of the callback.
+ *
+ * Reentrancy: from inside any callback the application may write to
+ * streams, open streams, send datagrams and close streams or connections;
+ * freeing an endpoint from inside one of its own callbacks is not allowed.
+ */
+#ifndef QRPC_QUIC_H
+#define QRPC_QUIC_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "qrpc/loop.h"
+#include "qrpc/tls.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct qrpc_endpoint qrpc_endpoint;
+typedef struct qrpc_conn qrpc_conn;
+typedef struct qrpc_stream qrpc_stream;
+
+/* Why a connection closed. */
+typedef enum qrpc_close_kind {
+  QRPC_CLOSE_APPLICATION = 0, /* an application error code (0 = orderly) */
+  QRPC_CLOSE_TRANSPORT = 1,   /* a QUIC transport error code */
+  QRPC_CLOSE_IDLE = 2,        /* idle timeout; nothing was sent */
+  QRPC_CLOSE_HANDSHAKE_TIMEOUT = 3,
+  QRPC_CLOSE_TLS = 4,         /* handshake failed; code is the TLS alert */
+  QRPC_CLOSE_ENDPOINT = 5,    /* the endpoint or loop was freed */
+  QRPC_CLOSE_ERROR = 6,       /* a local failure (socket, memory) */
+} qrpc_close_kind;
+
+typedef struct qrpc_close_info {
+  qrpc_close_kind kind;
+  int local;        /* 1: this side closed; 0: the peer did */
+  uint64_t code;    /* application, transport or TLS alert code */
+  int error;        /* the matching QRPC_E* value, 0 for an orderly close */
+  const char *reason; /* NUL-terminated, possibly empty; borrowed */
+} qrpc_close_info;
+
+typedef struct qrpc_conn_stats {
+  uint64_t smoothed_rtt_ns;
+  uint64_t min_rtt_ns;
+  uint64_t latest_rtt_ns;
+  uint64_t cwnd;
+  uint64_t bytes_in_flight;
+  uint64_t bytes_sent;      /* UDP payload bytes */
+  uint64_t bytes_recv;
+  uint64_t pkts_sent;       /* QUIC packets */
+  uint64_t pkts_recv;
+  uint64_t datagrams_sent;
+  uint64_t datagrams_recv;
+  uint64_t datagrams_lost;
+} qrpc_conn_stats;
+
+/* ---- Stream callbacks ------------------------------------------------- */
+
+typedef struct qrpc_stream_callbacks {
+  /* Bytes arrived in order. fin is 1 once the peer has finished sending
+   * (len may then be 0). Not called while reading is paused. */
+  void (*on_read)(qrpc_stream *s, const uint8_t *data, size_t len, int fin,
+                  void *user_data);
+  /* The peer reset its sending side with an application error code. */
+  void (*on_reset)(qrpc_stream *s, uint64_t app_error, void *user_data);
+  /* The peer asked us to stop sending (STOP_SENDING); further writes fail
+   * with QRPC_ERESET. */
+  void (*on_stop_sending)(qrpc_stream *s, uint64_t app_error,
+                          void *user_data);
+  /* Buffered outgoing bytes fell below the low watermark after a write
+   * returned QRPC_EAGAIN. */
+  void (*on_writable)(qrpc_stream *s, void *user_data);
+  /* The peer acknowledged every byte up to offset (bytes written so far,
+   * not counting the stream header). Optional. */
+  void (*on_acked)(qrpc_stream *s, uint64_t offset, void *user_data);
+  /* The stream is gone (both directions done, reset, or connection closed).
+   * error is 0 after an orderly finish, else a QRPC_E* value. Last
+   * callback for the stream; the handle is invalid after it returns. */
+  void (*on_closed)(qrpc_stream *s, int error, void *user_data);
+} qrpc_stream_callbacks;
+
+/* ---- Connection callbacks --------------------------------------------- */
+
+typedef struct qrpc_conn_callbacks {
+  /* The handshake completed. On servers this is the first callback for a
+   * connection: it is the accept. */
+  void (*on_established)(qrpc_conn *c, void *user_data);
+  /* The peer opened a raw stream named name (name_len bytes, not
+   * NUL-terminated, borrowed). Set the stream's callbacks with
+   * qrpc_stream_set_callbacks() before returning, or the stream is reset.
+   * Without this callback peer raw streams are reset. */
+  void (*on_stream)(qrpc_conn *c, qrpc_stream *s, const char *name,
+                    size_t name_len, void *user_data);
+  /* A QUIC datagram arrived (borrowed bytes). */
+  void (*on_datagram)(qrpc_conn *c, const uint8_t *data, size_t len,
+                      void *user_data);
+  /* The peer's address changed (migration or NAT rebinding). */
+  void (*on_path_changed)(qrpc_conn *c, void *user_data);
+  /* The connection is closed. Exactly once; the last callback. */
+  void (*on_closed)(qrpc_conn *c, const qrpc_close_info *info,
+                    void *user_data);
+} qrpc_conn_callbacks;
+
+/* ---- Options ---------------------------------------------------------- */
+
+/* Options shared by servers and clients. Always initialise with
+ * qrpc_conn_opts_default() so fields added later get their defaults. */
+typedef struct qrpc_conn_opts {
+  size_t size; /* sizeof(qrpc_conn_opts), set by the default function */
+  uint64_t idle_timeout_ms;      /* default 30000 */
+  uint64_t handshake_timeout_ms; /* default 10000 */
+  uint64_t max_streams_bidi;     /* streams the peer may open; default 100 */
+  uint64_t stream_window;        /* receive window per stream; default 1 MiB */
+  uint64_t conn_window;          /* receive window per connection; 16 MiB */
+  size_t stream_send_buffer;     /* high watermark of buffered writes; 1 MiB */
+  int enable_datagrams;          /* default 1 */
+  size_t datagram_queue_len;     /* datagrams waiting to be sent; 1024 */
+  const char *qlog_dir; /* if set, write <dir>/<cid>.sqlog per connection */
+} qrpc_conn_opts;
+
+void qrpc_conn_opts_default(qrpc_conn_opts *o);
+
+typedef struct qrpc_endpoint_opts {
+  size_t size;
+  qrpc_conn_opts conn;     /* per-connection settings */
+  size_t max_connections;  /* established + handshaking; default 10000 */
+  size_t max_handshakes;   /* half-open connections at once; default 1000 */
+  int validate_address;    /* send a stateless Retry first; default 0 */
+} qrpc_endpoint_opts;
+
+void qrpc_endpoint_opts_default(qrpc_endpoint_opts *o);
+
+typedef struct qrpc_endpoint_stats {
+  uint64_t accepted;     /* handshakes completed */
+  uint64_t handshake_failed;
+  uint64_t refused;      /* over a connection limit */
+  uint64_t retries_sent;
+  uint64_t version_negotiations_sent;
+  uint64_t packets_dropped; /* undecodable or for no connection */
+  uint64_t connections;     /* currently alive */
+} qrpc_endpoint_stats;
+
+/* ---- Server endpoint -------------------------------------------------- */
+
+/* Creates a server endpoint bound to addr ("127.0.0.1:4433", "[::1]:4433",
+ * port 0 picks a free one). tls must hold a certificate and key; it is
+ * referenced, not copied. cbs is copied; user_data is passed to every
+ * connection callback until qrpc_conn_set_user_data() changes it for one
+ * connection. opts may be NULL for defaults.
+ * Errors: QRPC_EINVAL (bad address or options), QRPC_ETLS (no
+ * certificate), QRPC_EADDRINUSE, QRPC_ESYSTEM, QRPC_ENOMEM. */
+int qrpc_endpoint_listen(qrpc_loop *loop, const char *addr,
+                         qrpc_tls_config *tls,
+                         const qrpc_endpoint_opts *opts,
+                         const qrpc_conn_callbacks *cbs, void *user_data,
+                         qrpc_endpoint **out);
+
+/* The bound address (port resolved when 0 was asked). */
+int qrpc_endpoint_local_addr(qrpc_endpoint *ep, struct sockaddr_storage *ss,
+                             socklen_t *len);
+/* The bound port. */
+uint16_t qrpc_endpoint_port(qrpc_endpoint *ep);
+
+void qrpc_endpoint_get_stats(qrpc_endpoint *ep, qrpc_endpoint_stats *st);
+
+/* Closes every connection abruptly (CONNECTION_CLOSE with NO_ERROR, no
+ * closing period), firing on_closed (kind QRPC_CLOSE_ENDPOINT, local) for
+ * each established one, then releases the socket and the endpoint. Not from
+ * inside a callback of this endpoint's connections. NULL is ignored. */
+void qrpc_endpoint_free(qrpc_endpoint *ep);
+
+/* ---- Client connections ----------------------------------------------- */
+
+/* Starts a connection to host:port ("localhost:4433", "[::1]:4433").
+ * Names are resolved without blocking the loop. server_name is used for SNI
+ * and certificate verification; NULL means the host part of addr. On
+ * success *out is valid at once and exactly one of on_established or
+ * on_closed follows, then on_closed eventually.
+ * Errors: QRPC_EINVAL, QRPC_ENOMEM, QRPC_ETLS. */
+int qrpc_conn_connect(qrpc_loop *loop, const char *addr,
+                      const char *server_name, qrpc_tls_config *tls,
+                      const qrpc_conn_opts *opts,
+                      const qrpc_conn_callbacks *cbs, void *user_data,
+                      qrpc_conn **out);
+
+/* ---- Connections ------------------------------------------------------ */
+
+void qrpc_conn_set_user_data(qrpc_conn *c, void *user_data);
+void *qrpc_conn_user_data(qrpc_conn *c);
+int qrpc_conn_is_server(qrpc_conn *c);
+int qrpc_conn_is_established(qrpc_conn *c);
+
+/* Addresses of the connection's current path (updated on migration).
+ * Errors: QRPC_ESTATE before an address is known. */
+int qrpc_conn_local_addr(qrpc_conn *c, struct sockaddr_storage *ss,
+                         socklen_t *len);
+int qrpc_conn_remote_addr(qrpc_conn *c, struct sockaddr_storage *ss,
+                          socklen_t *len);
+
+/* The negotiated ALPN ("qrpc/1"), or NULL before the handshake. Borrowed. */
+const char *qrpc_conn_alpn(qrpc_conn *c);
+
+/* The peer's certificate chain (peer first), or NULL with *count 0 if there
+ * is none. Borrowed; valid until on_closed returns. */
+const qrpc_cert *qrpc_conn_peer_certs(qrpc_conn *c, size_t *count);
+
+void qrpc_conn_get_stats(qrpc_conn *c, qrpc_conn_stats *st);
+
+/* Closes gracefully: no new streams; once every stream has finished and
+ * its data is acknowledged, or after timeout_ms, the connection closes with
+ * NO_ERROR. on_closed follows. Errors: QRPC_ECLOSED. */
+int qrpc_conn_shutdown(qrpc_conn *c, uint64_t timeout_ms);
+
+/* Closes now with application error app_error and reason (may be NULL;
+ * copied, truncated to 1000 bytes). Unsent data is discarded; on_closed
+ * fires before this returns. Errors: QRPC_ECLOSED. */
+int qrpc_conn_close(qrpc_conn *c, uint64_t app_error, const char *reason);
+
+/* ---- Datagrams -------------------------------------------------------- */
+
+/* The largest datagram payload that fits one packet on the current path
+ * and the peer's limit, or 0 if the peer did not enable datagrams. */
+size_t qrpc_conn_max_datagram_size(qrpc_conn *c);
+
+/* Sends an unreliable datagram (RFC 9221). The bytes are copied on
+ * success. It is queued until the congestion window lets it out.
+ * Errors: QRPC_ESTATE (handshake not finished), QRPC_ENODGRAM (the peer did
+ * not enable datagrams), QRPC_EMSGSIZE (over qrpc_conn_max_datagram_size),
+ * QRPC_ENOBUFS (send queue full), QRPC_ECLOSED, QRPC_ENOMEM. */
+int qrpc_conn_send_datagram(qrpc_conn *c, const void *data, size_t len);
+
+/* ---- Raw streams (PROTOCOL.md section 2) ------------------------------ */
+
+/* Opens a bidirectional raw stream named name (1..255 bytes of UTF-8).
+ * cbs is copied. The handle stays valid until its on_closed returns.
+ * Errors: QRPC_EINVAL (bad name), QRPC_ESTATE (handshake not finished or
+ * shutting down), QRPC_ELIMIT (the peer's stream limit is reached; retry
+ * when a stream closes), QRPC_ECLOSED, QRPC_ENOMEM. */
+int qrpc_stream_open(qrpc_conn *c, const char *name,
+                     const qrpc_stream_callbacks *cbs, void *user_data,
+                     qrpc_stream **out);
+
+/* Sets callbacks on a stream the peer opened (cbs is copied). */
+void qrpc_stream_set_callbacks(qrpc_stream *s, const qrpc_stream_callbacks *cbs,
+                               void *user_data);
+
+void *qrpc_stream_user_data(qrpc_stream *s);
+qrpc_conn *qrpc_stream_conn(qrpc_stream *s);
+int64_t qrpc_stream_id(qrpc_stream *s);
+
+/* Queues len bytes for sending; they are copied on success. Accepted while
+ * fewer than the connection's stream_send_buffer bytes are buffered (not yet
+ * acknowledged), else QRPC_EAGAIN and on_writable fires later.
+ * Errors: QRPC_EAGAIN, QRPC_ESTATE (already finished), QRPC_ERESET (the
+ * peer sent STOP_SENDING), QRPC_ECLOSED, QRPC_ENOMEM. */
+int qrpc_stream_write(qrpc_stream *s, const void *data, size_t len);
+
+/* Bytes written but not yet acknowledged by the peer. */
+size_t qrpc_stream_buffered(qrpc_stream *s);
+
+/* Finishes the sending side (FIN after the buffered bytes). Reading goes on
+ * until the peer finishes too. Errors: QRPC_ESTATE, QRPC_ECLOSED. */
+int qrpc_stream_finish(qrpc_stream *s);
+
+/* Aborts both directions with an application error code (RESET_STREAM and
+ * STOP_SENDING). on_closed follows. Errors: QRPC_ECLOSED. */
+int qrpc_stream_reset(qrpc_stream *s, uint64_t app_error);
+
+/* Pauses or resumes delivery to on_read. While paused, received bytes are
+ * held (at most the stream window) and no flow-control credit is returned,
+ * so the peer's writer slows down. */
+void qrpc_stream_pause_read(qrpc_stream *s, int paused);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

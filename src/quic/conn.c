@@ -1,0 +1,1056 @@
+/*
+ * QUIC connections on ngtcp2: callbacks, the write loop, timers and the
+ * close sequence. Shared by client connections and those a server endpoint
+ * accepts.
+ */
+#include <errno.h>
+#include <event2/dns.h>
+#include <gnutls/crypto.h>
+#include <ngtcp2/ngtcp2_crypto_gnutls.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qrpc/error.h"
+#include "quic/internal.h"
+#include "util/clock.h"
+#include "util/log.h"
+#include "util/varint.h"
+#include "wire/protocol.h"
+
+#define MAX_VECS 16
+#define AEAD_TAG_LEN 16
+#define CLIENT_DCID_LEN 18
+#define PEER_UNI_STREAMS 8 /* accepted only to be stopped (PROTOCOL.md 2) */
+/* RFC 9000 10.2: the closing and draining periods last three PTOs. */
+#define CLOSE_PERIOD_PTOS 3
+
+int qrpci_conn_rand(void *dest, size_t len) {
+  return gnutls_rnd(GNUTLS_RND_RANDOM, dest, len) == 0 ? 0 : QRPC_ESYSTEM;
+}
+
+void qrpc_conn_opts_default(qrpc_conn_opts *o) {
+  memset(o, 0, sizeof(*o));
+  o->size = sizeof(*o);
+  o->idle_timeout_ms = 30000;
+  o->handshake_timeout_ms = 10000;
+  o->max_streams_bidi = QRPCI_MIN_PEER_STREAMS_BIDI;
+  o->stream_window = 1 << 20;
+  o->conn_window = 16 << 20;
+  o->stream_send_buffer = 1 << 20;
+  o->enable_datagrams = 1;
+  o->datagram_queue_len = 1024;
+}
+
+static int opts_valid(const qrpc_conn_opts *o) {
+  return o->size == sizeof(*o) && o->stream_window > 0 &&
+         o->conn_window >= o->stream_window && o->stream_send_buffer > 0 &&
+         o->max_streams_bidi > 0 && o->datagram_queue_len > 0;
+}
+
+/* ---- Allocation ------------------------------------------------------- */
+
+static ngtcp2_conn *get_conn_cb(ngtcp2_crypto_conn_ref *ref) {
+  return ((qrpc_conn *)ref->user_data)->q;
+}
+
+qrpc_conn *qrpci_conn_alloc(qrpc_loop *loop, const qrpc_conn_opts *opts,
+                            const qrpc_conn_callbacks *cbs, void *user_data) {
+  qrpc_conn *c = calloc(1, sizeof(*c));
+  if (!c) return NULL;
+  c->loop = loop;
+  if (opts) {
+    c->opts = *opts;
+  } else {
+    qrpc_conn_opts_default(&c->opts);
+  }
+  if (!opts_valid(&c->opts)) {
+    free(c);
+    return NULL;
+  }
+  if (cbs) c->cbs = *cbs;
+  c->user_data = user_data;
+  c->ref.get_conn = get_conn_cb;
+  c->ref.user_data = c;
+  c->own_sock.fd = -1;
+  qrpci_list_init(&c->loop_node);
+  qrpci_list_init(&c->ep_node);
+  qrpci_list_init(&c->dirty_node);
+  qrpci_list_init(&c->streams);
+  qrpci_list_init(&c->sendq);
+  c->timer_expiry = UINT64_MAX;
+  qrpci_loop_add_conn(loop, c);
+  return c;
+}
+
+void qrpci_conn_free(qrpc_conn *c) {
+  if (c->dnsreq) {
+    /* Cancelling runs the resolver callback now, which sees DEAD. */
+    c->state = QRPCI_CONN_DEAD;
+    evdns_getaddrinfo_cancel(c->dnsreq);
+    c->dnsreq = NULL;
+  }
+  if (c->ep) qrpci_endpoint_conn_gone(c->ep, c);
+  qrpci_loop_remove_conn(c->loop, c);
+  if (c->timer) event_free(c->timer);
+  if (c->shutdown_ev) event_free(c->shutdown_ev);
+  if (c->read_ev) event_free(c->read_ev);
+  /* ngtcp2_conn_del() does not close streams, and it may still point into
+   * their send buffers, so it goes first. */
+  if (c->q) ngtcp2_conn_del(c->q);
+  while (!qrpci_list_empty(&c->streams))
+    qrpci_stream_free(
+        QRPCI_CONTAINER_OF(c->streams.next, qrpc_stream, node));
+  if (c->tls) gnutls_deinit(c->tls);
+  if (c->tlscfg) qrpc_tls_config_free(c->tlscfg);
+  qrpci_sock_close(&c->own_sock);
+  for (size_t i = 0; i < c->dgq_len; i++)
+    free(c->dgq[(c->dgq_head + i) % c->opts.datagram_queue_len]);
+  free(c->dgq);
+  free(c->close_pkt);
+  free(c->peer_certs);
+  free(c->peer_cert_data);
+  free(c->server_name);
+  free(c->host);
+  free(c->port);
+  if (c->qlog) fclose(c->qlog);
+  free(c);
+}
+
+/* ---- Close ------------------------------------------------------------ */
+
+void qrpci_conn_fire_closed(qrpc_conn *c) {
+  if (c->closed_fired) return;
+  c->closed_fired = 1;
+  for (qrpci_list *n = c->streams.next; n != &c->streams;) {
+    qrpc_stream *s = QRPCI_CONTAINER_OF(n, qrpc_stream, node);
+    n = n->next;
+    qrpci_stream_fire_closed(s, QRPC_ECLOSED);
+  }
+  if (c->is_server && !c->established_fired) {
+    /* The application never saw this connection. */
+    if (c->ep) c->ep->stats.handshake_failed++;
+    return;
+  }
+  c->close_info.reason = c->close_reason;
+  if (c->cbs.on_closed) c->cbs.on_closed(c, &c->close_info, c->user_data);
+}
+
+static void set_reason(qrpc_conn *c, const uint8_t *reason, size_t len) {
+  if (len > QRPCI_CLOSE_REASON_MAX) len = QRPCI_CLOSE_REASON_MAX;
+  if (reason && len) memcpy(c->close_reason, reason, len);
+  c->close_reason[len] = '\0';
+}
+
+static void set_info(qrpc_conn *c, qrpc_close_kind kind, int local,
+                     uint64_t code, int error, const char *reason) {
+  c->close_info.kind = kind;
+  c->close_info.local = local;
+  c->close_info.code = code;
+  c->close_info.error = error;
+  set_reason(c, (const uint8_t *)reason, reason ? strlen(reason) : 0);
+}
+
+static void mark_dead(qrpc_conn *c) {
+  c->state = QRPCI_CONN_DEAD;
+  qrpci_loop_mark_dirty(c->loop, c);
+}
+
+static void arm_close_period(qrpc_conn *c, qrpci_conn_state state) {
+  c->state = state;
+  uint64_t pto = ngtcp2_conn_get_pto(c->q);
+  struct timeval tv = qrpci_ns_to_tv(pto * CLOSE_PERIOD_PTOS);
+  evtimer_add(c->timer, &tv);
+  c->timer_expiry = UINT64_MAX;
+}
+
+static void send_packets(qrpc_conn *c, const ngtcp2_path *path,
+                         const uint8_t *data, size_t len, size_t seg) {
+  const struct sockaddr *to = path ? (const struct sockaddr *)path->remote.addr
+                                   : (const struct sockaddr *)&c->remote;
+  socklen_t tolen = path ? (socklen_t)path->remote.addrlen : c->remotelen;
+  qrpci_sock_send(c->sock, to, tolen, data, len, seg);
+  c->stats.bytes_sent += len;
+  c->stats.pkts_sent += seg ? (len + seg - 1) / seg : 1;
+}
+
+void qrpci_conn_close_now(qrpc_conn *c, const ngtcp2_ccerr *ccerr,
+                          int linger) {
+  if (c->state >= QRPCI_CONN_CLOSING) return;
+  if (c->busy) {
+    c->pending_close = 1;
+    c->pending_ccerr = *ccerr;
+    return;
+  }
+  if (!c->q) {
+    mark_dead(c);
+    return;
+  }
+  uint8_t buf[NGTCP2_MAX_UDP_PAYLOAD_SIZE];
+  ngtcp2_path_storage ps;
+  ngtcp2_path_storage_zero(&ps);
+  ngtcp2_pkt_info pi;
+  ngtcp2_ssize n = ngtcp2_conn_write_connection_close(
+      c->q, &ps.path, &pi, buf, sizeof(buf), ccerr, qrpci_now_ns());
+  if (n > 0) send_packets(c, &ps.path, buf, (size_t)n, 0);
+  if (n > 0 && linger && (c->close_pkt = malloc((size_t)n))) {
+    memcpy(c->close_pkt, buf, (size_t)n);
+    c->close_pktlen = (size_t)n;
+    arm_close_period(c, QRPCI_CONN_CLOSING);
+  } else {
+    mark_dead(c);
+  }
+}
+
+/* Closes from inside the transport for a protocol reason of our own. */
+static void fail_app(qrpc_conn *c, uint64_t code, const char *reason) {
+  if (c->state >= QRPCI_CONN_CLOSING || c->pending_close) return;
+  set_info(c, QRPC_CLOSE_APPLICATION, 1, code,
+           code == QRPCI_ERR_PROTOCOL_ERROR ? QRPC_EPROTO : QRPC_EAPP, reason);
+  qrpci_conn_fire_closed(c);
+  ngtcp2_ccerr cc;
+  ngtcp2_ccerr_set_application_error(&cc, code, (const uint8_t *)reason,
+                                     strlen(reason));
+  qrpci_conn_close_now(c, &cc, 1);
+}
+
+void qrpci_conn_fail_protocol(qrpc_conn *c, const char *reason) {
+  QRPCI_WARN("conn: closing: protocol error: %s", reason);
+  fail_app(c, QRPCI_ERR_PROTOCOL_ERROR, reason);
+}
+
+/* Fills close_info from the CONNECTION_CLOSE the peer sent. */
+static void info_from_remote(qrpc_conn *c) {
+  const ngtcp2_ccerr *cc = ngtcp2_conn_get_ccerr(c->q);
+  if (cc->type == NGTCP2_CCERR_TYPE_APPLICATION) {
+    set_info(c, QRPC_CLOSE_APPLICATION, 0, cc->error_code,
+             cc->error_code == QRPCI_ERR_NO_ERROR ? 0 : QRPC_EAPP, NULL);
+  } else if (cc->error_code >= NGTCP2_CRYPTO_ERROR &&
+             cc->error_code <= NGTCP2_CRYPTO_ERROR + 0xff) {
+    uint8_t alert = (uint8_t)(cc->error_code - NGTCP2_CRYPTO_ERROR);
+    set_info(c, QRPC_CLOSE_TLS, 0, alert, qrpci_tls_alert_error(alert), NULL);
+  } else {
+    set_info(c, QRPC_CLOSE_TRANSPORT, 0, cc->error_code,
+             cc->error_code == NGTCP2_NO_ERROR ? 0 : QRPC_ETRANSPORT, NULL);
+  }
+  set_reason(c, cc->reason, cc->reasonlen);
+}
+
+/* Acts on an error ngtcp2 returned from reading, writing or expiry. */
+static void handle_error(qrpc_conn *c, int rv) {
+  ngtcp2_ccerr cc;
+  switch (rv) {
+  case NGTCP2_ERR_DRAINING:
+    info_from_remote(c);
+    qrpci_conn_fire_closed(c);
+    arm_close_period(c, QRPCI_CONN_DRAINING);
+    return;
+  case NGTCP2_ERR_IDLE_CLOSE:
+    set_info(c, QRPC_CLOSE_IDLE, 1, 0, QRPC_EIDLE, "idle timeout");
+    qrpci_conn_fire_closed(c);
+    mark_dead(c);
+    return;
+  case NGTCP2_ERR_HANDSHAKE_TIMEOUT:
+    set_info(c, QRPC_CLOSE_HANDSHAKE_TIMEOUT, 1, 0, QRPC_ETIMEDOUT,
+             "handshake timeout");
+    qrpci_conn_fire_closed(c);
+    mark_dead(c);
+    return;
+  case NGTCP2_ERR_DROP_CONN:
+    set_info(c, QRPC_CLOSE_ERROR, 1, 0, QRPC_ETRANSPORT, "connection dropped");
+    qrpci_conn_fire_closed(c);
+    mark_dead(c);
+    return;
+  case NGTCP2_ERR_CRYPTO: {
+    uint8_t alert = ngtcp2_conn_get_tls_alert(c->q);
+    int err = c->cert_rejected ? QRPC_ECERT : qrpci_tls_alert_error(alert);
+    set_info(c, QRPC_CLOSE_TLS, 1, alert, err, "TLS handshake failed");
+    QRPCI_INFO("conn: TLS handshake failed (alert %u): %s", alert,
+               qrpc_strerror(err));
+    qrpci_conn_fire_closed(c);
+    ngtcp2_ccerr_set_tls_alert(&cc, alert, NULL, 0);
+    qrpci_conn_close_now(c, &cc, 1);
+    return;
+  }
+  default:
+    ngtcp2_ccerr_set_liberr(&cc, rv, NULL, 0);
+    set_info(c, QRPC_CLOSE_TRANSPORT, 1, cc.error_code, QRPC_ETRANSPORT,
+             ngtcp2_strerror(rv));
+    QRPCI_INFO("conn: closing on transport error: %s", ngtcp2_strerror(rv));
+    qrpci_conn_fire_closed(c);
+    qrpci_conn_close_now(c, &cc, 1);
+    return;
+  }
+}
+
+static void run_pending_close(qrpc_conn *c) {
+  if (!c->pending_close || c->busy) return;
+  c->pending_close = 0;
+  qrpci_conn_close_now(c, &c->pending_ccerr, 1);
+}
+
+/* ---- ngtcp2 callbacks ------------------------------------------------- */
+
+static void rand_cb(uint8_t *dest, size_t destlen, const ngtcp2_rand_ctx *ctx) {
+  qrpci_conn_rand(dest, destlen);
+}
+
+static int get_new_cid_cb(ngtcp2_conn *q, ngtcp2_cid *cid, uint8_t *token,
+                          size_t cidlen, void *ud) {
+  qrpc_conn *c = ud;
+  if (qrpci_conn_rand(cid->data, cidlen) != 0) return NGTCP2_ERR_CALLBACK_FAILURE;
+  cid->datalen = cidlen;
+  if (c->ep) {
+    if (ngtcp2_crypto_generate_stateless_reset_token(
+            token, c->ep->secret, sizeof(c->ep->secret), cid) != 0)
+      return NGTCP2_ERR_CALLBACK_FAILURE;
+    if (qrpci_endpoint_map_cid(c->ep, cid, c) != 0)
+      return NGTCP2_ERR_CALLBACK_FAILURE;
+  } else if (qrpci_conn_rand(token, NGTCP2_STATELESS_RESET_TOKENLEN) != 0) {
+    return NGTCP2_ERR_CALLBACK_FAILURE;
+  }
+  return 0;
+}
+
+static int remove_cid_cb(ngtcp2_conn *q, const ngtcp2_cid *cid, void *ud) {
+  qrpc_conn *c = ud;
+  if (c->ep) qrpci_endpoint_unmap_cid(c->ep, cid);
+  return 0;
+}
+
+static int handshake_completed_cb(ngtcp2_conn *q, void *ud) {
+  qrpc_conn *c = ud;
+  qrpci_tls_cache_peer(c);
+  if (strlen(c->alpn) != c->tlscfg->alpn_len ||
+      memcmp(c->alpn, c->tlscfg->alpn, c->tlscfg->alpn_len) != 0) {
+    /* GnuTLS enforces the ALPN already; this guards the invariant that an
+     * established connection always speaks qrpc/1. */
+    QRPCI_WARN("conn: peer negotiated ALPN '%s'", c->alpn);
+    return NGTCP2_ERR_CALLBACK_FAILURE;
+  }
+  c->state = QRPCI_CONN_ESTABLISHED;
+  if (c->ep) qrpci_endpoint_conn_established(c->ep, c);
+  c->established_fired = 1;
+  if (!c->closed_fired && c->cbs.on_established)
+    c->cbs.on_established(c, c->user_data);
+  return 0;
+}
+
+static int stream_open_cb(ngtcp2_conn *q, int64_t sid, void *ud) {
+  qrpc_conn *c = ud;
+  if (!ngtcp2_is_bidi_stream(sid)) {
+    ngtcp2_conn_shutdown_stream_read(q, 0, sid, QRPCI_ERR_UNKNOWN_STREAM_KIND);
+    return 0;
+  }
+  qrpc_stream *s = qrpci_stream_new(c, sid, 0);
+  if (!s) return NGTCP2_ERR_CALLBACK_FAILURE;
+  ngtcp2_conn_set_stream_user_data(q, sid, s);
+  return 0;
+}
+
+static int recv_stream_data_cb(ngtcp2_conn *q, uint32_t flags, int64_t sid,
+                               uint64_t offset, const uint8_t *data,
+                               size_t len, void *ud, void *sud) {
+  qrpc_stream *s = sud;
+  if (!s) {
+    /* A unidirectional stream we stopped; its bytes are discarded but
+     * still count against flow control. */
+    ngtcp2_conn_extend_max_offset(q, len);
+    return 0;
+  }
+  return qrpci_stream_recv(s, flags, data, len) == 0
+             ? 0
+             : NGTCP2_ERR_CALLBACK_FAILURE;
+}
+
+static int acked_cb(ngtcp2_conn *q, int64_t sid, uint64_t offset,
+                    uint64_t datalen, void *ud, void *sud) {
+  if (sud) qrpci_stream_acked(sud, offset, datalen);
+  return 0;
+}
+
+static int stream_close_cb(ngtcp2_conn *q, uint32_t flags, int64_t sid,
+                           uint64_t app_error, void *ud, void *sud) {
+  if (!ngtcp2_conn_is_local_stream(q, sid)) {
+    /* MAX_STREAMS is not replenished by ngtcp2 itself. */
+    if (ngtcp2_is_bidi_stream(sid))
+      ngtcp2_conn_extend_max_streams_bidi(q, 1);
+    else
+      ngtcp2_conn_extend_max_streams_uni(q, 1);
+  }
+  if (sud) {
+    int reset = (flags & NGTCP2_STREAM_CLOSE_FLAG_APP_ERROR_CODE_SET) &&
+                app_error != QRPCI_ERR_NO_ERROR;
+    qrpci_stream_transport_closed(sud, reset ? QRPC_ERESET : 0);
+  }
+  return 0;
+}
+
+static int stream_reset_cb(ngtcp2_conn *q, int64_t sid, uint64_t final_size,
+                           uint64_t app_error, void *ud, void *sud) {
+  qrpc_stream *s = sud;
+  if (s && s->has_user && !s->closed_fired && s->cbs.on_reset)
+    s->cbs.on_reset(s, app_error, s->user_data);
+  return 0;
+}
+
+static int stop_sending_cb(ngtcp2_conn *q, int64_t sid, uint64_t app_error,
+                           void *ud, void *sud) {
+  qrpc_stream *s = sud;
+  if (!s) return 0;
+  s->stopped = 1;
+  if (qrpci_list_linked(&s->send_node)) qrpci_list_remove(&s->send_node);
+  if (s->has_user && !s->closed_fired && s->cbs.on_stop_sending)
+    s->cbs.on_stop_sending(s, app_error, s->user_data);
+  return 0;
+}
+
+static int extend_stream_data_cb(ngtcp2_conn *q, int64_t sid,
+                                 uint64_t max_data, void *ud, void *sud) {
+  qrpc_stream *s = sud;
+  if (s && s->data_blocked) {
+    s->data_blocked = 0;
+    if (qrpci_stream_has_pending(s) && !qrpci_list_linked(&s->send_node))
+      qrpci_list_push_back(&s->conn->sendq, &s->send_node);
+  }
+  return 0;
+}
+
+static int recv_datagram_cb(ngtcp2_conn *q, uint32_t flags,
+                            const uint8_t *data, size_t len, void *ud) {
+  qrpc_conn *c = ud;
+  c->stats.datagrams_recv++;
+  if (!c->closed_fired && c->established_fired && c->cbs.on_datagram)
+    c->cbs.on_datagram(c, data, len, c->user_data);
+  return 0;
+}
+
+static int lost_datagram_cb(ngtcp2_conn *q, uint64_t id, void *ud) {
+  ((qrpc_conn *)ud)->stats.datagrams_lost++;
+  return 0;
+}
+
+void qrpci_conn_setup_callbacks(ngtcp2_callbacks *cb, int server) {
+  memset(cb, 0, sizeof(*cb));
+  if (server) {
+    cb->recv_client_initial = ngtcp2_crypto_recv_client_initial_cb;
+  } else {
+    cb->client_initial = ngtcp2_crypto_client_initial_cb;
+    cb->recv_retry = ngtcp2_crypto_recv_retry_cb;
+  }
+  cb->recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb;
+  cb->encrypt = ngtcp2_crypto_encrypt_cb;
+  cb->decrypt = ngtcp2_crypto_decrypt_cb;
+  cb->hp_mask = ngtcp2_crypto_hp_mask_cb;
+  cb->update_key = ngtcp2_crypto_update_key_cb;
+  cb->delete_crypto_aead_ctx = ngtcp2_crypto_delete_crypto_aead_ctx_cb;
+  cb->delete_crypto_cipher_ctx = ngtcp2_crypto_delete_crypto_cipher_ctx_cb;
+  cb->get_path_challenge_data = ngtcp2_crypto_get_path_challenge_data_cb;
+  cb->version_negotiation = ngtcp2_crypto_version_negotiation_cb;
+  cb->rand = rand_cb;
+  cb->get_new_connection_id = get_new_cid_cb;
+  cb->remove_connection_id = remove_cid_cb;
+  cb->handshake_completed = handshake_completed_cb;
+  cb->stream_open = stream_open_cb;
+  cb->recv_stream_data = recv_stream_data_cb;
+  cb->acked_stream_data_offset = acked_cb;
+  cb->stream_close = stream_close_cb;
+  cb->stream_reset = stream_reset_cb;
+  cb->stream_stop_sending = stop_sending_cb;
+  cb->extend_max_stream_data = extend_stream_data_cb;
+  cb->recv_datagram = recv_datagram_cb;
+  cb->lost_datagram = lost_datagram_cb;
+}
+
+static void qlog_cb(void *ud, uint32_t flags, const void *data, size_t len) {
+  qrpc_conn *c = ud;
+  if (c->qlog) fwrite(data, 1, len, c->qlog);
+}
+
+static void open_qlog(qrpc_conn *c, const ngtcp2_cid *odcid) {
+  char path[4096];
+  int n = snprintf(path, sizeof(path), "%s/", c->opts.qlog_dir);
+  for (size_t i = 0; i < odcid->datalen && n > 0 && (size_t)n + 3 < sizeof(path);
+       i++)
+    n += snprintf(path + n, sizeof(path) - (size_t)n, "%02x", odcid->data[i]);
+  if (n <= 0 || (size_t)n + 8 >= sizeof(path)) return;
+  snprintf(path + n, sizeof(path) - (size_t)n, ".sqlog");
+  c->qlog = fopen(path, "w");
+  if (!c->qlog) QRPCI_WARN("conn: cannot open qlog %s: %s", path, strerror(errno));
+}
+
+void qrpci_conn_setup_settings(qrpc_conn *c, ngtcp2_settings *s,
+                               ngtcp2_transport_params *p,
+                               const ngtcp2_cid *odcid) {
+  ngtcp2_settings_default(s);
+  s->initial_ts = qrpci_now_ns();
+  s->handshake_timeout = c->opts.handshake_timeout_ms * NGTCP2_MILLISECONDS;
+  s->max_stream_window = c->opts.stream_window;
+  s->max_window = c->opts.conn_window;
+  if (c->opts.qlog_dir) {
+    open_qlog(c, odcid);
+    if (c->qlog) {
+      s->qlog_write = qlog_cb;
+    }
+  }
+  ngtcp2_transport_params_default(p);
+  p->initial_max_stream_data_bidi_local = c->opts.stream_window;
+  p->initial_max_stream_data_bidi_remote = c->opts.stream_window;
+  p->initial_max_stream_data_uni = 0;
+  p->initial_max_data = c->opts.conn_window;
+  p->initial_max_streams_bidi = c->opts.max_streams_bidi;
+  p->initial_max_streams_uni = PEER_UNI_STREAMS;
+  p->max_idle_timeout = c->opts.idle_timeout_ms * NGTCP2_MILLISECONDS;
+  p->max_datagram_frame_size =
+      c->opts.enable_datagrams ? QRPCI_DEFAULT_DATAGRAM_FRAME_SIZE : 0;
+}
+
+/* ---- Reading ---------------------------------------------------------- */
+
+static int addr_equal(const struct sockaddr *a, socklen_t alen,
+                      const struct sockaddr_storage *b, socklen_t blen) {
+  return alen == blen && memcmp(a, b, alen) == 0;
+}
+
+static void check_path(qrpc_conn *c) {
+  const ngtcp2_path *p = ngtcp2_conn_get_path(c->q);
+  if (addr_equal(p->remote.addr, (socklen_t)p->remote.addrlen, &c->remote,
+                 c->remotelen) &&
+      addr_equal(p->local.addr, (socklen_t)p->local.addrlen, &c->local,
+                 c->locallen))
+    return;
+  memcpy(&c->remote, p->remote.addr, p->remote.addrlen);
+  c->remotelen = (socklen_t)p->remote.addrlen;
+  memcpy(&c->local, p->local.addr, p->local.addrlen);
+  c->locallen = (socklen_t)p->local.addrlen;
+  if (c->established_fired && !c->closed_fired && c->cbs.on_path_changed)
+    c->cbs.on_path_changed(c, c->user_data);
+}
+
+void qrpci_conn_read(qrpc_conn *c, const ngtcp2_path *path, uint8_t *data,
+                     size_t len) {
+  c->stats.bytes_recv += len;
+  c->stats.pkts_recv++;
+  if (c->state == QRPCI_CONN_CLOSING) {
+    /* Answer with our CONNECTION_CLOSE, less and less often (RFC 9000
+     * 10.2.1), so a flood cannot make us amplify. */
+    c->close_recv++;
+    if ((c->close_recv & (c->close_recv - 1)) == 0)
+      send_packets(c, path, c->close_pkt, c->close_pktlen, 0);
+    return;
+  }
+  if (c->state != QRPCI_CONN_HANDSHAKING && c->state != QRPCI_CONN_ESTABLISHED)
+    return;
+  ngtcp2_pkt_info pi = {0};
+  c->busy++;
+  int rv = ngtcp2_conn_read_pkt(c->q, path, &pi, data, len, qrpci_now_ns());
+  c->busy--;
+  if (rv != 0) {
+    if (rv == NGTCP2_ERR_DISCARD_PKT) return;
+    handle_error(c, rv);
+    return;
+  }
+  check_path(c);
+  run_pending_close(c);
+  qrpci_loop_mark_dirty(c->loop, c);
+}
+
+/* ---- Writing ---------------------------------------------------------- */
+
+/* Packets of one connection's flush, sent with GSO: all segments but the
+ * last have the same size and share one path. */
+typedef struct batch {
+  uint8_t *buf;
+  size_t cap, len, seg;
+  ngtcp2_path_storage path;
+} batch;
+
+static void batch_flush(qrpc_conn *c, batch *b) {
+  if (b->len) send_packets(c, &b->path.path, b->buf, b->len, b->seg);
+  b->len = 0;
+  b->seg = 0;
+}
+
+/* Adds the packet just written at b->buf + b->len. */
+static void batch_add(qrpc_conn *c, batch *b, const ngtcp2_path *path,
+                      size_t n) {
+  int same_path = b->len == 0 ||
+                  (path->remote.addrlen == b->path.path.remote.addrlen &&
+                   memcmp(path->remote.addr, b->path.path.remote.addr,
+                          path->remote.addrlen) == 0);
+  if (b->len && (!same_path || n > b->seg)) {
+    uint8_t *pkt = b->buf + b->len;
+    batch_flush(c, b);
+    memmove(b->buf, pkt, n);
+  }
+  if (b->len == 0) {
+    ngtcp2_path_copy(&b->path.path, path);
+    b->seg = n;
+  }
+  b->len += n;
+  /* A short packet ends the run of equal segments. */
+  if (n < b->seg) batch_flush(c, b);
+}
+
+static void drop_datagram(qrpc_conn *c) {
+  size_t cap = c->opts.datagram_queue_len;
+  free(c->dgq[c->dgq_head]);
+  c->dgq[c->dgq_head] = NULL;
+  c->dgq_head = (c->dgq_head + 1) % cap;
+  c->dgq_len--;
+}
+
+static uint64_t vec_len(const ngtcp2_vec *v, size_t n) {
+  uint64_t total = 0;
+  for (size_t i = 0; i < n; i++) total += v[i].len;
+  return total;
+}
+
+/* Writes one packet's worth; returns the packet size, 0 when nothing more
+ * can be sent now, or a negative ngtcp2 error. */
+static ngtcp2_ssize write_one(qrpc_conn *c, ngtcp2_path *path, uint8_t *dst,
+                              size_t cap, uint64_t now) {
+  ngtcp2_pkt_info pi;
+  for (;;) {
+    ngtcp2_ssize nw;
+    if (c->dgq_len && c->state == QRPCI_CONN_ESTABLISHED) {
+      qrpci_dgram *d = c->dgq[c->dgq_head];
+      ngtcp2_vec v = {.base = d->data, .len = d->len};
+      int accepted = 0;
+      nw = ngtcp2_conn_writev_datagram(c->q, path, &pi, dst, cap, &accepted,
+                                       NGTCP2_WRITE_DATAGRAM_FLAG_MORE, 0, &v,
+                                       1, now);
+      if (accepted) {
+        drop_datagram(c);
+        c->stats.datagrams_sent++;
+        c->dgram_retry = 0;
+      } else if (nw > 0 && ++c->dgram_retry > 1) {
+        /* It did not fit an empty packet either: the path shrank. */
+        drop_datagram(c);
+        c->stats.datagrams_lost++;
+        c->dgram_retry = 0;
+      }
+      if (nw == NGTCP2_ERR_WRITE_MORE) continue;
+      if (nw == NGTCP2_ERR_INVALID_STATE) {
+        while (c->dgq_len) drop_datagram(c);
+        continue;
+      }
+      return nw;
+    }
+    qrpc_stream *s = NULL;
+    ngtcp2_vec vec[MAX_VECS];
+    size_t nv = 0;
+    int64_t sid = -1;
+    uint32_t flags = 0;
+    if (!qrpci_list_empty(&c->sendq)) {
+      s = QRPCI_CONTAINER_OF(c->sendq.next, qrpc_stream, send_node);
+      nv = qrpci_stream_pending_vec(s, vec, MAX_VECS);
+      sid = s->id;
+      flags = NGTCP2_WRITE_STREAM_FLAG_MORE;
+      if (s->fin_queued && s->sent + vec_len(vec, nv) == s->written)
+        flags |= NGTCP2_WRITE_STREAM_FLAG_FIN;
+    }
+    ngtcp2_ssize ndata = -1;
+    nw = ngtcp2_conn_writev_stream(c->q, path, &pi, dst, cap, &ndata, flags,
+                                   sid, vec, nv, now);
+    if (s) {
+      if (ndata >= 0) {
+        if ((flags & NGTCP2_WRITE_STREAM_FLAG_FIN) &&
+            (uint64_t)ndata == vec_len(vec, nv))
+          s->fin_sent = 1;
+        qrpci_stream_advance(s, (size_t)ndata);
+      } else if (nw == NGTCP2_ERR_STREAM_DATA_BLOCKED) {
+        s->data_blocked = 1;
+        qrpci_list_remove(&s->send_node);
+        continue;
+      } else if (nw == NGTCP2_ERR_STREAM_SHUT_WR ||
+                 nw == NGTCP2_ERR_STREAM_NOT_FOUND) {
+        qrpci_list_remove(&s->send_node);
+        continue;
+      }
+      /* Rotate so a long transfer does not starve other streams. */
+      if (qrpci_list_linked(&s->send_node)) {
+        qrpci_list_remove(&s->send_node);
+        qrpci_list_push_back(&c->sendq, &s->send_node);
+      }
+    }
+    if (nw == NGTCP2_ERR_WRITE_MORE) continue;
+    return nw;
+  }
+}
+
+void qrpci_conn_write(qrpc_conn *c) {
+  if (c->state != QRPCI_CONN_HANDSHAKING && c->state != QRPCI_CONN_ESTABLISHED)
+    return;
+  if (c->sock->blocked) return;
+  size_t maxpkt = ngtcp2_conn_get_max_tx_udp_payload_size(c->q);
+  size_t maxn = ngtcp2_conn_get_send_quantum(c->q) / maxpkt;
+  if (maxn < 1) maxn = 1;
+  if (maxn > QRPCI_MAX_PKTS_PER_FLUSH) maxn = QRPCI_MAX_PKTS_PER_FLUSH;
+  batch b = {.buf = c->loop->txbuf, .cap = c->loop->txcap};
+  ngtcp2_path_storage_zero(&b.path);
+  ngtcp2_path_storage ps;
+  ngtcp2_path_storage_zero(&ps);
+  uint64_t now = qrpci_now_ns();
+  size_t npkts = 0;
+  int rv = 0;
+  c->busy++;
+  while (npkts < maxn && !c->sock->blocked) {
+    if (b.len + maxpkt > b.cap) batch_flush(c, &b);
+    ngtcp2_ssize n = write_one(c, &ps.path, b.buf + b.len, maxpkt, now);
+    if (n < 0) {
+      rv = (int)n;
+      break;
+    }
+    if (n == 0) break;
+    batch_add(c, &b, &ps.path, (size_t)n);
+    npkts++;
+  }
+  batch_flush(c, &b);
+  c->busy--;
+  if (rv != 0) {
+    handle_error(c, rv);
+    return;
+  }
+  ngtcp2_conn_update_pkt_tx_time(c->q, now);
+  /* More to send than one turn's share: come back next turn, after other
+   * connections and incoming packets had theirs. */
+  if (npkts == maxn) qrpci_loop_mark_dirty(c->loop, c);
+  qrpci_conn_arm_timer(c);
+  run_pending_close(c);
+}
+
+/* ---- Timers ----------------------------------------------------------- */
+
+void qrpci_conn_arm_timer(qrpc_conn *c) {
+  if (c->state != QRPCI_CONN_HANDSHAKING && c->state != QRPCI_CONN_ESTABLISHED)
+    return;
+  uint64_t exp = ngtcp2_conn_get_expiry(c->q);
+  if (exp == c->timer_expiry) return;
+  c->timer_expiry = exp;
+  if (exp == UINT64_MAX) {
+    evtimer_del(c->timer);
+    return;
+  }
+  uint64_t now = qrpci_now_ns();
+  struct timeval tv = qrpci_ns_to_tv(exp > now ? exp - now : 0);
+  evtimer_add(c->timer, &tv);
+}
+
+static void conn_start(qrpc_conn *c);
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg) {
+  qrpc_conn *c = arg;
+  c->timer_expiry = UINT64_MAX;
+  switch (c->state) {
+  case QRPCI_CONN_RESOLVING:
+    conn_start(c);
+    return;
+  case QRPCI_CONN_CLOSING:
+  case QRPCI_CONN_DRAINING:
+  case QRPCI_CONN_DEAD:
+    qrpci_conn_free(c);
+    return;
+  default:
+    break;
+  }
+  c->busy++;
+  int rv = ngtcp2_conn_handle_expiry(c->q, qrpci_now_ns());
+  c->busy--;
+  if (rv != 0) {
+    handle_error(c, rv);
+    return;
+  }
+  qrpci_conn_write(c);
+}
+
+int qrpci_conn_init_timer(qrpc_conn *c) {
+  c->timer = evtimer_new(c->loop->base, timer_cb, c);
+  return c->timer ? 0 : QRPC_ENOMEM;
+}
+
+/* ---- Client connections ----------------------------------------------- */
+
+static void client_pkt(void *ctx, const struct sockaddr *from,
+                       socklen_t fromlen, uint8_t *data, size_t len) {
+  qrpc_conn *c = ctx;
+  ngtcp2_path path = {
+      .local = {.addr = (ngtcp2_sockaddr *)&c->local, .addrlen = c->locallen},
+      .remote = {.addr = (ngtcp2_sockaddr *)from, .addrlen = fromlen},
+  };
+  qrpci_conn_read(c, &path, data, len);
+}
+
+static void client_read_cb(evutil_socket_t fd, short what, void *arg) {
+  qrpc_conn *c = arg;
+  qrpci_sock_recv_batch(&c->own_sock, c->loop->rxbufs, client_pkt, c);
+}
+
+static void client_writable(void *owner) {
+  qrpci_loop_mark_dirty(((qrpc_conn *)owner)->loop, owner);
+}
+
+static void fail_local(qrpc_conn *c, int err, const char *reason) {
+  QRPCI_WARN("conn: %s:%s: %s", c->host, c->port, reason);
+  set_info(c, QRPC_CLOSE_ERROR, 1, 0, err, reason);
+  qrpci_conn_fire_closed(c);
+  mark_dead(c);
+}
+
+static int client_setup(qrpc_conn *c, const struct sockaddr *sa,
+                        socklen_t salen) {
+  if (qrpci_sock_open(&c->own_sock, sa->sa_family) != 0) return QRPC_ESYSTEM;
+  c->sock = &c->own_sock;
+  if (connect(c->own_sock.fd, sa, salen) != 0) return QRPC_ESYSTEM;
+  c->own_sock.connected = 1;
+  memcpy(&c->remote, sa, salen);
+  c->remotelen = salen;
+  c->locallen = sizeof(c->local);
+  if (getsockname(c->own_sock.fd, (struct sockaddr *)&c->local,
+                  &c->locallen) != 0)
+    return QRPC_ESYSTEM;
+  if (qrpci_sock_watch(&c->own_sock, c->loop->base, client_writable, c) != 0)
+    return QRPC_ENOMEM;
+  c->read_ev = event_new(c->loop->base, c->own_sock.fd, EV_READ | EV_PERSIST,
+                         client_read_cb, c);
+  if (!c->read_ev || event_add(c->read_ev, NULL) != 0) return QRPC_ENOMEM;
+
+  ngtcp2_cid dcid, scid;
+  dcid.datalen = CLIENT_DCID_LEN;
+  scid.datalen = QRPCI_SCID_LEN;
+  if (qrpci_conn_rand(dcid.data, dcid.datalen) != 0 ||
+      qrpci_conn_rand(scid.data, scid.datalen) != 0)
+    return QRPC_ESYSTEM;
+  ngtcp2_path path = {
+      .local = {.addr = (ngtcp2_sockaddr *)&c->local, .addrlen = c->locallen},
+      .remote = {.addr = (ngtcp2_sockaddr *)&c->remote,
+                 .addrlen = c->remotelen},
+  };
+  ngtcp2_callbacks cb;
+  ngtcp2_settings settings;
+  ngtcp2_transport_params params;
+  qrpci_conn_setup_callbacks(&cb, 0);
+  qrpci_conn_setup_settings(c, &settings, &params, &dcid);
+  if (ngtcp2_conn_client_new(&c->q, &dcid, &scid, &path, NGTCP2_PROTO_VER_V1,
+                             &cb, &settings, &params, NULL, c) != 0)
+    return QRPC_ENOMEM;
+  int rv = qrpci_tls_session_new(c->tlscfg, c, 0, c->server_name);
+  if (rv != 0) return rv;
+  ngtcp2_conn_set_tls_native_handle(c->q, c->tls);
+  c->state = QRPCI_CONN_HANDSHAKING;
+  return 0;
+}
+
+static void dns_cb(int result, struct evutil_addrinfo *res, void *arg) {
+  qrpc_conn *c = arg;
+  c->dnsreq = NULL;
+  if (c->state != QRPCI_CONN_RESOLVING) {
+    if (res) evutil_freeaddrinfo(res);
+    return;
+  }
+  if (result != 0 || !res) {
+    char why[256];
+    snprintf(why, sizeof(why), "cannot resolve %s: %s", c->host,
+             evutil_gai_strerror(result));
+    fail_local(c, QRPC_ERESOLVE, why);
+    return;
+  }
+  int rv = client_setup(c, res->ai_addr, (socklen_t)res->ai_addrlen);
+  evutil_freeaddrinfo(res);
+  if (rv != 0) {
+    fail_local(c, rv, rv == QRPC_ESYSTEM ? strerror(errno) : qrpc_strerror(rv));
+    return;
+  }
+  qrpci_conn_write(c);
+}
+
+/* Runs from the loop, never inside qrpc_conn_connect(), so that even an
+ * immediate failure reaches the application as a callback. */
+static void conn_start(qrpc_conn *c) {
+  struct evdns_base *dns = qrpci_loop_dns(c->loop);
+  if (!dns) {
+    fail_local(c, QRPC_ERESOLVE, "no DNS resolver");
+    return;
+  }
+  struct evutil_addrinfo hints;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_DGRAM;
+  hints.ai_protocol = IPPROTO_UDP;
+  c->dnsreq = evdns_getaddrinfo(dns, c->host, c->port, &hints, dns_cb, c);
+}
+
+int qrpc_conn_connect(qrpc_loop *loop, const char *addr,
+                      const char *server_name, qrpc_tls_config *tls,
+                      const qrpc_conn_opts *opts,
+                      const qrpc_conn_callbacks *cbs, void *user_data,
+                      qrpc_conn **out) {
+  if (!loop || !addr || !tls || !out) return QRPC_EINVAL;
+  if (opts && !opts_valid(opts)) return QRPC_EINVAL;
+  char *host, *port;
+  int rv = qrpci_parse_addr(addr, &host, &port);
+  if (rv != 0) return rv;
+  qrpc_conn *c = qrpci_conn_alloc(loop, opts, cbs, user_data);
+  if (!c) {
+    free(host);
+    free(port);
+    return QRPC_ENOMEM;
+  }
+  c->host = host;
+  c->port = port;
+  c->server_name = strdup(server_name ? server_name : host);
+  c->tlscfg = tls;
+  qrpci_tls_config_ref(tls);
+  c->state = QRPCI_CONN_RESOLVING;
+  if (!c->server_name || qrpci_conn_init_timer(c) != 0) {
+    qrpci_conn_free(c);
+    return QRPC_ENOMEM;
+  }
+  struct timeval zero = {0, 0};
+  evtimer_add(c->timer, &zero);
+  *out = c;
+  return 0;
+}
+
+/* ---- Public connection API -------------------------------------------- */
+
+void qrpc_conn_set_user_data(qrpc_conn *c, void *user_data) {
+  c->user_data = user_data;
+}
+void *qrpc_conn_user_data(qrpc_conn *c) { return c->user_data; }
+int qrpc_conn_is_server(qrpc_conn *c) { return c->is_server; }
+int qrpc_conn_is_established(qrpc_conn *c) {
+  return c->state == QRPCI_CONN_ESTABLISHED && !c->closed_fired;
+}
+
+static int copy_addr(const struct sockaddr_storage *a, socklen_t alen,
+                     struct sockaddr_storage *ss, socklen_t *len) {
+  if (alen == 0) return QRPC_ESTATE;
+  if (ss) memcpy(ss, a, alen);
+  if (len) *len = alen;
+  return 0;
+}
+
+int qrpc_conn_local_addr(qrpc_conn *c, struct sockaddr_storage *ss,
+                         socklen_t *len) {
+  return copy_addr(&c->local, c->locallen, ss, len);
+}
+
+int qrpc_conn_remote_addr(qrpc_conn *c, struct sockaddr_storage *ss,
+                          socklen_t *len) {
+  return copy_addr(&c->remote, c->remotelen, ss, len);
+}
+
+const char *qrpc_conn_alpn(qrpc_conn *c) {
+  return c->established_fired ? c->alpn : NULL;
+}
+
+const qrpc_cert *qrpc_conn_peer_certs(qrpc_conn *c, size_t *count) {
+  if (count) *count = c->npeer_certs;
+  return c->npeer_certs ? c->peer_certs : NULL;
+}
+
+void qrpc_conn_get_stats(qrpc_conn *c, qrpc_conn_stats *st) {
+  *st = c->stats;
+  if (!c->q) return;
+  ngtcp2_conn_info ci;
+  ngtcp2_conn_get_conn_info(c->q, &ci);
+  st->smoothed_rtt_ns = ci.smoothed_rtt;
+  st->min_rtt_ns = ci.min_rtt == UINT64_MAX ? 0 : ci.min_rtt;
+  st->latest_rtt_ns = ci.latest_rtt;
+  st->cwnd = ci.cwnd;
+  st->bytes_in_flight = ci.bytes_in_flight;
+}
+
+int qrpc_conn_close(qrpc_conn *c, uint64_t app_error, const char *reason) {
+  if (!c) return QRPC_EINVAL;
+  if (c->closed_fired) return QRPC_ECLOSED;
+  if (!reason) reason = "";
+  set_info(c, QRPC_CLOSE_APPLICATION, 1, app_error,
+           app_error == QRPCI_ERR_NO_ERROR ? 0 : QRPC_EAPP, reason);
+  qrpci_conn_fire_closed(c);
+  if (c->state == QRPCI_CONN_RESOLVING) {
+    mark_dead(c);
+    return 0;
+  }
+  ngtcp2_ccerr cc;
+  ngtcp2_ccerr_set_application_error(&cc, app_error,
+                                     (const uint8_t *)c->close_reason,
+                                     strlen(c->close_reason));
+  qrpci_conn_close_now(c, &cc, 1);
+  return 0;
+}
+
+static void shutdown_deadline_cb(evutil_socket_t fd, short what, void *arg) {
+  qrpc_conn *c = arg;
+  if (!c->closed_fired) qrpc_conn_close(c, QRPCI_ERR_NO_ERROR, "shutdown deadline");
+}
+
+void qrpci_conn_check_shutdown(qrpc_conn *c) {
+  if (c->shutting_down && !c->closed_fired && qrpci_list_empty(&c->streams))
+    qrpc_conn_close(c, QRPCI_ERR_NO_ERROR, "shutdown");
+}
+
+int qrpc_conn_shutdown(qrpc_conn *c, uint64_t timeout_ms) {
+  if (!c) return QRPC_EINVAL;
+  if (c->closed_fired) return QRPC_ECLOSED;
+  if (c->shutting_down) return 0;
+  c->shutting_down = 1;
+  c->shutdown_ev = evtimer_new(c->loop->base, shutdown_deadline_cb, c);
+  if (!c->shutdown_ev) return QRPC_ENOMEM;
+  struct timeval tv = qrpci_ns_to_tv(timeout_ms * QRPCI_NS_PER_MS);
+  evtimer_add(c->shutdown_ev, &tv);
+  qrpci_conn_check_shutdown(c);
+  return 0;
+}
+
+/* ---- Datagrams -------------------------------------------------------- */
+
+size_t qrpc_conn_max_datagram_size(qrpc_conn *c) {
+  if (!c->q || !c->established_fired || !c->opts.enable_datagrams) return 0;
+  const ngtcp2_transport_params *rp =
+      ngtcp2_conn_get_remote_transport_params(c->q);
+  if (!rp || rp->max_datagram_frame_size == 0) return 0;
+  /* A 1-RTT packet: first byte, DCID, up to 4 packet-number bytes and the
+   * AEAD tag; then the DATAGRAM frame's type and length. */
+  size_t udp = ngtcp2_conn_get_path_max_tx_udp_payload_size(c->q);
+  size_t overhead = 1 + ngtcp2_conn_get_dcid(c->q)->datalen + 4 +
+                    AEAD_TAG_LEN + 1 + 2;
+  size_t max = udp > overhead ? udp - overhead : 0;
+  uint64_t frame_room = rp->max_datagram_frame_size;
+  if (frame_room < 1 + 2) return 0;
+  frame_room -= 1 + qrpci_varint_len(frame_room);
+  return max < frame_room ? max : (size_t)frame_room;
+}
+
+int qrpc_conn_send_datagram(qrpc_conn *c, const void *data, size_t len) {
+  if (!c || (!data && len)) return QRPC_EINVAL;
+  if (c->closed_fired || c->state > QRPCI_CONN_ESTABLISHED) return QRPC_ECLOSED;
+  if (!c->established_fired) return QRPC_ESTATE;
+  if (!c->opts.enable_datagrams) return QRPC_ENODGRAM;
+  const ngtcp2_transport_params *rp =
+      ngtcp2_conn_get_remote_transport_params(c->q);
+  if (!rp || rp->max_datagram_frame_size == 0) return QRPC_ENODGRAM;
+  if (len > qrpc_conn_max_datagram_size(c)) return QRPC_EMSGSIZE;
+  size_t cap = c->opts.datagram_queue_len;
+  if (c->dgq_len == cap) return QRPC_ENOBUFS;
+  if (!c->dgq && !(c->dgq = calloc(cap, sizeof(*c->dgq)))) return QRPC_ENOMEM;
+  qrpci_dgram *d = malloc(sizeof(*d) + len);
+  if (!d) return QRPC_ENOMEM;
+  d->len = len;
+  if (len) memcpy(d->data, data, len);
+  c->dgq[(c->dgq_head + c->dgq_len) % cap] = d;
+  c->dgq_len++;
+  qrpci_loop_mark_dirty(c->loop, c);
+  return 0;
+}
+
+void qrpci_conn_process_resumed(qrpc_conn *c) {
+  c->resume_pending = 0;
+  for (qrpci_list *n = c->streams.next; n != &c->streams;) {
+    qrpc_stream *s = QRPCI_CONTAINER_OF(n, qrpc_stream, node);
+    n = n->next;
+    if (!s->paused && (s->rx_len || (s->fin_received && !s->fin_delivered) ||
+                       s->transport_closed))
+      qrpci_stream_deliver_held(s);
+  }
+}

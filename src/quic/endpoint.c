@@ -1,0 +1,384 @@
+/*
+ * The server endpoint: one UDP socket, routing by connection id, version
+ * negotiation, stateless retry, connection limits and accept.
+ */
+#include <errno.h>
+#include <netdb.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qrpc/error.h"
+#include "quic/cidmap.h"
+#include "quic/internal.h"
+#include "util/clock.h"
+#include "util/log.h"
+#include "wire/protocol.h"
+
+/* How long a Retry token stays valid. */
+#define RETRY_TOKEN_TIMEOUT (10 * NGTCP2_SECONDS)
+/* RFC 9000 14.1: datagrams carrying a client's first packet are at least
+ * this large; smaller ones get no Version Negotiation (anti-amplification). */
+#define MIN_INITIAL_DATAGRAM 1200
+
+void qrpc_endpoint_opts_default(qrpc_endpoint_opts *o) {
+  memset(o, 0, sizeof(*o));
+  o->size = sizeof(*o);
+  qrpc_conn_opts_default(&o->conn);
+  o->max_connections = 10000;
+  o->max_handshakes = 1000;
+}
+
+int qrpci_endpoint_map_cid(qrpc_endpoint *ep, const ngtcp2_cid *cid,
+                           qrpc_conn *c) {
+  return qrpci_cidmap_put(ep->cids, cid->data, cid->datalen, c);
+}
+
+void qrpci_endpoint_unmap_cid(qrpc_endpoint *ep, const ngtcp2_cid *cid) {
+  qrpc_conn *c = qrpci_cidmap_get(ep->cids, cid->data, cid->datalen);
+  if (c) qrpci_cidmap_del(ep->cids, cid->data, cid->datalen, c);
+}
+
+void qrpci_endpoint_conn_established(qrpc_endpoint *ep, qrpc_conn *c) {
+  if (c->counted_handshake) {
+    c->counted_handshake = 0;
+    ep->nhandshaking--;
+  }
+  ep->stats.accepted++;
+}
+
+void qrpci_endpoint_conn_gone(qrpc_endpoint *ep, qrpc_conn *c) {
+  if (c->q) {
+    size_t n = ngtcp2_conn_get_scid(c->q, NULL);
+    ngtcp2_cid *ids = calloc(n ? n : 1, sizeof(*ids));
+    if (ids) {
+      ngtcp2_conn_get_scid(c->q, ids);
+      for (size_t i = 0; i < n; i++)
+        qrpci_cidmap_del(ep->cids, ids[i].data, ids[i].datalen, c);
+      free(ids);
+    }
+  }
+  qrpci_cidmap_del(ep->cids, c->client_dcid.data, c->client_dcid.datalen, c);
+  qrpci_cidmap_del(ep->cids, c->first_scid.data, c->first_scid.datalen, c);
+  if (c->counted_handshake) ep->nhandshaking--;
+  c->counted_handshake = 0;
+  qrpci_list_remove(&c->ep_node);
+  ep->stats.connections--;
+  c->ep = NULL;
+}
+
+static void send_raw(qrpc_endpoint *ep, const ngtcp2_path *path,
+                     const uint8_t *data, size_t len) {
+  qrpci_sock_send(&ep->sock, (const struct sockaddr *)path->remote.addr,
+                  (socklen_t)path->remote.addrlen, data, len, 0);
+}
+
+static void send_version_negotiation(qrpc_endpoint *ep,
+                                     const ngtcp2_version_cid *vc,
+                                     const ngtcp2_path *path, size_t pktlen) {
+  if (pktlen < MIN_INITIAL_DATAGRAM) {
+    ep->stats.packets_dropped++;
+    return;
+  }
+  uint8_t buf[NGTCP2_MAX_UDP_PAYLOAD_SIZE];
+  uint8_t unused;
+  qrpci_conn_rand(&unused, 1);
+  const uint32_t versions[] = {NGTCP2_PROTO_VER_V1};
+  ngtcp2_ssize n = ngtcp2_pkt_write_version_negotiation(
+      buf, sizeof(buf), unused, vc->scid, vc->scidlen, vc->dcid, vc->dcidlen,
+      versions, 1);
+  if (n <= 0) return;
+  send_raw(ep, path, buf, (size_t)n);
+  ep->stats.version_negotiations_sent++;
+}
+
+/* Sends a stateless CONNECTION_CLOSE in an Initial packet. */
+static void send_refusal(qrpc_endpoint *ep, const ngtcp2_pkt_hd *hd,
+                         const ngtcp2_path *path, uint64_t code) {
+  uint8_t buf[NGTCP2_MAX_UDP_PAYLOAD_SIZE];
+  ngtcp2_ssize n = ngtcp2_crypto_write_connection_close(
+      buf, sizeof(buf), hd->version, &hd->scid, &hd->dcid, code, NULL, 0);
+  if (n > 0) send_raw(ep, path, buf, (size_t)n);
+}
+
+static void send_retry(qrpc_endpoint *ep, const ngtcp2_pkt_hd *hd,
+                       const ngtcp2_path *path) {
+  uint8_t token[NGTCP2_CRYPTO_MAX_RETRY_TOKENLEN];
+  uint8_t buf[NGTCP2_MAX_UDP_PAYLOAD_SIZE];
+  ngtcp2_cid scid;
+  scid.datalen = QRPCI_SCID_LEN;
+  if (qrpci_conn_rand(scid.data, scid.datalen) != 0) return;
+  ngtcp2_ssize tl = ngtcp2_crypto_generate_retry_token2(
+      token, ep->secret, sizeof(ep->secret), hd->version, path->remote.addr,
+      path->remote.addrlen, &scid, &hd->dcid, qrpci_now_ns());
+  if (tl < 0) return;
+  ngtcp2_ssize n = ngtcp2_crypto_write_retry(buf, sizeof(buf), hd->version,
+                                             &hd->scid, &scid, &hd->dcid,
+                                             token, (size_t)tl);
+  if (n <= 0) return;
+  send_raw(ep, path, buf, (size_t)n);
+  ep->stats.retries_sent++;
+}
+
+static qrpc_conn *server_conn_new(qrpc_endpoint *ep, const ngtcp2_pkt_hd *hd,
+                                  const ngtcp2_path *path,
+                                  const ngtcp2_cid *odcid) {
+  qrpc_conn *c = qrpci_conn_alloc(ep->loop, &ep->opts.conn, &ep->cbs,
+                                  ep->user_data);
+  if (!c) return NULL;
+  c->ep = ep;
+  c->is_server = 1;
+  c->sock = &ep->sock;
+  c->tlscfg = ep->tls;
+  qrpci_tls_config_ref(ep->tls);
+  qrpci_list_push_back(&ep->conns, &c->ep_node);
+  ep->stats.connections++;
+  c->counted_handshake = 1;
+  ep->nhandshaking++;
+  memcpy(&c->local, &ep->local, ep->locallen);
+  c->locallen = ep->locallen;
+  memcpy(&c->remote, path->remote.addr, path->remote.addrlen);
+  c->remotelen = (socklen_t)path->remote.addrlen;
+  c->client_dcid = hd->dcid;
+  c->first_scid.datalen = QRPCI_SCID_LEN;
+  if (qrpci_conn_init_timer(c) != 0 ||
+      qrpci_conn_rand(c->first_scid.data, QRPCI_SCID_LEN) != 0)
+    goto fail;
+
+  ngtcp2_callbacks cb;
+  ngtcp2_settings settings;
+  ngtcp2_transport_params params;
+  qrpci_conn_setup_callbacks(&cb, 1);
+  qrpci_conn_setup_settings(c, &settings, &params, odcid ? odcid : &hd->dcid);
+  if (hd->tokenlen) {
+    settings.token = hd->token;
+    settings.tokenlen = hd->tokenlen;
+    settings.token_type = NGTCP2_TOKEN_TYPE_RETRY;
+  }
+  params.original_dcid = odcid ? *odcid : hd->dcid;
+  params.original_dcid_present = 1;
+  if (odcid) {
+    params.retry_scid = hd->dcid;
+    params.retry_scid_present = 1;
+  }
+  if (ngtcp2_crypto_generate_stateless_reset_token(
+          params.stateless_reset_token, ep->secret, sizeof(ep->secret),
+          &c->first_scid) != 0)
+    goto fail;
+  params.stateless_reset_token_present = 1;
+  ngtcp2_path p = {
+      .local = {.addr = (ngtcp2_sockaddr *)&c->local, .addrlen = c->locallen},
+      .remote = {.addr = (ngtcp2_sockaddr *)&c->remote,
+                 .addrlen = c->remotelen},
+  };
+  if (ngtcp2_conn_server_new(&c->q, &hd->scid, &c->first_scid, &p,
+                             hd->version, &cb, &settings, &params, NULL,
+                             c) != 0)
+    goto fail;
+  if (qrpci_tls_session_new(ep->tls, c, 1, NULL) != 0) goto fail;
+  ngtcp2_conn_set_tls_native_handle(c->q, c->tls);
+  if (qrpci_endpoint_map_cid(ep, &c->first_scid, c) != 0 ||
+      qrpci_endpoint_map_cid(ep, &hd->dcid, c) != 0)
+    goto fail;
+  c->state = QRPCI_CONN_HANDSHAKING;
+  return c;
+fail:
+  qrpci_conn_free(c);
+  return NULL;
+}
+
+static void accept_new(qrpc_endpoint *ep, const ngtcp2_path *path,
+                       uint8_t *data, size_t len) {
+  ngtcp2_pkt_hd hd;
+  if (ngtcp2_accept(&hd, data, len) != 0) {
+    ep->stats.packets_dropped++;
+    return;
+  }
+  if (ep->stats.connections >= ep->opts.max_connections ||
+      ep->nhandshaking >= ep->opts.max_handshakes) {
+    ep->stats.refused++;
+    send_refusal(ep, &hd, path, NGTCP2_CONNECTION_REFUSED);
+    return;
+  }
+  ngtcp2_cid odcid;
+  const ngtcp2_cid *pod = NULL;
+  if (ep->opts.validate_address) {
+    if (hd.tokenlen == 0 || hd.token[0] != NGTCP2_CRYPTO_TOKEN_MAGIC_RETRY2) {
+      send_retry(ep, &hd, path);
+      return;
+    }
+    if (ngtcp2_crypto_verify_retry_token2(
+            &odcid, hd.token, hd.tokenlen, ep->secret, sizeof(ep->secret),
+            hd.version, path->remote.addr, path->remote.addrlen, &hd.dcid,
+            RETRY_TOKEN_TIMEOUT, qrpci_now_ns()) != 0) {
+      send_refusal(ep, &hd, path, NGTCP2_INVALID_TOKEN);
+      ep->stats.packets_dropped++;
+      return;
+    }
+    pod = &odcid;
+  }
+  qrpc_conn *c = server_conn_new(ep, &hd, path, pod);
+  if (!c) {
+    QRPCI_WARN("endpoint: cannot create a connection");
+    return;
+  }
+  qrpci_conn_read(c, path, data, len);
+}
+
+static void ep_pkt(void *ctx, const struct sockaddr *from, socklen_t fromlen,
+                   uint8_t *data, size_t len) {
+  qrpc_endpoint *ep = ctx;
+  ngtcp2_path path = {
+      .local = {.addr = (ngtcp2_sockaddr *)&ep->local, .addrlen = ep->locallen},
+      .remote = {.addr = (ngtcp2_sockaddr *)from, .addrlen = fromlen},
+  };
+  ngtcp2_version_cid vc;
+  int rv = ngtcp2_pkt_decode_version_cid(&vc, data, len, QRPCI_SCID_LEN);
+  if (rv == NGTCP2_ERR_VERSION_NEGOTIATION) {
+    send_version_negotiation(ep, &vc, &path, len);
+    return;
+  }
+  if (rv != 0) {
+    ep->stats.packets_dropped++;
+    return;
+  }
+  qrpc_conn *c = qrpci_cidmap_get(ep->cids, vc.dcid, vc.dcidlen);
+  if (c) {
+    qrpci_conn_read(c, &path, data, len);
+    return;
+  }
+  if (!(data[0] & 0x80)) {
+    /* A short-header packet for no connection we know. */
+    ep->stats.packets_dropped++;
+    return;
+  }
+  accept_new(ep, &path, data, len);
+}
+
+static void ep_read_cb(evutil_socket_t fd, short what, void *arg) {
+  qrpc_endpoint *ep = arg;
+  qrpci_sock_recv_batch(&ep->sock, ep->loop->rxbufs, ep_pkt, ep);
+}
+
+static void ep_writable(void *owner) {
+  qrpc_endpoint *ep = owner;
+  for (qrpci_list *n = ep->conns.next; n != &ep->conns; n = n->next)
+    qrpci_loop_mark_dirty(ep->loop,
+                          QRPCI_CONTAINER_OF(n, qrpc_conn, ep_node));
+}
+
+static int bind_socket(qrpc_endpoint *ep, const char *addr) {
+  char *host, *port;
+  int rv = qrpci_parse_addr(addr, &host, &port);
+  if (rv != 0) return rv;
+  struct addrinfo hints, *res = NULL;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_DGRAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  int gai = getaddrinfo(host, port, &hints, &res);
+  free(host);
+  free(port);
+  if (gai != 0 || !res) {
+    QRPCI_ERROR("endpoint: cannot resolve %s: %s", addr, gai_strerror(gai));
+    return QRPC_EINVAL;
+  }
+  rv = qrpci_sock_open(&ep->sock, res->ai_family);
+  if (rv == 0 && bind(ep->sock.fd, res->ai_addr, res->ai_addrlen) != 0) {
+    rv = errno == EADDRINUSE ? QRPC_EADDRINUSE : QRPC_ESYSTEM;
+    QRPCI_ERROR("endpoint: bind %s: %s", addr, strerror(errno));
+  }
+  freeaddrinfo(res);
+  if (rv != 0) return rv;
+  ep->locallen = sizeof(ep->local);
+  if (getsockname(ep->sock.fd, (struct sockaddr *)&ep->local, &ep->locallen))
+    return QRPC_ESYSTEM;
+  return 0;
+}
+
+int qrpc_endpoint_listen(qrpc_loop *loop, const char *addr,
+                         qrpc_tls_config *tls,
+                         const qrpc_endpoint_opts *opts,
+                         const qrpc_conn_callbacks *cbs, void *user_data,
+                         qrpc_endpoint **out) {
+  if (!loop || !addr || !tls || !out) return QRPC_EINVAL;
+  if (opts && (opts->size != sizeof(*opts) ||
+               opts->conn.max_streams_bidi < QRPCI_MIN_PEER_STREAMS_BIDI ||
+               opts->max_connections == 0 || opts->max_handshakes == 0))
+    return QRPC_EINVAL;
+  if (!tls->has_cert) {
+    QRPCI_ERROR("endpoint: the TLS config has no certificate and key");
+    return QRPC_ETLS;
+  }
+  qrpc_endpoint *ep = calloc(1, sizeof(*ep));
+  if (!ep) return QRPC_ENOMEM;
+  ep->loop = loop;
+  ep->sock.fd = -1;
+  qrpci_list_init(&ep->conns);
+  if (opts) {
+    ep->opts = *opts;
+  } else {
+    qrpc_endpoint_opts_default(&ep->opts);
+  }
+  if (cbs) ep->cbs = *cbs;
+  ep->user_data = user_data;
+  ep->tls = tls;
+  qrpci_tls_config_ref(tls);
+  int rv = QRPC_ENOMEM;
+  if (!(ep->cids = qrpci_cidmap_new())) goto fail;
+  if (qrpci_conn_rand(ep->secret, sizeof(ep->secret)) != 0) goto fail;
+  if ((rv = bind_socket(ep, addr)) != 0) goto fail;
+  rv = QRPC_ENOMEM;
+  if (qrpci_sock_watch(&ep->sock, loop->base, ep_writable, ep) != 0) goto fail;
+  ep->read_ev = event_new(loop->base, ep->sock.fd, EV_READ | EV_PERSIST,
+                          ep_read_cb, ep);
+  if (!ep->read_ev || event_add(ep->read_ev, NULL) != 0) goto fail;
+  *out = ep;
+  return 0;
+fail:
+  qrpc_endpoint_free(ep);
+  return rv;
+}
+
+int qrpc_endpoint_local_addr(qrpc_endpoint *ep, struct sockaddr_storage *ss,
+                             socklen_t *len) {
+  if (!ep || !ss || !len) return QRPC_EINVAL;
+  memcpy(ss, &ep->local, ep->locallen);
+  *len = ep->locallen;
+  return 0;
+}
+
+uint16_t qrpc_endpoint_port(qrpc_endpoint *ep) {
+  if (ep->local.ss_family == AF_INET6)
+    return ntohs(((struct sockaddr_in6 *)&ep->local)->sin6_port);
+  return ntohs(((struct sockaddr_in *)&ep->local)->sin_port);
+}
+
+void qrpc_endpoint_get_stats(qrpc_endpoint *ep, qrpc_endpoint_stats *st) {
+  *st = ep->stats;
+}
+
+void qrpc_endpoint_free(qrpc_endpoint *ep) {
+  if (!ep) return;
+  while (!qrpci_list_empty(&ep->conns)) {
+    qrpc_conn *c = QRPCI_CONTAINER_OF(ep->conns.next, qrpc_conn, ep_node);
+    if (!c->closed_fired) {
+      c->close_info.kind = QRPC_CLOSE_ENDPOINT;
+      c->close_info.local = 1;
+      c->close_info.error = QRPC_ECLOSED;
+      qrpci_conn_fire_closed(c);
+    }
+    if (c->state == QRPCI_CONN_HANDSHAKING ||
+        c->state == QRPCI_CONN_ESTABLISHED) {
+      ngtcp2_ccerr cc;
+      ngtcp2_ccerr_set_application_error(
+          &cc, 0, (const uint8_t *)"server shutting down", 20);
+      qrpci_conn_close_now(c, &cc, 0);
+    }
+    qrpci_conn_free(c);
+  }
+  if (ep->read_ev) event_free(ep->read_ev);
+  qrpci_sock_close(&ep->sock);
+  qrpci_cidmap_free(ep->cids);
+  if (ep->tls) qrpc_tls_config_free(ep->tls);
+  free(ep);
+}

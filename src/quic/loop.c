@@ -1,0 +1,192 @@
+#include <errno.h>
+#include <event2/dns.h>
+#include <stdlib.h>
+#include <string.h>
+#include <event2/thread.h>
+
+#include "qrpc/error.h"
+#include "quic/internal.h"
+#include "quic/testing.h"
+#include "util/clock.h"
+#include "util/log.h"
+
+/* Room for one GSO batch: the kernel takes at most 64 KiB per send. */
+#define QRPCI_TXBUF_CAP 65536
+
+struct qrpci_post {
+  qrpci_post *next;
+  qrpc_loop_fn fn;
+  void *arg;
+};
+
+/* Runs once per loop turn after the read callbacks that made connections
+ * dirty, so frames queued by many calls leave in as few packets as possible. */
+static void flush_cb(evutil_socket_t fd, short what, void *arg) {
+  qrpc_loop *loop = arg;
+  qrpci_list work;
+  qrpci_list_init(&work);
+  /* Detach the list first: writing may mark other connections dirty, which
+   * schedules another pass instead of growing this one without end. */
+  if (!qrpci_list_empty(&loop->dirty)) {
+    work.next = loop->dirty.next;
+    work.prev = loop->dirty.prev;
+    work.next->prev = &work;
+    work.prev->next = &work;
+    qrpci_list_init(&loop->dirty);
+  }
+  while (!qrpci_list_empty(&work)) {
+    qrpc_conn *c = QRPCI_CONTAINER_OF(work.next, qrpc_conn, dirty_node);
+    qrpci_list_remove(&c->dirty_node);
+    if (c->resume_pending) qrpci_conn_process_resumed(c);
+    if (c->state == QRPCI_CONN_DEAD) {
+      qrpci_conn_free(c);
+      continue;
+    }
+    qrpci_conn_write(c);
+  }
+}
+
+void qrpci_loop_mark_dirty(qrpc_loop *loop, qrpc_conn *c) {
+  if (qrpci_list_linked(&c->dirty_node)) return;
+  qrpci_list_push_back(&loop->dirty, &c->dirty_node);
+  event_active(loop->flush_ev, 0, 0);
+}
+
+static void post_cb(evutil_socket_t fd, short what, void *arg) {
+  qrpc_loop *loop = arg;
+  pthread_mutex_lock(&loop->post_mu);
+  qrpci_post *p = loop->post_head;
+  loop->post_head = loop->post_tail = NULL;
+  pthread_mutex_unlock(&loop->post_mu);
+  while (p) {
+    qrpci_post *next = p->next;
+    p->fn(loop, p->arg);
+    free(p);
+    p = next;
+  }
+}
+
+static pthread_once_t threads_once = PTHREAD_ONCE_INIT;
+static int threads_rv;
+
+/* libevent's locking must be on before a base is created, so that
+ * qrpc_loop_post() may activate an event from another thread. */
+static void threads_init(void) { threads_rv = evthread_use_pthreads(); }
+
+int qrpc_loop_new(struct event_base *base, qrpc_loop **out) {
+  if (!out) return QRPC_EINVAL;
+  pthread_once(&threads_once, threads_init);
+  if (threads_rv != 0) return QRPC_ESYSTEM;
+  qrpc_loop *loop = calloc(1, sizeof(*loop));
+  if (!loop) return QRPC_ENOMEM;
+  qrpci_list_init(&loop->dirty);
+  qrpci_list_init(&loop->conns);
+  pthread_mutex_init(&loop->post_mu, NULL);
+  if (base) {
+    loop->base = base;
+    if (evthread_make_base_notifiable(base) != 0) goto fail;
+  } else {
+    loop->base = event_base_new();
+    loop->own_base = 1;
+    if (!loop->base) goto fail;
+  }
+  loop->txcap = QRPCI_TXBUF_CAP;
+  loop->txbuf = malloc(loop->txcap);
+  /* Pages of the receive batch are touched only as large packets arrive. */
+  loop->rxbufs = malloc(sizeof(*loop->rxbufs) * QRPCI_RECV_BATCH);
+  if (!loop->rxbufs) goto fail;
+  loop->flush_ev = event_new(loop->base, -1, 0, flush_cb, loop);
+  loop->post_ev = event_new(loop->base, -1, 0, post_cb, loop);
+  if (!loop->txbuf || !loop->flush_ev || !loop->post_ev) goto fail;
+  *out = loop;
+  return 0;
+fail:
+  qrpc_loop_free(loop);
+  return QRPC_ENOMEM;
+}
+
+struct event_base *qrpc_loop_base(qrpc_loop *loop) { return loop->base; }
+
+uint64_t qrpc_loop_now_ns(qrpc_loop *loop) { return qrpci_now_ns(); }
+
+int qrpc_loop_run(qrpc_loop *loop) {
+  return event_base_dispatch(loop->base) < 0 ? QRPC_ESYSTEM : 0;
+}
+
+int qrpc_loop_run_for(qrpc_loop *loop, uint64_t timeout_ms) {
+  struct timeval tv = qrpci_ns_to_tv(timeout_ms * QRPCI_NS_PER_MS);
+  event_base_loopexit(loop->base, &tv);
+  return event_base_dispatch(loop->base) < 0 ? QRPC_ESYSTEM : 0;
+}
+
+void qrpc_loop_stop(qrpc_loop *loop) { event_base_loopbreak(loop->base); }
+
+int qrpc_loop_post(qrpc_loop *loop, qrpc_loop_fn fn, void *arg) {
+  if (!loop || !fn) return QRPC_EINVAL;
+  qrpci_post *p = malloc(sizeof(*p));
+  if (!p) return QRPC_ENOMEM;
+  p->fn = fn;
+  p->arg = arg;
+  p->next = NULL;
+  pthread_mutex_lock(&loop->post_mu);
+  int was_empty = loop->post_head == NULL;
+  if (loop->post_tail)
+    loop->post_tail->next = p;
+  else
+    loop->post_head = p;
+  loop->post_tail = p;
+  pthread_mutex_unlock(&loop->post_mu);
+  /* Thread-safe with libevent's locking on; it wakes the loop. */
+  if (was_empty) event_active(loop->post_ev, 0, 0);
+  return 0;
+}
+
+struct evdns_base *qrpci_loop_dns(qrpc_loop *loop) {
+  if (!loop->dns) {
+    loop->dns = evdns_base_new(loop->base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
+                                               EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+    if (!loop->dns) QRPCI_ERROR("loop: cannot create the DNS resolver");
+  }
+  return loop->dns;
+}
+
+void qrpci_loop_add_conn(qrpc_loop *loop, qrpc_conn *c) {
+  qrpci_list_push_back(&loop->conns, &c->loop_node);
+  loop->nconns++;
+}
+
+void qrpci_loop_remove_conn(qrpc_loop *loop, qrpc_conn *c) {
+  qrpci_list_remove(&c->loop_node);
+  if (qrpci_list_linked(&c->dirty_node)) qrpci_list_remove(&c->dirty_node);
+  loop->nconns--;
+}
+
+size_t qrpci_loop_conn_count(qrpc_loop *loop) { return loop->nconns; }
+
+void qrpc_loop_free(qrpc_loop *loop) {
+  if (!loop) return;
+  while (!qrpci_list_empty(&loop->conns)) {
+    qrpc_conn *c = QRPCI_CONTAINER_OF(loop->conns.next, qrpc_conn, loop_node);
+    if (!c->closed_fired) {
+      c->close_info.kind = QRPC_CLOSE_ENDPOINT;
+      c->close_info.local = 1;
+      c->close_info.error = QRPC_ECLOSED;
+      qrpci_conn_fire_closed(c);
+    }
+    qrpci_conn_free(c);
+  }
+  if (loop->dns) evdns_base_free(loop->dns, 1);
+  qrpci_post *p = loop->post_head;
+  while (p) {
+    qrpci_post *next = p->next;
+    free(p);
+    p = next;
+  }
+  if (loop->post_ev) event_free(loop->post_ev);
+  if (loop->flush_ev) event_free(loop->flush_ev);
+  if (loop->own_base && loop->base) event_base_free(loop->base);
+  pthread_mutex_destroy(&loop->post_mu);
+  free(loop->txbuf);
+  free(loop->rxbufs);
+  free(loop);
+}

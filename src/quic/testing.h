@@ -1,0 +1,21 @@
+/*
+ * Internal hooks for the project's own tests. Not installed, not part of
+ * the public API.
+ */
+#ifndef QRPCI_QUIC_TESTING_H
+#define QRPCI_QUIC_TESTING_H
+
+#include <stddef.h>
+
+#include "qrpc/loop.h"
+#include "qrpc/tls.h"
+
+/* Replaces the ALPN this config offers (normally "qrpc/1"), so a test can
+ * act as a peer that does not speak qrpc/1. Errors: QRPC_EINVAL. */
+int qrpci_tls_config_set_alpn(qrpc_tls_config *cfg, const char *alpn);
+
+/* Connections the loop still holds, including those in their closing or
+ * draining period. 0 once everything has been released. */
+size_t qrpci_loop_conn_count(qrpc_loop *loop);
+
+#endif
