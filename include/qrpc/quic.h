@@ -245,7 +245,7 @@ size_t qrpc_conn_max_datagram_size(qrpc_conn *c);
  * QRPC_ENOBUFS (send queue full), QRPC_ECLOSED, QRPC_ENOMEM. */
 int qrpc_conn_send_datagram(qrpc_conn *c, const void *data, size_t len);
 
-/* ---- Raw streams (PROTOCOL.md section 2) ------------------------------ */
+/* ---- Raw streams (docs/protocol.md section 2) ------------------------------ */
 
 /* Opens a bidirectional raw stream named name (1..255 bytes of UTF-8).
  * cbs is copied. The handle stays valid until its on_closed returns.

@@ -20,7 +20,7 @@
 #define MAX_VECS 16
 #define AEAD_TAG_LEN 16
 #define CLIENT_DCID_LEN 18
-#define PEER_UNI_STREAMS 8 /* accepted only to be stopped (PROTOCOL.md 2) */
+#define PEER_UNI_STREAMS 8 /* accepted only to be stopped (docs/protocol.md 2) */
 /* RFC 9000 10.2: the closing and draining periods last three PTOs. */
 #define CLOSE_PERIOD_PTOS 3
 

@@ -194,7 +194,7 @@ static void give_credit(qrpc_stream *s, size_t n) {
   ngtcp2_conn_extend_max_offset(c->q, n);
 }
 
-/* Refuses a stream the peer opened (PROTOCOL.md section 2). */
+/* Refuses a stream the peer opened (docs/protocol.md section 2). */
 static void refuse(qrpc_stream *s) {
   s->kind_known = -1;
   ngtcp2_conn_shutdown_stream(s->conn->q, 0, s->id,

@@ -1,5 +1,5 @@
 /*
- * The header every qrpc bidirectional stream starts with (PROTOCOL.md
+ * The header every qrpc bidirectional stream starts with (docs/protocol.md
  * section 2): a kind byte, and for RAW streams a varint name length and the
  * name. Pure functions over byte slices; nothing is allocated.
  */
