@@ -19,11 +19,6 @@ NGTCP2_PACKAGES=(libngtcp2-dev libngtcp2-crypto-gnutls-dev)
 log() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
-SUDO=()
-if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null 2>&1 || die "run as root or install sudo"
-  SUDO=(sudo)
-fi
 export DEBIAN_FRONTEND=noninteractive
 
 have_all() {
@@ -37,6 +32,12 @@ have_all() {
 if have_all; then
   log "all packages present"
   exit 0
+fi
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null 2>&1 || die "run as root or install sudo"
+  SUDO=(sudo)
 fi
 
 [ -r /etc/os-release ] || die "/etc/os-release missing: not a Debian system?"
@@ -98,7 +99,7 @@ fi
 if [ "$needs_backports" = 1 ] && ! backports_enabled; then
   entries=$(backports_entries)
   if [ -n "$entries" ]; then
-    printf '%s' "$entries" | "${SUDO[@]}" tee /etc/apt/sources.list.d/qrpc-backports.sources >/dev/null
+    printf '%s\n' "$entries" | "${SUDO[@]}" tee /etc/apt/sources.list.d/qrpc-backports.sources >/dev/null
     log "enabled ${codename}-backports in /etc/apt/sources.list.d/qrpc-backports.sources"
   else
     lines=$(backports_lines)

@@ -31,7 +31,7 @@ enum {
   QRPC_ELIMIT = -16,        /* a configured limit was reached */
   QRPC_ESTATE = -17,        /* not allowed in the object's current state */
   QRPC_ETRANSPORT = -18,    /* the QUIC transport failed or was closed */
-  QRPC_EAPP = -19,          /* the peer closed with an application error */
+  QRPC_EAPP = -19,          /* closed with an application error code */
   QRPC_ERESET = -20,        /* the peer reset the stream */
   QRPC_EADDRINUSE = -21,    /* the address is already in use */
   QRPC_ENOTFOUND = -22,     /* no such object */

@@ -8,6 +8,7 @@
 #include "qrpc/log.h"
 #include "qrpc/loop.h"
 #include "qrpc/quic.h"
+#include "qrpc/rpc.h"
 #include "qrpc/tls.h"
 #include "qrpc/version.h"
 

@@ -129,7 +129,7 @@ typedef struct qrpc_conn_opts {
   uint64_t stream_window;        /* receive window per stream; default 1 MiB */
   uint64_t conn_window;          /* receive window per connection; 16 MiB */
   size_t stream_send_buffer;     /* high watermark of buffered writes; 1 MiB */
-  int enable_datagrams;          /* default 1 */
+  int enable_datagrams;          /* accept datagrams from the peer; 1 */
   size_t datagram_queue_len;     /* datagrams waiting to be sent; 1024 */
   const char *qlog_dir; /* if set, write <dir>/<cid>.sqlog per connection */
 } qrpc_conn_opts;
@@ -240,6 +240,7 @@ size_t qrpc_conn_max_datagram_size(qrpc_conn *c);
 
 /* Sends an unreliable datagram (RFC 9221). The bytes are copied on
  * success. It is queued until the congestion window lets it out.
+ * Sending needs only the peer to have enabled datagrams (RFC 9221).
  * Errors: QRPC_ESTATE (handshake not finished), QRPC_ENODGRAM (the peer did
  * not enable datagrams), QRPC_EMSGSIZE (over qrpc_conn_max_datagram_size),
  * QRPC_ENOBUFS (send queue full), QRPC_ECLOSED, QRPC_ENOMEM. */

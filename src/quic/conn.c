@@ -12,6 +12,7 @@
 
 #include "qrpc/error.h"
 #include "quic/internal.h"
+#include "quic/rpcglue.h"
 #include "util/clock.h"
 #include "util/log.h"
 #include "util/varint.h"
@@ -214,8 +215,19 @@ static void fail_app(qrpc_conn *c, uint64_t code, const char *reason) {
 }
 
 void qrpci_conn_fail_protocol(qrpc_conn *c, const char *reason) {
-  QRPCI_WARN("conn: closing: protocol error: %s", reason);
-  fail_app(c, QRPCI_ERR_PROTOCOL_ERROR, reason);
+  qrpci_conn_fail(c, QRPCI_ERR_PROTOCOL_ERROR, reason);
+}
+
+void qrpci_conn_fail(qrpc_conn *c, uint64_t code, const char *reason) {
+  QRPCI_WARN("conn: closing with error 0x%llx: %s", (unsigned long long)code,
+             reason);
+  fail_app(c, code, reason);
+}
+
+void qrpci_conn_set_rpc_acceptor(qrpc_conn *c, qrpci_rpc_accept_fn fn,
+                                 void *ud) {
+  c->rpc_accept = fn;
+  c->rpc_accept_ud = ud;
 }
 
 /* Fills close_info from the CONNECTION_CLOSE the peer sent. */
@@ -473,7 +485,9 @@ static void open_qlog(qrpc_conn *c, const ngtcp2_cid *odcid) {
        i++)
     n += snprintf(path + n, sizeof(path) - (size_t)n, "%02x", odcid->data[i]);
   if (n <= 0 || (size_t)n + 8 >= sizeof(path)) return;
-  snprintf(path + n, sizeof(path) - (size_t)n, ".sqlog");
+  /* Both ends name the file after the same connection id. */
+  snprintf(path + n, sizeof(path) - (size_t)n,
+           c->is_server ? "_server.sqlog" : "_client.sqlog");
   c->qlog = fopen(path, "w");
   if (!c->qlog) QRPCI_WARN("conn: cannot open qlog %s: %s", path, strerror(errno));
 }
@@ -551,6 +565,7 @@ void qrpci_conn_read(qrpc_conn *c, const ngtcp2_path *path, uint8_t *data,
   }
   check_path(c);
   run_pending_close(c);
+  if (c->flush_close) qrpci_conn_check_shutdown(c);
   qrpci_loop_mark_dirty(c->loop, c);
 }
 
@@ -612,6 +627,11 @@ static ngtcp2_ssize write_one(qrpc_conn *c, ngtcp2_path *path, uint8_t *dst,
   ngtcp2_pkt_info pi;
   for (;;) {
     ngtcp2_ssize nw;
+    while (c->dgq_len && c->dgq[c->dgq_head]->len > qrpc_conn_max_datagram_size(c)) {
+      /* Queued when the path allowed it; it no longer fits a packet. */
+      drop_datagram(c);
+      c->stats.datagrams_lost++;
+    }
     if (c->dgq_len && c->state == QRPCI_CONN_ESTABLISHED) {
       qrpci_dgram *d = c->dgq[c->dgq_head];
       ngtcp2_vec v = {.base = d->data, .len = d->len};
@@ -619,15 +639,11 @@ static ngtcp2_ssize write_one(qrpc_conn *c, ngtcp2_path *path, uint8_t *dst,
       nw = ngtcp2_conn_writev_datagram(c->q, path, &pi, dst, cap, &accepted,
                                        NGTCP2_WRITE_DATAGRAM_FLAG_MORE, 0, &v,
                                        1, now);
+      /* Not accepted but a packet was written: the packet was already
+       * partly full, so the datagram goes into the next one. */
       if (accepted) {
         drop_datagram(c);
         c->stats.datagrams_sent++;
-        c->dgram_retry = 0;
-      } else if (nw > 0 && ++c->dgram_retry > 1) {
-        /* It did not fit an empty packet either: the path shrank. */
-        drop_datagram(c);
-        c->stats.datagrams_lost++;
-        c->dgram_retry = 0;
       }
       if (nw == NGTCP2_ERR_WRITE_MORE) continue;
       if (nw == NGTCP2_ERR_INVALID_STATE) {
@@ -982,12 +998,49 @@ int qrpc_conn_close(qrpc_conn *c, uint64_t app_error, const char *reason) {
 
 static void shutdown_deadline_cb(evutil_socket_t fd, short what, void *arg) {
   qrpc_conn *c = arg;
-  if (!c->closed_fired) qrpc_conn_close(c, QRPCI_ERR_NO_ERROR, "shutdown deadline");
+  if (c->closed_fired) return;
+  if (c->flush_close)
+    qrpc_conn_close(c, c->flush_close_code, c->close_reason);
+  else
+    qrpc_conn_close(c, QRPCI_ERR_NO_ERROR, "shutdown deadline");
+}
+
+static int all_acked(qrpc_conn *c) {
+  for (qrpci_list *n = c->streams.next; n != &c->streams; n = n->next) {
+    qrpc_stream *s = QRPCI_CONTAINER_OF(n, qrpc_stream, node);
+    if (!s->stopped && s->acked < s->written) return 0;
+  }
+  return 1;
 }
 
 void qrpci_conn_check_shutdown(qrpc_conn *c) {
-  if (c->shutting_down && !c->closed_fired && qrpci_list_empty(&c->streams))
+  if (c->closed_fired) return;
+  if (c->shutting_down && qrpci_list_empty(&c->streams))
     qrpc_conn_close(c, QRPCI_ERR_NO_ERROR, "shutdown");
+  else if (c->flush_close && all_acked(c))
+    qrpc_conn_close(c, c->flush_close_code, c->close_reason);
+}
+
+static int arm_shutdown(qrpc_conn *c, uint64_t timeout_ms) {
+  if (!c->shutdown_ev &&
+      !(c->shutdown_ev = evtimer_new(c->loop->base, shutdown_deadline_cb, c)))
+    return QRPC_ENOMEM;
+  struct timeval tv = qrpci_ns_to_tv(timeout_ms * QRPCI_NS_PER_MS);
+  evtimer_add(c->shutdown_ev, &tv);
+  return 0;
+}
+
+void qrpci_conn_close_after_flush(qrpc_conn *c, uint64_t code,
+                                  const char *reason, uint64_t timeout_ms) {
+  if (c->closed_fired || c->flush_close) return;
+  c->flush_close = 1;
+  c->flush_close_code = code;
+  set_reason(c, (const uint8_t *)reason, strlen(reason));
+  if (arm_shutdown(c, timeout_ms) != 0) {
+    qrpc_conn_close(c, code, reason);
+    return;
+  }
+  qrpci_conn_check_shutdown(c);
 }
 
 int qrpc_conn_shutdown(qrpc_conn *c, uint64_t timeout_ms) {
@@ -995,10 +1048,8 @@ int qrpc_conn_shutdown(qrpc_conn *c, uint64_t timeout_ms) {
   if (c->closed_fired) return QRPC_ECLOSED;
   if (c->shutting_down) return 0;
   c->shutting_down = 1;
-  c->shutdown_ev = evtimer_new(c->loop->base, shutdown_deadline_cb, c);
-  if (!c->shutdown_ev) return QRPC_ENOMEM;
-  struct timeval tv = qrpci_ns_to_tv(timeout_ms * QRPCI_NS_PER_MS);
-  evtimer_add(c->shutdown_ev, &tv);
+  int rv = arm_shutdown(c, timeout_ms);
+  if (rv != 0) return rv;
   qrpci_conn_check_shutdown(c);
   return 0;
 }
@@ -1006,7 +1057,9 @@ int qrpc_conn_shutdown(qrpc_conn *c, uint64_t timeout_ms) {
 /* ---- Datagrams -------------------------------------------------------- */
 
 size_t qrpc_conn_max_datagram_size(qrpc_conn *c) {
-  if (!c->q || !c->established_fired || !c->opts.enable_datagrams) return 0;
+  /* Whether we may send depends on the peer's transport parameter alone
+   * (RFC 9221 section 3); enable_datagrams governs what we receive. */
+  if (!c->q || !c->established_fired) return 0;
   const ngtcp2_transport_params *rp =
       ngtcp2_conn_get_remote_transport_params(c->q);
   if (!rp || rp->max_datagram_frame_size == 0) return 0;
@@ -1026,7 +1079,6 @@ int qrpc_conn_send_datagram(qrpc_conn *c, const void *data, size_t len) {
   if (!c || (!data && len)) return QRPC_EINVAL;
   if (c->closed_fired || c->state > QRPCI_CONN_ESTABLISHED) return QRPC_ECLOSED;
   if (!c->established_fired) return QRPC_ESTATE;
-  if (!c->opts.enable_datagrams) return QRPC_ENODGRAM;
   const ngtcp2_transport_params *rp =
       ngtcp2_conn_get_remote_transport_params(c->q);
   if (!rp || rp->max_datagram_frame_size == 0) return QRPC_ENODGRAM;

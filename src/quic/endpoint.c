@@ -10,6 +10,7 @@
 #include "qrpc/error.h"
 #include "quic/cidmap.h"
 #include "quic/internal.h"
+#include "quic/rpcglue.h"
 #include "util/clock.h"
 #include "util/log.h"
 #include "wire/protocol.h"
@@ -102,7 +103,7 @@ static void send_refusal(qrpc_endpoint *ep, const ngtcp2_pkt_hd *hd,
 
 static void send_retry(qrpc_endpoint *ep, const ngtcp2_pkt_hd *hd,
                        const ngtcp2_path *path) {
-  uint8_t token[NGTCP2_CRYPTO_MAX_RETRY_TOKENLEN];
+  uint8_t token[NGTCP2_CRYPTO_MAX_RETRY_TOKENLEN2];
   uint8_t buf[NGTCP2_MAX_UDP_PAYLOAD_SIZE];
   ngtcp2_cid scid;
   scid.datalen = QRPCI_SCID_LEN;
@@ -127,6 +128,8 @@ static qrpc_conn *server_conn_new(qrpc_endpoint *ep, const ngtcp2_pkt_hd *hd,
   if (!c) return NULL;
   c->ep = ep;
   c->is_server = 1;
+  c->rpc_accept = ep->rpc_accept;
+  c->rpc_accept_ud = ep->rpc_accept_ud;
   c->sock = &ep->sock;
   c->tlscfg = ep->tls;
   qrpci_tls_config_ref(ep->tls);
@@ -337,6 +340,16 @@ int qrpc_endpoint_listen(qrpc_loop *loop, const char *addr,
 fail:
   qrpc_endpoint_free(ep);
   return rv;
+}
+
+void qrpci_endpoint_set_rpc_acceptor(qrpc_endpoint *ep, qrpci_rpc_accept_fn fn,
+                                     void *ud) {
+  ep->rpc_accept = fn;
+  ep->rpc_accept_ud = ud;
+}
+
+void qrpci_endpoint_refuse_new(qrpc_endpoint *ep) {
+  ep->opts.max_connections = 0;
 }
 
 int qrpc_endpoint_local_addr(qrpc_endpoint *ep, struct sockaddr_storage *ss,

@@ -81,6 +81,8 @@ struct qrpc_endpoint {
   qrpc_endpoint_opts opts;
   qrpc_conn_callbacks cbs;
   void *user_data;
+  void (*rpc_accept)(qrpc_conn *, qrpc_stream *, void *);
+  void *rpc_accept_ud;
   qrpci_sock sock;
   struct event *read_ev;
   struct sockaddr_storage local;
@@ -119,6 +121,8 @@ struct qrpc_conn {
   int closed_fired;
   int counted_handshake;     /* included in ep->nhandshaking */
   int shutting_down;
+  int flush_close;           /* close once all stream data is acked */
+  uint64_t flush_close_code;
   int resume_pending;        /* a paused stream was resumed */
   int cert_rejected;         /* our verification refused the peer */
 
@@ -143,13 +147,14 @@ struct qrpc_conn {
   qrpc_conn_opts opts;
   qrpc_conn_callbacks cbs;
   void *user_data;
+  void (*rpc_accept)(qrpc_conn *, qrpc_stream *, void *);
+  void *rpc_accept_ud;
 
   qrpci_list streams;        /* every qrpc_stream of the connection */
   qrpci_list sendq;          /* streams with bytes or FIN to send */
 
   qrpci_dgram **dgq;         /* ring of queued datagrams */
   size_t dgq_head, dgq_len;
-  int dgram_retry;
 
   int pending_close;         /* a close requested while busy */
   ngtcp2_ccerr pending_ccerr;

@@ -8,6 +8,7 @@
 #include "qrpc/error.h"
 #include "quic/internal.h"
 #include "util/log.h"
+#include "quic/rpcglue.h"
 #include "wire/stream_header.h"
 
 #define CHUNK_MIN (16 * 1024)
@@ -215,6 +216,20 @@ static void offer_raw(qrpc_stream *s, const qrpci_stream_header *h) {
   }
 }
 
+static void offer_rpc(qrpc_stream *s) {
+  qrpc_conn *c = s->conn;
+  if (!c->rpc_accept || c->closed_fired) {
+    refuse(s);
+    return;
+  }
+  s->has_user = 1;
+  c->rpc_accept(c, s, c->rpc_accept_ud);
+  if (!s->cbs_set && !s->closed_fired) {
+    s->has_user = 0;
+    refuse(s);
+  }
+}
+
 /* Parses the stream header from the first bytes; returns how many bytes of
  * data it used, and whether the stream is usable afterwards. */
 static size_t parse_header(qrpc_stream *s, const uint8_t *data, size_t len,
@@ -255,7 +270,7 @@ static size_t parse_header(qrpc_stream *s, const uint8_t *data, size_t len,
   if (h.kind == QRPCI_STREAM_KIND_RAW)
     offer_raw(s, &h);
   else
-    refuse(s); /* RPC streams need the RPC layer on this connection. */
+    offer_rpc(s);
   return used - before;
 }
 
@@ -345,13 +360,9 @@ void qrpc_stream_pause_read(qrpc_stream *s, int paused) {
 
 /* ---- Opening and accessors -------------------------------------------- */
 
-int qrpc_stream_open(qrpc_conn *c, const char *name,
-                     const qrpc_stream_callbacks *cbs, void *user_data,
-                     qrpc_stream **out) {
-  if (!c || !name || !out) return QRPC_EINVAL;
-  uint8_t hdr[QRPCI_STREAM_HEADER_MAX];
-  size_t hlen = qrpci_stream_header_encode_raw(hdr, name, strlen(name));
-  if (hlen == 0) return QRPC_EINVAL;
+static int open_with_header(qrpc_conn *c, const uint8_t *hdr, size_t hlen,
+                            const qrpc_stream_callbacks *cbs, void *user_data,
+                            qrpc_stream **out) {
   if (c->closed_fired || c->state > QRPCI_CONN_ESTABLISHED) return QRPC_ECLOSED;
   if (!c->established_fired || c->shutting_down) return QRPC_ESTATE;
   int64_t sid;
@@ -372,6 +383,62 @@ int qrpc_stream_open(qrpc_conn *c, const char *name,
   want_send(s);
   *out = s;
   return 0;
+}
+
+int qrpc_stream_open(qrpc_conn *c, const char *name,
+                     const qrpc_stream_callbacks *cbs, void *user_data,
+                     qrpc_stream **out) {
+  if (!c || !name || !out) return QRPC_EINVAL;
+  uint8_t hdr[QRPCI_STREAM_HEADER_MAX];
+  size_t hlen = qrpci_stream_header_encode_raw(hdr, name, strlen(name));
+  if (hlen == 0) return QRPC_EINVAL;
+  return open_with_header(c, hdr, hlen, cbs, user_data, out);
+}
+
+int qrpci_stream_open_rpc(qrpc_conn *c, const qrpc_stream_callbacks *cbs,
+                          void *user_data, qrpc_stream **out) {
+  static const uint8_t kind = QRPCI_STREAM_KIND_RPC;
+  if (!c || !out) return QRPC_EINVAL;
+  return open_with_header(c, &kind, 1, cbs, user_data, out);
+}
+
+uint8_t *qrpci_stream_reserve(qrpc_stream *s, size_t n) {
+  if (check_writable(s) != 0) return NULL;
+  qrpci_chunk *t = s->tail;
+  if (t && t->cap - t->len >= n) return t->data + t->len;
+  /* Start a chunk big enough for n; the old tail's free room is left
+   * unused, since chunks never move once ngtcp2 may point into them. */
+  size_t cap = n < CHUNK_MIN ? CHUNK_MIN : n;
+  qrpci_chunk *nc = malloc(sizeof(*nc) + cap);
+  if (!nc) return NULL;
+  nc->next = NULL;
+  nc->cap = cap;
+  nc->len = 0;
+  if (t) {
+    t->cap = t->len;
+    t->next = nc;
+  } else {
+    s->head = nc;
+    s->head_off = s->written;
+  }
+  if (!s->cur) {
+    s->cur = nc;
+    s->cur_off = s->written;
+  }
+  s->tail = nc;
+  return nc->data;
+}
+
+void qrpci_stream_commit(qrpc_stream *s, size_t n) {
+  s->tail->len += n;
+  s->written += n;
+  want_send(s);
+}
+
+int qrpci_stream_congested(qrpc_stream *s) {
+  if (qrpc_stream_buffered(s) < s->conn->opts.stream_send_buffer) return 0;
+  s->write_blocked = 1;
+  return 1;
 }
 
 void qrpc_stream_set_callbacks(qrpc_stream *s, const qrpc_stream_callbacks *cbs,

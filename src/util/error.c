@@ -21,7 +21,7 @@ const char *qrpc_strerror(int err) {
   case QRPC_ELIMIT: return "limit reached";
   case QRPC_ESTATE: return "not allowed in the current state";
   case QRPC_ETRANSPORT: return "QUIC transport error";
-  case QRPC_EAPP: return "closed by the peer with an application error";
+  case QRPC_EAPP: return "connection closed with an application error code";
   case QRPC_ERESET: return "stream reset by the peer";
   case QRPC_EADDRINUSE: return "address already in use";
   case QRPC_ENOTFOUND: return "not found";

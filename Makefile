@@ -1,0 +1,134 @@
+# qrpc: the two commands most people need are
+#
+#   make run    install what is missing, build, and run the echo demo
+#   make test   install what is missing, build, and run every test twice:
+#               as built, and under AddressSanitizer + UBSan
+#
+# The real build is CMake; this file only strings the steps together.
+# Run `make help` for the other targets.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.ONESHELL:
+.DEFAULT_GOAL := help
+# Keep the output of the nested builds free of "Entering directory" lines.
+MAKEFLAGS += --no-print-directory
+
+BUILD_DIR   ?= build
+SAN_DIR     ?= build-san
+CERT_DIR    ?= $(BUILD_DIR)/certs
+PREFIX      ?= /usr/local
+JOBS        ?= $(shell nproc 2>/dev/null || echo 2)
+# End-to-end tests use loopback UDP and real timers: two at a time keeps
+# them from starving each other on a small machine.
+CTEST_JOBS  ?= 2
+CMAKE_FLAGS ?=
+CTEST       := ctest --output-on-failure --no-tests=error -j$(CTEST_JOBS)
+SAN_ENV     := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+               UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+# Seconds the demo may take before it is stopped.
+RUN_TIMEOUT ?= 60
+
+.PHONY: help setup build build-san certs run test install clean
+
+# List the targets.
+help:
+	@echo "make run       set up, build, make certificates and run the echo demo"
+	@echo "make test      set up, build and run all tests (normal and sanitizer builds)"
+	@echo "make setup     install the Debian packages qrpc needs (uses sudo if not root)"
+	@echo "make build     configure and build into $(BUILD_DIR)/"
+	@echo "make build-san the same with ASan + UBSan, into $(SAN_DIR)/"
+	@echo "make certs     make development certificates in $(CERT_DIR)/ if missing"
+	@echo "make install   install into PREFIX (now $(PREFIX)), e.g. make install PREFIX=\$$HOME/.local"
+	@echo "make clean     remove $(BUILD_DIR)/ and $(SAN_DIR)/"
+
+# Install the compilers and libraries (fast when everything is present).
+setup:
+	bash scripts/setup.sh
+
+# Configure and build the library, tests and examples.
+build: setup
+	cmake -S . -B $(BUILD_DIR) $(CMAKE_FLAGS)
+	cmake --build $(BUILD_DIR) -j$(JOBS)
+
+# The same with AddressSanitizer and UndefinedBehaviorSanitizer.
+build-san: setup
+	cmake -S . -B $(SAN_DIR) -DQRPC_SANITIZE=ON $(CMAKE_FLAGS)
+	cmake --build $(SAN_DIR) -j$(JOBS)
+
+# Development CA and localhost server certificate (kept if present).
+certs: setup
+	bash scripts/gen-certs.sh $(CERT_DIR)
+
+# Start echo_server on a free loopback port, run echo_client against it,
+# stop the server, and fail if the client failed.
+run: build certs
+	@out=$$(mktemp -d)
+	server_pid=
+	stop_server() {
+	  [ -n "$$server_pid" ] || return 0
+	  kill -TERM "$$server_pid" 2>/dev/null || true
+	  for _ in $$(seq 50); do
+	    kill -0 "$$server_pid" 2>/dev/null || break
+	    sleep 0.1
+	  done
+	  if kill -0 "$$server_pid" 2>/dev/null; then
+	    echo "demo: the server ignored SIGTERM; killing it"
+	    kill -KILL "$$server_pid" 2>/dev/null || true
+	  fi
+	  server_status=0
+	  wait "$$server_pid" || server_status=$$?
+	  server_pid=
+	  echo "demo: server output (exit status $$server_status):"
+	  sed 's/^/  | /' "$$out/server.log"
+	}
+	trap 'stop_server; rm -rf "$$out"' EXIT
+	echo "demo: starting echo_server on 127.0.0.1, port chosen by the system"
+	$(BUILD_DIR)/examples/echo_server \
+	  --listen 127.0.0.1:0 \
+	  --cert $(CERT_DIR)/server.pem --key $(CERT_DIR)/server-key.pem \
+	  >"$$out/server.log" 2>&1 &
+	server_pid=$$!
+	port=
+	for _ in $$(seq 100); do
+	  port=$$(sed -n 's/^READY \([0-9][0-9]*\)$$/\1/p' "$$out/server.log")
+	  if [ -n "$$port" ] || ! kill -0 "$$server_pid" 2>/dev/null; then break; fi
+	  sleep 0.1
+	done
+	if [ -z "$$port" ]; then
+	  echo "demo: FAILED: echo_server did not report READY <port>"
+	  exit 1
+	fi
+	echo "demo: server ready on 127.0.0.1:$$port; running echo_client"
+	client_status=0
+	timeout -s TERM $(RUN_TIMEOUT) $(BUILD_DIR)/examples/echo_client \
+	  --connect "127.0.0.1:$$port" --ca $(CERT_DIR)/ca.pem --servername localhost \
+	  || client_status=$$?
+	echo "demo: stopping the server (SIGTERM)"
+	stop_server
+	if [ "$$client_status" -ne 0 ]; then
+	  echo "demo: FAILED: echo_client exited with status $$client_status"
+	  exit 1
+	fi
+	echo "demo: OK"
+
+# Run every test in both builds; fails if any test failed in either.
+test: build build-san
+	@status=0
+	echo "== tests: $(BUILD_DIR)/"
+	$(CTEST) --test-dir $(BUILD_DIR) || status=1
+	echo "== tests under AddressSanitizer and UBSan: $(SAN_DIR)/"
+	$(SAN_ENV) $(CTEST) --test-dir $(SAN_DIR) || status=1
+	if [ "$$status" -ne 0 ]; then
+	  echo "make test: FAILED (see the failures above)"
+	  exit 1
+	fi
+	echo "make test: all tests passed"
+
+# Install libraries, headers, pkg-config file and CMake package.
+install: build
+	cmake --install $(BUILD_DIR) --prefix "$(PREFIX)"
+
+# Remove both build trees (and the demo certificates inside build/).
+clean:
+	rm -rf $(BUILD_DIR) $(SAN_DIR)

@@ -1,0 +1,327 @@
+/*
+ * The RPC engine: calls by method id over qrpc connections (docs/protocol.md
+ * sections 2, 3 and 6). It works on raw payload bytes; the code generator
+ * wraps it with typed stubs.
+ *
+ * Objects:
+ * - qrpc_server: an endpoint that serves registered methods.
+ * - qrpc_client: a connection to one server address that survives
+ *   connection loss (it reconnects with backoff) and can itself serve
+ *   methods the server calls.
+ * - qrpc_peer: the RPC session on one live connection, on either side. A
+ *   server calls its client through the peer, and handlers learn the peer of
+ *   each request.
+ * - qrpc_call: an outgoing call, owned by the engine until its on_done
+ *   callback has returned.
+ * - qrpc_req: an incoming call being served.
+ *
+ * Threading: everything runs on the loop thread; use qrpc_loop_post() to
+ * hand work from other threads.
+ *
+ * Completion: a function that starts a call returns 0 and later fires the
+ * call's on_done callback exactly once (reply, error, deadline, cancel or
+ * connection loss), or returns a negative QRPC_E* code and fires nothing.
+ * on_done never runs inside the function that started the call.
+ */
+#ifndef QRPC_RPC_H
+#define QRPC_RPC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qrpc/loop.h"
+#include "qrpc/quic.h"
+#include "qrpc/tls.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Status codes: the gRPC canonical codes; applications use 1000 and up. */
+enum {
+  QRPC_STATUS_OK = 0,
+  QRPC_STATUS_CANCELLED = 1,
+  QRPC_STATUS_UNKNOWN = 2,
+  QRPC_STATUS_INVALID_ARGUMENT = 3,
+  QRPC_STATUS_DEADLINE_EXCEEDED = 4,
+  QRPC_STATUS_NOT_FOUND = 5,
+  QRPC_STATUS_ALREADY_EXISTS = 6,
+  QRPC_STATUS_PERMISSION_DENIED = 7,
+  QRPC_STATUS_RESOURCE_EXHAUSTED = 8,
+  QRPC_STATUS_FAILED_PRECONDITION = 9,
+  QRPC_STATUS_ABORTED = 10,
+  QRPC_STATUS_OUT_OF_RANGE = 11,
+  QRPC_STATUS_UNIMPLEMENTED = 12,
+  QRPC_STATUS_INTERNAL = 13,
+  QRPC_STATUS_UNAVAILABLE = 14,
+  QRPC_STATUS_DATA_LOSS = 15,
+  QRPC_STATUS_UNAUTHENTICATED = 16,
+  QRPC_STATUS_APP_MIN = 1000,
+};
+
+/* Returns the canonical name of a status ("OK", "DEADLINE_EXCEEDED", ...),
+ * or "APPLICATION" for 1000 and up, "UNKNOWN_STATUS" otherwise. */
+const char *qrpc_status_name(int status);
+
+typedef struct qrpc_server qrpc_server;
+typedef struct qrpc_client qrpc_client;
+typedef struct qrpc_peer qrpc_peer;
+typedef struct qrpc_call qrpc_call;
+typedef struct qrpc_req qrpc_req;
+
+/* The shape of a method, known to both sides from the IDL. */
+typedef enum qrpc_shape {
+  QRPC_SHAPE_UNARY = 0,
+  QRPC_SHAPE_SERVER_STREAM = 1,
+  QRPC_SHAPE_CLIENT_STREAM = 2,
+  QRPC_SHAPE_BIDI_STREAM = 3,
+} qrpc_shape;
+
+/* How a call ended. Everything is borrowed for the duration of on_done. */
+typedef struct qrpc_result {
+  int status;             /* QRPC_STATUS_*; 0 means success */
+  const char *detail;     /* UTF-8, detail_len bytes, not NUL-terminated */
+  size_t detail_len;
+  const uint8_t *payload; /* the REPLY of unary and client-streaming calls */
+  size_t len;
+  int local;              /* 1: decided here (deadline, cancel, connection
+                             loss, refusal), not answered by the peer */
+} qrpc_result;
+
+/* ---- Calling ---------------------------------------------------------- */
+
+typedef struct qrpc_call_callbacks {
+  /* The call is over. Exactly once; the last callback; the call handle is
+   * invalid after it returns. */
+  void (*on_done)(qrpc_call *call, const qrpc_result *res, void *user_data);
+  /* An ITEM from the callee (server and bidi streaming). */
+  void (*on_item)(qrpc_call *call, const uint8_t *data, size_t len,
+                  void *user_data);
+  /* Room again after qrpc_call_send() returned QRPC_EAGAIN. */
+  void (*on_writable)(qrpc_call *call, void *user_data);
+} qrpc_call_callbacks;
+
+typedef struct qrpc_call_opts {
+  size_t size;         /* sizeof(qrpc_call_opts), set by the default */
+  uint64_t timeout_ms; /* 0: the client's default (none unless set) */
+  int fail_fast;       /* -1: the client's default; 1: fail with
+                          QRPC_ECLOSED when not connected; 0: wait */
+} qrpc_call_opts;
+
+void qrpc_call_opts_default(qrpc_call_opts *o);
+
+/* Starts a unary call of method with payload (copied). opts may be NULL.
+ * On success *out (may be NULL) is the handle, valid until on_done returns.
+ * Errors: QRPC_EINVAL, QRPC_ECLOSED (not connected and fail-fast, or the
+ * peer is gone or going away), QRPC_ENOBUFS (the client's queue of waiting
+ * calls is full), QRPC_EMSGSIZE (payload over the frame limit),
+ * QRPC_ENOMEM. */
+int qrpc_client_call(qrpc_client *cli, uint32_t method, const void *payload,
+                     size_t len, const qrpc_call_opts *opts,
+                     const qrpc_call_callbacks *cbs, void *user_data,
+                     qrpc_call **out);
+int qrpc_peer_call(qrpc_peer *peer, uint32_t method, const void *payload,
+                   size_t len, const qrpc_call_opts *opts,
+                   const qrpc_call_callbacks *cbs, void *user_data,
+                   qrpc_call **out);
+
+/* Starts a streaming call of the given shape on a stream of its own. For
+ * server streaming payload is the request; for client and bidi streaming it
+ * must be empty (send items with qrpc_call_send()). Errors as for
+ * qrpc_client_call(), plus QRPC_ELIMIT (the peer's stream limit is
+ * reached). */
+int qrpc_client_stream(qrpc_client *cli, uint32_t method, qrpc_shape shape,
+                       const void *payload, size_t len,
+                       const qrpc_call_opts *opts,
+                       const qrpc_call_callbacks *cbs, void *user_data,
+                       qrpc_call **out);
+int qrpc_peer_stream(qrpc_peer *peer, uint32_t method, qrpc_shape shape,
+                     const void *payload, size_t len,
+                     const qrpc_call_opts *opts,
+                     const qrpc_call_callbacks *cbs, void *user_data,
+                     qrpc_call **out);
+
+/* Sends a one-way NOTIFY (payload copied). Nothing answers it.
+ * Errors: QRPC_EINVAL, QRPC_ECLOSED (not connected), QRPC_EMSGSIZE,
+ * QRPC_ENOMEM. */
+int qrpc_client_notify(qrpc_client *cli, uint32_t method, const void *payload,
+                       size_t len);
+int qrpc_peer_notify(qrpc_peer *peer, uint32_t method, const void *payload,
+                     size_t len);
+
+/* Sends one ITEM of a client or bidi streaming call (copied). Accepted
+ * while the stream's unacknowledged bytes are under the connection's
+ * stream_send_buffer, else QRPC_EAGAIN and on_writable follows.
+ * Errors: QRPC_EINVAL (wrong shape), QRPC_EAGAIN, QRPC_ESTATE (already
+ * ended), QRPC_ECLOSED (the call is over), QRPC_EMSGSIZE, QRPC_ENOMEM. */
+int qrpc_call_send(qrpc_call *call, const void *data, size_t len);
+
+/* Ends the caller's side of a client or bidi streaming call (END, status
+ * 0). Errors: QRPC_EINVAL, QRPC_ESTATE, QRPC_ECLOSED. */
+int qrpc_call_end(qrpc_call *call);
+
+/* Cancels the call: a CANCEL goes to the callee, and on_done fires with
+ * QRPC_STATUS_CANCELLED (local) from the loop, after this returns.
+ * Cancelling a call that is already over is a no-op returning
+ * QRPC_ECLOSED. */
+int qrpc_call_cancel(qrpc_call *call);
+
+void *qrpc_call_user_data(qrpc_call *call);
+
+/* ---- Serving ---------------------------------------------------------- */
+
+/* Serves one incoming call. payload is borrowed for the duration of the
+ * call. The handler answers now or later (from the loop thread) with
+ * qrpc_req_reply(), qrpc_req_error(), or for streaming shapes
+ * qrpc_req_send() and qrpc_req_end(). A handler that keeps req past its
+ * return must set on_cancel with qrpc_req_set_callbacks(): req is freed
+ * when the caller cancels, its deadline passes or the connection closes,
+ * and on_cancel is the notice. NOTIFYs run the same handler with
+ * qrpc_req_is_notify() true; answers to them are discarded. */
+typedef void (*qrpc_handler_fn)(qrpc_req *req, const uint8_t *payload,
+                                size_t len, void *user_data);
+
+typedef struct qrpc_req_callbacks {
+  /* An ITEM from the caller (client and bidi streaming). */
+  void (*on_item)(qrpc_req *req, const uint8_t *data, size_t len,
+                  void *user_data);
+  /* The caller finished sending (END with status 0). */
+  void (*on_end)(qrpc_req *req, void *user_data);
+  /* The request is gone before it was fully answered: status is
+   * QRPC_STATUS_CANCELLED (CANCEL), DEADLINE_EXCEEDED or UNAVAILABLE
+   * (connection lost). req is invalid after this returns. */
+  void (*on_cancel)(qrpc_req *req, int status, void *user_data);
+  /* Room again after qrpc_req_send() returned QRPC_EAGAIN. */
+  void (*on_writable)(qrpc_req *req, void *user_data);
+} qrpc_req_callbacks;
+
+void qrpc_req_set_callbacks(qrpc_req *req, const qrpc_req_callbacks *cbs,
+                            void *user_data);
+void *qrpc_req_user_data(qrpc_req *req);
+qrpc_peer *qrpc_req_peer(qrpc_req *req);
+uint32_t qrpc_req_method(qrpc_req *req);
+qrpc_shape qrpc_req_shape(qrpc_req *req);
+int qrpc_req_is_notify(qrpc_req *req);
+/* Milliseconds left of the caller's budget: UINT64_MAX if none. */
+uint64_t qrpc_req_remaining_ms(qrpc_req *req);
+
+/* Answers a unary or client-streaming call with a REPLY (payload copied);
+ * req is released. Errors: QRPC_EINVAL (a streaming-result shape),
+ * QRPC_EMSGSIZE, QRPC_ENOMEM (req is then answered with INTERNAL). */
+int qrpc_req_reply(qrpc_req *req, const void *payload, size_t len);
+
+/* Fails the call with status (not 0) and a detail message (UTF-8, may be
+ * NULL); for server and bidi streaming this is an END with that status.
+ * req is released. Errors: QRPC_EINVAL. */
+int qrpc_req_error(qrpc_req *req, int status, const char *detail);
+
+/* Sends one ITEM of a server or bidi streaming call (copied). Flow control
+ * as for qrpc_call_send(). Errors: QRPC_EINVAL, QRPC_EAGAIN, QRPC_EMSGSIZE,
+ * QRPC_ENOMEM. */
+int qrpc_req_send(qrpc_req *req, const void *data, size_t len);
+
+/* Ends a server or bidi streaming call with END (status 0). For bidi, req
+ * stays valid until the caller's END has arrived too. Errors: QRPC_EINVAL.*/
+int qrpc_req_end(qrpc_req *req);
+
+/* ---- Peers ------------------------------------------------------------ */
+
+qrpc_conn *qrpc_peer_conn(qrpc_peer *peer);
+void qrpc_peer_set_user_data(qrpc_peer *peer, void *user_data);
+void *qrpc_peer_user_data(qrpc_peer *peer);
+
+/* ---- Options ---------------------------------------------------------- */
+
+typedef struct qrpc_rpc_opts {
+  size_t size;
+  size_t max_frame;          /* largest frame accepted; default 16 MiB */
+  size_t max_calls_in_flight; /* incoming calls served at once per
+                                 connection; the excess gets
+                                 RESOURCE_EXHAUSTED; default 4096 */
+  size_t unary_streams;      /* long-lived RPC streams for unary calls; 4 */
+} qrpc_rpc_opts;
+
+typedef struct qrpc_server_opts {
+  size_t size;
+  qrpc_endpoint_opts endpoint;
+  qrpc_rpc_opts rpc;
+  /* A client connected (handshake done) or is gone. The peer handle is
+   * valid from on_peer_open until on_peer_close returns. */
+  void (*on_peer_open)(qrpc_peer *peer, void *user_data);
+  void (*on_peer_close)(qrpc_peer *peer, void *user_data);
+  void *user_data;
+} qrpc_server_opts;
+
+void qrpc_server_opts_default(qrpc_server_opts *o);
+
+typedef struct qrpc_client_opts {
+  size_t size;
+  qrpc_conn_opts conn;
+  qrpc_rpc_opts rpc;
+  const char *server_name;     /* SNI and verification; default: host */
+  uint64_t default_timeout_ms; /* for calls without one; 0 = none */
+  int fail_fast;               /* default for calls; default 0 (wait) */
+  size_t max_pending;          /* calls waiting for a connection; 1024 */
+  uint64_t backoff_initial_ms; /* first reconnection delay; 100 */
+  uint64_t backoff_max_ms;     /* cap of the doubling delay; 10000 */
+  /* Connection established or lost (status as in qrpc_close_info). */
+  void (*on_connect)(qrpc_client *cli, qrpc_peer *peer, void *user_data);
+  void (*on_disconnect)(qrpc_client *cli, const qrpc_close_info *info,
+                        void *user_data);
+  void *user_data;
+} qrpc_client_opts;
+
+void qrpc_client_opts_default(qrpc_client_opts *o);
+
+/* ---- Servers ---------------------------------------------------------- */
+
+/* Creates a server listening on addr (as qrpc_endpoint_listen()). tls is
+ * referenced. Errors: as qrpc_endpoint_listen(). */
+int qrpc_server_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
+                    const qrpc_server_opts *opts, qrpc_server **out);
+
+/* Registers handler for method with shape (user_data passed through).
+ * Errors: QRPC_EINVAL (shape), QRPC_ENOMEM; re-registering replaces. */
+int qrpc_server_register(qrpc_server *srv, uint32_t method, qrpc_shape shape,
+                         qrpc_handler_fn handler, void *user_data);
+
+uint16_t qrpc_server_port(qrpc_server *srv);
+qrpc_endpoint *qrpc_server_endpoint(qrpc_server *srv);
+
+/* Graceful shutdown: sends GOAWAY on every connection, refuses new calls
+ * (UNAVAILABLE) and new connections, lets calls in flight finish, closes
+ * each connection with GOING_AWAY once it is idle, and at deadline_ms
+ * closes whatever is left. on_done (may be NULL) fires once after the last
+ * connection is closed; the server may then be freed.
+ * Errors: QRPC_ESTATE (already shutting down). */
+int qrpc_server_shutdown(qrpc_server *srv, uint64_t deadline_ms,
+                         void (*on_done)(qrpc_server *srv, void *user_data),
+                         void *user_data);
+
+/* Closes everything now (calls in flight on the peers fail with
+ * UNAVAILABLE, requests get on_cancel) and frees the server. Not from
+ * inside one of its callbacks. NULL is ignored. */
+void qrpc_server_free(qrpc_server *srv);
+
+/* ---- Clients ---------------------------------------------------------- */
+
+/* Creates a client for addr ("host:port") and starts connecting. tls is
+ * referenced. Errors: QRPC_EINVAL, QRPC_ENOMEM. */
+int qrpc_client_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
+                    const qrpc_client_opts *opts, qrpc_client **out);
+
+/* Registers a method the server may call on this client. */
+int qrpc_client_register(qrpc_client *cli, uint32_t method, qrpc_shape shape,
+                         qrpc_handler_fn handler, void *user_data);
+
+/* The current peer, or NULL while not connected. */
+qrpc_peer *qrpc_client_peer(qrpc_client *cli);
+
+/* Fails every call (waiting or in flight) with CANCELLED, closes the
+ * connection and frees the client. Not from inside its callbacks. */
+void qrpc_client_free(qrpc_client *cli);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,295 @@
+/*
+ * qrpc_client: calls to one server address over a connection that is
+ * re-established with exponential backoff and jitter whenever it is lost.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "qrpc/error.h"
+#include "quic/rpcglue.h"
+#include "rpc/engine.h"
+#include "util/clock.h"
+#include "util/log.h"
+#include "wire/protocol.h"
+
+struct qrpc_client {
+  qrpci_core core;
+  char *addr;
+  qrpc_tls_config *tls;
+  qrpc_client_opts opts;
+  qrpc_peer *peer;      /* the current connection's peer */
+  qrpci_list old_peers; /* draining after GOAWAY */
+  qrpci_list pending;   /* calls waiting for a connection */
+  size_t npending;
+  struct event *retry_ev;
+  uint64_t backoff_ms;
+  uint64_t rng;
+  int freeing;
+};
+
+void qrpc_client_opts_default(qrpc_client_opts *o) {
+  memset(o, 0, sizeof(*o));
+  o->size = sizeof(*o);
+  qrpc_conn_opts_default(&o->conn);
+  qrpci_rpc_opts_default(&o->rpc);
+  o->max_pending = 1024;
+  o->backoff_initial_ms = 100;
+  o->backoff_max_ms = 10000;
+}
+
+static void cli_on_established(qrpc_conn *c, void *ud);
+static void cli_on_closed(qrpc_conn *c, const qrpc_close_info *info, void *ud);
+
+static const qrpc_conn_callbacks cli_conn_cbs = {
+    .on_established = cli_on_established,
+    .on_closed = cli_on_closed,
+};
+
+static void connect_now(qrpc_client *cli);
+
+/* Delay before the next attempt: half the current backoff plus a random
+ * part of the other half, so many clients cut off together do not all
+ * come back in the same instant. */
+static uint64_t next_delay(qrpc_client *cli) {
+  cli->rng ^= cli->rng << 13;
+  cli->rng ^= cli->rng >> 7;
+  cli->rng ^= cli->rng << 17;
+  uint64_t b = cli->backoff_ms;
+  uint64_t delay = b / 2 + (b > 1 ? cli->rng % (b / 2 + 1) : 0);
+  cli->backoff_ms = b * 2 > cli->opts.backoff_max_ms ? cli->opts.backoff_max_ms
+                                                     : b * 2;
+  return delay;
+}
+
+static void retry_cb(evutil_socket_t fd, short what, void *arg) {
+  connect_now(arg);
+}
+
+static void schedule_retry(qrpc_client *cli) {
+  uint64_t ms = next_delay(cli);
+  struct timeval tv = qrpci_ns_to_tv(ms * QRPCI_NS_PER_MS);
+  evtimer_add(cli->retry_ev, &tv);
+}
+
+static void connect_now(qrpc_client *cli) {
+  if (cli->freeing || cli->peer) return;
+  qrpc_conn *conn;
+  int rv = qrpc_conn_connect(cli->core.loop, cli->addr, cli->opts.server_name,
+                             cli->tls, &cli->opts.conn, &cli_conn_cbs, NULL,
+                             &conn);
+  qrpc_peer *peer = rv == 0 ? qrpci_peer_new(&cli->core, conn) : NULL;
+  if (!peer) {
+    if (rv == 0) qrpc_conn_close(conn, QRPCI_ERR_INTERNAL_ERROR, "no memory");
+    QRPCI_WARN("rpc: cannot start a connection to %s: %s", cli->addr,
+               qrpc_strerror(rv ? rv : QRPC_ENOMEM));
+    schedule_retry(cli);
+    return;
+  }
+  peer->client = cli;
+  cli->peer = peer;
+  qrpc_conn_set_user_data(conn, peer);
+}
+
+static void flush_pending(qrpc_client *cli, qrpc_peer *peer) {
+  while (!qrpci_list_empty(&cli->pending) && cli->peer == peer) {
+    qrpc_call *call = QRPCI_CONTAINER_OF(cli->pending.next, qrpc_call, node);
+    qrpci_client_unqueue(cli, call);
+    int rv = qrpci_call_start(call, peer, call->payload, call->len);
+    if (rv != 0)
+      qrpci_call_defer_done(call, QRPC_STATUS_UNAVAILABLE,
+                            "could not be sent");
+  }
+}
+
+static void cli_on_established(qrpc_conn *c, void *ud) {
+  qrpc_peer *peer = ud;
+  qrpc_client *cli = peer->client;
+  qrpci_peer_ready(peer);
+  cli->backoff_ms = cli->opts.backoff_initial_ms;
+  if (cli->opts.on_connect) cli->opts.on_connect(cli, peer, cli->opts.user_data);
+  flush_pending(cli, peer);
+}
+
+static void cli_on_closed(qrpc_conn *c, const qrpc_close_info *info,
+                          void *ud) {
+  qrpc_peer *peer = ud;
+  qrpc_client *cli = peer->client;
+  int current = cli->peer == peer;
+  qrpci_peer_closed(peer);
+  if (!current || cli->freeing) return;
+  if (cli->opts.on_disconnect)
+    cli->opts.on_disconnect(cli, info, cli->opts.user_data);
+  if (!cli->freeing) schedule_retry(cli);
+}
+
+void qrpci_client_peer_released(qrpc_client *cli, qrpc_peer *peer) {
+  if (cli->peer == peer)
+    cli->peer = NULL;
+  else
+    qrpci_list_remove(&peer->node);
+}
+
+void qrpci_client_peer_goaway(qrpc_client *cli, qrpc_peer *peer) {
+  if (cli->peer != peer) return;
+  /* The old connection finishes its calls; new ones go to a new one. */
+  cli->peer = NULL;
+  qrpci_list_push_back(&cli->old_peers, &peer->node);
+  connect_now(cli);
+}
+
+void qrpci_client_unqueue(qrpc_client *cli, qrpc_call *call) {
+  qrpci_list_remove(&call->node);
+  cli->npending--;
+  call->state = QRPCI_CALL_ACTIVE;
+}
+
+int qrpc_client_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
+                    const qrpc_client_opts *opts, qrpc_client **out) {
+  if (!loop || !addr || !tls || !out) return QRPC_EINVAL;
+  if (opts && (opts->size != sizeof(*opts) || opts->backoff_initial_ms == 0 ||
+               opts->backoff_max_ms < opts->backoff_initial_ms))
+    return QRPC_EINVAL;
+  char *host, *port;
+  if (qrpci_parse_addr(addr, &host, &port) != 0) return QRPC_EINVAL;
+  free(host);
+  free(port);
+  qrpc_client *cli = calloc(1, sizeof(*cli));
+  if (!cli) return QRPC_ENOMEM;
+  if (opts)
+    cli->opts = *opts;
+  else
+    qrpc_client_opts_default(&cli->opts);
+  qrpci_list_init(&cli->old_peers);
+  qrpci_list_init(&cli->pending);
+  cli->backoff_ms = cli->opts.backoff_initial_ms;
+  cli->rng = qrpci_now_ns() | 1;
+  int rv = qrpci_core_init(&cli->core, loop, &cli->opts.rpc);
+  cli->addr = strdup(addr);
+  if (cli->opts.server_name &&
+      !(cli->opts.server_name = strdup(cli->opts.server_name)))
+    rv = QRPC_ENOMEM;
+  cli->retry_ev = evtimer_new(qrpc_loop_base(loop), retry_cb, cli);
+  if (rv == 0 && (!cli->addr || !cli->retry_ev)) rv = QRPC_ENOMEM;
+  if (rv != 0) {
+    qrpc_client_free(cli);
+    return rv;
+  }
+  cli->tls = tls;
+  qrpci_tls_config_ref(tls);
+  connect_now(cli);
+  *out = cli;
+  return 0;
+}
+
+int qrpc_client_register(qrpc_client *cli, uint32_t method, qrpc_shape shape,
+                         qrpc_handler_fn handler, void *ud) {
+  if (!cli) return QRPC_EINVAL;
+  return qrpci_core_register(&cli->core, method, shape, handler, ud);
+}
+
+qrpc_peer *qrpc_client_peer(qrpc_client *cli) {
+  return cli->peer && cli->peer->ready ? cli->peer : NULL;
+}
+
+static int client_start(qrpc_client *cli, uint32_t method, qrpc_shape shape,
+                        const void *payload, size_t len,
+                        const qrpc_call_opts *opts,
+                        const qrpc_call_callbacks *cbs, void *ud,
+                        qrpc_call **out) {
+  if (!cli || (!payload && len)) return QRPC_EINVAL;
+  if (opts && opts->size != sizeof(*opts)) return QRPC_EINVAL;
+  if ((shape == QRPC_SHAPE_CLIENT_STREAM || shape == QRPC_SHAPE_BIDI_STREAM) &&
+      len)
+    return QRPC_EINVAL;
+  if (len > cli->core.opts.max_frame) return QRPC_EMSGSIZE;
+  int fail_fast =
+      opts && opts->fail_fast >= 0 ? opts->fail_fast : cli->opts.fail_fast;
+  qrpc_peer *peer = qrpc_client_peer(cli);
+  if (!peer && fail_fast) return QRPC_ECLOSED;
+  if (!peer && cli->npending >= cli->opts.max_pending) return QRPC_ENOBUFS;
+  qrpc_call *call = qrpci_call_new(&cli->core, method, shape, opts,
+                                   cli->opts.default_timeout_ms, cbs, ud);
+  if (!call) return QRPC_ENOMEM;
+  call->client = cli;
+  if (peer) {
+    int rv = qrpci_call_start(call, peer, payload, len);
+    if (rv != 0) {
+      qrpci_call_release(call);
+      return rv;
+    }
+  } else {
+    if (len && !(call->payload = malloc(len))) {
+      qrpci_call_release(call);
+      return QRPC_ENOMEM;
+    }
+    if (len) memcpy(call->payload, payload, len);
+    call->len = len;
+    call->state = QRPCI_CALL_QUEUED;
+    qrpci_list_push_back(&cli->pending, &call->node);
+    cli->npending++;
+  }
+  if (out) *out = call;
+  return 0;
+}
+
+int qrpc_client_call(qrpc_client *cli, uint32_t method, const void *payload,
+                     size_t len, const qrpc_call_opts *opts,
+                     const qrpc_call_callbacks *cbs, void *ud,
+                     qrpc_call **out) {
+  return client_start(cli, method, QRPC_SHAPE_UNARY, payload, len, opts, cbs,
+                      ud, out);
+}
+
+int qrpc_client_stream(qrpc_client *cli, uint32_t method, qrpc_shape shape,
+                       const void *payload, size_t len,
+                       const qrpc_call_opts *opts,
+                       const qrpc_call_callbacks *cbs, void *ud,
+                       qrpc_call **out) {
+  if (shape == QRPC_SHAPE_UNARY || shape > QRPC_SHAPE_BIDI_STREAM)
+    return QRPC_EINVAL;
+  return client_start(cli, method, shape, payload, len, opts, cbs, ud, out);
+}
+
+int qrpc_client_notify(qrpc_client *cli, uint32_t method, const void *payload,
+                       size_t len) {
+  if (!cli || (!payload && len)) return QRPC_EINVAL;
+  qrpc_peer *peer = qrpc_client_peer(cli);
+  if (!peer) return QRPC_ECLOSED;
+  return qrpci_peer_notify(peer, method, payload, len);
+}
+
+static void close_peer(qrpc_peer *peer) {
+  /* Calls in flight end as CANCELLED: it is this side giving up. */
+  qrpc_call *call;
+  while ((call = qrpci_u64map_pop(&peer->calls))) {
+    call->msgid = 0; /* out of the table; the close below tells the peer */
+    qrpci_call_defer_done(call, QRPC_STATUS_CANCELLED, "client closed");
+  }
+  qrpc_conn_close(peer->conn, QRPCI_ERR_NO_ERROR, "client closed");
+}
+
+void qrpc_client_free(qrpc_client *cli) {
+  if (!cli) return;
+  cli->freeing = 1;
+  while (!qrpci_list_empty(&cli->pending)) {
+    qrpc_call *call = QRPCI_CONTAINER_OF(cli->pending.next, qrpc_call, node);
+    qrpci_client_unqueue(cli, call);
+    qrpci_call_defer_done(call, QRPC_STATUS_CANCELLED, "client closed");
+  }
+  if (cli->peer) close_peer(cli->peer);
+  while (!qrpci_list_empty(&cli->old_peers))
+    close_peer(QRPCI_CONTAINER_OF(cli->old_peers.next, qrpc_peer, node));
+  if (cli->retry_ev) event_free(cli->retry_ev);
+  qrpci_core_cleanup(&cli->core);
+  if (cli->tls) qrpc_tls_config_free(cli->tls);
+  free((char *)cli->opts.server_name);
+  free(cli->addr);
+  free(cli);
+}
+
+void qrpci_owner_peer_released(qrpc_peer *peer) {
+  if (peer->client)
+    qrpci_client_peer_released(peer->client, peer);
+  else if (peer->server)
+    qrpci_server_peer_released(peer->server, peer);
+}

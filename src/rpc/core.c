@@ -1,0 +1,1052 @@
+/*
+ * The call engine shared by servers and clients: RPC streams, frame
+ * dispatch, outgoing calls, incoming requests, deadlines and GOAWAY.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "qrpc/error.h"
+#include "quic/rpcglue.h"
+#include "rpc/engine.h"
+#include "util/clock.h"
+#include "util/log.h"
+#include "wire/frame.h"
+#include "wire/protocol.h"
+#include "wire/stream_header.h"
+
+/* How long answers already queued get to reach the peer once a drained
+ * connection closes with GOING_AWAY. */
+#define GOAWAY_FLUSH_MS 2000
+#define MAX_UNARY_STREAMS 64
+
+/* ---- Options and names ------------------------------------------------ */
+
+void qrpci_rpc_opts_default(qrpc_rpc_opts *o) {
+  memset(o, 0, sizeof(*o));
+  o->size = sizeof(*o);
+  o->max_frame = QRPCI_DEFAULT_FRAME_LIMIT;
+  o->max_calls_in_flight = 4096;
+  o->unary_streams = 4;
+}
+
+int qrpci_rpc_opts_valid(const qrpc_rpc_opts *o) {
+  return o->size == sizeof(*o) && o->max_frame >= QRPCI_MIN_FRAME_LIMIT &&
+         o->max_calls_in_flight > 0 && o->unary_streams > 0 &&
+         o->unary_streams <= MAX_UNARY_STREAMS;
+}
+
+void qrpc_call_opts_default(qrpc_call_opts *o) {
+  memset(o, 0, sizeof(*o));
+  o->size = sizeof(*o);
+  o->fail_fast = -1;
+}
+
+const char *qrpc_status_name(int status) {
+  static const char *const names[] = {
+      "OK",           "CANCELLED",          "UNKNOWN",
+      "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+      "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
+      "FAILED_PRECONDITION", "ABORTED",      "OUT_OF_RANGE",
+      "UNIMPLEMENTED", "INTERNAL",          "UNAVAILABLE",
+      "DATA_LOSS",    "UNAUTHENTICATED"};
+  if (status >= 0 && (size_t)status < sizeof(names) / sizeof(names[0]))
+    return names[status];
+  return status >= QRPC_STATUS_APP_MIN ? "APPLICATION" : "UNKNOWN_STATUS";
+}
+
+/* ---- Core ------------------------------------------------------------- */
+
+static void call_finish(qrpc_call *call, int status, const char *detail,
+                        size_t detail_len, const uint8_t *payload, size_t len,
+                        int local);
+
+static void done_cb(evutil_socket_t fd, short what, void *arg) {
+  qrpci_core *core = arg;
+  while (!qrpci_list_empty(&core->done)) {
+    qrpc_call *call = QRPCI_CONTAINER_OF(core->done.next, qrpc_call, node);
+    qrpci_list_remove(&call->node);
+    const char *d = call->res_detail ? call->res_detail : "";
+    call_finish(call, call->res_status, d, strlen(d), NULL, 0, 1);
+  }
+}
+
+int qrpci_core_init(qrpci_core *core, qrpc_loop *loop,
+                    const qrpc_rpc_opts *opts) {
+  memset(core, 0, sizeof(*core));
+  core->loop = loop;
+  if (opts)
+    core->opts = *opts;
+  else
+    qrpci_rpc_opts_default(&core->opts);
+  if (!qrpci_rpc_opts_valid(&core->opts)) return QRPC_EINVAL;
+  qrpci_u64map_init(&core->methods);
+  qrpci_list_init(&core->done);
+  core->done_ev = event_new(qrpc_loop_base(loop), -1, 0, done_cb, core);
+  return core->done_ev ? 0 : QRPC_ENOMEM;
+}
+
+void qrpci_core_cleanup(qrpci_core *core) {
+  /* Deferred completions still owe their callback. */
+  if (core->done_ev) done_cb(-1, 0, core);
+  void *m;
+  while ((m = qrpci_u64map_pop(&core->methods))) free(m);
+  qrpci_u64map_free(&core->methods);
+  while (core->free_calls) {
+    qrpc_call *n = core->free_calls->next_free;
+    free(core->free_calls);
+    core->free_calls = n;
+  }
+  while (core->free_reqs) {
+    qrpc_req *n = core->free_reqs->next_free;
+    free(core->free_reqs);
+    core->free_reqs = n;
+  }
+  if (core->done_ev) event_free(core->done_ev);
+  core->done_ev = NULL;
+}
+
+int qrpci_core_register(qrpci_core *core, uint32_t method, qrpc_shape shape,
+                        qrpc_handler_fn fn, void *ud) {
+  if (!fn || shape < QRPC_SHAPE_UNARY || shape > QRPC_SHAPE_BIDI_STREAM)
+    return QRPC_EINVAL;
+  /* Keys must be non-zero; method 0 is a valid id. */
+  uint64_t key = (uint64_t)method + 1;
+  qrpci_method *m = qrpci_u64map_get(&core->methods, key);
+  if (!m) {
+    if (!(m = malloc(sizeof(*m)))) return QRPC_ENOMEM;
+    if (qrpci_u64map_put(&core->methods, key, m) != 0) {
+      free(m);
+      return QRPC_ENOMEM;
+    }
+  }
+  m->shape = shape;
+  m->fn = fn;
+  m->ud = ud;
+  return 0;
+}
+
+/* Equal timeouts share one libevent queue (O(1) each) instead of the heap;
+ * a handful of distinct values covers what applications use. */
+static void arm_timer(qrpci_core *core, struct event *ev, uint64_t ms) {
+  const struct timeval *tv = NULL;
+  for (size_t i = 0; i < core->ntimeouts; i++)
+    if (core->timeouts[i].ms == ms) tv = core->timeouts[i].tv;
+  struct timeval plain = {.tv_sec = (time_t)(ms / 1000),
+                          .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+  if (!tv && core->ntimeouts < QRPCI_COMMON_TIMEOUTS) {
+    tv = event_base_init_common_timeout(qrpc_loop_base(core->loop), &plain);
+    if (tv) {
+      core->timeouts[core->ntimeouts].ms = ms;
+      core->timeouts[core->ntimeouts].tv = tv;
+      core->ntimeouts++;
+    }
+  }
+  evtimer_add(ev, tv ? tv : &plain);
+}
+
+/* ---- Writing frames --------------------------------------------------- */
+
+static int stream_ok(const qrpci_rstream *rs) { return rs && !rs->gone; }
+
+/* REQUEST, NOTIFY, REPLY and ITEM: header, then the payload in place. */
+static int put_frame(qrpci_rstream *rs, uint8_t type, uint64_t msgid,
+                     uint64_t method, uint64_t timeout_ms, const void *payload,
+                     size_t len) {
+  if (!stream_ok(rs)) return QRPC_ECLOSED;
+  size_t hl = qrpci_frame_header_len(type, msgid, method, timeout_ms, len);
+  if (hl == 0) return QRPC_EINVAL;
+  if (len > rs->peer->core->opts.max_frame ||
+      hl + len - 1 > rs->peer->core->opts.max_frame)
+    return QRPC_EMSGSIZE;
+  uint8_t *p = qrpci_stream_reserve(rs->s, hl + len);
+  if (!p) return QRPC_ENOMEM;
+  qrpci_frame_encode_header(p, hl, type, msgid, method, timeout_ms, len);
+  if (len) memcpy(p + hl, payload, len);
+  qrpci_stream_commit(rs->s, hl + len);
+  return 0;
+}
+
+static int put_encoded(qrpci_rstream *rs, const qrpci_frame *f) {
+  if (!stream_ok(rs)) return QRPC_ECLOSED;
+  size_t n = qrpci_frame_encoded_len(f);
+  if (n == 0) return QRPC_EINVAL;
+  uint8_t *p = qrpci_stream_reserve(rs->s, n);
+  if (!p) return QRPC_ENOMEM;
+  qrpci_frame_encode(p, n, f);
+  qrpci_stream_commit(rs->s, n);
+  return 0;
+}
+
+/* ERROR or END with a status and a detail (dropped if not UTF-8). */
+static int put_status(qrpci_rstream *rs, uint8_t type, uint64_t msgid,
+                      int status, const char *detail) {
+  qrpci_frame f;
+  memset(&f, 0, sizeof(f));
+  f.type = type;
+  f.msgid = msgid;
+  f.status = (uint64_t)status;
+  if (detail) {
+    f.detail = (const uint8_t *)detail;
+    f.detail_len = strlen(detail);
+    if (!qrpci_utf8_valid(f.detail, f.detail_len)) f.detail_len = 0;
+  }
+  return put_encoded(rs, &f);
+}
+
+static int put_id_frame(qrpci_rstream *rs, uint8_t type, uint64_t id) {
+  qrpci_frame f;
+  memset(&f, 0, sizeof(f));
+  f.type = type;
+  if (type == QRPCI_FRAME_GOAWAY)
+    f.last_msgid = id;
+  else
+    f.msgid = id;
+  return put_encoded(rs, &f);
+}
+
+/* ---- RPC streams ------------------------------------------------------ */
+
+static void rs_on_read(qrpc_stream *s, const uint8_t *data, size_t len,
+                       int fin, void *ud);
+static void rs_on_writable(qrpc_stream *s, void *ud);
+static void rs_on_closed(qrpc_stream *s, int error, void *ud);
+
+static const qrpc_stream_callbacks rs_callbacks = {
+    .on_read = rs_on_read,
+    .on_writable = rs_on_writable,
+    .on_closed = rs_on_closed,
+};
+
+static qrpci_rstream *rs_new(qrpc_peer *peer, int local) {
+  qrpci_rstream *rs = calloc(1, sizeof(*rs));
+  if (!rs) return NULL;
+  rs->peer = peer;
+  rs->local = local;
+  rs->pool_slot = -1;
+  qrpci_reasm_init(&rs->reasm, peer->core->opts.max_frame);
+  qrpci_list_push_back(&peer->streams, &rs->node);
+  return rs;
+}
+
+static void rs_free(qrpci_rstream *rs) {
+  qrpci_list_remove(&rs->node);
+  qrpci_reasm_free(&rs->reasm);
+  free(rs);
+}
+
+/* Streams are freed once the transport is done with them and nothing of
+ * ours points at them, unless a dispatch on the peer is unwinding. */
+static void rs_maybe_free(qrpci_rstream *rs) {
+  if (rs->gone && rs->pending == 0 && !rs->call && !rs->req &&
+      !rs->peer->busy)
+    rs_free(rs);
+}
+
+static void rs_finish(qrpci_rstream *rs) {
+  if (rs->finished || !stream_ok(rs)) return;
+  rs->finished = 1;
+  qrpc_stream_finish(rs->s);
+}
+
+/* Our FIN: on a stream the peer opened, once it has finished and we have
+ * answered everything it carried (docs/protocol.md section 2); on a
+ * dedicated stream of ours, once its call is over. */
+static void rs_maybe_finish(qrpci_rstream *rs) {
+  if (rs->call || rs->req) return;
+  if (!rs->local && rs->fin_received && rs->pending == 0) rs_finish(rs);
+  if (rs->local && rs->pool_slot < 0) rs_finish(rs);
+}
+
+static int rs_open(qrpc_peer *peer, qrpci_rstream **out) {
+  qrpci_rstream *rs = rs_new(peer, 1);
+  if (!rs) return QRPC_ENOMEM;
+  int rv = qrpci_stream_open_rpc(peer->conn, &rs_callbacks, rs, &rs->s);
+  if (rv != 0) {
+    rs_free(rs);
+    return rv;
+  }
+  *out = rs;
+  return 0;
+}
+
+/* One of the long-lived streams for unary calls, round robin. */
+static int pool_stream(qrpc_peer *peer, qrpci_rstream **out) {
+  size_t n = peer->core->opts.unary_streams;
+  if (!peer->pool && !(peer->pool = calloc(n, sizeof(*peer->pool))))
+    return QRPC_ENOMEM;
+  size_t i = peer->rr++ % n;
+  if (peer->pool[i]) {
+    *out = peer->pool[i];
+    return 0;
+  }
+  qrpci_rstream *rs;
+  int rv = rs_open(peer, &rs);
+  if (rv == 0) {
+    rs->pool_slot = (int)i;
+    peer->pool[i] = rs;
+    *out = rs;
+    return 0;
+  }
+  /* At the peer's stream limit: share a pool stream that is open. */
+  for (size_t k = 0; k < n; k++) {
+    if (peer->pool[k]) {
+      *out = peer->pool[k];
+      return 0;
+    }
+  }
+  return rv;
+}
+
+static void accept_rpc_stream(qrpc_conn *c, qrpc_stream *s, void *ud) {
+  qrpc_peer *peer = ud;
+  if (peer->closed) return;
+  qrpci_rstream *rs = rs_new(peer, 0);
+  if (!rs) return; /* refused by the transport */
+  rs->s = s;
+  qrpc_stream_set_callbacks(s, &rs_callbacks, rs);
+}
+
+/* ---- Peers ------------------------------------------------------------ */
+
+qrpc_peer *qrpci_peer_new(qrpci_core *core, qrpc_conn *conn) {
+  qrpc_peer *peer = calloc(1, sizeof(*peer));
+  if (!peer) return NULL;
+  peer->core = core;
+  peer->conn = conn;
+  qrpci_u64map_init(&peer->calls);
+  qrpci_u64map_init(&peer->reqs);
+  qrpci_list_init(&peer->streams);
+  qrpci_list_init(&peer->node);
+  qrpci_conn_set_rpc_acceptor(conn, accept_rpc_stream, peer);
+  return peer;
+}
+
+void qrpci_peer_ready(qrpc_peer *peer) { peer->ready = 1; }
+
+static void peer_maybe_release(qrpc_peer *peer) {
+  if (!peer->closed || peer->busy) return;
+  while (!qrpci_list_empty(&peer->streams))
+    rs_free(QRPCI_CONTAINER_OF(peer->streams.next, qrpci_rstream, node));
+  qrpci_u64map_free(&peer->calls);
+  qrpci_u64map_free(&peer->reqs);
+  free(peer->pool);
+  free(peer);
+}
+
+static void req_cancel(qrpc_req *req, int status);
+
+void qrpci_peer_closed(qrpc_peer *peer) {
+  if (peer->closed) return;
+  peer->closed = 1;
+  peer->busy++;
+  qrpc_call *call;
+  while ((call = qrpci_u64map_pop(&peer->calls))) {
+    call->msgid = 0; /* already out of the table */
+    call_finish(call, QRPC_STATUS_UNAVAILABLE, "connection lost", 15, NULL, 0,
+                1);
+  }
+  qrpc_req *req;
+  while ((req = qrpci_u64map_pop(&peer->reqs))) {
+    req->msgid = 0;
+    req_cancel(req, QRPC_STATUS_UNAVAILABLE);
+  }
+  qrpci_owner_peer_released(peer);
+  peer->busy--;
+  peer_maybe_release(peer);
+}
+
+int qrpci_peer_idle(qrpc_peer *peer) {
+  return peer->reqs.size == 0 && peer->calls.size == 0;
+}
+
+static void peer_check_drained(qrpc_peer *peer) {
+  if (peer->close_when_idle && !peer->closed && qrpci_peer_idle(peer))
+    qrpci_conn_close_after_flush(peer->conn, QRPCI_ERR_GOING_AWAY,
+                                 "going away", GOAWAY_FLUSH_MS);
+}
+
+void qrpci_peer_goaway(qrpc_peer *peer) {
+  if (peer->goaway_sent || peer->closed) return;
+  peer->goaway_sent = 1;
+  peer->goaway_last = peer->peer_max_msgid;
+  peer->close_when_idle = 1;
+  qrpci_rstream *rs;
+  if (peer->ready && pool_stream(peer, &rs) == 0)
+    put_id_frame(rs, QRPCI_FRAME_GOAWAY, peer->goaway_last);
+  peer_check_drained(peer);
+}
+
+qrpc_conn *qrpc_peer_conn(qrpc_peer *peer) { return peer->conn; }
+void qrpc_peer_set_user_data(qrpc_peer *peer, void *ud) {
+  peer->user_data = ud;
+}
+void *qrpc_peer_user_data(qrpc_peer *peer) { return peer->user_data; }
+
+static void fail_proto(qrpc_peer *peer, const char *why) {
+  qrpci_conn_fail(peer->conn, QRPCI_ERR_PROTOCOL_ERROR, why);
+}
+
+/* ---- Outgoing calls --------------------------------------------------- */
+
+static void call_timer_cb(evutil_socket_t fd, short what, void *arg);
+
+qrpc_call *qrpci_call_new(qrpci_core *core, uint32_t method, qrpc_shape shape,
+                          const qrpc_call_opts *opts, uint64_t default_timeout,
+                          const qrpc_call_callbacks *cbs, void *ud) {
+  qrpc_call *call = core->free_calls;
+  if (call) {
+    core->free_calls = call->next_free;
+    core->nfree_calls--;
+  } else if (!(call = malloc(sizeof(*call)))) {
+    return NULL;
+  }
+  memset(call, 0, sizeof(*call));
+  call->core = core;
+  call->method = method;
+  call->shape = shape;
+  if (cbs) call->cbs = *cbs;
+  call->ud = ud;
+  qrpci_list_init(&call->node);
+  uint64_t timeout = opts && opts->timeout_ms ? opts->timeout_ms : default_timeout;
+  evtimer_assign(&call->timer, qrpc_loop_base(core->loop), call_timer_cb, call);
+  if (timeout) {
+    call->deadline_ns = qrpci_now_ns() + timeout * QRPCI_NS_PER_MS;
+    arm_timer(core, &call->timer, timeout);
+    call->timer_set = 1;
+  }
+  return call;
+}
+
+void qrpci_call_release(qrpc_call *call) {
+  qrpci_core *core = call->core;
+  if (call->timer_set) evtimer_del(&call->timer);
+  free(call->payload);
+  if (core->nfree_calls < QRPCI_FREELIST_MAX) {
+    call->next_free = core->free_calls;
+    core->free_calls = call;
+    core->nfree_calls++;
+  } else {
+    free(call);
+  }
+}
+
+/* Takes the call off the wire: out of the MsgId table, its dedicated
+ * stream finished. */
+static void call_detach(qrpc_call *call) {
+  qrpc_peer *peer = call->peer;
+  if (call->timer_set) {
+    evtimer_del(&call->timer);
+    call->timer_set = 0;
+  }
+  if (peer && call->msgid) qrpci_u64map_del(&peer->calls, call->msgid);
+  call->msgid = 0;
+  qrpci_rstream *rs = call->rs;
+  call->rs = NULL;
+  if (rs && rs->call == call) {
+    rs->call = NULL;
+    rs_maybe_finish(rs);
+    rs_maybe_free(rs);
+  }
+  call->peer = NULL;
+  if (peer) peer_check_drained(peer);
+}
+
+static void call_finish(qrpc_call *call, int status, const char *detail,
+                        size_t detail_len, const uint8_t *payload, size_t len,
+                        int local) {
+  call_detach(call);
+  qrpc_result res = {.status = status,
+                     .detail = detail,
+                     .detail_len = detail_len,
+                     .payload = payload,
+                     .len = len,
+                     .local = local};
+  if (call->cbs.on_done) call->cbs.on_done(call, &res, call->ud);
+  qrpci_call_release(call);
+}
+
+void qrpci_call_defer_done(qrpc_call *call, int status, const char *detail) {
+  call_detach(call);
+  call->state = QRPCI_CALL_DONE;
+  call->res_status = status;
+  call->res_detail = detail;
+  qrpci_list_push_back(&call->core->done, &call->node);
+  event_active(call->core->done_ev, 0, 0);
+}
+
+static void call_timer_cb(evutil_socket_t fd, short what, void *arg) {
+  qrpc_call *call = arg;
+  call->timer_set = 0;
+  if (call->state == QRPCI_CALL_QUEUED) {
+    qrpci_client_unqueue(call->client, call);
+  } else if (call->rs && call->msgid) {
+    /* Tell the callee to stop working for nobody. */
+    put_id_frame(call->rs, QRPCI_FRAME_CANCEL, call->msgid);
+  }
+  call_finish(call, QRPC_STATUS_DEADLINE_EXCEEDED, "deadline exceeded", 17,
+              NULL, 0, 1);
+}
+
+int qrpci_call_start(qrpc_call *call, qrpc_peer *peer, const void *payload,
+                     size_t len) {
+  if (peer->closed || !peer->ready || peer->goaway_received)
+    return QRPC_ECLOSED;
+  qrpci_rstream *rs;
+  int rv = call->shape == QRPC_SHAPE_UNARY ? pool_stream(peer, &rs)
+                                           : rs_open(peer, &rs);
+  if (rv != 0) return rv;
+  uint64_t timeout_ms = 0;
+  if (call->deadline_ns) {
+    uint64_t now = qrpci_now_ns();
+    /* The callee gets what is left of the budget, at least 1 ms, since 0
+     * would mean no deadline at all. */
+    timeout_ms = call->deadline_ns > now
+                     ? (call->deadline_ns - now) / QRPCI_NS_PER_MS
+                     : 0;
+    if (timeout_ms == 0) timeout_ms = 1;
+  }
+  uint64_t msgid = peer->last_msgid + 1;
+  if ((rv = qrpci_u64map_put(&peer->calls, msgid, call)) == 0)
+    rv = put_frame(rs, QRPCI_FRAME_REQUEST, msgid, call->method, timeout_ms,
+                   payload, len);
+  if (rv != 0) {
+    qrpci_u64map_del(&peer->calls, msgid);
+    if (rs->pool_slot < 0) {
+      qrpc_stream_reset(rs->s, QRPCI_ERR_INTERNAL_ERROR);
+      rs_maybe_free(rs);
+    }
+    return rv;
+  }
+  peer->last_msgid = msgid;
+  call->msgid = msgid;
+  call->peer = peer;
+  call->rs = rs;
+  if (rs->pool_slot < 0) rs->call = call;
+  call->state = QRPCI_CALL_ACTIVE;
+  free(call->payload);
+  call->payload = NULL;
+  return 0;
+}
+
+static int shape_valid(qrpc_shape shape) {
+  return shape >= QRPC_SHAPE_UNARY && shape <= QRPC_SHAPE_BIDI_STREAM;
+}
+
+static int peer_start(qrpc_peer *peer, uint32_t method, qrpc_shape shape,
+                      const void *payload, size_t len,
+                      const qrpc_call_opts *opts,
+                      const qrpc_call_callbacks *cbs, void *ud,
+                      qrpc_call **out) {
+  if (!peer || (!payload && len) || !shape_valid(shape)) return QRPC_EINVAL;
+  if (opts && opts->size != sizeof(*opts)) return QRPC_EINVAL;
+  if ((shape == QRPC_SHAPE_CLIENT_STREAM || shape == QRPC_SHAPE_BIDI_STREAM) &&
+      len)
+    return QRPC_EINVAL;
+  qrpc_call *call =
+      qrpci_call_new(peer->core, method, shape, opts, 0, cbs, ud);
+  if (!call) return QRPC_ENOMEM;
+  int rv = qrpci_call_start(call, peer, payload, len);
+  if (rv != 0) {
+    qrpci_call_release(call);
+    return rv;
+  }
+  if (out) *out = call;
+  return 0;
+}
+
+int qrpc_peer_call(qrpc_peer *peer, uint32_t method, const void *payload,
+                   size_t len, const qrpc_call_opts *opts,
+                   const qrpc_call_callbacks *cbs, void *ud, qrpc_call **out) {
+  return peer_start(peer, method, QRPC_SHAPE_UNARY, payload, len, opts, cbs,
+                    ud, out);
+}
+
+int qrpc_peer_stream(qrpc_peer *peer, uint32_t method, qrpc_shape shape,
+                     const void *payload, size_t len,
+                     const qrpc_call_opts *opts,
+                     const qrpc_call_callbacks *cbs, void *ud,
+                     qrpc_call **out) {
+  if (shape == QRPC_SHAPE_UNARY) return QRPC_EINVAL;
+  return peer_start(peer, method, shape, payload, len, opts, cbs, ud, out);
+}
+
+int qrpci_peer_notify(qrpc_peer *peer, uint32_t method, const void *payload,
+                      size_t len) {
+  if (peer->closed || !peer->ready || peer->goaway_received)
+    return QRPC_ECLOSED;
+  qrpci_rstream *rs;
+  int rv = pool_stream(peer, &rs);
+  if (rv != 0) return rv;
+  return put_frame(rs, QRPCI_FRAME_NOTIFY, 0, method, 0, payload, len);
+}
+
+int qrpc_peer_notify(qrpc_peer *peer, uint32_t method, const void *payload,
+                     size_t len) {
+  if (!peer || (!payload && len)) return QRPC_EINVAL;
+  return qrpci_peer_notify(peer, method, payload, len);
+}
+
+static int call_sends_items(const qrpc_call *call) {
+  return call->shape == QRPC_SHAPE_CLIENT_STREAM ||
+         call->shape == QRPC_SHAPE_BIDI_STREAM;
+}
+
+int qrpc_call_send(qrpc_call *call, const void *data, size_t len) {
+  if (!call || (!data && len) || !call_sends_items(call)) return QRPC_EINVAL;
+  if (call->state != QRPCI_CALL_ACTIVE || !call->msgid) return QRPC_ECLOSED;
+  if (call->sent_end) return QRPC_ESTATE;
+  if (!stream_ok(call->rs)) return QRPC_ECLOSED;
+  if (qrpci_stream_congested(call->rs->s)) return QRPC_EAGAIN;
+  return put_frame(call->rs, QRPCI_FRAME_ITEM, call->msgid, 0, 0, data, len);
+}
+
+int qrpc_call_end(qrpc_call *call) {
+  if (!call || !call_sends_items(call)) return QRPC_EINVAL;
+  if (call->state != QRPCI_CALL_ACTIVE || !call->msgid) return QRPC_ECLOSED;
+  if (call->sent_end) return QRPC_ESTATE;
+  int rv = put_status(call->rs, QRPCI_FRAME_END, call->msgid, 0, NULL);
+  if (rv != 0) return rv;
+  call->sent_end = 1;
+  if (call->shape == QRPC_SHAPE_BIDI_STREAM && call->got_end)
+    call_finish(call, QRPC_STATUS_OK, "", 0, NULL, 0, 0);
+  return 0;
+}
+
+int qrpc_call_cancel(qrpc_call *call) {
+  if (!call) return QRPC_EINVAL;
+  if (call->state == QRPCI_CALL_DONE) return QRPC_ECLOSED;
+  if (call->state == QRPCI_CALL_QUEUED) {
+    qrpci_client_unqueue(call->client, call);
+  } else if (call->rs && call->msgid) {
+    put_id_frame(call->rs, QRPCI_FRAME_CANCEL, call->msgid);
+  }
+  qrpci_call_defer_done(call, QRPC_STATUS_CANCELLED, "cancelled");
+  return 0;
+}
+
+void *qrpc_call_user_data(qrpc_call *call) { return call->ud; }
+
+/* ---- Incoming requests ------------------------------------------------ */
+
+static void req_timer_cb(evutil_socket_t fd, short what, void *arg);
+
+static qrpc_req *req_new(qrpc_peer *peer, qrpci_rstream *rs, uint64_t msgid,
+                         uint32_t method, qrpc_shape shape) {
+  qrpci_core *core = peer->core;
+  qrpc_req *req = core->free_reqs;
+  if (req) {
+    core->free_reqs = req->next_free;
+    core->nfree_reqs--;
+  } else if (!(req = malloc(sizeof(*req)))) {
+    return NULL;
+  }
+  memset(req, 0, sizeof(*req));
+  req->peer = peer;
+  req->rs = rs;
+  req->msgid = msgid;
+  req->method = method;
+  req->shape = shape;
+  evtimer_assign(&req->timer, qrpc_loop_base(core->loop), req_timer_cb, req);
+  return req;
+}
+
+static void req_free(qrpc_req *req) {
+  qrpci_core *core = req->peer->core;
+  if (core->nfree_reqs < QRPCI_FREELIST_MAX) {
+    req->next_free = core->free_reqs;
+    core->free_reqs = req;
+    core->nfree_reqs++;
+  } else {
+    free(req);
+  }
+}
+
+/* The request is over for us: nothing more is sent for it. Memory goes
+ * back once its handler, if running, has returned. */
+static void req_release(qrpc_req *req) {
+  if (req->released) return;
+  req->released = 1;
+  qrpc_peer *peer = req->peer;
+  if (req->timer_set) {
+    evtimer_del(&req->timer);
+    req->timer_set = 0;
+  }
+  if (req->msgid) qrpci_u64map_del(&peer->reqs, req->msgid);
+  req->msgid = 0;
+  qrpci_rstream *rs = req->rs;
+  req->rs = NULL;
+  if (rs && !req->notify) {
+    rs->pending--;
+    if (rs->req == req) rs->req = NULL;
+    rs_maybe_finish(rs);
+    rs_maybe_free(rs);
+  }
+  if (!req->in_handler) req_free(req);
+  peer_check_drained(peer);
+}
+
+static void req_cancel(qrpc_req *req, int status) {
+  if (req->released) return;
+  if (req->cbs.on_cancel) req->cbs.on_cancel(req, status, req->ud);
+  req_release(req);
+}
+
+static void req_timer_cb(evutil_socket_t fd, short what, void *arg) {
+  qrpc_req *req = arg;
+  req->timer_set = 0;
+  /* The caller has given up too; answering now would only be dropped. */
+  req_cancel(req, QRPC_STATUS_DEADLINE_EXCEEDED);
+}
+
+static void run_handler(qrpc_req *req, const qrpci_method *m,
+                        const uint8_t *payload, size_t len) {
+  req->in_handler = 1;
+  m->fn(req, payload, len, m->ud);
+  /* A NOTIFY's req lives for the handler call only. */
+  if (req->notify) req_release(req);
+  req->in_handler = 0;
+  if (req->released) req_free(req);
+}
+
+static void answer_refusal(qrpci_rstream *rs, uint64_t msgid, int status,
+                           const char *detail) {
+  put_status(rs, QRPCI_FRAME_ERROR, msgid, status, detail);
+}
+
+static void on_request(qrpci_rstream *rs, const qrpci_frame *f) {
+  qrpc_peer *peer = rs->peer;
+  if (f->msgid <= rs->last_req_msgid) {
+    fail_proto(peer, "REQUEST: MsgId not greater than the previous one");
+    return;
+  }
+  if (qrpci_u64map_get(&peer->reqs, f->msgid)) {
+    fail_proto(peer, "REQUEST: MsgId of a call still in flight");
+    return;
+  }
+  rs->last_req_msgid = f->msgid;
+  if (f->msgid > peer->peer_max_msgid) peer->peer_max_msgid = f->msgid;
+  if (peer->goaway_sent && f->msgid > peer->goaway_last) {
+    answer_refusal(rs, f->msgid, QRPC_STATUS_UNAVAILABLE, "going away");
+    return;
+  }
+  const qrpci_method *m =
+      f->method <= UINT32_MAX
+          ? qrpci_u64map_get(&peer->core->methods, f->method + 1)
+          : NULL;
+  if (!m) {
+    answer_refusal(rs, f->msgid, QRPC_STATUS_UNIMPLEMENTED, "unknown method");
+    return;
+  }
+  if (peer->reqs.size >= peer->core->opts.max_calls_in_flight) {
+    answer_refusal(rs, f->msgid, QRPC_STATUS_RESOURCE_EXHAUSTED,
+                   "too many calls in flight");
+    return;
+  }
+  qrpc_req *req = req_new(peer, rs, f->msgid, (uint32_t)f->method, m->shape);
+  if (!req || qrpci_u64map_put(&peer->reqs, f->msgid, req) != 0) {
+    if (req) req_free(req);
+    answer_refusal(rs, f->msgid, QRPC_STATUS_RESOURCE_EXHAUSTED,
+                   "out of memory");
+    return;
+  }
+  rs->pending++;
+  if (m->shape != QRPC_SHAPE_UNARY && !rs->req) rs->req = req;
+  if (f->timeout_ms) {
+    req->deadline_ns = qrpci_now_ns() + f->timeout_ms * QRPCI_NS_PER_MS;
+    arm_timer(peer->core, &req->timer, f->timeout_ms);
+    req->timer_set = 1;
+  }
+  run_handler(req, m, f->payload, f->payload_len);
+}
+
+static void on_notify(qrpci_rstream *rs, const qrpci_frame *f) {
+  qrpc_peer *peer = rs->peer;
+  const qrpci_method *m =
+      f->method <= UINT32_MAX
+          ? qrpci_u64map_get(&peer->core->methods, f->method + 1)
+          : NULL;
+  if (!m) {
+    QRPCI_DEBUG("rpc: NOTIFY for unknown method 0x%llx dropped",
+                (unsigned long long)f->method);
+    return;
+  }
+  qrpc_req *req = req_new(peer, NULL, 0, (uint32_t)f->method, m->shape);
+  if (!req) return;
+  req->notify = 1;
+  run_handler(req, m, f->payload, f->payload_len);
+}
+
+/* An answer for one of our calls: the call, NULL to drop it silently (it
+ * is no longer in flight), or NULL after closing the connection (a MsgId
+ * never issued). */
+static qrpc_call *answer_target(qrpci_rstream *rs, const qrpci_frame *f,
+                                const char *violation) {
+  qrpc_peer *peer = rs->peer;
+  qrpc_call *call = qrpci_u64map_get(&peer->calls, f->msgid);
+  if (!call && f->msgid > peer->last_msgid) fail_proto(peer, violation);
+  return call;
+}
+
+static void on_reply(qrpci_rstream *rs, const qrpci_frame *f) {
+  qrpc_call *call =
+      answer_target(rs, f, "REPLY: MsgId of a call never made");
+  if (!call) return;
+  if (call->shape == QRPC_SHAPE_SERVER_STREAM ||
+      call->shape == QRPC_SHAPE_BIDI_STREAM) {
+    fail_proto(rs->peer, "REPLY: the call is a streaming call");
+    return;
+  }
+  call_finish(call, QRPC_STATUS_OK, "", 0, f->payload, f->payload_len, 0);
+}
+
+static void on_error(qrpci_rstream *rs, const qrpci_frame *f) {
+  qrpc_call *call =
+      answer_target(rs, f, "ERROR: MsgId of a call never made");
+  if (!call) return;
+  call_finish(call, (int)(f->status > INT32_MAX ? INT32_MAX : f->status),
+              (const char *)f->detail, f->detail_len, NULL, 0, 0);
+}
+
+static void on_call_item(qrpci_rstream *rs, const qrpci_frame *f) {
+  qrpc_call *call = answer_target(rs, f, "ITEM: MsgId of a call never made");
+  if (!call) return;
+  if (call->shape != QRPC_SHAPE_SERVER_STREAM &&
+      call->shape != QRPC_SHAPE_BIDI_STREAM) {
+    fail_proto(rs->peer, "ITEM: the call takes no items from the callee");
+    return;
+  }
+  if (call->cbs.on_item)
+    call->cbs.on_item(call, f->payload, f->payload_len, call->ud);
+}
+
+static void on_call_end(qrpci_rstream *rs, const qrpci_frame *f) {
+  qrpc_call *call = answer_target(rs, f, "END: MsgId of a call never made");
+  if (!call) return;
+  int status = (int)(f->status > INT32_MAX ? INT32_MAX : f->status);
+  if (status != QRPC_STATUS_OK) {
+    call_finish(call, status, (const char *)f->detail, f->detail_len, NULL, 0,
+                0);
+  } else if (call->shape == QRPC_SHAPE_SERVER_STREAM) {
+    call_finish(call, QRPC_STATUS_OK, "", 0, NULL, 0, 0);
+  } else if (call->shape == QRPC_SHAPE_BIDI_STREAM) {
+    call->got_end = 1;
+    if (call->sent_end) call_finish(call, QRPC_STATUS_OK, "", 0, NULL, 0, 0);
+  } else {
+    fail_proto(rs->peer, "END: the call expects a REPLY");
+  }
+}
+
+/* ITEM or END from a caller, for a request we serve. */
+static qrpc_req *req_target(qrpci_rstream *rs, const qrpci_frame *f,
+                            const char *violation) {
+  qrpc_peer *peer = rs->peer;
+  qrpc_req *req = qrpci_u64map_get(&peer->reqs, f->msgid);
+  if (!req && f->msgid > peer->peer_max_msgid) fail_proto(peer, violation);
+  return req;
+}
+
+static int req_takes_items(const qrpc_req *req) {
+  return req->shape == QRPC_SHAPE_CLIENT_STREAM ||
+         req->shape == QRPC_SHAPE_BIDI_STREAM;
+}
+
+static void on_req_item(qrpci_rstream *rs, const qrpci_frame *f) {
+  qrpc_req *req = req_target(rs, f, "ITEM: MsgId of a call never made");
+  if (!req) return;
+  if (!req_takes_items(req) || req->caller_ended) {
+    fail_proto(rs->peer, "ITEM: the call takes no more items");
+    return;
+  }
+  if (req->cbs.on_item) req->cbs.on_item(req, f->payload, f->payload_len, req->ud);
+}
+
+static void on_req_end(qrpci_rstream *rs, const qrpci_frame *f) {
+  qrpc_req *req = req_target(rs, f, "END: MsgId of a call never made");
+  if (!req) return;
+  if (!req_takes_items(req) || req->caller_ended) {
+    fail_proto(rs->peer, "END: the caller already ended or sends no items");
+    return;
+  }
+  req->caller_ended = 1;
+  if (f->status != QRPC_STATUS_OK) {
+    req_cancel(req, QRPC_STATUS_CANCELLED);
+    return;
+  }
+  if (req->cbs.on_end) req->cbs.on_end(req, req->ud);
+  if (req->shape == QRPC_SHAPE_BIDI_STREAM && req->answered) req_release(req);
+}
+
+static void on_cancel_frame(qrpci_rstream *rs, const qrpci_frame *f) {
+  qrpc_req *req = qrpci_u64map_get(&rs->peer->reqs, f->msgid);
+  if (req) req_cancel(req, QRPC_STATUS_CANCELLED);
+}
+
+static void on_goaway(qrpci_rstream *rs, const qrpci_frame *f) {
+  qrpc_peer *peer = rs->peer;
+  if (peer->goaway_received) return;
+  peer->goaway_received = 1;
+  if (peer->client) qrpci_client_peer_goaway(peer->client, peer);
+}
+
+static int on_frame(void *ctx, const uint8_t *body, size_t len) {
+  qrpci_rstream *rs = ctx;
+  qrpc_peer *peer = rs->peer;
+  qrpci_frame f;
+  const char *why = NULL;
+  if (qrpci_frame_decode(body, len, &f, &why) != 0) {
+    fail_proto(peer, why ? why : "malformed frame");
+    return 1;
+  }
+  switch (f.type) {
+  case QRPCI_FRAME_REQUEST: on_request(rs, &f); break;
+  case QRPCI_FRAME_NOTIFY: on_notify(rs, &f); break;
+  case QRPCI_FRAME_REPLY: on_reply(rs, &f); break;
+  case QRPCI_FRAME_ERROR: on_error(rs, &f); break;
+  case QRPCI_FRAME_CANCEL: on_cancel_frame(rs, &f); break;
+  case QRPCI_FRAME_ITEM:
+    if (rs->local)
+      on_call_item(rs, &f);
+    else
+      on_req_item(rs, &f);
+    break;
+  case QRPCI_FRAME_END:
+    if (rs->local)
+      on_call_end(rs, &f);
+    else
+      on_req_end(rs, &f);
+    break;
+  case QRPCI_FRAME_GOAWAY: on_goaway(rs, &f); break;
+  default: break;
+  }
+  return peer->closed || rs->gone ? 1 : 0;
+}
+
+static void rs_on_read(qrpc_stream *s, const uint8_t *data, size_t len,
+                       int fin, void *ud) {
+  qrpci_rstream *rs = ud;
+  qrpc_peer *peer = rs->peer;
+  if (peer->closed) return;
+  peer->busy++;
+  const char *why = NULL;
+  int rv = len ? qrpci_reasm_feed(&rs->reasm, data, len, on_frame, rs, &why)
+               : 0;
+  if (rv == QRPC_EMSGSIZE) {
+    qrpci_conn_fail(peer->conn, QRPCI_ERR_FRAME_TOO_LARGE,
+                    "frame Length over the receiver's limit");
+  } else if (rv < 0) {
+    fail_proto(peer, why ? why : "malformed frame");
+  } else if (fin && !peer->closed && !rs->gone) {
+    if (qrpci_reasm_finish(&rs->reasm) != 0) {
+      fail_proto(peer, "frame truncated by end of stream");
+    } else {
+      rs->fin_received = 1;
+      rs_maybe_finish(rs);
+    }
+  }
+  peer->busy--;
+  if (rs->gone) rs_maybe_free(rs);
+  peer_maybe_release(peer);
+}
+
+static void rs_on_writable(qrpc_stream *s, void *ud) {
+  qrpci_rstream *rs = ud;
+  if (rs->call && rs->call->cbs.on_writable)
+    rs->call->cbs.on_writable(rs->call, rs->call->ud);
+  else if (rs->req && rs->req->cbs.on_writable)
+    rs->req->cbs.on_writable(rs->req, rs->req->ud);
+}
+
+static void rs_on_closed(qrpc_stream *s, int error, void *ud) {
+  qrpci_rstream *rs = ud;
+  qrpc_peer *peer = rs->peer;
+  rs->gone = 1;
+  rs->s = NULL;
+  if (rs->pool_slot >= 0 && peer->pool && peer->pool[rs->pool_slot] == rs)
+    peer->pool[rs->pool_slot] = NULL;
+  rs->pool_slot = -1;
+  if (peer->closed) return; /* the peer's release frees everything */
+  peer->busy++;
+  /* A stream reset under a streaming call or request ends it. */
+  if (rs->call)
+    call_finish(rs->call, QRPC_STATUS_UNAVAILABLE, "stream closed", 13, NULL,
+                0, 1);
+  if (rs->req) req_cancel(rs->req, QRPC_STATUS_CANCELLED);
+  peer->busy--;
+  rs_maybe_free(rs);
+  peer_maybe_release(peer);
+}
+
+/* ---- Answering -------------------------------------------------------- */
+
+void qrpc_req_set_callbacks(qrpc_req *req, const qrpc_req_callbacks *cbs,
+                            void *ud) {
+  if (cbs) req->cbs = *cbs;
+  req->ud = ud;
+}
+void *qrpc_req_user_data(qrpc_req *req) { return req->ud; }
+qrpc_peer *qrpc_req_peer(qrpc_req *req) { return req->peer; }
+uint32_t qrpc_req_method(qrpc_req *req) { return req->method; }
+qrpc_shape qrpc_req_shape(qrpc_req *req) { return req->shape; }
+int qrpc_req_is_notify(qrpc_req *req) { return req->notify; }
+
+uint64_t qrpc_req_remaining_ms(qrpc_req *req) {
+  if (!req->deadline_ns) return UINT64_MAX;
+  uint64_t now = qrpci_now_ns();
+  return req->deadline_ns > now ? (req->deadline_ns - now) / QRPCI_NS_PER_MS
+                                : 0;
+}
+
+int qrpc_req_reply(qrpc_req *req, const void *payload, size_t len) {
+  if (!req || (!payload && len)) return QRPC_EINVAL;
+  if (req->notify) {
+    req_release(req);
+    return 0;
+  }
+  if (req->shape != QRPC_SHAPE_UNARY && req->shape != QRPC_SHAPE_CLIENT_STREAM)
+    return QRPC_EINVAL;
+  if (req->released) return QRPC_ECLOSED;
+  int rv =
+      put_frame(req->rs, QRPCI_FRAME_REPLY, req->msgid, 0, 0, payload, len);
+  if (rv == QRPC_EMSGSIZE || rv == QRPC_ENOMEM)
+    put_status(req->rs, QRPCI_FRAME_ERROR, req->msgid, QRPC_STATUS_INTERNAL,
+               "reply could not be sent");
+  req_release(req);
+  return rv == QRPC_ECLOSED ? 0 : rv;
+}
+
+int qrpc_req_error(qrpc_req *req, int status, const char *detail) {
+  if (!req || status <= 0) return QRPC_EINVAL;
+  if (!req->notify && !req->released) {
+    uint8_t type = req->shape == QRPC_SHAPE_SERVER_STREAM ||
+                           req->shape == QRPC_SHAPE_BIDI_STREAM
+                       ? QRPCI_FRAME_END
+                       : QRPCI_FRAME_ERROR;
+    put_status(req->rs, type, req->msgid, status, detail);
+  }
+  req_release(req);
+  return 0;
+}
+
+static int req_sends_items(const qrpc_req *req) {
+  return req->shape == QRPC_SHAPE_SERVER_STREAM ||
+         req->shape == QRPC_SHAPE_BIDI_STREAM;
+}
+
+int qrpc_req_send(qrpc_req *req, const void *data, size_t len) {
+  if (!req || (!data && len) || req->notify || !req_sends_items(req))
+    return QRPC_EINVAL;
+  if (req->released || req->answered) return QRPC_ECLOSED;
+  if (!stream_ok(req->rs)) return QRPC_ECLOSED;
+  if (qrpci_stream_congested(req->rs->s)) return QRPC_EAGAIN;
+  return put_frame(req->rs, QRPCI_FRAME_ITEM, req->msgid, 0, 0, data, len);
+}
+
+int qrpc_req_end(qrpc_req *req) {
+  if (!req || req->notify || !req_sends_items(req)) return QRPC_EINVAL;
+  if (req->released || req->answered) return QRPC_ECLOSED;
+  put_status(req->rs, QRPCI_FRAME_END, req->msgid, 0, NULL);
+  req->answered = 1;
+  if (req->shape == QRPC_SHAPE_SERVER_STREAM || req->caller_ended)
+    req_release(req);
+  return 0;
+}

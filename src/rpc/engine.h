@@ -1,0 +1,178 @@
+/*
+ * Internal structures of the RPC engine, shared by core.c (calls, requests,
+ * frames), server.c and client.c.
+ *
+ * Lifetime rule: a peer and its streams may be asked to go away (the
+ * connection closed) while frames of that peer are being dispatched, since
+ * handlers may close connections. peer->busy counts dispatch depth; memory
+ * is released only when it is back at zero.
+ */
+#ifndef QRPCI_RPC_ENGINE_H
+#define QRPCI_RPC_ENGINE_H
+
+#include <event2/event.h>
+#include <event2/event_struct.h>
+
+#include "qrpc/rpc.h"
+#include "util/list.h"
+#include "util/u64map.h"
+#include "wire/reassembler.h"
+
+#define QRPCI_COMMON_TIMEOUTS 16
+#define QRPCI_FREELIST_MAX 1024
+
+typedef struct qrpci_method {
+  qrpc_shape shape;
+  qrpc_handler_fn fn;
+  void *ud;
+} qrpci_method;
+
+/* What servers and clients share: the loop, options, registered methods,
+ * free lists and deferred completions. */
+typedef struct qrpci_core {
+  qrpc_loop *loop;
+  qrpc_rpc_opts opts;
+  qrpci_u64map methods; /* method id + 1 -> qrpci_method */
+  qrpci_list done;      /* calls whose on_done is due from the loop */
+  struct event *done_ev;
+  qrpc_call *free_calls;
+  size_t nfree_calls;
+  qrpc_req *free_reqs;
+  size_t nfree_reqs;
+  struct {
+    uint64_t ms;
+    const struct timeval *tv;
+  } timeouts[QRPCI_COMMON_TIMEOUTS];
+  size_t ntimeouts;
+} qrpci_core;
+
+typedef struct qrpci_rstream qrpci_rstream;
+
+struct qrpc_peer {
+  qrpci_core *core;
+  qrpc_conn *conn;
+  qrpc_server *server;      /* exactly one of server and client */
+  qrpc_client *client;
+  qrpci_list node;          /* in the owner's list of peers */
+  void *user_data;
+  int ready;                /* handshake done */
+  int closed;               /* connection gone; release when not busy */
+  int busy;
+  uint64_t last_msgid;      /* highest MsgId we issued */
+  uint64_t peer_max_msgid;  /* highest REQUEST MsgId the peer sent */
+  qrpci_u64map calls;       /* our calls in flight, by MsgId */
+  qrpci_u64map reqs;        /* the peer's calls we serve, by MsgId */
+  qrpci_rstream **pool;     /* long-lived streams for unary calls */
+  size_t rr;
+  qrpci_list streams;
+  int goaway_sent;
+  uint64_t goaway_last;     /* what we promised to answer */
+  int goaway_received;
+  int close_when_idle;      /* close with GOING_AWAY once drained */
+};
+
+struct qrpci_rstream {
+  qrpc_peer *peer;
+  qrpc_stream *s;
+  qrpci_list node;
+  qrpci_reasm reasm;
+  int local;                /* we opened it: ITEM/END are for our calls */
+  int pool_slot;            /* index in peer->pool, or -1 */
+  qrpc_call *call;          /* the streaming call it is dedicated to */
+  qrpc_req *req;            /* the streaming request it is dedicated to */
+  uint64_t last_req_msgid;  /* REQUEST MsgIds must grow per stream */
+  size_t pending;           /* requests received here still open */
+  int fin_received;
+  int finished;             /* our FIN is queued */
+  int gone;                 /* the transport closed it */
+};
+
+typedef enum qrpci_call_state {
+  QRPCI_CALL_QUEUED,   /* waiting for a client connection */
+  QRPCI_CALL_ACTIVE,   /* REQUEST sent */
+  QRPCI_CALL_DONE,     /* on_done is due from the loop */
+} qrpci_call_state;
+
+struct qrpc_call {
+  qrpci_core *core;
+  qrpc_peer *peer;
+  qrpc_client *client;
+  qrpci_rstream *rs;        /* dedicated stream of a streaming call */
+  qrpci_list node;          /* client pending list, or core->done */
+  qrpc_call *next_free;
+  qrpci_call_state state;
+  uint64_t msgid;
+  uint32_t method;
+  qrpc_shape shape;
+  qrpc_call_callbacks cbs;
+  void *ud;
+  struct event timer;
+  int timer_set;
+  uint64_t deadline_ns;     /* 0: none */
+  int sent_end;
+  int got_end;
+  int res_status;           /* for a deferred completion */
+  const char *res_detail;
+  uint8_t *payload;         /* copy while queued */
+  size_t len;
+};
+
+struct qrpc_req {
+  qrpc_peer *peer;
+  qrpci_rstream *rs;
+  qrpc_req *next_free;
+  uint64_t msgid;
+  uint32_t method;
+  qrpc_shape shape;
+  int notify;
+  int in_handler;
+  int released;             /* over; freed when the handler returns */
+  int answered;             /* our END is sent (bidi waits for theirs) */
+  int caller_ended;
+  qrpc_req_callbacks cbs;
+  void *ud;
+  struct event timer;
+  int timer_set;
+  uint64_t deadline_ns;
+};
+
+/* core.c */
+int qrpci_core_init(qrpci_core *core, qrpc_loop *loop,
+                    const qrpc_rpc_opts *opts);
+void qrpci_core_cleanup(qrpci_core *core);
+int qrpci_core_register(qrpci_core *core, uint32_t method, qrpc_shape shape,
+                        qrpc_handler_fn fn, void *ud);
+void qrpci_rpc_opts_default(qrpc_rpc_opts *o);
+int qrpci_rpc_opts_valid(const qrpc_rpc_opts *o);
+
+qrpc_peer *qrpci_peer_new(qrpci_core *core, qrpc_conn *conn);
+/* The connection is established: streams may be opened. */
+void qrpci_peer_ready(qrpc_peer *peer);
+/* The connection is gone: fail calls with UNAVAILABLE, cancel requests,
+ * release the peer (now, or when its dispatch unwinds). */
+void qrpci_peer_closed(qrpc_peer *peer);
+/* Sends GOAWAY and closes with GOING_AWAY once idle. */
+void qrpci_peer_goaway(qrpc_peer *peer);
+int qrpci_peer_idle(qrpc_peer *peer);
+
+qrpc_call *qrpci_call_new(qrpci_core *core, uint32_t method, qrpc_shape shape,
+                          const qrpc_call_opts *opts, uint64_t default_timeout,
+                          const qrpc_call_callbacks *cbs, void *ud);
+/* Sends the call's REQUEST on peer (payload given, or the queued copy). */
+int qrpci_call_start(qrpc_call *call, qrpc_peer *peer, const void *payload,
+                     size_t len);
+/* Completes a call that never reached the wire, from the loop. */
+void qrpci_call_defer_done(qrpc_call *call, int status, const char *detail);
+void qrpci_call_release(qrpc_call *call);
+int qrpci_peer_notify(qrpc_peer *peer, uint32_t method, const void *payload,
+                      size_t len);
+
+/* client.c: a queued call timed out or was cancelled. */
+void qrpci_client_unqueue(qrpc_client *cli, qrpc_call *call);
+/* client.c / server.c: the peer received GOAWAY or is released. */
+void qrpci_client_peer_goaway(qrpc_client *cli, qrpc_peer *peer);
+void qrpci_owner_peer_released(qrpc_peer *peer);
+void qrpci_client_peer_released(qrpc_client *cli, qrpc_peer *peer);
+void qrpci_server_peer_released(qrpc_server *srv, qrpc_peer *peer);
+
+#endif

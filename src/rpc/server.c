@@ -1,0 +1,150 @@
+/* qrpc_server: an endpoint whose connections each get an RPC peer. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "qrpc/error.h"
+#include "quic/rpcglue.h"
+#include "rpc/engine.h"
+#include "util/clock.h"
+#include "wire/protocol.h"
+
+struct qrpc_server {
+  qrpci_core core;
+  qrpc_endpoint *ep;
+  qrpc_server_opts opts;
+  qrpci_list peers;
+  int shutting_down;
+  struct event *deadline_ev;
+  struct event *done_ev;
+  void (*on_done)(qrpc_server *srv, void *ud);
+  void *done_ud;
+};
+
+void qrpc_server_opts_default(qrpc_server_opts *o) {
+  memset(o, 0, sizeof(*o));
+  o->size = sizeof(*o);
+  qrpc_endpoint_opts_default(&o->endpoint);
+  qrpci_rpc_opts_default(&o->rpc);
+}
+
+static void srv_on_established(qrpc_conn *c, void *ud) {
+  qrpc_server *srv = ud;
+  qrpc_peer *peer = qrpci_peer_new(&srv->core, c);
+  if (!peer) {
+    qrpc_conn_close(c, QRPCI_ERR_INTERNAL_ERROR, "out of memory");
+    return;
+  }
+  peer->server = srv;
+  qrpci_list_push_back(&srv->peers, &peer->node);
+  qrpc_conn_set_user_data(c, peer);
+  qrpci_peer_ready(peer);
+  if (srv->opts.on_peer_open) srv->opts.on_peer_open(peer, srv->opts.user_data);
+  if (srv->shutting_down) qrpci_peer_goaway(peer);
+}
+
+static void srv_on_closed(qrpc_conn *c, const qrpc_close_info *info,
+                          void *ud) {
+  /* Only established connections reach here, and those carry their peer. */
+  qrpci_peer_closed(ud);
+}
+
+static const qrpc_conn_callbacks srv_conn_cbs = {
+    .on_established = srv_on_established,
+    .on_closed = srv_on_closed,
+};
+
+static void srv_done_cb(evutil_socket_t fd, short what, void *arg) {
+  qrpc_server *srv = arg;
+  if (srv->deadline_ev) evtimer_del(srv->deadline_ev);
+  if (srv->on_done) srv->on_done(srv, srv->done_ud);
+}
+
+void qrpci_server_peer_released(qrpc_server *srv, qrpc_peer *peer) {
+  qrpci_list_remove(&peer->node);
+  if (srv->opts.on_peer_close)
+    srv->opts.on_peer_close(peer, srv->opts.user_data);
+  /* Reported from the loop: on_done may free the server, which must not
+   * happen inside one of its connections' callbacks. */
+  if (srv->shutting_down && qrpci_list_empty(&srv->peers))
+    event_active(srv->done_ev, 0, 0);
+}
+
+int qrpc_server_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
+                    const qrpc_server_opts *opts, qrpc_server **out) {
+  if (!loop || !addr || !tls || !out) return QRPC_EINVAL;
+  if (opts && opts->size != sizeof(*opts)) return QRPC_EINVAL;
+  qrpc_server *srv = calloc(1, sizeof(*srv));
+  if (!srv) return QRPC_ENOMEM;
+  if (opts)
+    srv->opts = *opts;
+  else
+    qrpc_server_opts_default(&srv->opts);
+  qrpci_list_init(&srv->peers);
+  int rv = qrpci_core_init(&srv->core, loop, &srv->opts.rpc);
+  if (rv == 0) {
+    srv->done_ev = event_new(qrpc_loop_base(loop), -1, 0, srv_done_cb, srv);
+    if (!srv->done_ev) rv = QRPC_ENOMEM;
+  }
+  if (rv == 0)
+    rv = qrpc_endpoint_listen(loop, addr, tls, &srv->opts.endpoint,
+                              &srv_conn_cbs, srv, &srv->ep);
+  if (rv != 0) {
+    qrpc_server_free(srv);
+    return rv;
+  }
+  *out = srv;
+  return 0;
+}
+
+int qrpc_server_register(qrpc_server *srv, uint32_t method, qrpc_shape shape,
+                         qrpc_handler_fn handler, void *ud) {
+  if (!srv) return QRPC_EINVAL;
+  return qrpci_core_register(&srv->core, method, shape, handler, ud);
+}
+
+uint16_t qrpc_server_port(qrpc_server *srv) {
+  return qrpc_endpoint_port(srv->ep);
+}
+
+qrpc_endpoint *qrpc_server_endpoint(qrpc_server *srv) { return srv->ep; }
+
+static void srv_deadline_cb(evutil_socket_t fd, short what, void *arg) {
+  qrpc_server *srv = arg;
+  /* Closing fires on_closed, which unlinks the peer from the list. */
+  while (!qrpci_list_empty(&srv->peers)) {
+    qrpc_peer *peer = QRPCI_CONTAINER_OF(srv->peers.next, qrpc_peer, node);
+    qrpc_conn_close(peer->conn, QRPCI_ERR_GOING_AWAY, "drain deadline");
+  }
+}
+
+int qrpc_server_shutdown(qrpc_server *srv, uint64_t deadline_ms,
+                         void (*on_done)(qrpc_server *srv, void *ud),
+                         void *ud) {
+  if (!srv) return QRPC_EINVAL;
+  if (srv->shutting_down) return QRPC_ESTATE;
+  srv->shutting_down = 1;
+  srv->on_done = on_done;
+  srv->done_ud = ud;
+  qrpci_endpoint_refuse_new(srv->ep);
+  srv->deadline_ev =
+      evtimer_new(qrpc_loop_base(srv->core.loop), srv_deadline_cb, srv);
+  if (!srv->deadline_ev) return QRPC_ENOMEM;
+  struct timeval tv = qrpci_ns_to_tv(deadline_ms * QRPCI_NS_PER_MS);
+  evtimer_add(srv->deadline_ev, &tv);
+  for (qrpci_list *n = srv->peers.next; n != &srv->peers;) {
+    qrpc_peer *peer = QRPCI_CONTAINER_OF(n, qrpc_peer, node);
+    n = n->next;
+    qrpci_peer_goaway(peer);
+  }
+  if (qrpci_list_empty(&srv->peers)) event_active(srv->done_ev, 0, 0);
+  return 0;
+}
+
+void qrpc_server_free(qrpc_server *srv) {
+  if (!srv) return;
+  qrpc_endpoint_free(srv->ep);
+  if (srv->deadline_ev) event_free(srv->deadline_ev);
+  if (srv->done_ev) event_free(srv->done_ev);
+  qrpci_core_cleanup(&srv->core);
+  free(srv);
+}
