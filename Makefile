@@ -51,9 +51,11 @@ build: setup
 	cmake -S . -B $(BUILD_DIR) $(CMAKE_FLAGS)
 	cmake --build $(BUILD_DIR) -j$(JOBS)
 
-# The same with AddressSanitizer and UndefinedBehaviorSanitizer.
+# The same with AddressSanitizer and UndefinedBehaviorSanitizer, compiled
+# with clang, so every run of `make test` builds warning-free with both gcc
+# and clang.
 build-san: setup
-	cmake -S . -B $(SAN_DIR) -DQRPC_SANITIZE=ON $(CMAKE_FLAGS)
+	CC=clang cmake -S . -B $(SAN_DIR) -DQRPC_SANITIZE=ON $(CMAKE_FLAGS)
 	cmake --build $(SAN_DIR) -j$(JOBS)
 
 # Development CA and localhost server certificate (kept if present).

@@ -9,7 +9,7 @@ set -euo pipefail
 
 NGTCP2_MIN=1.11.0
 PACKAGES=(
-  build-essential gcc clang cmake make pkg-config git
+  build-essential gcc clang libclang-rt-dev cmake make pkg-config git
   libgnutls28-dev libevent-dev
   libprotobuf-c-dev protobuf-c-compiler protobuf-compiler libprotobuf-dev
   check openssl ca-certificates valgrind procps

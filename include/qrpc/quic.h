@@ -12,7 +12,9 @@
  * Lifetime: a connection's on_closed callback fires exactly once, and is the
  * last callback for that connection; the handle must not be used after it
  * returns. A stream's on_closed callback is likewise its last. Data passed to
- * a callback is borrowed for the duration of the callback.
+ * a callback is borrowed for the duration of the callback. When a
+ * connection closes, each open stream's on_closed fires first, then the
+ * connection's.
  *
  * Reentrancy: from inside any callback the application may write to
  * streams, open streams, send datagrams and close streams or connections;
@@ -47,6 +49,20 @@ typedef enum qrpc_close_kind {
   QRPC_CLOSE_ERROR = 6,       /* a local failure (socket, memory) */
 } qrpc_close_kind;
 
+/* kind, local and error go together as follows:
+ * - APPLICATION: code is the application error code; error is 0 for code 0
+ *   (orderly), QRPC_EPROTO for PROTOCOL_ERROR detected by this side, else
+ *   QRPC_EAPP.
+ * - TRANSPORT: code is the QUIC transport error code (0x2 when a server
+ *   refused the connection at its limit); error QRPC_ETRANSPORT, or 0 for
+ *   NO_ERROR.
+ * - IDLE: QRPC_EIDLE. HANDSHAKE_TIMEOUT: QRPC_ETIMEDOUT.
+ * - TLS: code is the TLS alert; error QRPC_EALPN (alert 120), QRPC_ECERT
+ *   (a certificate alert, or our own verification refused the peer) or
+ *   QRPC_ETLS.
+ * - ENDPOINT: QRPC_ECLOSED. ERROR: the local failure (QRPC_ERESOLVE, ...).
+ * A server reports nothing for connections whose handshake failed; they
+ * are counted in qrpc_endpoint_stats. */
 typedef struct qrpc_close_info {
   qrpc_close_kind kind;
   int local;        /* 1: this side closed; 0: the peer did */
@@ -87,10 +103,11 @@ typedef struct qrpc_stream_callbacks {
    * returned QRPC_EAGAIN. */
   void (*on_writable)(qrpc_stream *s, void *user_data);
   /* The peer acknowledged every byte up to offset (bytes written so far,
-   * not counting the stream header). Optional. */
+   * not counting the stream header). May be NULL, like every callback. */
   void (*on_acked)(qrpc_stream *s, uint64_t offset, void *user_data);
   /* The stream is gone (both directions done, reset, or connection closed).
-   * error is 0 after an orderly finish, else a QRPC_E* value. Last
+   * error is 0 after an orderly finish, QRPC_ERESET after a reset with a
+   * non-zero code (either side), QRPC_ECLOSED when the connection closed. Last
    * callback for the stream; the handle is invalid after it returns. */
   void (*on_closed)(qrpc_stream *s, int error, void *user_data);
 } qrpc_stream_callbacks;
@@ -191,8 +208,10 @@ void qrpc_endpoint_free(qrpc_endpoint *ep);
  * Names are resolved without blocking the loop. server_name is used for SNI
  * and certificate verification; NULL means the host part of addr. On
  * success *out is valid at once and exactly one of on_established or
- * on_closed follows, then on_closed eventually.
- * Errors: QRPC_EINVAL, QRPC_ENOMEM, QRPC_ETLS. */
+ * on_closed follows, then on_closed eventually. tls is required (an empty
+ * config trusts the system CA store).
+ * Errors: QRPC_EINVAL (bad address, NULL tls, options not initialised with
+ * qrpc_conn_opts_default()), QRPC_ENOMEM, QRPC_ETLS. */
 int qrpc_conn_connect(qrpc_loop *loop, const char *addr,
                       const char *server_name, qrpc_tls_config *tls,
                       const qrpc_conn_opts *opts,

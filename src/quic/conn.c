@@ -297,7 +297,11 @@ static void handle_error(qrpc_conn *c, int rv) {
 static void run_pending_close(qrpc_conn *c) {
   if (!c->pending_close || c->busy) return;
   c->pending_close = 0;
-  qrpci_conn_close_now(c, &c->pending_ccerr, 1);
+  ngtcp2_ccerr cc = c->pending_ccerr;
+  /* What was queued before the close request goes first, so a close from
+   * on_established still lets the handshake's last flight reach the peer. */
+  if (c->state == QRPCI_CONN_ESTABLISHED) qrpci_conn_write(c);
+  qrpci_conn_close_now(c, &cc, 1);
 }
 
 /* ---- ngtcp2 callbacks ------------------------------------------------- */
