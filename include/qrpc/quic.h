@@ -156,7 +156,8 @@ void qrpc_conn_opts_default(qrpc_conn_opts *o);
 typedef struct qrpc_endpoint_opts {
   size_t size;
   qrpc_conn_opts conn;     /* per-connection settings */
-  size_t max_connections;  /* established + handshaking; default 10000 */
+  size_t max_connections;  /* connections held at once, including those in
+                              their closing period; default 10000 */
   size_t max_handshakes;   /* half-open connections at once; default 1000 */
   int validate_address;    /* send a stateless Retry first; default 0 */
 } qrpc_endpoint_opts;
@@ -170,7 +171,7 @@ typedef struct qrpc_endpoint_stats {
   uint64_t retries_sent;
   uint64_t version_negotiations_sent;
   uint64_t packets_dropped; /* undecodable or for no connection */
-  uint64_t connections;     /* currently alive */
+  uint64_t connections;     /* open now (not yet reported closed) */
 } qrpc_endpoint_stats;
 
 /* ---- Server endpoint -------------------------------------------------- */

@@ -264,7 +264,10 @@ typedef struct qrpc_client_opts {
   size_t max_pending;          /* calls waiting for a connection; 1024 */
   uint64_t backoff_initial_ms; /* first reconnection delay; 100 */
   uint64_t backoff_max_ms;     /* cap of the doubling delay; 10000 */
-  /* Connection established or lost (status as in qrpc_close_info). */
+  /* A connection was established, or one that on_connect reported was
+   * lost (info says why). Failed attempts are retried without a callback
+   * (they are logged at info level); calls waiting meanwhile keep their
+   * deadlines. */
   void (*on_connect)(qrpc_client *cli, qrpc_peer *peer, void *user_data);
   void (*on_disconnect)(qrpc_client *cli, const qrpc_close_info *info,
                         void *user_data);
@@ -314,7 +317,9 @@ int qrpc_client_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
 int qrpc_client_register(qrpc_client *cli, uint32_t method, qrpc_shape shape,
                          qrpc_handler_fn handler, void *user_data);
 
-/* The current peer, or NULL while not connected. */
+/* The current peer, or NULL while not connected or while the connection
+ * drains after the server's GOAWAY (new calls then wait for the next
+ * connection, which is made once the draining one has closed). */
 qrpc_peer *qrpc_client_peer(qrpc_client *cli);
 
 /* Fails every call (waiting or in flight) with CANCELLED, closes the

@@ -122,6 +122,7 @@ void qrpci_conn_free(qrpc_conn *c) {
 void qrpci_conn_fire_closed(qrpc_conn *c) {
   if (c->closed_fired) return;
   c->closed_fired = 1;
+  if (c->ep) qrpci_endpoint_conn_closed(c->ep, c);
   for (qrpci_list *n = c->streams.next; n != &c->streams;) {
     qrpc_stream *s = QRPCI_CONTAINER_OF(n, qrpc_stream, node);
     n = n->next;

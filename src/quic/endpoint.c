@@ -47,6 +47,12 @@ void qrpci_endpoint_conn_established(qrpc_endpoint *ep, qrpc_conn *c) {
   ep->stats.accepted++;
 }
 
+void qrpci_endpoint_conn_closed(qrpc_endpoint *ep, qrpc_conn *c) {
+  if (!c->counted_open) return;
+  c->counted_open = 0;
+  ep->stats.connections--;
+}
+
 void qrpci_endpoint_conn_gone(qrpc_endpoint *ep, qrpc_conn *c) {
   if (c->q) {
     size_t n = ngtcp2_conn_get_scid(c->q, NULL);
@@ -62,8 +68,9 @@ void qrpci_endpoint_conn_gone(qrpc_endpoint *ep, qrpc_conn *c) {
   qrpci_cidmap_del(ep->cids, c->first_scid.data, c->first_scid.datalen, c);
   if (c->counted_handshake) ep->nhandshaking--;
   c->counted_handshake = 0;
+  qrpci_endpoint_conn_closed(ep, c);
   qrpci_list_remove(&c->ep_node);
-  ep->stats.connections--;
+  ep->nconns--;
   c->ep = NULL;
 }
 
@@ -134,7 +141,9 @@ static qrpc_conn *server_conn_new(qrpc_endpoint *ep, const ngtcp2_pkt_hd *hd,
   c->tlscfg = ep->tls;
   qrpci_tls_config_ref(ep->tls);
   qrpci_list_push_back(&ep->conns, &c->ep_node);
+  ep->nconns++;
   ep->stats.connections++;
+  c->counted_open = 1;
   c->counted_handshake = 1;
   ep->nhandshaking++;
   memcpy(&c->local, &ep->local, ep->locallen);
@@ -196,7 +205,7 @@ static void accept_new(qrpc_endpoint *ep, const ngtcp2_path *path,
     ep->stats.packets_dropped++;
     return;
   }
-  if (ep->stats.connections >= ep->opts.max_connections ||
+  if (ep->nconns >= ep->opts.max_connections ||
       ep->nhandshaking >= ep->opts.max_handshakes) {
     ep->stats.refused++;
     send_refusal(ep, &hd, path, NGTCP2_CONNECTION_REFUSED);

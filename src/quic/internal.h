@@ -90,6 +90,7 @@ struct qrpc_endpoint {
   qrpci_cidmap *cids;
   qrpci_list conns;
   size_t nhandshaking;
+  size_t nconns;            /* including those in their closing period */
   qrpc_endpoint_stats stats;
   uint8_t secret[QRPCI_STATIC_SECRET_LEN];
 };
@@ -120,6 +121,7 @@ struct qrpc_conn {
   int established_fired;
   int closed_fired;
   int counted_handshake;     /* included in ep->nhandshaking */
+  int counted_open;          /* included in ep->stats.connections */
   int shutting_down;
   int flush_close;           /* close once all stream data is acked */
   uint64_t flush_close_code;
@@ -276,6 +278,7 @@ void qrpci_stream_deliver_held(qrpc_stream *s);
 
 /* endpoint.c */
 void qrpci_endpoint_conn_gone(qrpc_endpoint *ep, qrpc_conn *c);
+void qrpci_endpoint_conn_closed(qrpc_endpoint *ep, qrpc_conn *c);
 void qrpci_endpoint_conn_established(qrpc_endpoint *ep, qrpc_conn *c);
 int qrpci_endpoint_map_cid(qrpc_endpoint *ep, const ngtcp2_cid *cid,
                            qrpc_conn *c);

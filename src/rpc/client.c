@@ -18,7 +18,6 @@ struct qrpc_client {
   qrpc_tls_config *tls;
   qrpc_client_opts opts;
   qrpc_peer *peer;      /* the current connection's peer */
-  qrpci_list old_peers; /* draining after GOAWAY */
   qrpci_list pending;   /* calls waiting for a connection */
   size_t npending;
   struct event *retry_ev;
@@ -115,26 +114,20 @@ static void cli_on_closed(qrpc_conn *c, const qrpc_close_info *info,
   qrpc_peer *peer = ud;
   qrpc_client *cli = peer->client;
   int current = cli->peer == peer;
+  int was_ready = peer->ready;
   qrpci_peer_closed(peer);
   if (!current || cli->freeing) return;
-  if (cli->opts.on_disconnect)
+  if (!was_ready) {
+    QRPCI_INFO("rpc: connecting to %s failed: %s; retrying", cli->addr,
+               qrpc_strerror(info->error));
+  } else if (cli->opts.on_disconnect) {
     cli->opts.on_disconnect(cli, info, cli->opts.user_data);
+  }
   if (!cli->freeing) schedule_retry(cli);
 }
 
 void qrpci_client_peer_released(qrpc_client *cli, qrpc_peer *peer) {
-  if (cli->peer == peer)
-    cli->peer = NULL;
-  else
-    qrpci_list_remove(&peer->node);
-}
-
-void qrpci_client_peer_goaway(qrpc_client *cli, qrpc_peer *peer) {
-  if (cli->peer != peer) return;
-  /* The old connection finishes its calls; new ones go to a new one. */
-  cli->peer = NULL;
-  qrpci_list_push_back(&cli->old_peers, &peer->node);
-  connect_now(cli);
+  if (cli->peer == peer) cli->peer = NULL;
 }
 
 void qrpci_client_unqueue(qrpc_client *cli, qrpc_call *call) {
@@ -159,7 +152,6 @@ int qrpc_client_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
     cli->opts = *opts;
   else
     qrpc_client_opts_default(&cli->opts);
-  qrpci_list_init(&cli->old_peers);
   qrpci_list_init(&cli->pending);
   cli->backoff_ms = cli->opts.backoff_initial_ms;
   cli->rng = qrpci_now_ns() | 1;
@@ -188,7 +180,8 @@ int qrpc_client_register(qrpc_client *cli, uint32_t method, qrpc_shape shape,
 }
 
 qrpc_peer *qrpc_client_peer(qrpc_client *cli) {
-  return cli->peer && cli->peer->ready ? cli->peer : NULL;
+  qrpc_peer *p = cli->peer;
+  return p && p->ready && !p->goaway_received && !p->closed ? p : NULL;
 }
 
 static int client_start(qrpc_client *cli, uint32_t method, qrpc_shape shape,
@@ -277,8 +270,6 @@ void qrpc_client_free(qrpc_client *cli) {
     qrpci_call_defer_done(call, QRPC_STATUS_CANCELLED, "client closed");
   }
   if (cli->peer) close_peer(cli->peer);
-  while (!qrpci_list_empty(&cli->old_peers))
-    close_peer(QRPCI_CONTAINER_OF(cli->old_peers.next, qrpc_peer, node));
   if (cli->retry_ev) event_free(cli->retry_ev);
   qrpci_core_cleanup(&cli->core);
   if (cli->tls) qrpc_tls_config_free(cli->tls);

@@ -883,9 +883,9 @@ static void on_cancel_frame(qrpci_rstream *rs, const qrpci_frame *f) {
 
 static void on_goaway(qrpci_rstream *rs, const qrpci_frame *f) {
   qrpc_peer *peer = rs->peer;
-  if (peer->goaway_received) return;
+  /* The connection finishes the calls it has; a client sends new calls
+   * on its next connection. */
   peer->goaway_received = 1;
-  if (peer->client) qrpci_client_peer_goaway(peer->client, peer);
 }
 
 static int on_frame(void *ctx, const uint8_t *body, size_t len) {

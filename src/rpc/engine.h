@@ -169,8 +169,7 @@ int qrpci_peer_notify(qrpc_peer *peer, uint32_t method, const void *payload,
 
 /* client.c: a queued call timed out or was cancelled. */
 void qrpci_client_unqueue(qrpc_client *cli, qrpc_call *call);
-/* client.c / server.c: the peer received GOAWAY or is released. */
-void qrpci_client_peer_goaway(qrpc_client *cli, qrpc_peer *peer);
+/* client.c / server.c: the peer is released. */
 void qrpci_owner_peer_released(qrpc_peer *peer);
 void qrpci_client_peer_released(qrpc_client *cli, qrpc_peer *peer);
 void qrpci_server_peer_released(qrpc_server *srv, qrpc_peer *peer);
