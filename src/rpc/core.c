@@ -237,8 +237,8 @@ static void rs_free(qrpci_rstream *rs) {
 /* Streams are freed once the transport is done with them and nothing of
  * ours points at them, unless a dispatch on the peer is unwinding. */
 static void rs_maybe_free(qrpci_rstream *rs) {
-  if (rs->gone && rs->pending == 0 && !rs->call && !rs->req &&
-      !rs->peer->busy)
+  if (rs->gone && rs->pending == 0 && rs->ncalls == 0 && !rs->call &&
+      !rs->req && !rs->peer->busy)
     rs_free(rs);
 }
 
@@ -442,8 +442,9 @@ static void call_detach(qrpc_call *call) {
   call->msgid = 0;
   qrpci_rstream *rs = call->rs;
   call->rs = NULL;
-  if (rs && rs->call == call) {
-    rs->call = NULL;
+  if (rs) {
+    rs->ncalls--;
+    if (rs->call == call) rs->call = NULL;
     rs_maybe_finish(rs);
     rs_maybe_free(rs);
   }
@@ -521,6 +522,7 @@ int qrpci_call_start(qrpc_call *call, qrpc_peer *peer, const void *payload,
   call->msgid = msgid;
   call->peer = peer;
   call->rs = rs;
+  rs->ncalls++;
   if (rs->pool_slot < 0) rs->call = call;
   call->state = QRPCI_CALL_ACTIVE;
   free(call->payload);
@@ -956,6 +958,20 @@ static void rs_on_writable(qrpc_stream *s, void *ud) {
     rs->req->cbs.on_writable(rs->req, rs->req->ud);
 }
 
+static void fail_calls_on(qrpci_rstream *rs) {
+  qrpci_u64map *m = &rs->peer->calls;
+  qrpc_call **victims = malloc(rs->ncalls * sizeof(*victims));
+  size_t n = 0;
+  for (size_t i = 0; victims && i < m->cap && n < rs->ncalls; i++) {
+    qrpc_call *call = m->keys[i] ? m->vals[i] : NULL;
+    if (call && call->rs == rs) victims[n++] = call;
+  }
+  for (size_t i = 0; i < n; i++)
+    call_finish(victims[i], QRPC_STATUS_UNAVAILABLE, "stream closed", 13,
+                NULL, 0, 1);
+  free(victims);
+}
+
 static void rs_on_closed(qrpc_stream *s, int error, void *ud) {
   qrpci_rstream *rs = ud;
   qrpc_peer *peer = rs->peer;
@@ -966,10 +982,8 @@ static void rs_on_closed(qrpc_stream *s, int error, void *ud) {
   rs->pool_slot = -1;
   if (peer->closed) return; /* the peer's release frees everything */
   peer->busy++;
-  /* A stream reset under a streaming call or request ends it. */
-  if (rs->call)
-    call_finish(rs->call, QRPC_STATUS_UNAVAILABLE, "stream closed", 13, NULL,
-                0, 1);
+  /* Calls and requests whose stream is gone can never be answered. */
+  if (rs->ncalls) fail_calls_on(rs);
   if (rs->req) req_cancel(rs->req, QRPC_STATUS_CANCELLED);
   peer->busy--;
   rs_maybe_free(rs);

@@ -82,6 +82,7 @@ struct qrpci_rstream {
   qrpc_req *req;            /* the streaming request it is dedicated to */
   uint64_t last_req_msgid;  /* REQUEST MsgIds must grow per stream */
   size_t pending;           /* requests received here still open */
+  size_t ncalls;            /* our calls in flight here */
   int fin_received;
   int finished;             /* our FIN is queued */
   int gone;                 /* the transport closed it */
