@@ -88,6 +88,18 @@ typedef struct qrpc_result {
                              loss, refusal), not answered by the peer */
 } qrpc_result;
 
+/* A message serialised straight into the send buffer instead of being
+ * copied from a byte array: pack(msg, out) writes exactly size bytes to
+ * out and returns size. Generated stubs fill it from protobuf-c's
+ * get_packed_size and pack. msg is borrowed for the duration of the call
+ * that takes the qrpc_msg. Every function taking payload bytes has a _msg
+ * twin taking one of these. */
+typedef struct qrpc_msg {
+  const void *msg;
+  size_t size;
+  size_t (*pack)(const void *msg, uint8_t *out);
+} qrpc_msg;
+
 /* ---- Calling ---------------------------------------------------------- */
 
 typedef struct qrpc_call_callbacks {
@@ -124,6 +136,14 @@ int qrpc_peer_call(qrpc_peer *peer, uint32_t method, const void *payload,
                    size_t len, const qrpc_call_opts *opts,
                    const qrpc_call_callbacks *cbs, void *user_data,
                    qrpc_call **out);
+int qrpc_client_call_msg(qrpc_client *cli, uint32_t method, const qrpc_msg *m,
+                         const qrpc_call_opts *opts,
+                         const qrpc_call_callbacks *cbs, void *user_data,
+                         qrpc_call **out);
+int qrpc_peer_call_msg(qrpc_peer *peer, uint32_t method, const qrpc_msg *m,
+                       const qrpc_call_opts *opts,
+                       const qrpc_call_callbacks *cbs, void *user_data,
+                       qrpc_call **out);
 
 /* Starts a streaming call of the given shape on a stream of its own. For
  * server streaming payload is the request; for client and bidi streaming it
@@ -140,6 +160,14 @@ int qrpc_peer_stream(qrpc_peer *peer, uint32_t method, qrpc_shape shape,
                      const qrpc_call_opts *opts,
                      const qrpc_call_callbacks *cbs, void *user_data,
                      qrpc_call **out);
+int qrpc_client_stream_msg(qrpc_client *cli, uint32_t method, qrpc_shape shape,
+                           const qrpc_msg *m, const qrpc_call_opts *opts,
+                           const qrpc_call_callbacks *cbs, void *user_data,
+                           qrpc_call **out);
+int qrpc_peer_stream_msg(qrpc_peer *peer, uint32_t method, qrpc_shape shape,
+                         const qrpc_msg *m, const qrpc_call_opts *opts,
+                         const qrpc_call_callbacks *cbs, void *user_data,
+                         qrpc_call **out);
 
 /* Sends a one-way NOTIFY (payload copied). Nothing answers it.
  * Errors: QRPC_EINVAL, QRPC_ECLOSED (not connected), QRPC_EMSGSIZE,
@@ -148,6 +176,9 @@ int qrpc_client_notify(qrpc_client *cli, uint32_t method, const void *payload,
                        size_t len);
 int qrpc_peer_notify(qrpc_peer *peer, uint32_t method, const void *payload,
                      size_t len);
+int qrpc_client_notify_msg(qrpc_client *cli, uint32_t method,
+                           const qrpc_msg *m);
+int qrpc_peer_notify_msg(qrpc_peer *peer, uint32_t method, const qrpc_msg *m);
 
 /* Sends one ITEM of a client or bidi streaming call (copied). Accepted
  * while the stream's unacknowledged bytes are under the connection's
@@ -155,6 +186,7 @@ int qrpc_peer_notify(qrpc_peer *peer, uint32_t method, const void *payload,
  * Errors: QRPC_EINVAL (wrong shape), QRPC_EAGAIN, QRPC_ESTATE (already
  * ended), QRPC_ECLOSED (the call is over), QRPC_EMSGSIZE, QRPC_ENOMEM. */
 int qrpc_call_send(qrpc_call *call, const void *data, size_t len);
+int qrpc_call_send_msg(qrpc_call *call, const qrpc_msg *m);
 
 /* Ends the caller's side of a client or bidi streaming call (END, status
  * 0). Errors: QRPC_EINVAL, QRPC_ESTATE, QRPC_ECLOSED. */
@@ -209,6 +241,7 @@ uint64_t qrpc_req_remaining_ms(qrpc_req *req);
  * req is released. Errors: QRPC_EINVAL (a streaming-result shape),
  * QRPC_EMSGSIZE, QRPC_ENOMEM (req is then answered with INTERNAL). */
 int qrpc_req_reply(qrpc_req *req, const void *payload, size_t len);
+int qrpc_req_reply_msg(qrpc_req *req, const qrpc_msg *m);
 
 /* Fails the call with status (not 0) and a detail message (UTF-8, may be
  * NULL); for server and bidi streaming this is an END with that status.
@@ -219,6 +252,7 @@ int qrpc_req_error(qrpc_req *req, int status, const char *detail);
  * as for qrpc_call_send(). Errors: QRPC_EINVAL, QRPC_EAGAIN, QRPC_EMSGSIZE,
  * QRPC_ENOMEM. */
 int qrpc_req_send(qrpc_req *req, const void *data, size_t len);
+int qrpc_req_send_msg(qrpc_req *req, const qrpc_msg *m);
 
 /* Ends a server or bidi streaming call with END (status 0). For bidi, req
  * stays valid until the caller's END has arrived too. Errors: QRPC_EINVAL.*/

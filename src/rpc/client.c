@@ -93,7 +93,9 @@ static void flush_pending(qrpc_client *cli, qrpc_peer *peer) {
   while (!qrpci_list_empty(&cli->pending) && cli->peer == peer) {
     qrpc_call *call = QRPCI_CONTAINER_OF(cli->pending.next, qrpc_call, node);
     qrpci_client_unqueue(cli, call);
-    int rv = qrpci_call_start(call, peer, call->payload, call->len);
+    qrpci_payload pl;
+    qrpci_payload_bytes(&pl, call->payload, call->len);
+    int rv = qrpci_call_start(call, peer, &pl);
     if (rv != 0)
       qrpci_call_defer_done(call, QRPC_STATUS_UNAVAILABLE,
                             "could not be sent");
@@ -185,12 +187,12 @@ qrpc_peer *qrpc_client_peer(qrpc_client *cli) {
 }
 
 static int client_start(qrpc_client *cli, uint32_t method, qrpc_shape shape,
-                        const void *payload, size_t len,
-                        const qrpc_call_opts *opts,
+                        const qrpci_payload *pl, const qrpc_call_opts *opts,
                         const qrpc_call_callbacks *cbs, void *ud,
                         qrpc_call **out) {
-  if (!cli || (!payload && len)) return QRPC_EINVAL;
+  if (!cli) return QRPC_EINVAL;
   if (opts && opts->size != sizeof(*opts)) return QRPC_EINVAL;
+  size_t len = qrpci_payload_len(pl);
   if ((shape == QRPC_SHAPE_CLIENT_STREAM || shape == QRPC_SHAPE_BIDI_STREAM) &&
       len)
     return QRPC_EINVAL;
@@ -204,19 +206,21 @@ static int client_start(qrpc_client *cli, uint32_t method, qrpc_shape shape,
                                    cli->opts.default_timeout_ms, cbs, ud);
   if (!call) return QRPC_ENOMEM;
   call->client = cli;
+  int rv = 0;
   if (peer) {
-    int rv = qrpci_call_start(call, peer, payload, len);
-    if (rv != 0) {
-      qrpci_call_release(call);
-      return rv;
-    }
+    rv = qrpci_call_start(call, peer, pl);
+  } else if (len && !(call->payload = malloc(len))) {
+    rv = QRPC_ENOMEM;
   } else {
-    if (len && !(call->payload = malloc(len))) {
-      qrpci_call_release(call);
-      return QRPC_ENOMEM;
-    }
-    if (len) memcpy(call->payload, payload, len);
+    /* Waiting for a connection: the payload is kept as bytes. */
+    rv = len ? qrpci_payload_write(pl, call->payload) : 0;
     call->len = len;
+  }
+  if (rv != 0) {
+    qrpci_call_release(call);
+    return rv;
+  }
+  if (!peer) {
     call->state = QRPCI_CALL_QUEUED;
     qrpci_list_push_back(&cli->pending, &call->node);
     cli->npending++;
@@ -229,8 +233,18 @@ int qrpc_client_call(qrpc_client *cli, uint32_t method, const void *payload,
                      size_t len, const qrpc_call_opts *opts,
                      const qrpc_call_callbacks *cbs, void *ud,
                      qrpc_call **out) {
-  return client_start(cli, method, QRPC_SHAPE_UNARY, payload, len, opts, cbs,
-                      ud, out);
+  qrpci_payload pl;
+  if (qrpci_payload_bytes(&pl, payload, len) != 0) return QRPC_EINVAL;
+  return client_start(cli, method, QRPC_SHAPE_UNARY, &pl, opts, cbs, ud, out);
+}
+
+int qrpc_client_call_msg(qrpc_client *cli, uint32_t method, const qrpc_msg *m,
+                         const qrpc_call_opts *opts,
+                         const qrpc_call_callbacks *cbs, void *ud,
+                         qrpc_call **out) {
+  qrpci_payload pl;
+  if (qrpci_payload_msg(&pl, m) != 0) return QRPC_EINVAL;
+  return client_start(cli, method, QRPC_SHAPE_UNARY, &pl, opts, cbs, ud, out);
 }
 
 int qrpc_client_stream(qrpc_client *cli, uint32_t method, qrpc_shape shape,
@@ -238,17 +252,44 @@ int qrpc_client_stream(qrpc_client *cli, uint32_t method, qrpc_shape shape,
                        const qrpc_call_opts *opts,
                        const qrpc_call_callbacks *cbs, void *ud,
                        qrpc_call **out) {
-  if (shape == QRPC_SHAPE_UNARY || shape > QRPC_SHAPE_BIDI_STREAM)
+  qrpci_payload pl;
+  if (shape == QRPC_SHAPE_UNARY || shape > QRPC_SHAPE_BIDI_STREAM ||
+      qrpci_payload_bytes(&pl, payload, len) != 0)
     return QRPC_EINVAL;
-  return client_start(cli, method, shape, payload, len, opts, cbs, ud, out);
+  return client_start(cli, method, shape, &pl, opts, cbs, ud, out);
+}
+
+int qrpc_client_stream_msg(qrpc_client *cli, uint32_t method, qrpc_shape shape,
+                           const qrpc_msg *m, const qrpc_call_opts *opts,
+                           const qrpc_call_callbacks *cbs, void *ud,
+                           qrpc_call **out) {
+  qrpci_payload pl;
+  if (shape == QRPC_SHAPE_UNARY || shape > QRPC_SHAPE_BIDI_STREAM ||
+      qrpci_payload_msg(&pl, m) != 0)
+    return QRPC_EINVAL;
+  return client_start(cli, method, shape, &pl, opts, cbs, ud, out);
+}
+
+static int client_notify(qrpc_client *cli, uint32_t method,
+                         const qrpci_payload *pl) {
+  if (!cli) return QRPC_EINVAL;
+  qrpc_peer *peer = qrpc_client_peer(cli);
+  if (!peer) return QRPC_ECLOSED;
+  return qrpci_peer_notify(peer, method, pl);
 }
 
 int qrpc_client_notify(qrpc_client *cli, uint32_t method, const void *payload,
                        size_t len) {
-  if (!cli || (!payload && len)) return QRPC_EINVAL;
-  qrpc_peer *peer = qrpc_client_peer(cli);
-  if (!peer) return QRPC_ECLOSED;
-  return qrpci_peer_notify(peer, method, payload, len);
+  qrpci_payload pl;
+  if (qrpci_payload_bytes(&pl, payload, len) != 0) return QRPC_EINVAL;
+  return client_notify(cli, method, &pl);
+}
+
+int qrpc_client_notify_msg(qrpc_client *cli, uint32_t method,
+                           const qrpc_msg *m) {
+  qrpci_payload pl;
+  if (qrpci_payload_msg(&pl, m) != 0) return QRPC_EINVAL;
+  return client_notify(cli, method, &pl);
 }
 
 static void close_peer(qrpc_peer *peer) {

@@ -148,11 +148,37 @@ static void arm_timer(qrpci_core *core, struct event *ev, uint64_t ms) {
 
 static int stream_ok(const qrpci_rstream *rs) { return rs && !rs->gone; }
 
+int qrpci_payload_bytes(qrpci_payload *p, const void *bytes, size_t len) {
+  if (!bytes && len) return QRPC_EINVAL;
+  p->bytes = bytes;
+  p->len = len;
+  p->msg = NULL;
+  return 0;
+}
+
+int qrpci_payload_msg(qrpci_payload *p, const qrpc_msg *m) {
+  if (!m || !m->pack) return QRPC_EINVAL;
+  p->bytes = NULL;
+  p->len = 0;
+  p->msg = m;
+  return 0;
+}
+
+int qrpci_payload_write(const qrpci_payload *p, uint8_t *out) {
+  if (!p->msg) {
+    if (p->len) memcpy(out, p->bytes, p->len);
+    return 0;
+  }
+  if (p->msg->size == 0) return 0;
+  return p->msg->pack(p->msg->msg, out) == p->msg->size ? 0 : QRPC_EINVAL;
+}
+
 /* REQUEST, NOTIFY, REPLY and ITEM: header, then the payload in place. */
 static int put_frame(qrpci_rstream *rs, uint8_t type, uint64_t msgid,
-                     uint64_t method, uint64_t timeout_ms, const void *payload,
-                     size_t len) {
+                     uint64_t method, uint64_t timeout_ms,
+                     const qrpci_payload *pl) {
   if (!stream_ok(rs)) return QRPC_ECLOSED;
+  size_t len = qrpci_payload_len(pl);
   size_t hl = qrpci_frame_header_len(type, msgid, method, timeout_ms, len);
   if (hl == 0) return QRPC_EINVAL;
   if (len > rs->peer->core->opts.max_frame ||
@@ -161,7 +187,9 @@ static int put_frame(qrpci_rstream *rs, uint8_t type, uint64_t msgid,
   uint8_t *p = qrpci_stream_reserve(rs->s, hl + len);
   if (!p) return QRPC_ENOMEM;
   qrpci_frame_encode_header(p, hl, type, msgid, method, timeout_ms, len);
-  if (len) memcpy(p + hl, payload, len);
+  /* Nothing is committed unless the whole frame was written. */
+  int rv = qrpci_payload_write(pl, p + hl);
+  if (rv != 0) return rv;
   qrpci_stream_commit(rs->s, hl + len);
   return 0;
 }
@@ -488,8 +516,8 @@ static void call_timer_cb(evutil_socket_t fd, short what, void *arg) {
               NULL, 0, 1);
 }
 
-int qrpci_call_start(qrpc_call *call, qrpc_peer *peer, const void *payload,
-                     size_t len) {
+int qrpci_call_start(qrpc_call *call, qrpc_peer *peer,
+                     const qrpci_payload *pl) {
   if (peer->closed || !peer->ready || peer->goaway_received)
     return QRPC_ECLOSED;
   qrpci_rstream *rs;
@@ -509,7 +537,7 @@ int qrpci_call_start(qrpc_call *call, qrpc_peer *peer, const void *payload,
   uint64_t msgid = peer->last_msgid + 1;
   if ((rv = qrpci_u64map_put(&peer->calls, msgid, call)) == 0)
     rv = put_frame(rs, QRPCI_FRAME_REQUEST, msgid, call->method, timeout_ms,
-                   payload, len);
+                   pl);
   if (rv != 0) {
     qrpci_u64map_del(&peer->calls, msgid);
     if (rs->pool_slot < 0) {
@@ -535,19 +563,18 @@ static int shape_valid(qrpc_shape shape) {
 }
 
 static int peer_start(qrpc_peer *peer, uint32_t method, qrpc_shape shape,
-                      const void *payload, size_t len,
-                      const qrpc_call_opts *opts,
+                      const qrpci_payload *pl, const qrpc_call_opts *opts,
                       const qrpc_call_callbacks *cbs, void *ud,
                       qrpc_call **out) {
-  if (!peer || (!payload && len) || !shape_valid(shape)) return QRPC_EINVAL;
+  if (!peer || !shape_valid(shape)) return QRPC_EINVAL;
   if (opts && opts->size != sizeof(*opts)) return QRPC_EINVAL;
   if ((shape == QRPC_SHAPE_CLIENT_STREAM || shape == QRPC_SHAPE_BIDI_STREAM) &&
-      len)
+      qrpci_payload_len(pl))
     return QRPC_EINVAL;
   qrpc_call *call =
       qrpci_call_new(peer->core, method, shape, opts, 0, cbs, ud);
   if (!call) return QRPC_ENOMEM;
-  int rv = qrpci_call_start(call, peer, payload, len);
+  int rv = qrpci_call_start(call, peer, pl);
   if (rv != 0) {
     qrpci_call_release(call);
     return rv;
@@ -559,8 +586,18 @@ static int peer_start(qrpc_peer *peer, uint32_t method, qrpc_shape shape,
 int qrpc_peer_call(qrpc_peer *peer, uint32_t method, const void *payload,
                    size_t len, const qrpc_call_opts *opts,
                    const qrpc_call_callbacks *cbs, void *ud, qrpc_call **out) {
-  return peer_start(peer, method, QRPC_SHAPE_UNARY, payload, len, opts, cbs,
-                    ud, out);
+  qrpci_payload pl;
+  if (qrpci_payload_bytes(&pl, payload, len) != 0) return QRPC_EINVAL;
+  return peer_start(peer, method, QRPC_SHAPE_UNARY, &pl, opts, cbs, ud, out);
+}
+
+int qrpc_peer_call_msg(qrpc_peer *peer, uint32_t method, const qrpc_msg *m,
+                       const qrpc_call_opts *opts,
+                       const qrpc_call_callbacks *cbs, void *ud,
+                       qrpc_call **out) {
+  qrpci_payload pl;
+  if (qrpci_payload_msg(&pl, m) != 0) return QRPC_EINVAL;
+  return peer_start(peer, method, QRPC_SHAPE_UNARY, &pl, opts, cbs, ud, out);
 }
 
 int qrpc_peer_stream(qrpc_peer *peer, uint32_t method, qrpc_shape shape,
@@ -568,24 +605,43 @@ int qrpc_peer_stream(qrpc_peer *peer, uint32_t method, qrpc_shape shape,
                      const qrpc_call_opts *opts,
                      const qrpc_call_callbacks *cbs, void *ud,
                      qrpc_call **out) {
-  if (shape == QRPC_SHAPE_UNARY) return QRPC_EINVAL;
-  return peer_start(peer, method, shape, payload, len, opts, cbs, ud, out);
+  qrpci_payload pl;
+  if (shape == QRPC_SHAPE_UNARY || qrpci_payload_bytes(&pl, payload, len) != 0)
+    return QRPC_EINVAL;
+  return peer_start(peer, method, shape, &pl, opts, cbs, ud, out);
 }
 
-int qrpci_peer_notify(qrpc_peer *peer, uint32_t method, const void *payload,
-                      size_t len) {
+int qrpc_peer_stream_msg(qrpc_peer *peer, uint32_t method, qrpc_shape shape,
+                         const qrpc_msg *m, const qrpc_call_opts *opts,
+                         const qrpc_call_callbacks *cbs, void *ud,
+                         qrpc_call **out) {
+  qrpci_payload pl;
+  if (shape == QRPC_SHAPE_UNARY || qrpci_payload_msg(&pl, m) != 0)
+    return QRPC_EINVAL;
+  return peer_start(peer, method, shape, &pl, opts, cbs, ud, out);
+}
+
+int qrpci_peer_notify(qrpc_peer *peer, uint32_t method,
+                      const qrpci_payload *pl) {
   if (peer->closed || !peer->ready || peer->goaway_received)
     return QRPC_ECLOSED;
   qrpci_rstream *rs;
   int rv = pool_stream(peer, &rs);
   if (rv != 0) return rv;
-  return put_frame(rs, QRPCI_FRAME_NOTIFY, 0, method, 0, payload, len);
+  return put_frame(rs, QRPCI_FRAME_NOTIFY, 0, method, 0, pl);
 }
 
 int qrpc_peer_notify(qrpc_peer *peer, uint32_t method, const void *payload,
                      size_t len) {
-  if (!peer || (!payload && len)) return QRPC_EINVAL;
-  return qrpci_peer_notify(peer, method, payload, len);
+  qrpci_payload pl;
+  if (!peer || qrpci_payload_bytes(&pl, payload, len) != 0) return QRPC_EINVAL;
+  return qrpci_peer_notify(peer, method, &pl);
+}
+
+int qrpc_peer_notify_msg(qrpc_peer *peer, uint32_t method, const qrpc_msg *m) {
+  qrpci_payload pl;
+  if (!peer || qrpci_payload_msg(&pl, m) != 0) return QRPC_EINVAL;
+  return qrpci_peer_notify(peer, method, &pl);
 }
 
 static int call_sends_items(const qrpc_call *call) {
@@ -593,13 +649,25 @@ static int call_sends_items(const qrpc_call *call) {
          call->shape == QRPC_SHAPE_BIDI_STREAM;
 }
 
-int qrpc_call_send(qrpc_call *call, const void *data, size_t len) {
-  if (!call || (!data && len) || !call_sends_items(call)) return QRPC_EINVAL;
+static int call_send(qrpc_call *call, const qrpci_payload *pl) {
+  if (!call || !call_sends_items(call)) return QRPC_EINVAL;
   if (call->state != QRPCI_CALL_ACTIVE || !call->msgid) return QRPC_ECLOSED;
   if (call->sent_end) return QRPC_ESTATE;
   if (!stream_ok(call->rs)) return QRPC_ECLOSED;
   if (qrpci_stream_congested(call->rs->s)) return QRPC_EAGAIN;
-  return put_frame(call->rs, QRPCI_FRAME_ITEM, call->msgid, 0, 0, data, len);
+  return put_frame(call->rs, QRPCI_FRAME_ITEM, call->msgid, 0, 0, pl);
+}
+
+int qrpc_call_send(qrpc_call *call, const void *data, size_t len) {
+  qrpci_payload pl;
+  if (qrpci_payload_bytes(&pl, data, len) != 0) return QRPC_EINVAL;
+  return call_send(call, &pl);
+}
+
+int qrpc_call_send_msg(qrpc_call *call, const qrpc_msg *m) {
+  qrpci_payload pl;
+  if (qrpci_payload_msg(&pl, m) != 0) return QRPC_EINVAL;
+  return call_send(call, &pl);
 }
 
 int qrpc_call_end(qrpc_call *call) {
@@ -1010,8 +1078,8 @@ uint64_t qrpc_req_remaining_ms(qrpc_req *req) {
                                 : 0;
 }
 
-int qrpc_req_reply(qrpc_req *req, const void *payload, size_t len) {
-  if (!req || (!payload && len)) return QRPC_EINVAL;
+static int req_reply(qrpc_req *req, const qrpci_payload *pl) {
+  if (!req) return QRPC_EINVAL;
   if (req->notify) {
     req_release(req);
     return 0;
@@ -1019,13 +1087,24 @@ int qrpc_req_reply(qrpc_req *req, const void *payload, size_t len) {
   if (req->shape != QRPC_SHAPE_UNARY && req->shape != QRPC_SHAPE_CLIENT_STREAM)
     return QRPC_EINVAL;
   if (req->released) return QRPC_ECLOSED;
-  int rv =
-      put_frame(req->rs, QRPCI_FRAME_REPLY, req->msgid, 0, 0, payload, len);
-  if (rv == QRPC_EMSGSIZE || rv == QRPC_ENOMEM)
+  int rv = put_frame(req->rs, QRPCI_FRAME_REPLY, req->msgid, 0, 0, pl);
+  if (rv != 0 && rv != QRPC_ECLOSED)
     put_status(req->rs, QRPCI_FRAME_ERROR, req->msgid, QRPC_STATUS_INTERNAL,
                "reply could not be sent");
   req_release(req);
   return rv == QRPC_ECLOSED ? 0 : rv;
+}
+
+int qrpc_req_reply(qrpc_req *req, const void *payload, size_t len) {
+  qrpci_payload pl;
+  if (qrpci_payload_bytes(&pl, payload, len) != 0) return QRPC_EINVAL;
+  return req_reply(req, &pl);
+}
+
+int qrpc_req_reply_msg(qrpc_req *req, const qrpc_msg *m) {
+  qrpci_payload pl;
+  if (qrpci_payload_msg(&pl, m) != 0) return QRPC_EINVAL;
+  return req_reply(req, &pl);
 }
 
 int qrpc_req_error(qrpc_req *req, int status, const char *detail) {
@@ -1046,13 +1125,24 @@ static int req_sends_items(const qrpc_req *req) {
          req->shape == QRPC_SHAPE_BIDI_STREAM;
 }
 
-int qrpc_req_send(qrpc_req *req, const void *data, size_t len) {
-  if (!req || (!data && len) || req->notify || !req_sends_items(req))
-    return QRPC_EINVAL;
+static int req_send(qrpc_req *req, const qrpci_payload *pl) {
+  if (!req || req->notify || !req_sends_items(req)) return QRPC_EINVAL;
   if (req->released || req->answered) return QRPC_ECLOSED;
   if (!stream_ok(req->rs)) return QRPC_ECLOSED;
   if (qrpci_stream_congested(req->rs->s)) return QRPC_EAGAIN;
-  return put_frame(req->rs, QRPCI_FRAME_ITEM, req->msgid, 0, 0, data, len);
+  return put_frame(req->rs, QRPCI_FRAME_ITEM, req->msgid, 0, 0, pl);
+}
+
+int qrpc_req_send(qrpc_req *req, const void *data, size_t len) {
+  qrpci_payload pl;
+  if (qrpci_payload_bytes(&pl, data, len) != 0) return QRPC_EINVAL;
+  return req_send(req, &pl);
+}
+
+int qrpc_req_send_msg(qrpc_req *req, const qrpc_msg *m) {
+  qrpci_payload pl;
+  if (qrpci_payload_msg(&pl, m) != 0) return QRPC_EINVAL;
+  return req_send(req, &pl);
 }
 
 int qrpc_req_end(qrpc_req *req) {

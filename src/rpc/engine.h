@@ -21,6 +21,24 @@
 #define QRPCI_COMMON_TIMEOUTS 16
 #define QRPCI_FREELIST_MAX 1024
 
+/* A payload: bytes to copy, or a message packed in place. */
+typedef struct qrpci_payload {
+  const void *bytes;
+  size_t len;
+  const qrpc_msg *msg;
+} qrpci_payload;
+
+static inline size_t qrpci_payload_len(const qrpci_payload *p) {
+  return p->msg ? p->msg->size : p->len;
+}
+
+/* Fills *p from bytes or a message; QRPC_EINVAL if neither is valid. */
+int qrpci_payload_bytes(qrpci_payload *p, const void *bytes, size_t len);
+int qrpci_payload_msg(qrpci_payload *p, const qrpc_msg *m);
+/* Writes the payload to out (qrpci_payload_len bytes). Errors: QRPC_EINVAL
+ * when a pack function wrote a different size. */
+int qrpci_payload_write(const qrpci_payload *p, uint8_t *out);
+
 typedef struct qrpci_method {
   qrpc_shape shape;
   qrpc_handler_fn fn;
@@ -160,13 +178,13 @@ qrpc_call *qrpci_call_new(qrpci_core *core, uint32_t method, qrpc_shape shape,
                           const qrpc_call_opts *opts, uint64_t default_timeout,
                           const qrpc_call_callbacks *cbs, void *ud);
 /* Sends the call's REQUEST on peer (payload given, or the queued copy). */
-int qrpci_call_start(qrpc_call *call, qrpc_peer *peer, const void *payload,
-                     size_t len);
+int qrpci_call_start(qrpc_call *call, qrpc_peer *peer,
+                     const qrpci_payload *pl);
 /* Completes a call that never reached the wire, from the loop. */
 void qrpci_call_defer_done(qrpc_call *call, int status, const char *detail);
 void qrpci_call_release(qrpc_call *call);
-int qrpci_peer_notify(qrpc_peer *peer, uint32_t method, const void *payload,
-                      size_t len);
+int qrpci_peer_notify(qrpc_peer *peer, uint32_t method,
+                      const qrpci_payload *pl);
 
 /* client.c: a queued call timed out or was cancelled. */
 void qrpci_client_unqueue(qrpc_client *cli, qrpc_call *call);
