@@ -59,28 +59,36 @@ static void want_send(qrpc_stream *s) {
   qrpci_loop_mark_dirty(s->conn->loop, s->conn);
 }
 
+/* Links a new empty chunk of cap bytes at the tail. Earlier chunks keep
+ * whatever room they have left unused: they never move or grow, since
+ * ngtcp2 may point into them. */
+static qrpci_chunk *add_chunk(qrpc_stream *s, size_t cap) {
+  qrpci_chunk *n = malloc(sizeof(*n) + cap);
+  if (!n) return NULL;
+  n->next = NULL;
+  n->cap = cap;
+  n->len = 0;
+  if (s->tail) {
+    s->tail->next = n;
+  } else {
+    s->head = n;
+    s->head_off = s->written;
+  }
+  if (!s->cur) {
+    /* Everything before was sent: sending resumes in this chunk. */
+    s->cur = n;
+    s->cur_off = s->written;
+  }
+  s->tail = n;
+  return n;
+}
+
 static int append(qrpc_stream *s, const uint8_t *data, size_t len) {
   while (len) {
     qrpci_chunk *t = s->tail;
     if (!t || t->len == t->cap) {
       size_t cap = len < CHUNK_MIN ? CHUNK_MIN : len > CHUNK_MAX ? CHUNK_MAX : len;
-      qrpci_chunk *n = malloc(sizeof(*n) + cap);
-      if (!n) return QRPC_ENOMEM;
-      n->next = NULL;
-      n->cap = cap;
-      n->len = 0;
-      if (t) {
-        t->next = n;
-      } else {
-        s->head = n;
-        s->head_off = s->written;
-      }
-      if (!s->cur) {
-        /* Everything before was sent: sending resumes in this chunk. */
-        s->cur = n;
-        s->cur_off = s->written;
-      }
-      s->tail = t = n;
+      if (!(t = add_chunk(s, cap))) return QRPC_ENOMEM;
     }
     size_t k = t->cap - t->len < len ? t->cap - t->len : len;
     memcpy(t->data + t->len, data, k);
@@ -406,27 +414,8 @@ uint8_t *qrpci_stream_reserve(qrpc_stream *s, size_t n) {
   if (check_writable(s) != 0) return NULL;
   qrpci_chunk *t = s->tail;
   if (t && t->cap - t->len >= n) return t->data + t->len;
-  /* Start a chunk big enough for n; the old tail's free room is left
-   * unused, since chunks never move once ngtcp2 may point into them. */
-  size_t cap = n < CHUNK_MIN ? CHUNK_MIN : n;
-  qrpci_chunk *nc = malloc(sizeof(*nc) + cap);
-  if (!nc) return NULL;
-  nc->next = NULL;
-  nc->cap = cap;
-  nc->len = 0;
-  if (t) {
-    t->cap = t->len;
-    t->next = nc;
-  } else {
-    s->head = nc;
-    s->head_off = s->written;
-  }
-  if (!s->cur) {
-    s->cur = nc;
-    s->cur_off = s->written;
-  }
-  s->tail = nc;
-  return nc->data;
+  t = add_chunk(s, n < CHUNK_MIN ? CHUNK_MIN : n);
+  return t ? t->data : NULL;
 }
 
 void qrpci_stream_commit(qrpc_stream *s, size_t n) {
