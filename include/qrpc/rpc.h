@@ -273,6 +273,9 @@ typedef struct qrpc_rpc_opts {
                                  connection; the excess gets
                                  RESOURCE_EXHAUSTED; default 4096 */
   size_t unary_streams;      /* long-lived RPC streams for unary calls; 4 */
+  size_t max_buffered;       /* bytes of partly received frames held per
+                                connection; beyond it the connection closes
+                                with RESOURCE_LIMIT; default 64 MiB */
 } qrpc_rpc_opts;
 
 typedef struct qrpc_server_opts {

@@ -27,12 +27,14 @@ void qrpci_rpc_opts_default(qrpc_rpc_opts *o) {
   o->max_frame = QRPCI_DEFAULT_FRAME_LIMIT;
   o->max_calls_in_flight = 4096;
   o->unary_streams = 4;
+  o->max_buffered = 64u << 20;
 }
 
 int qrpci_rpc_opts_valid(const qrpc_rpc_opts *o) {
   return o->size == sizeof(*o) && o->max_frame >= QRPCI_MIN_FRAME_LIMIT &&
          o->max_calls_in_flight > 0 && o->unary_streams > 0 &&
-         o->unary_streams <= MAX_UNARY_STREAMS;
+         o->unary_streams <= MAX_UNARY_STREAMS &&
+         o->max_buffered >= o->max_frame;
 }
 
 void qrpc_call_opts_default(qrpc_call_opts *o) {
@@ -257,6 +259,7 @@ static qrpci_rstream *rs_new(qrpc_peer *peer, int local) {
 }
 
 static void rs_free(qrpci_rstream *rs) {
+  rs->peer->rx_buffered -= rs->rx_buffered;
   qrpci_list_remove(&rs->node);
   qrpci_reasm_free(&rs->reasm);
   free(rs);
@@ -1013,6 +1016,14 @@ static void rs_on_read(qrpc_stream *s, const uint8_t *data, size_t len,
       rs_maybe_finish(rs);
     }
   }
+  /* Credit goes back for bytes held in partial frames (a frame may be
+   * larger than the stream window), so memory is bounded here instead. */
+  size_t held = qrpci_reasm_buffered(&rs->reasm);
+  peer->rx_buffered = peer->rx_buffered - rs->rx_buffered + held;
+  rs->rx_buffered = held;
+  if (peer->rx_buffered > peer->core->opts.max_buffered && !peer->closed)
+    qrpci_conn_fail(peer->conn, QRPCI_ERR_RESOURCE_LIMIT,
+                    "partly received frames exceed the connection's limit");
   peer->busy--;
   if (rs->gone) rs_maybe_free(rs);
   peer_maybe_release(peer);
@@ -1026,18 +1037,32 @@ static void rs_on_writable(qrpc_stream *s, void *ud) {
     rs->req->cbs.on_writable(rs->req, rs->req->ud);
 }
 
-static void fail_calls_on(qrpci_rstream *rs) {
-  qrpci_u64map *m = &rs->peer->calls;
-  qrpc_call **victims = malloc(rs->ncalls * sizeof(*victims));
+/* Everything in a MsgId table whose frames travel on rs: collected first,
+ * because ending them edits the table. */
+static size_t collect_on(qrpci_u64map *m, qrpci_rstream *rs, int calls,
+                         void **out, size_t max) {
   size_t n = 0;
-  for (size_t i = 0; victims && i < m->cap && n < rs->ncalls; i++) {
-    qrpc_call *call = m->keys[i] ? m->vals[i] : NULL;
-    if (call && call->rs == rs) victims[n++] = call;
+  for (size_t i = 0; out && i < m->cap && n < max; i++) {
+    if (!m->keys[i]) continue;
+    qrpci_rstream *on = calls ? ((qrpc_call *)m->vals[i])->rs
+                              : ((qrpc_req *)m->vals[i])->rs;
+    if (on == rs) out[n++] = m->vals[i];
   }
+  return n;
+}
+
+/* Calls and requests whose stream is gone can never be answered. */
+static void end_work_on(qrpci_rstream *rs, int req_status) {
+  size_t max = rs->ncalls > rs->pending ? rs->ncalls : rs->pending;
+  if (max == 0) return;
+  void **v = malloc(max * sizeof(*v));
+  size_t n = collect_on(&rs->peer->calls, rs, 1, v, rs->ncalls);
   for (size_t i = 0; i < n; i++)
-    call_finish(victims[i], QRPC_STATUS_UNAVAILABLE, "stream closed", 13,
-                NULL, 0, 1);
-  free(victims);
+    call_finish(v[i], QRPC_STATUS_UNAVAILABLE, "stream closed", 13, NULL, 0,
+                1);
+  n = collect_on(&rs->peer->reqs, rs, 0, v, rs->pending);
+  for (size_t i = 0; i < n; i++) req_cancel(v[i], req_status);
+  free(v);
 }
 
 static void rs_on_closed(qrpc_stream *s, int error, void *ud) {
@@ -1050,9 +1075,10 @@ static void rs_on_closed(qrpc_stream *s, int error, void *ud) {
   rs->pool_slot = -1;
   if (peer->closed) return; /* the peer's release frees everything */
   peer->busy++;
-  /* Calls and requests whose stream is gone can never be answered. */
-  if (rs->ncalls) fail_calls_on(rs);
-  if (rs->req) req_cancel(rs->req, QRPC_STATUS_CANCELLED);
+  /* The connection going down reaches requests as UNAVAILABLE, as it does
+   * through qrpci_peer_closed(); a reset by the peer is a cancellation. */
+  end_work_on(rs, error == QRPC_ECLOSED ? QRPC_STATUS_UNAVAILABLE
+                                        : QRPC_STATUS_CANCELLED);
   peer->busy--;
   rs_maybe_free(rs);
   peer_maybe_release(peer);

@@ -87,6 +87,7 @@ struct qrpc_peer {
   uint64_t goaway_last;     /* what we promised to answer */
   int goaway_received;
   int close_when_idle;      /* close with GOING_AWAY once drained */
+  size_t rx_buffered;       /* partial frames held by all its streams */
 };
 
 struct qrpci_rstream {
@@ -94,6 +95,7 @@ struct qrpci_rstream {
   qrpc_stream *s;
   qrpci_list node;
   qrpci_reasm reasm;
+  size_t rx_buffered;       /* this stream's share of peer->rx_buffered */
   int local;                /* we opened it: ITEM/END are for our calls */
   int pool_slot;            /* index in peer->pool, or -1 */
   qrpc_call *call;          /* the streaming call it is dedicated to */
