@@ -105,7 +105,7 @@ void qrpci_conn_free(qrpc_conn *c) {
   if (c->tlscfg) qrpc_tls_config_free(c->tlscfg);
   qrpci_sock_close(&c->own_sock);
   for (size_t i = 0; i < c->dgq_len; i++)
-    free(c->dgq[(c->dgq_head + i) % c->opts.datagram_queue_len]);
+    qrpci_dgbuf_unref(c->dgq[(c->dgq_head + i) % c->opts.datagram_queue_len].buf);
   free(c->dgq);
   free(c->close_pkt);
   free(c->peer_certs);
@@ -442,7 +442,10 @@ static int recv_datagram_cb(ngtcp2_conn *q, uint32_t flags,
 }
 
 static int lost_datagram_cb(ngtcp2_conn *q, uint64_t id, void *ud) {
-  ((qrpc_conn *)ud)->stats.datagrams_lost++;
+  qrpc_conn *c = ud;
+  c->stats.datagrams_lost++;
+  if (c->dghooks.lost && !c->closed_fired)
+    c->dghooks.lost(c, id, c->dghooks.ud);
   return 0;
 }
 
@@ -613,10 +616,30 @@ static void batch_add(qrpc_conn *c, batch *b, const ngtcp2_path *path,
 
 static void drop_datagram(qrpc_conn *c) {
   size_t cap = c->opts.datagram_queue_len;
-  free(c->dgq[c->dgq_head]);
-  c->dgq[c->dgq_head] = NULL;
+  qrpci_dgbuf_unref(c->dgq[c->dgq_head].buf);
+  c->dgq[c->dgq_head].buf = NULL;
   c->dgq_head = (c->dgq_head + 1) % cap;
   c->dgq_len--;
+}
+
+/* Drops queued datagrams that can no longer go out as they should: too
+ * old for their channel, or larger than the path now allows. */
+static void drop_unsendable(qrpc_conn *c, uint64_t now) {
+  while (c->dgq_len) {
+    qrpci_dgent *e = &c->dgq[c->dgq_head];
+    if (e->deadline_ns && now > e->deadline_ns) {
+      uint64_t id = e->id;
+      drop_datagram(c);
+      if (c->dghooks.aged) c->dghooks.aged(c, id, c->dghooks.ud);
+    } else if (e->buf->len > qrpc_conn_max_datagram_size(c)) {
+      uint64_t id = e->id;
+      drop_datagram(c);
+      c->stats.datagrams_lost++;
+      if (c->dghooks.lost) c->dghooks.lost(c, id, c->dghooks.ud);
+    } else {
+      return;
+    }
+  }
 }
 
 static uint64_t vec_len(const ngtcp2_vec *v, size_t n) {
@@ -632,18 +655,14 @@ static ngtcp2_ssize write_one(qrpc_conn *c, ngtcp2_path *path, uint8_t *dst,
   ngtcp2_pkt_info pi;
   for (;;) {
     ngtcp2_ssize nw;
-    while (c->dgq_len && c->dgq[c->dgq_head]->len > qrpc_conn_max_datagram_size(c)) {
-      /* Queued when the path allowed it; it no longer fits a packet. */
-      drop_datagram(c);
-      c->stats.datagrams_lost++;
-    }
+    drop_unsendable(c, now);
     if (c->dgq_len && c->state == QRPCI_CONN_ESTABLISHED) {
-      qrpci_dgram *d = c->dgq[c->dgq_head];
-      ngtcp2_vec v = {.base = d->data, .len = d->len};
+      qrpci_dgent *e = &c->dgq[c->dgq_head];
+      ngtcp2_vec v = {.base = e->buf->data, .len = e->buf->len};
       int accepted = 0;
       nw = ngtcp2_conn_writev_datagram(c->q, path, &pi, dst, cap, &accepted,
-                                       NGTCP2_WRITE_DATAGRAM_FLAG_MORE, 0, &v,
-                                       1, now);
+                                       NGTCP2_WRITE_DATAGRAM_FLAG_MORE, e->id,
+                                       &v, 1, now);
       /* Not accepted but a packet was written: the packet was already
        * partly full, so the datagram goes into the next one. */
       if (accepted) {
@@ -1080,25 +1099,51 @@ size_t qrpc_conn_max_datagram_size(qrpc_conn *c) {
   return max < frame_room ? max : (size_t)frame_room;
 }
 
-int qrpc_conn_send_datagram(qrpc_conn *c, const void *data, size_t len) {
-  if (!c || (!data && len)) return QRPC_EINVAL;
+qrpci_dgbuf *qrpci_dgbuf_new(size_t len) {
+  qrpci_dgbuf *b = malloc(sizeof(*b) + len);
+  if (!b) return NULL;
+  b->refs = 1;
+  b->len = len;
+  return b;
+}
+
+void qrpci_dgbuf_unref(qrpci_dgbuf *b) {
+  if (b && --b->refs == 0) free(b);
+}
+
+void qrpci_conn_set_dgram_hooks(qrpc_conn *c, const qrpci_dgram_hooks *h) {
+  c->dghooks = *h;
+}
+
+int qrpci_conn_queue_dgram(qrpc_conn *c, qrpci_dgbuf *buf, uint64_t id,
+                           uint64_t max_age_ns) {
   if (c->closed_fired || c->state > QRPCI_CONN_ESTABLISHED) return QRPC_ECLOSED;
   if (!c->established_fired) return QRPC_ESTATE;
   const ngtcp2_transport_params *rp =
       ngtcp2_conn_get_remote_transport_params(c->q);
   if (!rp || rp->max_datagram_frame_size == 0) return QRPC_ENODGRAM;
-  if (len > qrpc_conn_max_datagram_size(c)) return QRPC_EMSGSIZE;
+  if (buf->len > qrpc_conn_max_datagram_size(c)) return QRPC_EMSGSIZE;
   size_t cap = c->opts.datagram_queue_len;
   if (c->dgq_len == cap) return QRPC_ENOBUFS;
   if (!c->dgq && !(c->dgq = calloc(cap, sizeof(*c->dgq)))) return QRPC_ENOMEM;
-  qrpci_dgram *d = malloc(sizeof(*d) + len);
-  if (!d) return QRPC_ENOMEM;
-  d->len = len;
-  if (len) memcpy(d->data, data, len);
-  c->dgq[(c->dgq_head + c->dgq_len) % cap] = d;
+  qrpci_dgent *e = &c->dgq[(c->dgq_head + c->dgq_len) % cap];
+  e->buf = buf;
+  e->id = id;
+  e->deadline_ns = max_age_ns ? qrpci_now_ns() + max_age_ns : 0;
+  buf->refs++;
   c->dgq_len++;
   qrpci_loop_mark_dirty(c->loop, c);
   return 0;
+}
+
+int qrpc_conn_send_datagram(qrpc_conn *c, const void *data, size_t len) {
+  if (!c || (!data && len)) return QRPC_EINVAL;
+  qrpci_dgbuf *b = qrpci_dgbuf_new(len);
+  if (!b) return QRPC_ENOMEM;
+  if (len) memcpy(b->data, data, len);
+  int rv = qrpci_conn_queue_dgram(c, b, 0, 0);
+  qrpci_dgbuf_unref(b);
+  return rv;
 }
 
 void qrpci_conn_process_resumed(qrpc_conn *c) {

@@ -19,6 +19,7 @@
 #include <stdio.h>
 
 #include "qrpc/quic.h"
+#include "quic/rpcglue.h"
 #include "util/list.h"
 
 #define QRPCI_SCID_LEN 16
@@ -104,10 +105,14 @@ typedef enum qrpci_conn_state {
   QRPCI_CONN_DEAD,      /* waiting to be freed at the top level */
 } qrpci_conn_state;
 
-typedef struct qrpci_dgram {
-  size_t len;
-  uint8_t data[];
-} qrpci_dgram;
+/* A queued datagram: a reference to its bytes (shared when one encoding
+ * goes to many connections), the id its lost/aged notices carry, and the
+ * time after which it is too stale to send. */
+typedef struct qrpci_dgent {
+  qrpci_dgbuf *buf;
+  uint64_t id;
+  uint64_t deadline_ns; /* 0: none */
+} qrpci_dgent;
 
 struct qrpc_conn {
   qrpc_loop *loop;
@@ -155,8 +160,9 @@ struct qrpc_conn {
   qrpci_list streams;        /* every qrpc_stream of the connection */
   qrpci_list sendq;          /* streams with bytes or FIN to send */
 
-  qrpci_dgram **dgq;         /* ring of queued datagrams */
+  qrpci_dgent *dgq;          /* ring of queued datagrams */
   size_t dgq_head, dgq_len;
+  qrpci_dgram_hooks dghooks;
 
   int pending_close;         /* a close requested while busy */
   ngtcp2_ccerr pending_ccerr;

@@ -52,6 +52,35 @@ void qrpci_tls_config_ref(qrpc_tls_config *cfg);
 /* Makes an endpoint refuse new connections (CONNECTION_REFUSED). */
 void qrpci_endpoint_refuse_new(qrpc_endpoint *ep);
 
+/* A datagram's bytes, reference-counted so one encoding can be queued on
+ * many connections. */
+typedef struct qrpci_dgbuf {
+  size_t refs;
+  size_t len;
+  uint8_t data[];
+} qrpci_dgbuf;
+
+/* A buffer of len bytes with one reference; NULL when out of memory. */
+qrpci_dgbuf *qrpci_dgbuf_new(size_t len);
+void qrpci_dgbuf_unref(qrpci_dgbuf *b);
+
+/* Notices about queued datagrams, by the id they were queued with:
+ * declared lost by the peer's acknowledgements, or dropped unsent because
+ * they outlived their max age. */
+typedef struct qrpci_dgram_hooks {
+  void (*lost)(qrpc_conn *c, uint64_t id, void *ud);
+  void (*aged)(qrpc_conn *c, uint64_t id, void *ud);
+  void *ud;
+} qrpci_dgram_hooks;
+
+void qrpci_conn_set_dgram_hooks(qrpc_conn *c, const qrpci_dgram_hooks *h);
+
+/* Queues buf (taking a reference on success) as a datagram with id and a
+ * maximum time in the queue (0: none). Errors as
+ * qrpc_conn_send_datagram(). */
+int qrpci_conn_queue_dgram(qrpc_conn *c, qrpci_dgbuf *buf, uint64_t id,
+                           uint64_t max_age_ns);
+
 /* Closes with an application error code once every byte written on every
  * stream has been acknowledged (or after timeout_ms), so answers already
  * queued reach the peer. on_closed follows. */

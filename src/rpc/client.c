@@ -39,8 +39,14 @@ void qrpc_client_opts_default(qrpc_client_opts *o) {
 static void cli_on_established(qrpc_conn *c, void *ud);
 static void cli_on_closed(qrpc_conn *c, const qrpc_close_info *info, void *ud);
 
+static void cli_on_datagram(qrpc_conn *c, const uint8_t *data, size_t len,
+                            void *ud) {
+  qrpci_dgram_recv(ud, data, len);
+}
+
 static const qrpc_conn_callbacks cli_conn_cbs = {
     .on_established = cli_on_established,
+    .on_datagram = cli_on_datagram,
     .on_closed = cli_on_closed,
 };
 
@@ -324,4 +330,11 @@ void qrpci_owner_peer_released(qrpc_peer *peer) {
     qrpci_client_peer_released(peer->client, peer);
   else if (peer->server)
     qrpci_server_peer_released(peer->server, peer);
+}
+
+int qrpc_client_register_dgram(qrpc_client *cli, uint32_t channel,
+                               const qrpc_dgram_opts *opts, qrpc_dgram_fn fn,
+                               void *ud) {
+  if (!cli) return QRPC_EINVAL;
+  return qrpci_dgram_register(&cli->core, channel, opts, fn, ud);
 }

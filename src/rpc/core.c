@@ -82,6 +82,7 @@ int qrpci_core_init(qrpci_core *core, qrpc_loop *loop,
     qrpci_rpc_opts_default(&core->opts);
   if (!qrpci_rpc_opts_valid(&core->opts)) return QRPC_EINVAL;
   qrpci_u64map_init(&core->methods);
+  qrpci_u64map_init(&core->dgchans);
   qrpci_list_init(&core->done);
   core->done_ev = event_new(qrpc_loop_base(loop), -1, 0, done_cb, core);
   return core->done_ev ? 0 : QRPC_ENOMEM;
@@ -93,6 +94,7 @@ void qrpci_core_cleanup(qrpci_core *core) {
   void *m;
   while ((m = qrpci_u64map_pop(&core->methods))) free(m);
   qrpci_u64map_free(&core->methods);
+  qrpci_dgram_core_cleanup(core);
   while (core->free_calls) {
     qrpc_call *n = core->free_calls->next_free;
     free(core->free_calls);
@@ -349,6 +351,7 @@ qrpc_peer *qrpci_peer_new(qrpci_core *core, qrpc_conn *conn) {
   qrpci_list_init(&peer->streams);
   qrpci_list_init(&peer->node);
   qrpci_conn_set_rpc_acceptor(conn, accept_rpc_stream, peer);
+  qrpci_dgram_peer_init(peer);
   return peer;
 }
 
@@ -360,6 +363,7 @@ static void peer_maybe_release(qrpc_peer *peer) {
     rs_free(QRPCI_CONTAINER_OF(peer->streams.next, qrpci_rstream, node));
   qrpci_u64map_free(&peer->calls);
   qrpci_u64map_free(&peer->reqs);
+  qrpci_dgram_peer_cleanup(peer);
   free(peer->pool);
   free(peer);
 }

@@ -13,6 +13,7 @@
 #include <event2/event.h>
 #include <event2/event_struct.h>
 
+#include "qrpc/dgram.h"
 #include "qrpc/rpc.h"
 #include "util/list.h"
 #include "util/u64map.h"
@@ -62,6 +63,7 @@ typedef struct qrpci_core {
     const struct timeval *tv;
   } timeouts[QRPCI_COMMON_TIMEOUTS];
   size_t ntimeouts;
+  qrpci_u64map dgchans; /* datagram channel + 1 -> qrpci_dgchan */
 } qrpci_core;
 
 typedef struct qrpci_rstream qrpci_rstream;
@@ -88,6 +90,9 @@ struct qrpc_peer {
   int goaway_received;
   int close_when_idle;      /* close with GOING_AWAY once drained */
   size_t rx_buffered;       /* partial frames held by all its streams */
+  qrpci_u64map dgstats;     /* datagram channel + 1 -> its counters here */
+  uint64_t dg_unknown;
+  uint64_t dg_malformed;
 };
 
 struct qrpci_rstream {
@@ -190,6 +195,17 @@ int qrpci_peer_notify(qrpc_peer *peer, uint32_t method,
 
 /* client.c: a queued call timed out or was cancelled. */
 void qrpci_client_unqueue(qrpc_client *cli, qrpc_call *call);
+/* dgram/channel.c */
+void qrpci_dgram_peer_init(qrpc_peer *peer);
+void qrpci_dgram_peer_cleanup(qrpc_peer *peer);
+void qrpci_dgram_core_cleanup(qrpci_core *core);
+int qrpci_dgram_register(qrpci_core *core, uint32_t channel,
+                         const qrpc_dgram_opts *opts, qrpc_dgram_fn fn,
+                         void *ud);
+void qrpci_dgram_recv(qrpc_peer *peer, const uint8_t *data, size_t len);
+int qrpci_dgram_encode(qrpci_core *core, uint32_t channel,
+                       const qrpci_payload *pl, qrpc_dgram **out);
+
 /* client.c / server.c: the peer is released. */
 void qrpci_owner_peer_released(qrpc_peer *peer);
 void qrpci_client_peer_released(qrpc_client *cli, qrpc_peer *peer);

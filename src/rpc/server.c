@@ -48,8 +48,14 @@ static void srv_on_closed(qrpc_conn *c, const qrpc_close_info *info,
   qrpci_peer_closed(ud);
 }
 
+static void srv_on_datagram(qrpc_conn *c, const uint8_t *data, size_t len,
+                            void *ud) {
+  qrpci_dgram_recv(ud, data, len);
+}
+
 static const qrpc_conn_callbacks srv_conn_cbs = {
     .on_established = srv_on_established,
+    .on_datagram = srv_on_datagram,
     .on_closed = srv_on_closed,
 };
 
@@ -147,4 +153,26 @@ void qrpc_server_free(qrpc_server *srv) {
   if (srv->done_ev) event_free(srv->done_ev);
   qrpci_core_cleanup(&srv->core);
   free(srv);
+}
+
+int qrpc_server_register_dgram(qrpc_server *srv, uint32_t channel,
+                               const qrpc_dgram_opts *opts, qrpc_dgram_fn fn,
+                               void *ud) {
+  if (!srv) return QRPC_EINVAL;
+  return qrpci_dgram_register(&srv->core, channel, opts, fn, ud);
+}
+
+int qrpc_server_dgram_encode(qrpc_server *srv, uint32_t channel,
+                             const void *payload, size_t len,
+                             qrpc_dgram **out) {
+  qrpci_payload pl;
+  if (!srv || qrpci_payload_bytes(&pl, payload, len) != 0) return QRPC_EINVAL;
+  return qrpci_dgram_encode(&srv->core, channel, &pl, out);
+}
+
+int qrpc_server_dgram_encode_msg(qrpc_server *srv, uint32_t channel,
+                                 const qrpc_msg *m, qrpc_dgram **out) {
+  qrpci_payload pl;
+  if (!srv || qrpci_payload_msg(&pl, m) != 0) return QRPC_EINVAL;
+  return qrpci_dgram_encode(&srv->core, channel, &pl, out);
 }

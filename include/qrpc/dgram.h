@@ -1,0 +1,109 @@
+/*
+ * Datagram channels (docs/protocol.md section 4): unreliable messages for
+ * realtime state, carried in QUIC datagrams as Channel, Seq, Payload.
+ *
+ * A channel is the method id of a (qrpc.datagram) method. Each side counts
+ * its own Seq per channel, from 1, shared by all its connections, so one
+ * encoding can go to many peers (qrpc_dgram_encode()). A datagram is
+ * delivered at most once, possibly out of order, possibly not at all; a
+ * receiver that asks for latest-only delivery never sees a Seq that is not
+ * greater than the last one it accepted on that channel.
+ *
+ * Datagrams are congestion controlled but not flow controlled: each
+ * connection queues what the congestion window cannot take yet, in a
+ * bounded queue (qrpc_conn_opts.datagram_queue_len); a channel's max_age
+ * drops, and counts, a datagram that waited longer than that, so stale
+ * state is never sent late.
+ *
+ * Threading: loop thread only, like everything in qrpc.
+ */
+#ifndef QRPC_DGRAM_H
+#define QRPC_DGRAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qrpc/rpc.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct qrpc_dgram_opts {
+  size_t size;         /* sizeof(qrpc_dgram_opts), set by the default */
+  int latest_only;     /* receiving: drop stale or duplicate Seq; default 0 */
+  uint64_t max_age_ms; /* sending: drop what waited longer; 0 = no limit */
+} qrpc_dgram_opts;
+
+void qrpc_dgram_opts_default(qrpc_dgram_opts *o);
+
+/* A datagram arrived on a registered channel. payload is borrowed for the
+ * duration of the call. */
+typedef void (*qrpc_dgram_fn)(qrpc_peer *peer, uint32_t channel, uint64_t seq,
+                              const uint8_t *payload, size_t len,
+                              void *user_data);
+
+/* Configures channel on a server or client: opts (NULL for defaults) apply
+ * to both directions, fn (may be NULL for a send-only channel) receives.
+ * Re-registering replaces. Errors: QRPC_EINVAL, QRPC_ENOMEM. */
+int qrpc_server_register_dgram(qrpc_server *srv, uint32_t channel,
+                               const qrpc_dgram_opts *opts, qrpc_dgram_fn fn,
+                               void *user_data);
+int qrpc_client_register_dgram(qrpc_client *cli, uint32_t channel,
+                               const qrpc_dgram_opts *opts, qrpc_dgram_fn fn,
+                               void *user_data);
+
+/* The largest payload sure to fit a datagram on channel to peer on the
+ * current path (whatever its Seq), or 0 if the peer did not enable
+ * datagrams. */
+size_t qrpc_peer_max_dgram_payload(qrpc_peer *peer, uint32_t channel);
+
+/* Sends payload (copied, or packed in place with _msg) on channel.
+ * Errors: QRPC_EMSGSIZE (over qrpc_peer_max_dgram_payload(); never
+ * fragmented), QRPC_ENOBUFS (the connection's datagram queue is full),
+ * QRPC_ENODGRAM (the peer did not enable datagrams), QRPC_ECLOSED,
+ * QRPC_EINVAL, QRPC_ENOMEM. Each refusal is counted on the channel. */
+int qrpc_peer_send_dgram(qrpc_peer *peer, uint32_t channel, const void *payload,
+                         size_t len);
+int qrpc_peer_send_dgram_msg(qrpc_peer *peer, uint32_t channel,
+                             const qrpc_msg *m);
+
+/* One datagram encoded once (its Seq taken) for sending to many peers. */
+typedef struct qrpc_dgram qrpc_dgram;
+
+/* Encodes payload for channel with the server's (or client's) next Seq.
+ * Free with qrpc_dgram_free() once it has been handed to every peer; the
+ * queues keep the bytes alive as long as they need them.
+ * Errors: QRPC_EINVAL, QRPC_ENOMEM. */
+int qrpc_server_dgram_encode(qrpc_server *srv, uint32_t channel,
+                             const void *payload, size_t len,
+                             qrpc_dgram **out);
+int qrpc_server_dgram_encode_msg(qrpc_server *srv, uint32_t channel,
+                                 const qrpc_msg *m, qrpc_dgram **out);
+/* Queues an encoded datagram to peer. Errors as qrpc_peer_send_dgram(). */
+int qrpc_peer_send_encoded(qrpc_peer *peer, const qrpc_dgram *d);
+void qrpc_dgram_free(qrpc_dgram *d);
+
+/* Counters of one channel on one connection. */
+typedef struct qrpc_dgram_stats {
+  uint64_t sent;           /* queued for sending */
+  uint64_t lost;           /* declared lost by the peer's acknowledgements */
+  uint64_t dropped_aged;   /* waited longer than max_age; never sent */
+  uint64_t refused_too_large;
+  uint64_t refused_queue_full;
+  uint64_t received;       /* arrived on this channel */
+  uint64_t delivered;      /* handed to the channel's function */
+  uint64_t dropped_stale;  /* latest-only: Seq not greater than the last */
+  uint64_t dropped_unknown; /* this connection, any unregistered channel */
+  uint64_t dropped_malformed; /* this connection: no Channel or Seq */
+} qrpc_dgram_stats;
+
+/* Fills st for channel on peer (zeros for a channel never used).
+ * received == delivered + dropped_stale holds for every channel. */
+void qrpc_peer_dgram_stats(qrpc_peer *peer, uint32_t channel,
+                           qrpc_dgram_stats *st);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
