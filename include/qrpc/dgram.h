@@ -4,7 +4,7 @@
  *
  * A channel is the method id of a (qrpc.datagram) method. Each side counts
  * its own Seq per channel, from 1, shared by all its connections, so one
- * encoding can go to many peers (qrpc_dgram_encode()). A datagram is
+ * encoding can go to many peers (qrpc_server_dgram_encode()). A datagram is
  * delivered at most once, possibly out of order, possibly not at all; a
  * receiver that asks for latest-only delivery never sees a Seq that is not
  * greater than the last one it accepted on that channel.
