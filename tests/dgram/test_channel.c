@@ -201,12 +201,7 @@ START_TEST(test_hundred_clients_at_60hz) {
   }
   /* And across each connection: what the server queued was received,
    * declared lost, or dropped for age; nothing vanished unaccounted. */
-  for (int i = 0; i < s.npeers; i++) {
-    qrpc_dgram_stats ss;
-    qrpc_peer_dgram_stats(s.peers[i], CH_STATE, &ss);
-    ck_assert_uint_gt(ss.sent, 0);
-  }
-  uint64_t sent = 0, accounted = 0;
+  uint64_t sent = 0;
   for (int i = 0; i < NCLIENTS; i++) {
     qrpc_dgram_stats rs, ss;
     qrpc_peer_dgram_stats(qrpc_client_peer(c[i].cli), CH_STATE, &rs);
@@ -224,7 +219,6 @@ START_TEST(test_hundred_clients_at_60hz) {
     ck_assert_uint_le(rs.received, ss.sent);
     ck_assert_uint_ge(rs.received + ss.lost + ss.dropped_aged, ss.sent);
     sent += ss.sent;
-    accounted += rs.received;
   }
   fprintf(stderr, "game: %d ticks, %llu states delivered to %d clients "
                   "(%llu sent), %llu inputs at the server\n",
