@@ -22,6 +22,10 @@
  * call's on_done callback exactly once (reply, error, deadline, cancel or
  * connection loss), or returns a negative QRPC_E* code and fires nothing.
  * on_done never runs inside the function that started the call.
+ *
+ * Reentrancy: inside any callback the application may start, cancel and
+ * answer calls, send items and datagrams, and close connections. It must
+ * not free the qrpc_server or qrpc_client whose callback is running.
  */
 #ifndef QRPC_RPC_H
 #define QRPC_RPC_H
@@ -126,8 +130,9 @@ void qrpc_call_opts_default(qrpc_call_opts *o);
  * On success *out (may be NULL) is the handle, valid until on_done returns.
  * Errors: QRPC_EINVAL, QRPC_ECLOSED (not connected and fail-fast, or the
  * peer is gone or going away), QRPC_ENOBUFS (the client's queue of waiting
- * calls is full), QRPC_EMSGSIZE (payload over the frame limit),
- * QRPC_ENOMEM. */
+ * calls is full), QRPC_EMSGSIZE (payload over this side's max_frame; a peer
+ * configured with a smaller limit closes the connection with
+ * FRAME_TOO_LARGE, so both sides should agree on it), QRPC_ENOMEM. */
 int qrpc_client_call(qrpc_client *cli, uint32_t method, const void *payload,
                      size_t len, const qrpc_call_opts *opts,
                      const qrpc_call_callbacks *cbs, void *user_data,
@@ -194,8 +199,8 @@ int qrpc_call_end(qrpc_call *call);
 
 /* Cancels the call: a CANCEL goes to the callee, and on_done fires with
  * QRPC_STATUS_CANCELLED (local) from the loop, after this returns.
- * Cancelling a call that is already over is a no-op returning
- * QRPC_ECLOSED. */
+ * Cancelling again before on_done has run returns QRPC_ECLOSED; after
+ * on_done has returned the handle is gone and must not be used. */
 int qrpc_call_cancel(qrpc_call *call);
 
 void *qrpc_call_user_data(qrpc_call *call);
@@ -209,7 +214,8 @@ void *qrpc_call_user_data(qrpc_call *call);
  * return must set on_cancel with qrpc_req_set_callbacks(): req is freed
  * when the caller cancels, its deadline passes or the connection closes,
  * and on_cancel is the notice. NOTIFYs run the same handler with
- * qrpc_req_is_notify() true; answers to them are discarded. */
+ * qrpc_req_is_notify() true; for them req lives only until the handler
+ * returns, and answers are discarded. */
 typedef void (*qrpc_handler_fn)(qrpc_req *req, const uint8_t *payload,
                                 size_t len, void *user_data);
 
@@ -221,7 +227,10 @@ typedef struct qrpc_req_callbacks {
   void (*on_end)(qrpc_req *req, void *user_data);
   /* The request is gone before it was fully answered: status is
    * QRPC_STATUS_CANCELLED (CANCEL), DEADLINE_EXCEEDED or UNAVAILABLE
-   * (connection lost). req is invalid after this returns. */
+   * (connection lost). A qrpc caller sends CANCEL when its own deadline
+   * passes, so a deadline may arrive as either CANCELLED or
+   * DEADLINE_EXCEEDED, whichever comes first. req is invalid after this
+   * returns. */
   void (*on_cancel)(qrpc_req *req, int status, void *user_data);
   /* Room again after qrpc_req_send() returned QRPC_EAGAIN. */
   void (*on_writable)(qrpc_req *req, void *user_data);
@@ -360,7 +369,8 @@ int qrpc_client_register(qrpc_client *cli, uint32_t method, qrpc_shape shape,
 qrpc_peer *qrpc_client_peer(qrpc_client *cli);
 
 /* Fails every call (waiting or in flight) with CANCELLED, closes the
- * connection and frees the client. Not from inside its callbacks. */
+ * connection and frees the client. The on_done callbacks run inside this
+ * function, before it returns. Not from inside the client's callbacks. */
 void qrpc_client_free(qrpc_client *cli);
 
 #ifdef __cplusplus

@@ -364,6 +364,91 @@ START_TEST(test_max_age_drops_stale_state) {
 }
 END_TEST
 
+/* ---- Reliable calls keep flowing under a datagram flood ------------------- */
+
+#define ECHO_METHOD 77
+#define MIX_CALLS 1000
+
+typedef struct mix {
+  qrpc_client *cli;
+  qrpc_peer *srv_peer;
+  int calls_done, calls_ok, started;
+  uint64_t flood_sent, flood_refused;
+  int flooding;
+} mix;
+
+static void echo_handler(qrpc_req *req, const uint8_t *p, size_t n, void *ud) {
+  qrpc_req_reply(req, p, n);
+}
+
+static void mix_call(mix *m);
+
+static void mix_done(qrpc_call *call, const qrpc_result *r, void *ud) {
+  mix *m = ud;
+  m->calls_done++;
+  if (r->status == QRPC_STATUS_OK && r->len == sizeof(int)) m->calls_ok++;
+  if (m->started < MIX_CALLS) mix_call(m);
+}
+
+static void mix_call(mix *m) {
+  static const qrpc_call_callbacks cb = {.on_done = mix_done};
+  qrpc_call_opts o;
+  qrpc_call_opts_default(&o);
+  o.timeout_ms = 5000;
+  m->started++;
+  ck_assert_int_eq(qrpc_client_call(m->cli, ECHO_METHOD, &m->started,
+                                    sizeof(int), &o, &cb, m, NULL),
+                   0);
+}
+
+static void flood_cb(evutil_socket_t fd, short what, void *arg) {
+  mix *m = arg;
+  uint8_t state[200];
+  memset(state, 0x5a, sizeof(state));
+  /* Each turn, fill whatever room the datagram queue has. */
+  int rv;
+  while ((rv = qrpc_peer_send_dgram(m->srv_peer, CH_STATE, state,
+                                    sizeof(state))) == 0)
+    m->flood_sent++;
+  ck_assert_int_eq(rv, QRPC_ENOBUFS);
+  m->flood_refused++;
+}
+
+START_TEST(test_calls_flow_during_datagram_flood) {
+  server_side s;
+  client_side c;
+  server_start(&s, NULL);
+  ck_assert_int_eq(qrpc_server_register(s.srv, ECHO_METHOD, QRPC_SHAPE_UNARY,
+                                        echo_handler, NULL),
+                   0);
+  client_start(&c, s.addr, NULL, 1);
+  wait_all w = {&c, 1};
+  ck_assert(qt_run_until(loop, all_connected, &w, QT_WAIT_MS));
+  ck_assert(qt_run_until_count(loop, &s.npeers, 1, QT_WAIT_MS));
+  mix m;
+  memset(&m, 0, sizeof(m));
+  m.cli = c.cli;
+  m.srv_peer = s.peers[0];
+  struct event *flood =
+      event_new(qrpc_loop_base(loop), -1, EV_PERSIST, flood_cb, &m);
+  struct timeval tv = {0, 1000};
+  event_add(flood, &tv);
+  for (int i = 0; i < 8; i++) mix_call(&m);
+  ck_assert(qt_run_until_count(loop, &m.calls_done, MIX_CALLS, 4 * QT_WAIT_MS));
+  event_free(flood);
+  ck_assert_int_eq(m.calls_ok, MIX_CALLS);
+  /* The queue was found full on several turns while the calls ran. */
+  ck_assert_uint_ge(m.flood_refused, 2);
+  ck_assert_uint_gt(m.flood_sent, 1024);
+  ck_assert_uint_gt(c.states, 0);
+  fprintf(stderr, "flood: %llu datagrams queued, %llu delivered, during %d "
+                  "calls\n",
+          (unsigned long long)m.flood_sent, (unsigned long long)c.states,
+          MIX_CALLS);
+  teardown_all(&s, &c, 1);
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("dgram");
   TCase *tc = tcase_create("channel");
@@ -375,6 +460,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_too_large_and_queue_full_are_distinct);
   tcase_add_test(tc, test_peer_without_datagrams_refused);
   tcase_add_test(tc, test_max_age_drops_stale_state);
+  tcase_add_test(tc, test_calls_flow_during_datagram_flood);
   suite_add_tcase(s, tc);
   return s;
 }

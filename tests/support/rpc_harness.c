@@ -9,9 +9,9 @@
 
 /* ---- Servers ---------------------------------------------------------- */
 
-int qt_rpc_server_start(qrpc_loop *loop, const char *bind,
-                        qrpc_tls_config *tls, const qrpc_server_opts *opts,
-                        qrpc_server **out, char *addr, size_t addr_cap) {
+int qt_rpc_server_start(qrpc_loop *loop, const char *bind, qrpc_tls_config *tls,
+                        const qrpc_server_opts *opts, qrpc_server **out,
+                        char *addr, size_t addr_cap) {
   int rv = qrpc_server_new(loop, bind, tls, opts, out);
   if (rv != 0) {
     *out = NULL;
@@ -33,8 +33,7 @@ static void peers_on_close(qrpc_peer *peer, void *ud) {
   qt_rpc_peers *p = ud;
   p->closed++;
   p->live--;
-  if (p->last == peer)
-    p->last = NULL;
+  if (p->last == peer) p->last = NULL;
 }
 
 void qt_rpc_peers_install(qrpc_server_opts *opts, qt_rpc_peers *p) {
@@ -49,10 +48,8 @@ void qt_rpc_peers_install(qrpc_server_opts *opts, qt_rpc_peers *p) {
 void qt_rpc_echo(qrpc_req *req, const uint8_t *payload, size_t len,
                  void *user_data) {
   int *count = user_data;
-  if (count)
-    ++*count;
-  if (qrpc_req_is_notify(req))
-    return;
+  if (count) ++*count;
+  if (qrpc_req_is_notify(req)) return;
   qrpc_req_reply(req, payload, len);
 }
 
@@ -68,15 +65,12 @@ static void holder_on_cancel(qrpc_req *req, int status, void *ud) {
     slot->req = NULL;
     h->held--;
   }
-  if (h->stop_loop)
-    qrpc_loop_stop(h->stop_loop);
 }
 
 void qt_holder_init(qt_holder *h) {
   int i;
   memset(h, 0, sizeof(*h));
-  for (i = 0; i < QT_HOLD_MAX; i++)
-    h->slots[i].h = h;
+  for (i = 0; i < QT_HOLD_MAX; i++) h->slots[i].h = h;
 }
 
 void qt_holder_handler(qrpc_req *req, const uint8_t *payload, size_t len,
@@ -86,8 +80,6 @@ void qt_holder_handler(qrpc_req *req, const uint8_t *payload, size_t len,
   int i;
   h->received++;
   h->last_remaining_ms = qrpc_req_remaining_ms(req);
-  if (h->stop_loop)
-    qrpc_loop_stop(h->stop_loop);
   if (qrpc_req_is_notify(req)) {
     h->notifies++;
     return;
@@ -99,8 +91,7 @@ void qt_holder_handler(qrpc_req *req, const uint8_t *payload, size_t len,
   }
   for (i = 0; i < QT_HOLD_MAX; i++) {
     qt_hold_slot *slot = &h->slots[i];
-    if (slot->req)
-      continue;
+    if (slot->req) continue;
     slot->req = req;
     memcpy(slot->payload, payload, len);
     slot->len = len;
@@ -117,12 +108,10 @@ int qt_holder_reply_all(qt_holder *h) {
   for (i = 0; i < QT_HOLD_MAX; i++) {
     qt_hold_slot *slot = &h->slots[i];
     qrpc_req *req = slot->req;
-    if (!req)
-      continue;
+    if (!req) continue;
     slot->req = NULL;
     h->held--;
-    if (qrpc_req_reply(req, slot->payload, slot->len) != 0)
-      h->answer_errors++;
+    if (qrpc_req_reply(req, slot->payload, slot->len) != 0) h->answer_errors++;
     h->answered++;
     n++;
   }
@@ -132,8 +121,7 @@ int qt_holder_reply_all(qt_holder *h) {
 /* ---- Client fixture --------------------------------------------------- */
 
 static void client_event(qt_rpc_client *c, char ev) {
-  if (c->nevents < QT_RPC_EVENTS)
-    c->events[c->nevents++] = ev;
+  if (c->nevents < QT_RPC_EVENTS) c->events[c->nevents++] = ev;
   c->events[c->nevents] = '\0';
 }
 
@@ -142,14 +130,14 @@ static void client_on_connect(qrpc_client *cli, qrpc_peer *peer, void *ud) {
   c->connects++;
   c->connected = 1;
   c->peer = peer;
-  if (qrpc_client_peer(cli) != peer)
-    c->peer_mismatch++;
+  if (qrpc_client_peer(cli) != peer) c->peer_mismatch++;
   client_event(c, 'C');
   qrpc_loop_stop(c->loop);
 }
 
 static void client_on_disconnect(qrpc_client *cli, const qrpc_close_info *info,
                                  void *ud) {
+  (void)cli;
   qt_rpc_client *c = ud;
   c->disconnects++;
   c->peer = NULL;
@@ -180,13 +168,11 @@ int qt_rpc_client_start(qt_rpc_client *c, qrpc_loop *loop, const char *addr,
   o.on_disconnect = client_on_disconnect;
   o.user_data = c;
   rv = qrpc_client_new(loop, addr, tls, &o, &c->cli);
-  if (rv != 0)
-    c->cli = NULL;
+  if (rv != 0) c->cli = NULL;
   return rv;
 }
 
-int qt_rpc_client_wait_connects(qt_rpc_client *c, int n,
-                                uint64_t timeout_ms) {
+int qt_rpc_client_wait_connects(qt_rpc_client *c, int n, uint64_t timeout_ms) {
   return qt_run_until_count(c->loop, &c->connects, n, timeout_ms);
 }
 
@@ -201,10 +187,8 @@ void qt_rpc_client_free(qt_rpc_client *c) {
 static void rec_on_done(qrpc_call *call, const qrpc_result *res, void *ud) {
   qt_call_rec *r = ud;
   qt_call_tally *t = r->tally;
-  if (qrpc_call_user_data(call) != r)
-    r->user_data_wrong++;
-  if (r->done)
-    r->after_done++;
+  if (qrpc_call_user_data(call) != r) r->user_data_wrong++;
+  if (r->done) r->after_done++;
   r->done++;
   r->call = NULL;
   r->status = res->status;
@@ -213,7 +197,7 @@ static void rec_on_done(qrpc_call *call, const qrpc_result *res, void *ud) {
   if (res->detail_len > 0 && res->detail)
     memcpy(r->detail, res->detail,
            res->detail_len < sizeof(r->detail) - 1 ? res->detail_len
-                                                    : sizeof(r->detail) - 1);
+                                                   : sizeof(r->detail) - 1);
   r->reply_len = res->len;
   if (res->len > QT_REPLY_CAP)
     r->reply_overflow = 1;
@@ -221,35 +205,32 @@ static void rec_on_done(qrpc_call *call, const qrpc_result *res, void *ud) {
     r->reply_null = 1;
   else if (res->len > 0)
     memcpy(r->reply, res->payload, res->len);
-  if (!t)
-    return;
+  if (!t) return;
   t->done++;
-  if (res->status == QRPC_STATUS_OK)
-    t->ok++;
-  if (res->local)
-    t->local++;
+  if (res->status == QRPC_STATUS_OK) t->ok++;
+  if (res->local) t->local++;
   if (res->status >= 0 && res->status < QT_STATUS_SLOTS)
     t->by_status[res->status]++;
   else if (res->status >= QRPC_STATUS_APP_MIN)
     t->app_status++;
   else
     t->odd_status++;
-  if (t->stop_loop && t->done >= t->stop_at)
-    qrpc_loop_stop(t->stop_loop);
 }
 
 static void rec_on_item(qrpc_call *call, const uint8_t *data, size_t len,
                         void *ud) {
+  (void)call;
+  (void)data;
+  (void)len;
   qt_call_rec *r = ud;
-  if (r->done)
-    r->after_done++;
+  if (r->done) r->after_done++;
   r->items++;
 }
 
 static void rec_on_writable(qrpc_call *call, void *ud) {
+  (void)call;
   qt_call_rec *r = ud;
-  if (r->done)
-    r->after_done++;
+  if (r->done) r->after_done++;
   r->writables++;
 }
 
@@ -272,12 +253,12 @@ qrpc_call_opts qt_call_opts(uint64_t timeout_ms, int fail_fast) {
   return o;
 }
 
-int qt_call_rec_start(qt_call_rec *r, qt_call_tally *tally,
-                      qrpc_client *cli, uint32_t method, const void *payload,
-                      size_t len, const qrpc_call_opts *opts) {
+int qt_call_rec_start(qt_call_rec *r, qt_call_tally *tally, qrpc_client *cli,
+                      uint32_t method, const void *payload, size_t len,
+                      const qrpc_call_opts *opts) {
   qt_call_rec_init(r, tally);
-  return qrpc_client_call(cli, method, payload, len, opts, &qt_call_rec_cbs,
-                          r, &r->call);
+  return qrpc_client_call(cli, method, payload, len, opts, &qt_call_rec_cbs, r,
+                          &r->call);
 }
 
 int qt_call_rec_start_peer(qt_call_rec *r, qt_call_tally *tally,
@@ -285,12 +266,11 @@ int qt_call_rec_start_peer(qt_call_rec *r, qt_call_tally *tally,
                            const void *payload, size_t len,
                            const qrpc_call_opts *opts) {
   qt_call_rec_init(r, tally);
-  return qrpc_peer_call(peer, method, payload, len, opts, &qt_call_rec_cbs,
-                        r, &r->call);
+  return qrpc_peer_call(peer, method, payload, len, opts, &qt_call_rec_cbs, r,
+                        &r->call);
 }
 
-int qt_call_rec_replied(const qt_call_rec *r, const void *payload,
-                        size_t len) {
+int qt_call_rec_replied(const qt_call_rec *r, const void *payload, size_t len) {
   return r->done == 1 && r->status == QRPC_STATUS_OK && !r->reply_overflow &&
          !r->reply_null && r->reply_len == len &&
          (len == 0 || memcmp(r->reply, payload, len) == 0);
@@ -304,19 +284,15 @@ static int raw_on_body(void *ctx, const uint8_t *body, size_t len) {
   const char *why = NULL;
   if (qrpci_frame_decode(body, len, &f, &why) != 0) {
     r->undecodable++;
-    if (!r->why)
-      r->why = why;
-    if (r->acceptor)
-      r->acceptor->undecodable++;
+    if (!r->why) r->why = why;
+    if (r->acceptor) r->acceptor->undecodable++;
     return QRPC_EPROTO;
   }
   r->frames++;
-  if (f.type < QT_RAW_TYPES)
-    r->by_type[f.type]++;
+  if (f.type < QT_RAW_TYPES) r->by_type[f.type]++;
   if (r->acceptor) {
     r->acceptor->frames++;
-    if (f.type < QT_RAW_TYPES)
-      r->acceptor->by_type[f.type]++;
+    if (f.type < QT_RAW_TYPES) r->acceptor->by_type[f.type]++;
   }
   r->last = f;
   r->last.payload = NULL;
@@ -325,8 +301,7 @@ static int raw_on_body(void *ctx, const uint8_t *body, size_t len) {
       f.payload_len < QT_REPLY_CAP ? f.payload_len : QT_REPLY_CAP;
   if (r->last_payload_len)
     memcpy(r->last_payload, f.payload, r->last_payload_len);
-  if (r->on_frame)
-    r->on_frame(r, &f, r->user_data);
+  if (r->on_frame) r->on_frame(r, &f, r->user_data);
   return 0;
 }
 
@@ -342,36 +317,38 @@ static void raw_on_read(qrpc_stream *s, const uint8_t *data, size_t len,
     r->undecodable++;
     r->why = why ? why : "reassembly failed";
   }
-  if (!fin)
-    return;
+  if (!fin) return;
   r->fins++;
   if (qrpci_reasm_finish(&r->reasm) != 0 && !r->why) {
     r->undecodable++;
     r->why = "frame truncated by end of stream";
   }
-  if (r->finish_on_fin && r->s && qrpc_stream_finish(s) != 0)
-    r->write_errors++;
+  if (r->finish_on_fin && r->s && qrpc_stream_finish(s) != 0) r->write_errors++;
 }
 
 static void raw_on_reset(qrpc_stream *s, uint64_t code, void *ud) {
+  (void)s;
   qt_raw_rpc *r = ud;
   r->resets++;
   r->reset_code = code;
 }
 
 static void raw_on_stop_sending(qrpc_stream *s, uint64_t code, void *ud) {
+  (void)s;
+  (void)code;
   qt_raw_rpc *r = ud;
   r->stop_sendings++;
 }
 
 static void raw_on_closed(qrpc_stream *s, int error, void *ud) {
+  (void)s;
+  (void)error;
   qt_raw_rpc *r = ud;
   r->closes++;
   r->s = NULL;
   qrpci_reasm_free(&r->reasm);
   if (r->acceptor) {
-    if (r->acceptor->last == r)
-      r->acceptor->last = NULL;
+    if (r->acceptor->last == r) r->acceptor->last = NULL;
     free(r);
   }
 }
@@ -391,8 +368,7 @@ int qt_raw_rpc_open(qt_raw_rpc *r, qrpc_conn *c, qt_raw_frame_fn on_frame,
   r->on_frame = on_frame;
   r->user_data = user_data;
   rv = qrpci_stream_open_rpc(c, &raw_cbs, r, &r->s);
-  if (rv != 0)
-    r->s = NULL;
+  if (rv != 0) r->s = NULL;
   return rv;
 }
 
@@ -400,11 +376,9 @@ int qt_raw_rpc_send(qt_raw_rpc *r, const qrpci_frame *f) {
   size_t n = qrpci_frame_encoded_len(f);
   uint8_t *buf;
   int rv;
-  if (n == 0)
-    return QRPC_EINVAL;
+  if (n == 0) return QRPC_EINVAL;
   buf = malloc(n);
-  if (!buf)
-    return QRPC_ENOMEM;
+  if (!buf) return QRPC_ENOMEM;
   if (qrpci_frame_encode(buf, n, f) != n) {
     free(buf);
     return QRPC_EINVAL;
@@ -416,15 +390,14 @@ int qt_raw_rpc_send(qt_raw_rpc *r, const qrpci_frame *f) {
 
 int qt_raw_rpc_send_bytes(qt_raw_rpc *r, const void *data, size_t len) {
   int rv;
-  if (!r->s)
-    return QRPC_ECLOSED;
+  if (!r->s) return QRPC_ECLOSED;
   rv = qrpc_stream_write(r->s, data, len);
-  if (rv != 0)
-    r->write_errors++;
+  if (rv != 0) r->write_errors++;
   return rv;
 }
 
 void qt_raw_accept_fn(qrpc_conn *c, qrpc_stream *s, void *user_data) {
+  (void)c;
   qt_raw_acceptor *acc = user_data;
   qt_raw_rpc *r = calloc(1, sizeof(*r));
   if (!r) {
@@ -470,11 +443,10 @@ qrpci_frame qt_frame_reply(uint64_t msgid, const void *payload, size_t len) {
 
 /* ---- Teardown --------------------------------------------------------- */
 
-int qt_rpc_close_all(qrpc_loop *loop, qrpc_server **srv,
-                     qt_rpc_client *clients, size_t n) {
+int qt_rpc_close_all(qrpc_loop *loop, qrpc_server **srv, qt_rpc_client *clients,
+                     size_t n) {
   size_t i;
-  for (i = 0; i < n; i++)
-    qt_rpc_client_free(&clients[i]);
+  for (i = 0; i < n; i++) qt_rpc_client_free(&clients[i]);
   if (srv) {
     qrpc_server_free(*srv);
     *srv = NULL;
@@ -486,15 +458,13 @@ int qt_rpc_close_all(qrpc_loop *loop, qrpc_server **srv,
 
 int qt_contains_nocase(const char *hay, const char *needle) {
   size_t n = strlen(needle), i, j;
-  if (n == 0)
-    return 1;
+  if (n == 0) return 1;
   for (i = 0; hay[i]; i++) {
     for (j = 0; j < n && hay[i + j]; j++)
       if (tolower((unsigned char)hay[i + j]) !=
           tolower((unsigned char)needle[j]))
         break;
-    if (j == n)
-      return 1;
+    if (j == n) return 1;
   }
   return 0;
 }

@@ -26,9 +26,9 @@
 /* Starts a server on bind ("127.0.0.1:0", or a fixed port to restart on
  * it) and writes the address clients use into addr ("127.0.0.1:P").
  * opts may be NULL. Returns 0 or the error of qrpc_server_new(). */
-int qt_rpc_server_start(qrpc_loop *loop, const char *bind,
-                        qrpc_tls_config *tls, const qrpc_server_opts *opts,
-                        qrpc_server **out, char *addr, size_t addr_cap);
+int qt_rpc_server_start(qrpc_loop *loop, const char *bind, qrpc_tls_config *tls,
+                        const qrpc_server_opts *opts, qrpc_server **out,
+                        char *addr, size_t addr_cap);
 
 /* Peer events of a server, for on_peer_open/on_peer_close with the
  * struct as the server's user_data (see qt_rpc_peers_install()). */
@@ -63,17 +63,16 @@ typedef struct qt_hold_slot {
 
 typedef struct qt_holder {
   qt_hold_slot slots[QT_HOLD_MAX];
-  int received;  /* handler invocations */
-  int held;      /* requests kept now */
-  int overflow;  /* arrived with every slot taken, or payload too long */
-  int notifies;  /* qrpc_req_is_notify() was true */
-  int cancels;   /* on_cancel calls */
+  int received; /* handler invocations */
+  int held;     /* requests kept now */
+  int overflow; /* arrived with every slot taken, or payload too long */
+  int notifies; /* qrpc_req_is_notify() was true */
+  int cancels;  /* on_cancel calls */
   int cancel_by_status[QT_STATUS_SLOTS];
   int cancel_other; /* on_cancel with a status outside the slots */
-  int answered;  /* released by qt_holder_reply_all() */
+  int answered;     /* released by qt_holder_reply_all() */
   int answer_errors;
   uint64_t last_remaining_ms; /* qrpc_req_remaining_ms() at arrival */
-  qrpc_loop *stop_loop; /* if set, stopped after every event */
 } qt_holder;
 
 void qt_holder_init(qt_holder *h);
@@ -90,13 +89,13 @@ typedef struct qt_rpc_client {
   qrpc_loop *loop;
   qrpc_client *cli;
   int connects;
-  int disconnects;   /* on_disconnect calls, whatever they followed */
+  int disconnects; /* on_disconnect calls, whatever they followed */
   qt_close_rec last_disconnect;
-  int connected;     /* an on_connect not yet followed by on_disconnect */
-  int lost;          /* on_disconnect after an on_connect */
+  int connected; /* an on_connect not yet followed by on_disconnect */
+  int lost;      /* on_disconnect after an on_connect */
   qt_close_rec last_lost;
-  int unpaired;      /* on_disconnect with no connection to lose */
-  qrpc_peer *peer;   /* from on_connect, NULL once lost */
+  int unpaired;    /* on_disconnect with no connection to lose */
+  qrpc_peer *peer; /* from on_connect, NULL once lost */
   /* In order: 'C' on_connect, 'D' on_disconnect after it, 'd' an
    * on_disconnect with no on_connect before it. */
   char events[QT_RPC_EVENTS + 1];
@@ -126,14 +125,14 @@ typedef struct qt_call_tally {
   int by_status[QT_STATUS_SLOTS];
   int app_status; /* 1000 and up */
   int odd_status; /* anything else */
-  qrpc_loop *stop_loop; /* if set, stopped when done reaches stop_at */
-  int stop_at;
 } qt_call_tally;
 
 #define QT_REPLY_CAP 256
 
-/* One call. Zero it (or qt_call_rec_init), then start it with
- * qt_call_rec_start(); the record must stay in place until done. */
+/* One call: start it with qt_call_rec_start() (which zeroes the record),
+ * or prepare it with qt_call_rec_init() and give it, with
+ * qt_call_rec_cbs, to any function that starts a call. The record must
+ * stay in place until done. */
 typedef struct qt_call_rec {
   qt_call_tally *tally; /* optional */
   qrpc_call *call;      /* the handle; NULL once on_done returned */
@@ -163,17 +162,16 @@ qrpc_call_opts qt_call_opts(uint64_t timeout_ms, int fail_fast);
 
 /* Starts a unary call recorded in r (which is zeroed first, keeping the
  * tally given). Returns the result of qrpc_client_call(). */
-int qt_call_rec_start(qt_call_rec *r, qt_call_tally *tally,
-                      qrpc_client *cli, uint32_t method, const void *payload,
-                      size_t len, const qrpc_call_opts *opts);
+int qt_call_rec_start(qt_call_rec *r, qt_call_tally *tally, qrpc_client *cli,
+                      uint32_t method, const void *payload, size_t len,
+                      const qrpc_call_opts *opts);
 int qt_call_rec_start_peer(qt_call_rec *r, qt_call_tally *tally,
                            qrpc_peer *peer, uint32_t method,
                            const void *payload, size_t len,
                            const qrpc_call_opts *opts);
 
 /* 1 if the call ended with OK and exactly this reply. */
-int qt_call_rec_replied(const qt_call_rec *r, const void *payload,
-                        size_t len);
+int qt_call_rec_replied(const qt_call_rec *r, const void *payload, size_t len);
 
 /* ---- Hand-built RPC peer ---------------------------------------------- */
 
@@ -195,18 +193,19 @@ struct qt_raw_rpc {
   void *user_data;
   qt_raw_acceptor *acceptor; /* set for accepted streams, which are
                                 freed when they close */
-  int finish_on_fin; /* answer the peer's FIN with our own */
+  int finish_on_fin;         /* answer the peer's FIN with our own */
   int frames;
   int by_type[QT_RAW_TYPES];
-  int undecodable;     /* bytes that did not decode as frames */
-  const char *why;     /* the decoder's reason for the first one */
+  int undecodable; /* 1 once bytes failed to reassemble or decode: the
+                      stream's frames are not parsed after that */
+  const char *why; /* the reassembler's or decoder's reason */
   int fins;
   int resets;
   uint64_t reset_code;
   int stop_sendings;
   int closes;
   int write_errors;
-  qrpci_frame last;    /* last frame; its pointers are cleared */
+  qrpci_frame last; /* last frame; its pointers are cleared */
   uint8_t last_payload[QT_REPLY_CAP];
   size_t last_payload_len;
 };
@@ -256,8 +255,8 @@ qrpci_frame qt_frame_reply(uint64_t msgid, const void *payload, size_t len);
  * skipped) and the server (*srv may be NULL; it is set to NULL), then runs
  * the loop until it holds no connection, so the loop can be freed and
  * LeakSanitizer sees nothing. Returns 1 once everything was released. */
-int qt_rpc_close_all(qrpc_loop *loop, qrpc_server **srv,
-                     qt_rpc_client *clients, size_t n);
+int qt_rpc_close_all(qrpc_loop *loop, qrpc_server **srv, qt_rpc_client *clients,
+                     size_t n);
 
 /* ---- Small utilities -------------------------------------------------- */
 
