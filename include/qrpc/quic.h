@@ -242,6 +242,15 @@ const qrpc_cert *qrpc_conn_peer_certs(qrpc_conn *c, size_t *count);
 
 void qrpc_conn_get_stats(qrpc_conn *c, qrpc_conn_stats *st);
 
+/* Client only: moves the connection to a new local UDP socket (a new
+ * port), as after a network change or NAT rebinding, keeping its streams.
+ * The server validates the new path and reports it with on_path_changed;
+ * this side's local address changes at once. Needs a confirmed handshake
+ * and a spare connection id from the server (issued right after the
+ * handshake). Errors: QRPC_EINVAL (a server connection), QRPC_ESTATE (not
+ * established, or no spare connection id yet), QRPC_ESYSTEM. */
+int qrpc_conn_rebind(qrpc_conn *c);
+
 /* Closes gracefully: no new streams; once every stream has finished and
  * its data is acknowledged, or after timeout_ms, the connection closes with
  * NO_ERROR. on_closed follows. Errors: QRPC_ECLOSED. */

@@ -836,23 +836,37 @@ static void fail_local(qrpc_conn *c, int err, const char *reason) {
   mark_dead(c);
 }
 
-static int client_setup(qrpc_conn *c, const struct sockaddr *sa,
-                        socklen_t salen) {
-  if (qrpci_sock_open(&c->own_sock, sa->sa_family) != 0) return QRPC_ESYSTEM;
-  c->sock = &c->own_sock;
-  if (connect(c->own_sock.fd, sa, salen) != 0) return QRPC_ESYSTEM;
-  c->own_sock.connected = 1;
-  memcpy(&c->remote, sa, salen);
-  c->remotelen = salen;
-  c->locallen = sizeof(c->local);
-  if (getsockname(c->own_sock.fd, (struct sockaddr *)&c->local,
-                  &c->locallen) != 0)
+/* Opens a UDP socket connected to sa and reads its local address. */
+static int client_socket(qrpci_sock *sock, const struct sockaddr *sa,
+                         socklen_t salen, struct sockaddr_storage *local,
+                         socklen_t *locallen) {
+  if (qrpci_sock_open(sock, sa->sa_family) != 0) return QRPC_ESYSTEM;
+  if (connect(sock->fd, sa, salen) != 0) return QRPC_ESYSTEM;
+  sock->connected = 1;
+  *locallen = sizeof(*local);
+  if (getsockname(sock->fd, (struct sockaddr *)local, locallen) != 0)
     return QRPC_ESYSTEM;
+  return 0;
+}
+
+/* Watches c->own_sock, where it now lives, for reading and for room. */
+static int client_watch(qrpc_conn *c) {
   if (qrpci_sock_watch(&c->own_sock, c->loop->base, client_writable, c) != 0)
     return QRPC_ENOMEM;
   c->read_ev = event_new(c->loop->base, c->own_sock.fd, EV_READ | EV_PERSIST,
                          client_read_cb, c);
   if (!c->read_ev || event_add(c->read_ev, NULL) != 0) return QRPC_ENOMEM;
+  return 0;
+}
+
+static int client_setup(qrpc_conn *c, const struct sockaddr *sa,
+                        socklen_t salen) {
+  c->sock = &c->own_sock;
+  memcpy(&c->remote, sa, salen);
+  c->remotelen = salen;
+  int rv = client_socket(&c->own_sock, sa, salen, &c->local, &c->locallen);
+  if (rv == 0) rv = client_watch(c);
+  if (rv != 0) return rv;
 
   ngtcp2_cid dcid, scid;
   dcid.datalen = CLIENT_DCID_LEN;
@@ -873,7 +887,7 @@ static int client_setup(qrpc_conn *c, const struct sockaddr *sa,
   if (ngtcp2_conn_client_new(&c->q, &dcid, &scid, &path, NGTCP2_PROTO_VER_V1,
                              &cb, &settings, &params, NULL, c) != 0)
     return QRPC_ENOMEM;
-  int rv = qrpci_tls_session_new(c->tlscfg, c, 0, c->server_name);
+  rv = qrpci_tls_session_new(c->tlscfg, c, 0, c->server_name);
   if (rv != 0) return rv;
   ngtcp2_conn_set_tls_native_handle(c->q, c->tls);
   c->state = QRPCI_CONN_HANDSHAKING;
@@ -948,6 +962,44 @@ int qrpc_conn_connect(qrpc_loop *loop, const char *addr,
   struct timeval zero = {0, 0};
   evtimer_add(c->timer, &zero);
   *out = c;
+  return 0;
+}
+
+int qrpc_conn_rebind(qrpc_conn *c) {
+  if (!c || c->is_server) return QRPC_EINVAL;
+  if (c->closed_fired || c->state != QRPCI_CONN_ESTABLISHED)
+    return QRPC_ESTATE;
+  qrpci_sock ns;
+  struct sockaddr_storage local;
+  socklen_t locallen;
+  int rv = client_socket(&ns, (struct sockaddr *)&c->remote, c->remotelen,
+                         &local, &locallen);
+  if (rv == 0) {
+    ngtcp2_path path = {
+        .local = {.addr = (ngtcp2_sockaddr *)&local, .addrlen = locallen},
+        .remote = {.addr = (ngtcp2_sockaddr *)&c->remote,
+                   .addrlen = c->remotelen},
+    };
+    if (ngtcp2_conn_initiate_immediate_migration(c->q, &path,
+                                                 qrpci_now_ns()) != 0)
+      rv = QRPC_ESTATE;
+  }
+  if (rv != 0) {
+    qrpci_sock_close(&ns);
+    return rv;
+  }
+  event_free(c->read_ev);
+  c->read_ev = NULL;
+  qrpci_sock_close(&c->own_sock);
+  c->own_sock = ns;
+  memcpy(&c->local, &local, locallen);
+  c->locallen = locallen;
+  if (client_watch(c) != 0) {
+    fail_local(c, QRPC_ENOMEM, "cannot watch the new socket");
+    return 0;
+  }
+  if (c->cbs.on_path_changed) c->cbs.on_path_changed(c, c->user_data);
+  qrpci_loop_mark_dirty(c->loop, c);
   return 0;
 }
 
