@@ -1,6 +1,7 @@
 # qrpc: the two commands most people need are
 #
-#   make run    install what is missing, build, and run the echo demo
+#   make run    install what is missing, build, and run the echo and hello
+#               demos
 #   make test   install what is missing, build, and run every test twice:
 #               as built, and under AddressSanitizer + UBSan
 #
@@ -33,7 +34,7 @@ RUN_TIMEOUT ?= 60
 
 # List the targets.
 help:
-	@echo "make run       set up, build, make certificates and run the echo demo"
+	@echo "make run       set up, build, make certificates and run the echo and hello demos"
 	@echo "make test      set up, build and run all tests (normal and sanitizer builds)"
 	@echo "make setup     install the Debian packages qrpc needs (uses sudo if not root)"
 	@echo "make build     configure and build into $(BUILD_DIR)/"
@@ -62,11 +63,15 @@ build-san: setup
 certs: setup
 	bash scripts/gen-certs.sh $(CERT_DIR)
 
-# Start echo_server on a free loopback port, run echo_client against it,
-# stop the server, and fail if the client failed.
+# Run each demo: start its server on a free loopback port, run its client
+# against it, stop the server, and fail if the client failed. First echo
+# (raw streams and datagrams), then hello (typed RPC stubs generated from
+# examples/hello/hello.proto).
 run: build certs
 	@out=$$(mktemp -d)
 	server_pid=
+	server_name=
+	port=
 	stop_server() {
 	  [ -n "$$server_pid" ] || return 0
 	  kill -TERM "$$server_pid" 2>/dev/null || true
@@ -75,43 +80,57 @@ run: build certs
 	    sleep 0.1
 	  done
 	  if kill -0 "$$server_pid" 2>/dev/null; then
-	    echo "demo: the server ignored SIGTERM; killing it"
+	    echo "demo: $$server_name ignored SIGTERM; killing it"
 	    kill -KILL "$$server_pid" 2>/dev/null || true
 	  fi
 	  server_status=0
 	  wait "$$server_pid" || server_status=$$?
 	  server_pid=
-	  echo "demo: server output (exit status $$server_status):"
-	  sed 's/^/  | /' "$$out/server.log"
+	  echo "demo: $$server_name output (exit status $$server_status):"
+	  sed 's/^/  | /' "$$out/$$server_name.log"
+	}
+	# start_server NAME: starts examples/NAME, sets port from its READY line.
+	start_server() {
+	  server_name=$$1
+	  echo "demo: starting $$server_name on 127.0.0.1, port chosen by the system"
+	  $(BUILD_DIR)/examples/$$server_name \
+	    --listen 127.0.0.1:0 \
+	    --cert $(CERT_DIR)/server.pem --key $(CERT_DIR)/server-key.pem \
+	    >"$$out/$$server_name.log" 2>&1 &
+	  server_pid=$$!
+	  port=
+	  for _ in $$(seq 100); do
+	    port=$$(sed -n 's/^READY \([0-9][0-9]*\)$$/\1/p' "$$out/$$server_name.log")
+	    if [ -n "$$port" ] || ! kill -0 "$$server_pid" 2>/dev/null; then break; fi
+	    sleep 0.1
+	  done
+	  if [ -z "$$port" ]; then
+	    echo "demo: FAILED: $$server_name did not report READY <port>"
+	    exit 1
+	  fi
+	}
+	# run_client NAME [ARG...]: runs examples/NAME against the server, then
+	# stops the server; the demo fails if the client did.
+	run_client() {
+	  client=$$1
+	  shift
+	  echo "demo: server ready on 127.0.0.1:$$port; running $$client"
+	  client_status=0
+	  timeout -s TERM $(RUN_TIMEOUT) $(BUILD_DIR)/examples/$$client \
+	    --connect "127.0.0.1:$$port" --ca $(CERT_DIR)/ca.pem --servername localhost \
+	    "$$@" || client_status=$$?
+	  echo "demo: stopping $$server_name (SIGTERM)"
+	  stop_server
+	  if [ "$$client_status" -ne 0 ]; then
+	    echo "demo: FAILED: $$client exited with status $$client_status"
+	    exit 1
+	  fi
 	}
 	trap 'stop_server; rm -rf "$$out"' EXIT
-	echo "demo: starting echo_server on 127.0.0.1, port chosen by the system"
-	$(BUILD_DIR)/examples/echo_server \
-	  --listen 127.0.0.1:0 \
-	  --cert $(CERT_DIR)/server.pem --key $(CERT_DIR)/server-key.pem \
-	  >"$$out/server.log" 2>&1 &
-	server_pid=$$!
-	port=
-	for _ in $$(seq 100); do
-	  port=$$(sed -n 's/^READY \([0-9][0-9]*\)$$/\1/p' "$$out/server.log")
-	  if [ -n "$$port" ] || ! kill -0 "$$server_pid" 2>/dev/null; then break; fi
-	  sleep 0.1
-	done
-	if [ -z "$$port" ]; then
-	  echo "demo: FAILED: echo_server did not report READY <port>"
-	  exit 1
-	fi
-	echo "demo: server ready on 127.0.0.1:$$port; running echo_client"
-	client_status=0
-	timeout -s TERM $(RUN_TIMEOUT) $(BUILD_DIR)/examples/echo_client \
-	  --connect "127.0.0.1:$$port" --ca $(CERT_DIR)/ca.pem --servername localhost \
-	  || client_status=$$?
-	echo "demo: stopping the server (SIGTERM)"
-	stop_server
-	if [ "$$client_status" -ne 0 ]; then
-	  echo "demo: FAILED: echo_client exited with status $$client_status"
-	  exit 1
-	fi
+	start_server echo_server
+	run_client echo_client
+	start_server hello_server
+	run_client hello_client qrpc
 	echo "demo: OK"
 
 # Run every test in both builds; fails if any test failed in either.

@@ -70,3 +70,17 @@ configure_file(${PROJECT_SOURCE_DIR}/cmake/qrpc.pc.in
   ${PROJECT_BINARY_DIR}/qrpc.pc @ONLY)
 install(FILES ${PROJECT_BINARY_DIR}/qrpc.pc
   DESTINATION ${QRPC_PKGCONFIG_INSTALL_DIR})
+
+# The code generator: protoc-gen-qrpc in bin/ (exported as the imported
+# executable qrpc::protoc-gen-qrpc), qrpc_generate() next to the package
+# files (qrpcConfig.cmake includes it), and qrpc's own .proto files
+# (qrpc/options.proto) in share/qrpc/proto, the import directory
+# qrpc_generate() adds.
+install(TARGETS protoc-gen-qrpc
+  EXPORT qrpcTargets
+  RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+install(FILES ${PROJECT_SOURCE_DIR}/cmake/QrpcGenerate.cmake
+  DESTINATION ${QRPC_CMAKE_INSTALL_DIR})
+install(DIRECTORY ${PROJECT_SOURCE_DIR}/idl/
+  DESTINATION ${CMAKE_INSTALL_DATADIR}/qrpc/proto
+  FILES_MATCHING PATTERN "*.proto")

@@ -12,6 +12,7 @@ PACKAGES=(
   build-essential gcc clang libclang-rt-dev cmake make pkg-config git
   libgnutls28-dev libevent-dev
   libprotobuf-c-dev protobuf-c-compiler protobuf-compiler libprotobuf-dev
+  libprotoc-dev
   check openssl ca-certificates valgrind procps
 )
 NGTCP2_PACKAGES=(libngtcp2-dev libngtcp2-crypto-gnutls-dev)

@@ -39,7 +39,7 @@ int qrpc_loop_run(qrpc_loop *loop);
 
 /* Runs the loop for at most timeout_ms milliseconds, returning early when
  * qrpc_loop_stop() is called or nothing is left to wait for.
- * Errors: QRPC_ESYSTEM. */
+ * Errors: QRPC_ESYSTEM, QRPC_ENOMEM. */
 int qrpc_loop_run_for(qrpc_loop *loop, uint64_t timeout_ms);
 
 /* Makes qrpc_loop_run() return after the current callback. Loop thread

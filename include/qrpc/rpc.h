@@ -280,7 +280,11 @@ typedef struct qrpc_rpc_opts {
   size_t max_frame;          /* largest frame accepted; default 16 MiB */
   size_t max_calls_in_flight; /* incoming calls served at once per
                                  connection; the excess gets
-                                 RESOURCE_EXHAUSTED; default 4096 */
+                                 RESOURCE_EXHAUSTED; default 4096. A caller
+                                 that does not read the answers on a stream
+                                 (its send buffer, stream_send_buffer, is
+                                 full) also gets RESOURCE_EXHAUSTED, and
+                                 that stream is not read until they drain */
   size_t unary_streams;      /* long-lived RPC streams for unary calls; 4 */
   size_t max_buffered;       /* bytes of partly received frames held per
                                 connection; beyond it the connection closes

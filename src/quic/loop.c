@@ -113,10 +113,20 @@ int qrpc_loop_run(qrpc_loop *loop) {
   return event_base_dispatch(loop->base) < 0 ? QRPC_ESYSTEM : 0;
 }
 
+static void run_for_expired(evutil_socket_t fd, short what, void *arg) {
+  event_base_loopbreak(arg);
+}
+
 int qrpc_loop_run_for(qrpc_loop *loop, uint64_t timeout_ms) {
+  /* A timer of our own rather than event_base_loopexit(), whose pending
+   * exit would cut short a later run if this one ends early. */
+  struct event *t = evtimer_new(loop->base, run_for_expired, loop->base);
+  if (!t) return QRPC_ENOMEM;
   struct timeval tv = qrpci_ns_to_tv(timeout_ms * QRPCI_NS_PER_MS);
-  event_base_loopexit(loop->base, &tv);
-  return event_base_dispatch(loop->base) < 0 ? QRPC_ESYSTEM : 0;
+  evtimer_add(t, &tv);
+  int rv = event_base_dispatch(loop->base);
+  event_free(t);
+  return rv < 0 ? QRPC_ESYSTEM : 0;
 }
 
 void qrpc_loop_stop(qrpc_loop *loop) { event_base_loopbreak(loop->base); }

@@ -762,10 +762,16 @@ static void req_release(qrpc_req *req) {
   peer_check_drained(peer);
 }
 
+/* The application's callbacks may answer req, which releases it; its
+ * memory stays valid until the outermost code working on it is done. */
 static void req_cancel(qrpc_req *req, int status) {
   if (req->released) return;
+  int outer = req->in_handler;
+  req->in_handler = 1;
   if (req->cbs.on_cancel) req->cbs.on_cancel(req, status, req->ud);
   req_release(req);
+  req->in_handler = outer;
+  if (!outer) req_free(req);
 }
 
 static void req_timer_cb(evutil_socket_t fd, short what, void *arg) {
@@ -812,6 +818,15 @@ static void on_request(qrpci_rstream *rs, const qrpci_frame *f) {
           : NULL;
   if (!m) {
     answer_refusal(rs, f->msgid, QRPC_STATUS_UNIMPLEMENTED, "unknown method");
+    return;
+  }
+  if (!rs->local && rs->s && qrpci_stream_congested(rs->s)) {
+    /* The caller is not reading our answers: refuse cheaply instead of
+     * buffering more, and stop reading this stream until they drain. */
+    rs->read_paused = 1;
+    qrpc_stream_pause_read(rs->s, 1);
+    answer_refusal(rs, f->msgid, QRPC_STATUS_RESOURCE_EXHAUSTED,
+                   "answers are not being read");
     return;
   }
   if (peer->reqs.size >= peer->core->opts.max_calls_in_flight) {
@@ -949,8 +964,12 @@ static void on_req_end(qrpci_rstream *rs, const qrpci_frame *f) {
     req_cancel(req, QRPC_STATUS_CANCELLED);
     return;
   }
+  int outer = req->in_handler;
+  req->in_handler = 1;
   if (req->cbs.on_end) req->cbs.on_end(req, req->ud);
   if (req->shape == QRPC_SHAPE_BIDI_STREAM && req->answered) req_release(req);
+  req->in_handler = outer;
+  if (!outer && req->released) req_free(req);
 }
 
 static void on_cancel_frame(qrpci_rstream *rs, const qrpci_frame *f) {
@@ -1020,6 +1039,14 @@ static void rs_on_read(qrpc_stream *s, const uint8_t *data, size_t len,
       rs_maybe_finish(rs);
     }
   }
+  /* A peer that sends requests but does not read the answers fills our
+   * send buffer; stop reading its requests until the answers drain, so
+   * flow control holds it back instead of our memory growing. */
+  if (!rs->local && !rs->gone && !peer->closed && rs->s &&
+      qrpci_stream_congested(rs->s)) {
+    rs->read_paused = 1;
+    qrpc_stream_pause_read(rs->s, 1);
+  }
   /* Credit goes back for bytes held in partial frames (a frame may be
    * larger than the stream window), so memory is bounded here instead. */
   size_t held = qrpci_reasm_buffered(&rs->reasm);
@@ -1035,6 +1062,10 @@ static void rs_on_read(qrpc_stream *s, const uint8_t *data, size_t len,
 
 static void rs_on_writable(qrpc_stream *s, void *ud) {
   qrpci_rstream *rs = ud;
+  if (rs->read_paused) {
+    rs->read_paused = 0;
+    qrpc_stream_pause_read(s, 0);
+  }
   if (rs->call && rs->call->cbs.on_writable)
     rs->call->cbs.on_writable(rs->call, rs->call->ud);
   else if (rs->req && rs->req->cbs.on_writable)

@@ -111,6 +111,7 @@ struct qrpci_rstream {
   int fin_received;
   int finished;             /* our FIN is queued */
   int gone;                 /* the transport closed it */
+  int read_paused;          /* answers back up: stop taking requests */
 };
 
 typedef enum qrpci_call_state {

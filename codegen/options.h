@@ -1,0 +1,46 @@
+/*
+ * Custom options as the generator sees them: protoc hands them over as
+ * extension fields of the *Options messages, which protobuf-c keeps as
+ * unknown fields (the generator has no compiled copy of options.proto), so
+ * they are read here straight from the wire encoding.
+ *
+ * The field numbers are those of idl/qrpc/options.proto.
+ */
+#ifndef CG_OPTIONS_H
+#define CG_OPTIONS_H
+
+#include <stdint.h>
+
+#include "google/protobuf/descriptor.pb-c.h"
+
+/* extend google.protobuf.MethodOptions (idl/qrpc/options.proto). */
+#define CG_OPT_METHOD_ID 51001
+#define CG_OPT_DATAGRAM 51002
+#define CG_OPT_NOTIFY 51003
+
+/* extend google.protobuf.FileOptions { ProtobufCFileOptions pb_c_file }
+ * (protobuf-c/protobuf-c.proto) and its c_package field, which renames
+ * the package in protoc-c's C names. */
+#define CG_OPT_PB_C_FILE 1019
+#define CG_OPT_PB_C_FILE_C_PACKAGE 6
+
+/* The qrpc options of one method. */
+typedef struct cg_method_opts {
+  int has_method_id;
+  uint32_t method_id;
+  int datagram;
+  int notify;
+} cg_method_opts;
+
+/* Reads the qrpc options of a method (opts may be NULL: no options).
+ * Returns 0, or -1 with *why set to a static description when an option
+ * is malformed (wrong wire type, or a method_id beyond 32 bits). */
+int cg_method_opts_read(const Google__Protobuf__MethodOptions *opts,
+                        cg_method_opts *out, const char **why);
+
+/* protoc-c's c_package file option: a new string (free it), or NULL when
+ * the file does not set it. *failed is set to 1 when the option is
+ * malformed or memory ran out. */
+char *cg_file_c_package(const Google__Protobuf__FileOptions *opts, int *failed);
+
+#endif

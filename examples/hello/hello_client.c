@@ -1,0 +1,222 @@
+/*
+ * hello_client: calls Greeter.SayHello of hello.proto with the stubs
+ * protoc-gen-qrpc generates (hello.qrpc.h) and prints the reply.
+ *
+ *   hello_client [--connect HOST:PORT] [--ca PEM] [--servername NAME]
+ *                [--timeout SECONDS] [--verbose] [NAME]
+ *
+ * The defaults match `make certs` and hello_server's: 127.0.0.1:4433,
+ * build/certs/ca.pem, server name localhost, and NAME "world".
+ *
+ * Exit status: 0 with the reply printed, 1 when the server could not be
+ * reached or the call failed (the reason on stderr), 2 on a bad command
+ * line.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <qrpc/qrpc.h>
+
+#include "hello.qrpc.h"
+
+#define PROG "hello_client"
+
+typedef struct options {
+  const char *connect;
+  const char *ca;
+  const char *servername;
+  const char *name;
+  unsigned long timeout_s;
+  int verbose;
+} options;
+
+/* What the client learnt about its connection, for the error message. */
+typedef struct client_state {
+  int connected;
+  char last_warning[256]; /* qrpc's last warning (a rejected certificate) */
+  char last_failure[256]; /* its last line about a failed attempt */
+} client_state;
+
+static client_state state;
+static int verbose;
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: " PROG " [--connect HOST:PORT] [--ca PEM]"
+             " [--servername NAME]\n"
+             "         [--timeout SECONDS] [--verbose] [NAME]\n"
+             "\n"
+             "  --connect HOST:PORT  the server (default 127.0.0.1:4433)\n"
+             "  --ca PEM             CA to trust (default build/certs/ca.pem)\n"
+             "  --servername NAME    name to verify (default localhost)\n"
+             "  --timeout SECONDS    give up after this long, 1..3600\n"
+             "                       (default 5)\n"
+             "  --verbose            log qrpc debug messages to stderr\n"
+             "  NAME                 who to greet (default world)\n");
+}
+
+/* Returns 0 and fills o, 1 when help was printed, -1 on a bad command line
+ * (after saying which argument was wrong). */
+static int parse_args(int argc, char **argv, options *o) {
+  memset(o, 0, sizeof(*o));
+  o->connect = "127.0.0.1:4433";
+  o->ca = "build/certs/ca.pem";
+  o->servername = "localhost";
+  o->timeout_s = 5;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    const char **dst = NULL;
+    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+      usage(stdout);
+      return 1;
+    } else if (strcmp(a, "--verbose") == 0 || strcmp(a, "-v") == 0) {
+      o->verbose = 1;
+      continue;
+    } else if (strcmp(a, "--connect") == 0) {
+      dst = &o->connect;
+    } else if (strcmp(a, "--ca") == 0) {
+      dst = &o->ca;
+    } else if (strcmp(a, "--servername") == 0) {
+      dst = &o->servername;
+    } else if (strcmp(a, "--timeout") != 0) {
+      if (a[0] == '-') {
+        fprintf(stderr, PROG ": unknown option '%s'\n", a);
+        usage(stderr);
+        return -1;
+      }
+      if (o->name != NULL) {
+        fprintf(stderr, PROG ": one NAME only ('%s' and '%s' given)\n", o->name,
+                a);
+        return -1;
+      }
+      o->name = a;
+      continue;
+    }
+    if (i + 1 >= argc || argv[i + 1][0] == '\0') {
+      fprintf(stderr, PROG ": %s expects a value\n", a);
+      return -1;
+    }
+    const char *v = argv[++i];
+    if (dst != NULL) {
+      *dst = v;
+      continue;
+    }
+    char *end = NULL;
+    errno = 0;
+    unsigned long n = strtoul(v, &end, 10);
+    if (errno != 0 || end == v || *end != '\0' || n < 1 || n > 3600) {
+      fprintf(stderr,
+              PROG ": --timeout expects whole seconds from 1 to "
+                   "3600, not '%s'\n",
+              v);
+      return -1;
+    }
+    o->timeout_s = n;
+  }
+  if (o->name == NULL) o->name = "world";
+  return 0;
+}
+
+/* qrpc reports failed connection attempts only as log lines (the client
+ * retries them on its own, each one logging again): keep the last ones to
+ * explain a timeout once, instead of printing every retry. */
+static void on_log(qrpc_log_level level, const char *msg, void *user_data) {
+  (void)user_data;
+  if (level >= QRPC_LOG_WARN)
+    snprintf(state.last_warning, sizeof(state.last_warning), "%s", msg);
+  else if (strstr(msg, "failed") != NULL)
+    snprintf(state.last_failure, sizeof(state.last_failure), "%s", msg);
+  if (verbose || level >= QRPC_LOG_ERROR)
+    fprintf(stderr, PROG ": qrpc %s: %s\n", qrpc_log_level_name(level), msg);
+}
+
+static void on_connect(qrpc_client *cli, qrpc_peer *peer, void *user_data) {
+  (void)cli, (void)peer, (void)user_data;
+  state.connected = 1;
+}
+
+/* Prints why the call failed. */
+static void report_failure(const options *o, int status) {
+  if (!state.connected && (status == QRPC_STATUS_DEADLINE_EXCEEDED ||
+                           status == QRPC_STATUS_UNAVAILABLE)) {
+    const char *why = state.last_warning[0] ? state.last_warning
+                      : state.last_failure[0]
+                          ? state.last_failure
+                          : "no answer; is hello_server running there?";
+    fprintf(stderr, PROG ": cannot connect to %s within %lu s: %s\n",
+            o->connect, o->timeout_s, why);
+    return;
+  }
+  fprintf(stderr, PROG ": SayHello failed: %s (%d)\n", qrpc_status_name(status),
+          status);
+}
+
+int main(int argc, char **argv) {
+  options opt;
+  int rc = parse_args(argc, argv, &opt);
+  if (rc != 0) return rc > 0 ? 0 : 2;
+  verbose = opt.verbose;
+
+  qrpc_log_set_handler(on_log, NULL);
+  qrpc_log_set_level(opt.verbose ? QRPC_LOG_DEBUG : QRPC_LOG_INFO);
+
+  qrpc_loop *loop = NULL;
+  qrpc_tls_config *tls = NULL;
+  qrpc_client *cli = NULL;
+  int exit_status = 1;
+
+  if ((rc = qrpc_loop_new(NULL, &loop)) != 0) {
+    fprintf(stderr, PROG ": cannot create the loop: %s\n", qrpc_strerror(rc));
+    return 1;
+  }
+  if ((rc = qrpc_tls_config_new(&tls)) != 0 ||
+      (rc = qrpc_tls_config_set_ca_file(tls, opt.ca)) != 0) {
+    fprintf(stderr,
+            PROG ": cannot load --ca %s: %s (make certs creates the default "
+                 "one)\n",
+            opt.ca, qrpc_strerror(rc));
+    goto out;
+  }
+
+  qrpc_client_opts co;
+  qrpc_client_opts_default(&co);
+  co.server_name = opt.servername;
+  co.on_connect = on_connect;
+  /* Attempts fail (and say why) well before the overall timeout. */
+  co.conn.handshake_timeout_ms = opt.timeout_s * 1000 / 2;
+  rc = qrpc_client_new(loop, opt.connect, tls, &co, &cli);
+  qrpc_tls_config_free(tls); /* the client holds its own reference */
+  tls = NULL;
+  if (rc != 0) {
+    cli = NULL;
+    fprintf(stderr, PROG ": cannot connect to --connect %s: %s%s\n",
+            opt.connect, qrpc_strerror(rc),
+            rc == QRPC_EINVAL ? " (expected HOST:PORT)" : "");
+    goto out;
+  }
+
+  /* The request is packed during the call; the reply is ours to free. */
+  Qrpc__Examples__Hello__HelloRequest request =
+      QRPC__EXAMPLES__HELLO__HELLO_REQUEST__INIT;
+  request.name = (char *)opt.name;
+  Qrpc__Examples__Hello__HelloReply *reply = NULL;
+  int status = QRPC_STATUS_UNKNOWN;
+  rc = qrpc_examples_hello_Greeter_SayHello_sync(
+      loop, cli, &request, opt.timeout_s * 1000, &reply, &status);
+  if (rc != 0) {
+    fprintf(stderr, PROG ": cannot call SayHello: %s\n", qrpc_strerror(rc));
+  } else if (status != QRPC_STATUS_OK) {
+    report_failure(&opt, status);
+  } else {
+    printf("%s\n", reply->message);
+    protobuf_c_message_free_unpacked(&reply->base, NULL);
+    exit_status = 0;
+  }
+
+out:
+  qrpc_client_free(cli);
+  qrpc_tls_config_free(tls);
+  qrpc_loop_free(loop);
+  return exit_status;
+}
