@@ -56,9 +56,9 @@ int qrpc_loop_post(qrpc_loop *loop, qrpc_loop_fn fn, void *arg);
 uint64_t qrpc_loop_now_ns(qrpc_loop *loop);
 
 /* Frees the loop. Connections still in their closing period are released
- * without further callbacks; endpoints and live connections must have been
- * freed or closed first (their on_closed callbacks already fired). Loop
- * thread only. NULL is ignored. */
+ * without further callbacks; servers, clients, endpoints and live
+ * connections must have been freed or closed first (their on_closed
+ * callbacks already fired). Loop thread only. NULL is ignored. */
 void qrpc_loop_free(qrpc_loop *loop);
 
 #ifdef __cplusplus
