@@ -85,6 +85,8 @@ static const char *const ids_bidi_stream[] = {
     "__ctx",     "__on_item", "__on_done",    "__on_writable",
     "__start",   "__serve",   "__serve_item", NULL};
 static const char *const ids_notify[] = {"", "_peer", "__serve", NULL};
+static const char *const ids_datagram[] = {
+    "_LATEST_ONLY", "_MAX_AGE_MS", "_send", "_encode", "__recv", NULL};
 static const char *const ids_service[] = {
     "_handlers", "_register", "_register_client", "__register_all", NULL};
 /* The shared helpers of every generated source file. */
@@ -98,6 +100,7 @@ static const char *const ids_helpers[] = {"qrpcg_empty",
                                           "qrpcg_start",
                                           "qrpcg_refuse",
                                           "qrpcg_register",
+                                          "qrpcg_register_dgram",
                                           "qrpcg_sync",
                                           "qrpcg_sync_on_done",
                                           "qrpcg_call_sync",
@@ -122,7 +125,7 @@ static const char *const *method_ids(cg_kind k) {
   case CG_CLIENT_STREAM: return ids_client_stream;
   case CG_BIDI_STREAM: return ids_bidi_stream;
   case CG_NOTIFY: return ids_notify;
-  case CG_DATAGRAM: return NULL;
+  case CG_DATAGRAM: return ids_datagram;
   }
   return NULL;
 }
@@ -136,7 +139,9 @@ static void decl_list(cg_decls *d, const char *prefix,
 /* ---- What a file needs --------------------------------------------------- */
 
 typedef struct needs {
-  int stubs;  /* any method other than datagram ones */
+  int stubs;  /* any method */
+  int rpc;    /* any method other than datagram ones */
+  int dgram;  /* datagram methods */
   int calls;  /* unary or streaming: calls with completion callbacks */
   int reply;  /* unary or client streaming: a decoded reply */
   int refuse; /* handlers that decode a request payload */
@@ -145,13 +150,17 @@ typedef struct needs {
 } needs;
 
 static needs file_needs(const cg_file *f) {
-  needs n = {0, 0, 0, 0, 0, 0};
+  needs n = {0, 0, 0, 0, 0, 0, 0, 0};
   for (size_t i = 0; i < f->n_services; i++) {
     const cg_service *s = &f->services[i];
     for (size_t j = 0; j < s->n_methods; j++) {
       cg_kind k = s->methods[j].kind;
-      if (k == CG_DATAGRAM) continue;
       n.stubs = 1;
+      if (k == CG_DATAGRAM) {
+        n.dgram = 1;
+        continue;
+      }
+      n.rpc = 1;
       if (k != CG_NOTIFY) n.calls = 1;
       if (k == CG_UNARY || k == CG_CLIENT_STREAM) n.reply = 1;
       if (k == CG_UNARY || k == CG_SERVER_STREAM || k == CG_NOTIFY)
@@ -184,6 +193,10 @@ static const char h_top[] =
     " * - Servers: a p_q_S_handlers struct registered with p_q_S_register()\n"
     " *   (or p_q_S_register_client() on a client); handlers answer with\n"
     " *   p_q_S_M_reply(), p_q_S_M_item(), p_q_S_M_end(), p_q_S_M_error().\n"
+    " * - Datagram methods: the id is the channel (qrpc/dgram.h);\n"
+    " *   p_q_S_M_send() sends on a qrpc_peer, p_q_S_M_encode() encodes once\n"
+    " *   for qrpc_peer_send_encoded() to many peers, and a member of\n"
+    " *   p_q_S_handlers receives, on either side.\n"
     " *\n"
     " * Rules:\n"
     " * - Functions return 0 or a negative QRPC_E* code like the qrpc_*\n"
@@ -200,6 +213,8 @@ static const char h_top[] =
     " *   calls. A reply or item that does not decode ends the call with\n"
     " *   QRPC_STATUS_INTERNAL (local); a request that does not decode is\n"
     " *   answered with QRPC_STATUS_INVALID_ARGUMENT and reaches no handler.\n"
+    " *   A datagram that does not decode is dropped, counted in its\n"
+    " *   channel's dropped_undecodable, and reaches no handler.\n"
     " * - qrpc_call_user_data() of these calls, and qrpc_req_user_data() of\n"
     " *   client and bidi streaming requests, belong to the stubs: use the\n"
     " *   user_data the callbacks receive.\n"
@@ -211,6 +226,7 @@ static const char h_top[] =
     "#include <stdint.h>\n"
     "\n"
     "#include <protobuf-c/protobuf-c.h>\n"
+    "#include <qrpc/dgram.h>\n"
     "#include <qrpc/error.h>\n"
     "#include <qrpc/rpc.h>\n"
     "\n";
@@ -377,9 +393,24 @@ static const char h_notify[] =
 
 static const char h_datagram[] =
     "\n"
-    "/* A (qrpc.datagram) method: its id is the channel to use with\n"
-    " * qrpc/dgram.h. No typed stubs are generated for datagram channels yet,\n"
-    " * and the method has no member in the handlers struct. */\n";
+    "/* The channel's options from the IDL ((qrpc.latest_only) and\n"
+    " * (qrpc.max_age_ms), 0: no limit), which $S$_register() and\n"
+    " * $S$_register_client() apply (qrpc_dgram_opts). */\n"
+    "#define $PM$_LATEST_ONLY $LATEST_ONLY$\n"
+    "#define $PM$_MAX_AGE_MS $MAX_AGE_MS$u\n"
+    "\n"
+    "/* Sends msg as one datagram on the channel to peer, packed straight\n"
+    " * into it (qrpc_peer_send_dgram_msg()). Errors: QRPC_EMSGSIZE (larger\n"
+    " * than qrpc_peer_max_dgram_payload(); never fragmented), QRPC_ENOBUFS\n"
+    " * (the connection's datagram queue is full), QRPC_ENODGRAM (the peer\n"
+    " * did not enable datagrams), QRPC_ECLOSED, QRPC_EINVAL, QRPC_ENOMEM. */\n"
+    "int $PM$_send(qrpc_peer *peer, const $IN$ *msg);\n"
+    "\n"
+    "/* Encodes msg once, with srv's next Seq on the channel, for\n"
+    " * qrpc_peer_send_encoded() to any number of peers; *out is the\n"
+    " * caller's, to free with qrpc_dgram_free(). Errors: QRPC_EINVAL,\n"
+    " * QRPC_ENOMEM. */\n"
+    "int $PM$_encode(qrpc_server *srv, const $IN$ *msg, qrpc_dgram **out);\n";
 
 static const char h_handlers_top[] =
     "\n"
@@ -390,21 +421,27 @@ static const char h_handlers_top[] =
     " * handlers get the decoded request, borrowed until they return, and\n"
     " * answer then or later (one that keeps req sets on_cancel with\n"
     " * qrpc_req_set_callbacks()); notify handlers answer nothing, and req\n"
-    " * lives only while they run. */\n"
+    " * lives only while they run. Datagram channels are always registered,\n"
+    " * with their IDL options: a datagram member gets each datagram that\n"
+    " * arrives on the channel (seq is its Seq; msg is borrowed until it\n"
+    " * returns), and one left NULL makes the channel send-only here. */\n"
     "typedef struct $S$_handlers {\n"
     "  void *user_data; /* passed to every handler */\n";
 
 static const char h_member_plain[] =
     "  void (*$M$)(qrpc_req *req, const $IN$ *request, void *user_data);\n";
 static const char h_member_stream[] = "  $PM$_handlers $M$;\n";
+static const char h_member_dgram[] =
+    "  void (*$M$)(qrpc_peer *peer, uint64_t seq, const $IN$ *msg,\n"
+    "      void *user_data);\n";
 
 static const char h_handlers_bottom[] =
     "} $S$_handlers;\n"
     "\n"
-    "/* Registers the methods set in h on srv, or on cli for its server to\n"
-    " * call. h is borrowed: it must stay valid and unchanged until srv or\n"
-    " * cli is freed. Errors: QRPC_EINVAL, QRPC_ENOMEM (some methods may\n"
-    " * then be registered). */\n"
+    "/* Registers the methods set in h, and every datagram channel, on srv,\n"
+    " * or on cli for its server to call. h is borrowed: it must stay valid\n"
+    " * and unchanged until srv or cli is freed. Errors: QRPC_EINVAL,\n"
+    " * QRPC_ENOMEM (some methods may then be registered). */\n"
     "int $S$_register(qrpc_server *srv, const $S$_handlers *h);\n"
     "int $S$_register_client(qrpc_client *cli, const $S$_handlers *h);\n";
 
@@ -454,7 +491,9 @@ static const char c_helpers[] =
     "\n"
     "static void qrpcg_free(ProtobufCMessage *msg) {\n"
     "  if (msg != NULL) protobuf_c_message_free_unpacked(msg, NULL);\n"
-    "}\n"
+    "}\n";
+
+static const char c_helpers_register[] =
     "\n"
     "/* Registers fn for method on srv, or on cli when srv is NULL. */\n"
     "static int qrpcg_register(qrpc_server *srv, qrpc_client *cli,\n"
@@ -463,6 +502,22 @@ static const char c_helpers[] =
     "  if (srv != NULL)\n"
     "    return qrpc_server_register(srv, method, shape, fn, (void *)h);\n"
     "  return qrpc_client_register(cli, method, shape, fn, (void *)h);\n"
+    "}\n";
+
+static const char c_helpers_dgram[] =
+    "\n"
+    "/* Configures channel on srv, or on cli when srv is NULL; fn NULL\n"
+    " * makes it send-only. */\n"
+    "static int qrpcg_register_dgram(qrpc_server *srv, qrpc_client *cli,\n"
+    "    uint32_t channel, int latest_only, uint64_t max_age_ms,\n"
+    "    qrpc_dgram_fn fn, const void *h) {\n"
+    "  qrpc_dgram_opts o;\n"
+    "  qrpc_dgram_opts_default(&o);\n"
+    "  o.latest_only = latest_only;\n"
+    "  o.max_age_ms = max_age_ms;\n"
+    "  if (srv != NULL)\n"
+    "    return qrpc_server_register_dgram(srv, channel, &o, fn, (void *)h);\n"
+    "  return qrpc_client_register_dgram(cli, channel, &o, fn, (void *)h);\n"
     "}\n";
 
 static const char c_helpers_calls[] =
@@ -1040,6 +1095,37 @@ static const char c_notify[] =
     "  return qrpc_peer_notify_msg(peer, $PM$_METHOD_ID, &m);\n"
     "}\n";
 
+static const char c_datagram[] =
+    "\n"
+    "int $PM$_send(qrpc_peer *peer, const $IN$ *msg) {\n"
+    "  qrpc_msg m;\n"
+    "  int rc = qrpcg_msg(&m, msg, &$IN_DESC$);\n"
+    "  if (rc != 0) return rc;\n"
+    "  if (peer == NULL) return QRPC_EINVAL;\n"
+    "  return qrpc_peer_send_dgram_msg(peer, $PM$_METHOD_ID, &m);\n"
+    "}\n"
+    "\n"
+    "int $PM$_encode(qrpc_server *srv, const $IN$ *msg, qrpc_dgram **out) {\n"
+    "  qrpc_msg m;\n"
+    "  int rc = qrpcg_msg(&m, msg, &$IN_DESC$);\n"
+    "  if (rc != 0) return rc;\n"
+    "  if (srv == NULL || out == NULL) return QRPC_EINVAL;\n"
+    "  return qrpc_server_dgram_encode_msg(srv, $PM$_METHOD_ID, &m, out);\n"
+    "}\n"
+    "\n"
+    "/* Registered only while the handler is set. */\n"
+    "static void $PM$__recv(qrpc_peer *peer, uint32_t channel, uint64_t seq,\n"
+    "    const uint8_t *payload, size_t len, void *user_data) {\n"
+    "  const $S$_handlers *h = user_data;\n"
+    "  ProtobufCMessage *msg = qrpcg_unpack(&$IN_DESC$, payload, len);\n"
+    "  if (msg == NULL) {\n"
+    "    qrpc_peer_dgram_count_undecodable(peer, channel);\n"
+    "    return;\n"
+    "  }\n"
+    "  h->$M$(peer, seq, (const $IN$ *)msg, h->user_data);\n"
+    "  qrpcg_free(msg);\n"
+    "}\n";
+
 /* ---- Source: per service ------------------------------------------------- */
 
 static const char c_register_top[] =
@@ -1065,6 +1151,11 @@ static const char c_register_stream[] =
     "      (rc = qrpcg_register(srv, cli, $PM$_METHOD_ID, $SHAPE$,\n"
     "                           $PM$__serve, h)) != 0)\n"
     "    return rc;\n";
+static const char c_register_dgram[] =
+    "  if ((rc = qrpcg_register_dgram(srv, cli, $PM$_METHOD_ID,\n"
+    "           $PM$_LATEST_ONLY, $PM$_MAX_AGE_MS,\n"
+    "           h->$M$ != NULL ? $PM$__recv : NULL, h)) != 0)\n"
+    "    return rc;\n";
 static const char c_register_bottom[] = "  return 0;\n"
                                         "}\n";
 static const char c_register_public[] =
@@ -1085,6 +1176,7 @@ static const char c_register_public[] =
 typedef struct method_vars {
   cg_vars v;
   char id[16];
+  char max_age_ms[16];
   char in_desc[512];
   char out_desc[512];
 } method_vars;
@@ -1103,6 +1195,8 @@ static int bind_method(method_vars *mv, const cg_vars *base,
                        const cg_method *me) {
   mv->v = *base;
   snprintf(mv->id, sizeof(mv->id), "0x%08x", (unsigned)me->id);
+  snprintf(mv->max_age_ms, sizeof(mv->max_age_ms), "%u",
+           (unsigned)me->max_age_ms);
   int a = snprintf(mv->in_desc, sizeof(mv->in_desc), "%s__descriptor",
                    me->in->c_lower);
   int b = snprintf(mv->out_desc, sizeof(mv->out_desc), "%s__descriptor",
@@ -1117,6 +1211,8 @@ static int bind_method(method_vars *mv, const cg_vars *base,
   cg_vars_set(&mv->v, "ID", mv->id);
   cg_vars_set(&mv->v, "PINNED", me->pinned ? " /* pinned */" : "");
   cg_vars_set(&mv->v, "SHAPE", shape_name(me->kind));
+  cg_vars_set(&mv->v, "LATEST_ONLY", me->latest_only ? "1" : "0");
+  cg_vars_set(&mv->v, "MAX_AGE_MS", mv->max_age_ms);
   cg_vars_set(&mv->v, "IN", me->in->c_type);
   cg_vars_set(&mv->v, "IN_FULL", me->in->full);
   cg_vars_set(&mv->v, "IN_DESC", mv->in_desc);
@@ -1200,7 +1296,6 @@ static void emit_stream_start(emitter *e, const cg_vars *base, cg_kind k) {
 
 static void emit_method_source(emitter *e, const cg_vars *v, cg_kind k) {
   cg_vars sv = *v;
-  if (k == CG_DATAGRAM) return;
   ec(e, v, c_method_top);
   switch (k) {
   case CG_UNARY:
@@ -1259,35 +1354,44 @@ static void emit_method_source(emitter *e, const cg_vars *v, cg_kind k) {
     cg_vars_set(&sv, "NOTIFY_ACK", c_notify_ack);
     ec(e, &sv, c_serve_plain);
     break;
-  case CG_DATAGRAM: break;
+  case CG_DATAGRAM: ec(e, v, c_datagram); break;
+  }
+}
+
+/* The template of a method's member in the handlers struct. */
+static const char *member_template(cg_kind k) {
+  switch (k) {
+  case CG_CLIENT_STREAM:
+  case CG_BIDI_STREAM: return h_member_stream;
+  case CG_DATAGRAM: return h_member_dgram;
+  default: return h_member_plain;
+  }
+}
+
+/* The template registering a method in $S$__register_all. */
+static const char *register_template(cg_kind k) {
+  switch (k) {
+  case CG_CLIENT_STREAM:
+  case CG_BIDI_STREAM: return c_register_stream;
+  case CG_DATAGRAM: return c_register_dgram;
+  default: return c_register_plain;
   }
 }
 
 static void emit_handlers(emitter *e, const cg_vars *sv, const cg_service *s,
                           const method_vars *mvs) {
   eh(e, sv, h_handlers_top);
-  for (size_t i = 0; i < s->n_methods; i++) {
-    cg_kind k = s->methods[i].kind;
-    if (k == CG_DATAGRAM) continue;
-    int stream = k == CG_CLIENT_STREAM || k == CG_BIDI_STREAM;
-    eh(e, &mvs[i].v, stream ? h_member_stream : h_member_plain);
-  }
+  for (size_t i = 0; i < s->n_methods; i++)
+    eh(e, &mvs[i].v, member_template(s->methods[i].kind));
   eh(e, sv, h_handlers_bottom);
 
   ec(e, sv, c_register_top);
-  int any = 0;
-  for (size_t i = 0; i < s->n_methods; i++)
-    if (s->methods[i].kind != CG_DATAGRAM) any = 1;
-  if (!any) {
+  if (s->n_methods == 0) {
     ec(e, sv, c_register_empty);
   } else {
     ec(e, sv, c_register_vars);
-    for (size_t i = 0; i < s->n_methods; i++) {
-      cg_kind k = s->methods[i].kind;
-      if (k == CG_DATAGRAM) continue;
-      int stream = k == CG_CLIENT_STREAM || k == CG_BIDI_STREAM;
-      ec(e, &mvs[i].v, stream ? c_register_stream : c_register_plain);
-    }
+    for (size_t i = 0; i < s->n_methods; i++)
+      ec(e, &mvs[i].v, register_template(s->methods[i].kind));
     ec(e, sv, c_register_bottom);
   }
   ec(e, sv, c_register_public);
@@ -1323,9 +1427,9 @@ static void emit_includes(emitter *e, const cg_file *f) {
     const cg_service *s = &f->services[i];
     for (size_t j = 0; rc == 0 && j < s->n_methods; j++) {
       const cg_method *me = &s->methods[j];
-      if (me->kind == CG_DATAGRAM) continue;
       rc = include_once(e, &seen, &n, &cap, me->in->file);
-      if (rc == 0 && me->kind != CG_NOTIFY)
+      /* Notify and datagram stubs never decode a reply. */
+      if (rc == 0 && me->kind != CG_NOTIFY && me->kind != CG_DATAGRAM)
         rc = include_once(e, &seen, &n, &cap, me->out->file);
     }
   }
@@ -1391,6 +1495,8 @@ int cg_emit_file(const cg_file *f, cg_decls *d, cg_buf *header,
       d->helpers_declared = 1;
     }
     ec(&e, &fv, c_helpers);
+    if (n.rpc) ec(&e, &fv, c_helpers_register);
+    if (n.dgram) ec(&e, &fv, c_helpers_dgram);
     if (n.calls) ec(&e, &fv, c_helpers_calls);
     if (n.reply) ec(&e, &fv, c_helpers_reply);
     if (n.refuse) ec(&e, &fv, c_helpers_refuse);

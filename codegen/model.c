@@ -62,8 +62,18 @@ static int method_kind(const cg_file *f, cg_method *me,
                   f->name, me->full, o->notify ? "notify" : "datagram");
     return -1;
   }
+  if (!o->datagram && (o->has_latest_only || o->has_max_age_ms)) {
+    cg_buf_printf(errors,
+                  "%s: %s: (qrpc.%s) applies only to (qrpc.datagram) "
+                  "methods\n",
+                  f->name, me->full,
+                  o->has_latest_only ? "latest_only" : "max_age_ms");
+    return -1;
+  }
   if (o->notify) me->kind = CG_NOTIFY;
   if (o->datagram) me->kind = CG_DATAGRAM;
+  me->latest_only = o->latest_only;
+  me->max_age_ms = o->max_age_ms;
   return 0;
 }
 

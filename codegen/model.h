@@ -20,7 +20,7 @@ typedef enum cg_kind {
   CG_CLIENT_STREAM,
   CG_BIDI_STREAM,
   CG_NOTIFY,   /* unary with (qrpc.notify): one-way, nothing answers */
-  CG_DATAGRAM, /* (qrpc.datagram): only its id is generated for now */
+  CG_DATAGRAM, /* (qrpc.datagram): an unreliable datagram channel */
 } cg_kind;
 
 typedef struct cg_method {
@@ -31,8 +31,10 @@ typedef struct cg_method {
   uint32_t id;
   int pinned; /* the id comes from (qrpc.method_id) */
   cg_kind kind;
+  int latest_only;     /* datagram: (qrpc.latest_only) */
+  uint32_t max_age_ms; /* datagram: (qrpc.max_age_ms), 0 if unset */
   const cg_type *in;
-  const cg_type *out;
+  const cg_type *out; /* not used by datagram and notify stubs */
 } cg_method;
 
 typedef struct cg_service {

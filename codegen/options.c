@@ -66,6 +66,21 @@ int cg_method_opts_read(const Google__Protobuf__MethodOptions *opts,
     return -1;
   }
   out->notify = rc > 0 && v != 0;
+  if ((rc = varint_option(m, CG_OPT_LATEST_ONLY, &v)) < 0) {
+    *why = "(qrpc.latest_only) is not a bool";
+    return -1;
+  }
+  out->has_latest_only = rc > 0;
+  out->latest_only = rc > 0 && v != 0;
+  rc = varint_option(m, CG_OPT_MAX_AGE_MS, &v);
+  if (rc < 0 || (rc > 0 && v > UINT32_MAX)) {
+    *why = "(qrpc.max_age_ms) is not a 32-bit unsigned integer";
+    return -1;
+  }
+  if (rc > 0) {
+    out->has_max_age_ms = 1;
+    out->max_age_ms = (uint32_t)v;
+  }
   return 0;
 }
 

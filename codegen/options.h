@@ -17,6 +17,8 @@
 #define CG_OPT_METHOD_ID 51001
 #define CG_OPT_DATAGRAM 51002
 #define CG_OPT_NOTIFY 51003
+#define CG_OPT_LATEST_ONLY 51004
+#define CG_OPT_MAX_AGE_MS 51005
 
 /* extend google.protobuf.FileOptions { ProtobufCFileOptions pb_c_file }
  * (protobuf-c/protobuf-c.proto) and its c_package field, which renames
@@ -30,11 +32,16 @@ typedef struct cg_method_opts {
   uint32_t method_id;
   int datagram;
   int notify;
+  int has_latest_only;
+  int latest_only;
+  int has_max_age_ms;
+  uint32_t max_age_ms;
 } cg_method_opts;
 
 /* Reads the qrpc options of a method (opts may be NULL: no options).
  * Returns 0, or -1 with *why set to a static description when an option
- * is malformed (wrong wire type, or a method_id beyond 32 bits). */
+ * is malformed (wrong wire type, or a method_id or max_age_ms beyond 32
+ * bits). */
 int cg_method_opts_read(const Google__Protobuf__MethodOptions *opts,
                         cg_method_opts *out, const char **why);
 

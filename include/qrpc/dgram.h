@@ -94,14 +94,23 @@ typedef struct qrpc_dgram_stats {
   uint64_t received;       /* arrived on this channel */
   uint64_t delivered;      /* handed to the channel's function */
   uint64_t dropped_stale;  /* latest-only: Seq not greater than the last */
+  uint64_t dropped_undecodable; /* delivered, but it did not decode */
   uint64_t dropped_unknown; /* this connection, any unregistered channel */
   uint64_t dropped_malformed; /* this connection: no Channel or Seq */
 } qrpc_dgram_stats;
 
 /* Fills st for channel on peer (zeros for a channel never used).
- * received == delivered + dropped_stale holds for every channel. */
+ * received == delivered + dropped_stale holds for every channel; of the
+ * delivered, dropped_undecodable never reached the application. */
 void qrpc_peer_dgram_stats(qrpc_peer *peer, uint32_t channel,
                            qrpc_dgram_stats *st);
+
+/* Counts, in channel's dropped_undecodable on peer, a datagram whose
+ * payload the receiving function could not decode and dropped. Generated
+ * stubs call it; a hand-written qrpc_dgram_fn may too, once for the
+ * datagram it was given. The count never exceeds delivered: calls beyond
+ * that, or for a channel that delivered nothing, are ignored. */
+void qrpc_peer_dgram_count_undecodable(qrpc_peer *peer, uint32_t channel);
 
 #ifdef __cplusplus
 }

@@ -223,6 +223,14 @@ size_t qrpc_peer_max_dgram_payload(qrpc_peer *peer, uint32_t channel) {
   return max > hl ? max - hl : 0;
 }
 
+void qrpc_peer_dgram_count_undecodable(qrpc_peer *peer, uint32_t channel) {
+  /* The entry exists once a datagram was delivered on the channel. */
+  qrpci_dgpeer *pc =
+      peer ? qrpci_u64map_get(&peer->dgstats, key(channel)) : NULL;
+  if (pc && pc->st.dropped_undecodable < pc->st.delivered)
+    pc->st.dropped_undecodable++;
+}
+
 void qrpc_peer_dgram_stats(qrpc_peer *peer, uint32_t channel,
                            qrpc_dgram_stats *st) {
   qrpci_dgpeer *pc = qrpci_u64map_get(&peer->dgstats, key(channel));

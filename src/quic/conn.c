@@ -660,9 +660,11 @@ static ngtcp2_ssize write_one(qrpc_conn *c, ngtcp2_path *path, uint8_t *dst,
       qrpci_dgent *e = &c->dgq[c->dgq_head];
       ngtcp2_vec v = {.base = e->buf->data, .len = e->buf->len};
       int accepted = 0;
+      /* An empty datagram is valid (RFC 9221) but must reach ngtcp2 as no
+       * vector at all: it asserts that every vector it gets has bytes. */
       nw = ngtcp2_conn_writev_datagram(c->q, path, &pi, dst, cap, &accepted,
                                        NGTCP2_WRITE_DATAGRAM_FLAG_MORE, e->id,
-                                       &v, 1, now);
+                                       &v, v.len ? 1 : 0, now);
       /* Not accepted but a packet was written: the packet was already
        * partly full, so the datagram goes into the next one. */
       if (accepted) {

@@ -290,6 +290,37 @@ START_TEST(test_without_latest_only_all_delivered) {
 }
 END_TEST
 
+/* ---- Undecodable payloads, as the application reports them -------------- */
+
+START_TEST(test_count_undecodable_is_bounded) {
+  server_side s;
+  client_side c;
+  server_start(&s, NULL);
+  client_start(&c, s.addr, NULL, 1);
+  wait_all w = {&c, 1};
+  ck_assert(qt_run_until(loop, all_connected, &w, QT_WAIT_MS));
+  ck_assert(qt_run_until_count(loop, &s.npeers, 1, QT_WAIT_MS));
+  for (uint64_t seq = 1; seq <= 3; seq++)
+    send_raw(qrpc_peer_conn(s.peers[0]), CH_STATE, seq);
+  qt_run_for(loop, 200);
+  ck_assert_uint_eq(c.states, 3);
+  qrpc_peer *p = qrpc_client_peer(c.cli);
+  /* More reports than deliveries, and reports for a channel that
+   * delivered nothing, are ignored. */
+  for (int i = 0; i < 5; i++) qrpc_peer_dgram_count_undecodable(p, CH_STATE);
+  qrpc_peer_dgram_count_undecodable(p, CH_INPUT);
+  qrpc_peer_dgram_count_undecodable(NULL, CH_STATE);
+  qrpc_dgram_stats st;
+  qrpc_peer_dgram_stats(p, CH_STATE, &st);
+  ck_assert_uint_eq(st.delivered, 3);
+  ck_assert_uint_eq(st.dropped_undecodable, 3);
+  ck_assert_uint_eq(st.received, st.delivered + st.dropped_stale);
+  qrpc_peer_dgram_stats(p, CH_INPUT, &st);
+  ck_assert_uint_eq(st.dropped_undecodable, 0);
+  teardown_all(&s, &c, 1);
+}
+END_TEST
+
 /* ---- Refusals ------------------------------------------------------------- */
 
 START_TEST(test_too_large_and_queue_full_are_distinct) {
@@ -457,6 +488,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_hundred_clients_at_60hz);
   tcase_add_test(tc, test_latest_only_drops_reordered);
   tcase_add_test(tc, test_without_latest_only_all_delivered);
+  tcase_add_test(tc, test_count_undecodable_is_bounded);
   tcase_add_test(tc, test_too_large_and_queue_full_are_distinct);
   tcase_add_test(tc, test_peer_without_datagrams_refused);
   tcase_add_test(tc, test_max_age_drops_stale_state);

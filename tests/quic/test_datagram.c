@@ -119,6 +119,26 @@ START_TEST(test_datagram_max_size) {
 }
 END_TEST
 
+/* RFC 9221 allows an empty datagram; it travels and echoes like any
+ * other (the harness counts it as bad content, having no checksum). */
+START_TEST(test_datagram_empty) {
+  qt_server srv;
+  qt_client cl;
+  uint8_t byte = 0;
+
+  ck_assert_int_eq(qt_pair_start(loop, &certs, &srv, NULL, &cl, NULL), 0);
+  ck_assert_int_eq(qrpc_conn_send_datagram(cl.conn, NULL, 0), 0);
+  ck_assert_int_eq(qrpc_conn_send_datagram(cl.conn, &byte, 0), 0);
+  ck_assert(qt_run_until_count(loop, &cl.datagrams, 2, QT_WAIT_MS));
+  ck_assert_int_eq(srv.datagrams, 2);
+  ck_assert_uint_eq(srv.datagram_max_len, 0);
+  ck_assert_int_eq(srv.datagram_echo_errors, 0);
+  ck_assert_uint_eq(cl.datagram_bytes, 0);
+  ck_assert_int_eq(qrpc_conn_is_established(cl.conn), 1);
+  qt_close_all(loop, &srv, &cl, 1);
+}
+END_TEST
+
 START_TEST(test_datagram_server_disabled) {
   qt_server srv;
   qt_client cl;
@@ -274,6 +294,7 @@ static Suite *datagram_suite(void) {
   tcase_set_timeout(tc, 30);
   tcase_add_test(tc, test_datagram_echo);
   tcase_add_test(tc, test_datagram_max_size);
+  tcase_add_test(tc, test_datagram_empty);
   tcase_add_test(tc, test_datagram_server_disabled);
   tcase_add_test(tc, test_datagram_client_disabled);
   tcase_add_test(tc, test_datagram_sender_with_own_disabled);

@@ -1,0 +1,622 @@
+/*
+ * game_server: the authoritative server of game.proto. Players join with
+ * a reliable call, then send their inputs as datagrams; the server moves
+ * everyone (players and wandering bots) once per tick and broadcasts the
+ * world to every player as datagrams, encoded once per tick and shared by
+ * all connections, split into parts when it does not fit one datagram.
+ *
+ *   game_server [--listen HOST:PORT] [--cert PEM] [--key PEM]
+ *               [--tick-hz N] [--bots N] [--verbose]
+ *
+ * Once listening it prints "READY <port>". SIGTERM or SIGINT stops it: the
+ * ticking stops, connections are closed (within a second), and it prints
+ * what it saw (inputs, their loss and one-way delay, state datagrams) and
+ * exits with status 0.
+ */
+#include <event2/event.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <qrpc/qrpc.h>
+
+#include "game.qrpc.h"
+#include "game_common.h"
+
+#define PROG "game_server"
+#define DRAIN_MS 1000
+#define MAX_PLAYERS 4096
+#define MAX_NAME 64
+/* World units a player moves per tick. */
+#define SPEED 2
+/* Bots pick a new direction about this many times per 1000 ticks. */
+#define BOT_TURNS 20
+
+typedef Qrpc__Examples__Game__JoinRequest JoinRequest;
+typedef Qrpc__Examples__Game__JoinReply JoinReply;
+typedef Qrpc__Examples__Game__PlayerInput PlayerInput;
+typedef Qrpc__Examples__Game__Player Player;
+typedef Qrpc__Examples__Game__WorldState WorldState;
+
+#define STATE_CH qrpc_examples_game_Game_State_METHOD_ID
+
+typedef struct options {
+  const char *listen;
+  const char *cert;
+  const char *key;
+  unsigned long tick_hz;
+  unsigned long bots;
+  int verbose;
+} options;
+
+/* A player or a bot (peer NULL). */
+typedef struct entity {
+  uint32_t id;
+  int32_t x, y;
+  int32_t mx, my; /* direction, each -1, 0 or 1 */
+  qrpc_peer *peer;
+  char name[MAX_NAME + 1];
+  uint32_t first_input; /* input_seq of the first input, 0: none yet */
+  uint32_t last_input;  /* the newest input_seq applied */
+  uint64_t inputs;      /* inputs received */
+} entity;
+
+typedef struct server {
+  options opt;
+  qrpc_loop *loop;
+  qrpc_server *srv;
+  struct event *tick_ev;
+  uint32_t rng;
+  uint64_t tick;
+
+  entity **ents; /* players and bots */
+  size_t n_ents, cap_ents;
+  size_t n_players;
+  uint32_t next_id;
+
+  /* The messages of one tick, reused: no allocation per tick once grown. */
+  Player *msgs;
+  Player **msg_ptrs;
+  size_t *msg_sizes;
+  size_t cap_msgs;
+  qrpc_peer **receivers;
+  size_t cap_receivers;
+
+  /* What happened, for the report at exit. */
+  unsigned long joined;
+  uint64_t inputs, inputs_unjoined, inputs_expected;
+  game_hist input_delay_us;
+  uint64_t state_dgrams;  /* encoded */
+  uint64_t state_sends;   /* queued to a peer */
+  uint64_t refused_full;  /* QRPC_ENOBUFS: a slow client's queue */
+  uint64_t refused_large; /* QRPC_EMSGSIZE */
+  uint64_t send_errors;   /* anything else */
+  uint64_t lost, aged;    /* of closed connections' state datagrams */
+  unsigned max_parts;
+  size_t min_room;
+} server;
+
+static server S;
+
+/* ---- Command line -------------------------------------------------------- */
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: " PROG " [--listen HOST:PORT] [--cert PEM] [--key PEM]\n"
+          "                   [--tick-hz N] [--bots N] [--verbose]\n"
+          "\n"
+          "  --listen HOST:PORT  address (default 127.0.0.1:4433; port 0\n"
+          "                      picks a free port)\n"
+          "  --cert PEM          certificate chain (default\n"
+          "                      build/certs/server.pem)\n"
+          "  --key PEM           its private key (default\n"
+          "                      build/certs/server-key.pem)\n"
+          "  --tick-hz N         world updates per second, 1..1000 (default "
+          "60)\n"
+          "  --bots N            wandering bots besides the players, 0..%d\n"
+          "                      (default 200: the world then takes two\n"
+          "                      datagrams per tick)\n"
+          "  --verbose           log joins and qrpc debug messages\n"
+          "\n"
+          "Serves qrpc.examples.game.Game. Prints READY <port> once\n"
+          "listening; stops on SIGTERM or SIGINT.\n",
+          MAX_PLAYERS);
+}
+
+/* Returns 0 and fills o, 1 when help was printed, -1 on a bad command line
+ * (after saying which flag was wrong). */
+static int parse_args(int argc, char **argv, options *o) {
+  memset(o, 0, sizeof(*o));
+  o->listen = "127.0.0.1:4433";
+  o->cert = "build/certs/server.pem";
+  o->key = "build/certs/server-key.pem";
+  o->tick_hz = 60;
+  o->bots = 200;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+      usage(stdout);
+      return 1;
+    }
+    if (strcmp(a, "--verbose") == 0 || strcmp(a, "-v") == 0) {
+      o->verbose = 1;
+      continue;
+    }
+    const char **str = NULL;
+    unsigned long *num = NULL, min = 0, max = 0;
+    if (strcmp(a, "--listen") == 0) {
+      str = &o->listen;
+    } else if (strcmp(a, "--cert") == 0) {
+      str = &o->cert;
+    } else if (strcmp(a, "--key") == 0) {
+      str = &o->key;
+    } else if (strcmp(a, "--tick-hz") == 0) {
+      num = &o->tick_hz;
+      min = 1;
+      max = 1000;
+    } else if (strcmp(a, "--bots") == 0) {
+      num = &o->bots;
+      max = MAX_PLAYERS;
+    } else {
+      fprintf(stderr, PROG ": unknown argument '%s'\n", a);
+      usage(stderr);
+      return -1;
+    }
+    if (i + 1 >= argc || argv[i + 1][0] == '\0') {
+      fprintf(stderr, PROG ": %s expects a value\n", a);
+      return -1;
+    }
+    const char *v = argv[++i];
+    if (str != NULL) {
+      *str = v;
+    } else if (game_parse_ulong(v, min, max, num) != 0) {
+      fprintf(stderr,
+              PROG ": %s expects a whole number from %lu to %lu, not "
+                   "'%s'\n",
+              a, min, max, v);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* ---- The world ----------------------------------------------------------- */
+
+static uint32_t rnd(server *s) {
+  /* xorshift32: reproducible wandering, no global state shared. */
+  uint32_t x = s->rng;
+  x ^= x << 13;
+  x ^= x >> 17;
+  x ^= x << 5;
+  return s->rng = x;
+}
+
+static int32_t clamp(int32_t v, int32_t lo, int32_t hi) {
+  return v < lo ? lo : v > hi ? hi : v;
+}
+
+static entity *entity_add(server *s, qrpc_peer *peer, const char *name) {
+  if (s->n_ents == s->cap_ents) {
+    size_t cap = s->cap_ents ? s->cap_ents * 2 : 64;
+    entity **v = realloc(s->ents, cap * sizeof(*v));
+    if (v == NULL) return NULL;
+    s->ents = v;
+    s->cap_ents = cap;
+  }
+  entity *e = calloc(1, sizeof(*e));
+  if (e == NULL) return NULL;
+  e->id = ++s->next_id;
+  e->x = (int32_t)(rnd(s) % GAME_WORLD_SIZE);
+  e->y = (int32_t)(rnd(s) % GAME_WORLD_SIZE);
+  e->peer = peer;
+  snprintf(e->name, sizeof(e->name), "%s", name);
+  s->ents[s->n_ents++] = e;
+  if (peer != NULL) s->n_players++;
+  return e;
+}
+
+static void entity_remove(server *s, entity *e) {
+  for (size_t i = 0; i < s->n_ents; i++) {
+    if (s->ents[i] != e) continue;
+    s->ents[i] = s->ents[--s->n_ents];
+    break;
+  }
+  if (e->peer != NULL) {
+    s->n_players--;
+    if (e->inputs > 0) s->inputs_expected += e->last_input - e->first_input + 1;
+  }
+  free(e);
+}
+
+static void move_all(server *s) {
+  for (size_t i = 0; i < s->n_ents; i++) {
+    entity *e = s->ents[i];
+    if (e->peer == NULL && rnd(s) % 1000 < BOT_TURNS) {
+      e->mx = (int32_t)(rnd(s) % 3) - 1;
+      e->my = (int32_t)(rnd(s) % 3) - 1;
+    }
+    e->x = clamp(e->x + e->mx * SPEED, 0, GAME_WORLD_SIZE - 1);
+    e->y = clamp(e->y + e->my * SPEED, 0, GAME_WORLD_SIZE - 1);
+  }
+}
+
+/* ---- Broadcasting the world ---------------------------------------------- */
+
+static size_t varint_len(size_t v) {
+  size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    n++;
+  }
+  return n;
+}
+
+/* Makes room for n player messages and n receivers. */
+static int reserve(server *s, size_t n) {
+  if (n > s->cap_msgs) {
+    Player *m = realloc(s->msgs, n * sizeof(*m));
+    if (m != NULL) s->msgs = m;
+    Player **p = realloc(s->msg_ptrs, n * sizeof(*p));
+    if (p != NULL) s->msg_ptrs = p;
+    size_t *z = realloc(s->msg_sizes, n * sizeof(*z));
+    if (z != NULL) s->msg_sizes = z;
+    if (m == NULL || p == NULL || z == NULL) return -1;
+    s->cap_msgs = n;
+  }
+  if (n > s->cap_receivers) {
+    qrpc_peer **r = realloc(s->receivers, n * sizeof(*r));
+    if (r == NULL) return -1;
+    s->receivers = r;
+    s->cap_receivers = n;
+  }
+  return 0;
+}
+
+/* The joined players that can take datagrams, and the smallest datagram
+ * room among them: every part must fit every receiver, since one encoding
+ * goes to all. */
+static size_t gather_receivers(server *s, size_t *room) {
+  size_t n = 0;
+  *room = SIZE_MAX;
+  for (size_t i = 0; i < s->n_ents; i++) {
+    qrpc_peer *p = s->ents[i]->peer;
+    if (p == NULL) continue;
+    size_t r = qrpc_peer_max_dgram_payload(p, STATE_CH);
+    if (r == 0) continue;
+    s->receivers[n++] = p;
+    if (r < *room) *room = r;
+  }
+  return n;
+}
+
+static void count_send(server *s, int rc) {
+  if (rc == 0)
+    s->state_sends++;
+  else if (rc == QRPC_ENOBUFS)
+    s->refused_full++;
+  else if (rc == QRPC_EMSGSIZE)
+    s->refused_large++;
+  else
+    s->send_errors++;
+}
+
+/* Encodes one part (players [from, to)) once and queues it to every
+ * receiver. */
+static void send_part(server *s, WorldState *ws, size_t from, size_t to,
+                      size_t n_receivers) {
+  ws->players = s->msg_ptrs + from;
+  ws->n_players = to - from;
+  qrpc_dgram *d = NULL;
+  int rc = qrpc_examples_game_Game_State_encode(s->srv, ws, &d);
+  if (rc != 0) {
+    fprintf(stderr, PROG ": cannot encode the world: %s\n", qrpc_strerror(rc));
+    return;
+  }
+  s->state_dgrams++;
+  for (size_t i = 0; i < n_receivers; i++)
+    count_send(s, qrpc_peer_send_encoded(s->receivers[i], d));
+  qrpc_dgram_free(d);
+}
+
+static void broadcast(server *s) {
+  if (reserve(s, s->n_ents) != 0) {
+    fprintf(stderr, PROG ": out of memory for the world state\n");
+    return;
+  }
+  size_t room;
+  size_t n_receivers = gather_receivers(s, &room);
+  if (n_receivers == 0) return;
+  if (room < s->min_room || s->min_room == 0) s->min_room = room;
+
+  WorldState ws = QRPC__EXAMPLES__GAME__WORLD_STATE__INIT;
+  ws.tick = s->tick;
+  ws.sent_ns = game_now_ns();
+  /* The header's size with part and parts at their widest. */
+  ws.part = ws.parts = UINT16_MAX;
+  size_t header = protobuf_c_message_get_packed_size(&ws.base);
+  for (size_t i = 0; i < s->n_ents; i++) {
+    const entity *e = s->ents[i];
+    Player *p = &s->msgs[i];
+    *p = (Player)QRPC__EXAMPLES__GAME__PLAYER__INIT;
+    p->id = e->id;
+    p->x = e->x;
+    p->y = e->y;
+    p->last_input = e->last_input;
+    s->msg_ptrs[i] = p;
+    size_t len = protobuf_c_message_get_packed_size(&p->base);
+    s->msg_sizes[i] = 1 + varint_len(len) + len; /* tag, length, body */
+  }
+  /* Count the parts first: each carries how many there are. */
+  unsigned parts = 1;
+  for (size_t i = 0, used = header; i < s->n_ents; i++) {
+    if (used + s->msg_sizes[i] > room && used > header) {
+      parts++;
+      used = header;
+    }
+    used += s->msg_sizes[i];
+  }
+  if (parts > s->max_parts) s->max_parts = parts;
+  ws.parts = parts;
+  ws.part = 0;
+  size_t from = 0, used = header;
+  for (size_t i = 0; i < s->n_ents; i++) {
+    if (used + s->msg_sizes[i] > room && used > header) {
+      send_part(s, &ws, from, i, n_receivers);
+      ws.part++;
+      from = i;
+      used = header;
+    }
+    used += s->msg_sizes[i];
+  }
+  send_part(s, &ws, from, s->n_ents, n_receivers);
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg) {
+  server *s = arg;
+  (void)fd, (void)what;
+  s->tick++;
+  move_all(s);
+  broadcast(s);
+}
+
+/* ---- The service --------------------------------------------------------- */
+
+static void on_join(qrpc_req *req, const JoinRequest *request, void *ud) {
+  server *s = ud;
+  qrpc_peer *peer = qrpc_req_peer(req);
+  if (qrpc_peer_user_data(peer) != NULL) {
+    qrpc_examples_game_Game_Join_error(req, QRPC_STATUS_ALREADY_EXISTS,
+                                       "this connection has joined already");
+    return;
+  }
+  if (qrpc_peer_max_dgram_payload(peer, STATE_CH) == 0) {
+    qrpc_examples_game_Game_Join_error(
+        req, QRPC_STATUS_FAILED_PRECONDITION,
+        "the world state travels as datagrams: enable them");
+    return;
+  }
+  if (s->n_players >= MAX_PLAYERS) {
+    qrpc_examples_game_Game_Join_error(req, QRPC_STATUS_RESOURCE_EXHAUSTED,
+                                       "the world is full");
+    return;
+  }
+  entity *e = entity_add(s, peer, request->name);
+  if (e == NULL) {
+    qrpc_examples_game_Game_Join_error(req, QRPC_STATUS_RESOURCE_EXHAUSTED,
+                                       "out of memory");
+    return;
+  }
+  qrpc_peer_set_user_data(peer, e);
+  s->joined++;
+  JoinReply reply = QRPC__EXAMPLES__GAME__JOIN_REPLY__INIT;
+  reply.player_id = e->id;
+  reply.tick_hz = (uint32_t)s->opt.tick_hz;
+  reply.world_size = GAME_WORLD_SIZE;
+  qrpc_examples_game_Game_Join_reply(req, &reply);
+  if (s->opt.verbose)
+    printf(PROG ": player %u \"%s\" joined at (%d, %d)\n", e->id, e->name, e->x,
+           e->y);
+}
+
+/* Inputs only steer the sender's own player; the newest input_seq wins,
+ * so a late or repeated input never undoes a newer one. */
+static void on_input(qrpc_peer *peer, uint64_t seq, const PlayerInput *in,
+                     void *ud) {
+  server *s = ud;
+  entity *e = qrpc_peer_user_data(peer);
+  uint64_t now = game_now_ns();
+  (void)seq;
+  if (e == NULL) {
+    s->inputs_unjoined++;
+    return;
+  }
+  s->inputs++;
+  e->inputs++;
+  if (in->sent_ns != 0 && in->sent_ns <= now)
+    game_hist_add(&s->input_delay_us, (now - in->sent_ns) / 1000);
+  if (e->first_input == 0 || in->input_seq < e->first_input)
+    e->first_input = in->input_seq;
+  if (in->input_seq > e->last_input) {
+    e->last_input = in->input_seq;
+    e->mx = clamp(in->move_x, -1, 1);
+    e->my = clamp(in->move_y, -1, 1);
+  }
+}
+
+static void on_peer_close(qrpc_peer *peer, void *ud) {
+  server *s = ud;
+  entity *e = qrpc_peer_user_data(peer);
+  if (e == NULL) return;
+  qrpc_dgram_stats st;
+  qrpc_peer_dgram_stats(peer, STATE_CH, &st);
+  s->lost += st.lost;
+  s->aged += st.dropped_aged;
+  if (s->opt.verbose) printf(PROG ": player %u \"%s\" left\n", e->id, e->name);
+  qrpc_peer_set_user_data(peer, NULL);
+  entity_remove(s, e);
+}
+
+/* ---- Main ---------------------------------------------------------------- */
+
+static void on_shutdown_done(qrpc_server *srv, void *user_data) {
+  server *s = user_data;
+  (void)srv;
+  qrpc_loop_stop(s->loop);
+}
+
+static void on_signal(evutil_socket_t sig, short events, void *arg) {
+  server *s = arg;
+  (void)events;
+  printf(PROG ": %s received, shutting down\n",
+         sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  if (s->tick_ev != NULL) event_del(s->tick_ev);
+  if (qrpc_server_shutdown(s->srv, DRAIN_MS, on_shutdown_done, s) != 0)
+    qrpc_loop_stop(s->loop); /* already shutting down: a second signal */
+}
+
+static void log_to_stderr(qrpc_log_level level, const char *msg,
+                          void *user_data) {
+  (void)user_data;
+  fprintf(stderr, PROG ": qrpc %s: %s\n", qrpc_log_level_name(level), msg);
+}
+
+static void report(const server *s) {
+  double ms = 1e-3;
+  uint64_t expected = s->inputs_expected;
+  double loss = expected > 0 && expected >= s->inputs
+                    ? 100.0 * (double)(expected - s->inputs) / (double)expected
+                    : 0.0;
+  printf(PROG ": %llu ticks at %lu Hz; %lu player%s joined, %lu bots; "
+              "world state in up to %u datagram%s per tick (room %zu "
+              "bytes)\n",
+         (unsigned long long)s->tick, s->opt.tick_hz, s->joined,
+         s->joined == 1 ? "" : "s", s->opt.bots, s->max_parts,
+         s->max_parts == 1 ? "" : "s", s->min_room);
+  printf(
+      PROG ": state: %llu datagrams encoded, %llu sends queued, refused "
+           "%llu (queue full) %llu (too large), %llu lost, %llu too old "
+           "to send\n",
+      (unsigned long long)s->state_dgrams, (unsigned long long)s->state_sends,
+      (unsigned long long)s->refused_full, (unsigned long long)s->refused_large,
+      (unsigned long long)s->lost, (unsigned long long)s->aged);
+  printf(PROG ": inputs: %llu received (loss %.2f %%), one-way delay p50 "
+              "%.3f ms, p99 %.3f ms\n",
+         (unsigned long long)s->inputs, loss,
+         (double)game_hist_percentile(&s->input_delay_us, 0.50) * ms,
+         (double)game_hist_percentile(&s->input_delay_us, 0.99) * ms);
+}
+
+/* Registers the service and the bots; starts ticking. */
+static int start_world(server *s) {
+  /* Handlers are borrowed until the server is freed: static storage. */
+  static qrpc_examples_game_Game_handlers game;
+  game.user_data = s;
+  game.Join = on_join;
+  game.Input = on_input;
+  int rc = qrpc_examples_game_Game_register(s->srv, &game);
+  if (rc != 0) {
+    fprintf(stderr, PROG ": cannot register Game: %s\n", qrpc_strerror(rc));
+    return -1;
+  }
+  for (unsigned long i = 0; i < s->opt.bots; i++) {
+    char name[32];
+    snprintf(name, sizeof(name), "bot-%lu", i + 1);
+    if (entity_add(s, NULL, name) == NULL) {
+      fprintf(stderr, PROG ": out of memory for the bots\n");
+      return -1;
+    }
+  }
+  s->tick_ev = event_new(qrpc_loop_base(s->loop), -1, EV_PERSIST, on_tick, s);
+  struct timeval tv = {0, (suseconds_t)(1000000 / s->opt.tick_hz)};
+  if (s->opt.tick_hz == 1) tv = (struct timeval){1, 0};
+  if (s->tick_ev == NULL || event_add(s->tick_ev, &tv) != 0) {
+    fprintf(stderr, PROG ": cannot start the tick timer\n");
+    return -1;
+  }
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  server *s = &S;
+  int rc = parse_args(argc, argv, &s->opt);
+  if (rc != 0) return rc > 0 ? 0 : 2;
+
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  qrpc_log_set_handler(log_to_stderr, NULL);
+  qrpc_log_set_level(s->opt.verbose ? QRPC_LOG_DEBUG : QRPC_LOG_WARN);
+  s->rng = 0x9e3779b9u;
+
+  qrpc_tls_config *tls = NULL;
+  struct event *sigterm = NULL, *sigint = NULL;
+  int status = 1;
+
+  if ((rc = qrpc_loop_new(NULL, &s->loop)) != 0) {
+    fprintf(stderr, PROG ": cannot create the loop: %s\n", qrpc_strerror(rc));
+    return 1;
+  }
+  if ((rc = qrpc_tls_config_new(&tls)) != 0 ||
+      (rc = qrpc_tls_config_set_cert_files(tls, s->opt.cert, s->opt.key)) !=
+          0) {
+    fprintf(stderr,
+            PROG ": cannot load --cert %s / --key %s: %s (make certs creates "
+                 "the default ones)\n",
+            s->opt.cert, s->opt.key, qrpc_strerror(rc));
+    goto out;
+  }
+  qrpc_server_opts so;
+  qrpc_server_opts_default(&so);
+  so.on_peer_close = on_peer_close;
+  so.user_data = s;
+  rc = qrpc_server_new(s->loop, s->opt.listen, tls, &so, &s->srv);
+  qrpc_tls_config_free(tls); /* the server holds its own reference */
+  tls = NULL;
+  if (rc != 0) {
+    s->srv = NULL;
+    fprintf(stderr, PROG ": cannot listen on --listen %s: %s%s\n",
+            s->opt.listen, qrpc_strerror(rc),
+            rc == QRPC_EINVAL ? " (expected HOST:PORT)" : "");
+    goto out;
+  }
+  if (start_world(s) != 0) goto out;
+
+  struct event_base *base = qrpc_loop_base(s->loop);
+  sigterm = evsignal_new(base, SIGTERM, on_signal, s);
+  sigint = evsignal_new(base, SIGINT, on_signal, s);
+  if (sigterm == NULL || sigint == NULL || event_add(sigterm, NULL) != 0 ||
+      event_add(sigint, NULL) != 0) {
+    fprintf(stderr, PROG ": cannot install the signal handlers\n");
+    goto out;
+  }
+
+  unsigned port = qrpc_server_port(s->srv);
+  printf(PROG ": serving qrpc.examples.game.Game on %s, udp port %u, "
+              "%lu Hz, %lu bots\n",
+         s->opt.listen, port, s->opt.tick_hz, s->opt.bots);
+  printf("READY %u\n", port);
+
+  if ((rc = qrpc_loop_run(s->loop)) != 0) {
+    fprintf(stderr, PROG ": the loop failed: %s\n", qrpc_strerror(rc));
+    goto out;
+  }
+  status = 0;
+
+out:
+  if (s->tick_ev != NULL) event_free(s->tick_ev);
+  /* Closing the remaining connections removes their players. */
+  qrpc_server_free(s->srv);
+  if (sigterm != NULL) event_free(sigterm);
+  if (sigint != NULL) event_free(sigint);
+  qrpc_tls_config_free(tls);
+  qrpc_loop_free(s->loop);
+  /* Whoever is left (bots, players whose close came with the free) adds
+   * to the input counts before the report. */
+  while (s->n_ents > 0) entity_remove(s, s->ents[s->n_ents - 1]);
+  if (status == 0) report(s);
+  free(s->ents);
+  free(s->msgs);
+  free(s->msg_ptrs);
+  free(s->msg_sizes);
+  free(s->receivers);
+  return status;
+}
