@@ -1,7 +1,7 @@
 # qrpc: the two commands most people need are
 #
-#   make run    install what is missing, build, and run the echo and hello
-#               demos
+#   make run    install what is missing, build, and run the echo, hello
+#               and game demos
 #   make test   install what is missing, build, and run every test twice:
 #               as built, and under AddressSanitizer + UBSan
 #
@@ -34,7 +34,7 @@ RUN_TIMEOUT ?= 60
 
 # List the targets.
 help:
-	@echo "make run       set up, build, make certificates and run the echo and hello demos"
+	@echo "make run       set up, build, make certificates and run the echo, hello and game demos"
 	@echo "make test      set up, build and run all tests (normal and sanitizer builds)"
 	@echo "make setup     install the Debian packages qrpc needs (uses sudo if not root)"
 	@echo "make build     configure and build into $(BUILD_DIR)/"
@@ -66,7 +66,9 @@ certs: setup
 # Run each demo: start its server on a free loopback port, run its client
 # against it, stop the server, and fail if the client failed. First echo
 # (raw streams and datagrams), then hello (typed RPC stubs generated from
-# examples/hello/hello.proto).
+# examples/hello/hello.proto), then game (examples/game/game.proto: a
+# server ticking at 60 Hz that broadcasts the world as datagrams, and 20
+# headless clients measuring it for 3 seconds).
 run: build certs
 	@out=$$(mktemp -d)
 	server_pid=
@@ -131,15 +133,26 @@ run: build certs
 	run_client echo_client
 	start_server hello_server
 	run_client hello_client qrpc
+	start_server game_server
+	run_client game_client --clients 20 --seconds 3
 	echo "demo: OK"
 
 # Run every test in both builds; fails if any test failed in either.
+# The normal build's tests include valgrind memcheck runs of the
+# end-to-end suites. Then each libFuzzer target of tests/fuzz runs for
+# FUZZ_SECONDS (default 20) in a clang build of its own, inside
+# $(SAN_DIR)/fuzz/, and any crash, leak or broken property fails the run.
 test: build build-san
 	@status=0
 	echo "== tests: $(BUILD_DIR)/"
 	$(CTEST) --test-dir $(BUILD_DIR) || status=1
 	echo "== tests under AddressSanitizer and UBSan: $(SAN_DIR)/"
 	$(SAN_ENV) $(CTEST) --test-dir $(SAN_DIR) || status=1
+	echo "== fuzzing, $(or $(FUZZ_SECONDS),20) s per target: $(SAN_DIR)/fuzz/"
+	CC=clang cmake -S . -B $(SAN_DIR)/fuzz -DQRPC_SANITIZE=ON -DQRPC_FUZZ=ON \
+	  -DQRPC_FUZZ_SECONDS=$(or $(FUZZ_SECONDS),20) $(CMAKE_FLAGS) >/dev/null
+	cmake --build $(SAN_DIR)/fuzz -j$(JOBS) --target qrpc_fuzzers
+	$(CTEST) --test-dir $(SAN_DIR)/fuzz -L '^fuzz$$' || status=1
 	if [ "$$status" -ne 0 ]; then
 	  echo "make test: FAILED (see the failures above)"
 	  exit 1
