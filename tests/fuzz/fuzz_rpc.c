@@ -13,8 +13,11 @@
  *                and bidi streaming; MsgIds 1 to 4) and the bytes go to the
  *                streams it opened, so they answer those calls; otherwise
  *                they go to streams the client opens, as calls to the
- *                server's methods (ids 1 to 6, and the id of the worked
- *                example's hello.Greeter/SayHello);
+ *                server's methods (ids 1 to 6, the id of the worked
+ *                example's hello.Greeter/SayHello, and
+ *                qrpc.examples.hello.Greeter/SayHello served by stubs
+ *                that protoc-gen-qrpc generated, so request decoding and
+ *                dispatch of generated code are fuzzed too);
  *   flags bit 1: split the bytes over two streams at the split point;
  *   flags bit 2: finish (FIN) the streams after the bytes;
  *   flags bit 3: the server cancels its calls that are still running;
@@ -43,6 +46,7 @@
 
 #include "certs.h"
 #include "fuzz.h"
+#include "hello.qrpc.h"
 #include "qrpc/qrpc.h"
 #include "quic/rpcglue.h"
 #include "util/varint.h"
@@ -400,6 +404,24 @@ static int settled(void) { return G.h->closed || G.h->barrier_answered; }
 
 static int released(void) { return G.peers_closed == G.peers_opened; }
 
+/* Generated stubs decode the request (an undecodable one is answered with
+ * INVALID_ARGUMENT before this runs) and pack the reply in place. */
+static void greeter_say_hello(qrpc_req *req,
+                              const Qrpc__Examples__Hello__HelloRequest *r,
+                              void *ud) {
+  (void)ud;
+  char text[256];
+  snprintf(text, sizeof(text), "Hello, %s", r->name ? r->name : "");
+  Qrpc__Examples__Hello__HelloReply reply =
+      QRPC__EXAMPLES__HELLO__HELLO_REPLY__INIT;
+  reply.message = text;
+  qrpc_examples_hello_Greeter_SayHello_reply(req, &reply);
+}
+
+static const qrpc_examples_hello_Greeter_handlers greeter = {
+    .SayHello = greeter_say_hello,
+};
+
 /* ---- Setup --------------------------------------------------------------- */
 
 static void start_server(void) {
@@ -446,6 +468,7 @@ static void start_server(void) {
            0);
   FZ_CHECK(qrpc_server_register_dgram(G.srv, M_HELLO, NULL, on_dgram, NULL) ==
            0);
+  FZ_CHECK(qrpc_examples_hello_Greeter_register(G.srv, &greeter) == 0);
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
