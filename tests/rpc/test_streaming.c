@@ -41,22 +41,10 @@ static qrpc_tls_config *stls;
 static qrpc_tls_config *ctls;
 
 static void setup(void) {
-  ck_assert_int_eq(qt_certs_generate(&certs), 0);
-  ck_assert_int_eq(qrpc_loop_new(NULL, &loop), 0);
-  stls = qt_server_tls(&certs);
-  ctls = qt_client_tls(certs.ca_pem);
-  ck_assert_ptr_nonnull(stls);
-  ck_assert_ptr_nonnull(ctls);
+  ck_assert_int_eq(qt_env_setup(&certs, &loop, &stls, &ctls), 0);
 }
 
-static void teardown(void) {
-  qrpc_tls_config_free(stls);
-  qrpc_tls_config_free(ctls);
-  stls = ctls = NULL;
-  qrpc_loop_free(loop);
-  loop = NULL;
-  qt_certs_free(&certs);
-}
+static void teardown(void) { qt_env_teardown(&certs, &loop, &stls, &ctls); }
 
 /* Item i: its index, then bytes determined by it. */
 static void item_fill(uint64_t i, uint8_t *buf) {
@@ -352,40 +340,27 @@ static void env_start(env *e) {
   ck_assert_int_eq(qt_rpc_server_start(loop, "127.0.0.1:0", stls, &so, &e->srv,
                                        e->addr, sizeof(e->addr)),
                    0);
-  ck_assert_int_eq(qrpc_server_register(e->srv, M_ECHO, QRPC_SHAPE_UNARY,
-                                        qt_rpc_echo, &e->echoes),
-                   0);
-  ck_assert_int_eq(qrpc_server_register(e->srv, M_SERVER_STREAM,
-                                        QRPC_SHAPE_SERVER_STREAM,
-                                        server_stream_handler, &e->st),
-                   0);
-  ck_assert_int_eq(qrpc_server_register(e->srv, M_FAIL_STREAM,
-                                        QRPC_SHAPE_SERVER_STREAM,
-                                        server_stream_handler, &e->st),
-                   0);
-  ck_assert_int_eq(qrpc_server_register(e->srv, M_CLIENT_STREAM,
-                                        QRPC_SHAPE_CLIENT_STREAM,
-                                        client_stream_handler, &e->st),
-                   0);
-  ck_assert_int_eq(qrpc_server_register(e->srv, M_REJECT_STREAM,
-                                        QRPC_SHAPE_CLIENT_STREAM,
-                                        reject_handler, &e->st),
-                   0);
-  ck_assert_int_eq(qrpc_server_register(e->srv, M_BIDI, QRPC_SHAPE_BIDI_STREAM,
-                                        bidi_handler, &e->st),
-                   0);
-  ck_assert_int_eq(qrpc_server_register(e->srv, M_EARLY_END,
-                                        QRPC_SHAPE_BIDI_STREAM,
-                                        early_end_handler, &e->st),
-                   0);
-  ck_assert_int_eq(qrpc_server_register(e->srv, M_HOLD_BIDI,
-                                        QRPC_SHAPE_BIDI_STREAM,
-                                        qt_holder_handler, &e->holder),
-                   0);
-  ck_assert_int_eq(qrpc_server_register(e->srv, M_SLOW_STREAM,
-                                        QRPC_SHAPE_SERVER_STREAM,
-                                        slow_stream_handler, &e->st),
-                   0);
+  const struct {
+    uint32_t id;
+    qrpc_shape shape;
+    qrpc_handler_fn fn;
+    void *ud;
+  } methods[] = {
+      {M_ECHO, QRPC_SHAPE_UNARY, qt_rpc_echo, &e->echoes},
+      {M_SERVER_STREAM, QRPC_SHAPE_SERVER_STREAM, server_stream_handler, &e->st},
+      {M_FAIL_STREAM, QRPC_SHAPE_SERVER_STREAM, server_stream_handler, &e->st},
+      {M_CLIENT_STREAM, QRPC_SHAPE_CLIENT_STREAM, client_stream_handler, &e->st},
+      {M_REJECT_STREAM, QRPC_SHAPE_CLIENT_STREAM, reject_handler, &e->st},
+      {M_BIDI, QRPC_SHAPE_BIDI_STREAM, bidi_handler, &e->st},
+      {M_EARLY_END, QRPC_SHAPE_BIDI_STREAM, early_end_handler, &e->st},
+      {M_HOLD_BIDI, QRPC_SHAPE_BIDI_STREAM, qt_holder_handler, &e->holder},
+      {M_SLOW_STREAM, QRPC_SHAPE_SERVER_STREAM, slow_stream_handler, &e->st},
+  };
+  for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++)
+    ck_assert_int_eq(qrpc_server_register(e->srv, methods[i].id,
+                                          methods[i].shape, methods[i].fn,
+                                          methods[i].ud),
+                     0);
   qrpc_client_opts_default(&co);
   co.conn.stream_send_buffer = SEND_BUFFER;
   ck_assert_int_eq(qt_rpc_client_start(&e->cl, loop, e->addr, ctls, &co), 0);

@@ -29,22 +29,10 @@ static qrpc_tls_config *stls;
 static qrpc_tls_config *ctls;
 
 static void setup(void) {
-  ck_assert_int_eq(qt_certs_generate(&certs), 0);
-  ck_assert_int_eq(qrpc_loop_new(NULL, &loop), 0);
-  stls = qt_server_tls(&certs);
-  ctls = qt_client_tls(certs.ca_pem);
-  ck_assert_ptr_nonnull(stls);
-  ck_assert_ptr_nonnull(ctls);
+  ck_assert_int_eq(qt_env_setup(&certs, &loop, &stls, &ctls), 0);
 }
 
-static void teardown(void) {
-  qrpc_tls_config_free(stls);
-  qrpc_tls_config_free(ctls);
-  stls = ctls = NULL;
-  qrpc_loop_free(loop);
-  loop = NULL;
-  qt_certs_free(&certs);
-}
+static void teardown(void) { qt_env_teardown(&certs, &loop, &stls, &ctls); }
 
 /* A server with the echo and holding handlers, and one connected client. */
 typedef struct pair {

@@ -815,3 +815,27 @@ void qt_udp_sink_close(qt_udp_sink *u) {
   u->ev = NULL;
   u->fd = -1;
 }
+
+int qt_env_setup(qt_certs *certs, qrpc_loop **loop, qrpc_tls_config **stls,
+                 qrpc_tls_config **ctls) {
+  *loop = NULL;
+  *stls = *ctls = NULL;
+  if (qt_certs_generate(certs) != 0) return -1;
+  if (qrpc_loop_new(NULL, loop) == 0) {
+    *stls = qt_server_tls(certs);
+    *ctls = qt_client_tls(certs->ca_pem);
+    if (*stls && *ctls) return 0;
+  }
+  qt_env_teardown(certs, loop, stls, ctls);
+  return -1;
+}
+
+void qt_env_teardown(qt_certs *certs, qrpc_loop **loop,
+                     qrpc_tls_config **stls, qrpc_tls_config **ctls) {
+  qrpc_tls_config_free(*stls);
+  qrpc_tls_config_free(*ctls);
+  *stls = *ctls = NULL;
+  qrpc_loop_free(*loop);
+  *loop = NULL;
+  qt_certs_free(certs);
+}

@@ -87,6 +87,15 @@ qrpc_tls_config *qt_server_tls(const qt_certs *c);
 /* A client config trusting ca_pem. NULL on failure. */
 qrpc_tls_config *qt_client_tls(const char *ca_pem);
 
+/* The fixture most end-to-end suites share: certificates made at run
+ * time, a loop, and server and client TLS configs built from them.
+ * Returns 0, or -1 (with everything it made released) on failure.
+ * qt_env_teardown() releases it all and clears the pointers. */
+int qt_env_setup(qt_certs *certs, qrpc_loop **loop, qrpc_tls_config **stls,
+                 qrpc_tls_config **ctls);
+void qt_env_teardown(qt_certs *certs, qrpc_loop **loop,
+                     qrpc_tls_config **stls, qrpc_tls_config **ctls);
+
 /* ---- Close records --------------------------------------------------- */
 
 /* A copy of a qrpc_close_info (whose reason is only borrowed). */
