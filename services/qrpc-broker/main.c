@@ -1,0 +1,264 @@
+/*
+ * qrpc-broker: the publish/subscribe broker daemon (docs/broker.md).
+ *
+ * A thin command line around qrpc_broker_new(): it loads the certificate
+ * and the ACL, listens, prints "READY <port>" on stdout once clients can
+ * connect, and on SIGTERM or SIGINT drains (GOAWAY, then closes what is
+ * left after --drain-ms) and exits 0 after printing its counters as a
+ * "RESULT k=v ..." line. A second signal stops it at once. A bad command
+ * line or configuration exits 2 with a message naming what is wrong.
+ */
+#include <errno.h>
+#include <event2/event.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <qrpc/qrpc.h>
+#include <qrpc/broker.h>
+
+#define PROG "qrpc-broker"
+
+typedef struct options {
+  const char *listen, *cert, *key, *acl;
+  unsigned long long max_payload, max_subs, queue_msgs, queue_bytes;
+  unsigned long long max_conns, max_retained, drain_ms;
+  qrpc_log_level level;
+} options;
+
+static void usage(FILE *f) {
+  fprintf(
+      f,
+      "usage: " PROG " --cert PEM --key PEM [options]\n"
+      "\n"
+      "  --listen HOST:PORT      address to serve on (default "
+      "127.0.0.1:7422;\n"
+      "                          port 0 picks a free one)\n"
+      "  --cert PEM --key PEM    the server's certificate chain and key\n"
+      "  --acl FILE              access control: tokens and the topics they\n"
+      "                          may publish and subscribe to (docs/broker.md);\n"
+      "                          without it every client may do everything\n"
+      "  --max-payload BYTES     largest message (default 1048576)\n"
+      "  --max-subscriptions N   per connection (default 1000)\n"
+      "  --queue-messages N      default queue of a reliable subscription\n"
+      "                          (default 10000)\n"
+      "  --queue-bytes BYTES     the same in bytes (default 8388608)\n"
+      "  --max-connections N     clients at once (default 10000)\n"
+      "  --max-retained N        topics with a retained message (default "
+      "100000)\n"
+      "  --drain-ms MS           graceful shutdown limit (default 5000)\n"
+      "  --log-level LEVEL       error, warn, info (default) or debug\n"
+      "  --help                  this text\n"
+      "\n"
+      "Prints READY <port> once listening; SIGTERM or SIGINT drains and "
+      "exits.\n");
+}
+
+static int parse_num(const char *flag, const char *v, unsigned long long min,
+                     unsigned long long max, unsigned long long *out) {
+  char *end;
+  errno = 0;
+  unsigned long long n = strtoull(v, &end, 10);
+  if (errno || end == v || *end || v[0] == '-' || n < min || n > max) {
+    fprintf(stderr, PROG ": %s expects a whole number from %llu to %llu, not "
+                         "'%s'\n",
+            flag, min, max, v);
+    return -1;
+  }
+  *out = n;
+  return 0;
+}
+
+static int parse_level(const char *v, qrpc_log_level *out) {
+  static const struct {
+    const char *name;
+    qrpc_log_level level;
+  } levels[] = {{"error", QRPC_LOG_ERROR},
+                {"warn", QRPC_LOG_WARN},
+                {"info", QRPC_LOG_INFO},
+                {"debug", QRPC_LOG_DEBUG}};
+  for (size_t i = 0; i < sizeof(levels) / sizeof(levels[0]); i++)
+    if (strcmp(v, levels[i].name) == 0) {
+      *out = levels[i].level;
+      return 0;
+    }
+  fprintf(stderr, PROG ": --log-level expects error, warn, info or debug, "
+                       "not '%s'\n",
+          v);
+  return -1;
+}
+
+/* Returns 0 and fills o, 1 when help was printed, -1 on a bad command
+ * line (after saying which flag was wrong). */
+static int parse_args(int argc, char **argv, options *o) {
+  qrpc_broker_opts d;
+  qrpc_broker_opts_default(&d);
+  *o = (options){.listen = "127.0.0.1:7422",
+                 .max_payload = d.max_payload,
+                 .max_subs = d.max_subscriptions,
+                 .queue_msgs = d.queue_messages,
+                 .queue_bytes = d.queue_bytes,
+                 .max_conns = d.server.endpoint.max_connections,
+                 .max_retained = d.max_retained,
+                 .drain_ms = 5000,
+                 .level = QRPC_LOG_INFO};
+  static const struct {
+    const char *flag;
+    size_t off; /* of the unsigned long long in options */
+    unsigned long long min, max;
+  } nums[] = {
+      {"--max-payload", offsetof(options, max_payload), 1, 64u << 20},
+      {"--max-subscriptions", offsetof(options, max_subs), 1, 1000000},
+      {"--queue-messages", offsetof(options, queue_msgs), 1, 100000},
+      {"--queue-bytes", offsetof(options, queue_bytes), 1024, 64u << 20},
+      {"--max-connections", offsetof(options, max_conns), 1, 1000000},
+      {"--max-retained", offsetof(options, max_retained), 0, 10000000},
+      {"--drain-ms", offsetof(options, drain_ms), 0, 600000},
+  };
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+      usage(stdout);
+      return 1;
+    }
+    if (i + 1 >= argc || argv[i + 1][0] == '\0') {
+      fprintf(stderr, PROG ": %s expects a value (see --help)\n", a);
+      return -1;
+    }
+    const char *v = argv[++i];
+    if (strcmp(a, "--listen") == 0) {
+      o->listen = v;
+    } else if (strcmp(a, "--cert") == 0) {
+      o->cert = v;
+    } else if (strcmp(a, "--key") == 0) {
+      o->key = v;
+    } else if (strcmp(a, "--acl") == 0) {
+      o->acl = v;
+    } else if (strcmp(a, "--log-level") == 0) {
+      if (parse_level(v, &o->level) != 0) return -1;
+    } else {
+      size_t k = 0, n = sizeof(nums) / sizeof(nums[0]);
+      while (k < n && strcmp(a, nums[k].flag) != 0) k++;
+      if (k == n) {
+        fprintf(stderr, PROG ": unknown argument '%s' (see --help)\n", a);
+        return -1;
+      }
+      if (parse_num(a, v, nums[k].min, nums[k].max,
+                    (unsigned long long *)((char *)o + nums[k].off)) != 0)
+        return -1;
+    }
+  }
+  if (!o->cert || !o->key) {
+    fprintf(stderr, PROG ": --cert and --key are required (QUIC always "
+                         "uses TLS)\n");
+    return -1;
+  }
+  return 0;
+}
+
+typedef struct daemon_state {
+  qrpc_loop *loop;
+  qrpc_broker *broker;
+  uint64_t drain_ms;
+} daemon_state;
+
+static void on_drained(qrpc_broker *b, void *ud) {
+  daemon_state *d = ud;
+  qrpc_loop_stop(d->loop);
+}
+
+static void on_signal(evutil_socket_t sig, short events, void *arg) {
+  daemon_state *d = arg;
+  fprintf(stderr, PROG ": %s: draining (at most %llu ms)\n",
+          sig == SIGTERM ? "SIGTERM" : "SIGINT",
+          (unsigned long long)d->drain_ms);
+  if (qrpc_broker_shutdown(d->broker, d->drain_ms, on_drained, d) != 0)
+    qrpc_loop_stop(d->loop); /* a second signal: stop now */
+}
+
+static void log_to_stderr(qrpc_log_level level, const char *msg, void *ud) {
+  fprintf(stderr, PROG ": %s: %s\n", qrpc_log_level_name(level), msg);
+}
+
+static void print_result(qrpc_broker *b) {
+  qrpc_broker_stats st;
+  qrpc_broker_get_stats(b, &st);
+  printf("RESULT published=%llu refused=%llu delivered=%llu dropped=%llu "
+         "conflated=%llu slow_disconnects=%llu denied=%llu\n",
+         (unsigned long long)st.published, (unsigned long long)st.refused,
+         (unsigned long long)st.delivered, (unsigned long long)st.dropped,
+         (unsigned long long)st.conflated,
+         (unsigned long long)st.slow_disconnects,
+         (unsigned long long)st.denied);
+}
+
+int main(int argc, char **argv) {
+  options o;
+  int rc = parse_args(argc, argv, &o);
+  if (rc != 0) return rc > 0 ? 0 : 2;
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  qrpc_log_set_handler(log_to_stderr, NULL);
+  qrpc_log_set_level(o.level);
+
+  daemon_state d = {.drain_ms = o.drain_ms};
+  qrpc_tls_config *tls = NULL;
+  struct event *sigterm = NULL, *sigint = NULL;
+  int status = 2;
+  if ((rc = qrpc_loop_new(NULL, &d.loop)) != 0) {
+    fprintf(stderr, PROG ": cannot create the loop: %s\n", qrpc_strerror(rc));
+    return 1;
+  }
+  if ((rc = qrpc_tls_config_new(&tls)) != 0 ||
+      (rc = qrpc_tls_config_set_cert_files(tls, o.cert, o.key)) != 0) {
+    fprintf(stderr, PROG ": cannot load --cert %s / --key %s: %s\n", o.cert,
+            o.key, qrpc_strerror(rc));
+    goto out;
+  }
+  qrpc_broker_opts bo;
+  qrpc_broker_opts_default(&bo);
+  bo.acl_path = o.acl;
+  bo.max_payload = o.max_payload;
+  bo.max_subscriptions = o.max_subs;
+  bo.queue_messages = (uint32_t)o.queue_msgs;
+  bo.queue_bytes = o.queue_bytes;
+  bo.server.endpoint.max_connections = o.max_conns;
+  bo.max_retained = o.max_retained;
+  char err[512] = "";
+  rc = qrpc_broker_new(d.loop, o.listen, tls, &bo, &d.broker, err,
+                       sizeof(err));
+  if (rc != 0) {
+    d.broker = NULL;
+    fprintf(stderr, PROG ": %s\n",
+            err[0] ? err : qrpc_strerror(rc));
+    goto out;
+  }
+  struct event_base *base = qrpc_loop_base(d.loop);
+  sigterm = evsignal_new(base, SIGTERM, on_signal, &d);
+  sigint = evsignal_new(base, SIGINT, on_signal, &d);
+  if (!sigterm || !sigint || event_add(sigterm, NULL) != 0 ||
+      event_add(sigint, NULL) != 0) {
+    fprintf(stderr, PROG ": cannot install the signal handlers\n");
+    status = 1;
+    goto out;
+  }
+  unsigned port = qrpc_server_port(qrpc_broker_server(d.broker));
+  fprintf(stderr, PROG ": serving on %s (udp port %u)%s\n", o.listen, port,
+          o.acl ? "" : ", open access");
+  printf("READY %u\n", port);
+  status = 1;
+  if ((rc = qrpc_loop_run(d.loop)) != 0) {
+    fprintf(stderr, PROG ": the loop failed: %s\n", qrpc_strerror(rc));
+    goto out;
+  }
+  print_result(d.broker);
+  status = 0;
+out:
+  qrpc_broker_free(d.broker);
+  if (sigterm) event_free(sigterm);
+  if (sigint) event_free(sigint);
+  qrpc_tls_config_free(tls);
+  qrpc_loop_free(d.loop);
+  return status;
+}

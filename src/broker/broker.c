@@ -1,0 +1,857 @@
+/*
+ * The broker: the Broker service of idl/qrpc/broker.proto on a qrpc
+ * server (docs/broker.md).
+ *
+ * Every connection has a bconn with its ACL identity and subscriptions.
+ * A subscription is linked into the topic tree; a publish matches the
+ * tree, encodes its Delivery once into a shared qrpci_bmsg and offers it
+ * to every match: reliable subscriptions write it into their stream, or
+ * queue it while the stream is full (qrpci_bqueue, bounded, with the
+ * subscription's policy); realtime ones send a datagram, encoded once per
+ * channel id and shared across connections.
+ *
+ * Closing a connection runs its callbacks at once (qrpc_conn_close), so a
+ * subscriber cut off by the DISCONNECT policy is only marked during a
+ * fan-out and closed at the end of the handler that caused it.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qrpc/broker.h"
+#include "qrpc/dgram.h"
+#include "qrpc/error.h"
+#include "qrpc/version.h"
+
+#include "broker/acl.h"
+#include "broker/queue.h"
+#include "broker/topic.h"
+#include "qrpc/broker.qrpc.h"
+#include "util/list.h"
+#include "util/log.h"
+#include "util/u64map.h"
+#include "wire/protocol.h"
+
+/* The Delivery bytes around a payload: field tags, lengths and topic. */
+#define DELIVERY_OVERHEAD (QRPCI_TOPIC_MAX + 64)
+/* Distinct realtime channel ids a publish encodes once each. */
+#define DGRAM_CACHE 16
+
+typedef struct bconn bconn;
+typedef struct bsub bsub;
+
+struct bsub {
+  qrpci_topic_sub link; /* in the broker's tree */
+  qrpci_list node;      /* in the connection's list */
+  bconn *conn;
+  qrpc_req *req;
+  uint64_t id;
+  qrpc_broker_mode mode;
+  qrpci_bpolicy policy;
+  qrpci_bqueue q;
+  int blocked;  /* the stream refused a write; on_writable drains */
+  uint64_t gap; /* dropped and not yet reported to the subscriber */
+  uint64_t delivered, dropped, conflated;
+  char pattern[];
+};
+
+struct bconn {
+  qrpc_broker *b;
+  qrpc_peer *peer;
+  const qrpci_acl_identity *id;
+  qrpci_list subs;
+  qrpci_list doomed; /* in b->doomed while marked for closing */
+  size_t nsubs;
+  uint64_t next_id;
+  char reason[160];
+};
+
+typedef struct retained_msg {
+  qrpci_list node;
+  struct retained_msg *next_same_hash;
+  qrpci_bmsg *msg; /* a Delivery with retained set */
+  size_t payload_len;
+} retained_msg;
+
+struct qrpc_broker {
+  qrpc_loop *loop;
+  qrpc_server *srv;
+  qrpc_broker_opts opts;
+  qrpci_topic_tree *tree;
+  qrpci_acl *acl;
+  qrpci_list conns_doomed;
+  qrpci_u64map retained_by_hash; /* topic hash -> chain of retained_msg */
+  qrpci_list retained;
+  size_t retained_bytes;
+  bsub **match; /* the subscriptions of the publish being fanned out */
+  size_t match_cap, match_len;
+  size_t queued_bytes;
+  qrpc_broker_stats st;
+  void (*on_shutdown)(qrpc_broker *b, void *user_data);
+  void *shutdown_ud;
+};
+
+/* ---- Options ---------------------------------------------------------- */
+
+void qrpc_broker_opts_default(qrpc_broker_opts *o) {
+  memset(o, 0, sizeof(*o));
+  o->size = sizeof(*o);
+  qrpc_server_opts_default(&o->server);
+  /* Each subscription stream may hold this much unacknowledged; with the
+   * queue bound it makes a subscriber's worst case. */
+  o->server.endpoint.conn.stream_send_buffer = 256 * 1024;
+  o->max_payload = 1u << 20;
+  o->max_subscriptions = 1000;
+  o->queue_messages = 10000;
+  o->queue_bytes = 8u << 20;
+  o->queue_messages_max = 100000;
+  o->queue_bytes_max = 64u << 20;
+  o->queued_bytes_total = (size_t)1 << 30;
+  o->max_retained = 100000;
+  o->max_retained_bytes = 256u << 20;
+}
+
+static int opts_check(const qrpc_broker_opts *o, char *err, size_t errlen) {
+  const char *why = NULL;
+  if (o->size != sizeof(*o))
+    why = "qrpc_broker_opts not set up with qrpc_broker_opts_default()";
+  else if (o->max_payload == 0 || o->max_subscriptions == 0)
+    why = "max_payload and max_subscriptions must be positive";
+  else if (o->queue_messages == 0 || o->queue_bytes == 0 ||
+           o->queue_messages > o->queue_messages_max ||
+           o->queue_bytes > o->queue_bytes_max)
+    why = "queue defaults must be positive and within their maximums";
+  else if (o->queued_bytes_total < o->queue_bytes)
+    why = "queued_bytes_total is below the default queue size";
+  if (!why) return 0;
+  if (err && errlen) snprintf(err, errlen, "%s", why);
+  QRPCI_ERROR("broker: %s", why);
+  return QRPC_EINVAL;
+}
+
+/* ---- Access ----------------------------------------------------------- */
+
+static int may_publish(const bconn *c, const char *topic, size_t len) {
+  return !c->b->acl || qrpci_acl_may_publish(c->id, topic, len);
+}
+
+static int may_subscribe(const bconn *c, const char *pat, size_t len) {
+  return !c->b->acl || qrpci_acl_may_subscribe(c->id, pat, len);
+}
+
+/* ---- Closing slow subscribers ----------------------------------------- */
+
+static void doom(bconn *c, const bsub *s) {
+  if (qrpci_list_linked(&c->doomed)) return;
+  snprintf(c->reason, sizeof(c->reason),
+           "slow consumer: subscription %llu to '%.64s' exceeded its queue "
+           "of %u messages / %zu bytes",
+           (unsigned long long)s->id, s->pattern, s->q.max_msgs,
+           s->q.max_bytes);
+  qrpci_list_push_back(&c->b->conns_doomed, &c->doomed);
+}
+
+static void close_doomed(qrpc_broker *b) {
+  while (!qrpci_list_empty(&b->conns_doomed)) {
+    bconn *c = QRPCI_CONTAINER_OF(b->conns_doomed.next, bconn, doomed);
+    qrpci_list_remove(&c->doomed);
+    b->st.slow_disconnects++;
+    QRPCI_WARN("broker: closing a connection: %s", c->reason);
+    /* Runs on_cancel of every subscription and frees c. */
+    qrpc_conn_close(qrpc_peer_conn(c->peer), QRPCI_ERR_RESOURCE_LIMIT,
+                    c->reason);
+  }
+}
+
+/* ---- Reliable delivery ------------------------------------------------ */
+
+static int send_gap(bsub *s) {
+  Qrpc__Broker__Delivery d = QRPC__BROKER__DELIVERY__INIT;
+  d.dropped = s->gap;
+  uint8_t buf[16];
+  size_t n = qrpc__broker__delivery__pack(&d, buf);
+  int rv = qrpc_req_send(s->req, buf, n);
+  if (rv == 0) s->gap = 0;
+  return rv;
+}
+
+/* Writes what the queue holds until the stream refuses. */
+static void sub_drain(bsub *s) {
+  s->blocked = 0;
+  for (;;) {
+    int rv = 0;
+    if (s->gap) {
+      rv = send_gap(s);
+    } else {
+      qrpci_bmsg *m = qrpci_bqueue_peek(&s->q);
+      if (!m) return;
+      rv = qrpc_req_send(s->req, m->bytes, m->len);
+      if (rv == 0) {
+        qrpci_bqueue_pop(&s->q);
+        s->delivered++;
+        s->conn->b->st.delivered++;
+      }
+    }
+    if (rv == QRPC_EAGAIN) {
+      s->blocked = 1;
+      return;
+    }
+    if (rv != 0) return; /* the call is ending; on_cancel frees s */
+  }
+}
+
+static void count_drops(bsub *s, uint64_t n) {
+  s->dropped += n;
+  s->gap += n;
+  s->conn->b->st.dropped += n;
+}
+
+static void sub_offer(bsub *s, qrpci_bmsg *m) {
+  qrpc_broker *b = s->conn->b;
+  if (!s->blocked && s->q.count == 0 && s->gap == 0) {
+    int rv = qrpc_req_send(s->req, m->bytes, m->len);
+    if (rv == 0) {
+      s->delivered++;
+      b->st.delivered++;
+      return;
+    }
+    if (rv != QRPC_EAGAIN) return;
+    s->blocked = 1;
+  }
+  uint64_t dropped;
+  switch (qrpci_bqueue_push(&s->q, m, s->policy, &dropped)) {
+  case QRPCI_BPUSH_QUEUED: break;
+  case QRPCI_BPUSH_CONFLATED:
+    s->conflated++;
+    b->st.conflated++;
+    break;
+  case QRPCI_BPUSH_DROPPED: count_drops(s, dropped); break;
+  case QRPCI_BPUSH_OVERFLOW: doom(s->conn, s); return;
+  case QRPCI_BPUSH_NOMEM: count_drops(s, 1); break;
+  }
+  if (!s->blocked) sub_drain(s);
+}
+
+/* ---- Realtime delivery ------------------------------------------------ */
+
+typedef struct dgram_cache {
+  struct {
+    uint64_t channel;
+    qrpc_dgram *d;
+  } e[DGRAM_CACHE];
+  size_t n;
+} dgram_cache;
+
+static void realtime_send(bsub *s, qrpci_bmsg *m, dgram_cache *dc) {
+  qrpc_broker *b = s->conn->b;
+  qrpc_dgram *d = NULL, *own = NULL;
+  for (size_t i = 0; i < dc->n && !d; i++)
+    if (dc->e[i].channel == s->id) d = dc->e[i].d;
+  if (!d) {
+    if (qrpc_server_dgram_encode(b->srv, (uint32_t)s->id, m->bytes, m->len,
+                                 &d) != 0) {
+      count_drops(s, 1);
+      s->gap = 0;
+      return;
+    }
+    if (dc->n < DGRAM_CACHE) {
+      dc->e[dc->n].channel = s->id;
+      dc->e[dc->n++].d = d;
+    } else {
+      own = d;
+    }
+  }
+  if (qrpc_peer_send_encoded(s->conn->peer, d) == 0) {
+    s->delivered++;
+    b->st.delivered++;
+  } else {
+    /* Queue full or too large for the path: realtime drops the newest. */
+    s->dropped++;
+    b->st.dropped++;
+  }
+  qrpc_dgram_free(own);
+}
+
+/* ---- Fan-out ---------------------------------------------------------- */
+
+static void collect(qrpci_topic_sub *link, void *ctx) {
+  qrpc_broker *b = ctx;
+  if (b->match_len == b->match_cap) {
+    size_t cap = b->match_cap ? b->match_cap * 2 : 64;
+    bsub **m = realloc(b->match, cap * sizeof(*m));
+    if (!m) return; /* counted as not delivered below */
+    b->match = m;
+    b->match_cap = cap;
+  }
+  b->match[b->match_len++] = QRPCI_CONTAINER_OF(link, bsub, link);
+}
+
+static qrpci_bmsg *encode_delivery(const char *topic, size_t topic_len,
+                                   const uint8_t *payload, size_t len,
+                                   int retained) {
+  Qrpc__Broker__Delivery d = QRPC__BROKER__DELIVERY__INIT;
+  d.topic = (char *)topic;
+  d.payload.data = (uint8_t *)payload;
+  d.payload.len = len;
+  d.retained = retained != 0;
+  qrpci_bmsg *m = qrpci_bmsg_new(topic, topic_len,
+                                 qrpc__broker__delivery__get_packed_size(&d));
+  if (m) qrpc__broker__delivery__pack(&d, m->bytes);
+  return m;
+}
+
+static size_t fanout(qrpc_broker *b, qrpci_bmsg *m) {
+  b->match_len = 0;
+  size_t n =
+      qrpci_topic_tree_match(b->tree, m->topic, m->topic_len, collect, b);
+  if (b->match_len < n) b->st.dropped += n - b->match_len;
+  dgram_cache dc = {.n = 0};
+  for (size_t i = 0; i < b->match_len; i++) {
+    bsub *s = b->match[i];
+    if (qrpci_list_linked(&s->conn->doomed)) continue;
+    if (s->mode == QRPC_BROKER_REALTIME)
+      realtime_send(s, m, &dc);
+    else
+      sub_offer(s, m);
+  }
+  for (size_t i = 0; i < dc.n; i++) qrpc_dgram_free(dc.e[i].d);
+  return b->match_len;
+}
+
+/* ---- Retained messages ------------------------------------------------ */
+
+static retained_msg *retained_get(qrpc_broker *b, const char *topic, size_t len,
+                                  uint64_t hash) {
+  for (retained_msg *r = qrpci_u64map_get(&b->retained_by_hash, hash); r;
+       r = r->next_same_hash)
+    if (r->msg->topic_len == len && memcmp(r->msg->topic, topic, len) == 0)
+      return r;
+  return NULL;
+}
+
+static void retained_remove(qrpc_broker *b, retained_msg *r) {
+  uint64_t h = r->msg->topic_hash;
+  retained_msg *head = qrpci_u64map_get(&b->retained_by_hash, h);
+  if (head == r) {
+    qrpci_u64map_del(&b->retained_by_hash, h);
+    if (r->next_same_hash)
+      qrpci_u64map_put(&b->retained_by_hash, h, r->next_same_hash);
+  } else {
+    for (retained_msg *p = head; p; p = p->next_same_hash)
+      if (p->next_same_hash == r) {
+        p->next_same_hash = r->next_same_hash;
+        break;
+      }
+  }
+  qrpci_list_remove(&r->node);
+  b->retained_bytes -= r->payload_len;
+  b->st.retained--;
+  qrpci_bmsg_unref(r->msg);
+  free(r);
+}
+
+/* Keeps (or with an empty payload clears) the topic's retained message.
+ * Returns a QRPC_STATUS_*. */
+static int retain_msg(qrpc_broker *b, const char *topic, size_t topic_len,
+                      const uint8_t *payload, size_t len, const char **why) {
+  uint64_t h = qrpci_topic_hash(topic, topic_len);
+  retained_msg *old = retained_get(b, topic, topic_len, h);
+  size_t old_len = old ? old->payload_len : 0;
+  if (len == 0) {
+    if (old) retained_remove(b, old);
+    return QRPC_STATUS_OK;
+  }
+  if ((!old && b->st.retained >= b->opts.max_retained) ||
+      b->retained_bytes - old_len + len > b->opts.max_retained_bytes) {
+    *why = "the broker's store of retained messages is full";
+    return QRPC_STATUS_RESOURCE_EXHAUSTED;
+  }
+  qrpci_bmsg *m = encode_delivery(topic, topic_len, payload, len, 1);
+  if (!m) {
+    *why = "out of memory";
+    return QRPC_STATUS_RESOURCE_EXHAUSTED;
+  }
+  if (old) {
+    qrpci_bmsg_unref(old->msg);
+    old->msg = m;
+    old->payload_len = len;
+    b->retained_bytes = b->retained_bytes - old_len + len;
+    return QRPC_STATUS_OK;
+  }
+  retained_msg *r = calloc(1, sizeof(*r));
+  if (!r) {
+    qrpci_bmsg_unref(m);
+    *why = "out of memory";
+    return QRPC_STATUS_RESOURCE_EXHAUSTED;
+  }
+  r->msg = m;
+  r->payload_len = len;
+  r->next_same_hash = qrpci_u64map_get(&b->retained_by_hash, h);
+  if (qrpci_u64map_put(&b->retained_by_hash, h, r) != 0) {
+    qrpci_bmsg_unref(m);
+    free(r);
+    *why = "out of memory";
+    return QRPC_STATUS_RESOURCE_EXHAUSTED;
+  }
+  qrpci_list_push_back(&b->retained, &r->node);
+  b->retained_bytes += len;
+  b->st.retained++;
+  return QRPC_STATUS_OK;
+}
+
+static void send_retained(qrpc_broker *b, bsub *s) {
+  for (qrpci_list *n = b->retained.next; n != &b->retained; n = n->next) {
+    retained_msg *r = QRPCI_CONTAINER_OF(n, retained_msg, node);
+    if (!qrpci_pattern_match(s->pattern, strlen(s->pattern), r->msg->topic,
+                             r->msg->topic_len))
+      continue;
+    if (s->mode == QRPC_BROKER_REALTIME) {
+      dgram_cache dc = {.n = 0};
+      realtime_send(s, r->msg, &dc);
+      for (size_t i = 0; i < dc.n; i++) qrpc_dgram_free(dc.e[i].d);
+    } else {
+      sub_offer(s, r->msg);
+    }
+    if (qrpci_list_linked(&s->conn->doomed)) return;
+  }
+}
+
+/* ---- Publishing ------------------------------------------------------- */
+
+/* Publishes r for connection c; returns a QRPC_STATUS_* with *why set when
+ * it is not OK. */
+static int publish(bconn *c, const Qrpc__Broker__PublishRequest *r,
+                   uint32_t *nsubs, const char **why) {
+  qrpc_broker *b = c->b;
+  size_t tlen = strlen(r->topic);
+  int status = QRPC_STATUS_OK;
+  if (qrpci_topic_check(r->topic, tlen) != 0) {
+    *why = "invalid topic: dot-separated non-empty levels, at most 255 "
+           "bytes, without '*', '>', spaces or control characters";
+    status = QRPC_STATUS_INVALID_ARGUMENT;
+  } else if (!may_publish(c, r->topic, tlen)) {
+    *why = "the connection's token may not publish on this topic";
+    status = QRPC_STATUS_PERMISSION_DENIED;
+    b->st.denied++;
+  } else if (r->payload.len > b->opts.max_payload) {
+    *why = "payload over the broker's max_payload";
+    status = QRPC_STATUS_RESOURCE_EXHAUSTED;
+  } else if (r->retain) {
+    status =
+        retain_msg(b, r->topic, tlen, r->payload.data, r->payload.len, why);
+  }
+  if (status != QRPC_STATUS_OK) {
+    b->st.refused++;
+    return status;
+  }
+  qrpci_bmsg *m =
+      encode_delivery(r->topic, tlen, r->payload.data, r->payload.len, 0);
+  if (!m) {
+    *why = "out of memory";
+    b->st.refused++;
+    return QRPC_STATUS_RESOURCE_EXHAUSTED;
+  }
+  b->st.published++;
+  *nsubs = (uint32_t)fanout(b, m);
+  qrpci_bmsg_unref(m);
+  return QRPC_STATUS_OK;
+}
+
+static bconn *req_conn(qrpc_req *req) {
+  return qrpc_peer_user_data(qrpc_req_peer(req));
+}
+
+static void h_publish(qrpc_req *req, const Qrpc__Broker__PublishRequest *r,
+                      void *ud) {
+  bconn *c = req_conn(req);
+  const char *why = NULL;
+  uint32_t n = 0;
+  int status = publish(c, r, &n, &why);
+  if (status == QRPC_STATUS_OK) {
+    Qrpc__Broker__PublishReply rep = QRPC__BROKER__PUBLISH_REPLY__INIT;
+    rep.subscribers = n;
+    qrpc_broker_Broker_Publish_reply(req, &rep);
+  } else {
+    qrpc_broker_Broker_Publish_error(req, status, why);
+  }
+  close_doomed(c->b);
+}
+
+static void h_publish_oneway(qrpc_req *req,
+                             const Qrpc__Broker__PublishRequest *r, void *ud) {
+  bconn *c = req_conn(req);
+  const char *why = NULL;
+  uint32_t n = 0;
+  if (publish(c, r, &n, &why) != QRPC_STATUS_OK)
+    QRPCI_DEBUG("broker: one-way publish on '%.64s' refused: %s", r->topic,
+                why);
+  close_doomed(c->b);
+}
+
+/* ---- Subscriptions ---------------------------------------------------- */
+
+static void sub_free(bsub *s) {
+  bconn *c = s->conn;
+  qrpci_topic_tree_remove(c->b->tree, &s->link);
+  qrpci_list_remove(&s->node);
+  c->nsubs--;
+  c->b->st.subscriptions--;
+  qrpci_bqueue_clear(&s->q);
+  free(s);
+}
+
+static void sub_on_cancel(qrpc_req *req, int status, void *ud) { sub_free(ud); }
+
+static void sub_on_writable(qrpc_req *req, void *ud) { sub_drain(ud); }
+
+static const qrpc_req_callbacks sub_req_callbacks = {
+    .on_cancel = sub_on_cancel,
+    .on_writable = sub_on_writable,
+};
+
+/* Checks a Subscribe request; returns a QRPC_STATUS_* with *why. */
+static int sub_check(bconn *c, const Qrpc__Broker__SubscribeRequest *r,
+                     const char **why) {
+  qrpc_broker *b = c->b;
+  size_t plen = strlen(r->pattern);
+  if (qrpci_pattern_check(r->pattern, plen) != 0) {
+    *why = "invalid pattern: dot-separated non-empty levels, '*' for one "
+           "level, a last '>' for the rest";
+    return QRPC_STATUS_INVALID_ARGUMENT;
+  }
+  if ((unsigned)r->mode > (unsigned)QRPC_BROKER_REALTIME ||
+      (unsigned)r->policy > (unsigned)QRPC_BROKER_CONFLATE) {
+    *why = "unknown delivery mode or slow-consumer policy";
+    return QRPC_STATUS_INVALID_ARGUMENT;
+  }
+  if (r->mode == QRPC__BROKER__DELIVERY_MODE__REALTIME &&
+      r->policy != QRPC__BROKER__SLOW_CONSUMER_POLICY__POLICY_DEFAULT &&
+      r->policy != QRPC__BROKER__SLOW_CONSUMER_POLICY__DROP_NEWEST) {
+    *why = "realtime subscriptions drop the newest message when the "
+           "connection's datagram queue is full; other policies are for "
+           "reliable subscriptions";
+    return QRPC_STATUS_INVALID_ARGUMENT;
+  }
+  if (!may_subscribe(c, r->pattern, plen)) {
+    b->st.denied++;
+    *why = "the connection's token may not subscribe to this pattern";
+    return QRPC_STATUS_PERMISSION_DENIED;
+  }
+  if (c->nsubs >= b->opts.max_subscriptions || c->next_id >= UINT32_MAX) {
+    *why = "too many subscriptions on this connection";
+    return QRPC_STATUS_RESOURCE_EXHAUSTED;
+  }
+  if (r->mode == QRPC__BROKER__DELIVERY_MODE__REALTIME &&
+      qrpc_peer_max_dgram_payload(c->peer, UINT32_MAX) == 0) {
+    *why = "realtime subscriptions need QUIC datagrams, which this "
+           "connection did not enable";
+    return QRPC_STATUS_FAILED_PRECONDITION;
+  }
+  return QRPC_STATUS_OK;
+}
+
+static bsub *sub_new(bconn *c, const Qrpc__Broker__SubscribeRequest *r) {
+  qrpc_broker *b = c->b;
+  size_t plen = strlen(r->pattern);
+  bsub *s = calloc(1, sizeof(*s) + plen + 1);
+  if (!s) return NULL;
+  memcpy(s->pattern, r->pattern, plen);
+  if (qrpci_topic_tree_add(b->tree, s->pattern, plen, &s->link) != 0) {
+    free(s);
+    return NULL;
+  }
+  s->conn = c;
+  s->id = ++c->next_id;
+  s->mode = r->mode == QRPC__BROKER__DELIVERY_MODE__REALTIME
+                ? QRPC_BROKER_REALTIME
+                : QRPC_BROKER_RELIABLE;
+  s->policy = r->policy == QRPC__BROKER__SLOW_CONSUMER_POLICY__POLICY_DEFAULT
+                  ? (s->mode == QRPC_BROKER_REALTIME ? QRPCI_BPOLICY_DROP_NEWEST
+                                                     : QRPCI_BPOLICY_DISCONNECT)
+                  : (qrpci_bpolicy)r->policy;
+  uint32_t msgs =
+      r->queue_max_messages ? r->queue_max_messages : b->opts.queue_messages;
+  size_t bytes =
+      r->queue_max_bytes ? (size_t)r->queue_max_bytes : b->opts.queue_bytes;
+  if (msgs > b->opts.queue_messages_max) msgs = b->opts.queue_messages_max;
+  if (bytes > b->opts.queue_bytes_max) bytes = b->opts.queue_bytes_max;
+  qrpci_bqueue_init(&s->q, msgs, bytes, &b->queued_bytes,
+                    b->opts.queued_bytes_total);
+  qrpci_list_push_back(&c->subs, &s->node);
+  c->nsubs++;
+  b->st.subscriptions++;
+  return s;
+}
+
+static void h_subscribe(qrpc_req *req, const Qrpc__Broker__SubscribeRequest *r,
+                        void *ud) {
+  bconn *c = req_conn(req);
+  const char *why = NULL;
+  int status = sub_check(c, r, &why);
+  bsub *s = NULL;
+  if (status == QRPC_STATUS_OK && !(s = sub_new(c, r))) {
+    status = QRPC_STATUS_RESOURCE_EXHAUSTED;
+    why = "out of memory";
+  }
+  if (status != QRPC_STATUS_OK) {
+    QRPCI_DEBUG("broker: subscribe to '%.64s' refused: %s", r->pattern, why);
+    qrpc_broker_Broker_Subscribe_error(req, status, why);
+    return;
+  }
+  s->req = req;
+  qrpc_req_set_callbacks(req, &sub_req_callbacks, s);
+  Qrpc__Broker__Delivery confirm = QRPC__BROKER__DELIVERY__INIT;
+  confirm.subscription_id = s->id;
+  if (qrpc_broker_Broker_Subscribe_item(req, &confirm) != 0) {
+    qrpc_broker_Broker_Subscribe_error(req, QRPC_STATUS_INTERNAL,
+                                       "cannot confirm the subscription");
+    sub_free(s);
+    return;
+  }
+  if (!r->skip_retained) send_retained(c->b, s);
+  close_doomed(c->b);
+}
+
+static void fill_sub_stats(const bsub *s, Qrpc__Broker__SubscriptionStats *o) {
+  qrpc__broker__subscription_stats__init(o);
+  o->subscription_id = s->id;
+  o->pattern = (char *)s->pattern;
+  o->mode = (Qrpc__Broker__DeliveryMode)s->mode;
+  o->policy = (Qrpc__Broker__SlowConsumerPolicy)s->policy;
+  o->delivered = s->delivered;
+  o->dropped = s->dropped;
+  o->conflated = s->conflated;
+  o->queued_messages = s->q.count;
+  o->queued_bytes = s->q.bytes;
+}
+
+static void h_unsubscribe(qrpc_req *req,
+                          const Qrpc__Broker__UnsubscribeRequest *r, void *ud) {
+  bconn *c = req_conn(req);
+  bsub *s = NULL;
+  for (qrpci_list *n = c->subs.next; n != &c->subs; n = n->next) {
+    bsub *x = QRPCI_CONTAINER_OF(n, bsub, node);
+    if (x->id == r->subscription_id) {
+      s = x;
+      break;
+    }
+  }
+  if (!s) {
+    qrpc_broker_Broker_Unsubscribe_error(req, QRPC_STATUS_NOT_FOUND,
+                                         "no subscription with that id on "
+                                         "this connection");
+    return;
+  }
+  Qrpc__Broker__SubscriptionStats st;
+  fill_sub_stats(s, &st);
+  Qrpc__Broker__UnsubscribeReply rep = QRPC__BROKER__UNSUBSCRIBE_REPLY__INIT;
+  rep.stats = &st;
+  qrpc_broker_Broker_Unsubscribe_reply(req, &rep);
+  /* END with OK tells the subscriber's call it is over; what was queued
+   * for it is dropped with the subscription. */
+  qrpc_req_end(s->req);
+  sub_free(s);
+}
+
+/* ---- Hello and Stats -------------------------------------------------- */
+
+static void h_hello(qrpc_req *req, const Qrpc__Broker__HelloRequest *r,
+                    void *ud) {
+  bconn *c = req_conn(req);
+  qrpc_broker *b = c->b;
+  size_t tlen = strlen(r->token);
+  if (b->acl && tlen) {
+    const qrpci_acl_identity *id = qrpci_acl_lookup(b->acl, r->token, tlen);
+    if (!id) {
+      b->st.denied++;
+      QRPCI_INFO("broker: client '%.64s' presented an unknown token",
+                 r->client_name);
+      qrpc_broker_Broker_Hello_error(req, QRPC_STATUS_UNAUTHENTICATED,
+                                     "unknown token");
+      return;
+    }
+    c->id = id;
+  }
+  QRPCI_DEBUG("broker: hello from '%.64s'", r->client_name);
+  Qrpc__Broker__HelloReply rep = QRPC__BROKER__HELLO_REPLY__INIT;
+  rep.broker_version = (char *)QRPC_VERSION;
+  rep.max_payload = b->opts.max_payload;
+  rep.max_subscriptions = (uint32_t)b->opts.max_subscriptions;
+  rep.acl = b->acl != NULL;
+  qrpc_broker_Broker_Hello_reply(req, &rep);
+}
+
+void qrpc_broker_get_stats(qrpc_broker *b, qrpc_broker_stats *st) {
+  *st = b->st;
+  st->queued_bytes = b->queued_bytes;
+}
+
+static void h_stats(qrpc_req *req, const Qrpc__Broker__StatsRequest *r,
+                    void *ud) {
+  bconn *c = req_conn(req);
+  qrpc_broker_stats t;
+  qrpc_broker_get_stats(c->b, &t);
+  Qrpc__Broker__BrokerStats bs = QRPC__BROKER__BROKER_STATS__INIT;
+  bs.connections = t.connections;
+  bs.subscriptions = t.subscriptions;
+  bs.retained = t.retained;
+  bs.published = t.published;
+  bs.refused = t.refused;
+  bs.delivered = t.delivered;
+  bs.dropped = t.dropped;
+  bs.conflated = t.conflated;
+  bs.slow_disconnects = t.slow_disconnects;
+  bs.denied = t.denied;
+  bs.queued_bytes = t.queued_bytes;
+  Qrpc__Broker__SubscriptionStats *ss = calloc(c->nsubs + 1, sizeof(*ss));
+  Qrpc__Broker__SubscriptionStats **sp = calloc(c->nsubs + 1, sizeof(*sp));
+  if (!ss || !sp) {
+    free(ss);
+    free(sp);
+    qrpc_broker_Broker_Stats_error(req, QRPC_STATUS_RESOURCE_EXHAUSTED,
+                                   "out of memory");
+    return;
+  }
+  size_t n = 0;
+  for (qrpci_list *l = c->subs.next; l != &c->subs; l = l->next, n++) {
+    fill_sub_stats(QRPCI_CONTAINER_OF(l, bsub, node), &ss[n]);
+    sp[n] = &ss[n];
+  }
+  Qrpc__Broker__StatsReply rep = QRPC__BROKER__STATS_REPLY__INIT;
+  rep.broker = &bs;
+  rep.n_subscriptions = n;
+  rep.subscriptions = sp;
+  qrpc_broker_Broker_Stats_reply(req, &rep);
+  free(sp);
+  free(ss);
+}
+
+static const qrpc_broker_Broker_handlers broker_handlers = {
+    .Hello = h_hello,
+    .Subscribe = h_subscribe,
+    .Unsubscribe = h_unsubscribe,
+    .Publish = h_publish,
+    .PublishOneway = h_publish_oneway,
+    .Stats = h_stats,
+};
+
+/* ---- Connections ------------------------------------------------------ */
+
+static void on_peer_open(qrpc_peer *peer, void *ud) {
+  qrpc_broker *b = ud;
+  bconn *c = calloc(1, sizeof(*c));
+  if (!c) {
+    qrpc_conn_close(qrpc_peer_conn(peer), QRPCI_ERR_INTERNAL_ERROR,
+                    "out of memory");
+    return;
+  }
+  c->b = b;
+  c->peer = peer;
+  c->id = b->acl ? qrpci_acl_anonymous(b->acl) : NULL;
+  qrpci_list_init(&c->subs);
+  qrpci_list_init(&c->doomed);
+  qrpc_peer_set_user_data(peer, c);
+  b->st.connections++;
+}
+
+static void on_peer_close(qrpc_peer *peer, void *ud) {
+  bconn *c = qrpc_peer_user_data(peer);
+  if (!c) return;
+  /* The requests were cancelled before this; what is left never had one
+   * answered. */
+  while (!qrpci_list_empty(&c->subs))
+    sub_free(QRPCI_CONTAINER_OF(c->subs.next, bsub, node));
+  if (qrpci_list_linked(&c->doomed)) qrpci_list_remove(&c->doomed);
+  c->b->st.connections--;
+  qrpc_peer_set_user_data(peer, NULL);
+  free(c);
+}
+
+/* ---- The broker ------------------------------------------------------- */
+
+static int load_acl(qrpc_broker *b, const char *path, char *err,
+                    size_t errlen) {
+  if (!path) {
+    QRPCI_WARN("broker: no ACL file: every client may publish and subscribe "
+               "to every topic");
+    return 0;
+  }
+  char buf[512];
+  int rv = qrpci_acl_load(path, &b->acl, buf, sizeof(buf));
+  if (rv != 0) {
+    QRPCI_ERROR("broker: ACL: %s", buf);
+    if (err && errlen) snprintf(err, errlen, "%s", buf);
+    return rv;
+  }
+  QRPCI_INFO("broker: ACL %s: %zu sections", path, qrpci_acl_count(b->acl));
+  return 0;
+}
+
+int qrpc_broker_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
+                    const qrpc_broker_opts *opts, qrpc_broker **out, char *err,
+                    size_t errlen) {
+  if (!loop || !addr || !tls || !out) return QRPC_EINVAL;
+  qrpc_broker_opts def;
+  if (!opts) {
+    qrpc_broker_opts_default(&def);
+    opts = &def;
+  }
+  int rv = opts_check(opts, err, errlen);
+  if (rv != 0) return rv;
+  qrpc_broker *b = calloc(1, sizeof(*b));
+  if (!b) return QRPC_ENOMEM;
+  b->loop = loop;
+  b->opts = *opts;
+  qrpci_list_init(&b->conns_doomed);
+  qrpci_list_init(&b->retained);
+  qrpci_u64map_init(&b->retained_by_hash);
+  if ((rv = load_acl(b, opts->acl_path, err, errlen)) != 0 ||
+      (rv = qrpci_topic_tree_new(&b->tree)) != 0) {
+    qrpc_broker_free(b);
+    return rv;
+  }
+  b->opts.acl_path = NULL; /* the caller's string; read already */
+  qrpc_server_opts so = opts->server;
+  so.on_peer_open = on_peer_open;
+  so.on_peer_close = on_peer_close;
+  so.user_data = b;
+  if (so.rpc.max_frame < opts->max_payload + DELIVERY_OVERHEAD)
+    so.rpc.max_frame = opts->max_payload + DELIVERY_OVERHEAD;
+  if ((rv = qrpc_server_new(loop, addr, tls, &so, &b->srv)) != 0 ||
+      (rv = qrpc_broker_Broker_register(b->srv, &broker_handlers)) != 0) {
+    if (err && errlen)
+      snprintf(err, errlen, "cannot serve on %s: %s", addr, qrpc_strerror(rv));
+    qrpc_broker_free(b);
+    return rv;
+  }
+  *out = b;
+  return 0;
+}
+
+qrpc_server *qrpc_broker_server(qrpc_broker *b) { return b->srv; }
+
+static void on_server_shutdown(qrpc_server *srv, void *ud) {
+  qrpc_broker *b = ud;
+  if (b->on_shutdown) b->on_shutdown(b, b->shutdown_ud);
+}
+
+int qrpc_broker_shutdown(qrpc_broker *b, uint64_t deadline_ms,
+                         void (*on_done)(qrpc_broker *b, void *user_data),
+                         void *user_data) {
+  b->on_shutdown = on_done;
+  b->shutdown_ud = user_data;
+  return qrpc_server_shutdown(b->srv, deadline_ms, on_server_shutdown, b);
+}
+
+void qrpc_broker_free(qrpc_broker *b) {
+  if (!b) return;
+  qrpc_server_free(b->srv); /* closes every connection: frees bconns */
+  while (!qrpci_list_empty(&b->retained))
+    retained_remove(b,
+                    QRPCI_CONTAINER_OF(b->retained.next, retained_msg, node));
+  qrpci_u64map_free(&b->retained_by_hash);
+  qrpci_topic_tree_free(b->tree);
+  qrpci_acl_free(b->acl);
+  free(b->match);
+  free(b);
+}

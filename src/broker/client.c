@@ -1,0 +1,494 @@
+/*
+ * The broker's client library (include/qrpc/broker.h): the generated
+ * Broker stubs on a qrpc_client, with Hello first on every connection,
+ * publishes held until it is answered, and subscriptions renewed after
+ * every reconnection.
+ *
+ * Publishes and Hello travel on the client's single unary stream
+ * (rpc.unary_streams = 1), so the broker sees them in the order of the
+ * calls. A realtime subscription's datagram channel is its id on the
+ * current connection; the client remembers which subscription owns each
+ * channel, since an old call may end after a new one took its id.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "qrpc/broker.h"
+#include "qrpc/dgram.h"
+#include "qrpc/error.h"
+
+#include "broker/topic.h"
+#include "qrpc/broker.qrpc.h"
+#include "util/list.h"
+#include "util/log.h"
+#include "util/u64map.h"
+
+struct qrpc_broker_sub {
+  qrpci_list node;
+  qrpc_broker_client *bc;
+  qrpc_call *call; /* the current Subscribe call, or NULL */
+  uint64_t id;     /* on the current connection; 0 until confirmed */
+  qrpc_broker_sub_opts opts;
+  qrpc_broker_sub_callbacks cbs;
+  void *user_data;
+  int dead;   /* unsubscribed: no more callbacks; freed when call ends */
+  int in_end; /* inside on_end, which frees it afterwards */
+  char pattern[];
+};
+
+typedef struct held {
+  qrpci_list node;
+  int flags;
+  qrpc_broker_publish_fn done;
+  void *user_data;
+  size_t len;
+  uint8_t *payload;
+  char topic[];
+} held;
+
+struct qrpc_broker_client {
+  qrpc_loop *loop;
+  qrpc_client *cli;
+  qrpc_broker_client_opts opts;
+  char *token;
+  char *name;
+  int ready;
+  int hello_sent; /* on the current connection */
+  int freeing;
+  uint64_t max_payload; /* from Hello; 0 while unknown */
+  qrpci_list subs;
+  qrpci_list held;
+  size_t nheld;
+  qrpci_u64map channels; /* realtime channel -> owning subscription */
+};
+
+typedef struct pub_ctx {
+  qrpc_broker_client *bc;
+  qrpc_broker_publish_fn done;
+  void *user_data;
+} pub_ctx;
+
+typedef struct stats_ctx {
+  qrpc_broker_client *bc;
+  qrpc_broker_stats_fn fn;
+  void *user_data;
+} stats_ctx;
+
+void qrpc_broker_client_opts_default(qrpc_broker_client_opts *o) {
+  memset(o, 0, sizeof(*o));
+  o->size = sizeof(*o);
+  qrpc_client_opts_default(&o->client);
+  o->max_pending = 1024;
+}
+
+void qrpc_broker_sub_opts_default(qrpc_broker_sub_opts *o) {
+  memset(o, 0, sizeof(*o));
+  o->size = sizeof(*o);
+  o->mode = QRPC_BROKER_RELIABLE;
+  o->policy = QRPC_BROKER_POLICY_DEFAULT;
+}
+
+/* ---- Publishing ------------------------------------------------------- */
+
+static void pub_done(qrpc_call *call, const Qrpc__Broker__PublishReply *rep,
+                     const qrpc_result *res, void *ud) {
+  pub_ctx *p = ud;
+  char detail[256] = "";
+  if (res->detail_len) {
+    size_t n = res->detail_len < sizeof(detail) - 1 ? res->detail_len
+                                                    : sizeof(detail) - 1;
+    memcpy(detail, res->detail, n);
+    detail[n] = '\0';
+  }
+  p->done(p->bc, res->status, rep ? rep->subscribers : 0,
+          res->detail_len ? detail : NULL, p->user_data);
+  free(p);
+}
+
+static int send_publish(qrpc_broker_client *bc, const char *topic,
+                        const void *payload, size_t len, int flags,
+                        qrpc_broker_publish_fn done, void *ud) {
+  Qrpc__Broker__PublishRequest r = QRPC__BROKER__PUBLISH_REQUEST__INIT;
+  r.topic = (char *)topic;
+  r.payload.data = (uint8_t *)payload;
+  r.payload.len = len;
+  r.retain = (flags & QRPC_BROKER_RETAIN) != 0;
+  if (!done) return qrpc_broker_Broker_PublishOneway(bc->cli, &r);
+  pub_ctx *p = malloc(sizeof(*p));
+  if (!p) return QRPC_ENOMEM;
+  *p = (pub_ctx){bc, done, ud};
+  int rv = qrpc_broker_Broker_Publish(bc->cli, &r, NULL, pub_done, p, NULL);
+  if (rv != 0) free(p);
+  return rv;
+}
+
+static void held_fail(qrpc_broker_client *bc, int status, const char *why) {
+  while (!qrpci_list_empty(&bc->held)) {
+    held *h = QRPCI_CONTAINER_OF(bc->held.next, held, node);
+    qrpci_list_remove(&h->node);
+    bc->nheld--;
+    if (h->done) h->done(bc, status, 0, why, h->user_data);
+    free(h);
+  }
+}
+
+static void held_flush(qrpc_broker_client *bc) {
+  while (bc->ready && !qrpci_list_empty(&bc->held)) {
+    held *h = QRPCI_CONTAINER_OF(bc->held.next, held, node);
+    qrpci_list_remove(&h->node);
+    bc->nheld--;
+    int rv = send_publish(bc, h->topic, h->payload, h->len, h->flags, h->done,
+                          h->user_data);
+    if (rv != 0 && h->done)
+      h->done(bc, QRPC_STATUS_UNAVAILABLE, 0, qrpc_strerror(rv), h->user_data);
+    free(h);
+  }
+}
+
+int qrpc_broker_publish(qrpc_broker_client *bc, const char *topic,
+                        const void *payload, size_t len, int flags,
+                        qrpc_broker_publish_fn done, void *user_data) {
+  if (!bc || !topic || (!payload && len) || (flags & ~QRPC_BROKER_RETAIN))
+    return QRPC_EINVAL;
+  size_t tlen = strlen(topic);
+  if (qrpci_topic_check(topic, tlen) != 0) return QRPC_EINVAL;
+  if (bc->max_payload && len > bc->max_payload) return QRPC_EMSGSIZE;
+  if (bc->ready && qrpci_list_empty(&bc->held))
+    return send_publish(bc, topic, payload, len, flags, done, user_data);
+  if (bc->nheld >= bc->opts.max_pending) return QRPC_ENOBUFS;
+  held *h = malloc(sizeof(*h) + tlen + 1 + len);
+  if (!h) return QRPC_ENOMEM;
+  h->flags = flags;
+  h->done = done;
+  h->user_data = user_data;
+  h->len = len;
+  memcpy(h->topic, topic, tlen + 1);
+  h->payload = (uint8_t *)h->topic + tlen + 1;
+  if (len) memcpy(h->payload, payload, len);
+  qrpci_list_push_back(&bc->held, &h->node);
+  bc->nheld++;
+  return 0;
+}
+
+/* ---- Subscriptions ---------------------------------------------------- */
+
+static void channel_release(qrpc_broker_sub *s) {
+  qrpc_broker_client *bc = s->bc;
+  if (!s->id || s->opts.mode != QRPC_BROKER_REALTIME ||
+      qrpci_u64map_get(&bc->channels, s->id) != s)
+    return;
+  qrpci_u64map_del(&bc->channels, s->id);
+  if (!bc->freeing)
+    qrpc_client_register_dgram(bc->cli, (uint32_t)s->id, NULL, NULL, NULL);
+}
+
+static void sub_destroy(qrpc_broker_sub *s) {
+  channel_release(s);
+  qrpci_list_remove(&s->node);
+  free(s);
+}
+
+static void deliver(qrpc_broker_sub *s, const Qrpc__Broker__Delivery *d) {
+  qrpc_broker_msg m = {
+      .topic = d->topic,
+      .topic_len = strlen(d->topic),
+      .payload = d->payload.data,
+      .len = d->payload.len,
+      .retained = d->retained,
+  };
+  s->cbs.on_message(s, &m, s->user_data);
+}
+
+static void sub_on_dgram(qrpc_peer *peer, uint32_t channel, uint64_t seq,
+                         const uint8_t *payload, size_t len, void *ud) {
+  qrpc_broker_sub *s = ud;
+  if (s->dead) return;
+  Qrpc__Broker__Delivery *d =
+      qrpc__broker__delivery__unpack(NULL, len, payload);
+  if (!d) {
+    qrpc_peer_dgram_count_undecodable(peer, channel);
+    return;
+  }
+  deliver(s, d);
+  qrpc__broker__delivery__free_unpacked(d, NULL);
+}
+
+static void confirm(qrpc_broker_sub *s, uint64_t id) {
+  qrpc_broker_client *bc = s->bc;
+  s->id = id;
+  if (s->opts.mode == QRPC_BROKER_REALTIME && id <= UINT32_MAX) {
+    qrpc_dgram_opts o;
+    qrpc_dgram_opts_default(&o);
+    o.latest_only = s->opts.latest_only;
+    if (qrpci_u64map_put(&bc->channels, id, s) == 0)
+      qrpc_client_register_dgram(bc->cli, (uint32_t)id, &o, sub_on_dgram, s);
+  }
+  if (s->cbs.on_subscribed) s->cbs.on_subscribed(s, id, s->user_data);
+}
+
+static void sub_on_item(qrpc_call *call, const Qrpc__Broker__Delivery *d,
+                        void *ud) {
+  qrpc_broker_sub *s = ud;
+  if (s->dead) return;
+  if (!s->id) {
+    if (d->subscription_id) confirm(s, d->subscription_id);
+  } else if (d->dropped) {
+    if (s->cbs.on_dropped) s->cbs.on_dropped(s, d->dropped, s->user_data);
+  } else {
+    deliver(s, d);
+  }
+}
+
+static void sub_on_done(qrpc_call *call, const qrpc_result *res, void *ud) {
+  qrpc_broker_sub *s = ud;
+  qrpc_broker_client *bc = s->bc;
+  s->call = NULL;
+  channel_release(s);
+  s->id = 0;
+  if (s->dead || bc->freeing) {
+    sub_destroy(s);
+    return;
+  }
+  /* Decided here: the connection went away; renewed on the next one. */
+  if (res->local) return;
+  char detail[256] = "";
+  size_t n = res->detail_len < sizeof(detail) - 1 ? res->detail_len
+                                                  : sizeof(detail) - 1;
+  if (n) memcpy(detail, res->detail, n);
+  detail[n] = '\0';
+  if (s->cbs.on_end) {
+    s->in_end = 1;
+    s->cbs.on_end(s, res->status, detail, s->user_data);
+  }
+  sub_destroy(s);
+}
+
+static const qrpc_broker_Broker_Subscribe_callbacks sub_callbacks = {
+    .on_item = sub_on_item,
+    .on_done = sub_on_done,
+};
+
+static void sub_start(qrpc_broker_sub *s) {
+  Qrpc__Broker__SubscribeRequest r = QRPC__BROKER__SUBSCRIBE_REQUEST__INIT;
+  r.pattern = s->pattern;
+  r.mode = (Qrpc__Broker__DeliveryMode)s->opts.mode;
+  r.policy = (Qrpc__Broker__SlowConsumerPolicy)s->opts.policy;
+  r.queue_max_messages = s->opts.queue_messages;
+  r.queue_max_bytes = s->opts.queue_bytes;
+  r.skip_retained = s->opts.skip_retained != 0;
+  int rv = qrpc_broker_Broker_Subscribe(s->bc->cli, &r, NULL, &sub_callbacks, s,
+                                        &s->call);
+  if (rv != 0) {
+    s->call = NULL;
+    QRPCI_WARN("broker client: cannot subscribe to '%s' now (%s); again "
+               "after the next connection",
+               s->pattern, qrpc_strerror(rv));
+  }
+}
+
+int qrpc_broker_subscribe(qrpc_broker_client *bc, const char *pattern,
+                          const qrpc_broker_sub_opts *opts,
+                          const qrpc_broker_sub_callbacks *cbs, void *user_data,
+                          qrpc_broker_sub **out) {
+  if (!bc || !pattern || !cbs || !cbs->on_message) return QRPC_EINVAL;
+  if (opts && (opts->size != sizeof(*opts) ||
+               (unsigned)opts->mode > QRPC_BROKER_REALTIME ||
+               (unsigned)opts->policy > QRPC_BROKER_CONFLATE))
+    return QRPC_EINVAL;
+  size_t plen = strlen(pattern);
+  if (qrpci_pattern_check(pattern, plen) != 0) return QRPC_EINVAL;
+  qrpc_broker_sub *s = calloc(1, sizeof(*s) + plen + 1);
+  if (!s) return QRPC_ENOMEM;
+  s->bc = bc;
+  if (opts)
+    s->opts = *opts;
+  else
+    qrpc_broker_sub_opts_default(&s->opts);
+  s->cbs = *cbs;
+  s->user_data = user_data;
+  memcpy(s->pattern, pattern, plen + 1);
+  qrpci_list_push_back(&bc->subs, &s->node);
+  if (bc->ready) sub_start(s);
+  if (out) *out = s;
+  return 0;
+}
+
+void qrpc_broker_unsubscribe(qrpc_broker_sub *s) {
+  if (!s || s->dead) return;
+  s->dead = 1;
+  channel_release(s);
+  if (s->in_end) return; /* freed when on_end returns */
+  if (s->call)
+    qrpc_call_cancel(s->call); /* freed in sub_on_done */
+  else
+    sub_destroy(s);
+}
+
+uint64_t qrpc_broker_sub_id(qrpc_broker_sub *s) { return s ? s->id : 0; }
+
+/* ---- Connections ------------------------------------------------------ */
+
+static void hello_done(qrpc_call *call, const Qrpc__Broker__HelloReply *rep,
+                       const qrpc_result *res, void *ud) {
+  qrpc_broker_client *bc = ud;
+  if (bc->freeing || (res->local && res->status != QRPC_STATUS_OK)) return;
+  if (res->status != QRPC_STATUS_OK) {
+    char detail[256];
+    size_t n = res->detail_len < sizeof(detail) - 1 ? res->detail_len
+                                                    : sizeof(detail) - 1;
+    memcpy(detail, res->detail ? res->detail : "", n);
+    detail[n] = '\0';
+    QRPCI_ERROR("broker client: the broker refused the token: %s", detail);
+    held_fail(bc, res->status, detail);
+    if (bc->opts.on_ready)
+      bc->opts.on_ready(bc, res->status, detail, bc->opts.user_data);
+    return;
+  }
+  bc->ready = 1;
+  bc->max_payload = rep->max_payload;
+  for (qrpci_list *n = bc->subs.next; n != &bc->subs; n = n->next) {
+    qrpc_broker_sub *s = QRPCI_CONTAINER_OF(n, qrpc_broker_sub, node);
+    if (!s->dead && !s->call) sub_start(s);
+  }
+  held_flush(bc);
+  if (bc->opts.on_ready) bc->opts.on_ready(bc, 0, NULL, bc->opts.user_data);
+}
+
+static void on_connect(qrpc_client *cli, qrpc_peer *peer, void *ud) {
+  qrpc_broker_client *bc = ud;
+  Qrpc__Broker__HelloRequest r = QRPC__BROKER__HELLO_REQUEST__INIT;
+  r.token = bc->token ? bc->token : (char *)"";
+  r.client_name = bc->name ? bc->name : (char *)"";
+  int rv = qrpc_broker_Broker_Hello(cli, &r, NULL, hello_done, bc, NULL);
+  if (rv != 0) {
+    QRPCI_ERROR("broker client: cannot send Hello: %s", qrpc_strerror(rv));
+    return;
+  }
+  bc->hello_sent = 1;
+}
+
+static void on_disconnect(qrpc_client *cli, const qrpc_close_info *info,
+                          void *ud) {
+  qrpc_broker_client *bc = ud;
+  int was_ready = bc->ready;
+  bc->ready = 0;
+  bc->hello_sent = 0;
+  if (was_ready && bc->opts.on_disconnect)
+    bc->opts.on_disconnect(bc, info, bc->opts.user_data);
+}
+
+static char *dup_or_null(const char *s) { return s && *s ? strdup(s) : NULL; }
+
+int qrpc_broker_client_new(qrpc_loop *loop, const char *addr,
+                           qrpc_tls_config *tls,
+                           const qrpc_broker_client_opts *opts,
+                           qrpc_broker_client **out) {
+  if (!loop || !addr || !tls || !out) return QRPC_EINVAL;
+  if (opts && opts->size != sizeof(*opts)) return QRPC_EINVAL;
+  qrpc_broker_client *bc = calloc(1, sizeof(*bc));
+  if (!bc) return QRPC_ENOMEM;
+  bc->loop = loop;
+  if (opts)
+    bc->opts = *opts;
+  else
+    qrpc_broker_client_opts_default(&bc->opts);
+  qrpci_list_init(&bc->subs);
+  qrpci_list_init(&bc->held);
+  qrpci_u64map_init(&bc->channels);
+  bc->token = dup_or_null(bc->opts.token);
+  bc->name = dup_or_null(bc->opts.client_name);
+  bc->opts.token = bc->opts.client_name = NULL;
+  if ((bc->opts.token && !bc->token) || (bc->opts.client_name && !bc->name)) {
+    qrpc_broker_client_free(bc);
+    return QRPC_ENOMEM;
+  }
+  qrpc_client_opts co = bc->opts.client;
+  co.on_connect = on_connect;
+  co.on_disconnect = on_disconnect;
+  co.user_data = bc;
+  co.rpc.unary_streams = 1;
+  int rv = qrpc_client_new(loop, addr, tls, &co, &bc->cli);
+  if (rv != 0) {
+    qrpc_broker_client_free(bc);
+    return rv;
+  }
+  *out = bc;
+  return 0;
+}
+
+void qrpc_broker_client_free(qrpc_broker_client *bc) {
+  if (!bc) return;
+  bc->freeing = 1;
+  bc->ready = 0;
+  qrpc_client_free(bc->cli); /* ends every call: their on_done run now */
+  bc->cli = NULL;
+  held_fail(bc, QRPC_STATUS_CANCELLED, "the client was freed");
+  while (!qrpci_list_empty(&bc->subs)) {
+    qrpc_broker_sub *s =
+        QRPCI_CONTAINER_OF(bc->subs.next, qrpc_broker_sub, node);
+    qrpci_list_remove(&s->node);
+    free(s);
+  }
+  qrpci_u64map_free(&bc->channels);
+  free(bc->token);
+  free(bc->name);
+  free(bc);
+}
+
+int qrpc_broker_client_ready(qrpc_broker_client *bc) { return bc && bc->ready; }
+
+qrpc_client *qrpc_broker_client_rpc(qrpc_broker_client *bc) {
+  return bc ? bc->cli : NULL;
+}
+
+/* ---- Statistics ------------------------------------------------------- */
+
+static void stats_done(qrpc_call *call, const Qrpc__Broker__StatsReply *rep,
+                       const qrpc_result *res, void *ud) {
+  stats_ctx *c = ud;
+  qrpc_broker_stats bs = {0};
+  qrpc_broker_sub_stats *subs = NULL;
+  size_t n = 0;
+  int status = res->status;
+  if (status == QRPC_STATUS_OK && rep->broker) {
+    const Qrpc__Broker__BrokerStats *b = rep->broker;
+    bs = (qrpc_broker_stats){
+        b->connections,      b->subscriptions, b->retained,    b->published,
+        b->refused,          b->delivered,     b->dropped,     b->conflated,
+        b->slow_disconnects, b->denied,        b->queued_bytes};
+    n = rep->n_subscriptions;
+    if (n && !(subs = calloc(n, sizeof(*subs)))) {
+      status = QRPC_STATUS_RESOURCE_EXHAUSTED;
+      n = 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+      const Qrpc__Broker__SubscriptionStats *s = rep->subscriptions[i];
+      subs[i] = (qrpc_broker_sub_stats){s->subscription_id,
+                                        s->pattern,
+                                        (qrpc_broker_mode)s->mode,
+                                        (qrpc_broker_policy)s->policy,
+                                        s->delivered,
+                                        s->dropped,
+                                        s->conflated,
+                                        s->queued_messages,
+                                        s->queued_bytes};
+    }
+  }
+  c->fn(c->bc, status, status == QRPC_STATUS_OK ? &bs : NULL, subs, n,
+        c->user_data);
+  free(subs);
+  free(c);
+}
+
+int qrpc_broker_client_stats(qrpc_broker_client *bc, qrpc_broker_stats_fn fn,
+                             void *user_data) {
+  if (!bc || !fn) return QRPC_EINVAL;
+  if (!bc->ready) return QRPC_ECLOSED;
+  stats_ctx *c = malloc(sizeof(*c));
+  if (!c) return QRPC_ENOMEM;
+  *c = (stats_ctx){bc, fn, user_data};
+  Qrpc__Broker__StatsRequest r = QRPC__BROKER__STATS_REQUEST__INIT;
+  int rv = qrpc_broker_Broker_Stats(bc->cli, &r, NULL, stats_done, c, NULL);
+  if (rv != 0) free(c);
+  return rv;
+}

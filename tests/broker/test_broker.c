@@ -1,0 +1,829 @@
+/*
+ * The broker end to end over loopback: qrpc_broker and
+ * qrpc_broker_client with real handshakes. Fan-out to 100 reliable
+ * subscribers in order, realtime subscribers under overload, each
+ * slow-consumer policy with a subscriber whose loop is not run (its
+ * socket is not read, as for a stalled process), ACLs, retained messages,
+ * unsubscribe and statistics, and a broker restart with the clients
+ * reconnecting and resubscribing.
+ */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "qrpc/broker.h"
+#include "qrpc/qrpc.h"
+
+static qt_certs certs;
+static qrpc_loop *loop;  /* broker and most clients */
+static qrpc_loop *loop2; /* a subscriber that can be stalled */
+static qrpc_tls_config *stls;
+static qrpc_tls_config *ctls;
+
+static void setup(void) {
+  ck_assert_int_eq(qt_env_setup(&certs, &loop, &stls, &ctls), 0);
+  ck_assert_int_eq(qrpc_loop_new(NULL, &loop2), 0);
+}
+
+static void teardown(void) {
+  qrpc_loop_free(loop2);
+  loop2 = NULL;
+  qt_env_teardown(&certs, &loop, &stls, &ctls);
+}
+
+/* ---- Fixtures ---------------------------------------------------------- */
+
+static qrpc_broker *broker_start(qrpc_broker_opts *bo, char *addr,
+                                 size_t cap, const char *bind) {
+  qrpc_broker_opts def;
+  if (!bo) {
+    qrpc_broker_opts_default(&def);
+    bo = &def;
+  }
+  qrpc_broker *b = NULL;
+  char err[256] = "";
+  int rv = qrpc_broker_new(loop, bind ? bind : "127.0.0.1:0", stls, bo, &b,
+                           err, sizeof(err));
+  ck_assert_msg(rv == 0, "qrpc_broker_new: %s (%s)", qrpc_strerror(rv), err);
+  snprintf(addr, cap, "127.0.0.1:%u",
+           (unsigned)qrpc_server_port(qrpc_broker_server(b)));
+  return b;
+}
+
+typedef struct client {
+  qrpc_broker_client *bc;
+  int ready;
+  int refused;      /* on_ready with a status */
+  int disconnects;
+  qt_close_rec close;
+} client;
+
+static void c_on_ready(qrpc_broker_client *bc, int status, const char *detail,
+                       void *ud) {
+  client *c = ud;
+  if (status == 0)
+    c->ready++;
+  else
+    c->refused = status;
+}
+
+static void c_on_disconnect(qrpc_broker_client *bc,
+                            const qrpc_close_info *info, void *ud) {
+  client *c = ud;
+  c->disconnects++;
+  qt_close_rec_set(&c->close, info);
+}
+
+static void client_start_on(client *c, qrpc_loop *l, const char *addr,
+                            const char *token, size_t stream_window) {
+  memset(c, 0, sizeof(*c));
+  qrpc_broker_client_opts o;
+  qrpc_broker_client_opts_default(&o);
+  o.token = token;
+  o.client_name = "test";
+  o.client.backoff_initial_ms = 50;
+  o.client.backoff_max_ms = 200;
+  if (stream_window) o.client.conn.stream_window = stream_window;
+  o.on_ready = c_on_ready;
+  o.on_disconnect = c_on_disconnect;
+  o.user_data = c;
+  ck_assert_int_eq(qrpc_broker_client_new(l, addr, ctls, &o, &c->bc), 0);
+}
+
+static void client_start(client *c, const char *addr, const char *token) {
+  client_start_on(c, loop, addr, token, 0);
+  ck_assert(qt_run_until_count(loop, &c->ready, 1, QT_WAIT_MS));
+}
+
+/* A subscriber that records what it gets. */
+typedef struct sub {
+  qrpc_broker_sub *h;
+  int subscribed; /* on_subscribed calls */
+  int ended;
+  int end_status;
+  uint64_t received;
+  uint64_t out_of_order;
+  uint64_t last_seq; /* from the payload: 8 bytes big-endian */
+  uint64_t dropped;  /* as reported by on_dropped */
+  int retained;
+  char last_topic[64];
+  uint64_t per_topic[16]; /* latest value seen per topic index */
+  uint64_t first_seq;
+} sub;
+
+static void s_on_message(qrpc_broker_sub *h, const qrpc_broker_msg *m,
+                         void *ud) {
+  sub *s = ud;
+  if (m->retained) s->retained++;
+  size_t n = m->topic_len < sizeof(s->last_topic) - 1
+                 ? m->topic_len
+                 : sizeof(s->last_topic) - 1;
+  memcpy(s->last_topic, m->topic, n);
+  s->last_topic[n] = '\0';
+  if (m->len < 8) {
+    s->received++;
+    return;
+  }
+  uint64_t seq = qt_get_be64(m->payload);
+  if (s->received == 0) s->first_seq = seq;
+  if (seq <= s->last_seq && s->received) s->out_of_order++;
+  s->last_seq = seq;
+  s->received++;
+  /* Topics "t.<k>" record their latest value per k. */
+  if (m->topic_len == 3 && m->topic[0] == 't' && m->topic[2] >= 'a' &&
+      m->topic[2] < 'a' + 16)
+    s->per_topic[m->topic[2] - 'a'] = seq;
+}
+
+static void s_on_subscribed(qrpc_broker_sub *h, uint64_t id, void *ud) {
+  ((sub *)ud)->subscribed++;
+}
+
+static void s_on_dropped(qrpc_broker_sub *h, uint64_t n, void *ud) {
+  ((sub *)ud)->dropped += n;
+}
+
+static void s_on_end(qrpc_broker_sub *h, int status, const char *d,
+                     void *ud) {
+  sub *s = ud;
+  s->ended++;
+  s->end_status = status;
+  s->h = NULL;
+}
+
+static const qrpc_broker_sub_callbacks sub_cbs = {
+    .on_message = s_on_message,
+    .on_subscribed = s_on_subscribed,
+    .on_dropped = s_on_dropped,
+    .on_end = s_on_end,
+};
+
+static void subscribe(client *c, sub *s, const char *pattern,
+                      const qrpc_broker_sub_opts *o) {
+  memset(s, 0, sizeof(*s));
+  ck_assert_int_eq(qrpc_broker_subscribe(c->bc, pattern, o, &sub_cbs, s,
+                                         &s->h),
+                   0);
+}
+
+/* Publishes with an answer, counting them. */
+typedef struct pubs {
+  int sent, acked, failed;
+  int last_status;
+  uint32_t last_subscribers;
+} pubs;
+
+static void p_done(qrpc_broker_client *bc, int status, uint32_t n,
+                   const char *detail, void *ud) {
+  pubs *p = ud;
+  if (status == 0)
+    p->acked++;
+  else
+    p->failed++;
+  p->last_status = status;
+  p->last_subscribers = n;
+}
+
+static void publish_seq(client *c, pubs *p, const char *topic, uint64_t seq,
+                        size_t len, int flags) {
+  uint8_t buf[2048];
+  ck_assert(len >= 8 && len <= sizeof(buf));
+  memset(buf, 0x5a, len);
+  qt_put_be64(buf, seq);
+  ck_assert_int_eq(qrpc_broker_publish(c->bc, topic, buf, len, flags, p_done,
+                                       p),
+                   0);
+  p->sent++;
+}
+
+/* Runs loop and loop2 in turns for ms milliseconds. */
+static void run_both_for(uint64_t ms) {
+  uint64_t end = qt_now_ms() + ms;
+  while (qt_now_ms() < end) {
+    qrpc_loop_run_for(loop, 2);
+    qrpc_loop_run_for(loop2, 2);
+  }
+}
+
+/* ---- Fan-out ---------------------------------------------------------- */
+
+#define FAN_SUBS 100
+#define FAN_MSGS 10000
+#define FAN_WINDOW 500
+
+typedef struct fan {
+  sub subs[FAN_SUBS];
+  uint64_t slowest;
+} fan;
+
+static uint64_t slowest(const fan *f) {
+  uint64_t m = UINT64_MAX;
+  for (int i = 0; i < FAN_SUBS; i++)
+    if (f->subs[i].received < m) m = f->subs[i].received;
+  return m;
+}
+
+START_TEST(test_fanout_100_reliable_in_order) {
+  char addr[64];
+  qrpc_broker *b = broker_start(NULL, addr, sizeof(addr), NULL);
+  static client subs_c[FAN_SUBS];
+  static fan f;
+  for (int i = 0; i < FAN_SUBS; i++) {
+    client_start_on(&subs_c[i], loop, addr, NULL, 0);
+    subscribe(&subs_c[i], &f.subs[i], "game.lobby.*", NULL);
+  }
+  int confirmed = 0;
+  uint64_t end = qt_now_ms() + 10000;
+  while (confirmed < FAN_SUBS && qt_now_ms() < end) {
+    qrpc_loop_run_for(loop, 5);
+    confirmed = 0;
+    for (int i = 0; i < FAN_SUBS; i++) confirmed += f.subs[i].subscribed;
+  }
+  ck_assert_int_eq(confirmed, FAN_SUBS);
+  client pub;
+  client_start(&pub, addr, NULL);
+  pubs p = {0};
+  uint64_t seq = 0;
+  end = qt_now_ms() + 120000;
+  /* The publisher stays at most FAN_WINDOW messages ahead of the slowest
+   * subscriber, like qrpc-bench's --window. */
+  while ((f.slowest = slowest(&f)) < FAN_MSGS && qt_now_ms() < end) {
+    while (seq < FAN_MSGS && seq < f.slowest + FAN_WINDOW)
+      publish_seq(&pub, &p, "game.lobby.42", ++seq, 64, 0);
+    qrpc_loop_run_for(loop, 1);
+  }
+  for (int i = 0; i < FAN_SUBS; i++) {
+    ck_assert_uint_eq(f.subs[i].received, FAN_MSGS);
+    ck_assert_uint_eq(f.subs[i].out_of_order, 0);
+    ck_assert_uint_eq(f.subs[i].first_seq, 1);
+    ck_assert_uint_eq(f.subs[i].last_seq, FAN_MSGS);
+    ck_assert_uint_eq(f.subs[i].dropped, 0);
+  }
+  ck_assert(qt_run_until_count(loop, &p.acked, FAN_MSGS, QT_WAIT_MS));
+  ck_assert_int_eq(p.failed, 0);
+  ck_assert_uint_eq(p.last_subscribers, FAN_SUBS);
+  qrpc_broker_stats st;
+  qrpc_broker_get_stats(b, &st);
+  ck_assert_uint_eq(st.published, FAN_MSGS);
+  ck_assert_uint_eq(st.delivered, (uint64_t)FAN_MSGS * FAN_SUBS);
+  ck_assert_uint_eq(st.dropped, 0);
+  ck_assert_uint_eq(st.queued_bytes, 0);
+  qrpc_broker_client_free(pub.bc);
+  for (int i = 0; i < FAN_SUBS; i++) qrpc_broker_client_free(subs_c[i].bc);
+  qrpc_broker_free(b);
+}
+END_TEST
+
+/* ---- Realtime --------------------------------------------------------- */
+
+START_TEST(test_realtime_delivery_and_overload) {
+  char addr[64];
+  qrpc_broker *b = broker_start(NULL, addr, sizeof(addr), NULL);
+  client sc, pc;
+  client_start(&sc, addr, NULL);
+  client_start(&pc, addr, NULL);
+  qrpc_broker_sub_opts so;
+  qrpc_broker_sub_opts_default(&so);
+  so.mode = QRPC_BROKER_REALTIME;
+  so.latest_only = 1;
+  sub s;
+  subscribe(&sc, &s, "state.>", &so);
+  ck_assert(qt_run_until_count(loop, &s.subscribed, 1, QT_WAIT_MS));
+  ck_assert_uint_ne(qrpc_broker_sub_id(s.h), 0);
+
+  /* A trickle arrives (datagrams on loopback are rarely lost). */
+  pubs p = {0};
+  for (int i = 1; i <= 20; i++) {
+    publish_seq(&pc, &p, "state.player.1", (uint64_t)i, 100, 0);
+    qt_run_for(loop, 2);
+  }
+  ck_assert(qt_run_until_count(loop, &p.acked, 20, QT_WAIT_MS));
+  qt_run_for(loop, 50);
+  ck_assert_uint_ge(s.received, 15);
+  ck_assert_uint_eq(s.out_of_order, 0); /* latest-only */
+  ck_assert_str_eq(s.last_topic, "state.player.1");
+
+  /* Overload: far more than the subscriber's datagram queue takes in one
+   * loop turn. The broker drops, queues nothing of its own, and the heap
+   * does not follow the flood. */
+  size_t heap0 = qt_heap_in_use();
+  const int flood = 20000;
+  uint8_t big[1000];
+  memset(big, 1, sizeof(big));
+  for (int round = 0; round < 10; round++) {
+    for (int i = 0; i < flood / 10; i++) {
+      qt_put_be64(big, (uint64_t)(100 + round * flood + i));
+      ck_assert_int_eq(qrpc_broker_publish(pc.bc, "state.player.2", big,
+                                           sizeof(big), 0, NULL, NULL),
+                       0);
+    }
+    qt_run_for(loop, 20);
+  }
+  qt_run_for(loop, 300);
+  qrpc_broker_stats st;
+  qrpc_broker_get_stats(b, &st);
+  ck_assert_uint_eq(st.published, 20 + (uint64_t)flood);
+  ck_assert_uint_gt(st.dropped, 0);
+  ck_assert_uint_eq(st.delivered + st.dropped, 20 + (uint64_t)flood);
+  ck_assert_uint_eq(st.queued_bytes, 0);
+  size_t heap1 = qt_heap_in_use();
+  if (!qt_asan_enabled())
+    ck_assert_msg(heap1 < heap0 + (8u << 20), "heap grew %zu -> %zu", heap0,
+                  heap1);
+  ck_assert_uint_lt(s.received, 20 + (uint64_t)flood);
+  ck_assert_uint_eq(s.out_of_order, 0);
+  qrpc_broker_client_free(sc.bc);
+  qrpc_broker_client_free(pc.bc);
+  qrpc_broker_free(b);
+}
+END_TEST
+
+/* ---- Slow consumers --------------------------------------------------- */
+
+#define SLOW_QUEUE 50
+#define SLOW_MSGS 3000
+#define SLOW_LEN 1000
+
+/* A stalled subscriber on loop2 with a small receive window, and a fast
+ * one on loop; the publisher floods while loop2 is not run. */
+typedef struct slow_env {
+  qrpc_broker *b;
+  char addr[64];
+  client slow_c, fast_c, pub;
+  sub slow, fast;
+  pubs p;
+} slow_env;
+
+static void slow_setup(slow_env *e, qrpc_broker_policy policy,
+                       const char *pattern) {
+  memset(e, 0, sizeof(*e));
+  e->b = broker_start(NULL, e->addr, sizeof(e->addr), NULL);
+  client_start_on(&e->slow_c, loop2, e->addr, NULL, 64 * 1024);
+  qrpc_broker_sub_opts so;
+  qrpc_broker_sub_opts_default(&so);
+  so.policy = policy;
+  so.queue_messages = SLOW_QUEUE;
+  subscribe(&e->slow_c, &e->slow, pattern, &so);
+  client_start(&e->fast_c, e->addr, NULL);
+  subscribe(&e->fast_c, &e->fast, pattern, NULL);
+  client_start(&e->pub, e->addr, NULL);
+  uint64_t end = qt_now_ms() + QT_WAIT_MS;
+  while ((!e->slow.subscribed || !e->fast.subscribed) && qt_now_ms() < end)
+    run_both_for(10);
+  ck_assert(e->slow.subscribed && e->fast.subscribed);
+}
+
+static void slow_flood(slow_env *e, int ntopics) {
+  for (uint64_t i = 1; i <= SLOW_MSGS; i++) {
+    char topic[8] = "t.a";
+    topic[2] = (char)('a' + (int)(i % (uint64_t)ntopics));
+    publish_seq(&e->pub, &e->p, topic, i, SLOW_LEN, 0);
+    if (i % 100 == 0) qrpc_loop_run_for(loop, 1);
+  }
+  /* The fast subscriber gets everything while the slow one is stalled. */
+  uint64_t end = qt_now_ms() + 20000;
+  while (e->fast.received < SLOW_MSGS && qt_now_ms() < end)
+    qrpc_loop_run_for(loop, 5);
+  ck_assert_uint_eq(e->fast.received, SLOW_MSGS);
+  ck_assert_uint_eq(e->fast.out_of_order, 0);
+  ck_assert(qt_run_until_count(loop, &e->p.acked, SLOW_MSGS, QT_WAIT_MS));
+}
+
+static void slow_teardown(slow_env *e) {
+  qrpc_broker_client_free(e->pub.bc);
+  qrpc_broker_client_free(e->fast_c.bc);
+  qrpc_broker_client_free(e->slow_c.bc);
+  qrpc_broker_free(e->b);
+}
+
+START_TEST(test_slow_disconnect) {
+  static slow_env e;
+  slow_setup(&e, QRPC_BROKER_POLICY_DEFAULT, "t.*");
+  slow_flood(&e, 1);
+  qrpc_broker_stats st;
+  qrpc_broker_get_stats(e.b, &st);
+  ck_assert_uint_eq(st.slow_disconnects, 1);
+  ck_assert_uint_eq(st.queued_bytes, 0);
+  /* The stalled client learns why once it runs again, and comes back. */
+  uint64_t end = qt_now_ms() + 10000;
+  while (e.slow_c.disconnects == 0 && qt_now_ms() < end) run_both_for(10);
+  ck_assert_int_eq(e.slow_c.disconnects, 1);
+  ck_assert_uint_eq(e.slow_c.close.code, 0x5); /* RESOURCE_LIMIT */
+  ck_assert_msg(strstr(e.slow_c.close.reason, "slow consumer") &&
+                    strstr(e.slow_c.close.reason, "'t.*'"),
+                "reason: %s", e.slow_c.close.reason);
+  ck_assert_uint_lt(e.slow.received, SLOW_MSGS);
+  end = qt_now_ms() + 10000;
+  while (e.slow.subscribed < 2 && qt_now_ms() < end) run_both_for(10);
+  ck_assert_int_eq(e.slow.subscribed, 2);
+  slow_teardown(&e);
+}
+END_TEST
+
+/* Lets the stalled subscriber catch up, then checks the tail. */
+static void slow_catch_up(slow_env *e) {
+  uint64_t before = ~(uint64_t)0;
+  uint64_t end = qt_now_ms() + 20000;
+  /* Until nothing more arrives for a while. */
+  while (qt_now_ms() < end) {
+    before = e->slow.received;
+    run_both_for(200);
+    if (e->slow.received == before && e->slow.last_seq != 0) break;
+  }
+}
+
+START_TEST(test_slow_drop_oldest) {
+  static slow_env e;
+  slow_setup(&e, QRPC_BROKER_DROP_OLDEST, "t.*");
+  slow_flood(&e, 1);
+  slow_catch_up(&e);
+  qrpc_broker_stats st;
+  qrpc_broker_get_stats(e.b, &st);
+  ck_assert_uint_gt(st.dropped, 0);
+  ck_assert_uint_eq(st.slow_disconnects, 0);
+  /* The newest messages survive: the last one arrives, in order, and the
+   * drops were reported exactly. */
+  ck_assert_uint_eq(e.slow.last_seq, SLOW_MSGS);
+  ck_assert_uint_eq(e.slow.out_of_order, 0);
+  ck_assert_uint_eq(e.slow.received + e.slow.dropped, SLOW_MSGS);
+  ck_assert_uint_eq(e.slow.dropped, st.dropped);
+  ck_assert_int_eq(e.slow_c.disconnects, 0);
+  slow_teardown(&e);
+}
+END_TEST
+
+START_TEST(test_slow_drop_newest) {
+  static slow_env e;
+  slow_setup(&e, QRPC_BROKER_DROP_NEWEST, "t.*");
+  slow_flood(&e, 1);
+  slow_catch_up(&e);
+  qrpc_broker_stats st;
+  qrpc_broker_get_stats(e.b, &st);
+  ck_assert_uint_gt(st.dropped, 0);
+  /* The oldest survive: a run from 1 with no gap before the drops, and
+   * the last message is lost. */
+  ck_assert_uint_eq(e.slow.first_seq, 1);
+  ck_assert_uint_lt(e.slow.last_seq, SLOW_MSGS);
+  ck_assert_uint_eq(e.slow.received + e.slow.dropped, SLOW_MSGS);
+  ck_assert_uint_eq(e.slow.out_of_order, 0);
+  slow_teardown(&e);
+}
+END_TEST
+
+START_TEST(test_slow_conflate_latest_per_topic) {
+  static slow_env e;
+  const int ntopics = 10;
+  slow_setup(&e, QRPC_BROKER_CONFLATE, "t.*");
+  slow_flood(&e, ntopics);
+  slow_catch_up(&e);
+  qrpc_broker_stats st;
+  qrpc_broker_get_stats(e.b, &st);
+  ck_assert_uint_gt(st.conflated, 0);
+  ck_assert_uint_eq(st.slow_disconnects, 0);
+  /* Once caught up, the subscriber holds the latest value of every topic:
+   * message i went to topic i % ntopics. */
+  for (int k = 0; k < ntopics; k++) {
+    uint64_t last = SLOW_MSGS - ((SLOW_MSGS - (uint64_t)k) % ntopics);
+    ck_assert_msg(e.slow.per_topic[k] == last,
+                  "topic %d: latest %llu, expected %llu", k,
+                  (unsigned long long)e.slow.per_topic[k],
+                  (unsigned long long)last);
+  }
+  ck_assert_uint_lt(e.slow.received, SLOW_MSGS);
+  slow_teardown(&e);
+}
+END_TEST
+
+/* ---- ACL -------------------------------------------------------------- */
+
+static char acl_path[64];
+
+static void write_acl(void) {
+  snprintf(acl_path, sizeof(acl_path), "/tmp/qrpc-acl-XXXXXX");
+  int fd = mkstemp(acl_path);
+  ck_assert_int_ge(fd, 0);
+  const char *text = "# test ACL\n"
+                     "token alice-secret\n"
+                     "  publish chat.> news.sport\n"
+                     "  subscribe chat.>\n"
+                     "token bob-secret\n"
+                     "  subscribe news.*\n"
+                     "anonymous\n"
+                     "  subscribe public.>\n";
+  ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+  close(fd);
+}
+
+START_TEST(test_acl_allow_deny) {
+  write_acl();
+  qrpc_broker_opts bo;
+  qrpc_broker_opts_default(&bo);
+  bo.acl_path = acl_path;
+  char addr[64];
+  qrpc_broker *b = broker_start(&bo, addr, sizeof(addr), NULL);
+  unlink(acl_path);
+  client alice, bob, anon, bad;
+  client_start(&alice, addr, "alice-secret");
+  client_start(&bob, addr, "bob-secret");
+  client_start(&anon, addr, NULL);
+  client_start_on(&bad, loop, addr, "wrong-token", 0);
+
+  sub a_chat, b_news, b_chat, n_pub, n_chat;
+  subscribe(&alice, &a_chat, "chat.room.*", NULL);  /* covered by chat.> */
+  subscribe(&bob, &b_news, "news.sport", NULL);     /* covered by news.* */
+  subscribe(&bob, &b_chat, "chat.>", NULL);         /* denied */
+  subscribe(&anon, &n_pub, "public.>", NULL);
+  subscribe(&anon, &n_chat, ">", NULL); /* wider than allowed: denied */
+  ck_assert(qt_run_until_count(loop, &b_chat.ended, 1, QT_WAIT_MS));
+  ck_assert(qt_run_until_count(loop, &n_chat.ended, 1, QT_WAIT_MS));
+  ck_assert_int_eq(b_chat.end_status, QRPC_STATUS_PERMISSION_DENIED);
+  ck_assert_int_eq(n_chat.end_status, QRPC_STATUS_PERMISSION_DENIED);
+  ck_assert(qt_run_until_count(loop, &a_chat.subscribed, 1, QT_WAIT_MS));
+  ck_assert(qt_run_until_count(loop, &b_news.subscribed, 1, QT_WAIT_MS));
+  ck_assert(qt_run_until_count(loop, &n_pub.subscribed, 1, QT_WAIT_MS));
+
+  /* The unknown token is refused on Hello. */
+  uint64_t end = qt_now_ms() + QT_WAIT_MS;
+  while (!bad.refused && qt_now_ms() < end) qrpc_loop_run_for(loop, 5);
+  ck_assert_int_eq(bad.refused, QRPC_STATUS_UNAUTHENTICATED);
+  ck_assert(!qrpc_broker_client_ready(bad.bc));
+
+  pubs ok = {0}, denied = {0};
+  publish_seq(&alice, &ok, "chat.room.1", 1, 16, 0);
+  publish_seq(&alice, &ok, "news.sport", 2, 16, 0);
+  publish_seq(&alice, &denied, "news.weather", 3, 16, 0);
+  publish_seq(&bob, &denied, "news.sport", 4, 16, 0);
+  publish_seq(&anon, &denied, "public.x", 5, 16, 0);
+  ck_assert(qt_run_until_count(loop, &ok.acked, 2, QT_WAIT_MS));
+  ck_assert(qt_run_until_count(loop, &denied.failed, 3, QT_WAIT_MS));
+  ck_assert_int_eq(ok.failed, 0);
+  ck_assert_int_eq(denied.acked, 0);
+  ck_assert_int_eq(denied.last_status, QRPC_STATUS_PERMISSION_DENIED);
+  qt_run_for(loop, 50);
+  ck_assert_uint_eq(a_chat.received, 1);
+  ck_assert_uint_eq(b_news.received, 1);
+  ck_assert_uint_eq(n_pub.received, 0);
+  qrpc_broker_stats st;
+  qrpc_broker_get_stats(b, &st);
+  ck_assert_uint_eq(st.denied, 6); /* 2 subscribes, 1 token, 3 publishes */
+  qrpc_broker_client_free(alice.bc);
+  qrpc_broker_client_free(bob.bc);
+  qrpc_broker_client_free(anon.bc);
+  qrpc_broker_client_free(bad.bc);
+  qrpc_broker_free(b);
+}
+END_TEST
+
+START_TEST(test_acl_bad_file) {
+  qrpc_broker_opts bo;
+  qrpc_broker_opts_default(&bo);
+  bo.acl_path = "/nonexistent/qrpc-acl";
+  qrpc_broker *b = NULL;
+  char err[256] = "";
+  ck_assert_int_ne(qrpc_broker_new(loop, "127.0.0.1:0", stls, &bo, &b, err,
+                                   sizeof(err)),
+                   0);
+  ck_assert_ptr_null(b);
+  ck_assert_msg(strstr(err, "/nonexistent/qrpc-acl"), "err: %s", err);
+}
+END_TEST
+
+/* ---- Retained, unsubscribe, stats, refusals --------------------------- */
+
+START_TEST(test_retained_message) {
+  char addr[64];
+  qrpc_broker *b = broker_start(NULL, addr, sizeof(addr), NULL);
+  client pc, sc;
+  client_start(&pc, addr, NULL);
+  client_start(&sc, addr, NULL);
+  pubs p = {0};
+  publish_seq(&pc, &p, "score.match.1", 1, 16, QRPC_BROKER_RETAIN);
+  publish_seq(&pc, &p, "score.match.1", 2, 16, QRPC_BROKER_RETAIN);
+  publish_seq(&pc, &p, "score.match.2", 7, 16, QRPC_BROKER_RETAIN);
+  publish_seq(&pc, &p, "score.match.3", 9, 16, 0); /* not retained */
+  ck_assert(qt_run_until_count(loop, &p.acked, 4, QT_WAIT_MS));
+  sub s;
+  subscribe(&sc, &s, "score.match.1", NULL);
+  ck_assert(qt_run_until_count(loop, &s.retained, 1, QT_WAIT_MS));
+  ck_assert_uint_eq(s.last_seq, 2); /* the latest retained value */
+  ck_assert_uint_eq(s.received, 1);
+  /* Live messages follow the retained one. */
+  publish_seq(&pc, &p, "score.match.1", 3, 16, 0);
+  uint64_t three = 2;
+  (void)three;
+  ck_assert(qt_run_until_count(loop, &p.acked, 5, QT_WAIT_MS));
+  qt_run_for(loop, 30);
+  ck_assert_uint_eq(s.received, 2);
+  ck_assert_uint_eq(s.last_seq, 3);
+  /* A wildcard gets every retained topic; an empty retained publish clears
+   * one. */
+  publish_seq(&pc, &p, "score.match.2", 8, 8, 0);
+  ck_assert_int_eq(qrpc_broker_publish(pc.bc, "score.match.1", NULL, 0,
+                                       QRPC_BROKER_RETAIN, p_done, &p),
+                   0);
+  ck_assert(qt_run_until_count(loop, &p.acked, 7, QT_WAIT_MS));
+  sub w;
+  subscribe(&sc, &w, "score.>", NULL);
+  ck_assert(qt_run_until_count(loop, &w.retained, 1, QT_WAIT_MS));
+  qt_run_for(loop, 50);
+  ck_assert_int_eq(w.retained, 1);
+  ck_assert_str_eq(w.last_topic, "score.match.2");
+  ck_assert_uint_eq(w.last_seq, 7);
+  qrpc_broker_stats st;
+  qrpc_broker_get_stats(b, &st);
+  ck_assert_uint_eq(st.retained, 1);
+  qrpc_broker_client_free(pc.bc);
+  qrpc_broker_client_free(sc.bc);
+  qrpc_broker_free(b);
+}
+END_TEST
+
+typedef struct stats_rec {
+  int calls;
+  int status;
+  qrpc_broker_stats broker;
+  size_t n;
+  uint64_t delivered0;
+} stats_rec;
+
+static void on_stats(qrpc_broker_client *bc, int status,
+                     const qrpc_broker_stats *b,
+                     const qrpc_broker_sub_stats *subs, size_t n, void *ud) {
+  stats_rec *r = ud;
+  r->calls++;
+  r->status = status;
+  if (b) r->broker = *b;
+  r->n = n;
+  r->delivered0 = n ? subs[0].delivered : 0;
+}
+
+START_TEST(test_unsubscribe_stats_refusals) {
+  char addr[64];
+  qrpc_broker_opts bo;
+  qrpc_broker_opts_default(&bo);
+  bo.max_payload = 1000;
+  bo.max_subscriptions = 2;
+  qrpc_broker *b = broker_start(&bo, addr, sizeof(addr), NULL);
+  client c;
+  client_start(&c, addr, NULL);
+  sub s1, s2, s3;
+  subscribe(&c, &s1, "a.b", NULL);
+  subscribe(&c, &s2, "a.*", NULL);
+  ck_assert(qt_run_until_count(loop, &s2.subscribed, 1, QT_WAIT_MS));
+  subscribe(&c, &s3, "a.>", NULL); /* one too many */
+  ck_assert(qt_run_until_count(loop, &s3.ended, 1, QT_WAIT_MS));
+  ck_assert_int_eq(s3.end_status, QRPC_STATUS_RESOURCE_EXHAUSTED);
+
+  pubs p = {0};
+  publish_seq(&c, &p, "a.b", 1, 16, 0);
+  ck_assert(qt_run_until_count(loop, &p.acked, 1, QT_WAIT_MS));
+  ck_assert_uint_eq(p.last_subscribers, 2);
+  qt_run_for(loop, 20);
+  ck_assert_uint_eq(s1.received, 1);
+  ck_assert_uint_eq(s2.received, 1);
+
+  /* Invalid topics are refused locally; payload limits by the broker
+   * (the client learned max_payload on Hello). */
+  uint8_t big[1001] = {0};
+  ck_assert_int_eq(qrpc_broker_publish(c.bc, "a..b", "x", 1, 0, p_done, &p),
+                   QRPC_EINVAL);
+  ck_assert_int_eq(qrpc_broker_publish(c.bc, "a.*", "x", 1, 0, p_done, &p),
+                   QRPC_EINVAL);
+  ck_assert_int_eq(
+      qrpc_broker_publish(c.bc, "a.b", big, sizeof(big), 0, p_done, &p),
+      QRPC_EMSGSIZE);
+
+  stats_rec r = {0};
+  ck_assert_int_eq(qrpc_broker_client_stats(c.bc, on_stats, &r), 0);
+  ck_assert(qt_run_until_count(loop, &r.calls, 1, QT_WAIT_MS));
+  ck_assert_int_eq(r.status, 0);
+  ck_assert_uint_eq(r.n, 2);
+  ck_assert_uint_eq(r.delivered0, 1);
+  ck_assert_uint_eq(r.broker.published, 1);
+  ck_assert_uint_eq(r.broker.subscriptions, 2);
+
+  /* After unsubscribing nothing more arrives for it. */
+  qrpc_broker_unsubscribe(s1.h);
+  qt_run_for(loop, 30);
+  publish_seq(&c, &p, "a.b", 2, 16, 0);
+  ck_assert(qt_run_until_count(loop, &p.acked, 2, QT_WAIT_MS));
+  ck_assert_uint_eq(p.last_subscribers, 1);
+  qt_run_for(loop, 20);
+  ck_assert_uint_eq(s1.received, 1);
+  ck_assert_uint_eq(s2.received, 2);
+  ck_assert_int_eq(s1.ended, 0); /* no callback after unsubscribe */
+  qrpc_broker_client_free(c.bc);
+  qrpc_broker_free(b);
+}
+END_TEST
+
+/* ---- Restart ---------------------------------------------------------- */
+
+START_TEST(test_broker_restart_resubscribe) {
+  char addr[64];
+  qrpc_broker *b = broker_start(NULL, addr, sizeof(addr), NULL);
+  client sc, pc;
+  client_start(&sc, addr, NULL);
+  client_start(&pc, addr, NULL);
+  sub s, rt;
+  subscribe(&sc, &s, "news.>", NULL);
+  qrpc_broker_sub_opts so;
+  qrpc_broker_sub_opts_default(&so);
+  so.mode = QRPC_BROKER_REALTIME;
+  subscribe(&sc, &rt, "news.>", &so);
+  ck_assert(qt_run_until_count(loop, &s.subscribed, 1, QT_WAIT_MS));
+  ck_assert(qt_run_until_count(loop, &rt.subscribed, 1, QT_WAIT_MS));
+  pubs p = {0};
+  publish_seq(&pc, &p, "news.a", 1, 16, 0);
+  ck_assert(qt_run_until_count(loop, &p.acked, 1, QT_WAIT_MS));
+  qt_run_for(loop, 20);
+  ck_assert_uint_eq(s.received, 1);
+
+  /* The broker goes away and comes back on the same port. */
+  char bind[64];
+  snprintf(bind, sizeof(bind), "%s", addr);
+  qrpc_broker_free(b);
+  ck_assert(qt_run_until_count(loop, &sc.disconnects, 1, QT_WAIT_MS));
+  ck_assert(qt_run_until_count(loop, &pc.disconnects, 1, QT_WAIT_MS));
+  qt_run_for(loop, 100);
+  b = broker_start(NULL, addr, sizeof(addr), bind);
+  ck_assert(qt_run_until_count(loop, &s.subscribed, 2, 10000));
+  ck_assert(qt_run_until_count(loop, &rt.subscribed, 2, 10000));
+  ck_assert(qt_run_until_count(loop, &pc.ready, 2, 10000));
+  publish_seq(&pc, &p, "news.b", 2, 16, 0);
+  ck_assert(qt_run_until_count(loop, &p.acked, 2, QT_WAIT_MS));
+  ck_assert_uint_eq(p.last_subscribers, 2);
+  qt_run_for(loop, 50);
+  ck_assert_uint_eq(s.received, 2);
+  ck_assert_uint_eq(s.last_seq, 2);
+  ck_assert_uint_ge(rt.received, 1);
+  qrpc_broker_client_free(sc.bc);
+  qrpc_broker_client_free(pc.bc);
+  qrpc_broker_free(b);
+}
+END_TEST
+
+/* Publishes made before the client is ready are held and sent in order;
+ * a graceful shutdown drains the subscribers. */
+START_TEST(test_held_publishes_and_shutdown) {
+  char addr[64];
+  qrpc_broker *b = broker_start(NULL, addr, sizeof(addr), NULL);
+  client sc, pc;
+  client_start(&sc, addr, NULL);
+  sub s;
+  subscribe(&sc, &s, "x", NULL);
+  ck_assert(qt_run_until_count(loop, &s.subscribed, 1, QT_WAIT_MS));
+  client_start_on(&pc, loop, addr, NULL, 0);
+  pubs p = {0};
+  for (uint64_t i = 1; i <= 100; i++) publish_seq(&pc, &p, "x", i, 16, 0);
+  ck_assert(qt_run_until_count(loop, &p.acked, 100, QT_WAIT_MS));
+  qt_run_for(loop, 30);
+  ck_assert_uint_eq(s.received, 100);
+  ck_assert_uint_eq(s.out_of_order, 0);
+  int drained = 0;
+  ck_assert_int_eq(qrpc_broker_shutdown(b, 1000, NULL, NULL), 0);
+  uint64_t end = qt_now_ms() + 3000;
+  while (qt_now_ms() < end && !drained) {
+    qrpc_loop_run_for(loop, 10);
+    qrpc_broker_stats st;
+    qrpc_broker_get_stats(b, &st);
+    drained = st.connections == 0;
+  }
+  ck_assert(drained);
+  qrpc_broker_client_free(sc.bc);
+  qrpc_broker_client_free(pc.bc);
+  qrpc_broker_free(b);
+}
+END_TEST
+
+static Suite *suite(void) {
+  Suite *s = suite_create("broker");
+  TCase *t = tcase_create("e2e");
+  tcase_add_checked_fixture(t, setup, teardown);
+  tcase_set_timeout(t, 180);
+  tcase_add_test(t, test_fanout_100_reliable_in_order);
+  tcase_add_test(t, test_realtime_delivery_and_overload);
+  tcase_add_test(t, test_slow_disconnect);
+  tcase_add_test(t, test_slow_drop_oldest);
+  tcase_add_test(t, test_slow_drop_newest);
+  tcase_add_test(t, test_slow_conflate_latest_per_topic);
+  tcase_add_test(t, test_acl_allow_deny);
+  tcase_add_test(t, test_acl_bad_file);
+  tcase_add_test(t, test_retained_message);
+  tcase_add_test(t, test_unsubscribe_stats_refusals);
+  tcase_add_test(t, test_broker_restart_resubscribe);
+  tcase_add_test(t, test_held_publishes_and_shutdown);
+  suite_add_tcase(s, t);
+  return s;
+}
+
+int main(void) {
+  SRunner *sr = srunner_create(suite());
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
