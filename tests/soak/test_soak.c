@@ -10,8 +10,11 @@
  * datagrams on a channel the server echoes, and a notify; a raw QUIC
  * connection to a second endpoint echoes a stream and datagrams. Every
  * third cycle the client is freed with calls still in flight, which must
- * each complete once (CANCELLED). Then every connection is closed and
- * released before the next cycle.
+ * each complete once (CANCELLED). A broker serves a reliable and a
+ * realtime subscriber and a publisher, which come and go every cycle (one
+ * subscription is unsubscribed, the others end with their client, every
+ * other cycle with messages still queued). Then every connection is
+ * closed and released before the next cycle.
  */
 #include <check.h>
 #include <stdio.h>
@@ -20,6 +23,7 @@
 
 #include "fault_fixtures.h"
 #include "harness.h"
+#include "qrpc/broker.h"
 #include "qrpc/qrpc.h"
 #include "quic/testing.h"
 #include "rpc_harness.h"
@@ -95,6 +99,8 @@ typedef struct soak {
   char addr[64];
   qt_rpc_peers peers;
   qt_server raw;
+  qrpc_broker *broker;
+  char broker_addr[64];
   size_t conns0;
   /* Totals over all cycles. */
   int cycles;
@@ -106,6 +112,8 @@ typedef struct soak {
   uint64_t raw_bytes;
   uint64_t raw_dgrams_back;
   int notes_sent;
+  uint64_t broker_reliable;
+  uint64_t broker_realtime;
 } soak;
 
 static int pump_finished(void *arg) { return qf_pump_finished(arg); }
@@ -231,9 +239,104 @@ static void raw_part(soak *s) {
   qt_client_close(&cl);
 }
 
+/* ---- The broker's part ----------------------------------------------- */
+
+#define BROKER_MSGS 200
+
+typedef struct bk_client {
+  qrpc_broker_client *bc;
+  int ready;
+  uint64_t received;
+  uint64_t bad; /* out of order or not from this cycle */
+  int subscribed;
+  int acked;
+} bk_client;
+
+static void bk_ready(qrpc_broker_client *bc, int status, const char *d,
+                     void *ud) {
+  if (status == 0) ((bk_client *)ud)->ready++;
+}
+
+static void bk_message(qrpc_broker_sub *sub, const qrpc_broker_msg *m,
+                       void *ud) {
+  bk_client *c = ud;
+  if (m->len != 8 || qt_get_be64(m->payload) != c->received + 1) c->bad++;
+  c->received++;
+}
+
+static void bk_realtime(qrpc_broker_sub *sub, const qrpc_broker_msg *m,
+                        void *ud) {
+  ((bk_client *)ud)->received++;
+}
+
+static void bk_subscribed(qrpc_broker_sub *sub, uint64_t id, void *ud) {
+  ((bk_client *)ud)->subscribed++;
+}
+
+static void bk_acked(qrpc_broker_client *bc, int status, uint32_t n,
+                     const char *d, void *ud) {
+  if (status == 0) ((bk_client *)ud)->acked++;
+}
+
+static void bk_start(bk_client *c, const char *addr) {
+  memset(c, 0, sizeof(*c));
+  qrpc_broker_client_opts o;
+  qrpc_broker_client_opts_default(&o);
+  o.on_ready = bk_ready;
+  o.user_data = c;
+  ck_assert_int_eq(qrpc_broker_client_new(loop, addr, ctls, &o, &c->bc), 0);
+  ck_assert(qt_run_until_count(loop, &c->ready, 1, QT_WAIT_MS));
+}
+
+static void broker_part(soak *s) {
+  bk_client sub, rt, pub;
+  bk_start(&sub, s->broker_addr);
+  bk_start(&rt, s->broker_addr);
+  bk_start(&pub, s->broker_addr);
+  qrpc_broker_sub_callbacks cb = {.on_message = bk_message,
+                                  .on_subscribed = bk_subscribed};
+  qrpc_broker_sub *h1, *h2, *h3;
+  ck_assert_int_eq(qrpc_broker_subscribe(sub.bc, "soak.>", NULL, &cb, &sub,
+                                         &h1), 0);
+  qrpc_broker_sub_opts ro;
+  qrpc_broker_sub_opts_default(&ro);
+  ro.mode = QRPC_BROKER_REALTIME;
+  qrpc_broker_sub_callbacks rcb = {.on_message = bk_realtime,
+                                   .on_subscribed = bk_subscribed};
+  ck_assert_int_eq(qrpc_broker_subscribe(rt.bc, "soak.*", &ro, &rcb, &rt,
+                                         &h2), 0);
+  ck_assert_int_eq(qrpc_broker_subscribe(rt.bc, "other.*", NULL, &rcb, &rt,
+                                         &h3), 0);
+  ck_assert(qt_run_until_count(loop, &sub.subscribed, 1, QT_WAIT_MS));
+  ck_assert(qt_run_until_count(loop, &rt.subscribed, 2, QT_WAIT_MS));
+  qrpc_broker_unsubscribe(h3);
+  uint8_t buf[8];
+  for (uint64_t i = 1; i <= BROKER_MSGS; i++) {
+    qt_put_be64(buf, i);
+    ck_assert_int_eq(qrpc_broker_publish(pub.bc, "soak.x", buf, sizeof(buf),
+                                         0, bk_acked, &pub), 0);
+  }
+  ck_assert(qt_run_until_count(loop, &pub.acked, BROKER_MSGS, QT_WAIT_MS));
+  if (s->cycles % 2 == 0) {
+    /* Every message arrives, in order. */
+    uint64_t end = qt_now_ms() + QT_WAIT_MS;
+    while (sub.received < BROKER_MSGS && qt_now_ms() < end)
+      qrpc_loop_run_for(loop, 5);
+    ck_assert_uint_eq(sub.received, BROKER_MSGS);
+    ck_assert_uint_eq(sub.bad, 0);
+  }
+  /* Otherwise the subscriber goes with messages still on their way. */
+  s->broker_reliable += sub.received;
+  s->broker_realtime += rt.received;
+  qrpc_broker_client_free(pub.bc);
+  qrpc_broker_client_free(rt.bc);
+  qrpc_broker_client_free(sub.bc);
+}
+
 static void cycle(soak *s) {
   rpc_part(s, s->cycles % 3 == 2);
   raw_part(s);
+  broker_part(s);
   /* Closing periods over: everything of this cycle released. */
   ck_assert_msg(qt_run_until(loop, released, s, 2 * QT_WAIT_MS),
                 "cycle %d: %zu connections still held", s->cycles,
@@ -264,6 +367,11 @@ START_TEST(test_soak) {
                                               server_dgram_echo, NULL),
                    0);
   ck_assert_int_eq(qt_server_start(&s.raw, loop, "127.0.0.1:0", stls, NULL), 0);
+  ck_assert_int_eq(qrpc_broker_new(loop, "127.0.0.1:0", stls, NULL, &s.broker,
+                                   NULL, 0),
+                   0);
+  snprintf(s.broker_addr, sizeof(s.broker_addr), "127.0.0.1:%u",
+           (unsigned)qrpc_server_port(qrpc_broker_server(s.broker)));
   s.raw.echo_datagrams = 1;
   s.conns0 = qrpci_loop_conn_count(loop);
   notes_seen = 0;
@@ -285,13 +393,16 @@ START_TEST(test_soak) {
   printf("soak: %d cycles in %llu ms: %llu unary calls, %llu items, %llu "
          "cancelled streams, %llu clients freed mid-call, %llu/%d RPC "
          "datagrams echoed, %llu KiB raw echo, %llu raw datagrams echoed, "
-         "%d notifies\n",
+         "%d notifies; broker: %llu reliable and %llu realtime "
+         "deliveries\n",
          s.cycles, (unsigned long long)(qt_now_ms() - t0),
          (unsigned long long)s.unary_ok, (unsigned long long)s.items_ok,
          (unsigned long long)s.cancelled_ok, (unsigned long long)s.freed_midway,
          (unsigned long long)s.dgrams_back, s.cycles * DG_PER_CYCLE,
          (unsigned long long)s.raw_bytes / KiB,
-         (unsigned long long)s.raw_dgrams_back, notes_seen);
+         (unsigned long long)s.raw_dgrams_back, notes_seen,
+         (unsigned long long)s.broker_reliable,
+         (unsigned long long)s.broker_realtime);
   if (!qt_asan_enabled())
     printf("soak: heap %zu KiB at the baseline, %zu KiB at the end, at most "
            "%zu KiB between cycles; %d descriptors\n",
@@ -308,7 +419,14 @@ START_TEST(test_soak) {
   ck_assert_int_eq(notes_seen, s.notes_sent);
   ck_assert_uint_gt(s.dgrams_back, 0);
   ck_assert_uint_gt(s.raw_dgrams_back, 0);
+  ck_assert_uint_gt(s.broker_realtime, 0);
+  qrpc_broker_stats bst;
+  qrpc_broker_get_stats(s.broker, &bst);
+  ck_assert_uint_eq(bst.connections, 0);
+  ck_assert_uint_eq(bst.subscriptions, 0);
+  ck_assert_uint_eq(bst.queued_bytes, 0);
 
+  qrpc_broker_free(s.broker);
   qrpc_server_free(s.srv);
   qt_server_stop(&s.raw);
   ck_assert(qt_run_until_released(loop, QT_WAIT_MS));
