@@ -21,11 +21,14 @@ typedef struct qrpc_loop qrpc_loop;
 typedef void (*qrpc_loop_fn)(qrpc_loop *loop, void *arg);
 
 /* Creates a loop. With base == NULL the loop creates and owns its own
- * event_base; otherwise it uses the caller's, which must outlive the loop
+ * event_base, with precise (sub-millisecond) timers, which QUIC's packet
+ * pacing needs; otherwise it uses the caller's, which must outlive the loop
  * and is not freed by it. qrpc_loop_post() needs libevent's thread support,
  * which qrpc turns on (evthread_use_pthreads()) the first time a loop is
  * created: a caller's base must be created after that call (or after the
- * caller's own evthread_use_pthreads()). *out receives the loop on success.
+ * caller's own evthread_use_pthreads()), and should have
+ * EVENT_BASE_FLAG_PRECISE_TIMER, or paced packets wait for the next
+ * millisecond. *out receives the loop on success.
  * Errors: QRPC_EINVAL, QRPC_ENOMEM, QRPC_ESYSTEM. */
 int qrpc_loop_new(struct event_base *base, qrpc_loop **out);
 

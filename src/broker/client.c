@@ -188,29 +188,83 @@ static void sub_destroy(qrpc_broker_sub *s) {
   free(s);
 }
 
-static void deliver(qrpc_broker_sub *s, const Qrpc__Broker__Delivery *d) {
-  qrpc_broker_msg m = {
-      .topic = d->topic,
-      .topic_len = strlen(d->topic),
-      .payload = d->payload.data,
-      .len = d->payload.len,
-      .retained = d->retained,
-  };
-  s->cbs.on_message(s, &m, s->user_data);
+/* A Delivery of the IDL, read in place: every message of every
+ * subscription passes here, so it is parsed by hand instead of unpacked
+ * into allocated memory. The fields point into the received bytes. */
+typedef struct delivery {
+  uint64_t subscription_id;
+  uint64_t dropped;
+  qrpc_broker_msg msg;
+} delivery;
+
+/* A protobuf base-128 varint; returns its length, 0 if malformed. */
+static size_t pb_varint(const uint8_t *p, size_t n, uint64_t *v) {
+  uint64_t x = 0;
+  for (size_t i = 0; i < n && i < 10; i++) {
+    x |= (uint64_t)(p[i] & 0x7f) << (7 * i);
+    if (!(p[i] & 0x80)) {
+      *v = x;
+      return i + 1;
+    }
+  }
+  return 0;
+}
+
+/* Reads one field's value into d; returns the bytes it took after the key,
+ * or 0 when malformed. */
+static size_t delivery_field(uint64_t key, const uint8_t *p, size_t n,
+                             delivery *d) {
+  uint64_t v;
+  size_t k;
+  switch (key & 7) {
+  case 0: /* varint */
+    if (!(k = pb_varint(p, n, &v))) return 0;
+    if (key >> 3 == 1) d->subscription_id = v;
+    if (key >> 3 == 4) d->msg.retained = v != 0;
+    if (key >> 3 == 5) d->dropped = v;
+    return k;
+  case 2: /* length-delimited */
+    if (!(k = pb_varint(p, n, &v)) || v > n - k) return 0;
+    if (key >> 3 == 2) {
+      d->msg.topic = (const char *)p + k;
+      d->msg.topic_len = (size_t)v;
+    } else if (key >> 3 == 3) {
+      d->msg.payload = p + k;
+      d->msg.len = (size_t)v;
+    }
+    return k + (size_t)v;
+  case 1: return n >= 8 ? 8 : 0; /* 64-bit */
+  case 5: return n >= 4 ? 4 : 0; /* 32-bit */
+  default: return 0;
+  }
+}
+
+/* Returns 0, or -1 when the bytes are not a Delivery. Unknown fields are
+ * skipped, as protobuf requires. */
+static int delivery_parse(const uint8_t *p, size_t n, delivery *d) {
+  memset(d, 0, sizeof(*d));
+  d->msg.topic = "";
+  size_t i = 0;
+  while (i < n) {
+    uint64_t key;
+    size_t k = pb_varint(p + i, n - i, &key);
+    size_t f = k ? delivery_field(key, p + i + k, n - i - k, d) : 0;
+    if (!f) return -1;
+    i += k + f;
+  }
+  return 0;
 }
 
 static void sub_on_dgram(qrpc_peer *peer, uint32_t channel, uint64_t seq,
                          const uint8_t *payload, size_t len, void *ud) {
   qrpc_broker_sub *s = ud;
   if (s->dead) return;
-  Qrpc__Broker__Delivery *d =
-      qrpc__broker__delivery__unpack(NULL, len, payload);
-  if (!d) {
+  delivery d;
+  if (delivery_parse(payload, len, &d) != 0) {
     qrpc_peer_dgram_count_undecodable(peer, channel);
     return;
   }
-  deliver(s, d);
-  qrpc__broker__delivery__free_unpacked(d, NULL);
+  s->cbs.on_message(s, &d.msg, s->user_data);
 }
 
 static void confirm(qrpc_broker_sub *s, uint64_t id) {
@@ -226,16 +280,24 @@ static void confirm(qrpc_broker_sub *s, uint64_t id) {
   if (s->cbs.on_subscribed) s->cbs.on_subscribed(s, id, s->user_data);
 }
 
-static void sub_on_item(qrpc_call *call, const Qrpc__Broker__Delivery *d,
+static void sub_on_item(qrpc_call *call, const uint8_t *data, size_t len,
                         void *ud) {
   qrpc_broker_sub *s = ud;
+  delivery d;
   if (s->dead) return;
+  if (delivery_parse(data, len, &d) != 0) {
+    QRPCI_WARN("broker client: an undecodable delivery on '%s' ends the "
+               "subscription's call; it is renewed on the next connection",
+               s->pattern);
+    qrpc_call_cancel(call);
+    return;
+  }
   if (!s->id) {
-    if (d->subscription_id) confirm(s, d->subscription_id);
-  } else if (d->dropped) {
-    if (s->cbs.on_dropped) s->cbs.on_dropped(s, d->dropped, s->user_data);
+    if (d.subscription_id) confirm(s, d.subscription_id);
+  } else if (d.dropped) {
+    if (s->cbs.on_dropped) s->cbs.on_dropped(s, d.dropped, s->user_data);
   } else {
-    deliver(s, d);
+    s->cbs.on_message(s, &d.msg, s->user_data);
   }
 }
 
@@ -263,10 +325,14 @@ static void sub_on_done(qrpc_call *call, const qrpc_result *res, void *ud) {
   sub_destroy(s);
 }
 
-static const qrpc_broker_Broker_Subscribe_callbacks sub_callbacks = {
+static const qrpc_call_callbacks sub_callbacks = {
     .on_item = sub_on_item,
     .on_done = sub_on_done,
 };
+
+static size_t pack_subscribe(const void *msg, uint8_t *out) {
+  return qrpc__broker__subscribe_request__pack(msg, out);
+}
 
 static void sub_start(qrpc_broker_sub *s) {
   Qrpc__Broker__SubscribeRequest r = QRPC__BROKER__SUBSCRIBE_REQUEST__INIT;
@@ -276,8 +342,12 @@ static void sub_start(qrpc_broker_sub *s) {
   r.queue_max_messages = s->opts.queue_messages;
   r.queue_max_bytes = s->opts.queue_bytes;
   r.skip_retained = s->opts.skip_retained != 0;
-  int rv = qrpc_broker_Broker_Subscribe(s->bc->cli, &r, NULL, &sub_callbacks, s,
-                                        &s->call);
+  qrpc_msg m = {&r, qrpc__broker__subscribe_request__get_packed_size(&r),
+                pack_subscribe};
+  int rv = qrpc_client_stream_msg(s->bc->cli,
+                                  qrpc_broker_Broker_Subscribe_METHOD_ID,
+                                  QRPC_SHAPE_SERVER_STREAM, &m, NULL,
+                                  &sub_callbacks, s, &s->call);
   if (rv != 0) {
     s->call = NULL;
     QRPCI_WARN("broker client: cannot subscribe to '%s' now (%s); again "

@@ -340,7 +340,9 @@ int qrpc_endpoint_listen(qrpc_loop *loop, const char *addr,
   if (qrpci_conn_rand(ep->secret, sizeof(ep->secret)) != 0) goto fail;
   if ((rv = bind_socket(ep, addr)) != 0) goto fail;
   rv = QRPC_ENOMEM;
-  if (qrpci_sock_watch(&ep->sock, loop->base, ep_writable, ep) != 0) goto fail;
+  if (qrpci_sock_watch(&ep->sock, loop->base, ep_writable, ep) != 0 ||
+      qrpci_sock_enable_txq(&ep->sock, loop) != 0)
+    goto fail;
   ep->read_ev = event_new(loop->base, ep->sock.fd, EV_READ | EV_PERSIST,
                           ep_read_cb, ep);
   if (!ep->read_ev || event_add(ep->read_ev, NULL) != 0) goto fail;

@@ -49,7 +49,12 @@ struct qrpc_loop {
   uint8_t *txbuf;           /* packets of one flush, for GSO batching */
   uint8_t (*rxbufs)[QRPCI_MAX_UDP]; /* one recvmmsg batch */
   size_t txcap;
+  qrpci_list txq_socks;     /* sockets with packets queued for sendmmsg */
 };
+
+/* Packets of many connections waiting for one sendmmsg on a shared
+ * (server) socket; see qrpci_sock_enable_txq(). */
+typedef struct qrpci_txq qrpci_txq;
 
 /* Per-socket send state: the GSO batch being assembled. */
 typedef struct qrpci_sock {
@@ -60,6 +65,9 @@ typedef struct qrpci_sock {
   int blocked;
   void (*on_writable)(void *arg); /* the owner resumes sending */
   void *owner;
+  qrpci_txq *txq;           /* NULL: every send is its own sendmsg */
+  qrpci_list txq_node;      /* in the loop's txq_socks while it holds data */
+  struct qrpc_loop *loop;
 } qrpci_sock;
 
 struct qrpc_tls_config {
@@ -240,6 +248,12 @@ int qrpci_tls_alert_error(uint8_t alert);
 int qrpci_parse_addr(const char *addr, char **host, char **port);
 int qrpci_sock_open(qrpci_sock *s, int family);
 void qrpci_sock_close(qrpci_sock *s);
+/* Makes sends on a socket shared by many connections wait in a queue that
+ * leaves in one sendmmsg per loop turn (or when full), instead of one
+ * sendmsg per connection. Errors: QRPC_ENOMEM. */
+int qrpci_sock_enable_txq(qrpci_sock *s, struct qrpc_loop *loop);
+/* Sends what the queues of the loop's sockets hold. */
+void qrpci_loop_flush_txqs(struct qrpc_loop *loop);
 int qrpci_sock_watch(qrpci_sock *s, struct event_base *base,
                      void (*on_writable)(void *owner), void *owner);
 int qrpci_sock_send(qrpci_sock *s, const struct sockaddr *to, socklen_t tolen,

@@ -1,5 +1,6 @@
 #include <errno.h>
 #include <event2/dns.h>
+#include <event2/event.h>
 #include <stdlib.h>
 #include <string.h>
 #include <event2/thread.h>
@@ -44,6 +45,7 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg) {
     }
     qrpci_conn_write(c);
   }
+  qrpci_loop_flush_txqs(loop);
 }
 
 void qrpci_loop_mark_dirty(qrpc_loop *loop, qrpc_conn *c) {
@@ -73,6 +75,19 @@ static int threads_rv;
  * qrpc_loop_post() may activate an event from another thread. */
 static void threads_init(void) { threads_rv = evthread_use_pthreads(); }
 
+/* ngtcp2 paces packets and asks for timers tens of microseconds ahead;
+ * libevent's default epoll backend rounds timeouts up to milliseconds,
+ * which would hold every paced packet a millisecond. A precise base uses
+ * timerfd instead. */
+static struct event_base *new_precise_base(void) {
+  struct event_config *cfg = event_config_new();
+  if (!cfg) return NULL;
+  event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+  struct event_base *base = event_base_new_with_config(cfg);
+  event_config_free(cfg);
+  return base ? base : event_base_new();
+}
+
 int qrpc_loop_new(struct event_base *base, qrpc_loop **out) {
   if (!out) return QRPC_EINVAL;
   pthread_once(&threads_once, threads_init);
@@ -81,12 +96,13 @@ int qrpc_loop_new(struct event_base *base, qrpc_loop **out) {
   if (!loop) return QRPC_ENOMEM;
   qrpci_list_init(&loop->dirty);
   qrpci_list_init(&loop->conns);
+  qrpci_list_init(&loop->txq_socks);
   pthread_mutex_init(&loop->post_mu, NULL);
   if (base) {
     loop->base = base;
     if (evthread_make_base_notifiable(base) != 0) goto fail;
   } else {
-    loop->base = event_base_new();
+    loop->base = new_precise_base();
     loop->own_base = 1;
     if (!loop->base) goto fail;
   }

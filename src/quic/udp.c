@@ -1,6 +1,8 @@
 /*
  * UDP sockets: address parsing, batched receive (recvmmsg) and batched send
- * (one sendmsg with UDP_SEGMENT for a run of equal-sized packets).
+ * (one sendmsg with UDP_SEGMENT for a run of equal-sized packets; on a
+ * server's socket, the packets of all its connections in one sendmmsg per
+ * loop turn).
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -24,6 +26,27 @@
 /* Socket buffers: loopback loss came from full receive buffers, so ask for
  * plenty; the kernel caps it at net.core.[rw]mem_max. */
 #define QRPCI_SOCK_BUF (8 * 1024 * 1024)
+/* A server socket's send queue: a fan-out to many connections writes a
+ * packet or two to each, and one system call per connection would cost
+ * more than the packets. Big enough for one connection's whole flush. */
+#define QRPCI_TXQ_MSGS 64
+#define QRPCI_TXQ_BYTES (256 * 1024)
+
+typedef union qrpci_segctl {
+  char buf[CMSG_SPACE(sizeof(uint16_t))];
+  struct cmsghdr align;
+} qrpci_segctl;
+
+struct qrpci_txq {
+  size_t n, used;
+  struct mmsghdr msgs[QRPCI_TXQ_MSGS];
+  struct iovec iov[QRPCI_TXQ_MSGS];
+  struct sockaddr_storage to[QRPCI_TXQ_MSGS];
+  socklen_t tolen[QRPCI_TXQ_MSGS];
+  size_t seg[QRPCI_TXQ_MSGS];
+  qrpci_segctl ctl[QRPCI_TXQ_MSGS];
+  uint8_t buf[QRPCI_TXQ_BYTES];
+};
 
 int qrpci_parse_addr(const char *addr, char **host, char **port) {
   if (!addr || !*addr) return QRPC_EINVAL;
@@ -92,44 +115,61 @@ int qrpci_sock_watch(qrpci_sock *s, struct event_base *base,
   return s->write_ev ? 0 : QRPC_ENOMEM;
 }
 
+static void txq_flush(qrpci_sock *s);
+
 void qrpci_sock_close(qrpci_sock *s) {
+  if (s->txq) {
+    if (s->fd >= 0) txq_flush(s);
+    free(s->txq);
+    s->txq = NULL;
+  }
+  if (qrpci_list_linked(&s->txq_node)) qrpci_list_remove(&s->txq_node);
   if (s->write_ev) event_free(s->write_ev);
   s->write_ev = NULL;
   if (s->fd >= 0) close(s->fd);
   s->fd = -1;
 }
 
-static int send_one(qrpci_sock *s, const struct sockaddr *to, socklen_t tolen,
-                    const uint8_t *data, size_t len, size_t segsize) {
-  struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
-  struct msghdr msg = {0};
-  union {
-    char buf[CMSG_SPACE(sizeof(uint16_t))];
-    struct cmsghdr align;
-  } ctrl;
+/* Fills msg for one send of len bytes at iov (and segctl for GSO). */
+static void msg_fill(const qrpci_sock *s, struct msghdr *msg,
+                     struct iovec *iov, qrpci_segctl *ctl,
+                     const struct sockaddr *to, socklen_t tolen,
+                     size_t len, size_t segsize) {
+  memset(msg, 0, sizeof(*msg));
   if (!s->connected) {
-    msg.msg_name = (void *)to;
-    msg.msg_namelen = tolen;
+    msg->msg_name = (void *)to;
+    msg->msg_namelen = tolen;
   }
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
+  msg->msg_iov = iov;
+  msg->msg_iovlen = 1;
   if (segsize && segsize < len) {
-    memset(&ctrl, 0, sizeof(ctrl));
-    msg.msg_control = ctrl.buf;
-    msg.msg_controllen = sizeof(ctrl.buf);
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    memset(ctl, 0, sizeof(*ctl));
+    msg->msg_control = ctl->buf;
+    msg->msg_controllen = sizeof(ctl->buf);
+    struct cmsghdr *cm = CMSG_FIRSTHDR(msg);
     cm->cmsg_level = SOL_UDP;
     cm->cmsg_type = UDP_SEGMENT;
     cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
     uint16_t seg = (uint16_t)segsize;
     memcpy(CMSG_DATA(cm), &seg, sizeof(seg));
   }
+}
+
+static int send_one(qrpci_sock *s, const struct sockaddr *to, socklen_t tolen,
+                    const uint8_t *data, size_t len, size_t segsize) {
+  struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
+  struct msghdr msg;
+  qrpci_segctl ctl;
+  msg_fill(s, &msg, &iov, &ctl, to, tolen, len, segsize);
   ssize_t n;
   do {
     n = sendmsg(s->fd, &msg, 0);
   } while (n < 0 && errno == EINTR);
   return n < 0 ? -errno : 0;
 }
+
+static int txq_add(qrpci_sock *s, const struct sockaddr *to, socklen_t tolen,
+                   const uint8_t *data, size_t len, size_t segsize);
 
 int qrpci_sock_send(qrpci_sock *s, const struct sockaddr *to, socklen_t tolen,
                     const uint8_t *data, size_t len, size_t segsize) {
@@ -142,6 +182,8 @@ int qrpci_sock_send(qrpci_sock *s, const struct sockaddr *to, socklen_t tolen,
     }
     return 0;
   }
+  if (s->txq && len <= QRPCI_TXQ_BYTES && tolen <= sizeof(s->txq->to[0]))
+    return txq_add(s, to, tolen, data, len, segsize);
   int rv = send_one(s, to, tolen, data, len, segsize);
   if (rv == -EIO && segsize) {
     /* The device cannot offload segmentation: stop asking. */
@@ -163,6 +205,92 @@ int qrpci_sock_send(qrpci_sock *s, const struct sockaddr *to, socklen_t tolen,
     return QRPC_ESYSTEM;
   }
   return 0;
+}
+
+/* ---- The send queue of a shared socket ------------------------------- */
+
+int qrpci_sock_enable_txq(qrpci_sock *s, struct qrpc_loop *loop) {
+  s->txq = malloc(sizeof(*s->txq));
+  if (!s->txq) return QRPC_ENOMEM;
+  s->txq->n = s->txq->used = 0;
+  s->loop = loop;
+  qrpci_list_init(&s->txq_node);
+  return 0;
+}
+
+static void blocked_now(qrpci_sock *s) {
+  s->blocked = 1;
+  if (s->write_ev) event_add(s->write_ev, NULL);
+}
+
+/* Sends everything queued, in order; what the kernel refuses for want of
+ * buffer space is lost to QUIC, which retransmits, as for a single send. */
+static void txq_flush(qrpci_sock *s) {
+  qrpci_txq *q = s->txq;
+  if (qrpci_list_linked(&s->txq_node)) qrpci_list_remove(&s->txq_node);
+  size_t off = 0;
+  for (size_t i = 0; i < q->n; i++) {
+    q->iov[i].iov_base = q->buf + off;
+    msg_fill(s, &q->msgs[i].msg_hdr, &q->iov[i], &q->ctl[i],
+             (const struct sockaddr *)&q->to[i], q->tolen[i],
+             q->iov[i].iov_len, q->seg[i]);
+    off += q->iov[i].iov_len;
+  }
+  size_t done = 0;
+  while (done < q->n && !s->blocked) {
+    int n = sendmmsg(s->fd, q->msgs + done, (unsigned)(q->n - done), 0);
+    if (n > 0) {
+      done += (size_t)n;
+      continue;
+    }
+    int err = n < 0 ? errno : EIO;
+    if (err == EINTR) continue;
+    if (err == EAGAIN || err == EWOULDBLOCK || err == ENOBUFS) {
+      blocked_now(s);
+      break;
+    }
+    if (err == EIO && q->seg[done] && s->gso) {
+      /* The device cannot offload segmentation: stop asking, and send this
+       * run a segment at a time. */
+      QRPCI_INFO("udp: UDP GSO unavailable on this path; sending singly");
+      s->gso = 0;
+      qrpci_txq *keep = s->txq;
+      s->txq = NULL;
+      qrpci_sock_send(s, (const struct sockaddr *)&q->to[done],
+                      q->tolen[done], q->iov[done].iov_base,
+                      q->iov[done].iov_len, q->seg[done]);
+      s->txq = keep;
+    } else {
+      QRPCI_DEBUG("udp: sendmmsg: %s", strerror(err));
+    }
+    done++;
+  }
+  q->n = q->used = 0;
+}
+
+static int txq_add(qrpci_sock *s, const struct sockaddr *to, socklen_t tolen,
+                   const uint8_t *data, size_t len, size_t segsize) {
+  qrpci_txq *q = s->txq;
+  if (q->n == QRPCI_TXQ_MSGS || q->used + len > QRPCI_TXQ_BYTES)
+    txq_flush(s);
+  if (s->blocked) return QRPC_EAGAIN;
+  memcpy(q->buf + q->used, data, len);
+  q->iov[q->n].iov_len = len;
+  memcpy(&q->to[q->n], to, tolen);
+  q->tolen[q->n] = tolen;
+  q->seg[q->n] = segsize;
+  q->n++;
+  q->used += len;
+  if (!qrpci_list_linked(&s->txq_node)) {
+    qrpci_list_push_back(&s->loop->txq_socks, &s->txq_node);
+    event_active(s->loop->flush_ev, 0, 0);
+  }
+  return 0;
+}
+
+void qrpci_loop_flush_txqs(struct qrpc_loop *loop) {
+  while (!qrpci_list_empty(&loop->txq_socks))
+    txq_flush(QRPCI_CONTAINER_OF(loop->txq_socks.next, qrpci_sock, txq_node));
 }
 
 int qrpci_sock_recv_batch(qrpci_sock *s, uint8_t (*bufs)[QRPCI_MAX_UDP],
