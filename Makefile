@@ -1,7 +1,7 @@
 # qrpc: the two commands most people need are
 #
-#   make run    install what is missing, build, and run the echo, hello
-#               and game demos
+#   make run    install what is missing, build, and run the echo, hello,
+#               game and chat demos
 #   make test   install what is missing, build, and run every test twice:
 #               as built, and under AddressSanitizer + UBSan
 #
@@ -34,7 +34,7 @@ RUN_TIMEOUT ?= 60
 
 # List the targets.
 help:
-	@echo "make run       set up, build, make certificates and run the echo, hello and game demos"
+	@echo "make run       set up, build, make certificates and run the echo, hello, game and chat demos"
 	@echo "make test      set up, build and run all tests (normal and sanitizer builds)"
 	@echo "make setup     install the Debian packages qrpc needs (uses sudo if not root)"
 	@echo "make build     configure and build into $(BUILD_DIR)/"
@@ -68,7 +68,9 @@ certs: setup
 # (raw streams and datagrams), then hello (typed RPC stubs generated from
 # examples/hello/hello.proto), then game (examples/game/game.proto: a
 # server ticking at 60 Hz that broadcasts the world as datagrams, and 20
-# headless clients measuring it for 3 seconds).
+# headless clients measuring it for 3 seconds), then chat (the qrpc-broker
+# daemon, and `chat --demo 5`: five users in one room who each send three
+# messages and check that everyone got all of them once and in order).
 run: build certs
 	@out=$$(mktemp -d)
 	server_pid=
@@ -91,11 +93,12 @@ run: build certs
 	  echo "demo: $$server_name output (exit status $$server_status):"
 	  sed 's/^/  | /' "$$out/$$server_name.log"
 	}
-	# start_server NAME: starts examples/NAME, sets port from its READY line.
+	# start_server NAME [PATH]: starts PATH (default examples/NAME), sets
+	# port from its READY line.
 	start_server() {
 	  server_name=$$1
 	  echo "demo: starting $$server_name on 127.0.0.1, port chosen by the system"
-	  $(BUILD_DIR)/examples/$$server_name \
+	  $${2:-$(BUILD_DIR)/examples/$$server_name} \
 	    --listen 127.0.0.1:0 \
 	    --cert $(CERT_DIR)/server.pem --key $(CERT_DIR)/server-key.pem \
 	    >"$$out/$$server_name.log" 2>&1 &
@@ -135,6 +138,8 @@ run: build certs
 	run_client hello_client qrpc
 	start_server game_server
 	run_client game_client --clients 20 --seconds 3
+	start_server qrpc-broker $(BUILD_DIR)/services/qrpc-broker
+	run_client chat --demo 5
 	echo "demo: OK"
 
 # Run every test in both builds; fails if any test failed in either.

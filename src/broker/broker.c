@@ -817,6 +817,11 @@ int qrpc_broker_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
   so.user_data = b;
   if (so.rpc.max_frame < opts->max_payload + DELIVERY_OVERHEAD)
     so.rpc.max_frame = opts->max_payload + DELIVERY_OVERHEAD;
+  /* Every subscription is a stream the client opens; the unary calls take
+   * a few more. */
+  uint64_t streams = (uint64_t)opts->max_subscriptions + 8;
+  if (so.endpoint.conn.max_streams_bidi < streams)
+    so.endpoint.conn.max_streams_bidi = streams;
   if ((rv = qrpc_server_new(loop, addr, tls, &so, &b->srv)) != 0 ||
       (rv = qrpc_broker_Broker_register(b->srv, &broker_handlers)) != 0) {
     if (err && errlen)

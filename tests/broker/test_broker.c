@@ -730,6 +730,37 @@ START_TEST(test_unsubscribe_stats_refusals) {
 }
 END_TEST
 
+/* Every subscription is a stream: a connection may hold as many as
+ * max_subscriptions, far past QUIC's default stream limit. */
+START_TEST(test_many_subscriptions_one_connection) {
+  char addr[64];
+  qrpc_broker *b = broker_start(NULL, addr, sizeof(addr), NULL);
+  client c;
+  client_start(&c, addr, NULL);
+  enum { N = 300 };
+  static sub s[N];
+  char pat[32];
+  for (int i = 0; i < N; i++) {
+    snprintf(pat, sizeof(pat), "many.%d", i);
+    subscribe(&c, &s[i], pat, NULL);
+  }
+  int confirmed = 0;
+  uint64_t end = qt_now_ms() + 10000;
+  while (confirmed < N && qt_now_ms() < end) {
+    qrpc_loop_run_for(loop, 5);
+    confirmed = 0;
+    for (int i = 0; i < N; i++) confirmed += s[i].subscribed;
+  }
+  ck_assert_int_eq(confirmed, N);
+  pubs p = {0};
+  publish_seq(&c, &p, "many.299", 1, 16, 0);
+  ck_assert(qt_run_until_count(loop, &p.acked, 1, QT_WAIT_MS));
+  ck_assert_uint_eq(p.last_subscribers, 1);
+  qrpc_broker_client_free(c.bc);
+  qrpc_broker_free(b);
+}
+END_TEST
+
 /* ---- Restart ---------------------------------------------------------- */
 
 START_TEST(test_broker_restart_resubscribe) {
@@ -824,6 +855,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_acl_bad_file);
   tcase_add_test(t, test_retained_message);
   tcase_add_test(t, test_unsubscribe_stats_refusals);
+  tcase_add_test(t, test_many_subscriptions_one_connection);
   tcase_add_test(t, test_broker_restart_resubscribe);
   tcase_add_test(t, test_held_publishes_and_shutdown);
   suite_add_tcase(s, t);

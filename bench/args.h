@@ -1,0 +1,69 @@
+/*
+ * Command-line flags of the subcommands: a table of flags per subcommand,
+ * strict parsing, and messages that name the flag and what it expects.
+ */
+#ifndef BENCH_ARGS_H
+#define BENCH_ARGS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+typedef enum bench_flag_kind {
+  BENCH_FLAG_STR,     /* const char **: any non-empty text */
+  BENCH_FLAG_UINT,    /* uint64_t *: a whole number in [min, max] */
+  BENCH_FLAG_SECONDS, /* double *: a decimal number of seconds in [min, max] */
+  BENCH_FLAG_BOOL,    /* int *: present or not; takes no value */
+  BENCH_FLAG_CHOICE,  /* int *: the index of the value in choices */
+} bench_flag_kind;
+
+typedef struct bench_flag {
+  const char *name; /* "--port" */
+  bench_flag_kind kind;
+  void *dst; /* holds the default on entry */
+  double min, max;
+  const char *const *choices; /* BENCH_FLAG_CHOICE: NULL-terminated */
+  const char *meta;           /* the value's name in --help ("P") */
+  const char *help;
+  int required;
+  int seen; /* set by bench_args_parse() */
+} bench_flag;
+
+/* The flags every client takes, into their own fields. */
+typedef struct bench_client_common {
+  const char *host;
+  uint64_t port;
+  const char *tls_ca;
+  const char *tls_name;
+  double warmup_s;
+  double duration_s;
+  int json;
+  const char *qlog_dir;
+} bench_client_common;
+
+/* The most flags one subcommand has. */
+#define BENCH_MAX_FLAGS 24
+
+/* Appends the client flags shared by every family to flags (which has
+ * room for BENCH_MAX_FLAGS) after n entries; returns the new count. Sets
+ * the defaults in c. */
+size_t bench_client_common_flags(bench_flag *flags, size_t n,
+                                 bench_client_common *c);
+
+/* Parses argv against flags (each "--name VALUE" or "--name=VALUE").
+ * Returns 0 when parsed, 1 when --help was printed (to stdout), 2 after
+ * printing a message naming the bad flag (to stderr). synopsis and about
+ * head the help text. */
+int bench_args_parse(const char *prog, const char *synopsis, const char *about,
+                     bench_flag *flags, size_t nflags, int argc, char **argv);
+
+/* Prints the help text of a subcommand to f. */
+void bench_args_usage(FILE *f, const char *prog, const char *synopsis,
+                      const char *about, const bench_flag *flags,
+                      size_t nflags);
+
+/* The flag named name in flags, or NULL. */
+const bench_flag *bench_args_find(const bench_flag *flags, size_t nflags,
+                                  const char *name);
+
+#endif

@@ -1,0 +1,231 @@
+/*
+ * qrpc-bench server rpc: the Echo service of bench.proto. Echo answers
+ * each request with its own bytes; EchoStream sends every item back as it
+ * arrives. Both work on the encoded Msg directly (an echoed Msg is a Msg),
+ * so no message is decoded or allocated per call.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench.h"
+#include "bench.qrpc.h"
+#include "report.h"
+#include "server_common.h"
+
+#define ECHO_ID qrpc_bench_Echo_Echo_METHOD_ID
+#define ECHO_STREAM_ID qrpc_bench_Echo_EchoStream_METHOD_ID
+
+/* Items of one stream waiting for room to be echoed. qrpc stops reading
+ * a stream whose send buffer is full, so only what was read before it
+ * noticed waits here (about a stream window); past this bound the stream
+ * is failed instead. */
+#define STREAM_QUEUE_MAX ((size_t)BENCH_MAX_FRAME * 4)
+
+typedef struct rpc_server {
+  uint64_t calls;
+  uint64_t streams;
+  uint64_t stream_items;
+  uint64_t stream_failed;
+  uint64_t queued_max; /* bytes, the most one stream held back */
+  uint64_t conns;
+} rpc_server;
+
+/* ---- Unary --------------------------------------------------------------- */
+
+static void on_echo(qrpc_req *req, const uint8_t *payload, size_t len,
+                    void *user_data) {
+  rpc_server *s = user_data;
+  s->calls++;
+  int rc = qrpc_req_reply(req, payload, len);
+  if (rc != 0 && rc != QRPC_ENOMEM) /* ENOMEM answered INTERNAL already */
+    qrpc_req_error(req, QRPC_STATUS_INTERNAL, qrpc_strerror(rc));
+}
+
+/* ---- Bidi streaming ------------------------------------------------------ */
+
+typedef struct queued_item {
+  struct queued_item *next;
+  size_t len;
+  uint8_t data[];
+} queued_item;
+
+typedef struct echo_stream {
+  rpc_server *srv;
+  queued_item *head, *tail;
+  size_t queued;
+  int caller_ended;
+} echo_stream;
+
+static void stream_free(echo_stream *es) {
+  while (es->head != NULL) {
+    queued_item *q = es->head;
+    es->head = q->next;
+    free(q);
+  }
+  free(es);
+}
+
+/* The caller has ended and every item is echoed: END ours too, which
+ * releases the request. */
+static void stream_finish(qrpc_req *req, echo_stream *es) {
+  stream_free(es);
+  qrpc_req_end(req);
+}
+
+static void stream_fail(qrpc_req *req, echo_stream *es, const char *why) {
+  es->srv->stream_failed++;
+  stream_free(es);
+  qrpc_req_error(req, QRPC_STATUS_RESOURCE_EXHAUSTED, why);
+}
+
+/* Sends what waits, in order, while the stream takes it. Returns 0, or -1
+ * after failing the stream. */
+static int stream_flush(qrpc_req *req, echo_stream *es) {
+  while (es->head != NULL) {
+    queued_item *q = es->head;
+    int rc = qrpc_req_send(req, q->data, q->len);
+    if (rc == QRPC_EAGAIN) return 0;
+    if (rc != 0) {
+      stream_fail(req, es, qrpc_strerror(rc));
+      return -1;
+    }
+    es->head = q->next;
+    if (es->head == NULL) es->tail = NULL;
+    es->queued -= q->len;
+    free(q);
+  }
+  return 0;
+}
+
+static void stream_on_item(qrpc_req *req, const uint8_t *data, size_t len,
+                           void *user_data) {
+  echo_stream *es = user_data;
+  es->srv->stream_items++;
+  /* Keep qrpc's send buffer full while items wait: qrpc stops reading the
+   * stream only while that buffer is full, so this is what bounds the
+   * queue below. */
+  if (stream_flush(req, es) != 0) return;
+  if (es->head == NULL) {
+    int rc = qrpc_req_send(req, data, len);
+    if (rc == 0) return;
+    if (rc != QRPC_EAGAIN) {
+      stream_fail(req, es, qrpc_strerror(rc));
+      return;
+    }
+  }
+  if (es->queued + len > STREAM_QUEUE_MAX) {
+    stream_fail(req, es, "echoes are not being read");
+    return;
+  }
+  queued_item *q = malloc(sizeof(*q) + len);
+  if (q == NULL) {
+    stream_fail(req, es, "out of memory");
+    return;
+  }
+  q->next = NULL;
+  q->len = len;
+  memcpy(q->data, data, len);
+  if (es->tail != NULL)
+    es->tail->next = q;
+  else
+    es->head = q;
+  es->tail = q;
+  es->queued += len;
+  if (es->queued > es->srv->queued_max) es->srv->queued_max = es->queued;
+}
+
+static void stream_on_writable(qrpc_req *req, void *user_data) {
+  echo_stream *es = user_data;
+  if (stream_flush(req, es) != 0) return;
+  if (es->head == NULL && es->caller_ended) stream_finish(req, es);
+}
+
+static void stream_on_end(qrpc_req *req, void *user_data) {
+  echo_stream *es = user_data;
+  es->caller_ended = 1;
+  if (es->head == NULL) stream_finish(req, es);
+}
+
+static void stream_on_cancel(qrpc_req *req, int status, void *user_data) {
+  (void)req, (void)status;
+  stream_free(user_data);
+}
+
+static const qrpc_req_callbacks stream_cbs = {
+    .on_item = stream_on_item,
+    .on_end = stream_on_end,
+    .on_cancel = stream_on_cancel,
+    .on_writable = stream_on_writable,
+};
+
+static void on_echo_stream(qrpc_req *req, const uint8_t *payload, size_t len,
+                           void *user_data) {
+  rpc_server *s = user_data;
+  (void)payload, (void)len;
+  echo_stream *es = calloc(1, sizeof(*es));
+  if (es == NULL) {
+    qrpc_req_error(req, QRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return;
+  }
+  es->srv = s;
+  s->streams++;
+  qrpc_req_set_callbacks(req, &stream_cbs, es);
+}
+
+/* ---- Main ---------------------------------------------------------------- */
+
+static void on_peer_open(qrpc_peer *peer, void *user_data) {
+  rpc_server *s = user_data;
+  (void)peer;
+  s->conns++;
+}
+
+int bench_server_rpc(const char *prog, int argc, char **argv) {
+  bench_server_common c;
+  bench_flag flags[BENCH_MAX_FLAGS];
+  size_t n = bench_server_common_flags(flags, 0, &c);
+  int rc = bench_args_parse(
+      prog, "--port P [--tls-cert PEM --tls-key PEM] [flags]",
+      "Serves qrpc.bench.Echo (bench.proto): unary Echo and bidi streaming\n"
+      "EchoStream, both answering with the bytes they get. Prints READY on\n"
+      "stdout once it accepts connections; on SIGTERM or SIGINT it prints\n"
+      "RESULT with its counters and exits.",
+      flags, n, argc, argv);
+  if (rc != 0) return rc == 1 ? 0 : 2;
+
+  rpc_server s;
+  memset(&s, 0, sizeof(s));
+  qrpc_server_opts o;
+  bench_server_opts(&c, &o);
+  o.on_peer_open = on_peer_open;
+  o.user_data = &s;
+  qrpc_loop *loop;
+  qrpc_server *srv;
+  if (bench_server_start(prog, &c, &o, &loop, &srv) != 0) return 1;
+  int status = 1;
+  if ((rc = qrpc_server_register(srv, ECHO_ID, QRPC_SHAPE_UNARY, on_echo,
+                                 &s)) != 0 ||
+      (rc = qrpc_server_register(srv, ECHO_STREAM_ID, QRPC_SHAPE_BIDI_STREAM,
+                                 on_echo_stream, &s)) != 0) {
+    fprintf(stderr, "%s: cannot register the Echo service: %s\n", prog,
+            qrpc_strerror(rc));
+  } else {
+    status = bench_server_serve(prog, loop, srv, &c);
+  }
+  double cpu = bench_cpu_s();
+  bench_server_stop(&c, loop, srv);
+  if (status == 0) {
+    bench_report r;
+    bench_report_init(&r);
+    bench_report_uint(&r, "server_calls", s.calls);
+    bench_report_uint(&r, "server_streams", s.streams);
+    bench_report_uint(&r, "server_stream_items", s.stream_items);
+    bench_report_uint(&r, "server_stream_failed", s.stream_failed);
+    bench_report_uint(&r, "server_stream_queued_max", s.queued_max);
+    bench_report_uint(&r, "server_conns", s.conns);
+    bench_report_num(&r, "server_cpu_s", cpu, 2);
+    bench_report_print_result(&r);
+  }
+  return status;
+}
