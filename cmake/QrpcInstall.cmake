@@ -74,7 +74,7 @@ install(FILES ${PROJECT_BINARY_DIR}/qrpc.pc
 # The code generator: protoc-gen-qrpc in bin/ (exported as the imported
 # executable qrpc::protoc-gen-qrpc), qrpc_generate() next to the package
 # files (qrpcConfig.cmake includes it), and qrpc's own .proto files
-# (qrpc/options.proto) in share/qrpc/proto, the import directory
+# (qrpc/options.proto, qrpc/broker.proto) in share/qrpc/proto, the import directory
 # qrpc_generate() adds.
 install(TARGETS protoc-gen-qrpc
   EXPORT qrpcTargets

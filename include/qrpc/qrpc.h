@@ -4,6 +4,7 @@
 #ifndef QRPC_QRPC_H
 #define QRPC_QRPC_H
 
+#include "qrpc/broker.h"
 #include "qrpc/dgram.h"
 #include "qrpc/error.h"
 #include "qrpc/log.h"
