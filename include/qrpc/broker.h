@@ -103,8 +103,8 @@ void qrpc_broker_opts_default(qrpc_broker_opts *o);
  * reason is logged at error level and, if err is not NULL, written to err,
  * errlen bytes, NUL-terminated). */
 int qrpc_broker_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
-                    const qrpc_broker_opts *opts, qrpc_broker **out,
-                    char *err, size_t errlen);
+                    const qrpc_broker_opts *opts, qrpc_broker **out, char *err,
+                    size_t errlen);
 
 /* The server underneath (port, endpoint statistics). Owned by the broker. */
 qrpc_server *qrpc_broker_server(qrpc_broker *b);
@@ -130,13 +130,13 @@ typedef struct qrpc_broker_client qrpc_broker_client;
 typedef struct qrpc_broker_sub qrpc_broker_sub;
 
 typedef struct qrpc_broker_client_opts {
-  size_t size;              /* sizeof(qrpc_broker_client_opts) */
-  qrpc_client_opts client;  /* connection, reconnection and RPC settings;
-                               on_connect/on_disconnect and
-                               rpc.unary_streams are the library's */
-  const char *token;        /* ACL token (copied); NULL or "": anonymous */
-  const char *client_name;  /* for the broker's log (copied); may be NULL */
-  size_t max_pending;       /* publishes held while not ready; 1024 */
+  size_t size;             /* sizeof(qrpc_broker_client_opts) */
+  qrpc_client_opts client; /* connection, reconnection and RPC settings;
+                              on_connect/on_disconnect and
+                              rpc.unary_streams are the library's */
+  const char *token;       /* ACL token (copied); NULL or "": anonymous */
+  const char *client_name; /* for the broker's log (copied); may be NULL */
+  size_t max_pending;      /* publishes held while not ready; 1024 */
   /* The client is ready: connected, Hello answered, subscriptions being
    * renewed (status 0); or the broker refused the token (status
    * UNAUTHENTICATED, detail says why; nothing is sent on this connection
@@ -185,8 +185,8 @@ enum {
  * (UNAVAILABLE: the connection was lost, the message may or may not have
  * been published). detail is borrowed, may be NULL. */
 typedef void (*qrpc_broker_publish_fn)(qrpc_broker_client *bc, int status,
-                                       uint32_t subscribers,
-                                       const char *detail, void *user_data);
+                                       uint32_t subscribers, const char *detail,
+                                       void *user_data);
 
 /* Publishes payload (copied) on topic. With done, the broker answers and
  * done fires exactly once (never inside this function); without it the
@@ -251,8 +251,8 @@ typedef struct qrpc_broker_sub_callbacks {
  * Errors: QRPC_EINVAL (pattern invalid, options), QRPC_ENOMEM. */
 int qrpc_broker_subscribe(qrpc_broker_client *bc, const char *pattern,
                           const qrpc_broker_sub_opts *opts,
-                          const qrpc_broker_sub_callbacks *cbs,
-                          void *user_data, qrpc_broker_sub **out);
+                          const qrpc_broker_sub_callbacks *cbs, void *user_data,
+                          qrpc_broker_sub **out);
 
 /* Ends the subscription: no callback of sub fires after this returns and
  * the handle is invalid. Allowed inside sub's own callbacks. */

@@ -16,8 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <qrpc/qrpc.h>
 #include <qrpc/broker.h>
+#include <qrpc/qrpc.h>
 
 #define PROG "qrpc-broker"
 
@@ -38,7 +38,8 @@ static void usage(FILE *f) {
       "                          port 0 picks a free one)\n"
       "  --cert PEM --key PEM    the server's certificate chain and key\n"
       "  --acl FILE              access control: tokens and the topics they\n"
-      "                          may publish and subscribe to (docs/broker.md);\n"
+      "                          may publish and subscribe to "
+      "(docs/broker.md);\n"
       "                          without it every client may do everything\n"
       "  --max-payload BYTES     largest message (default 1048576)\n"
       "  --max-subscriptions N   per connection (default 1000)\n"
@@ -62,8 +63,9 @@ static int parse_num(const char *flag, const char *v, unsigned long long min,
   errno = 0;
   unsigned long long n = strtoull(v, &end, 10);
   if (errno || end == v || *end || v[0] == '-' || n < min || n > max) {
-    fprintf(stderr, PROG ": %s expects a whole number from %llu to %llu, not "
-                         "'%s'\n",
+    fprintf(stderr,
+            PROG ": %s expects a whole number from %llu to %llu, not "
+                 "'%s'\n",
             flag, min, max, v);
     return -1;
   }
@@ -84,8 +86,9 @@ static int parse_level(const char *v, qrpc_log_level *out) {
       *out = levels[i].level;
       return 0;
     }
-  fprintf(stderr, PROG ": --log-level expects error, warn, info or debug, "
-                       "not '%s'\n",
+  fprintf(stderr,
+          PROG ": --log-level expects error, warn, info or debug, "
+               "not '%s'\n",
           v);
   return -1;
 }
@@ -226,12 +229,10 @@ int main(int argc, char **argv) {
   bo.server.endpoint.max_connections = o.max_conns;
   bo.max_retained = o.max_retained;
   char err[512] = "";
-  rc = qrpc_broker_new(d.loop, o.listen, tls, &bo, &d.broker, err,
-                       sizeof(err));
+  rc = qrpc_broker_new(d.loop, o.listen, tls, &bo, &d.broker, err, sizeof(err));
   if (rc != 0) {
     d.broker = NULL;
-    fprintf(stderr, PROG ": %s\n",
-            err[0] ? err : qrpc_strerror(rc));
+    fprintf(stderr, PROG ": %s\n", err[0] ? err : qrpc_strerror(rc));
     goto out;
   }
   struct event_base *base = qrpc_loop_base(d.loop);

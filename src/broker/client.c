@@ -344,10 +344,9 @@ static void sub_start(qrpc_broker_sub *s) {
   r.skip_retained = s->opts.skip_retained != 0;
   qrpc_msg m = {&r, qrpc__broker__subscribe_request__get_packed_size(&r),
                 pack_subscribe};
-  int rv = qrpc_client_stream_msg(s->bc->cli,
-                                  qrpc_broker_Broker_Subscribe_METHOD_ID,
-                                  QRPC_SHAPE_SERVER_STREAM, &m, NULL,
-                                  &sub_callbacks, s, &s->call);
+  int rv = qrpc_client_stream_msg(
+      s->bc->cli, qrpc_broker_Broker_Subscribe_METHOD_ID,
+      QRPC_SHAPE_SERVER_STREAM, &m, NULL, &sub_callbacks, s, &s->call);
   if (rv != 0) {
     s->call = NULL;
     QRPCI_WARN("broker client: cannot subscribe to '%s' now (%s); again "

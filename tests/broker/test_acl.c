@@ -8,38 +8,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "alloc_fail.h"
 #include "broker/acl.h"
 #include "qrpc/error.h"
-
-/* ---- allocation failures ----------------------------------------------
- * The test is linked with --wrap for malloc, calloc and realloc, so every
- * allocation of the parser passes here and a test can make the n-th one
- * fail. */
-
-void *__real_malloc(size_t n);
-void *__real_calloc(size_t n, size_t size);
-void *__real_realloc(void *p, size_t n);
-void *__wrap_malloc(size_t n);
-void *__wrap_calloc(size_t n, size_t size);
-void *__wrap_realloc(void *p, size_t n);
-
-static long allocs_left = -1; /* -1: never fail */
-
-static int alloc_fails(void) {
-  if (allocs_left == 0) return 1;
-  if (allocs_left > 0) allocs_left--;
-  return 0;
-}
-
-void *__wrap_malloc(size_t n) {
-  return alloc_fails() ? NULL : __real_malloc(n);
-}
-void *__wrap_calloc(size_t n, size_t size) {
-  return alloc_fails() ? NULL : __real_calloc(n, size);
-}
-void *__wrap_realloc(void *p, size_t n) {
-  return alloc_fails() ? NULL : __real_realloc(p, n);
-}
 
 /* ---- helpers ----------------------------------------------------------- */
 
@@ -274,9 +245,9 @@ START_TEST(test_parse_enomem) {
   qrpci_acl *acl = NULL;
   char err[128];
   for (k = 0; rv == QRPC_ENOMEM; k++) {
-    allocs_left = k;
+    qt_alloc_fail_after(k);
     rv = qrpci_acl_parse(text, n, "t.acl", &acl, err, sizeof(err));
-    allocs_left = -1;
+    qt_alloc_fail_after(-1);
     if (rv == QRPC_ENOMEM) {
       ck_assert_ptr_null(acl);
       ck_assert_ptr_nonnull(strstr(err, "out of memory"));

@@ -36,8 +36,8 @@ static void teardown(void) {
 
 /* ---- Fixtures ---------------------------------------------------------- */
 
-static qrpc_broker *broker_start(qrpc_broker_opts *bo, char *addr,
-                                 size_t cap, const char *bind) {
+static qrpc_broker *broker_start(qrpc_broker_opts *bo, char *addr, size_t cap,
+                                 const char *bind) {
   qrpc_broker_opts def;
   if (!bo) {
     qrpc_broker_opts_default(&def);
@@ -45,8 +45,8 @@ static qrpc_broker *broker_start(qrpc_broker_opts *bo, char *addr,
   }
   qrpc_broker *b = NULL;
   char err[256] = "";
-  int rv = qrpc_broker_new(loop, bind ? bind : "127.0.0.1:0", stls, bo, &b,
-                           err, sizeof(err));
+  int rv = qrpc_broker_new(loop, bind ? bind : "127.0.0.1:0", stls, bo, &b, err,
+                           sizeof(err));
   ck_assert_msg(rv == 0, "qrpc_broker_new: %s (%s)", qrpc_strerror(rv), err);
   snprintf(addr, cap, "127.0.0.1:%u",
            (unsigned)qrpc_server_port(qrpc_broker_server(b)));
@@ -56,7 +56,7 @@ static qrpc_broker *broker_start(qrpc_broker_opts *bo, char *addr,
 typedef struct client {
   qrpc_broker_client *bc;
   int ready;
-  int refused;      /* on_ready with a status */
+  int refused; /* on_ready with a status */
   int disconnects;
   qt_close_rec close;
 } client;
@@ -70,8 +70,8 @@ static void c_on_ready(qrpc_broker_client *bc, int status, const char *detail,
     c->refused = status;
 }
 
-static void c_on_disconnect(qrpc_broker_client *bc,
-                            const qrpc_close_info *info, void *ud) {
+static void c_on_disconnect(qrpc_broker_client *bc, const qrpc_close_info *info,
+                            void *ud) {
   client *c = ud;
   c->disconnects++;
   qt_close_rec_set(&c->close, info);
@@ -146,8 +146,7 @@ static void s_on_dropped(qrpc_broker_sub *h, uint64_t n, void *ud) {
   ((sub *)ud)->dropped += n;
 }
 
-static void s_on_end(qrpc_broker_sub *h, int status, const char *d,
-                     void *ud) {
+static void s_on_end(qrpc_broker_sub *h, int status, const char *d, void *ud) {
   sub *s = ud;
   s->ended++;
   s->end_status = status;
@@ -164,8 +163,7 @@ static const qrpc_broker_sub_callbacks sub_cbs = {
 static void subscribe(client *c, sub *s, const char *pattern,
                       const qrpc_broker_sub_opts *o) {
   memset(s, 0, sizeof(*s));
-  ck_assert_int_eq(qrpc_broker_subscribe(c->bc, pattern, o, &sub_cbs, s,
-                                         &s->h),
+  ck_assert_int_eq(qrpc_broker_subscribe(c->bc, pattern, o, &sub_cbs, s, &s->h),
                    0);
 }
 
@@ -193,9 +191,8 @@ static void publish_seq(client *c, pubs *p, const char *topic, uint64_t seq,
   ck_assert(len >= 8 && len <= sizeof(buf));
   memset(buf, 0x5a, len);
   qt_put_be64(buf, seq);
-  ck_assert_int_eq(qrpc_broker_publish(c->bc, topic, buf, len, flags, p_done,
-                                       p),
-                   0);
+  ck_assert_int_eq(
+      qrpc_broker_publish(c->bc, topic, buf, len, flags, p_done, p), 0);
   p->sent++;
 }
 
@@ -497,10 +494,9 @@ START_TEST(test_slow_conflate_latest_per_topic) {
    * message i went to topic i % ntopics. */
   for (int k = 0; k < ntopics; k++) {
     uint64_t last = SLOW_MSGS - ((SLOW_MSGS - (uint64_t)k) % ntopics);
-    ck_assert_msg(e.slow.per_topic[k] == last,
-                  "topic %d: latest %llu, expected %llu", k,
-                  (unsigned long long)e.slow.per_topic[k],
-                  (unsigned long long)last);
+    ck_assert_msg(
+        e.slow.per_topic[k] == last, "topic %d: latest %llu, expected %llu", k,
+        (unsigned long long)e.slow.per_topic[k], (unsigned long long)last);
   }
   ck_assert_uint_lt(e.slow.received, SLOW_MSGS);
   slow_teardown(&e);
@@ -542,9 +538,9 @@ START_TEST(test_acl_allow_deny) {
   client_start_on(&bad, loop, addr, "wrong-token", 0);
 
   sub a_chat, b_news, b_chat, n_pub, n_chat;
-  subscribe(&alice, &a_chat, "chat.room.*", NULL);  /* covered by chat.> */
-  subscribe(&bob, &b_news, "news.sport", NULL);     /* covered by news.* */
-  subscribe(&bob, &b_chat, "chat.>", NULL);         /* denied */
+  subscribe(&alice, &a_chat, "chat.room.*", NULL); /* covered by chat.> */
+  subscribe(&bob, &b_news, "news.sport", NULL);    /* covered by news.* */
+  subscribe(&bob, &b_chat, "chat.>", NULL);        /* denied */
   subscribe(&anon, &n_pub, "public.>", NULL);
   subscribe(&anon, &n_chat, ">", NULL); /* wider than allowed: denied */
   ck_assert(qt_run_until_count(loop, &b_chat.ended, 1, QT_WAIT_MS));
@@ -593,9 +589,8 @@ START_TEST(test_acl_bad_file) {
   bo.acl_path = "/nonexistent/qrpc-acl";
   qrpc_broker *b = NULL;
   char err[256] = "";
-  ck_assert_int_ne(qrpc_broker_new(loop, "127.0.0.1:0", stls, &bo, &b, err,
-                                   sizeof(err)),
-                   0);
+  ck_assert_int_ne(
+      qrpc_broker_new(loop, "127.0.0.1:0", stls, &bo, &b, err, sizeof(err)), 0);
   ck_assert_ptr_null(b);
   ck_assert_msg(strstr(err, "/nonexistent/qrpc-acl"), "err: %s", err);
 }

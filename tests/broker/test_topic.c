@@ -6,33 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alloc_fail.h"
 #include "broker/topic.h"
 #include "qrpc/error.h"
-
-/* ---- allocation failures ----------------------------------------------
- * The test is linked with --wrap for malloc and calloc, so every
- * allocation of the tree passes here and a test can make the n-th one
- * fail. */
-
-void *__real_malloc(size_t n);
-void *__real_calloc(size_t n, size_t size);
-void *__wrap_malloc(size_t n);
-void *__wrap_calloc(size_t n, size_t size);
-
-static long allocs_left = -1; /* -1: never fail */
-
-static int alloc_fails(void) {
-  if (allocs_left == 0) return 1;
-  if (allocs_left > 0) allocs_left--;
-  return 0;
-}
-
-void *__wrap_malloc(size_t n) {
-  return alloc_fails() ? NULL : __real_malloc(n);
-}
-void *__wrap_calloc(size_t n, size_t size) {
-  return alloc_fails() ? NULL : __real_calloc(n, size);
-}
 
 /* ---- tables ------------------------------------------------------------ */
 
@@ -570,9 +546,9 @@ START_TEST(test_tree_add_enomem) {
     int rv = QRPC_ENOMEM;
     long k;
     for (k = 0; rv == QRPC_ENOMEM; k++) {
-      allocs_left = k;
+      qt_alloc_fail_after(k);
       rv = qrpci_topic_tree_add(t, pats[p], strlen(pats[p]), &subs[p].sub);
-      allocs_left = -1;
+      qt_alloc_fail_after(-1);
       if (rv == QRPC_ENOMEM) {
         ck_assert_uint_eq(qrpci_topic_tree_node_count(t), before);
         ck_assert_ptr_null(subs[p].sub.node);
@@ -587,9 +563,9 @@ START_TEST(test_tree_add_enomem) {
   /* Creating a tree fails cleanly too. */
   qrpci_topic_tree *t2 = NULL;
   for (long k = 0; k < 2; k++) {
-    allocs_left = k;
+    qt_alloc_fail_after(k);
     int rv = qrpci_topic_tree_new(&t2);
-    allocs_left = -1;
+    qt_alloc_fail_after(-1);
     ck_assert_int_eq(rv, QRPC_ENOMEM);
     ck_assert_ptr_null(t2);
   }

@@ -296,25 +296,26 @@ static void broker_part(soak *s) {
   qrpc_broker_sub_callbacks cb = {.on_message = bk_message,
                                   .on_subscribed = bk_subscribed};
   qrpc_broker_sub *h1, *h2, *h3;
-  ck_assert_int_eq(qrpc_broker_subscribe(sub.bc, "soak.>", NULL, &cb, &sub,
-                                         &h1), 0);
+  ck_assert_int_eq(
+      qrpc_broker_subscribe(sub.bc, "soak.>", NULL, &cb, &sub, &h1), 0);
   qrpc_broker_sub_opts ro;
   qrpc_broker_sub_opts_default(&ro);
   ro.mode = QRPC_BROKER_REALTIME;
   qrpc_broker_sub_callbacks rcb = {.on_message = bk_realtime,
                                    .on_subscribed = bk_subscribed};
-  ck_assert_int_eq(qrpc_broker_subscribe(rt.bc, "soak.*", &ro, &rcb, &rt,
-                                         &h2), 0);
-  ck_assert_int_eq(qrpc_broker_subscribe(rt.bc, "other.*", NULL, &rcb, &rt,
-                                         &h3), 0);
+  ck_assert_int_eq(qrpc_broker_subscribe(rt.bc, "soak.*", &ro, &rcb, &rt, &h2),
+                   0);
+  ck_assert_int_eq(
+      qrpc_broker_subscribe(rt.bc, "other.*", NULL, &rcb, &rt, &h3), 0);
   ck_assert(qt_run_until_count(loop, &sub.subscribed, 1, QT_WAIT_MS));
   ck_assert(qt_run_until_count(loop, &rt.subscribed, 2, QT_WAIT_MS));
   qrpc_broker_unsubscribe(h3);
   uint8_t buf[8];
   for (uint64_t i = 1; i <= BROKER_MSGS; i++) {
     qt_put_be64(buf, i);
-    ck_assert_int_eq(qrpc_broker_publish(pub.bc, "soak.x", buf, sizeof(buf),
-                                         0, bk_acked, &pub), 0);
+    ck_assert_int_eq(qrpc_broker_publish(pub.bc, "soak.x", buf, sizeof(buf), 0,
+                                         bk_acked, &pub),
+                     0);
   }
   ck_assert(qt_run_until_count(loop, &pub.acked, BROKER_MSGS, QT_WAIT_MS));
   if (s->cycles % 2 == 0) {
@@ -367,9 +368,8 @@ START_TEST(test_soak) {
                                               server_dgram_echo, NULL),
                    0);
   ck_assert_int_eq(qt_server_start(&s.raw, loop, "127.0.0.1:0", stls, NULL), 0);
-  ck_assert_int_eq(qrpc_broker_new(loop, "127.0.0.1:0", stls, NULL, &s.broker,
-                                   NULL, 0),
-                   0);
+  ck_assert_int_eq(
+      qrpc_broker_new(loop, "127.0.0.1:0", stls, NULL, &s.broker, NULL, 0), 0);
   snprintf(s.broker_addr, sizeof(s.broker_addr), "127.0.0.1:%u",
            (unsigned)qrpc_server_port(qrpc_broker_server(s.broker)));
   s.raw.echo_datagrams = 1;
