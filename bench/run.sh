@@ -3,14 +3,19 @@
 # each result per workload.
 #
 #   bench/run.sh [-n RUNS] [-w SECONDS] [-d SECONDS] [-o FILE] [-b BINARY]
-#                [WORKLOAD|SET ...]
+#                [-r BROKER] [WORKLOAD|SET ...]
 #
 # Workloads (bench/README.md describes each):
 #   rpc:  unary-1 unary-128 unary-100x10 stream-1m stream-64k connect
 #   game: game-60 game-120 game-240 game-500 game-1000 game-flood
 #   idle: idle-10000
-# A set name (rpc, game, idle, all) stands for its workloads; the default
-# is all. Each run starts a fresh server on a free loopback port (pinned
+#   pubsub: pubsub-100-max pubsub-100-paced pubsub-1000-max
+#           pubsub-1000-paced (through qrpc-broker, found beside the
+#           build's bench/ as services/qrpc-broker, or given with -r)
+# A set name (rpc, game, idle, pubsub, all) stands for its workloads; the
+# default is all. Servers use a development certificate made for the run
+# (scripts/gen-certs.sh) and clients verify it, as real clients would.
+# Each run starts a fresh server on a free loopback port (pinned
 # to CPU 0 with taskset when there are at least two CPUs, the client to
 # CPU 1), waits for READY, runs the client, stops the server with SIGTERM,
 # and appends the client's JSON object, with the server's RESULT counters,
@@ -25,19 +30,21 @@ runs=5
 warmup=1
 duration=5
 bench=${QRPC_BENCH:-$root/build/bench/qrpc-bench}
+broker=
 out=
 
 usage() {
   sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
 }
 
-while getopts "n:w:d:o:b:h" opt; do
+while getopts "n:w:d:o:b:r:h" opt; do
   case $opt in
   n) runs=$OPTARG ;;
   w) warmup=$OPTARG ;;
   d) duration=$OPTARG ;;
   o) out=$OPTARG ;;
   b) bench=$OPTARG ;;
+  r) broker=$OPTARG ;;
   h) usage; exit 0 ;;
   *) usage >&2; exit 2 ;;
   esac
@@ -53,10 +60,12 @@ for v in "$warmup" "$duration"; do
 done
 [ -x "$bench" ] ||
   { echo "run.sh: no qrpc-bench at $bench (build it, or give -b)" >&2; exit 2; }
+[ -n "$broker" ] || broker=$(dirname "$(dirname "$bench")")/services/qrpc-broker
 
 rpc_set="unary-1 unary-128 unary-100x10 stream-1m stream-64k connect"
 game_set="game-60 game-120 game-240 game-500 game-1000 game-flood"
 idle_set="idle-10000"
+pubsub_set="pubsub-100-max pubsub-100-paced pubsub-1000-max pubsub-1000-paced"
 
 # The server and client arguments of a workload: sets server_args,
 # client_family and client_args.
@@ -85,6 +94,17 @@ workload_args() {
     client_family=idle
     client_args=(--conns "${1#idle-}")
     ;;
+  pubsub-*)
+    server_args=(broker)
+    client_family=pubsub
+    case $1 in
+    pubsub-100-max) client_args=(--subs 100 --size 128 --rate 0 --window 1000) ;;
+    pubsub-100-paced) client_args=(--subs 100 --size 128 --rate 10000) ;;
+    pubsub-1000-max) client_args=(--subs 1000 --size 128 --rate 0 --window 100) ;;
+    pubsub-1000-paced) client_args=(--subs 1000 --size 128 --rate 100) ;;
+    *) return 1 ;;
+    esac
+    ;;
   *) return 1 ;;
   esac
 }
@@ -96,7 +116,8 @@ for w in "$@"; do
   rpc) workloads+=($rpc_set) ;;
   game) workloads+=($game_set) ;;
   idle) workloads+=($idle_set) ;;
-  all) workloads+=($rpc_set $game_set $idle_set) ;;
+  pubsub) workloads+=($pubsub_set) ;;
+  all) workloads+=($rpc_set $pubsub_set $game_set $idle_set) ;;
   *)
     workload_args "$w" ||
       { echo "run.sh: unknown workload '$w' (see run.sh -h)" >&2; exit 2; }
@@ -130,17 +151,29 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
+bash "$root/scripts/gen-certs.sh" "$tmp/certs" >/dev/null
+tls_server=(--tls-cert "$tmp/certs/server.pem" --tls-key "$tmp/certs/server-key.pem")
+tls_client=(--tls-ca "$tmp/certs/ca.pem" --tls-name localhost)
 
 # start_server ARGS...: starts it on a free port; sets server_pid, port.
+# "broker" starts qrpc-broker, which prints READY <port>.
 start_server() {
   # Emptied first: the background job opens the file on its own time, and
   # the previous server's READY must not be taken for this one's.
   : >"$tmp/server.out"
-  "${server_pin[@]}" "$bench" server "$@" --host 127.0.0.1 --port 0 \
-    >"$tmp/server.out" 2>"$tmp/server.err" &
+  if [ "$1" = broker ]; then
+    "${server_pin[@]}" "$broker" --listen 127.0.0.1:0 \
+      --cert "$tmp/certs/server.pem" --key "$tmp/certs/server-key.pem" \
+      --log-level warn >"$tmp/server.out" 2>"$tmp/server.err" &
+  else
+    "${server_pin[@]}" "$bench" server "$@" --host 127.0.0.1 --port 0 \
+      "${tls_server[@]}" >"$tmp/server.out" 2>"$tmp/server.err" &
+  fi
   server_pid=$!
   port=
   for _ in $(seq 200); do
+    port=$(sed -n 's/^READY \([0-9][0-9]*\)$/\1/p' "$tmp/server.out")
+    [ -z "$port" ] || return 0
     if grep -qx READY "$tmp/server.out"; then
       port=$(sed -n 's/^PORT \([0-9][0-9]*\)$/\1/p' "$tmp/server.out")
       return 0
@@ -182,7 +215,7 @@ run_one() {
   limit=$(awk -v w="$warmup" -v d="$duration" 'BEGIN { print int(w + d + 120) }')
   timeout -s KILL "$limit" "${client_pin[@]}" "$bench" client "$client_family" \
     --host 127.0.0.1 --port "$port" --warmup "$warmup" --duration "$duration" \
-    --json "${client_args[@]}" "${extra[@]}" \
+    --json "${tls_client[@]}" "${client_args[@]}" "${extra[@]}" \
     >"$tmp/client.out" 2>"$tmp/client.err" || status=$?
   local server_kv json keys
   server_kv=$(stop_server)
