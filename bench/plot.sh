@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Plots the medians of a results file written by bench/run.sh as one SVG:
-# RPC rates, RPC latencies, stream throughput, game deliveries, game
-# latencies and the memory of an idle connection, one panel each (panels
-# without data are left out).
+# RPC rates, RPC latencies, stream throughput, fan-out deliveries and
+# latencies, game deliveries, game latencies and the memory of an idle
+# connection, one panel each (panels without data are left out), with the
+# peers' figures of bench/peers.tsv beside qrpc's where there are some.
 #
 #   bench/plot.sh RESULTS.jsonl [OUT.svg]      (default: RESULTS.svg)
 #
@@ -62,10 +63,35 @@ table() {
     }' "$tmp/medians.tsv" >"$tmp/$file"
 }
 
+# peer FILE KEY PEER: appends to FILE's lines the peer's figure for KEY
+# from peers.tsv ("-" where it has none).
+peer() {
+  awk -F'\t' -v key="$2" -v name="$3" '
+    FNR == NR { if ($0 !~ /^#/ && $2 == key && $3 == name) p[$1] = $4; next }
+    { print $0 " " (($1 in p) ? p[$1] : "-") }' "$here/peers.tsv" \
+    "$tmp/$1" >"$tmp/$1.tmp"
+  mv "$tmp/$1.tmp" "$tmp/$1"
+}
+
 table rates.dat '^(unary|connect)' 'ops_per_s|conns_per_s'
+peer rates.dat ops_per_s 'gRPC C++ TLS 1.3'
+awk -F'\t' '$1 == "connect" && $2 == "conns_per_s" { print $4 }' \
+  "$here/peers.tsv" >"$tmp/grpc-connect"
+sed -i "s/^connect \(.*\) -\$/connect \1 $(cat "$tmp/grpc-connect")/" \
+  "$tmp/rates.dat"
+table pubsub.dat '^pubsub-[0-9]+-max' delivered_per_s
+peer pubsub.dat delivered_per_s 'NATS 2.9'
+peer pubsub.dat delivered_per_s 'Mosquitto 2.0'
+table pubsublat.dat '^pubsub' p50_us p99_us p999_us
 table rpclat.dat '^(unary|connect)' p50_us p99_us
 table stream.dat '^stream' mb_per_s
+peer stream.dat mb_per_s 'gRPC C++ TLS 1.3'
 table game.dat '^game' recv_per_s server_recv_per_s
+peer game.dat recv_per_s 'ENet 1.3.17'
+awk -F'\t' '$1 == "game-flood" { print $4 }' "$here/peers.tsv" \
+  >"$tmp/enet-flood"
+sed -i "s/^game-flood \(.*\) -\$/game-flood \1 $(cat "$tmp/enet-flood")/" \
+  "$tmp/game.dat"
 table gamelat.dat '^game' up_p50_us up_p99_us down_p50_us down_p99_us
 table idle.dat '^idle' per_conn_bytes
 
@@ -76,13 +102,17 @@ panel() {
   panels+=("set title \"$2\"; set ylabel \"$3\"; plot $4")
 }
 panel rates.dat "RPC: calls (unary) and connections (connect) per second" \
-  "per second" "'$tmp/rates.dat' using 2:xtic(1) title 'rate'"
+  "per second" "'$tmp/rates.dat' using 2:xtic(1) title 'qrpc', '' using 3 title 'gRPC C++ TLS 1.3'"
 panel rpclat.dat "RPC latency (median of runs)" "microseconds" \
   "'$tmp/rpclat.dat' using 2:xtic(1) title 'p50', '' using 3 title 'p99'"
 panel stream.dat "Bidi streams: echoed payload" "MB/s (1e6 bytes/s)" \
-  "'$tmp/stream.dat' using 2:xtic(1) title 'MB/s'"
+  "'$tmp/stream.dat' using 2:xtic(1) title 'qrpc', '' using 3 title 'gRPC C++ TLS 1.3'"
+panel pubsub.dat "Fan-out through the broker, 128 B messages" "deliveries/s" \
+  "'$tmp/pubsub.dat' using 2:xtic(1) title 'qrpc', '' using 3 title 'NATS 2.9', '' using 4 title 'Mosquitto 2.0'"
+panel pubsublat.dat "Fan-out: publish-to-delivery latency" "microseconds" \
+  "'$tmp/pubsublat.dat' using 2:xtic(1) title 'p50', '' using 3 title 'p99', '' using 4 title 'p99.9'"
 panel game.dat "Game: states per second" "states/s" \
-  "'$tmp/game.dat' using 2:xtic(1) title 'delivered to clients', '' using 3 title 'received by the server'"
+  "'$tmp/game.dat' using 2:xtic(1) title 'qrpc: delivered to clients', '' using 3 title 'qrpc: received by the server', '' using 4 title 'ENet 1.3.17'"
 panel gamelat.dat "Game latency" "microseconds" \
   "'$tmp/gamelat.dat' using 2:xtic(1) title 'up p50', '' using 3 title 'up p99', '' using 4 title 'down p50', '' using 5 title 'down p99'"
 panel idle.dat "Idle connections: server memory" "bytes per connection" \
