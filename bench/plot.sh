@@ -63,35 +63,31 @@ table() {
     }' "$tmp/medians.tsv" >"$tmp/$file"
 }
 
-# peer FILE KEY PEER: appends to FILE's lines the peer's figure for KEY
-# from peers.tsv ("-" where it has none).
+# peer FILE KEYS PEER: appends to FILE's lines the peer's figure for one
+# of KEYS ("a|b") from peers.tsv ("-" where it has none).
 peer() {
-  awk -F'\t' -v key="$2" -v name="$3" '
-    FNR == NR { if ($0 !~ /^#/ && $2 == key && $3 == name) p[$1] = $4; next }
+  awk -v keys="^($2)\$" -v name="$3" '
+    FNR == NR {
+      split($0, f, "\t")
+      if ($0 !~ /^#/ && f[2] ~ keys && f[3] == name) p[f[1]] = f[4]
+      next
+    }
     { print $0 " " (($1 in p) ? p[$1] : "-") }' "$here/peers.tsv" \
     "$tmp/$1" >"$tmp/$1.tmp"
   mv "$tmp/$1.tmp" "$tmp/$1"
 }
 
 table rates.dat '^(unary|connect)' 'ops_per_s|conns_per_s'
-peer rates.dat ops_per_s 'gRPC C++ TLS 1.3'
-awk -F'\t' '$1 == "connect" && $2 == "conns_per_s" { print $4 }' \
-  "$here/peers.tsv" >"$tmp/grpc-connect"
-sed -i "s/^connect \(.*\) -\$/connect \1 $(cat "$tmp/grpc-connect")/" \
-  "$tmp/rates.dat"
+peer rates.dat 'ops_per_s|conns_per_s' 'gRPC C++ TLS 1.3'
+table rpclat.dat '^(unary|connect)' p50_us p99_us
 table pubsub.dat '^pubsub-[0-9]+-max' delivered_per_s
 peer pubsub.dat delivered_per_s 'NATS 2.9'
 peer pubsub.dat delivered_per_s 'Mosquitto 2.0'
 table pubsublat.dat '^pubsub' p50_us p99_us p999_us
-table rpclat.dat '^(unary|connect)' p50_us p99_us
 table stream.dat '^stream' mb_per_s
 peer stream.dat mb_per_s 'gRPC C++ TLS 1.3'
 table game.dat '^game' recv_per_s server_recv_per_s
-peer game.dat recv_per_s 'ENet 1.3.17'
-awk -F'\t' '$1 == "game-flood" { print $4 }' "$here/peers.tsv" \
-  >"$tmp/enet-flood"
-sed -i "s/^game-flood \(.*\) -\$/game-flood \1 $(cat "$tmp/enet-flood")/" \
-  "$tmp/game.dat"
+peer game.dat 'recv_per_s|server_recv_per_s' 'ENet 1.3.17'
 table gamelat.dat '^game' up_p50_us up_p99_us down_p50_us down_p99_us
 table idle.dat '^idle' per_conn_bytes
 
