@@ -67,7 +67,9 @@ int qrpc_tls_config_set_verify_callback(qrpc_tls_config *cfg,
 
 /* DANGER: turns certificate verification off for clients using this config,
  * so any server, including an attacker in the path, is accepted. For local
- * experiments only; every connection made with it logs a warning.
+ * experiments only; the first connection made with it logs a warning. The
+ * chain is not checked at all unless a verification callback is set (it
+ * then gets the verdict, and decides).
  * Errors: QRPC_ESTATE. */
 int qrpc_tls_config_INSECURE_skip_verify(qrpc_tls_config *cfg);
 

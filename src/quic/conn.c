@@ -24,6 +24,11 @@
 #define PEER_UNI_STREAMS 8 /* accepted only to be stopped (docs/protocol.md 2) */
 /* RFC 9000 10.2: the closing and draining periods last three PTOs. */
 #define CLOSE_PERIOD_PTOS 3
+/* RFC 9000 18.2: the largest max_udp_payload_size there is. */
+#define QUIC_MAX_UDP_PAYLOAD 65527
+/* Default qrpc_conn_opts.max_udp_payload: UDP's limit over IPv4, which
+ * loopback (MTU 65536) carries; other paths stop where their probes do. */
+#define DEFAULT_MAX_UDP_PAYLOAD QRPCI_GSO_MAX_BYTES
 
 int qrpci_conn_rand(void *dest, size_t len) {
   return gnutls_rnd(GNUTLS_RND_RANDOM, dest, len) == 0 ? 0 : QRPC_ESYSTEM;
@@ -40,12 +45,15 @@ void qrpc_conn_opts_default(qrpc_conn_opts *o) {
   o->stream_send_buffer = 1 << 20;
   o->enable_datagrams = 1;
   o->datagram_queue_len = 1024;
+  o->max_udp_payload = DEFAULT_MAX_UDP_PAYLOAD;
 }
 
-static int opts_valid(const qrpc_conn_opts *o) {
+int qrpci_conn_opts_valid(const qrpc_conn_opts *o) {
   return o->size == sizeof(*o) && o->stream_window > 0 &&
          o->conn_window >= o->stream_window && o->stream_send_buffer > 0 &&
-         o->max_streams_bidi > 0 && o->datagram_queue_len > 0;
+         o->max_streams_bidi > 0 && o->datagram_queue_len > 0 &&
+         o->max_udp_payload >= NGTCP2_MAX_UDP_PAYLOAD_SIZE &&
+         o->max_udp_payload <= QUIC_MAX_UDP_PAYLOAD;
 }
 
 /* ---- Allocation ------------------------------------------------------- */
@@ -64,7 +72,7 @@ qrpc_conn *qrpci_conn_alloc(qrpc_loop *loop, const qrpc_conn_opts *opts,
   } else {
     qrpc_conn_opts_default(&c->opts);
   }
-  if (!opts_valid(&c->opts)) {
+  if (!qrpci_conn_opts_valid(&c->opts)) {
     free(c);
     return NULL;
   }
@@ -500,6 +508,32 @@ static void open_qlog(qrpc_conn *c, const ngtcp2_cid *odcid) {
   if (!c->qlog) QRPCI_WARN("conn: cannot open qlog %s: %s", path, strerror(errno));
 }
 
+/* The sizes PMTUD tries, in order, below a connection's own maximum: the
+ * common Internet path MTUs first (ngtcp2's own list, then the full 1500
+ * of Ethernet over IPv6), then a jumbo frame (9000) and sizes only
+ * loopback-like links carry, up to loopback's 65536 over IPv6. A failed
+ * probe ends the climb, as ngtcp2 skips every size at or above one that
+ * failed, so a real path pays for one lost probe (three tries) past its
+ * MTU and no more. */
+static const uint16_t pmtud_ladder[] = {
+    1454 - 48, 1390 - 48, 1280 - 48, 1492 - 48,  1500 - 48,
+    9000 - 48, 16384,     32768,     65536 - 48,
+};
+_Static_assert(sizeof(pmtud_ladder) / sizeof(pmtud_ladder[0]) <
+                   QRPCI_PMTUD_PROBES_MAX,
+               "the ladder and the connection's maximum fit pmtud_probes");
+
+/* Fills c->pmtud_probes; returns how many sizes there are. */
+static size_t pmtud_probes(qrpc_conn *c, size_t max) {
+  size_t n = 0;
+  for (size_t i = 0; i < sizeof(pmtud_ladder) / sizeof(pmtud_ladder[0]); i++)
+    if (pmtud_ladder[i] < max) c->pmtud_probes[n++] = pmtud_ladder[i];
+  /* The largest size is tried last (ngtcp2 wants it in the list), and
+   * ngtcp2 takes only sizes above the 1200 every path carries. */
+  if (max > NGTCP2_MAX_UDP_PAYLOAD_SIZE) c->pmtud_probes[n++] = (uint16_t)max;
+  return n;
+}
+
 void qrpci_conn_setup_settings(qrpc_conn *c, ngtcp2_settings *s,
                                ngtcp2_transport_params *p,
                                const ngtcp2_cid *odcid) {
@@ -508,6 +542,16 @@ void qrpci_conn_setup_settings(qrpc_conn *c, ngtcp2_settings *s,
   s->handshake_timeout = c->opts.handshake_timeout_ms * NGTCP2_MILLISECONDS;
   s->max_stream_window = c->opts.stream_window;
   s->max_window = c->opts.conn_window;
+  /* Packets start at 1200 bytes and grow to a size only once a PMTUD
+   * probe of that size is acknowledged on the current path (ngtcp2 shapes
+   * every packet to the probed size; no_tx_udp_payload_size_shaping would
+   * skip that and send packets the path may not carry). On loopback they
+   * grow to 64 KiB, which cuts the CPU per byte of a bulk transfer
+   * several times over; on the Internet they stop near 1450 as before. */
+  s->max_tx_udp_payload_size = c->opts.max_udp_payload;
+  s->pmtud_probes = c->pmtud_probes;
+  s->pmtud_probeslen = pmtud_probes(c, c->opts.max_udp_payload);
+  if (s->pmtud_probeslen == 0) s->no_pmtud = 1;
   if (c->opts.qlog_dir) {
     open_qlog(c, odcid);
     if (c->qlog) {
@@ -522,6 +566,8 @@ void qrpci_conn_setup_settings(qrpc_conn *c, ngtcp2_settings *s,
   p->initial_max_streams_bidi = c->opts.max_streams_bidi;
   p->initial_max_streams_uni = PEER_UNI_STREAMS;
   p->max_idle_timeout = c->opts.idle_timeout_ms * NGTCP2_MILLISECONDS;
+  /* The peer's packets grow no further than ours: its probes stop here. */
+  p->max_udp_payload_size = c->opts.max_udp_payload;
   p->max_datagram_frame_size =
       c->opts.enable_datagrams ? QRPCI_DEFAULT_DATAGRAM_FRAME_SIZE : 0;
 }
@@ -580,10 +626,12 @@ void qrpci_conn_read(qrpc_conn *c, const ngtcp2_path *path, uint8_t *data,
 /* ---- Writing ---------------------------------------------------------- */
 
 /* Packets of one connection's flush, sent with GSO: all segments but the
- * last have the same size and share one path. */
+ * last have the same size and share one path, and the whole stays within
+ * QRPCI_GSO_MAX_BYTES and QRPCI_GSO_MAX_SEGS. */
 typedef struct batch {
   uint8_t *buf;
-  size_t cap, len, seg;
+  size_t len, seg, nseg;
+  size_t pathmax; /* the path's packet size; larger is a probe */
   ngtcp2_path_storage path;
 } batch;
 
@@ -591,6 +639,14 @@ static void batch_flush(qrpc_conn *c, batch *b) {
   if (b->len) send_packets(c, &b->path.path, b->buf, b->len, b->seg);
   b->len = 0;
   b->seg = 0;
+  b->nseg = 0;
+}
+
+/* Whether a packet of the path's size could still join the batch; if not,
+ * the batch leaves before the next packet is written. */
+static int batch_has_room(const batch *b) {
+  return b->nseg < QRPCI_GSO_MAX_SEGS &&
+         b->len + b->pathmax <= QRPCI_GSO_MAX_BYTES;
 }
 
 /* Adds the packet just written at b->buf + b->len. */
@@ -600,7 +656,8 @@ static void batch_add(qrpc_conn *c, batch *b, const ngtcp2_path *path,
                   (path->remote.addrlen == b->path.path.remote.addrlen &&
                    memcmp(path->remote.addr, b->path.path.remote.addr,
                           path->remote.addrlen) == 0);
-  if (b->len && (!same_path || n > b->seg)) {
+  if (b->len &&
+      (!same_path || n > b->seg || b->len + n > QRPCI_GSO_MAX_BYTES)) {
     uint8_t *pkt = b->buf + b->len;
     batch_flush(c, b);
     memmove(b->buf, pkt, n);
@@ -610,8 +667,10 @@ static void batch_add(qrpc_conn *c, batch *b, const ngtcp2_path *path,
     b->seg = n;
   }
   b->len += n;
-  /* A short packet ends the run of equal segments. */
-  if (n < b->seg) batch_flush(c, b);
+  b->nseg++;
+  /* A short packet ends the run of equal segments. A PMTUD probe goes
+   * alone: a path too narrow for it must not take other packets along. */
+  if (n < b->seg || n > b->pathmax) batch_flush(c, b);
 }
 
 static void drop_datagram(qrpc_conn *c) {
@@ -724,11 +783,14 @@ void qrpci_conn_write(qrpc_conn *c) {
   if (c->state != QRPCI_CONN_HANDSHAKING && c->state != QRPCI_CONN_ESTABLISHED)
     return;
   if (c->sock->blocked) return;
-  size_t maxpkt = ngtcp2_conn_get_max_tx_udp_payload_size(c->q);
-  size_t maxn = ngtcp2_conn_get_send_quantum(c->q) / maxpkt;
+  /* ngtcp2 gets room for its largest packet, or it never sends a PMTUD
+   * probe; packets other than probes have the path's probed size. */
+  size_t room = ngtcp2_conn_get_max_tx_udp_payload_size(c->q);
+  size_t pathmax = ngtcp2_conn_get_path_max_tx_udp_payload_size(c->q);
+  size_t maxn = ngtcp2_conn_get_send_quantum(c->q) / pathmax;
   if (maxn < 1) maxn = 1;
   if (maxn > QRPCI_MAX_PKTS_PER_FLUSH) maxn = QRPCI_MAX_PKTS_PER_FLUSH;
-  batch b = {.buf = c->loop->txbuf, .cap = c->loop->txcap};
+  batch b = {.buf = c->loop->txbuf, .pathmax = pathmax};
   ngtcp2_path_storage_zero(&b.path);
   ngtcp2_path_storage ps;
   ngtcp2_path_storage_zero(&ps);
@@ -737,8 +799,8 @@ void qrpci_conn_write(qrpc_conn *c) {
   int rv = 0;
   c->busy++;
   while (npkts < maxn && !c->sock->blocked) {
-    if (b.len + maxpkt > b.cap) batch_flush(c, &b);
-    ngtcp2_ssize n = write_one(c, &ps.path, b.buf + b.len, maxpkt, now);
+    if (!batch_has_room(&b)) batch_flush(c, &b);
+    ngtcp2_ssize n = write_one(c, &ps.path, b.buf + b.len, room, now);
     if (n < 0) {
       rv = (int)n;
       break;
@@ -941,7 +1003,7 @@ int qrpc_conn_connect(qrpc_loop *loop, const char *addr,
                       const qrpc_conn_callbacks *cbs, void *user_data,
                       qrpc_conn **out) {
   if (!loop || !addr || !tls || !out) return QRPC_EINVAL;
-  if (opts && !opts_valid(opts)) return QRPC_EINVAL;
+  if (opts && !qrpci_conn_opts_valid(opts)) return QRPC_EINVAL;
   char *host, *port;
   int rv = qrpci_parse_addr(addr, &host, &port);
   if (rv != 0) return rv;
@@ -1142,11 +1204,17 @@ size_t qrpc_conn_max_datagram_size(qrpc_conn *c) {
       ngtcp2_conn_get_remote_transport_params(c->q);
   if (!rp || rp->max_datagram_frame_size == 0) return 0;
   /* A 1-RTT packet: first byte, DCID, up to 4 packet-number bytes and the
-   * AEAD tag; then the DATAGRAM frame's type and length. */
+   * AEAD tag; then the DATAGRAM frame's type and length. The path's size
+   * grows as PMTUD probes succeed, so this answer may grow too; it shrinks
+   * only when the path changes. */
   size_t udp = ngtcp2_conn_get_path_max_tx_udp_payload_size(c->q);
   size_t overhead = 1 + ngtcp2_conn_get_dcid(c->q)->datalen + 4 +
-                    AEAD_TAG_LEN + 1 + 2;
-  size_t max = udp > overhead ? udp - overhead : 0;
+                    AEAD_TAG_LEN + 1;
+  size_t room = udp > overhead + 2 ? udp - overhead : 2;
+  /* The length takes 2 bytes up to 16383 and 4 beyond: at most two steps
+   * down find the largest datagram whose frame fits. */
+  size_t max = room - 2;
+  while (max && max + qrpci_varint_len(max) > room) max--;
   uint64_t frame_room = rp->max_datagram_frame_size;
   if (frame_room < 1 + 2) return 0;
   frame_room -= 1 + qrpci_varint_len(frame_room);

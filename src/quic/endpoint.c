@@ -314,6 +314,7 @@ int qrpc_endpoint_listen(qrpc_loop *loop, const char *addr,
                          qrpc_endpoint **out) {
   if (!loop || !addr || !tls || !out) return QRPC_EINVAL;
   if (opts && (opts->size != sizeof(*opts) ||
+               !qrpci_conn_opts_valid(&opts->conn) ||
                opts->conn.max_streams_bidi < QRPCI_MIN_PEER_STREAMS_BIDI ||
                opts->max_connections == 0 || opts->max_handshakes == 0))
     return QRPC_EINVAL;

@@ -28,7 +28,18 @@
 #define QRPCI_RECV_BUDGET 512   /* packets read per readiness callback */
 #define QRPCI_CLOSE_REASON_MAX 1000
 #define QRPCI_STATIC_SECRET_LEN 32
+/* A receive buffer holds the largest datagram UDP can carry (65527 bytes
+ * over IPv6), rounded up. */
 #define QRPCI_MAX_UDP 65536
+/* The kernel refuses a whole GSO send (EMSGSIZE or EINVAL, and every
+ * packet in it is lost) when its bytes exceed what one IPv4 UDP datagram
+ * may carry or it has more than 64 segments, so a batch stays within
+ * both. Packets grown by PMTUD make the byte limit the one that binds:
+ * four 16 KiB packets are already too many. */
+#define QRPCI_GSO_MAX_BYTES 65507
+#define QRPCI_GSO_MAX_SEGS 64
+/* Sizes in the PMTUD probe ladder of a connection (conn.c). */
+#define QRPCI_PMTUD_PROBES_MAX 12
 
 struct evdns_base;
 struct evdns_getaddrinfo_request;
@@ -48,7 +59,7 @@ struct qrpc_loop {
   qrpci_post *post_head, *post_tail;
   uint8_t *txbuf;           /* packets of one flush, for GSO batching */
   uint8_t (*rxbufs)[QRPCI_MAX_UDP]; /* one recvmmsg batch */
-  size_t txcap;
+  size_t txcap;             /* a GSO batch plus one packet being written */
   qrpci_list txq_socks;     /* sockets with packets queued for sendmmsg */
 };
 
@@ -78,6 +89,7 @@ struct qrpc_tls_config {
   int has_ca;
   int has_system_ca;
   int insecure;
+  int insecure_warned; /* the warning was logged once */
   qrpc_verify_fn verify_fn;
   void *verify_ud;
   char alpn[256];
@@ -164,6 +176,8 @@ struct qrpc_conn {
   void *user_data;
   void (*rpc_accept)(qrpc_conn *, qrpc_stream *, void *);
   void *rpc_accept_ud;
+  /* ngtcp2 reads the probe sizes from here when the connection is made. */
+  uint16_t pmtud_probes[QRPCI_PMTUD_PROBES_MAX];
 
   qrpci_list streams;        /* every qrpc_stream of the connection */
   qrpci_list sendq;          /* streams with bytes or FIN to send */
@@ -264,6 +278,7 @@ int qrpci_sock_recv_batch(qrpci_sock *s, uint8_t (*bufs)[QRPCI_MAX_UDP],
                           qrpci_recv_fn fn, void *ctx);
 
 /* conn.c */
+int qrpci_conn_opts_valid(const qrpc_conn_opts *o);
 qrpc_conn *qrpci_conn_alloc(qrpc_loop *loop, const qrpc_conn_opts *opts,
                             const qrpc_conn_callbacks *cbs, void *user_data);
 void qrpci_conn_setup_callbacks(ngtcp2_callbacks *cb, int server);

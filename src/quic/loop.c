@@ -11,8 +11,12 @@
 #include "util/clock.h"
 #include "util/log.h"
 
-/* Room for one GSO batch: the kernel takes at most 64 KiB per send. */
-#define QRPCI_TXBUF_CAP 65536
+/* Room for one GSO batch (at most QRPCI_GSO_MAX_BYTES) and, after it, the
+ * next packet: ngtcp2 is handed room for its largest packet, a PMTUD probe,
+ * before we know whether that packet still fits the batch. */
+#define QRPCI_TXBUF_CAP (2 * QRPCI_MAX_UDP)
+_Static_assert(QRPCI_TXBUF_CAP >= QRPCI_GSO_MAX_BYTES + QRPCI_MAX_UDP,
+               "a full batch and the largest packet fit the send buffer");
 
 struct qrpci_post {
   qrpci_post *next;

@@ -28,9 +28,13 @@
 #define QRPCI_SOCK_BUF (8 * 1024 * 1024)
 /* A server socket's send queue: a fan-out to many connections writes a
  * packet or two to each, and one system call per connection would cost
- * more than the packets. Big enough for one connection's whole flush. */
+ * more than the packets. An entry is one GSO batch, so it always holds the
+ * largest (a packet grown by PMTUD, or several), and the queue holds
+ * several of those. */
 #define QRPCI_TXQ_MSGS 64
 #define QRPCI_TXQ_BYTES (256 * 1024)
+_Static_assert(QRPCI_TXQ_BYTES >= 4 * QRPCI_GSO_MAX_BYTES,
+               "a server's send queue holds several full GSO batches");
 
 typedef union qrpci_segctl {
   char buf[CMSG_SPACE(sizeof(uint16_t))];
@@ -87,9 +91,22 @@ int qrpci_sock_open(qrpci_sock *s, int family) {
   int v = QRPCI_SOCK_BUF;
   setsockopt(s->fd, SOL_SOCKET, SO_RCVBUF, &v, sizeof(v));
   setsockopt(s->fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof(v));
+  /* Don't fragment, and leave path MTU discovery to QUIC (RFC 9000
+   * section 14): by default the kernel fragments a datagram larger than
+   * the interface MTU, so a PMTUD probe too big for the path would arrive
+   * in pieces, succeed, and have every later packet fragmented. With the
+   * DF bit a probe either fits or is lost, and the kernel refuses one
+   * larger than the interface outright. PROBE rather than DO, so ICMP
+   * messages (which anyone can forge) neither lower the size we may send
+   * nor turn into socket errors. */
   if (family == AF_INET6) {
     int on = 1;
     setsockopt(s->fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on));
+    int pmtud = IPV6_PMTUDISC_PROBE;
+    setsockopt(s->fd, IPPROTO_IPV6, IPV6_MTU_DISCOVER, &pmtud, sizeof(pmtud));
+  } else {
+    int pmtud = IP_PMTUDISC_PROBE;
+    setsockopt(s->fd, IPPROTO_IP, IP_MTU_DISCOVER, &pmtud, sizeof(pmtud));
   }
   /* Probe GSO: a kernel without it rejects the option. */
   int seg = 1200;
@@ -316,7 +333,7 @@ int qrpci_sock_recv_batch(qrpci_sock *s, uint8_t (*bufs)[QRPCI_MAX_UDP],
       /* ICMP errors surface here on connected sockets; they carry no
        * authenticated information, so QUIC ignores them. */
       if (errno == ECONNREFUSED || errno == EHOSTUNREACH ||
-          errno == ENETUNREACH)
+          errno == ENETUNREACH || errno == EMSGSIZE)
         continue;
       QRPCI_WARN("udp: recvmmsg: %s", strerror(errno));
       return QRPC_ESYSTEM;
