@@ -8,7 +8,8 @@
 # Workloads (bench/README.md describes each):
 #   rpc:  unary-1 unary-128 unary-100x10 stream-1m stream-64k connect
 #   game: game-60 game-120 game-240 game-500 game-1000 game-flood
-#   idle: idle-10000
+#   idle: idle-10000 idle-10000-1452 (the server's packets capped at
+#         1452 bytes, as on an Ethernet path)
 #   pubsub: pubsub-100-max pubsub-100-paced pubsub-1000-max
 #           pubsub-1000-paced (through qrpc-broker, found beside the
 #           build's bench/ as services/qrpc-broker, or given with -r)
@@ -64,7 +65,7 @@ done
 
 rpc_set="unary-1 unary-128 unary-100x10 stream-1m stream-64k connect"
 game_set="game-60 game-120 game-240 game-500 game-1000 game-flood"
-idle_set="idle-10000"
+idle_set="idle-10000 idle-10000-1452"
 pubsub_set="pubsub-100-max pubsub-100-paced pubsub-1000-max pubsub-1000-paced"
 
 # The server and client arguments of a workload: sets server_args,
@@ -89,6 +90,12 @@ workload_args() {
     server_args=(game --tick-hz "$hz")
     client_family=game
     client_args=(--clients 100 --size 100 --hz "$hz")
+    ;;
+  idle-[0-9]*-1452)
+    server_args=(rpc --max-udp-payload 1452)
+    client_family=idle
+    local n=${1#idle-}
+    client_args=(--conns "${n%-1452}")
     ;;
   idle-[0-9]*)
     client_family=idle

@@ -9,6 +9,7 @@ size_t bench_server_common_flags(bench_flag *flags, size_t n,
   c->tls_cert = NULL;
   c->tls_key = NULL;
   c->max_conns = BENCH_DEFAULT_MAX_CONNS;
+  c->max_udp_payload = 0;
   c->precise_timers = 0;
   c->base = NULL;
   const bench_flag common[] = {
@@ -24,6 +25,11 @@ size_t bench_server_common_flags(bench_flag *flags, size_t n,
        "the certificate's private key", 0, 0},
       {"--max-conns", BENCH_FLAG_UINT, &c->max_conns, 1, 1000000, NULL, "N",
        "connections held at once", 0, 0},
+      {"--max-udp-payload", BENCH_FLAG_UINT, &c->max_udp_payload, 0, 65527,
+       NULL, "BYTES",
+       "largest QUIC packet (qrpc_conn_opts.max_udp_payload; 0: the "
+       "default, 1200 to 65527)",
+       0, 0},
   };
   for (size_t i = 0; i < sizeof(common) / sizeof(common[0]); i++)
     if (n < BENCH_MAX_FLAGS) flags[n++] = common[i];
@@ -37,6 +43,8 @@ void bench_server_opts(const bench_server_common *c, qrpc_server_opts *o) {
   o->endpoint.max_connections = (size_t)c->max_conns + 1024;
   o->endpoint.max_handshakes = BENCH_MAX_HANDSHAKES;
   o->endpoint.conn.idle_timeout_ms = BENCH_SERVER_IDLE_TIMEOUT_MS;
+  if (c->max_udp_payload)
+    o->endpoint.conn.max_udp_payload = (size_t)c->max_udp_payload;
   o->rpc.max_frame = BENCH_MAX_FRAME;
   if (o->rpc.max_buffered < 2 * (size_t)BENCH_MAX_FRAME)
     o->rpc.max_buffered = 2 * (size_t)BENCH_MAX_FRAME;

@@ -14,6 +14,7 @@ typedef struct bench_server_common {
   const char *tls_cert;
   const char *tls_key;
   uint64_t max_conns;
+  uint64_t max_udp_payload; /* 0: the library's default */
   int precise_timers;      /* set by the family before bench_server_start() */
   struct event_base *base; /* the loop's, when precise_timers */
 } bench_server_common;
