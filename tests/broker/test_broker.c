@@ -196,6 +196,13 @@ static void publish_seq(client *c, pubs *p, const char *topic, uint64_t seq,
   p->sent++;
 }
 
+/* Runs the loop until s has received n messages, or QT_WAIT_MS passed
+ * (the assertions that follow say which). */
+static void wait_received(const sub *s, uint64_t n) {
+  uint64_t end = qt_now_ms() + QT_WAIT_MS;
+  while (s->received < n && qt_now_ms() < end) qrpc_loop_run_for(loop, 5);
+}
+
 /* Runs loop and loop2 in turns for ms milliseconds. */
 static void run_both_for(uint64_t ms) {
   uint64_t end = qt_now_ms() + ms;
@@ -303,7 +310,7 @@ START_TEST(test_realtime_delivery_and_overload) {
     qt_run_for(loop, 2);
   }
   ck_assert(qt_run_until_count(loop, &p.acked, 20, QT_WAIT_MS));
-  qt_run_for(loop, 50);
+  wait_received(&s, 15);
   ck_assert_uint_ge(s.received, 15);
   ck_assert_uint_eq(s.out_of_order, 0); /* latest-only */
   ck_assert_str_eq(s.last_topic, "state.player.1");
@@ -568,7 +575,9 @@ START_TEST(test_acl_allow_deny) {
   ck_assert_int_eq(ok.failed, 0);
   ck_assert_int_eq(denied.acked, 0);
   ck_assert_int_eq(denied.last_status, QRPC_STATUS_PERMISSION_DENIED);
-  qt_run_for(loop, 50);
+  wait_received(&a_chat, 1);
+  wait_received(&b_news, 1);
+  qt_run_for(loop, 50); /* nothing more may come */
   ck_assert_uint_eq(a_chat.received, 1);
   ck_assert_uint_eq(b_news.received, 1);
   ck_assert_uint_eq(n_pub.received, 0);
@@ -620,7 +629,7 @@ START_TEST(test_retained_message) {
   uint64_t three = 2;
   (void)three;
   ck_assert(qt_run_until_count(loop, &p.acked, 5, QT_WAIT_MS));
-  qt_run_for(loop, 30);
+  wait_received(&s, 2);
   ck_assert_uint_eq(s.received, 2);
   ck_assert_uint_eq(s.last_seq, 3);
   /* A wildcard gets every retained topic; an empty retained publish clears
@@ -686,7 +695,8 @@ START_TEST(test_unsubscribe_stats_refusals) {
   publish_seq(&c, &p, "a.b", 1, 16, 0);
   ck_assert(qt_run_until_count(loop, &p.acked, 1, QT_WAIT_MS));
   ck_assert_uint_eq(p.last_subscribers, 2);
-  qt_run_for(loop, 20);
+  wait_received(&s1, 1);
+  wait_received(&s2, 1);
   ck_assert_uint_eq(s1.received, 1);
   ck_assert_uint_eq(s2.received, 1);
 
@@ -716,7 +726,8 @@ START_TEST(test_unsubscribe_stats_refusals) {
   publish_seq(&c, &p, "a.b", 2, 16, 0);
   ck_assert(qt_run_until_count(loop, &p.acked, 2, QT_WAIT_MS));
   ck_assert_uint_eq(p.last_subscribers, 1);
-  qt_run_for(loop, 20);
+  wait_received(&s2, 2);
+  qt_run_for(loop, 20); /* nothing may come for s1 meanwhile */
   ck_assert_uint_eq(s1.received, 1);
   ck_assert_uint_eq(s2.received, 2);
   ck_assert_int_eq(s1.ended, 0); /* no callback after unsubscribe */
@@ -775,7 +786,7 @@ START_TEST(test_broker_restart_resubscribe) {
   pubs p = {0};
   publish_seq(&pc, &p, "news.a", 1, 16, 0);
   ck_assert(qt_run_until_count(loop, &p.acked, 1, QT_WAIT_MS));
-  qt_run_for(loop, 20);
+  wait_received(&s, 1);
   ck_assert_uint_eq(s.received, 1);
 
   /* The broker goes away and comes back on the same port. */
@@ -792,7 +803,8 @@ START_TEST(test_broker_restart_resubscribe) {
   publish_seq(&pc, &p, "news.b", 2, 16, 0);
   ck_assert(qt_run_until_count(loop, &p.acked, 2, QT_WAIT_MS));
   ck_assert_uint_eq(p.last_subscribers, 2);
-  qt_run_for(loop, 50);
+  wait_received(&s, 2);
+  wait_received(&rt, 1);
   ck_assert_uint_eq(s.received, 2);
   ck_assert_uint_eq(s.last_seq, 2);
   ck_assert_uint_ge(rt.received, 1);
@@ -816,7 +828,7 @@ START_TEST(test_held_publishes_and_shutdown) {
   pubs p = {0};
   for (uint64_t i = 1; i <= 100; i++) publish_seq(&pc, &p, "x", i, 16, 0);
   ck_assert(qt_run_until_count(loop, &p.acked, 100, QT_WAIT_MS));
-  qt_run_for(loop, 30);
+  wait_received(&s, 100);
   ck_assert_uint_eq(s.received, 100);
   ck_assert_uint_eq(s.out_of_order, 0);
   int drained = 0;
