@@ -247,13 +247,8 @@ static void realtime_send(bsub *s, qrpci_bmsg *m, dgram_cache *dc) {
   qrpc_dgram *d = NULL, *own = NULL;
   for (size_t i = 0; i < dc->n && !d; i++)
     if (dc->e[i].channel == s->id) d = dc->e[i].d;
-  if (!d) {
-    if (qrpc_server_dgram_encode(b->srv, (uint32_t)s->id, m->bytes, m->len,
-                                 &d) != 0) {
-      count_drops(s, 1);
-      s->gap = 0;
-      return;
-    }
+  if (!d && qrpc_server_dgram_encode(b->srv, (uint32_t)s->id, m->bytes, m->len,
+                                     &d) == 0) {
     if (dc->n < DGRAM_CACHE) {
       dc->e[dc->n].channel = s->id;
       dc->e[dc->n++].d = d;
@@ -261,11 +256,12 @@ static void realtime_send(bsub *s, qrpci_bmsg *m, dgram_cache *dc) {
       own = d;
     }
   }
-  if (qrpc_peer_send_encoded(s->conn->peer, d) == 0) {
+  /* Out of memory, queue full or too large for the path: realtime drops
+   * the newest, and reports drops only in the counters. */
+  if (d && qrpc_peer_send_encoded(s->conn->peer, d) == 0) {
     s->delivered++;
     b->st.delivered++;
   } else {
-    /* Queue full or too large for the path: realtime drops the newest. */
     s->dropped++;
     b->st.dropped++;
   }
