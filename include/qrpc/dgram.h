@@ -55,7 +55,7 @@ int qrpc_client_register_dgram(qrpc_client *cli, uint32_t channel,
 
 /* The largest payload sure to fit a datagram on channel to peer on the
  * current path (whatever its Seq), or 0 if the peer did not enable
- * datagrams. */
+ * datagrams, peer is NULL or its connection is closed. */
 size_t qrpc_peer_max_dgram_payload(qrpc_peer *peer, uint32_t channel);
 
 /* Sends payload (copied, or packed in place with _msg) on channel.
@@ -71,17 +71,21 @@ int qrpc_peer_send_dgram_msg(qrpc_peer *peer, uint32_t channel,
 /* One datagram encoded once (its Seq taken) for sending to many peers. */
 typedef struct qrpc_dgram qrpc_dgram;
 
-/* Encodes payload for channel with the server's (or client's) next Seq.
- * Free with qrpc_dgram_free() once it has been handed to every peer; the
- * queues keep the bytes alive as long as they need them.
- * Errors: QRPC_EINVAL, QRPC_ENOMEM. */
+/* Encodes payload for channel with the server's next Seq, for a broadcast
+ * to many of its peers with qrpc_peer_send_encoded(). Free with
+ * qrpc_dgram_free() once it has been handed to every peer; the queues keep
+ * the bytes alive as long as they need them. Errors: QRPC_EINVAL (srv or
+ * out NULL, payload NULL with len > 0, a message without pack),
+ * QRPC_ENOMEM. */
 int qrpc_server_dgram_encode(qrpc_server *srv, uint32_t channel,
                              const void *payload, size_t len,
                              qrpc_dgram **out);
 int qrpc_server_dgram_encode_msg(qrpc_server *srv, uint32_t channel,
                                  const qrpc_msg *m, qrpc_dgram **out);
-/* Queues an encoded datagram to peer. Errors as qrpc_peer_send_dgram(). */
+/* Queues an encoded datagram to peer (d stays the caller's). Errors as
+ * qrpc_peer_send_dgram(). */
 int qrpc_peer_send_encoded(qrpc_peer *peer, const qrpc_dgram *d);
+/* Drops the caller's reference; NULL is ignored. */
 void qrpc_dgram_free(qrpc_dgram *d);
 
 /* Counters of one channel on one connection. */
@@ -99,7 +103,8 @@ typedef struct qrpc_dgram_stats {
   uint64_t dropped_malformed; /* this connection: no Channel or Seq */
 } qrpc_dgram_stats;
 
-/* Fills st for channel on peer (zeros for a channel never used).
+/* Fills st for channel on peer (zeros for a channel never used, or a NULL
+ * peer; nothing when st is NULL).
  * received == delivered + dropped_stale holds for every channel; of the
  * delivered, dropped_undecodable never reached the application. */
 void qrpc_peer_dgram_stats(qrpc_peer *peer, uint32_t channel,
@@ -109,7 +114,8 @@ void qrpc_peer_dgram_stats(qrpc_peer *peer, uint32_t channel,
  * payload the receiving function could not decode and dropped. Generated
  * stubs call it; a hand-written qrpc_dgram_fn may too, once for the
  * datagram it was given. The count never exceeds delivered: calls beyond
- * that, or for a channel that delivered nothing, are ignored. */
+ * that, for a channel that delivered nothing, or with a NULL peer are
+ * ignored. */
 void qrpc_peer_dgram_count_undecodable(qrpc_peer *peer, uint32_t channel);
 
 #ifdef __cplusplus

@@ -248,6 +248,7 @@ uint64_t qrpc_req_remaining_ms(qrpc_req *req);
 
 /* Answers a unary or client-streaming call with a REPLY (payload copied);
  * req is released. Errors: QRPC_EINVAL (a streaming-result shape),
+ * QRPC_ECLOSED (already answered, from inside the handler that answered),
  * QRPC_EMSGSIZE, QRPC_ENOMEM (req is then answered with INTERNAL). */
 int qrpc_req_reply(qrpc_req *req, const void *payload, size_t len);
 int qrpc_req_reply_msg(qrpc_req *req, const qrpc_msg *m);
@@ -258,13 +259,14 @@ int qrpc_req_reply_msg(qrpc_req *req, const qrpc_msg *m);
 int qrpc_req_error(qrpc_req *req, int status, const char *detail);
 
 /* Sends one ITEM of a server or bidi streaming call (copied). Flow control
- * as for qrpc_call_send(). Errors: QRPC_EINVAL, QRPC_EAGAIN, QRPC_EMSGSIZE,
- * QRPC_ENOMEM. */
+ * as for qrpc_call_send(). Errors: QRPC_EINVAL, QRPC_EAGAIN, QRPC_ECLOSED
+ * (already ended, or its stream is gone), QRPC_EMSGSIZE, QRPC_ENOMEM. */
 int qrpc_req_send(qrpc_req *req, const void *data, size_t len);
 int qrpc_req_send_msg(qrpc_req *req, const qrpc_msg *m);
 
 /* Ends a server or bidi streaming call with END (status 0). For bidi, req
- * stays valid until the caller's END has arrived too. Errors: QRPC_EINVAL.*/
+ * stays valid until the caller's END has arrived too. Errors: QRPC_EINVAL,
+ * QRPC_ECLOSED (already ended). */
 int qrpc_req_end(qrpc_req *req);
 
 /* ---- Peers ------------------------------------------------------------ */

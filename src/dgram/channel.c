@@ -3,29 +3,44 @@
  * sequence numbers, latest-only filtering, age limits and counters
  * (docs/protocol.md section 4).
  */
+#include "dgram/channel.h"
+
 #include <stdlib.h>
 #include <string.h>
 
 #include "qrpc/error.h"
-#include "quic/rpcglue.h"
-#include "rpc/engine.h"
+#include "quic/dgqueue.h"
 #include "util/clock.h"
+#include "util/u64map.h"
 #include "util/varint.h"
 
 /* Channel (at most 5 bytes for a uint32) and Seq (at most 8). */
 #define DGRAM_HEADER_MAX (5 + 8)
 
-typedef struct qrpci_dgchan {
+struct qrpci_dgram {
+  qrpci_u64map chans; /* channel + 1 -> chan */
+};
+
+typedef struct chan {
   qrpc_dgram_opts opts;
   qrpc_dgram_fn fn;
   void *ud;
-  uint64_t next_seq; /* the sender's counter, shared by all peers */
-} qrpci_dgchan;
+  uint64_t next_seq; /* the sender's counter, shared by all connections */
+} chan;
 
-typedef struct qrpci_dgpeer {
+struct qrpci_dgconn {
+  qrpci_dgram *dg;
+  qrpc_conn *conn;
+  qrpc_peer *peer;
+  qrpci_u64map chans; /* channel + 1 -> conn_chan */
+  uint64_t unknown;
+  uint64_t malformed;
+};
+
+typedef struct conn_chan {
   uint64_t last_seq; /* latest-only: last accepted */
   qrpc_dgram_stats st;
-} qrpci_dgpeer;
+} conn_chan;
 
 struct qrpc_dgram {
   qrpci_dgbuf *buf;
@@ -38,38 +53,58 @@ void qrpc_dgram_opts_default(qrpc_dgram_opts *o) {
   o->size = sizeof(*o);
 }
 
-/* Keys are channel + 1 so that channel 0 is a valid id. */
+/* Keys are channel + 1 so that channel 0 is a valid id; the transport's
+ * lost and aged notices carry the same key as the datagram's id. */
 static uint64_t key(uint32_t channel) { return (uint64_t)channel + 1; }
 
-static qrpci_dgchan *chan_get(qrpci_core *core, uint32_t channel, int create) {
-  qrpci_dgchan *ch = qrpci_u64map_get(&core->dgchans, key(channel));
-  if (ch || !create) return ch;
-  if (!(ch = calloc(1, sizeof(*ch)))) return NULL;
-  qrpc_dgram_opts_default(&ch->opts);
-  ch->next_seq = 1;
-  if (qrpci_u64map_put(&core->dgchans, key(channel), ch) != 0) {
-    free(ch);
+static void free_values(qrpci_u64map *m) {
+  void *v;
+  while ((v = qrpci_u64map_pop(m))) free(v);
+  qrpci_u64map_free(m);
+}
+
+/* A new zeroed entry for key k in m; NULL when out of memory. */
+static void *entry_new(qrpci_u64map *m, uint64_t k, size_t size) {
+  void *v = calloc(1, size);
+  if (v && qrpci_u64map_put(m, k, v) != 0) {
+    free(v);
     return NULL;
+  }
+  return v;
+}
+
+static chan *chan_get(qrpci_dgram *dg, uint32_t channel, int create) {
+  chan *ch = qrpci_u64map_get(&dg->chans, key(channel));
+  if (ch || !create) return ch;
+  if ((ch = entry_new(&dg->chans, key(channel), sizeof(*ch)))) {
+    qrpc_dgram_opts_default(&ch->opts);
+    ch->next_seq = 1;
   }
   return ch;
 }
 
-static qrpci_dgpeer *peer_chan(qrpc_peer *peer, uint32_t channel) {
-  qrpci_dgpeer *pc = qrpci_u64map_get(&peer->dgstats, key(channel));
-  if (pc) return pc;
-  if (!(pc = calloc(1, sizeof(*pc)))) return NULL;
-  if (qrpci_u64map_put(&peer->dgstats, key(channel), pc) != 0) {
-    free(pc);
-    return NULL;
-  }
-  return pc;
+static conn_chan *conn_chan_get(qrpci_dgconn *dc, uint32_t channel) {
+  conn_chan *cc = qrpci_u64map_get(&dc->chans, key(channel));
+  return cc ? cc : entry_new(&dc->chans, key(channel), sizeof(*cc));
 }
 
-int qrpci_dgram_register(qrpci_core *core, uint32_t channel,
+qrpci_dgram *qrpci_dgram_new(void) {
+  qrpci_dgram *dg = calloc(1, sizeof(*dg));
+  if (dg) qrpci_u64map_init(&dg->chans);
+  return dg;
+}
+
+void qrpci_dgram_free(qrpci_dgram *dg) {
+  if (!dg) return;
+  free_values(&dg->chans);
+  free(dg);
+}
+
+int qrpci_dgram_register(qrpci_dgram *dg, uint32_t channel,
                          const qrpc_dgram_opts *opts, qrpc_dgram_fn fn,
                          void *ud) {
   if (opts && opts->size != sizeof(*opts)) return QRPC_EINVAL;
-  qrpci_dgchan *ch = chan_get(core, channel, 1);
+  chan *ch = chan_get(dg, channel, 1);
   if (!ch) return QRPC_ENOMEM;
   if (opts)
     ch->opts = *opts;
@@ -80,84 +115,25 @@ int qrpci_dgram_register(qrpci_core *core, uint32_t channel,
   return 0;
 }
 
-void qrpci_dgram_core_cleanup(qrpci_core *core) {
-  void *v;
-  while ((v = qrpci_u64map_pop(&core->dgchans))) free(v);
-  qrpci_u64map_free(&core->dgchans);
-}
-
-/* Notices from the transport carry channel + 1 as the datagram id. */
-static void on_lost(qrpc_conn *c, uint64_t id, void *ud) {
-  qrpci_dgpeer *pc = id ? qrpci_u64map_get(&((qrpc_peer *)ud)->dgstats, id)
-                        : NULL;
-  if (pc) pc->st.lost++;
-}
-
-static void on_aged(qrpc_conn *c, uint64_t id, void *ud) {
-  qrpci_dgpeer *pc = id ? qrpci_u64map_get(&((qrpc_peer *)ud)->dgstats, id)
-                        : NULL;
-  if (pc) pc->st.dropped_aged++;
-}
-
-void qrpci_dgram_peer_init(qrpc_peer *peer) {
-  qrpci_u64map_init(&peer->dgstats);
-  qrpci_dgram_hooks h = {.lost = on_lost, .aged = on_aged, .ud = peer};
-  qrpci_conn_set_dgram_hooks(peer->conn, &h);
-}
-
-void qrpci_dgram_peer_cleanup(qrpc_peer *peer) {
-  void *v;
-  while ((v = qrpci_u64map_pop(&peer->dgstats))) free(v);
-  qrpci_u64map_free(&peer->dgstats);
-}
-
-void qrpci_dgram_recv(qrpc_peer *peer, const uint8_t *data, size_t len) {
-  uint64_t channel, seq;
-  size_t a = qrpci_varint_get(data, len, &channel);
-  size_t b = a ? qrpci_varint_get(data + a, len - a, &seq) : 0;
-  if (!a || !b || seq == 0) {
-    peer->dg_malformed++;
-    return;
-  }
-  qrpci_dgchan *ch =
-      channel <= UINT32_MAX ? chan_get(peer->core, (uint32_t)channel, 0) : NULL;
-  if (!ch || !ch->fn) {
-    /* Counted, not fatal: a peer may be newer than this build. */
-    peer->dg_unknown++;
-    return;
-  }
-  qrpci_dgpeer *pc = peer_chan(peer, (uint32_t)channel);
-  if (!pc) return;
-  pc->st.received++;
-  if (ch->opts.latest_only && seq <= pc->last_seq) {
-    pc->st.dropped_stale++;
-    return;
-  }
-  if (seq > pc->last_seq) pc->last_seq = seq;
-  pc->st.delivered++;
-  ch->fn(peer, (uint32_t)channel, seq, data + a + b, len - a - b, ch->ud);
-}
-
 static size_t put_header(uint8_t *out, uint32_t channel, uint64_t seq) {
   size_t n = qrpci_varint_put(out, channel);
   return n + qrpci_varint_put(out + n, seq);
 }
 
-int qrpci_dgram_encode(qrpci_core *core, uint32_t channel,
-                       const qrpci_payload *pl, qrpc_dgram **out) {
-  if (!out) return QRPC_EINVAL;
-  qrpci_dgchan *ch = chan_get(core, channel, 1);
+int qrpci_dgram_encode(qrpci_dgram *dg, uint32_t channel, qrpci_payload pl,
+                       qrpc_dgram **out) {
+  if (!out || !qrpci_payload_valid(&pl)) return QRPC_EINVAL;
+  chan *ch = chan_get(dg, channel, 1);
   qrpc_dgram *d = ch ? calloc(1, sizeof(*d)) : NULL;
   if (!d) return QRPC_ENOMEM;
   uint8_t hdr[DGRAM_HEADER_MAX];
   size_t hl = put_header(hdr, channel, ch->next_seq);
-  size_t len = qrpci_payload_len(pl);
-  if (!(d->buf = qrpci_dgbuf_new(hl + len))) {
+  if (!(d->buf = qrpci_dgbuf_new(hl + qrpci_payload_len(&pl)))) {
     free(d);
     return QRPC_ENOMEM;
   }
   memcpy(d->buf->data, hdr, hl);
-  if (qrpci_payload_write(pl, d->buf->data + hl) != 0) {
+  if (qrpci_payload_write(&pl, d->buf->data + hl) != 0) {
     qrpc_dgram_free(d);
     return QRPC_EINVAL;
   }
@@ -174,70 +150,109 @@ void qrpc_dgram_free(qrpc_dgram *d) {
   free(d);
 }
 
-int qrpc_peer_send_encoded(qrpc_peer *peer, const qrpc_dgram *d) {
-  if (!peer || !d) return QRPC_EINVAL;
-  if (peer->closed) return QRPC_ECLOSED;
-  qrpci_dgpeer *pc = peer_chan(peer, d->channel);
-  if (!pc) return QRPC_ENOMEM;
-  int rv = qrpci_conn_queue_dgram(peer->conn, d->buf, key(d->channel),
-                                  d->max_age_ns);
+static void on_lost(qrpc_conn *c, uint64_t id, void *ud) {
+  conn_chan *cc =
+      id ? qrpci_u64map_get(&((qrpci_dgconn *)ud)->chans, id) : NULL;
+  if (cc) cc->st.lost++;
+}
+
+static void on_aged(qrpc_conn *c, uint64_t id, void *ud) {
+  conn_chan *cc =
+      id ? qrpci_u64map_get(&((qrpci_dgconn *)ud)->chans, id) : NULL;
+  if (cc) cc->st.dropped_aged++;
+}
+
+qrpci_dgconn *qrpci_dgconn_new(qrpci_dgram *dg, qrpc_conn *conn,
+                               qrpc_peer *peer) {
+  qrpci_dgconn *dc = calloc(1, sizeof(*dc));
+  if (!dc) return NULL;
+  dc->dg = dg;
+  dc->conn = conn;
+  dc->peer = peer;
+  qrpci_u64map_init(&dc->chans);
+  qrpci_dgram_hooks h = {.lost = on_lost, .aged = on_aged, .ud = dc};
+  qrpci_conn_set_dgram_hooks(conn, &h);
+  return dc;
+}
+
+void qrpci_dgconn_free(qrpci_dgconn *dc) {
+  if (!dc) return;
+  free_values(&dc->chans);
+  free(dc);
+}
+
+void qrpci_dgconn_recv(qrpci_dgconn *dc, const uint8_t *data, size_t len) {
+  uint64_t channel, seq;
+  size_t a = qrpci_varint_get(data, len, &channel);
+  size_t b = a ? qrpci_varint_get(data + a, len - a, &seq) : 0;
+  if (!a || !b || seq == 0) {
+    dc->malformed++;
+    return;
+  }
+  chan *ch =
+      channel <= UINT32_MAX ? chan_get(dc->dg, (uint32_t)channel, 0) : NULL;
+  if (!ch || !ch->fn) {
+    /* Counted, not fatal: a peer may be newer than this build. */
+    dc->unknown++;
+    return;
+  }
+  conn_chan *cc = conn_chan_get(dc, (uint32_t)channel);
+  if (!cc) return;
+  cc->st.received++;
+  if (ch->opts.latest_only && seq <= cc->last_seq) {
+    cc->st.dropped_stale++;
+    return;
+  }
+  if (seq > cc->last_seq) cc->last_seq = seq;
+  cc->st.delivered++;
+  ch->fn(dc->peer, (uint32_t)channel, seq, data + a + b, len - a - b, ch->ud);
+}
+
+int qrpci_dgconn_send_encoded(qrpci_dgconn *dc, const qrpc_dgram *d) {
+  if (!d) return QRPC_EINVAL;
+  conn_chan *cc = conn_chan_get(dc, d->channel);
+  if (!cc) return QRPC_ENOMEM;
+  int rv =
+      qrpci_conn_queue_dgram(dc->conn, d->buf, key(d->channel), d->max_age_ns);
   if (rv == 0)
-    pc->st.sent++;
+    cc->st.sent++;
   else if (rv == QRPC_EMSGSIZE)
-    pc->st.refused_too_large++;
+    cc->st.refused_too_large++;
   else if (rv == QRPC_ENOBUFS)
-    pc->st.refused_queue_full++;
+    cc->st.refused_queue_full++;
   return rv;
 }
 
-static int send_payload(qrpc_peer *peer, uint32_t channel,
-                        const qrpci_payload *pl) {
-  if (!peer) return QRPC_EINVAL;
-  if (peer->closed) return QRPC_ECLOSED;
+int qrpci_dgconn_send(qrpci_dgconn *dc, uint32_t channel, qrpci_payload pl) {
   qrpc_dgram *d;
-  int rv = qrpci_dgram_encode(peer->core, channel, pl, &d);
+  int rv = qrpci_dgram_encode(dc->dg, channel, pl, &d);
   if (rv != 0) return rv;
-  rv = qrpc_peer_send_encoded(peer, d);
+  rv = qrpci_dgconn_send_encoded(dc, d);
   qrpc_dgram_free(d);
   return rv;
 }
 
-int qrpc_peer_send_dgram(qrpc_peer *peer, uint32_t channel, const void *payload,
-                         size_t len) {
-  qrpci_payload pl;
-  if (qrpci_payload_bytes(&pl, payload, len) != 0) return QRPC_EINVAL;
-  return send_payload(peer, channel, &pl);
-}
-
-int qrpc_peer_send_dgram_msg(qrpc_peer *peer, uint32_t channel,
-                             const qrpc_msg *m) {
-  qrpci_payload pl;
-  if (qrpci_payload_msg(&pl, m) != 0) return QRPC_EINVAL;
-  return send_payload(peer, channel, &pl);
-}
-
-size_t qrpc_peer_max_dgram_payload(qrpc_peer *peer, uint32_t channel) {
-  size_t max = qrpc_conn_max_datagram_size(peer->conn);
+size_t qrpci_dgconn_max_payload(const qrpci_dgconn *dc, uint32_t channel) {
+  size_t max = qrpc_conn_max_datagram_size(dc->conn);
   /* The largest Seq header keeps the answer valid for the channel's life. */
   size_t hl = qrpci_varint_len(channel) + QRPCI_VARINT_MAXLEN;
   return max > hl ? max - hl : 0;
 }
 
-void qrpc_peer_dgram_count_undecodable(qrpc_peer *peer, uint32_t channel) {
+void qrpci_dgconn_count_undecodable(qrpci_dgconn *dc, uint32_t channel) {
   /* The entry exists once a datagram was delivered on the channel. */
-  qrpci_dgpeer *pc =
-      peer ? qrpci_u64map_get(&peer->dgstats, key(channel)) : NULL;
-  if (pc && pc->st.dropped_undecodable < pc->st.delivered)
-    pc->st.dropped_undecodable++;
+  conn_chan *cc = qrpci_u64map_get(&dc->chans, key(channel));
+  if (cc && cc->st.dropped_undecodable < cc->st.delivered)
+    cc->st.dropped_undecodable++;
 }
 
-void qrpc_peer_dgram_stats(qrpc_peer *peer, uint32_t channel,
-                           qrpc_dgram_stats *st) {
-  qrpci_dgpeer *pc = qrpci_u64map_get(&peer->dgstats, key(channel));
-  if (pc)
-    *st = pc->st;
+void qrpci_dgconn_stats(const qrpci_dgconn *dc, uint32_t channel,
+                        qrpc_dgram_stats *st) {
+  const conn_chan *cc = qrpci_u64map_get(&dc->chans, key(channel));
+  if (cc)
+    *st = cc->st;
   else
     memset(st, 0, sizeof(*st));
-  st->dropped_unknown = peer->dg_unknown;
-  st->dropped_malformed = peer->dg_malformed;
+  st->dropped_unknown = dc->unknown;
+  st->dropped_malformed = dc->malformed;
 }

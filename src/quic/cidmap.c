@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "qrpc/error.h"
-#include "quic/internal.h"
+#include "quic/tls.h"
 
 typedef struct entry {
   struct entry *next;
@@ -34,7 +34,7 @@ qrpci_cidmap *qrpci_cidmap_new(void) {
   if (!m) return NULL;
   m->nbuckets = 64;
   m->buckets = calloc(m->nbuckets, sizeof(*m->buckets));
-  if (!m->buckets || qrpci_conn_rand(&m->seed, sizeof(m->seed)) != 0) {
+  if (!m->buckets || qrpci_tls_rand(&m->seed, sizeof(m->seed)) != 0) {
     free(m->buckets);
     free(m);
     return NULL;

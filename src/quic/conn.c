@@ -3,16 +3,20 @@
  * close sequence. Shared by client connections and those a server endpoint
  * accepts.
  */
+#include "quic/conn.h"
+
 #include <errno.h>
 #include <event2/dns.h>
-#include <gnutls/crypto.h>
-#include <ngtcp2/ngtcp2_crypto_gnutls.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "qrpc/error.h"
-#include "quic/internal.h"
-#include "quic/rpcglue.h"
+#include "quic/addr.h"
+#include "quic/close.h"
+#include "quic/endpoint.h"
+#include "quic/loop.h"
+#include "quic/stream.h"
+#include "quic/tls.h"
 #include "util/clock.h"
 #include "util/log.h"
 #include "util/varint.h"
@@ -29,10 +33,6 @@
 /* Default qrpc_conn_opts.max_udp_payload: UDP's limit over IPv4, which
  * loopback (MTU 65536) carries; other paths stop where their probes do. */
 #define DEFAULT_MAX_UDP_PAYLOAD QRPCI_GSO_MAX_BYTES
-
-int qrpci_conn_rand(void *dest, size_t len) {
-  return gnutls_rnd(GNUTLS_RND_RANDOM, dest, len) == 0 ? 0 : QRPC_ESYSTEM;
-}
 
 void qrpc_conn_opts_default(qrpc_conn_opts *o) {
   memset(o, 0, sizeof(*o));
@@ -109,7 +109,7 @@ void qrpci_conn_free(qrpc_conn *c) {
   while (!qrpci_list_empty(&c->streams))
     qrpci_stream_free(
         QRPCI_CONTAINER_OF(c->streams.next, qrpc_stream, node));
-  if (c->tls) gnutls_deinit(c->tls);
+  qrpci_tls_session_free(c);
   if (c->tlscfg) qrpc_tls_config_free(c->tlscfg);
   qrpci_sock_close(&c->own_sock);
   for (size_t i = 0; i < c->dgq_len; i++)
@@ -209,6 +209,22 @@ void qrpci_conn_close_now(qrpc_conn *c, const ngtcp2_ccerr *ccerr,
   } else {
     mark_dead(c);
   }
+}
+
+void qrpci_conn_discard(qrpc_conn *c, const char *peer_reason) {
+  if (!c->closed_fired) {
+    set_info(c, QRPC_CLOSE_ENDPOINT, 1, 0, QRPC_ECLOSED, NULL);
+    qrpci_conn_fire_closed(c);
+  }
+  if (peer_reason && (c->state == QRPCI_CONN_HANDSHAKING ||
+                      c->state == QRPCI_CONN_ESTABLISHED)) {
+    ngtcp2_ccerr cc;
+    ngtcp2_ccerr_set_application_error(&cc, QRPCI_ERR_NO_ERROR,
+                                       (const uint8_t *)peer_reason,
+                                       strlen(peer_reason));
+    qrpci_conn_close_now(c, &cc, 0);
+  }
+  qrpci_conn_free(c);
 }
 
 /* Closes from inside the transport for a protocol reason of our own. */
@@ -316,13 +332,13 @@ static void run_pending_close(qrpc_conn *c) {
 /* ---- ngtcp2 callbacks ------------------------------------------------- */
 
 static void rand_cb(uint8_t *dest, size_t destlen, const ngtcp2_rand_ctx *ctx) {
-  qrpci_conn_rand(dest, destlen);
+  qrpci_tls_rand(dest, destlen);
 }
 
 static int get_new_cid_cb(ngtcp2_conn *q, ngtcp2_cid *cid, uint8_t *token,
                           size_t cidlen, void *ud) {
   qrpc_conn *c = ud;
-  if (qrpci_conn_rand(cid->data, cidlen) != 0) return NGTCP2_ERR_CALLBACK_FAILURE;
+  if (qrpci_tls_rand(cid->data, cidlen) != 0) return NGTCP2_ERR_CALLBACK_FAILURE;
   cid->datalen = cidlen;
   if (c->ep) {
     if (ngtcp2_crypto_generate_stateless_reset_token(
@@ -330,7 +346,7 @@ static int get_new_cid_cb(ngtcp2_conn *q, ngtcp2_cid *cid, uint8_t *token,
       return NGTCP2_ERR_CALLBACK_FAILURE;
     if (qrpci_endpoint_map_cid(c->ep, cid, c) != 0)
       return NGTCP2_ERR_CALLBACK_FAILURE;
-  } else if (qrpci_conn_rand(token, NGTCP2_STATELESS_RESET_TOKENLEN) != 0) {
+  } else if (qrpci_tls_rand(token, NGTCP2_STATELESS_RESET_TOKENLEN) != 0) {
     return NGTCP2_ERR_CALLBACK_FAILURE;
   }
   return 0;
@@ -344,11 +360,7 @@ static int remove_cid_cb(ngtcp2_conn *q, const ngtcp2_cid *cid, void *ud) {
 
 static int handshake_completed_cb(ngtcp2_conn *q, void *ud) {
   qrpc_conn *c = ud;
-  qrpci_tls_cache_peer(c);
-  if (strlen(c->alpn) != c->tlscfg->alpn_len ||
-      memcmp(c->alpn, c->tlscfg->alpn, c->tlscfg->alpn_len) != 0) {
-    /* GnuTLS enforces the ALPN already; this guards the invariant that an
-     * established connection always speaks qrpc/1. */
+  if (qrpci_tls_handshake_done(c) != 0) {
     QRPCI_WARN("conn: peer negotiated ALPN '%s'", c->alpn);
     return NGTCP2_ERR_CALLBACK_FAILURE;
   }
@@ -935,8 +947,8 @@ static int client_setup(qrpc_conn *c, const struct sockaddr *sa,
   ngtcp2_cid dcid, scid;
   dcid.datalen = CLIENT_DCID_LEN;
   scid.datalen = QRPCI_SCID_LEN;
-  if (qrpci_conn_rand(dcid.data, dcid.datalen) != 0 ||
-      qrpci_conn_rand(scid.data, scid.datalen) != 0)
+  if (qrpci_tls_rand(dcid.data, dcid.datalen) != 0 ||
+      qrpci_tls_rand(scid.data, scid.datalen) != 0)
     return QRPC_ESYSTEM;
   ngtcp2_path path = {
       .local = {.addr = (ngtcp2_sockaddr *)&c->local, .addrlen = c->locallen},
@@ -953,7 +965,6 @@ static int client_setup(qrpc_conn *c, const struct sockaddr *sa,
     return QRPC_ENOMEM;
   rv = qrpci_tls_session_new(c->tlscfg, c, 0, c->server_name);
   if (rv != 0) return rv;
-  ngtcp2_conn_set_tls_native_handle(c->q, c->tls);
   c->state = QRPCI_CONN_HANDSHAKING;
   return 0;
 }

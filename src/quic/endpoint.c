@@ -2,15 +2,20 @@
  * The server endpoint: one UDP socket, routing by connection id, version
  * negotiation, stateless retry, connection limits and accept.
  */
+#include "quic/endpoint.h"
+
 #include <errno.h>
 #include <netdb.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "qrpc/error.h"
+#include "quic/addr.h"
 #include "quic/cidmap.h"
-#include "quic/internal.h"
-#include "quic/rpcglue.h"
+#include "quic/close.h"
+#include "quic/conn.h"
+#include "quic/loop.h"
+#include "quic/tls.h"
 #include "util/clock.h"
 #include "util/log.h"
 #include "wire/protocol.h"
@@ -89,7 +94,7 @@ static void send_version_negotiation(qrpc_endpoint *ep,
   }
   uint8_t buf[NGTCP2_MAX_UDP_PAYLOAD_SIZE];
   uint8_t unused;
-  qrpci_conn_rand(&unused, 1);
+  qrpci_tls_rand(&unused, 1);
   const uint32_t versions[] = {NGTCP2_PROTO_VER_V1};
   ngtcp2_ssize n = ngtcp2_pkt_write_version_negotiation(
       buf, sizeof(buf), unused, vc->scid, vc->scidlen, vc->dcid, vc->dcidlen,
@@ -114,7 +119,7 @@ static void send_retry(qrpc_endpoint *ep, const ngtcp2_pkt_hd *hd,
   uint8_t buf[NGTCP2_MAX_UDP_PAYLOAD_SIZE];
   ngtcp2_cid scid;
   scid.datalen = QRPCI_SCID_LEN;
-  if (qrpci_conn_rand(scid.data, scid.datalen) != 0) return;
+  if (qrpci_tls_rand(scid.data, scid.datalen) != 0) return;
   ngtcp2_ssize tl = ngtcp2_crypto_generate_retry_token2(
       token, ep->secret, sizeof(ep->secret), hd->version, path->remote.addr,
       path->remote.addrlen, &scid, &hd->dcid, qrpci_now_ns());
@@ -153,7 +158,7 @@ static qrpc_conn *server_conn_new(qrpc_endpoint *ep, const ngtcp2_pkt_hd *hd,
   c->client_dcid = hd->dcid;
   c->first_scid.datalen = QRPCI_SCID_LEN;
   if (qrpci_conn_init_timer(c) != 0 ||
-      qrpci_conn_rand(c->first_scid.data, QRPCI_SCID_LEN) != 0)
+      qrpci_tls_rand(c->first_scid.data, QRPCI_SCID_LEN) != 0)
     goto fail;
 
   ngtcp2_callbacks cb;
@@ -187,7 +192,6 @@ static qrpc_conn *server_conn_new(qrpc_endpoint *ep, const ngtcp2_pkt_hd *hd,
                              c) != 0)
     goto fail;
   if (qrpci_tls_session_new(ep->tls, c, 1, NULL) != 0) goto fail;
-  ngtcp2_conn_set_tls_native_handle(c->q, c->tls);
   if (qrpci_endpoint_map_cid(ep, &c->first_scid, c) != 0 ||
       qrpci_endpoint_map_cid(ep, &hd->dcid, c) != 0)
     goto fail;
@@ -318,7 +322,7 @@ int qrpc_endpoint_listen(qrpc_loop *loop, const char *addr,
                opts->conn.max_streams_bidi < QRPCI_MIN_PEER_STREAMS_BIDI ||
                opts->max_connections == 0 || opts->max_handshakes == 0))
     return QRPC_EINVAL;
-  if (!tls->has_cert) {
+  if (!qrpci_tls_config_has_cert(tls)) {
     QRPCI_ERROR("endpoint: the TLS config has no certificate and key");
     return QRPC_ETLS;
   }
@@ -338,7 +342,7 @@ int qrpc_endpoint_listen(qrpc_loop *loop, const char *addr,
   qrpci_tls_config_ref(tls);
   int rv = QRPC_ENOMEM;
   if (!(ep->cids = qrpci_cidmap_new())) goto fail;
-  if (qrpci_conn_rand(ep->secret, sizeof(ep->secret)) != 0) goto fail;
+  if (qrpci_tls_rand(ep->secret, sizeof(ep->secret)) != 0) goto fail;
   if ((rv = bind_socket(ep, addr)) != 0) goto fail;
   rv = QRPC_ENOMEM;
   if (qrpci_sock_watch(&ep->sock, loop->base, ep_writable, ep) != 0 ||
@@ -385,21 +389,9 @@ void qrpc_endpoint_get_stats(qrpc_endpoint *ep, qrpc_endpoint_stats *st) {
 void qrpc_endpoint_free(qrpc_endpoint *ep) {
   if (!ep) return;
   while (!qrpci_list_empty(&ep->conns)) {
-    qrpc_conn *c = QRPCI_CONTAINER_OF(ep->conns.next, qrpc_conn, ep_node);
-    if (!c->closed_fired) {
-      c->close_info.kind = QRPC_CLOSE_ENDPOINT;
-      c->close_info.local = 1;
-      c->close_info.error = QRPC_ECLOSED;
-      qrpci_conn_fire_closed(c);
-    }
-    if (c->state == QRPCI_CONN_HANDSHAKING ||
-        c->state == QRPCI_CONN_ESTABLISHED) {
-      ngtcp2_ccerr cc;
-      ngtcp2_ccerr_set_application_error(
-          &cc, 0, (const uint8_t *)"server shutting down", 20);
-      qrpci_conn_close_now(c, &cc, 0);
-    }
-    qrpci_conn_free(c);
+    qrpci_conn_discard(
+        QRPCI_CONTAINER_OF(ep->conns.next, qrpc_conn, ep_node),
+        "server shutting down");
   }
   if (ep->read_ev) event_free(ep->read_ev);
   qrpci_sock_close(&ep->sock);

@@ -6,7 +6,8 @@
 #include <event2/thread.h>
 
 #include "qrpc/error.h"
-#include "quic/internal.h"
+#include "quic/conn.h"
+#include "quic/loop.h"
 #include "quic/testing.h"
 #include "util/clock.h"
 #include "util/log.h"
@@ -196,14 +197,8 @@ size_t qrpci_loop_conn_count(qrpc_loop *loop) { return loop->nconns; }
 void qrpc_loop_free(qrpc_loop *loop) {
   if (!loop) return;
   while (!qrpci_list_empty(&loop->conns)) {
-    qrpc_conn *c = QRPCI_CONTAINER_OF(loop->conns.next, qrpc_conn, loop_node);
-    if (!c->closed_fired) {
-      c->close_info.kind = QRPC_CLOSE_ENDPOINT;
-      c->close_info.local = 1;
-      c->close_info.error = QRPC_ECLOSED;
-      qrpci_conn_fire_closed(c);
-    }
-    qrpci_conn_free(c);
+    qrpci_conn_discard(
+        QRPCI_CONTAINER_OF(loop->conns.next, qrpc_conn, loop_node), NULL);
   }
   if (loop->dns) evdns_base_free(loop->dns, 1);
   qrpci_post *p = loop->post_head;

@@ -6,9 +6,10 @@
 #include <string.h>
 
 #include "qrpc/error.h"
-#include "quic/internal.h"
+#include "quic/conn.h"
+#include "quic/loop.h"
+#include "quic/stream.h"
 #include "util/log.h"
-#include "quic/rpcglue.h"
 #include "wire/stream_header.h"
 
 #define CHUNK_MIN (16 * 1024)

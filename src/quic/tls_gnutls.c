@@ -1,9 +1,10 @@
 /*
  * TLS 1.3 for QUIC with GnuTLS. Everything GnuTLS-specific lives in this
- * file, behind the small interface declared in internal.h, so another TLS
- * backend is a sibling file.
+ * file, behind the interface declared in tls.h, so another TLS backend is
+ * a sibling file.
  */
 #include <arpa/inet.h>
+#include <gnutls/crypto.h>
 #include <gnutls/x509.h>
 #include <ngtcp2/ngtcp2_crypto_gnutls.h>
 #include <stdlib.h>
@@ -11,8 +12,9 @@
 #include <string.h>
 
 #include "qrpc/error.h"
-#include "quic/internal.h"
+#include "quic/conn.h"
 #include "quic/testing.h"
+#include "quic/tls.h"
 #include "util/log.h"
 #include "wire/protocol.h"
 
@@ -24,13 +26,20 @@ static const char tls_priority[] =
     "+GROUP-SECP256R1:+GROUP-SECP384R1:+GROUP-SECP521R1:"
     "%DISABLE_TLS13_COMPAT_MODE";
 
-/* TLS alerts (RFC 8446 6.2) that mean the certificate was refused. */
-#define ALERT_BAD_CERTIFICATE 42
-#define ALERT_UNSUPPORTED_CERTIFICATE 43
-#define ALERT_CERTIFICATE_REVOKED 44
-#define ALERT_CERTIFICATE_EXPIRED 45
-#define ALERT_CERTIFICATE_UNKNOWN 46
-#define ALERT_UNKNOWN_CA 48
+struct qrpc_tls_config {
+  int refs;
+  int in_use;
+  gnutls_certificate_credentials_t cred;
+  int has_cert;
+  int has_ca;
+  int has_system_ca;
+  int insecure;
+  int insecure_warned; /* the warning was logged once */
+  qrpc_verify_fn verify_fn;
+  void *verify_ud;
+  char alpn[256];
+  size_t alpn_len;
+};
 
 int qrpc_tls_config_new(qrpc_tls_config **out) {
   if (!out) return QRPC_EINVAL;
@@ -50,6 +59,14 @@ int qrpc_tls_config_new(qrpc_tls_config **out) {
 void qrpci_tls_config_ref(qrpc_tls_config *cfg) {
   cfg->refs++;
   cfg->in_use = 1;
+}
+
+int qrpci_tls_config_has_cert(const qrpc_tls_config *cfg) {
+  return cfg->has_cert;
+}
+
+int qrpci_tls_rand(void *dest, size_t len) {
+  return gnutls_rnd(GNUTLS_RND_RANDOM, dest, len) == 0 ? 0 : QRPC_ESYSTEM;
 }
 
 void qrpc_tls_config_free(qrpc_tls_config *cfg) {
@@ -277,26 +294,21 @@ int qrpci_tls_session_new(qrpc_tls_config *cfg, qrpc_conn *c, int server,
     gnutls_session_set_verify_function(s, verify_peer);
   }
   c->tls = s;
+  ngtcp2_conn_set_tls_native_handle(c->q, s);
   return 0;
 fail:
   gnutls_deinit(s);
   return QRPC_ETLS;
 }
 
-void qrpci_tls_cache_peer(qrpc_conn *c) {
-  gnutls_datum_t proto;
-  if (gnutls_alpn_get_selected_protocol(c->tls, &proto) == 0 &&
-      proto.size < sizeof(c->alpn)) {
-    memcpy(c->alpn, proto.data, proto.size);
-    c->alpn[proto.size] = '\0';
-  }
+/* Copies the peer's chain into c: the TLS session may be gone before
+ * the application stops looking (it is valid until on_closed returns). */
+static void cache_chain(qrpc_conn *c) {
   unsigned int cnt = 0;
   const gnutls_datum_t *raw = gnutls_certificate_get_peers(c->tls, &cnt);
   if (!raw || cnt == 0) return;
   size_t total = 0;
   for (unsigned int i = 0; i < cnt; i++) total += raw[i].size;
-  /* Copied, because the TLS session may be gone before the application
-   * stops looking (it is valid until on_closed returns). */
   c->peer_certs = calloc(cnt, sizeof(*c->peer_certs));
   c->peer_cert_data = malloc(total);
   if (!c->peer_certs || !c->peer_cert_data) {
@@ -316,15 +328,24 @@ void qrpci_tls_cache_peer(qrpc_conn *c) {
   c->npeer_certs = cnt;
 }
 
-int qrpci_tls_alert_error(uint8_t alert) {
-  switch (alert) {
-  case QRPCI_TLS_ALERT_NO_APP_PROTOCOL: return QRPC_EALPN;
-  case ALERT_BAD_CERTIFICATE:
-  case ALERT_UNSUPPORTED_CERTIFICATE:
-  case ALERT_CERTIFICATE_REVOKED:
-  case ALERT_CERTIFICATE_EXPIRED:
-  case ALERT_CERTIFICATE_UNKNOWN:
-  case ALERT_UNKNOWN_CA: return QRPC_ECERT;
-  default: return QRPC_ETLS;
+void qrpci_tls_session_free(qrpc_conn *c) {
+  if (c->tls) gnutls_deinit(c->tls);
+  c->tls = NULL;
+}
+
+int qrpci_tls_handshake_done(qrpc_conn *c) {
+  gnutls_datum_t proto = {0};
+  qrpc_tls_config *cfg = c->tlscfg;
+  if (gnutls_alpn_get_selected_protocol(c->tls, &proto) == 0 &&
+      proto.size < sizeof(c->alpn)) {
+    memcpy(c->alpn, proto.data, proto.size);
+    c->alpn[proto.size] = '\0';
   }
+  /* GnuTLS enforces the ALPN already; this guards the invariant that an
+   * established connection always speaks the config's protocol. */
+  if (proto.size != cfg->alpn_len ||
+      memcmp(proto.data, cfg->alpn, cfg->alpn_len) != 0)
+    return QRPC_EALPN;
+  cache_chain(c);
+  return 0;
 }

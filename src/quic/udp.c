@@ -1,5 +1,5 @@
 /*
- * UDP sockets: address parsing, batched receive (recvmmsg) and batched send
+ * UDP sockets: batched receive (recvmmsg) and batched send
  * (one sendmsg with UDP_SEGMENT for a run of equal-sized packets; on a
  * server's socket, the packets of all its connections in one sendmmsg per
  * loop turn).
@@ -13,7 +13,8 @@
 #include <unistd.h>
 
 #include "qrpc/error.h"
-#include "quic/internal.h"
+#include "quic/loop.h"
+#include "quic/udp.h"
 #include "util/log.h"
 
 #ifndef UDP_SEGMENT
@@ -51,35 +52,6 @@ struct qrpci_txq {
   qrpci_segctl ctl[QRPCI_TXQ_MSGS];
   uint8_t buf[QRPCI_TXQ_BYTES];
 };
-
-int qrpci_parse_addr(const char *addr, char **host, char **port) {
-  if (!addr || !*addr) return QRPC_EINVAL;
-  const char *h, *he, *p;
-  if (addr[0] == '[') {
-    h = addr + 1;
-    he = strchr(h, ']');
-    if (!he || he[1] != ':') return QRPC_EINVAL;
-    p = he + 2;
-  } else {
-    he = strrchr(addr, ':');
-    if (!he) return QRPC_EINVAL;
-    if (memchr(addr, ':', (size_t)(he - addr))) return QRPC_EINVAL;
-    h = addr;
-    p = he + 1;
-  }
-  if (he == h || !*p || strlen(p) > 5) return QRPC_EINVAL;
-  for (const char *q = p; *q; q++)
-    if (*q < '0' || *q > '9') return QRPC_EINVAL;
-  if (atoi(p) > 65535) return QRPC_EINVAL;
-  *host = strndup(h, (size_t)(he - h));
-  *port = strdup(p);
-  if (!*host || !*port) {
-    free(*host);
-    free(*port);
-    return QRPC_ENOMEM;
-  }
-  return 0;
-}
 
 int qrpci_sock_open(qrpci_sock *s, int family) {
   memset(s, 0, sizeof(*s));

@@ -5,8 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dgram/channel.h"
 #include "qrpc/error.h"
-#include "quic/rpcglue.h"
+#include "quic/addr.h"
+#include "quic/tls.h"
 #include "rpc/engine.h"
 #include "util/clock.h"
 #include "util/log.h"
@@ -14,6 +16,7 @@
 
 struct qrpc_client {
   qrpci_core core;
+  qrpci_dgram *dg;
   char *addr;
   qrpc_tls_config *tls;
   qrpc_client_opts opts;
@@ -39,18 +42,17 @@ void qrpc_client_opts_default(qrpc_client_opts *o) {
 static void cli_on_established(qrpc_conn *c, void *ud);
 static void cli_on_closed(qrpc_conn *c, const qrpc_close_info *info, void *ud);
 
-static void cli_on_datagram(qrpc_conn *c, const uint8_t *data, size_t len,
-                            void *ud) {
-  qrpci_dgram_recv(ud, data, len);
-}
-
 static const qrpc_conn_callbacks cli_conn_cbs = {
     .on_established = cli_on_established,
-    .on_datagram = cli_on_datagram,
+    .on_datagram = qrpci_peer_on_datagram,
     .on_closed = cli_on_closed,
 };
 
 static void connect_now(qrpc_client *cli);
+
+static qrpc_client *client_of(qrpci_core *core) {
+  return QRPCI_CONTAINER_OF(core, qrpc_client, core);
+}
 
 /* Delay before the next attempt: half the current backoff plus a random
  * part of the other half, so many clients cut off together do not all
@@ -83,24 +85,33 @@ static void connect_now(qrpc_client *cli) {
                              cli->tls, &cli->opts.conn, &cli_conn_cbs, NULL,
                              &conn);
   qrpc_peer *peer = rv == 0 ? qrpci_peer_new(&cli->core, conn) : NULL;
+  if (peer && !(peer->dg = qrpci_dgconn_new(cli->dg, conn, peer))) {
+    qrpci_peer_closed(peer); /* frees it: it never went out */
+    peer = NULL;
+  }
   if (!peer) {
+    /* The connection has no user data yet, so its on_closed is a no-op. */
     if (rv == 0) qrpc_conn_close(conn, QRPCI_ERR_INTERNAL_ERROR, "no memory");
     QRPCI_WARN("rpc: cannot start a connection to %s: %s", cli->addr,
                qrpc_strerror(rv ? rv : QRPC_ENOMEM));
     schedule_retry(cli);
     return;
   }
-  peer->client = cli;
   cli->peer = peer;
   qrpc_conn_set_user_data(conn, peer);
+}
+
+static void unqueue(qrpc_client *cli, qrpc_call *call) {
+  qrpci_list_remove(&call->node);
+  cli->npending--;
+  call->state = QRPCI_CALL_ACTIVE;
 }
 
 static void flush_pending(qrpc_client *cli, qrpc_peer *peer) {
   while (!qrpci_list_empty(&cli->pending) && cli->peer == peer) {
     qrpc_call *call = QRPCI_CONTAINER_OF(cli->pending.next, qrpc_call, node);
-    qrpci_client_unqueue(cli, call);
-    qrpci_payload pl;
-    qrpci_payload_bytes(&pl, call->payload, call->len);
+    unqueue(cli, call);
+    qrpci_payload pl = qrpci_bytes(call->payload, call->len);
     int rv = qrpci_call_start(call, peer, &pl);
     if (rv != 0)
       qrpci_call_defer_done(call, QRPC_STATUS_UNAVAILABLE,
@@ -110,7 +121,7 @@ static void flush_pending(qrpc_client *cli, qrpc_peer *peer) {
 
 static void cli_on_established(qrpc_conn *c, void *ud) {
   qrpc_peer *peer = ud;
-  qrpc_client *cli = peer->client;
+  qrpc_client *cli = client_of(peer->core);
   qrpci_peer_ready(peer);
   cli->backoff_ms = cli->opts.backoff_initial_ms;
   if (cli->opts.on_connect) cli->opts.on_connect(cli, peer, cli->opts.user_data);
@@ -120,7 +131,8 @@ static void cli_on_established(qrpc_conn *c, void *ud) {
 static void cli_on_closed(qrpc_conn *c, const qrpc_close_info *info,
                           void *ud) {
   qrpc_peer *peer = ud;
-  qrpc_client *cli = peer->client;
+  if (!peer) return;
+  qrpc_client *cli = client_of(peer->core);
   int current = cli->peer == peer;
   int was_ready = peer->ready;
   qrpci_peer_closed(peer);
@@ -134,15 +146,20 @@ static void cli_on_closed(qrpc_conn *c, const qrpc_close_info *info,
   if (!cli->freeing) schedule_retry(cli);
 }
 
-void qrpci_client_peer_released(qrpc_client *cli, qrpc_peer *peer) {
+static void cli_peer_released(qrpci_core *core, qrpc_peer *peer) {
+  qrpc_client *cli = client_of(core);
   if (cli->peer == peer) cli->peer = NULL;
 }
 
-void qrpci_client_unqueue(qrpc_client *cli, qrpc_call *call) {
-  qrpci_list_remove(&call->node);
-  cli->npending--;
-  call->state = QRPCI_CALL_ACTIVE;
+static void cli_call_unqueued(qrpci_core *core, qrpc_call *call) {
+  unqueue(client_of(core), call);
 }
+
+static const qrpci_core_ops cli_core_ops = {
+    .peer_released = cli_peer_released,
+    .peer_freed = qrpci_peer_free_dgram,
+    .call_unqueued = cli_call_unqueued,
+};
 
 int qrpc_client_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
                     const qrpc_client_opts *opts, qrpc_client **out) {
@@ -163,7 +180,8 @@ int qrpc_client_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
   qrpci_list_init(&cli->pending);
   cli->backoff_ms = cli->opts.backoff_initial_ms;
   cli->rng = qrpci_now_ns() | 1;
-  int rv = qrpci_core_init(&cli->core, loop, &cli->opts.rpc);
+  int rv = qrpci_core_init(&cli->core, loop, &cli->opts.rpc, &cli_core_ops);
+  if (rv == 0 && !(cli->dg = qrpci_dgram_new())) rv = QRPC_ENOMEM;
   cli->addr = strdup(addr);
   if (cli->opts.server_name &&
       !(cli->opts.server_name = strdup(cli->opts.server_name)))
@@ -193,12 +211,12 @@ qrpc_peer *qrpc_client_peer(qrpc_client *cli) {
 }
 
 static int client_start(qrpc_client *cli, uint32_t method, qrpc_shape shape,
-                        const qrpci_payload *pl, const qrpc_call_opts *opts,
+                        qrpci_payload pl, const qrpc_call_opts *opts,
                         const qrpc_call_callbacks *cbs, void *ud,
                         qrpc_call **out) {
-  if (!cli) return QRPC_EINVAL;
+  if (!cli || !qrpci_payload_valid(&pl)) return QRPC_EINVAL;
   if (opts && opts->size != sizeof(*opts)) return QRPC_EINVAL;
-  size_t len = qrpci_payload_len(pl);
+  size_t len = qrpci_payload_len(&pl);
   if ((shape == QRPC_SHAPE_CLIENT_STREAM || shape == QRPC_SHAPE_BIDI_STREAM) &&
       len)
     return QRPC_EINVAL;
@@ -211,15 +229,14 @@ static int client_start(qrpc_client *cli, uint32_t method, qrpc_shape shape,
   qrpc_call *call = qrpci_call_new(&cli->core, method, shape, opts,
                                    cli->opts.default_timeout_ms, cbs, ud);
   if (!call) return QRPC_ENOMEM;
-  call->client = cli;
   int rv = 0;
   if (peer) {
-    rv = qrpci_call_start(call, peer, pl);
+    rv = qrpci_call_start(call, peer, &pl);
   } else if (len && !(call->payload = malloc(len))) {
     rv = QRPC_ENOMEM;
   } else {
     /* Waiting for a connection: the payload is kept as bytes. */
-    rv = len ? qrpci_payload_write(pl, call->payload) : 0;
+    rv = len ? qrpci_payload_write(&pl, call->payload) : 0;
     call->len = len;
   }
   if (rv != 0) {
@@ -239,18 +256,26 @@ int qrpc_client_call(qrpc_client *cli, uint32_t method, const void *payload,
                      size_t len, const qrpc_call_opts *opts,
                      const qrpc_call_callbacks *cbs, void *ud,
                      qrpc_call **out) {
-  qrpci_payload pl;
-  if (qrpci_payload_bytes(&pl, payload, len) != 0) return QRPC_EINVAL;
-  return client_start(cli, method, QRPC_SHAPE_UNARY, &pl, opts, cbs, ud, out);
+  return client_start(cli, method, QRPC_SHAPE_UNARY, qrpci_bytes(payload, len),
+                      opts, cbs, ud, out);
 }
 
 int qrpc_client_call_msg(qrpc_client *cli, uint32_t method, const qrpc_msg *m,
                          const qrpc_call_opts *opts,
                          const qrpc_call_callbacks *cbs, void *ud,
                          qrpc_call **out) {
-  qrpci_payload pl;
-  if (qrpci_payload_msg(&pl, m) != 0) return QRPC_EINVAL;
-  return client_start(cli, method, QRPC_SHAPE_UNARY, &pl, opts, cbs, ud, out);
+  return client_start(cli, method, QRPC_SHAPE_UNARY, qrpci_msg(m), opts, cbs,
+                      ud, out);
+}
+
+/* A streaming shape: unary calls go through qrpc_client_call(). */
+static int client_stream(qrpc_client *cli, uint32_t method, qrpc_shape shape,
+                         qrpci_payload pl, const qrpc_call_opts *opts,
+                         const qrpc_call_callbacks *cbs, void *ud,
+                         qrpc_call **out) {
+  if (shape == QRPC_SHAPE_UNARY || shape > QRPC_SHAPE_BIDI_STREAM)
+    return QRPC_EINVAL;
+  return client_start(cli, method, shape, pl, opts, cbs, ud, out);
 }
 
 int qrpc_client_stream(qrpc_client *cli, uint32_t method, qrpc_shape shape,
@@ -258,27 +283,19 @@ int qrpc_client_stream(qrpc_client *cli, uint32_t method, qrpc_shape shape,
                        const qrpc_call_opts *opts,
                        const qrpc_call_callbacks *cbs, void *ud,
                        qrpc_call **out) {
-  qrpci_payload pl;
-  if (shape == QRPC_SHAPE_UNARY || shape > QRPC_SHAPE_BIDI_STREAM ||
-      qrpci_payload_bytes(&pl, payload, len) != 0)
-    return QRPC_EINVAL;
-  return client_start(cli, method, shape, &pl, opts, cbs, ud, out);
+  return client_stream(cli, method, shape, qrpci_bytes(payload, len), opts,
+                       cbs, ud, out);
 }
 
 int qrpc_client_stream_msg(qrpc_client *cli, uint32_t method, qrpc_shape shape,
                            const qrpc_msg *m, const qrpc_call_opts *opts,
                            const qrpc_call_callbacks *cbs, void *ud,
                            qrpc_call **out) {
-  qrpci_payload pl;
-  if (shape == QRPC_SHAPE_UNARY || shape > QRPC_SHAPE_BIDI_STREAM ||
-      qrpci_payload_msg(&pl, m) != 0)
-    return QRPC_EINVAL;
-  return client_start(cli, method, shape, &pl, opts, cbs, ud, out);
+  return client_stream(cli, method, shape, qrpci_msg(m), opts, cbs, ud, out);
 }
 
-static int client_notify(qrpc_client *cli, uint32_t method,
-                         const qrpci_payload *pl) {
-  if (!cli) return QRPC_EINVAL;
+static int client_notify(qrpc_client *cli, uint32_t method, qrpci_payload pl) {
+  if (!cli || !qrpci_payload_valid(&pl)) return QRPC_EINVAL;
   qrpc_peer *peer = qrpc_client_peer(cli);
   if (!peer) return QRPC_ECLOSED;
   return qrpci_peer_notify(peer, method, pl);
@@ -286,16 +303,12 @@ static int client_notify(qrpc_client *cli, uint32_t method,
 
 int qrpc_client_notify(qrpc_client *cli, uint32_t method, const void *payload,
                        size_t len) {
-  qrpci_payload pl;
-  if (qrpci_payload_bytes(&pl, payload, len) != 0) return QRPC_EINVAL;
-  return client_notify(cli, method, &pl);
+  return client_notify(cli, method, qrpci_bytes(payload, len));
 }
 
 int qrpc_client_notify_msg(qrpc_client *cli, uint32_t method,
                            const qrpc_msg *m) {
-  qrpci_payload pl;
-  if (qrpci_payload_msg(&pl, m) != 0) return QRPC_EINVAL;
-  return client_notify(cli, method, &pl);
+  return client_notify(cli, method, qrpci_msg(m));
 }
 
 static void close_peer(qrpc_peer *peer) {
@@ -313,28 +326,22 @@ void qrpc_client_free(qrpc_client *cli) {
   cli->freeing = 1;
   while (!qrpci_list_empty(&cli->pending)) {
     qrpc_call *call = QRPCI_CONTAINER_OF(cli->pending.next, qrpc_call, node);
-    qrpci_client_unqueue(cli, call);
+    unqueue(cli, call);
     qrpci_call_defer_done(call, QRPC_STATUS_CANCELLED, "client closed");
   }
   if (cli->peer) close_peer(cli->peer);
   if (cli->retry_ev) event_free(cli->retry_ev);
   qrpci_core_cleanup(&cli->core);
+  qrpci_dgram_free(cli->dg);
   if (cli->tls) qrpc_tls_config_free(cli->tls);
   free((char *)cli->opts.server_name);
   free(cli->addr);
   free(cli);
 }
 
-void qrpci_owner_peer_released(qrpc_peer *peer) {
-  if (peer->client)
-    qrpci_client_peer_released(peer->client, peer);
-  else if (peer->server)
-    qrpci_server_peer_released(peer->server, peer);
-}
-
 int qrpc_client_register_dgram(qrpc_client *cli, uint32_t channel,
                                const qrpc_dgram_opts *opts, qrpc_dgram_fn fn,
                                void *ud) {
   if (!cli) return QRPC_EINVAL;
-  return qrpci_dgram_register(&cli->core, channel, opts, fn, ud);
+  return qrpci_dgram_register(cli->dg, channel, opts, fn, ud);
 }

@@ -6,7 +6,8 @@
 #include <string.h>
 
 #include "qrpc/error.h"
-#include "quic/rpcglue.h"
+#include "quic/close.h"
+#include "quic/rpcstream.h"
 #include "rpc/engine.h"
 #include "util/clock.h"
 #include "util/log.h"
@@ -61,20 +62,22 @@ const char *qrpc_status_name(int status) {
 static void call_finish(qrpc_call *call, int status, const char *detail,
                         size_t detail_len, const uint8_t *payload, size_t len,
                         int local);
+static void call_fail_local(qrpc_call *call, int status, const char *detail);
 
 static void done_cb(evutil_socket_t fd, short what, void *arg) {
   qrpci_core *core = arg;
   while (!qrpci_list_empty(&core->done)) {
     qrpc_call *call = QRPCI_CONTAINER_OF(core->done.next, qrpc_call, node);
     qrpci_list_remove(&call->node);
-    const char *d = call->res_detail ? call->res_detail : "";
-    call_finish(call, call->res_status, d, strlen(d), NULL, 0, 1);
+    call_fail_local(call, call->res_status,
+                    call->res_detail ? call->res_detail : "");
   }
 }
 
 int qrpci_core_init(qrpci_core *core, qrpc_loop *loop,
-                    const qrpc_rpc_opts *opts) {
+                    const qrpc_rpc_opts *opts, const qrpci_core_ops *ops) {
   memset(core, 0, sizeof(*core));
+  core->ops = ops;
   core->loop = loop;
   if (opts)
     core->opts = *opts;
@@ -82,7 +85,6 @@ int qrpci_core_init(qrpci_core *core, qrpc_loop *loop,
     qrpci_rpc_opts_default(&core->opts);
   if (!qrpci_rpc_opts_valid(&core->opts)) return QRPC_EINVAL;
   qrpci_u64map_init(&core->methods);
-  qrpci_u64map_init(&core->dgchans);
   qrpci_list_init(&core->done);
   core->done_ev = event_new(qrpc_loop_base(loop), -1, 0, done_cb, core);
   return core->done_ev ? 0 : QRPC_ENOMEM;
@@ -94,7 +96,6 @@ void qrpci_core_cleanup(qrpci_core *core) {
   void *m;
   while ((m = qrpci_u64map_pop(&core->methods))) free(m);
   qrpci_u64map_free(&core->methods);
-  qrpci_dgram_core_cleanup(core);
   while (core->free_calls) {
     qrpc_call *n = core->free_calls->next_free;
     free(core->free_calls);
@@ -151,31 +152,6 @@ static void arm_timer(qrpci_core *core, struct event *ev, uint64_t ms) {
 /* ---- Writing frames --------------------------------------------------- */
 
 static int stream_ok(const qrpci_rstream *rs) { return rs && !rs->gone; }
-
-int qrpci_payload_bytes(qrpci_payload *p, const void *bytes, size_t len) {
-  if (!bytes && len) return QRPC_EINVAL;
-  p->bytes = bytes;
-  p->len = len;
-  p->msg = NULL;
-  return 0;
-}
-
-int qrpci_payload_msg(qrpci_payload *p, const qrpc_msg *m) {
-  if (!m || !m->pack) return QRPC_EINVAL;
-  p->bytes = NULL;
-  p->len = 0;
-  p->msg = m;
-  return 0;
-}
-
-int qrpci_payload_write(const qrpci_payload *p, uint8_t *out) {
-  if (!p->msg) {
-    if (p->len) memcpy(out, p->bytes, p->len);
-    return 0;
-  }
-  if (p->msg->size == 0) return 0;
-  return p->msg->pack(p->msg->msg, out) == p->msg->size ? 0 : QRPC_EINVAL;
-}
 
 /* REQUEST, NOTIFY, REPLY and ITEM: header, then the payload in place. */
 static int put_frame(qrpci_rstream *rs, uint8_t type, uint64_t msgid,
@@ -351,7 +327,6 @@ qrpc_peer *qrpci_peer_new(qrpci_core *core, qrpc_conn *conn) {
   qrpci_list_init(&peer->streams);
   qrpci_list_init(&peer->node);
   qrpci_conn_set_rpc_acceptor(conn, accept_rpc_stream, peer);
-  qrpci_dgram_peer_init(peer);
   return peer;
 }
 
@@ -363,8 +338,8 @@ static void peer_maybe_release(qrpc_peer *peer) {
     rs_free(QRPCI_CONTAINER_OF(peer->streams.next, qrpci_rstream, node));
   qrpci_u64map_free(&peer->calls);
   qrpci_u64map_free(&peer->reqs);
-  qrpci_dgram_peer_cleanup(peer);
   free(peer->pool);
+  peer->core->ops->peer_freed(peer->core, peer);
   free(peer);
 }
 
@@ -377,15 +352,14 @@ void qrpci_peer_closed(qrpc_peer *peer) {
   qrpc_call *call;
   while ((call = qrpci_u64map_pop(&peer->calls))) {
     call->msgid = 0; /* already out of the table */
-    call_finish(call, QRPC_STATUS_UNAVAILABLE, "connection lost", 15, NULL, 0,
-                1);
+    call_fail_local(call, QRPC_STATUS_UNAVAILABLE, "connection lost");
   }
   qrpc_req *req;
   while ((req = qrpci_u64map_pop(&peer->reqs))) {
     req->msgid = 0;
     req_cancel(req, QRPC_STATUS_UNAVAILABLE);
   }
-  qrpci_owner_peer_released(peer);
+  peer->core->ops->peer_released(peer->core, peer);
   peer->busy--;
   peer_maybe_release(peer);
 }
@@ -501,6 +475,17 @@ static void call_finish(qrpc_call *call, int status, const char *detail,
   qrpci_call_release(call);
 }
 
+/* A completion decided on this side, with a detail of our own. */
+static void call_fail_local(qrpc_call *call, int status, const char *detail) {
+  call_finish(call, status, detail, strlen(detail), NULL, 0, 1);
+}
+
+/* Takes a call that waits for a connection off its owner's queue. */
+static void call_unqueue(qrpc_call *call) {
+  qrpci_core *core = call->core;
+  if (core->ops->call_unqueued) core->ops->call_unqueued(core, call);
+}
+
 void qrpci_call_defer_done(qrpc_call *call, int status, const char *detail) {
   call_detach(call);
   call->state = QRPCI_CALL_DONE;
@@ -514,13 +499,12 @@ static void call_timer_cb(evutil_socket_t fd, short what, void *arg) {
   qrpc_call *call = arg;
   call->timer_set = 0;
   if (call->state == QRPCI_CALL_QUEUED) {
-    qrpci_client_unqueue(call->client, call);
+    call_unqueue(call);
   } else if (call->rs && call->msgid) {
     /* Tell the callee to stop working for nobody. */
     put_id_frame(call->rs, QRPCI_FRAME_CANCEL, call->msgid);
   }
-  call_finish(call, QRPC_STATUS_DEADLINE_EXCEEDED, "deadline exceeded", 17,
-              NULL, 0, 1);
+  call_fail_local(call, QRPC_STATUS_DEADLINE_EXCEEDED, "deadline exceeded");
 }
 
 int qrpci_call_start(qrpc_call *call, qrpc_peer *peer,
@@ -570,18 +554,19 @@ static int shape_valid(qrpc_shape shape) {
 }
 
 static int peer_start(qrpc_peer *peer, uint32_t method, qrpc_shape shape,
-                      const qrpci_payload *pl, const qrpc_call_opts *opts,
+                      qrpci_payload pl, const qrpc_call_opts *opts,
                       const qrpc_call_callbacks *cbs, void *ud,
                       qrpc_call **out) {
-  if (!peer || !shape_valid(shape)) return QRPC_EINVAL;
+  if (!peer || !shape_valid(shape) || !qrpci_payload_valid(&pl))
+    return QRPC_EINVAL;
   if (opts && opts->size != sizeof(*opts)) return QRPC_EINVAL;
   if ((shape == QRPC_SHAPE_CLIENT_STREAM || shape == QRPC_SHAPE_BIDI_STREAM) &&
-      qrpci_payload_len(pl))
+      qrpci_payload_len(&pl))
     return QRPC_EINVAL;
   qrpc_call *call =
       qrpci_call_new(peer->core, method, shape, opts, 0, cbs, ud);
   if (!call) return QRPC_ENOMEM;
-  int rv = qrpci_call_start(call, peer, pl);
+  int rv = qrpci_call_start(call, peer, &pl);
   if (rv != 0) {
     qrpci_call_release(call);
     return rv;
@@ -593,18 +578,25 @@ static int peer_start(qrpc_peer *peer, uint32_t method, qrpc_shape shape,
 int qrpc_peer_call(qrpc_peer *peer, uint32_t method, const void *payload,
                    size_t len, const qrpc_call_opts *opts,
                    const qrpc_call_callbacks *cbs, void *ud, qrpc_call **out) {
-  qrpci_payload pl;
-  if (qrpci_payload_bytes(&pl, payload, len) != 0) return QRPC_EINVAL;
-  return peer_start(peer, method, QRPC_SHAPE_UNARY, &pl, opts, cbs, ud, out);
+  return peer_start(peer, method, QRPC_SHAPE_UNARY, qrpci_bytes(payload, len),
+                    opts, cbs, ud, out);
 }
 
 int qrpc_peer_call_msg(qrpc_peer *peer, uint32_t method, const qrpc_msg *m,
                        const qrpc_call_opts *opts,
                        const qrpc_call_callbacks *cbs, void *ud,
                        qrpc_call **out) {
-  qrpci_payload pl;
-  if (qrpci_payload_msg(&pl, m) != 0) return QRPC_EINVAL;
-  return peer_start(peer, method, QRPC_SHAPE_UNARY, &pl, opts, cbs, ud, out);
+  return peer_start(peer, method, QRPC_SHAPE_UNARY, qrpci_msg(m), opts, cbs,
+                    ud, out);
+}
+
+/* A streaming shape: unary calls go through qrpc_peer_call(). */
+static int peer_stream(qrpc_peer *peer, uint32_t method, qrpc_shape shape,
+                       qrpci_payload pl, const qrpc_call_opts *opts,
+                       const qrpc_call_callbacks *cbs, void *ud,
+                       qrpc_call **out) {
+  if (shape == QRPC_SHAPE_UNARY) return QRPC_EINVAL;
+  return peer_start(peer, method, shape, pl, opts, cbs, ud, out);
 }
 
 int qrpc_peer_stream(qrpc_peer *peer, uint32_t method, qrpc_shape shape,
@@ -612,43 +604,34 @@ int qrpc_peer_stream(qrpc_peer *peer, uint32_t method, qrpc_shape shape,
                      const qrpc_call_opts *opts,
                      const qrpc_call_callbacks *cbs, void *ud,
                      qrpc_call **out) {
-  qrpci_payload pl;
-  if (shape == QRPC_SHAPE_UNARY || qrpci_payload_bytes(&pl, payload, len) != 0)
-    return QRPC_EINVAL;
-  return peer_start(peer, method, shape, &pl, opts, cbs, ud, out);
+  return peer_stream(peer, method, shape, qrpci_bytes(payload, len), opts, cbs,
+                     ud, out);
 }
 
 int qrpc_peer_stream_msg(qrpc_peer *peer, uint32_t method, qrpc_shape shape,
                          const qrpc_msg *m, const qrpc_call_opts *opts,
                          const qrpc_call_callbacks *cbs, void *ud,
                          qrpc_call **out) {
-  qrpci_payload pl;
-  if (shape == QRPC_SHAPE_UNARY || qrpci_payload_msg(&pl, m) != 0)
-    return QRPC_EINVAL;
-  return peer_start(peer, method, shape, &pl, opts, cbs, ud, out);
+  return peer_stream(peer, method, shape, qrpci_msg(m), opts, cbs, ud, out);
 }
 
-int qrpci_peer_notify(qrpc_peer *peer, uint32_t method,
-                      const qrpci_payload *pl) {
+int qrpci_peer_notify(qrpc_peer *peer, uint32_t method, qrpci_payload pl) {
+  if (!peer || !qrpci_payload_valid(&pl)) return QRPC_EINVAL;
   if (peer->closed || !peer->ready || peer->goaway_received)
     return QRPC_ECLOSED;
   qrpci_rstream *rs;
   int rv = pool_stream(peer, &rs);
   if (rv != 0) return rv;
-  return put_frame(rs, QRPCI_FRAME_NOTIFY, 0, method, 0, pl);
+  return put_frame(rs, QRPCI_FRAME_NOTIFY, 0, method, 0, &pl);
 }
 
 int qrpc_peer_notify(qrpc_peer *peer, uint32_t method, const void *payload,
                      size_t len) {
-  qrpci_payload pl;
-  if (!peer || qrpci_payload_bytes(&pl, payload, len) != 0) return QRPC_EINVAL;
-  return qrpci_peer_notify(peer, method, &pl);
+  return qrpci_peer_notify(peer, method, qrpci_bytes(payload, len));
 }
 
 int qrpc_peer_notify_msg(qrpc_peer *peer, uint32_t method, const qrpc_msg *m) {
-  qrpci_payload pl;
-  if (!peer || qrpci_payload_msg(&pl, m) != 0) return QRPC_EINVAL;
-  return qrpci_peer_notify(peer, method, &pl);
+  return qrpci_peer_notify(peer, method, qrpci_msg(m));
 }
 
 static int call_sends_items(const qrpc_call *call) {
@@ -656,25 +639,22 @@ static int call_sends_items(const qrpc_call *call) {
          call->shape == QRPC_SHAPE_BIDI_STREAM;
 }
 
-static int call_send(qrpc_call *call, const qrpci_payload *pl) {
-  if (!call || !call_sends_items(call)) return QRPC_EINVAL;
+static int call_send(qrpc_call *call, qrpci_payload pl) {
+  if (!call || !call_sends_items(call) || !qrpci_payload_valid(&pl))
+    return QRPC_EINVAL;
   if (call->state != QRPCI_CALL_ACTIVE || !call->msgid) return QRPC_ECLOSED;
   if (call->sent_end) return QRPC_ESTATE;
   if (!stream_ok(call->rs)) return QRPC_ECLOSED;
   if (qrpci_stream_congested(call->rs->s)) return QRPC_EAGAIN;
-  return put_frame(call->rs, QRPCI_FRAME_ITEM, call->msgid, 0, 0, pl);
+  return put_frame(call->rs, QRPCI_FRAME_ITEM, call->msgid, 0, 0, &pl);
 }
 
 int qrpc_call_send(qrpc_call *call, const void *data, size_t len) {
-  qrpci_payload pl;
-  if (qrpci_payload_bytes(&pl, data, len) != 0) return QRPC_EINVAL;
-  return call_send(call, &pl);
+  return call_send(call, qrpci_bytes(data, len));
 }
 
 int qrpc_call_send_msg(qrpc_call *call, const qrpc_msg *m) {
-  qrpci_payload pl;
-  if (qrpci_payload_msg(&pl, m) != 0) return QRPC_EINVAL;
-  return call_send(call, &pl);
+  return call_send(call, qrpci_msg(m));
 }
 
 int qrpc_call_end(qrpc_call *call) {
@@ -693,7 +673,7 @@ int qrpc_call_cancel(qrpc_call *call) {
   if (!call) return QRPC_EINVAL;
   if (call->state == QRPCI_CALL_DONE) return QRPC_ECLOSED;
   if (call->state == QRPCI_CALL_QUEUED) {
-    qrpci_client_unqueue(call->client, call);
+    call_unqueue(call);
   } else if (call->rs && call->msgid) {
     put_id_frame(call->rs, QRPCI_FRAME_CANCEL, call->msgid);
   }
@@ -1072,12 +1052,12 @@ static void rs_on_writable(qrpc_stream *s, void *ud) {
     rs->req->cbs.on_writable(rs->req, rs->req->ud);
 }
 
-/* Everything in a MsgId table whose frames travel on rs: collected first,
- * because ending them edits the table. */
-static size_t collect_on(qrpci_u64map *m, qrpci_rstream *rs, int calls,
-                         void **out, size_t max) {
+/* Everything in a MsgId table whose frames travel on rs, up to max:
+ * collected first, because ending them edits the table. */
+static size_t collect_on(const qrpci_u64map *m, const qrpci_rstream *rs,
+                         int calls, void **out, size_t max) {
   size_t n = 0;
-  for (size_t i = 0; out && i < m->cap && n < max; i++) {
+  for (size_t i = 0; i < m->cap && n < max; i++) {
     if (!m->keys[i]) continue;
     qrpci_rstream *on = calls ? ((qrpc_call *)m->vals[i])->rs
                               : ((qrpc_req *)m->vals[i])->rs;
@@ -1086,18 +1066,17 @@ static size_t collect_on(qrpci_u64map *m, qrpci_rstream *rs, int calls,
   return n;
 }
 
-/* Calls and requests whose stream is gone can never be answered. */
+/* Calls and requests whose stream is gone can never be answered. They are
+ * ended in batches, each leaving its table, so no allocation can fail
+ * here and leave them waiting for their deadline. */
 static void end_work_on(qrpci_rstream *rs, int req_status) {
-  size_t max = rs->ncalls > rs->pending ? rs->ncalls : rs->pending;
-  if (max == 0) return;
-  void **v = malloc(max * sizeof(*v));
-  size_t n = collect_on(&rs->peer->calls, rs, 1, v, rs->ncalls);
-  for (size_t i = 0; i < n; i++)
-    call_finish(v[i], QRPC_STATUS_UNAVAILABLE, "stream closed", 13, NULL, 0,
-                1);
-  n = collect_on(&rs->peer->reqs, rs, 0, v, rs->pending);
-  for (size_t i = 0; i < n; i++) req_cancel(v[i], req_status);
-  free(v);
+  void *v[64];
+  size_t n;
+  while ((n = collect_on(&rs->peer->calls, rs, 1, v, 64)) > 0)
+    for (size_t i = 0; i < n; i++)
+      call_fail_local(v[i], QRPC_STATUS_UNAVAILABLE, "stream closed");
+  while ((n = collect_on(&rs->peer->reqs, rs, 0, v, 64)) > 0)
+    for (size_t i = 0; i < n; i++) req_cancel(v[i], req_status);
 }
 
 static void rs_on_closed(qrpc_stream *s, int error, void *ud) {
@@ -1139,8 +1118,8 @@ uint64_t qrpc_req_remaining_ms(qrpc_req *req) {
                                 : 0;
 }
 
-static int req_reply(qrpc_req *req, const qrpci_payload *pl) {
-  if (!req) return QRPC_EINVAL;
+static int req_reply(qrpc_req *req, qrpci_payload pl) {
+  if (!req || !qrpci_payload_valid(&pl)) return QRPC_EINVAL;
   if (req->notify) {
     req_release(req);
     return 0;
@@ -1148,7 +1127,7 @@ static int req_reply(qrpc_req *req, const qrpci_payload *pl) {
   if (req->shape != QRPC_SHAPE_UNARY && req->shape != QRPC_SHAPE_CLIENT_STREAM)
     return QRPC_EINVAL;
   if (req->released) return QRPC_ECLOSED;
-  int rv = put_frame(req->rs, QRPCI_FRAME_REPLY, req->msgid, 0, 0, pl);
+  int rv = put_frame(req->rs, QRPCI_FRAME_REPLY, req->msgid, 0, 0, &pl);
   if (rv != 0 && rv != QRPC_ECLOSED)
     put_status(req->rs, QRPCI_FRAME_ERROR, req->msgid, QRPC_STATUS_INTERNAL,
                "reply could not be sent");
@@ -1157,15 +1136,11 @@ static int req_reply(qrpc_req *req, const qrpci_payload *pl) {
 }
 
 int qrpc_req_reply(qrpc_req *req, const void *payload, size_t len) {
-  qrpci_payload pl;
-  if (qrpci_payload_bytes(&pl, payload, len) != 0) return QRPC_EINVAL;
-  return req_reply(req, &pl);
+  return req_reply(req, qrpci_bytes(payload, len));
 }
 
 int qrpc_req_reply_msg(qrpc_req *req, const qrpc_msg *m) {
-  qrpci_payload pl;
-  if (qrpci_payload_msg(&pl, m) != 0) return QRPC_EINVAL;
-  return req_reply(req, &pl);
+  return req_reply(req, qrpci_msg(m));
 }
 
 int qrpc_req_error(qrpc_req *req, int status, const char *detail) {
@@ -1186,24 +1161,22 @@ static int req_sends_items(const qrpc_req *req) {
          req->shape == QRPC_SHAPE_BIDI_STREAM;
 }
 
-static int req_send(qrpc_req *req, const qrpci_payload *pl) {
-  if (!req || req->notify || !req_sends_items(req)) return QRPC_EINVAL;
+static int req_send(qrpc_req *req, qrpci_payload pl) {
+  if (!req || req->notify || !req_sends_items(req) ||
+      !qrpci_payload_valid(&pl))
+    return QRPC_EINVAL;
   if (req->released || req->answered) return QRPC_ECLOSED;
   if (!stream_ok(req->rs)) return QRPC_ECLOSED;
   if (qrpci_stream_congested(req->rs->s)) return QRPC_EAGAIN;
-  return put_frame(req->rs, QRPCI_FRAME_ITEM, req->msgid, 0, 0, pl);
+  return put_frame(req->rs, QRPCI_FRAME_ITEM, req->msgid, 0, 0, &pl);
 }
 
 int qrpc_req_send(qrpc_req *req, const void *data, size_t len) {
-  qrpci_payload pl;
-  if (qrpci_payload_bytes(&pl, data, len) != 0) return QRPC_EINVAL;
-  return req_send(req, &pl);
+  return req_send(req, qrpci_bytes(data, len));
 }
 
 int qrpc_req_send_msg(qrpc_req *req, const qrpc_msg *m) {
-  qrpci_payload pl;
-  if (qrpci_payload_msg(&pl, m) != 0) return QRPC_EINVAL;
-  return req_send(req, &pl);
+  return req_send(req, qrpci_msg(m));
 }
 
 int qrpc_req_end(qrpc_req *req) {

@@ -13,32 +13,14 @@
 #include <event2/event.h>
 #include <event2/event_struct.h>
 
-#include "qrpc/dgram.h"
 #include "qrpc/rpc.h"
 #include "util/list.h"
 #include "util/u64map.h"
+#include "wire/payload.h"
 #include "wire/reassembler.h"
 
 #define QRPCI_COMMON_TIMEOUTS 16
 #define QRPCI_FREELIST_MAX 1024
-
-/* A payload: bytes to copy, or a message packed in place. */
-typedef struct qrpci_payload {
-  const void *bytes;
-  size_t len;
-  const qrpc_msg *msg;
-} qrpci_payload;
-
-static inline size_t qrpci_payload_len(const qrpci_payload *p) {
-  return p->msg ? p->msg->size : p->len;
-}
-
-/* Fills *p from bytes or a message; QRPC_EINVAL if neither is valid. */
-int qrpci_payload_bytes(qrpci_payload *p, const void *bytes, size_t len);
-int qrpci_payload_msg(qrpci_payload *p, const qrpc_msg *m);
-/* Writes the payload to out (qrpci_payload_len bytes). Errors: QRPC_EINVAL
- * when a pack function wrote a different size. */
-int qrpci_payload_write(const qrpci_payload *p, uint8_t *out);
 
 typedef struct qrpci_method {
   qrpc_shape shape;
@@ -46,9 +28,28 @@ typedef struct qrpci_method {
   void *ud;
 } qrpci_method;
 
+typedef struct qrpci_core qrpci_core;
+
+/* What the engine tells its owner (a server or client, which embeds the
+ * core and finds itself from it), the way a lower layer reports upward:
+ * through functions the owner hands it, never by name. */
+typedef struct qrpci_core_ops {
+  /* The peer's connection is gone and its calls and requests are over;
+   * the owner forgets the peer. Runs inside qrpci_peer_closed(). */
+  void (*peer_released)(qrpci_core *core, qrpc_peer *peer);
+  /* The peer's memory goes right after this returns: the owner frees what
+   * it attached to the peer. */
+  void (*peer_freed)(qrpci_core *core, qrpc_peer *peer);
+  /* A call the owner queued (QRPCI_CALL_QUEUED) timed out or was
+   * cancelled: the owner takes it off its queue. NULL for owners that
+   * never queue calls. */
+  void (*call_unqueued)(qrpci_core *core, qrpc_call *call);
+} qrpci_core_ops;
+
 /* What servers and clients share: the loop, options, registered methods,
  * free lists and deferred completions. */
-typedef struct qrpci_core {
+struct qrpci_core {
+  const qrpci_core_ops *ops;
   qrpc_loop *loop;
   qrpc_rpc_opts opts;
   qrpci_u64map methods; /* method id + 1 -> qrpci_method */
@@ -63,17 +64,15 @@ typedef struct qrpci_core {
     const struct timeval *tv;
   } timeouts[QRPCI_COMMON_TIMEOUTS];
   size_t ntimeouts;
-  qrpci_u64map dgchans; /* datagram channel + 1 -> qrpci_dgchan */
-} qrpci_core;
+};
 
 typedef struct qrpci_rstream qrpci_rstream;
 
 struct qrpc_peer {
   qrpci_core *core;
   qrpc_conn *conn;
-  qrpc_server *server;      /* exactly one of server and client */
-  qrpc_client *client;
   qrpci_list node;          /* in the owner's list of peers */
+  struct qrpci_dgconn *dg;  /* the owner's datagram state; core ignores it */
   void *user_data;
   int ready;                /* handshake done */
   int closed;               /* connection gone; release when not busy */
@@ -90,9 +89,6 @@ struct qrpc_peer {
   int goaway_received;
   int close_when_idle;      /* close with GOING_AWAY once drained */
   size_t rx_buffered;       /* partial frames held by all its streams */
-  qrpci_u64map dgstats;     /* datagram channel + 1 -> its counters here */
-  uint64_t dg_unknown;
-  uint64_t dg_malformed;
 };
 
 struct qrpci_rstream {
@@ -123,7 +119,6 @@ typedef enum qrpci_call_state {
 struct qrpc_call {
   qrpci_core *core;
   qrpc_peer *peer;
-  qrpc_client *client;
   qrpci_rstream *rs;        /* dedicated stream of a streaming call */
   qrpci_list node;          /* client pending list, or core->done */
   qrpc_call *next_free;
@@ -163,24 +158,31 @@ struct qrpc_req {
   uint64_t deadline_ns;
 };
 
-/* core.c */
+/* Sets up core for its owner; ops must outlive it. Errors: QRPC_EINVAL
+ * (invalid options), QRPC_ENOMEM. */
 int qrpci_core_init(qrpci_core *core, qrpc_loop *loop,
-                    const qrpc_rpc_opts *opts);
+                    const qrpc_rpc_opts *opts, const qrpci_core_ops *ops);
+/* Completes what is deferred and frees what core holds. */
 void qrpci_core_cleanup(qrpci_core *core);
 int qrpci_core_register(qrpci_core *core, uint32_t method, qrpc_shape shape,
                         qrpc_handler_fn fn, void *ud);
 void qrpci_rpc_opts_default(qrpc_rpc_opts *o);
 int qrpci_rpc_opts_valid(const qrpc_rpc_opts *o);
 
+/* A peer for conn; it takes the connection's RPC streams. NULL when out
+ * of memory. */
 qrpc_peer *qrpci_peer_new(qrpci_core *core, qrpc_conn *conn);
 /* The connection is established: streams may be opened. */
 void qrpci_peer_ready(qrpc_peer *peer);
 /* The connection is gone: fail calls with UNAVAILABLE, cancel requests,
- * release the peer (now, or when its dispatch unwinds). */
+ * tell the owner, and free the peer (now, or when its dispatch unwinds). */
 void qrpci_peer_closed(qrpc_peer *peer);
 /* Sends GOAWAY and closes with GOING_AWAY once idle. */
 void qrpci_peer_goaway(qrpc_peer *peer);
 int qrpci_peer_idle(qrpc_peer *peer);
+/* Sends a NOTIFY on the peer. Errors: QRPC_EINVAL (invalid payload),
+ * QRPC_ECLOSED, QRPC_EMSGSIZE, QRPC_ENOMEM. */
+int qrpci_peer_notify(qrpc_peer *peer, uint32_t method, qrpci_payload pl);
 
 qrpc_call *qrpci_call_new(qrpci_core *core, uint32_t method, qrpc_shape shape,
                           const qrpc_call_opts *opts, uint64_t default_timeout,
@@ -191,25 +193,12 @@ int qrpci_call_start(qrpc_call *call, qrpc_peer *peer,
 /* Completes a call that never reached the wire, from the loop. */
 void qrpci_call_defer_done(qrpc_call *call, int status, const char *detail);
 void qrpci_call_release(qrpc_call *call);
-int qrpci_peer_notify(qrpc_peer *peer, uint32_t method,
-                      const qrpci_payload *pl);
 
-/* client.c: a queued call timed out or was cancelled. */
-void qrpci_client_unqueue(qrpc_client *cli, qrpc_call *call);
-/* dgram/channel.c */
-void qrpci_dgram_peer_init(qrpc_peer *peer);
-void qrpci_dgram_peer_cleanup(qrpc_peer *peer);
-void qrpci_dgram_core_cleanup(qrpci_core *core);
-int qrpci_dgram_register(qrpci_core *core, uint32_t channel,
-                         const qrpc_dgram_opts *opts, qrpc_dgram_fn fn,
-                         void *ud);
-void qrpci_dgram_recv(qrpc_peer *peer, const uint8_t *data, size_t len);
-int qrpci_dgram_encode(qrpci_core *core, uint32_t channel,
-                       const qrpci_payload *pl, qrpc_dgram **out);
-
-/* client.c / server.c: the peer is released. */
-void qrpci_owner_peer_released(qrpc_peer *peer);
-void qrpci_client_peer_released(qrpc_client *cli, qrpc_peer *peer);
-void qrpci_server_peer_released(qrpc_server *srv, qrpc_peer *peer);
+/* peer_dgram.c: what servers and clients share about a peer's datagram
+ * state. The on_datagram callback of their connections (ud: the peer),
+ * and their peer_freed operation. */
+void qrpci_peer_on_datagram(qrpc_conn *c, const uint8_t *data, size_t len,
+                            void *ud);
+void qrpci_peer_free_dgram(qrpci_core *core, qrpc_peer *peer);
 
 #endif

@@ -2,14 +2,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dgram/channel.h"
 #include "qrpc/error.h"
-#include "quic/rpcglue.h"
+#include "quic/close.h"
 #include "rpc/engine.h"
 #include "util/clock.h"
 #include "wire/protocol.h"
 
 struct qrpc_server {
   qrpci_core core;
+  qrpci_dgram *dg;
   qrpc_endpoint *ep;
   qrpc_server_opts opts;
   qrpci_list peers;
@@ -27,6 +29,10 @@ void qrpc_server_opts_default(qrpc_server_opts *o) {
   qrpci_rpc_opts_default(&o->rpc);
 }
 
+static qrpc_server *server_of(qrpci_core *core) {
+  return QRPCI_CONTAINER_OF(core, qrpc_server, core);
+}
+
 static void srv_on_established(qrpc_conn *c, void *ud) {
   qrpc_server *srv = ud;
   qrpc_peer *peer = qrpci_peer_new(&srv->core, c);
@@ -34,9 +40,13 @@ static void srv_on_established(qrpc_conn *c, void *ud) {
     qrpc_conn_close(c, QRPCI_ERR_INTERNAL_ERROR, "out of memory");
     return;
   }
-  peer->server = srv;
   qrpci_list_push_back(&srv->peers, &peer->node);
   qrpc_conn_set_user_data(c, peer);
+  if (!(peer->dg = qrpci_dgconn_new(srv->dg, c, peer))) {
+    /* on_closed, from inside this call, releases the peer. */
+    qrpc_conn_close(c, QRPCI_ERR_INTERNAL_ERROR, "out of memory");
+    return;
+  }
   qrpci_peer_ready(peer);
   if (srv->opts.on_peer_open) srv->opts.on_peer_open(peer, srv->opts.user_data);
   if (srv->shutting_down) qrpci_peer_goaway(peer);
@@ -48,14 +58,9 @@ static void srv_on_closed(qrpc_conn *c, const qrpc_close_info *info,
   qrpci_peer_closed(ud);
 }
 
-static void srv_on_datagram(qrpc_conn *c, const uint8_t *data, size_t len,
-                            void *ud) {
-  qrpci_dgram_recv(ud, data, len);
-}
-
 static const qrpc_conn_callbacks srv_conn_cbs = {
     .on_established = srv_on_established,
-    .on_datagram = srv_on_datagram,
+    .on_datagram = qrpci_peer_on_datagram,
     .on_closed = srv_on_closed,
 };
 
@@ -65,15 +70,22 @@ static void srv_done_cb(evutil_socket_t fd, short what, void *arg) {
   if (srv->on_done) srv->on_done(srv, srv->done_ud);
 }
 
-void qrpci_server_peer_released(qrpc_server *srv, qrpc_peer *peer) {
+static void srv_peer_released(qrpci_core *core, qrpc_peer *peer) {
+  qrpc_server *srv = server_of(core);
   qrpci_list_remove(&peer->node);
-  if (srv->opts.on_peer_close)
+  if (peer->ready && srv->opts.on_peer_close)
     srv->opts.on_peer_close(peer, srv->opts.user_data);
   /* Reported from the loop: on_done may free the server, which must not
    * happen inside one of its connections' callbacks. */
   if (srv->shutting_down && qrpci_list_empty(&srv->peers))
     event_active(srv->done_ev, 0, 0);
 }
+
+/* A server's calls go to peers that are connected: none is ever queued. */
+static const qrpci_core_ops srv_core_ops = {
+    .peer_released = srv_peer_released,
+    .peer_freed = qrpci_peer_free_dgram,
+};
 
 int qrpc_server_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
                     const qrpc_server_opts *opts, qrpc_server **out) {
@@ -86,7 +98,8 @@ int qrpc_server_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
   else
     qrpc_server_opts_default(&srv->opts);
   qrpci_list_init(&srv->peers);
-  int rv = qrpci_core_init(&srv->core, loop, &srv->opts.rpc);
+  int rv = qrpci_core_init(&srv->core, loop, &srv->opts.rpc, &srv_core_ops);
+  if (rv == 0 && !(srv->dg = qrpci_dgram_new())) rv = QRPC_ENOMEM;
   if (rv == 0) {
     srv->done_ev = event_new(qrpc_loop_base(loop), -1, 0, srv_done_cb, srv);
     if (!srv->done_ev) rv = QRPC_ENOMEM;
@@ -152,6 +165,7 @@ void qrpc_server_free(qrpc_server *srv) {
   if (srv->deadline_ev) event_free(srv->deadline_ev);
   if (srv->done_ev) event_free(srv->done_ev);
   qrpci_core_cleanup(&srv->core);
+  qrpci_dgram_free(srv->dg);
   free(srv);
 }
 
@@ -159,20 +173,18 @@ int qrpc_server_register_dgram(qrpc_server *srv, uint32_t channel,
                                const qrpc_dgram_opts *opts, qrpc_dgram_fn fn,
                                void *ud) {
   if (!srv) return QRPC_EINVAL;
-  return qrpci_dgram_register(&srv->core, channel, opts, fn, ud);
+  return qrpci_dgram_register(srv->dg, channel, opts, fn, ud);
 }
 
 int qrpc_server_dgram_encode(qrpc_server *srv, uint32_t channel,
                              const void *payload, size_t len,
                              qrpc_dgram **out) {
-  qrpci_payload pl;
-  if (!srv || qrpci_payload_bytes(&pl, payload, len) != 0) return QRPC_EINVAL;
-  return qrpci_dgram_encode(&srv->core, channel, &pl, out);
+  if (!srv) return QRPC_EINVAL;
+  return qrpci_dgram_encode(srv->dg, channel, qrpci_bytes(payload, len), out);
 }
 
 int qrpc_server_dgram_encode_msg(qrpc_server *srv, uint32_t channel,
                                  const qrpc_msg *m, qrpc_dgram **out) {
-  qrpci_payload pl;
-  if (!srv || qrpci_payload_msg(&pl, m) != 0) return QRPC_EINVAL;
-  return qrpci_dgram_encode(&srv->core, channel, &pl, out);
+  if (!srv) return QRPC_EINVAL;
+  return qrpci_dgram_encode(srv->dg, channel, qrpci_msg(m), out);
 }

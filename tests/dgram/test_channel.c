@@ -367,6 +367,47 @@ START_TEST(test_peer_without_datagrams_refused) {
 }
 END_TEST
 
+/* Every datagram function of a peer answers a NULL peer, or a NULL
+ * argument, the same documented way instead of crashing. */
+START_TEST(test_null_arguments) {
+  server_side s;
+  client_side c;
+  server_start(&s, NULL);
+  client_start(&c, s.addr, NULL, 1);
+  wait_all w = {&c, 1};
+  ck_assert(qt_run_until(loop, all_connected, &w, QT_WAIT_MS));
+  ck_assert(qt_run_until_count(loop, &s.npeers, 1, QT_WAIT_MS));
+  qrpc_peer *p = s.peers[0];
+  ck_assert_int_eq(qrpc_peer_send_dgram(NULL, CH_STATE, "x", 1), QRPC_EINVAL);
+  ck_assert_int_eq(qrpc_peer_send_dgram(p, CH_STATE, NULL, 1), QRPC_EINVAL);
+  ck_assert_int_eq(qrpc_peer_send_dgram_msg(NULL, CH_STATE, NULL),
+                   QRPC_EINVAL);
+  ck_assert_int_eq(qrpc_peer_send_dgram_msg(p, CH_STATE, NULL), QRPC_EINVAL);
+  ck_assert_int_eq(qrpc_peer_send_encoded(p, NULL), QRPC_EINVAL);
+  ck_assert_int_eq(qrpc_peer_send_encoded(NULL, NULL), QRPC_EINVAL);
+  ck_assert_uint_eq(qrpc_peer_max_dgram_payload(NULL, CH_STATE), 0);
+  qrpc_dgram *d = NULL;
+  ck_assert_int_eq(qrpc_server_dgram_encode(NULL, CH_STATE, "x", 1, &d),
+                   QRPC_EINVAL);
+  ck_assert_int_eq(qrpc_server_dgram_encode(s.srv, CH_STATE, "x", 1, NULL),
+                   QRPC_EINVAL);
+  ck_assert_int_eq(qrpc_server_dgram_encode_msg(s.srv, CH_STATE, NULL, &d),
+                   QRPC_EINVAL);
+  ck_assert_ptr_null(d);
+  qrpc_dgram_free(NULL);
+  qrpc_dgram_stats st;
+  memset(&st, 0xff, sizeof(st));
+  qrpc_peer_dgram_stats(NULL, CH_STATE, &st);
+  ck_assert_uint_eq(st.sent, 0);
+  ck_assert_uint_eq(st.dropped_malformed, 0);
+  qrpc_peer_dgram_stats(p, CH_STATE, NULL);
+  /* None of the refusals above reached the counters. */
+  qrpc_peer_dgram_stats(p, CH_STATE, &st);
+  ck_assert_uint_eq(st.sent, 0);
+  teardown_all(&s, &c, 1);
+}
+END_TEST
+
 /* ---- Age limit ------------------------------------------------------------ */
 
 START_TEST(test_max_age_drops_stale_state) {
@@ -491,6 +532,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_count_undecodable_is_bounded);
   tcase_add_test(tc, test_too_large_and_queue_full_are_distinct);
   tcase_add_test(tc, test_peer_without_datagrams_refused);
+  tcase_add_test(tc, test_null_arguments);
   tcase_add_test(tc, test_max_age_drops_stale_state);
   tcase_add_test(tc, test_calls_flow_during_datagram_flood);
   suite_add_tcase(s, tc);

@@ -48,7 +48,7 @@
 #include "fuzz.h"
 #include "hello.qrpc.h"
 #include "qrpc/qrpc.h"
-#include "quic/rpcglue.h"
+#include "quic/rpcstream.h"
 #include "util/varint.h"
 #include "wire/frame.h"
 

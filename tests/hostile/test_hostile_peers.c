@@ -23,7 +23,7 @@
 #include "harness.h"
 #include "lossy_proxy.h"
 #include "qrpc/qrpc.h"
-#include "quic/rpcglue.h"
+#include "quic/rpcstream.h"
 #include "quic/testing.h"
 #include "rpc_harness.h"
 #include "util/varint.h"

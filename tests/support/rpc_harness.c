@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "quic/rpcglue.h"
+#include "quic/rpcstream.h"
 
 /* ---- Servers ---------------------------------------------------------- */
 

@@ -1,0 +1,49 @@
+/*
+ * Server endpoints (endpoint.c): one UDP socket, the connection-id table,
+ * accepting connections and refusing new ones. Internal; not installed.
+ */
+#ifndef QRPCI_QUIC_ENDPOINT_H
+#define QRPCI_QUIC_ENDPOINT_H
+
+#include <ngtcp2/ngtcp2.h>
+#include <sys/socket.h>
+
+#include "quic/internal.h"
+#include "quic/rpcstream.h"
+#include "quic/udp.h"
+#include "util/list.h"
+
+/* The key that tokens and stateless reset tokens are derived from. */
+#define QRPCI_STATIC_SECRET_LEN 32
+
+typedef struct qrpci_cidmap qrpci_cidmap;
+
+struct qrpc_endpoint {
+  qrpc_loop *loop;
+  qrpc_tls_config *tls;
+  qrpc_endpoint_opts opts;
+  qrpc_conn_callbacks cbs;
+  void *user_data;
+  qrpci_rpc_accept_fn rpc_accept;
+  void *rpc_accept_ud;
+  qrpci_sock sock;
+  struct event *read_ev;
+  struct sockaddr_storage local;
+  socklen_t locallen;
+  qrpci_cidmap *cids;
+  qrpci_list conns;
+  size_t nhandshaking;
+  size_t nconns;            /* including those in their closing period */
+  qrpc_endpoint_stats stats;
+  uint8_t secret[QRPCI_STATIC_SECRET_LEN];
+};
+
+void qrpci_endpoint_conn_gone(qrpc_endpoint *ep, qrpc_conn *c);
+void qrpci_endpoint_conn_closed(qrpc_endpoint *ep, qrpc_conn *c);
+void qrpci_endpoint_conn_established(qrpc_endpoint *ep, qrpc_conn *c);
+int qrpci_endpoint_map_cid(qrpc_endpoint *ep, const ngtcp2_cid *cid,
+                           qrpc_conn *c);
+void qrpci_endpoint_unmap_cid(qrpc_endpoint *ep, const ngtcp2_cid *cid);
+
+
+#endif

@@ -1,0 +1,39 @@
+/*
+ * The loop behind qrpc_loop (loop.c): the libevent base, the connections
+ * it holds, the flush of dirty connections once per turn, cross-thread
+ * posts. Internal; not installed.
+ */
+#ifndef QRPCI_QUIC_LOOP_H
+#define QRPCI_QUIC_LOOP_H
+
+#include <pthread.h>
+
+#include "quic/internal.h"
+#include "quic/udp.h"
+
+struct evdns_base;
+typedef struct qrpci_post qrpci_post;
+
+struct qrpc_loop {
+  struct event_base *base;
+  int own_base;
+  struct event *flush_ev;   /* activated when a connection has work */
+  qrpci_list dirty;         /* connections to flush this turn */
+  qrpci_list conns;         /* every connection the loop holds */
+  size_t nconns;
+  struct evdns_base *dns;   /* created on the first name lookup */
+  struct event *post_ev;    /* activated by qrpc_loop_post() */
+  pthread_mutex_t post_mu;
+  qrpci_post *post_head, *post_tail;
+  uint8_t *txbuf;           /* packets of one flush, for GSO batching */
+  uint8_t (*rxbufs)[QRPCI_MAX_UDP]; /* one recvmmsg batch */
+  size_t txcap;             /* a GSO batch plus one packet being written */
+  qrpci_list txq_socks;     /* sockets with packets queued for sendmmsg */
+};
+
+void qrpci_loop_mark_dirty(qrpc_loop *loop, qrpc_conn *c);
+struct evdns_base *qrpci_loop_dns(qrpc_loop *loop);
+void qrpci_loop_add_conn(qrpc_loop *loop, qrpc_conn *c);
+void qrpci_loop_remove_conn(qrpc_loop *loop, qrpc_conn *c);
+
+#endif

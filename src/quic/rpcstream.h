@@ -1,0 +1,42 @@
+/*
+ * Streams of the RPC kind (0x00) for the call engine above the transport:
+ * accepting the ones the peer opens, opening our own, writing frames in
+ * place, and backpressure. Raw streams are public API (qrpc/quic.h).
+ * Internal; not installed. Loop thread only.
+ */
+#ifndef QRPCI_QUIC_RPCSTREAM_H
+#define QRPCI_QUIC_RPCSTREAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qrpc/quic.h"
+
+/* Receives an RPC stream the peer opened; it must give the stream
+ * callbacks with qrpc_stream_set_callbacks() or it is refused. */
+typedef void (*qrpci_rpc_accept_fn)(qrpc_conn *c, qrpc_stream *s, void *ud);
+
+/* Sets the acceptor of peer-opened RPC streams for one connection, or for
+ * every connection an endpoint accepts from now on. Without one, RPC
+ * streams are refused with UNKNOWN_STREAM_KIND. */
+void qrpci_conn_set_rpc_acceptor(qrpc_conn *c, qrpci_rpc_accept_fn fn,
+                                 void *ud);
+void qrpci_endpoint_set_rpc_acceptor(qrpc_endpoint *ep, qrpci_rpc_accept_fn fn,
+                                     void *ud);
+
+/* Opens a stream of the RPC kind. Errors as qrpc_stream_open(). */
+int qrpci_stream_open_rpc(qrpc_conn *c, const qrpc_stream_callbacks *cbs,
+                          void *user_data, qrpc_stream **out);
+
+/* Returns n contiguous bytes at the end of the stream's send buffer, to be
+ * filled and then published with qrpci_stream_commit(s, n). There is no
+ * backpressure check: the caller bounds memory by its own limits. NULL when
+ * out of memory or the stream can no longer send. */
+uint8_t *qrpci_stream_reserve(qrpc_stream *s, size_t n);
+void qrpci_stream_commit(qrpc_stream *s, size_t n);
+
+/* 1 if the stream's unacknowledged bytes are at the send-buffer limit; the
+ * stream's on_writable then fires once they have drained. */
+int qrpci_stream_congested(qrpc_stream *s);
+
+#endif
