@@ -249,6 +249,36 @@ const char *qrpc_conn_alpn(qrpc_conn *c);
  * is none. Borrowed; valid until on_closed returns. */
 const qrpc_cert *qrpc_conn_peer_certs(qrpc_conn *c, size_t *count);
 
+/* Bytes from a certificate: ptr[len] is a NUL added for convenience, but
+ * the bytes may hold NUL themselves, so compare by len. */
+typedef struct qrpc_str {
+  const char *ptr;
+  size_t len;
+} qrpc_str;
+
+/* Who the peer's certificate says it is. */
+typedef struct qrpc_identity {
+  qrpc_str subject;      /* the subject's distinguished name as an RFC 4514
+                            string, most specific first: "CN=alice,O=Example" */
+  const qrpc_str *dns;   /* subjectAltName dNSName entries */
+  size_t ndns;
+  const qrpc_str *uri;   /* uniformResourceIdentifier entries */
+  size_t nuri;
+  const qrpc_str *email; /* rfc822Name entries */
+  size_t nemail;
+  const qrpc_str *ip;    /* iPAddress entries, written as inet_ntop does */
+  size_t nip;
+} qrpc_identity;
+
+/* The peer's verified identity, from its own certificate: on a client the
+ * server's, on a server the client's when client authentication is on
+ * (qrpc_tls_config_set_client_auth()) and the client presented one. NULL
+ * before the handshake completed, when the peer presented no certificate,
+ * and when its chain was not verified (verification disabled), so a
+ * non-NULL identity can be trusted as far as the CA is. Borrowed; valid
+ * until on_closed returns. Loop thread only. */
+const qrpc_identity *qrpc_conn_peer_identity(qrpc_conn *c);
+
 void qrpc_conn_get_stats(qrpc_conn *c, qrpc_conn_stats *st);
 
 /* Client only: moves the connection to a new local UDP socket (a new

@@ -118,6 +118,7 @@ void qrpci_conn_free(qrpc_conn *c) {
   free(c->close_pkt);
   free(c->peer_certs);
   free(c->peer_cert_data);
+  free(c->peer_identity);
   free(c->server_name);
   free(c->host);
   free(c->port);
@@ -1114,6 +1115,32 @@ const char *qrpc_conn_alpn(qrpc_conn *c) {
 const qrpc_cert *qrpc_conn_peer_certs(qrpc_conn *c, size_t *count) {
   if (count) *count = c->npeer_certs;
   return c->npeer_certs ? c->peer_certs : NULL;
+}
+
+const qrpc_identity *qrpc_conn_peer_identity(qrpc_conn *c) {
+  return c && c->established_fired ? c->peer_identity : NULL;
+}
+
+void qrpci_conn_keep_chain(qrpc_conn *c, const qrpc_cert *chain, size_t n) {
+  size_t total = 0;
+  for (size_t i = 0; i < n; i++) total += chain[i].len;
+  c->peer_certs = calloc(n, sizeof(*c->peer_certs));
+  c->peer_cert_data = malloc(total ? total : 1);
+  if (!c->peer_certs || !c->peer_cert_data) {
+    free(c->peer_certs);
+    free(c->peer_cert_data);
+    c->peer_certs = NULL;
+    c->peer_cert_data = NULL;
+    return;
+  }
+  size_t off = 0;
+  for (size_t i = 0; i < n; i++) {
+    memcpy(c->peer_cert_data + off, chain[i].der, chain[i].len);
+    c->peer_certs[i].der = c->peer_cert_data + off;
+    c->peer_certs[i].len = chain[i].len;
+    off += chain[i].len;
+  }
+  c->npeer_certs = n;
 }
 
 void qrpc_conn_get_stats(qrpc_conn *c, qrpc_conn_stats *st) {

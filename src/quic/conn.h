@@ -105,6 +105,8 @@ struct qrpc_conn {
   uint64_t close_recv;       /* packets received while closing */
   uint64_t timer_expiry;     /* what the timer is armed for */
 
+  int peer_verified;         /* the peer's chain passed the built-in check */
+  qrpc_identity *peer_identity; /* of a verified peer, one allocation */
   qrpc_cert *peer_certs;
   size_t npeer_certs;
   uint8_t *peer_cert_data;
@@ -136,6 +138,9 @@ void qrpci_conn_close_now(qrpc_conn *c, const ngtcp2_ccerr *ccerr, int linger);
  * is told with an application close carrying peer_reason if there is one
  * and the handshake started, and c is freed. */
 void qrpci_conn_discard(qrpc_conn *c, const char *peer_reason);
+/* Keeps a copy of the peer's chain (peer first) for
+ * qrpc_conn_peer_certs(); out of memory leaves it empty. */
+void qrpci_conn_keep_chain(qrpc_conn *c, const qrpc_cert *chain, size_t n);
 void qrpci_conn_process_resumed(qrpc_conn *c);
 
 

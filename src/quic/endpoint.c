@@ -322,10 +322,8 @@ int qrpc_endpoint_listen(qrpc_loop *loop, const char *addr,
                opts->conn.max_streams_bidi < QRPCI_MIN_PEER_STREAMS_BIDI ||
                opts->max_connections == 0 || opts->max_handshakes == 0))
     return QRPC_EINVAL;
-  if (!qrpci_tls_config_has_cert(tls)) {
-    QRPCI_ERROR("endpoint: the TLS config has no certificate and key");
-    return QRPC_ETLS;
-  }
+  int trv = qrpci_tls_config_check_server(tls);
+  if (trv != 0) return trv;
   qrpc_endpoint *ep = calloc(1, sizeof(*ep));
   if (!ep) return QRPC_ENOMEM;
   ep->loop = loop;
