@@ -13,7 +13,13 @@
  * Closing a connection runs its callbacks at once (qrpc_conn_close), so a
  * subscriber cut off by the DISCONNECT policy is only marked during a
  * fan-out and closed at the end of the handler that caused it.
+ *
+ * Topics, patterns and tokens are (pointer, length) pairs taken from the
+ * requests as received: protobuf-c's decoded strings end at the first NUL
+ * byte, so the requests that carry them are served here rather than
+ * through the generated stubs (see "Requests with strings" below).
  */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +35,7 @@
 #include "qrpc/broker.qrpc.h"
 #include "util/list.h"
 #include "util/log.h"
+#include "util/pbwire.h"
 #include "util/u64map.h"
 #include "wire/protocol.h"
 
@@ -36,6 +43,15 @@
 #define DELIVERY_OVERHEAD (QRPCI_TOPIC_MAX + 64)
 /* Distinct realtime channel ids a publish encodes once each. */
 #define DGRAM_CACHE 16
+/* Bytes of a client's string (name, topic, pattern) shown in a log line. */
+#define LOG_STR_MAX 64
+
+/* A string from a request: len bytes, not NUL-terminated, and any byte
+ * may be a NUL. */
+typedef struct wstr {
+  const char *p;
+  size_t len;
+} wstr;
 
 typedef struct bconn bconn;
 typedef struct bsub bsub;
@@ -52,7 +68,9 @@ struct bsub {
   int blocked;  /* the stream refused a write; on_writable drains */
   uint64_t gap; /* dropped and not yet reported to the subscriber */
   uint64_t delivered, dropped, conflated;
-  char pattern[];
+  size_t pattern_len;
+  char pattern[]; /* pattern_len bytes and a NUL for protobuf-c, which packs
+                     a char * up to its NUL: a valid pattern holds none */
 };
 
 struct bconn {
@@ -131,22 +149,50 @@ static int opts_check(const qrpc_broker_opts *o, char *err, size_t errlen) {
 
 /* ---- Access ----------------------------------------------------------- */
 
-static int may_publish(const bconn *c, const char *topic, size_t len) {
-  return !c->b->acl || qrpci_acl_may_publish(c->id, topic, len);
+static int may_publish(const bconn *c, wstr topic) {
+  return !c->b->acl || qrpci_acl_may_publish(c->id, topic.p, topic.len);
 }
 
-static int may_subscribe(const bconn *c, const char *pat, size_t len) {
-  return !c->b->acl || qrpci_acl_may_subscribe(c->id, pat, len);
+static int may_subscribe(const bconn *c, wstr pat) {
+  return !c->b->acl || qrpci_acl_may_subscribe(c->id, pat.p, pat.len);
+}
+
+/* ---- Logging what clients send ---------------------------------------- */
+
+typedef struct logstr {
+  char s[4 * LOG_STR_MAX + 1];
+} logstr;
+
+/* The first LOG_STR_MAX bytes of w for a log line, with every byte outside
+ * printable ASCII, and the backslash, written as \xNN: a client's string
+ * can neither end the line nor hide behind a NUL or a terminal escape. */
+static const char *log_str(logstr *o, wstr w) {
+  static const char hex[] = "0123456789abcdef";
+  size_t n = w.len < LOG_STR_MAX ? w.len : LOG_STR_MAX, k = 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)w.p[i];
+    if (ch >= 0x20 && ch < 0x7f && ch != '\\') {
+      o->s[k++] = (char)ch;
+      continue;
+    }
+    o->s[k++] = '\\';
+    o->s[k++] = 'x';
+    o->s[k++] = hex[ch >> 4];
+    o->s[k++] = hex[ch & 15];
+  }
+  o->s[k] = '\0';
+  return o->s;
 }
 
 /* ---- Closing slow subscribers ----------------------------------------- */
 
 static void doom(bconn *c, const bsub *s) {
   if (qrpci_list_linked(&c->doomed)) return;
+  int plen = (int)(s->pattern_len < LOG_STR_MAX ? s->pattern_len : LOG_STR_MAX);
   snprintf(c->reason, sizeof(c->reason),
-           "slow consumer: subscription %llu to '%.64s' exceeded its queue "
+           "slow consumer: subscription %llu to '%.*s' exceeded its queue "
            "of %u messages / %zu bytes",
-           (unsigned long long)s->id, s->pattern, s->q.max_msgs,
+           (unsigned long long)s->id, plen, s->pattern, s->q.max_msgs,
            s->q.max_bytes);
   qrpci_list_push_back(&c->b->conns_doomed, &c->doomed);
 }
@@ -282,11 +328,18 @@ static void collect(qrpci_topic_sub *link, void *ctx) {
   b->match[b->match_len++] = QRPCI_CONTAINER_OF(link, bsub, link);
 }
 
+/* topic must be valid (qrpci_topic_check()): protobuf-c packs a char * up
+ * to its NUL, so the topic, which then holds no NUL and fits
+ * QRPCI_TOPIC_MAX, is handed to it as a copy ending right after it. */
 static qrpci_bmsg *encode_delivery(const char *topic, size_t topic_len,
                                    const uint8_t *payload, size_t len,
                                    int retained) {
+  char t[QRPCI_TOPIC_MAX + 1];
+  if (topic_len > QRPCI_TOPIC_MAX) return NULL;
+  memcpy(t, topic, topic_len);
+  t[topic_len] = '\0';
   Qrpc__Broker__Delivery d = QRPC__BROKER__DELIVERY__INIT;
-  d.topic = (char *)topic;
+  d.topic = t;
   d.payload.data = (uint8_t *)payload;
   d.payload.len = len;
   d.retained = retained != 0;
@@ -398,7 +451,7 @@ static int retain_msg(qrpc_broker *b, const char *topic, size_t topic_len,
 static void send_retained(qrpc_broker *b, bsub *s) {
   for (qrpci_list *n = b->retained.next; n != &b->retained; n = n->next) {
     retained_msg *r = QRPCI_CONTAINER_OF(n, retained_msg, node);
-    if (!qrpci_pattern_match(s->pattern, strlen(s->pattern), r->msg->topic,
+    if (!qrpci_pattern_match(s->pattern, s->pattern_len, r->msg->topic,
                              r->msg->topic_len))
       continue;
     if (s->mode == QRPC_BROKER_REALTIME) {
@@ -414,18 +467,17 @@ static void send_retained(qrpc_broker *b, bsub *s) {
 
 /* ---- Publishing ------------------------------------------------------- */
 
-/* Publishes r for connection c; returns a QRPC_STATUS_* with *why set when
- * it is not OK. */
-static int publish(bconn *c, const Qrpc__Broker__PublishRequest *r,
+/* Publishes r, whose topic is t, for connection c; returns a
+ * QRPC_STATUS_* with *why set when it is not OK. */
+static int publish(bconn *c, const Qrpc__Broker__PublishRequest *r, wstr t,
                    uint32_t *nsubs, const char **why) {
   qrpc_broker *b = c->b;
-  size_t tlen = strlen(r->topic);
   int status = QRPC_STATUS_OK;
-  if (qrpci_topic_check(r->topic, tlen) != 0) {
+  if (qrpci_topic_check(t.p, t.len) != 0) {
     *why = "invalid topic: dot-separated non-empty levels, at most 255 "
            "bytes, without '*', '>', spaces or control characters";
     status = QRPC_STATUS_INVALID_ARGUMENT;
-  } else if (!may_publish(c, r->topic, tlen)) {
+  } else if (!may_publish(c, t)) {
     *why = "the connection's token may not publish on this topic";
     status = QRPC_STATUS_PERMISSION_DENIED;
     b->st.denied++;
@@ -433,15 +485,14 @@ static int publish(bconn *c, const Qrpc__Broker__PublishRequest *r,
     *why = "payload over the broker's max_payload";
     status = QRPC_STATUS_RESOURCE_EXHAUSTED;
   } else if (r->retain) {
-    status =
-        retain_msg(b, r->topic, tlen, r->payload.data, r->payload.len, why);
+    status = retain_msg(b, t.p, t.len, r->payload.data, r->payload.len, why);
   }
   if (status != QRPC_STATUS_OK) {
     b->st.refused++;
     return status;
   }
   qrpci_bmsg *m =
-      encode_delivery(r->topic, tlen, r->payload.data, r->payload.len, 0);
+      encode_delivery(t.p, t.len, r->payload.data, r->payload.len, 0);
   if (!m) {
     *why = "out of memory";
     b->st.refused++;
@@ -458,11 +509,11 @@ static bconn *req_conn(qrpc_req *req) {
 }
 
 static void h_publish(qrpc_req *req, const Qrpc__Broker__PublishRequest *r,
-                      void *ud) {
+                      wstr topic) {
   bconn *c = req_conn(req);
   const char *why = NULL;
   uint32_t n = 0;
-  int status = publish(c, r, &n, &why);
+  int status = publish(c, r, topic, &n, &why);
   if (status == QRPC_STATUS_OK) {
     Qrpc__Broker__PublishReply rep = QRPC__BROKER__PUBLISH_REPLY__INIT;
     rep.subscribers = n;
@@ -474,13 +525,15 @@ static void h_publish(qrpc_req *req, const Qrpc__Broker__PublishRequest *r,
 }
 
 static void h_publish_oneway(qrpc_req *req,
-                             const Qrpc__Broker__PublishRequest *r, void *ud) {
+                             const Qrpc__Broker__PublishRequest *r,
+                             wstr topic) {
   bconn *c = req_conn(req);
   const char *why = NULL;
   uint32_t n = 0;
-  if (publish(c, r, &n, &why) != QRPC_STATUS_OK)
-    QRPCI_DEBUG("broker: one-way publish on '%.64s' refused: %s", r->topic,
-                why);
+  logstr ls;
+  if (publish(c, r, topic, &n, &why) != QRPC_STATUS_OK)
+    QRPCI_DEBUG("broker: one-way publish on '%s' refused: %s",
+                log_str(&ls, topic), why);
   close_doomed(c->b);
 }
 
@@ -505,12 +558,12 @@ static const qrpc_req_callbacks sub_req_callbacks = {
     .on_writable = sub_on_writable,
 };
 
-/* Checks a Subscribe request; returns a QRPC_STATUS_* with *why. */
+/* Checks a Subscribe request r whose pattern is pat; returns a
+ * QRPC_STATUS_* with *why. */
 static int sub_check(bconn *c, const Qrpc__Broker__SubscribeRequest *r,
-                     const char **why) {
+                     wstr pat, const char **why) {
   qrpc_broker *b = c->b;
-  size_t plen = strlen(r->pattern);
-  if (qrpci_pattern_check(r->pattern, plen) != 0) {
+  if (qrpci_pattern_check(pat.p, pat.len) != 0) {
     *why = "invalid pattern: dot-separated non-empty levels, '*' for one "
            "level, a last '>' for the rest";
     return QRPC_STATUS_INVALID_ARGUMENT;
@@ -528,7 +581,7 @@ static int sub_check(bconn *c, const Qrpc__Broker__SubscribeRequest *r,
            "reliable subscriptions";
     return QRPC_STATUS_INVALID_ARGUMENT;
   }
-  if (!may_subscribe(c, r->pattern, plen)) {
+  if (!may_subscribe(c, pat)) {
     b->st.denied++;
     *why = "the connection's token may not subscribe to this pattern";
     return QRPC_STATUS_PERMISSION_DENIED;
@@ -546,13 +599,14 @@ static int sub_check(bconn *c, const Qrpc__Broker__SubscribeRequest *r,
   return QRPC_STATUS_OK;
 }
 
-static bsub *sub_new(bconn *c, const Qrpc__Broker__SubscribeRequest *r) {
+static bsub *sub_new(bconn *c, const Qrpc__Broker__SubscribeRequest *r,
+                     wstr pat) {
   qrpc_broker *b = c->b;
-  size_t plen = strlen(r->pattern);
-  bsub *s = calloc(1, sizeof(*s) + plen + 1);
+  bsub *s = calloc(1, sizeof(*s) + pat.len + 1);
   if (!s) return NULL;
-  memcpy(s->pattern, r->pattern, plen);
-  if (qrpci_topic_tree_add(b->tree, s->pattern, plen, &s->link) != 0) {
+  memcpy(s->pattern, pat.p, pat.len);
+  s->pattern_len = pat.len;
+  if (qrpci_topic_tree_add(b->tree, s->pattern, pat.len, &s->link) != 0) {
     free(s);
     return NULL;
   }
@@ -580,17 +634,19 @@ static bsub *sub_new(bconn *c, const Qrpc__Broker__SubscribeRequest *r) {
 }
 
 static void h_subscribe(qrpc_req *req, const Qrpc__Broker__SubscribeRequest *r,
-                        void *ud) {
+                        wstr pat) {
   bconn *c = req_conn(req);
   const char *why = NULL;
-  int status = sub_check(c, r, &why);
+  int status = sub_check(c, r, pat, &why);
   bsub *s = NULL;
-  if (status == QRPC_STATUS_OK && !(s = sub_new(c, r))) {
+  if (status == QRPC_STATUS_OK && !(s = sub_new(c, r, pat))) {
     status = QRPC_STATUS_RESOURCE_EXHAUSTED;
     why = "out of memory";
   }
   if (status != QRPC_STATUS_OK) {
-    QRPCI_DEBUG("broker: subscribe to '%.64s' refused: %s", r->pattern, why);
+    logstr ls;
+    QRPCI_DEBUG("broker: subscribe to '%s' refused: %s", log_str(&ls, pat),
+                why);
     qrpc_broker_Broker_Subscribe_error(req, status, why);
     return;
   }
@@ -651,24 +707,25 @@ static void h_unsubscribe(qrpc_req *req,
 
 /* ---- Hello and Stats -------------------------------------------------- */
 
-static void h_hello(qrpc_req *req, const Qrpc__Broker__HelloRequest *r,
-                    void *ud) {
+/* A token of any length that is not one of the ACL's, one holding a NUL
+ * byte included, is unknown; only an empty one means anonymous. */
+static void h_hello(qrpc_req *req, wstr token, wstr client_name) {
   bconn *c = req_conn(req);
   qrpc_broker *b = c->b;
-  size_t tlen = strlen(r->token);
-  if (b->acl && tlen) {
-    const qrpci_acl_identity *id = qrpci_acl_lookup(b->acl, r->token, tlen);
+  logstr ls;
+  if (b->acl && token.len) {
+    const qrpci_acl_identity *id = qrpci_acl_lookup(b->acl, token.p, token.len);
     if (!id) {
       b->st.denied++;
-      QRPCI_INFO("broker: client '%.64s' presented an unknown token",
-                 r->client_name);
+      QRPCI_INFO("broker: client '%s' presented an unknown token",
+                 log_str(&ls, client_name));
       qrpc_broker_Broker_Hello_error(req, QRPC_STATUS_UNAUTHENTICATED,
                                      "unknown token");
       return;
     }
     c->id = id;
   }
-  QRPCI_DEBUG("broker: hello from '%.64s'", r->client_name);
+  QRPCI_DEBUG("broker: hello from '%s'", log_str(&ls, client_name));
   Qrpc__Broker__HelloReply rep = QRPC__BROKER__HELLO_REPLY__INIT;
   rep.broker_version = (char *)QRPC_VERSION;
   rep.max_payload = b->opts.max_payload;
@@ -722,14 +779,131 @@ static void h_stats(qrpc_req *req, const Qrpc__Broker__StatsRequest *r,
   free(ss);
 }
 
-static const qrpc_broker_Broker_handlers broker_handlers = {
-    .Hello = h_hello,
-    .Subscribe = h_subscribe,
-    .Unsubscribe = h_unsubscribe,
-    .Publish = h_publish,
-    .PublishOneway = h_publish_oneway,
-    .Stats = h_stats,
-};
+/* ---- Requests with strings -------------------------------------------- */
+
+/* The generated stubs hand a handler the request protobuf-c decoded, whose
+ * strings end at their first NUL byte: a Publish to "a\0b" would reach
+ * h_publish() as one to "a", and a Hello with "T\0junk" as one with token
+ * T. The requests that carry strings are therefore served here: decoded by
+ * the same generated code for their other fields, with each string's bytes
+ * and length read from the request as received (util/pbwire.h). */
+
+/* The field of messages of type desc whose member at offset off is a
+ * string, or NULL: the offset comes from the C struct, so the field number
+ * always is the IDL's. */
+static const ProtobufCFieldDescriptor *
+string_field(const ProtobufCMessageDescriptor *desc, size_t off) {
+  for (unsigned i = 0; i < desc->n_fields; i++)
+    if (desc->fields[i].offset == off &&
+        desc->fields[i].type == PROTOBUF_C_TYPE_STRING)
+      return &desc->fields[i];
+  return NULL;
+}
+
+/* Decodes raw[0..len) as a message of type desc and reads its string
+ * members at offsets off[0..n) into strs[0..n). Returns the message (to
+ * free with protobuf_c_message_free_unpacked()), or NULL after refusing the
+ * request as the stubs do: INVALID_ARGUMENT, or nothing for a NOTIFY. */
+static ProtobufCMessage *decode(qrpc_req *req,
+                                const ProtobufCMessageDescriptor *desc,
+                                const uint8_t *raw, size_t len,
+                                const size_t *off, wstr *strs, size_t n) {
+  static const uint8_t none[1];
+  ProtobufCMessage *m =
+      protobuf_c_message_unpack(desc, NULL, len, raw ? raw : none);
+  size_t done = 0;
+  for (; m && done < n; done++) {
+    const ProtobufCFieldDescriptor *f = string_field(desc, off[done]);
+    const uint8_t *v;
+    if (!f || qrpci_pb_field_bytes(raw, len, f->id, &v, &strs[done].len) != 0)
+      break;
+    strs[done].p = (const char *)v;
+  }
+  if (m && done == n) return m;
+  if (m) protobuf_c_message_free_unpacked(m, NULL);
+  if (!qrpc_req_is_notify(req)) {
+    char why[128];
+    snprintf(why, sizeof(why), "the request does not decode as %s", desc->name);
+    qrpc_req_error(req, QRPC_STATUS_INVALID_ARGUMENT, why);
+  }
+  return NULL;
+}
+
+static void serve_hello(qrpc_req *req, const uint8_t *raw, size_t len,
+                        void *ud) {
+  static const size_t off[] = {
+      offsetof(Qrpc__Broker__HelloRequest, token),
+      offsetof(Qrpc__Broker__HelloRequest, client_name)};
+  wstr s[2];
+  ProtobufCMessage *m = decode(req, &qrpc__broker__hello_request__descriptor,
+                               raw, len, off, s, 2);
+  if (!m) return;
+  h_hello(req, s[0], s[1]);
+  protobuf_c_message_free_unpacked(m, NULL);
+}
+
+static void serve_subscribe(qrpc_req *req, const uint8_t *raw, size_t len,
+                            void *ud) {
+  static const size_t off[] = {
+      offsetof(Qrpc__Broker__SubscribeRequest, pattern)};
+  wstr pat;
+  ProtobufCMessage *m =
+      decode(req, &qrpc__broker__subscribe_request__descriptor, raw, len, off,
+             &pat, 1);
+  if (!m) return;
+  h_subscribe(req, (const Qrpc__Broker__SubscribeRequest *)m, pat);
+  protobuf_c_message_free_unpacked(m, NULL);
+}
+
+static const size_t publish_strs[] = {
+    offsetof(Qrpc__Broker__PublishRequest, topic)};
+
+static void serve_publish(qrpc_req *req, const uint8_t *raw, size_t len,
+                          void *ud) {
+  wstr topic;
+  ProtobufCMessage *m = decode(req, &qrpc__broker__publish_request__descriptor,
+                               raw, len, publish_strs, &topic, 1);
+  if (!m) return;
+  h_publish(req, (const Qrpc__Broker__PublishRequest *)m, topic);
+  protobuf_c_message_free_unpacked(m, NULL);
+}
+
+static void serve_publish_oneway(qrpc_req *req, const uint8_t *raw, size_t len,
+                                 void *ud) {
+  int notify = qrpc_req_is_notify(req);
+  wstr topic;
+  ProtobufCMessage *m = decode(req, &qrpc__broker__publish_request__descriptor,
+                               raw, len, publish_strs, &topic, 1);
+  if (!m) return;
+  h_publish_oneway(req, (const Qrpc__Broker__PublishRequest *)m, topic);
+  protobuf_c_message_free_unpacked(m, NULL);
+  /* Called as a unary method, as the stubs allow: an empty reply. */
+  if (!notify) qrpc_req_reply(req, NULL, 0);
+}
+
+/* Registers the methods of the Broker service on srv. */
+static int broker_register(qrpc_server *srv) {
+  static const qrpc_broker_Broker_handlers stubs = {
+      .Unsubscribe = h_unsubscribe,
+      .Stats = h_stats,
+  };
+  static const struct {
+    uint32_t id;
+    qrpc_shape shape;
+    qrpc_handler_fn fn;
+  } own[] = {
+      {qrpc_broker_Broker_Hello_METHOD_ID, QRPC_SHAPE_UNARY, serve_hello},
+      {qrpc_broker_Broker_Subscribe_METHOD_ID, QRPC_SHAPE_SERVER_STREAM,
+       serve_subscribe},
+      {qrpc_broker_Broker_Publish_METHOD_ID, QRPC_SHAPE_UNARY, serve_publish},
+      {qrpc_broker_Broker_PublishOneway_METHOD_ID, QRPC_SHAPE_UNARY,
+       serve_publish_oneway},
+  };
+  int rv = qrpc_broker_Broker_register(srv, &stubs);
+  for (size_t i = 0; rv == 0 && i < sizeof(own) / sizeof(own[0]); i++)
+    rv = qrpc_server_register(srv, own[i].id, own[i].shape, own[i].fn, NULL);
+  return rv;
+}
 
 /* ---- Connections ------------------------------------------------------ */
 
@@ -819,7 +993,7 @@ int qrpc_broker_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
   if (so.endpoint.conn.max_streams_bidi < streams)
     so.endpoint.conn.max_streams_bidi = streams;
   if ((rv = qrpc_server_new(loop, addr, tls, &so, &b->srv)) != 0 ||
-      (rv = qrpc_broker_Broker_register(b->srv, &broker_handlers)) != 0) {
+      (rv = broker_register(b->srv)) != 0) {
     if (err && errlen)
       snprintf(err, errlen, "cannot serve on %s: %s", addr, qrpc_strerror(rv));
     qrpc_broker_free(b);

@@ -21,6 +21,7 @@
 #include "qrpc/broker.qrpc.h"
 #include "util/list.h"
 #include "util/log.h"
+#include "util/pbwire.h"
 #include "util/u64map.h"
 
 struct qrpc_broker_sub {
@@ -197,19 +198,6 @@ typedef struct delivery {
   qrpc_broker_msg msg;
 } delivery;
 
-/* A protobuf base-128 varint; returns its length, 0 if malformed. */
-static size_t pb_varint(const uint8_t *p, size_t n, uint64_t *v) {
-  uint64_t x = 0;
-  for (size_t i = 0; i < n && i < 10; i++) {
-    x |= (uint64_t)(p[i] & 0x7f) << (7 * i);
-    if (!(p[i] & 0x80)) {
-      *v = x;
-      return i + 1;
-    }
-  }
-  return 0;
-}
-
 /* Reads one field's value into d; returns the bytes it took after the key,
  * or 0 when malformed. */
 static size_t delivery_field(uint64_t key, const uint8_t *p, size_t n,
@@ -217,14 +205,14 @@ static size_t delivery_field(uint64_t key, const uint8_t *p, size_t n,
   uint64_t v;
   size_t k;
   switch (key & 7) {
-  case 0: /* varint */
-    if (!(k = pb_varint(p, n, &v))) return 0;
+  case QRPCI_PB_VARINT:
+    if (!(k = qrpci_pb_varint(p, n, &v))) return 0;
     if (key >> 3 == 1) d->subscription_id = v;
     if (key >> 3 == 4) d->msg.retained = v != 0;
     if (key >> 3 == 5) d->dropped = v;
     return k;
-  case 2: /* length-delimited */
-    if (!(k = pb_varint(p, n, &v)) || v > n - k) return 0;
+  case QRPCI_PB_LEN:
+    if (!(k = qrpci_pb_varint(p, n, &v)) || v > n - k) return 0;
     if (key >> 3 == 2) {
       d->msg.topic = (const char *)p + k;
       d->msg.topic_len = (size_t)v;
@@ -233,8 +221,8 @@ static size_t delivery_field(uint64_t key, const uint8_t *p, size_t n,
       d->msg.len = (size_t)v;
     }
     return k + (size_t)v;
-  case 1: return n >= 8 ? 8 : 0; /* 64-bit */
-  case 5: return n >= 4 ? 4 : 0; /* 32-bit */
+  case QRPCI_PB_I64: return n >= 8 ? 8 : 0;
+  case QRPCI_PB_I32: return n >= 4 ? 4 : 0;
   default: return 0;
   }
 }
@@ -247,7 +235,7 @@ static int delivery_parse(const uint8_t *p, size_t n, delivery *d) {
   size_t i = 0;
   while (i < n) {
     uint64_t key;
-    size_t k = pb_varint(p + i, n - i, &key);
+    size_t k = qrpci_pb_varint(p + i, n - i, &key);
     size_t f = k ? delivery_field(key, p + i + k, n - i - k, d) : 0;
     if (!f) return -1;
     i += k + f;

@@ -4,8 +4,9 @@
  * subscribers in order, realtime subscribers under overload, each
  * slow-consumer policy with a subscriber whose loop is not run (its
  * socket is not read, as for a stalled process), ACLs, retained messages,
- * unsubscribe and statistics, and a broker restart with the clients
- * reconnecting and resubscribing.
+ * unsubscribe and statistics, a broker restart with the clients
+ * reconnecting and resubscribing, and topics, patterns and tokens holding
+ * NUL bytes, sent as raw requests.
  */
 #include <check.h>
 #include <stdio.h>
@@ -15,6 +16,7 @@
 
 #include "harness.h"
 #include "qrpc/broker.h"
+#include "qrpc/broker.qrpc.h"
 #include "qrpc/qrpc.h"
 
 static qt_certs certs;
@@ -767,6 +769,273 @@ START_TEST(test_many_subscriptions_one_connection) {
 }
 END_TEST
 
+/* ---- Strings holding NUL bytes ----------------------------------------- */
+
+/* Requests encoded by hand: the client library and protobuf-c both end a
+ * string at its first NUL byte, so neither can send one. */
+typedef struct pbuf {
+  uint8_t b[512];
+  size_t n;
+} pbuf;
+
+static void pb_varint(pbuf *m, uint64_t v) {
+  for (; v >= 0x80; v >>= 7) m->b[m->n++] = (uint8_t)(v | 0x80);
+  m->b[m->n++] = (uint8_t)v;
+}
+
+/* The field of the IDL's message desc named name. */
+static uint32_t field_id(const ProtobufCMessageDescriptor *desc,
+                         const char *name) {
+  const ProtobufCFieldDescriptor *f =
+      protobuf_c_message_descriptor_get_field_by_name(desc, name);
+  ck_assert_ptr_nonnull(f);
+  return f->id;
+}
+
+static void pb_bytes(pbuf *m, const ProtobufCMessageDescriptor *desc,
+                     const char *name, const void *p, size_t len) {
+  ck_assert_uint_lt(m->n + len + 16, sizeof(m->b));
+  pb_varint(m, (uint64_t)field_id(desc, name) << 3 | 2);
+  pb_varint(m, len);
+  memcpy(m->b + m->n, p, len);
+  m->n += len;
+}
+
+/* A PublishRequest on topic[0..len) with a 16-byte payload. */
+static pbuf publish_req(const char *topic, size_t len, int retain) {
+  const ProtobufCMessageDescriptor *d =
+      &qrpc__broker__publish_request__descriptor;
+  pbuf m = {.n = 0};
+  pb_bytes(&m, d, "topic", topic, len);
+  pb_bytes(&m, d, "payload", "0123456789abcdef", 16);
+  if (retain) {
+    pb_varint(&m, (uint64_t)field_id(d, "retain") << 3);
+    pb_varint(&m, 1);
+  }
+  return m;
+}
+
+static pbuf subscribe_req(const char *pattern, size_t len) {
+  pbuf m = {.n = 0};
+  pb_bytes(&m, &qrpc__broker__subscribe_request__descriptor, "pattern", pattern,
+           len);
+  return m;
+}
+
+static pbuf hello_req(const char *token, size_t tlen, const char *name) {
+  pbuf m = {.n = 0};
+  pb_bytes(&m, &qrpc__broker__hello_request__descriptor, "token", token, tlen);
+  pb_bytes(&m, &qrpc__broker__hello_request__descriptor, "client_name", name,
+           strlen(name));
+  return m;
+}
+
+/* One raw call and what came back. */
+typedef struct raw_call {
+  int done;
+  int status;
+  int items;
+} raw_call;
+
+static void raw_on_done(qrpc_call *call, const qrpc_result *res, void *ud) {
+  raw_call *r = ud;
+  r->done++;
+  r->status = res->status;
+}
+
+static void raw_on_item(qrpc_call *call, const uint8_t *data, size_t len,
+                        void *ud) {
+  ((raw_call *)ud)->items++;
+}
+
+static const qrpc_call_callbacks raw_cbs = {.on_done = raw_on_done,
+                                            .on_item = raw_on_item};
+
+/* A plain qrpc client: unary calls on one stream, so they reach the
+ * broker in the order they are made. */
+static qrpc_client *raw_client(const char *addr) {
+  qrpc_client_opts o;
+  qrpc_client_opts_default(&o);
+  o.rpc.unary_streams = 1;
+  qrpc_client *cli = NULL;
+  ck_assert_int_eq(qrpc_client_new(loop, addr, ctls, &o, &cli), 0);
+  return cli;
+}
+
+/* Makes a unary call and waits for its answer; returns its status. */
+static int raw_unary(qrpc_client *cli, uint32_t method, const pbuf *m) {
+  raw_call r = {0};
+  ck_assert_int_eq(
+      qrpc_client_call(cli, method, m->b, m->n, NULL, &raw_cbs, &r, NULL), 0);
+  ck_assert(qt_run_until_count(loop, &r.done, 1, QT_WAIT_MS));
+  return r.status;
+}
+
+/* A topic with a NUL byte is invalid whatever precedes the NUL: refused
+ * with INVALID_ARGUMENT (one-way: dropped), neither delivered nor
+ * retained, while the topic before the NUL still works. */
+START_TEST(test_nul_in_topic_refused) {
+  char addr[64];
+  qrpc_broker *b = broker_start(NULL, addr, sizeof(addr), NULL);
+  client sc;
+  client_start(&sc, addr, NULL);
+  sub exact, all;
+  subscribe(&sc, &exact, "a", NULL);
+  subscribe(&sc, &all, ">", NULL);
+  ck_assert(qt_run_until_count(loop, &exact.subscribed, 1, QT_WAIT_MS));
+  ck_assert(qt_run_until_count(loop, &all.subscribed, 1, QT_WAIT_MS));
+
+  qrpc_client *cli = raw_client(addr);
+  const uint32_t pub = qrpc_broker_Broker_Publish_METHOD_ID;
+  pbuf nul = publish_req("a\0b", 3, 0);
+  pbuf nul_end = publish_req("a\0", 2, 0);
+  pbuf nul_retained = publish_req("a\0b", 3, 1);
+  ck_assert_int_eq(raw_unary(cli, pub, &nul), QRPC_STATUS_INVALID_ARGUMENT);
+  ck_assert_int_eq(raw_unary(cli, pub, &nul_end), QRPC_STATUS_INVALID_ARGUMENT);
+  ck_assert_int_eq(raw_unary(cli, pub, &nul_retained),
+                   QRPC_STATUS_INVALID_ARGUMENT);
+  ck_assert_int_eq(
+      qrpc_client_notify(cli, qrpc_broker_Broker_PublishOneway_METHOD_ID, nul.b,
+                         nul.n),
+      0);
+  /* The same encoding without the NUL goes through, after the others on
+   * the same stream. */
+  pbuf ok = publish_req("a", 1, 0);
+  ck_assert_int_eq(raw_unary(cli, pub, &ok), QRPC_STATUS_OK);
+
+  wait_received(&all, 1);
+  wait_received(&exact, 1);
+  /* The one-way publish may travel apart from the calls. */
+  qrpc_broker_stats st;
+  uint64_t end = qt_now_ms() + QT_WAIT_MS;
+  do {
+    qrpc_loop_run_for(loop, 5);
+    qrpc_broker_get_stats(b, &st);
+  } while (st.refused < 4 && qt_now_ms() < end);
+  qt_run_for(loop, 50); /* nothing more may come */
+  ck_assert_uint_eq(exact.received, 1);
+  ck_assert_uint_eq(all.received, 1);
+  ck_assert_str_eq(all.last_topic, "a");
+  ck_assert_int_eq(all.retained, 0);
+  qrpc_broker_get_stats(b, &st);
+  ck_assert_uint_eq(st.published, 1);
+  ck_assert_uint_eq(st.refused, 4);
+  ck_assert_uint_eq(st.delivered, 2);
+  ck_assert_uint_eq(st.retained, 0);
+  qrpc_client_free(cli);
+  qrpc_broker_client_free(sc.bc);
+  qrpc_broker_free(b);
+}
+END_TEST
+
+/* A pattern with a NUL byte is refused with INVALID_ARGUMENT, ">\0x" (">"
+ * once cut at the NUL, which would match every topic) included. */
+START_TEST(test_nul_in_pattern_refused) {
+  char addr[64];
+  qrpc_broker *b = broker_start(NULL, addr, sizeof(addr), NULL);
+  qrpc_client *cli = raw_client(addr);
+  static const struct {
+    const char *p;
+    size_t len;
+  } bad[] = {{"a\0b", 3}, {">\0x", 3}, {"a.*\0", 4}};
+  raw_call r[3] = {{0}};
+  for (size_t i = 0; i < 3; i++) {
+    pbuf m = subscribe_req(bad[i].p, bad[i].len);
+    ck_assert_int_eq(qrpc_client_stream(cli,
+                                        qrpc_broker_Broker_Subscribe_METHOD_ID,
+                                        QRPC_SHAPE_SERVER_STREAM, m.b, m.n,
+                                        NULL, &raw_cbs, &r[i], NULL),
+                     0);
+  }
+  for (size_t i = 0; i < 3; i++) {
+    ck_assert_msg(qt_run_until_count(loop, &r[i].done, 1, QT_WAIT_MS),
+                  "subscription %zu was not refused", i);
+    ck_assert_int_eq(r[i].status, QRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_int_eq(r[i].items, 0); /* never confirmed */
+  }
+  pbuf ok = publish_req("a", 1, 0);
+  ck_assert_int_eq(raw_unary(cli, qrpc_broker_Broker_Publish_METHOD_ID, &ok),
+                   QRPC_STATUS_OK);
+  qrpc_broker_stats st;
+  qrpc_broker_get_stats(b, &st);
+  ck_assert_uint_eq(st.subscriptions, 0);
+  ck_assert_uint_eq(st.delivered, 0);
+  qrpc_client_free(cli);
+  qrpc_broker_free(b);
+}
+END_TEST
+
+typedef struct log_rec {
+  int unknown_token;
+  char line[512];
+} log_rec;
+
+static void on_log(qrpc_log_level level, const char *msg, void *ud) {
+  log_rec *l = ud;
+  if (!strstr(msg, "unknown token")) return;
+  if (l->unknown_token++ == 0) snprintf(l->line, sizeof(l->line), "%s", msg);
+}
+
+/* A Hello with a valid token followed by a NUL and more is an unknown
+ * token: UNAUTHENTICATED, and the connection keeps the anonymous rights. A
+ * token of one NUL byte is not an empty one. The client's name reaches the
+ * log escaped, so it cannot break the line. */
+START_TEST(test_nul_in_token_unauthenticated) {
+  write_acl();
+  qrpc_broker_opts bo;
+  qrpc_broker_opts_default(&bo);
+  bo.acl_path = acl_path;
+  char addr[64];
+  qrpc_broker *b = broker_start(&bo, addr, sizeof(addr), NULL);
+  unlink(acl_path);
+  log_rec lr = {0};
+  qrpc_log_set_handler(on_log, &lr);
+  qrpc_log_set_level(QRPC_LOG_INFO);
+
+  const uint32_t hello = qrpc_broker_Broker_Hello_METHOD_ID;
+  const uint32_t pub = qrpc_broker_Broker_Publish_METHOD_ID;
+  static const char tok[] = "alice-secret\0junk";
+  qrpc_client *cli = raw_client(addr);
+  pbuf h = hello_req(tok, sizeof(tok) - 1, "evil\nqrpc: forged");
+  ck_assert_int_eq(raw_unary(cli, hello, &h), QRPC_STATUS_UNAUTHENTICATED);
+  pbuf one_nul = hello_req("\0", 1, "x");
+  ck_assert_int_eq(raw_unary(cli, hello, &one_nul),
+                   QRPC_STATUS_UNAUTHENTICATED);
+  /* alice may publish here and subscribe there; anonymous may not. */
+  pbuf p = publish_req("chat.room.1", 11, 0);
+  ck_assert_int_eq(raw_unary(cli, pub, &p), QRPC_STATUS_PERMISSION_DENIED);
+  pbuf s = subscribe_req("chat.>", 6);
+  raw_call r = {0};
+  ck_assert_int_eq(qrpc_client_stream(cli,
+                                      qrpc_broker_Broker_Subscribe_METHOD_ID,
+                                      QRPC_SHAPE_SERVER_STREAM, s.b, s.n, NULL,
+                                      &raw_cbs, &r, NULL),
+                   0);
+  ck_assert(qt_run_until_count(loop, &r.done, 1, QT_WAIT_MS));
+  ck_assert_int_eq(r.status, QRPC_STATUS_PERMISSION_DENIED);
+  ck_assert_int_eq(r.items, 0);
+
+  /* The same requests with the token alone are alice's. */
+  qrpc_client *alice = raw_client(addr);
+  pbuf ha = hello_req(tok, strlen(tok), "alice");
+  ck_assert_int_eq(raw_unary(alice, hello, &ha), QRPC_STATUS_OK);
+  ck_assert_int_eq(raw_unary(alice, pub, &p), QRPC_STATUS_OK);
+
+  qrpc_broker_stats st;
+  qrpc_broker_get_stats(b, &st);
+  ck_assert_uint_eq(st.denied, 4); /* 2 tokens, 1 publish, 1 subscribe */
+  ck_assert_uint_eq(st.published, 1);
+  ck_assert_int_eq(lr.unknown_token, 2);
+  qrpc_log_set_handler(NULL, NULL);
+  qrpc_log_set_level(QRPC_LOG_WARN);
+  ck_assert_msg(strstr(lr.line, "client 'evil\\x0aqrpc: forged'") != NULL,
+                "log: %s", lr.line);
+  qrpc_client_free(alice);
+  qrpc_client_free(cli);
+  qrpc_broker_free(b);
+}
+END_TEST
+
 /* ---- Restart ---------------------------------------------------------- */
 
 START_TEST(test_broker_restart_resubscribe) {
@@ -865,6 +1134,9 @@ static Suite *suite(void) {
   tcase_add_test(t, test_many_subscriptions_one_connection);
   tcase_add_test(t, test_broker_restart_resubscribe);
   tcase_add_test(t, test_held_publishes_and_shutdown);
+  tcase_add_test(t, test_nul_in_topic_refused);
+  tcase_add_test(t, test_nul_in_pattern_refused);
+  tcase_add_test(t, test_nul_in_token_unauthenticated);
   suite_add_tcase(s, t);
   return s;
 }

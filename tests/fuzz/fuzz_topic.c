@@ -4,15 +4,16 @@
  * whole input is both.
  *
  * Properties: the checks never read outside their input, and a valid topic
- * is a valid pattern; a valid pattern covers itself; when both halves are
- * valid, a tree holding the pattern and patterns derived from both halves
- * (each level of the topic in turn made "*", its prefixes closed by ">",
- * the pattern's levels made "*") calls exactly the subs whose pattern
- * qrpci_pattern_match() says matches, once each, also after half of them
- * are removed, and holds no node once all are; a topic read as a pattern
- * matches itself, and covers it exactly when it matches it; and for every
- * two derived patterns a and b, if a covers b then a matches whatever b
- * matches.
+ * is a valid pattern; neither holds a NUL byte (the broker relies on it to
+ * refuse a string that a NUL would cut short); a valid pattern covers
+ * itself; when both halves are valid, a tree holding the pattern and
+ * patterns derived from both halves (each level of the topic in turn made
+ * "*", its prefixes closed by ">", the pattern's levels made "*") calls
+ * exactly the subs whose pattern qrpci_pattern_match() says matches, once
+ * each, also after half of them are removed, and holds no node once all
+ * are; a topic read as a pattern matches itself, and covers it exactly
+ * when it matches it; and for every two derived patterns a and b, if a
+ * covers b then a matches whatever b matches.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -177,6 +178,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int t_ok = qrpci_topic_check(topic, tlen) == 0;
   if (qrpci_topic_check(pat, plen) == 0) FZ_CHECK(p_ok);
   if (t_ok) FZ_CHECK(qrpci_pattern_check(topic, tlen) == 0);
+  if (p_ok) FZ_CHECK(plen == 0 || memchr(pat, '\0', plen) == NULL);
+  if (t_ok) FZ_CHECK(tlen == 0 || memchr(topic, '\0', tlen) == NULL);
   if (p_ok) FZ_CHECK(qrpci_pattern_covers(pat, plen, pat, plen) == 1);
   if (p_ok && t_ok) check_pair(pat, plen, topic, tlen);
 

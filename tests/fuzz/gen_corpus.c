@@ -2,7 +2,9 @@
  * Writes the seed corpus of every fuzz target: fuzz_gen_corpus DIR writes
  * DIR/<target>/<name> files (DIR is normally tests/fuzz/corpus). Frames
  * come from the project's own encoder, the three worked examples of
- * docs/protocol.md are written byte for byte, and the PEM seeds hold
+ * docs/protocol.md are written byte for byte, the broker's requests are
+ * encoded here field by field (so that strings can hold NUL bytes, which
+ * protobuf-c's encoder cannot write), and the PEM seeds hold
  * certificates generated at run time (never a private key: the PEM target
  * generates its key itself). Existing files of the same name are replaced;
  * other files (crash regressions) are left alone.
@@ -14,6 +16,7 @@
 #include <sys/stat.h>
 
 #include "certs.h"
+#include "qrpc/broker.pb-c.h"
 #include "util/varint.h"
 #include "wire/frame.h"
 
@@ -447,6 +450,104 @@ static void rpc_seeds(void) {
   write_seed(t, "datagrams", &b);
 }
 
+/* ---- Protobuf fields read in place --------------------------------------- */
+
+static void put_pb_varint(buf *b, uint64_t v) {
+  for (; v >= 0x80; v >>= 7) put_u8(b, (uint8_t)(v | 0x80));
+  put_u8(b, (uint8_t)v);
+}
+
+/* The key of the field name of messages of type d, with wire type wt. */
+static void put_pb_key(buf *b, const ProtobufCMessageDescriptor *d,
+                       const char *name, unsigned wt) {
+  const ProtobufCFieldDescriptor *f =
+      protobuf_c_message_descriptor_get_field_by_name(d, name);
+  if (!f) {
+    fprintf(stderr, "%s has no field %s\n", d->name, name);
+    exit(1);
+  }
+  put_pb_varint(b, (uint64_t)f->id << 3 | wt);
+}
+
+static void put_pb_bytes(buf *b, const ProtobufCMessageDescriptor *d,
+                         const char *name, const void *p, size_t n) {
+  put_pb_key(b, d, name, 2);
+  put_pb_varint(b, n);
+  put(b, p, n);
+}
+
+static void put_pb_uint(buf *b, const ProtobufCMessageDescriptor *d,
+                        const char *name, uint64_t v) {
+  put_pb_key(b, d, name, 0);
+  put_pb_varint(b, v);
+}
+
+static void pbwire_seeds(void) {
+  const char *t = "fuzz_pbwire";
+  const ProtobufCMessageDescriptor *hello =
+      &qrpc__broker__hello_request__descriptor;
+  const ProtobufCMessageDescriptor *sub =
+      &qrpc__broker__subscribe_request__descriptor;
+  const ProtobufCMessageDescriptor *pub =
+      &qrpc__broker__publish_request__descriptor;
+  buf b = {.len = 0};
+  write_seed(t, "empty", &b);
+
+  put_pb_bytes(&b, hello, "token", "T\0junk", 6);
+  put_pb_bytes(&b, hello, "client_name", "evil\nname", 9);
+  write_seed(t, "hello-token-nul", &b);
+
+  b.len = 0;
+  put_pb_bytes(&b, pub, "topic", "a\0b", 3);
+  put_pb_bytes(&b, pub, "payload", "\0\1\2", 3);
+  put_pb_uint(&b, pub, "retain", 1);
+  write_seed(t, "publish-topic-nul", &b);
+
+  /* The last value is the one kept: a NUL in an earlier one is gone, one
+   * in the last counts. */
+  b.len = 0;
+  put_pb_bytes(&b, pub, "topic", "x\0y", 3);
+  put_pb_bytes(&b, pub, "topic", "a", 1);
+  put_pb_bytes(&b, pub, "payload", "p", 1);
+  put_pb_bytes(&b, pub, "topic", "a.b\0", 4);
+  write_seed(t, "publish-topic-twice", &b);
+
+  b.len = 0;
+  put_pb_bytes(&b, sub, "pattern", ">\0x", 3);
+  put_pb_uint(&b, sub, "mode", 1);
+  put_pb_uint(&b, sub, "policy", 3);
+  put_pb_uint(&b, sub, "queue_max_bytes", UINT64_MAX);
+  write_seed(t, "subscribe-pattern-nul", &b);
+
+  /* Unknown fields of every wire type, one numbered past a byte. */
+  b.len = 0;
+  put_pb_varint(&b, 9 << 3 | 1);
+  put(&b, "12345678", 8);
+  put_pb_varint(&b, 10 << 3 | 5);
+  put(&b, "1234", 4);
+  put_pb_varint(&b, 300 << 3 | 2);
+  put_pb_varint(&b, 2);
+  put(&b, "hi", 2);
+  put_pb_bytes(&b, pub, "topic", "chat.lobby", 10);
+  put_pb_varint(&b, 11 << 3);
+  put_pb_varint(&b, UINT64_MAX);
+  write_seed(t, "unknown-fields", &b);
+
+  /* What protobuf-c refuses: the reader must still stay inside. */
+  b.len = 0;
+  put_pb_key(&b, pub, "topic", 2);
+  put_pb_varint(&b, 5);
+  put(&b, "ab", 2);
+  write_seed(t, "value-cut", &b);
+  b.len = 0;
+  put_pb_key(&b, pub, "topic", 3);
+  put_pb_key(&b, pub, "topic", 4);
+  write_seed(t, "group", &b);
+  b.len = 0;
+  put_pb_uint(&b, pub, "topic", 1);
+  write_seed(t, "topic-as-varint", &b);
+}
+
 /* ---- PEM ----------------------------------------------------------------- */
 
 /* Modes of fuzz_tls_pem. */
@@ -514,6 +615,7 @@ int main(int argc, char **argv) {
   stream_header_seeds();
   varint_seeds();
   rpc_seeds();
+  pbwire_seeds();
   pem_seeds();
   return 0;
 }
