@@ -5,6 +5,10 @@
 #   server.pem, server-key.pem  a certificate for localhost, 127.0.0.1 and
 #                               ::1, signed by that CA (server.pem holds the
 #                               leaf certificate only)
+#   client.pem, client-key.pem  a client certificate signed by that CA, for
+#                               servers that require one (--client-ca ca.pem):
+#                               CN "qrpc development client", URI
+#                               spiffe://qrpc.dev/client
 #
 # All keys are ECDSA P-256. Clients trust ca.pem (e.g. echo_client --ca).
 # Existing files are kept, so running the script again changes nothing;
@@ -53,15 +57,18 @@ command -v openssl >/dev/null 2>&1 ||
 CA_DAYS=3650
 SERVER_DAYS=825
 SERVER_SAN="DNS:localhost, IP:127.0.0.1, IP:::1"
+CLIENT_SAN="URI:spiffe://qrpc.dev/client"
 
 mkdir -p "$dir"
 ca=$dir/ca.pem
 ca_key=$dir/ca-key.pem
 server=$dir/server.pem
 server_key=$dir/server-key.pem
+client=$dir/client.pem
+client_key=$dir/client-key.pem
 
 if [ "$force" = 1 ]; then
-  rm -f "$ca" "$ca_key" "$server" "$server_key"
+  rm -f "$ca" "$ca_key" "$server" "$server_key" "$client" "$client_key"
 fi
 
 # Both files of a pair must be there, or neither.
@@ -76,10 +83,13 @@ pair_state() {
 }
 ca_state=$(pair_state "$ca" "$ca_key")
 server_state=$(pair_state "$server" "$server_key")
+client_state=$(pair_state "$client" "$client_key")
 [ "$ca_state" != partial ] ||
   die "only one of $ca and $ca_key exists; rerun with --force to start over"
 [ "$server_state" != partial ] ||
   die "only one of $server and $server_key exists; rerun with --force to start over"
+[ "$client_state" != partial ] ||
+  die "only one of $client and $client_key exists; rerun with --force to start over"
 if [ "$ca_state" = absent ] && [ "$server_state" = present ]; then
   die "$server exists but its CA is gone; rerun with --force to start over"
 fi
@@ -92,8 +102,11 @@ if [ "$ca_state" = present ] && [ "$server_state" = present ]; then
   [ "$(openssl x509 -pubkey -noout -in "$server")" = \
     "$(openssl pkey -pubout -in "$server_key" 2>/dev/null)" ] ||
     die "$server_key is not the key of $server; rerun with --force"
-  log "keeping the existing certificates in $dir (use --force to make new ones)"
-  exit 0
+  if [ "$client_state" = present ]; then
+    log "keeping the existing certificates in $dir (use --force to make new ones)"
+    exit 0
+  fi
+  only_client=1
 fi
 
 tmp=$(mktemp -d)
@@ -116,6 +129,13 @@ extendedKeyUsage = serverAuth
 subjectAltName = $SERVER_SAN
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid:always
+[client_ext]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
+subjectAltName = $CLIENT_SAN
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
 EOF
 
 # Writes a new ECDSA P-256 private key readable by its owner only.
@@ -126,28 +146,39 @@ new_key() {
   chmod 600 "$1"
 }
 
-if [ "$ca_state" = absent ]; then
-  log "creating the development CA: $ca"
-  new_key "$ca_key"
-  openssl req -new -x509 -config "$tmp/openssl.cnf" -extensions ca_ext \
-    -key "$ca_key" -sha256 -days "$CA_DAYS" \
-    -subj "/O=qrpc development/CN=qrpc development CA" -out "$ca" ||
-    die "could not create $ca"
-else
-  log "reusing the CA in $dir"
+# signed NAME SUBJECT EXTENSIONS DAYS: a new key and a certificate signed by
+# the CA, at $dir/NAME.pem and $dir/NAME-key.pem.
+signed() {
+  new_key "$dir/$1-key.pem"
+  openssl req -new -config "$tmp/openssl.cnf" -key "$dir/$1-key.pem" \
+    -subj "$2" -out "$tmp/$1.csr" ||
+    die "could not create the certificate request for $1"
+  openssl x509 -req -in "$tmp/$1.csr" -CA "$ca" -CAkey "$ca_key" \
+    -set_serial "0x$(openssl rand -hex 16)" -sha256 -days "$4" \
+    -extfile "$tmp/openssl.cnf" -extensions "$3" -out "$dir/$1.pem" 2>/dev/null ||
+    die "could not sign $dir/$1.pem"
+  openssl verify -CAfile "$ca" "$dir/$1.pem" >/dev/null ||
+    die "the new $dir/$1.pem does not verify against $ca"
+  log "done: $(openssl x509 -noout -subject -in "$dir/$1.pem"), $(openssl x509 -noout -enddate -in "$dir/$1.pem")"
+}
+
+if [ "${only_client:-0}" = 0 ]; then
+  if [ "$ca_state" = absent ]; then
+    log "creating the development CA: $ca"
+    new_key "$ca_key"
+    openssl req -new -x509 -config "$tmp/openssl.cnf" -extensions ca_ext \
+      -key "$ca_key" -sha256 -days "$CA_DAYS" \
+      -subj "/O=qrpc development/CN=qrpc development CA" -out "$ca" ||
+      die "could not create $ca"
+  else
+    log "reusing the CA in $dir"
+  fi
+  log "creating the server certificate for $SERVER_SAN: $server"
+  signed server "/O=qrpc development/CN=localhost" server_ext "$SERVER_DAYS"
 fi
-
-log "creating the server certificate for $SERVER_SAN: $server"
-new_key "$server_key"
-openssl req -new -config "$tmp/openssl.cnf" -key "$server_key" \
-  -subj "/O=qrpc development/CN=localhost" -out "$tmp/server.csr" ||
-  die "could not create the certificate request"
-openssl x509 -req -in "$tmp/server.csr" -CA "$ca" -CAkey "$ca_key" \
-  -set_serial "0x$(openssl rand -hex 16)" -sha256 -days "$SERVER_DAYS" \
-  -extfile "$tmp/openssl.cnf" -extensions server_ext -out "$server" 2>/dev/null ||
-  die "could not sign $server"
-
-openssl verify -CAfile "$ca" "$server" >/dev/null ||
-  die "the new $server does not verify against $ca"
-log "done: $(openssl x509 -noout -subject -in "$server"), $(openssl x509 -noout -enddate -in "$server")"
-log "servers use $server and $server_key; clients trust $ca"
+log "creating the client certificate for $CLIENT_SAN: $client"
+signed client "/O=qrpc development/CN=qrpc development client" client_ext \
+  "$SERVER_DAYS"
+log "servers use $server and $server_key; clients trust $ca; servers that"
+log "require client certificates trust $ca too (--client-ca), and clients"
+log "present $client and $client_key"

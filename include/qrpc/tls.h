@@ -42,6 +42,10 @@ typedef struct qrpc_cert {
 typedef int (*qrpc_verify_fn)(qrpc_conn *conn, const qrpc_cert *chain,
                               size_t chain_len, int ok, void *user_data);
 
+/* The TLS library this build of qrpc uses: "openssl" or "gnutls". Any
+ * thread. */
+const char *qrpc_tls_backend(void);
+
 /* Creates an empty config. Errors: QRPC_ENOMEM, QRPC_ETLS. */
 int qrpc_tls_config_new(qrpc_tls_config **out);
 

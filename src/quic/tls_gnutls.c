@@ -49,6 +49,8 @@ void qrpci_tlsb_free(qrpc_tls_config *cfg) {
   free(cfg->be);
 }
 
+const char *qrpc_tls_backend(void) { return "gnutls"; }
+
 int qrpci_tls_rand(void *dest, size_t len) {
   return gnutls_rnd(GNUTLS_RND_RANDOM, dest, len) == 0 ? 0 : QRPC_ESYSTEM;
 }

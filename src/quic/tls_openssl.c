@@ -72,6 +72,8 @@ static int ossl_err(const char *what, const char *where) {
   return QRPC_ETLS;
 }
 
+const char *qrpc_tls_backend(void) { return "openssl"; }
+
 int qrpci_tls_rand(void *dest, size_t len) {
   return RAND_bytes(dest, (int)len) == 1 ? 0 : QRPC_ESYSTEM;
 }
