@@ -13,6 +13,8 @@
 #          each other, and no private libssl.so is ever loaded.
 #
 # Included from the top-level CMakeLists.txt after qrpc_flags exists. Sets:
+#   QRPC_TLS_BACKEND       gnutls or openssl: QRPC_TLS, or QRPC_TLS_DEFAULT
+#                          when that is empty
 #   QRPC_TLS_DEPS          imported targets the QUIC and TLS code compiles
 #                          and links against (ngtcp2, its crypto helper, the
 #                          TLS library)
@@ -29,15 +31,26 @@
 # project's own code links. PkgConfig::GNUTLS is found by the top-level
 # CMakeLists.txt whatever the backend: the tests make certificates with it.
 
-set(QRPC_TLS gnutls CACHE STRING "TLS backend: gnutls or openssl")
-set_property(CACHE QRPC_TLS PROPERTY STRINGS gnutls openssl)
+# The backend when -DQRPC_TLS is not given. QRPC_TLS stays empty in the
+# cache then, so a change of this default reaches build trees configured
+# before it.
+set(QRPC_TLS_DEFAULT gnutls)
+set(QRPC_TLS "" CACHE STRING
+  "TLS backend: gnutls or openssl (empty: the default, ${QRPC_TLS_DEFAULT})")
+set_property(CACHE QRPC_TLS PROPERTY STRINGS "" gnutls openssl)
+if(QRPC_TLS)
+  set(QRPC_TLS_BACKEND ${QRPC_TLS})
+else()
+  set(QRPC_TLS_BACKEND ${QRPC_TLS_DEFAULT})
+endif()
+message(STATUS "TLS backend: ${QRPC_TLS_BACKEND}")
 set(QRPC_TLS_PREFIX "" CACHE PATH
   "Prefix with static OpenSSL >= 3.5 and ngtcp2 >= 1.12 for -DQRPC_TLS=openssl (empty: the system's, else the one scripts/setup.sh builds)")
 
 set(QRPC_TLS_PRIVATE OFF)
 set(QRPC_TLS_HIDE_OPTIONS "")
 
-if(QRPC_TLS STREQUAL "gnutls")
+if(QRPC_TLS_BACKEND STREQUAL "gnutls")
   pkg_check_modules(NGTCP2 REQUIRED IMPORTED_TARGET libngtcp2>=1.11)
   pkg_check_modules(NGTCP2_CRYPTO REQUIRED IMPORTED_TARGET libngtcp2_crypto_gnutls>=1.11)
   set(QRPC_TLS_DEPS PkgConfig::NGTCP2_CRYPTO PkgConfig::NGTCP2 PkgConfig::GNUTLS)
@@ -49,7 +62,7 @@ _qrpc_find_pkg(NGTCP2_CRYPTO libngtcp2_crypto_gnutls>=1.11)
 _qrpc_find_pkg(GNUTLS gnutls>=3.7.2)]])
   target_compile_definitions(qrpc_flags INTERFACE QRPC_TLS_GNUTLS)
 
-elseif(QRPC_TLS STREQUAL "openssl")
+elseif(QRPC_TLS_BACKEND STREQUAL "openssl")
   # Versions and the default prefix, from the file setup.sh uses.
   execute_process(
     COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/../scripts/tls-deps.sh cmake
@@ -87,7 +100,7 @@ elseif(QRPC_TLS STREQUAL "openssl")
       set(_prefix "${_qrpc_tls_QRPC_TLS_DEPS_PREFIX}")
       if(NOT _qrpc_tls_QRPC_TLS_DEPS_READY)
         message(FATAL_ERROR
-          "QRPC_TLS=openssl: no system OpenSSL >= ${_min_ossl} with ngtcp2 >= ${_min_ngtcp2} (crypto_ossl), "
+          "TLS backend openssl: no system OpenSSL >= ${_min_ossl} with ngtcp2 >= ${_min_ngtcp2} (crypto_ossl), "
           "and the private prefix ${_prefix} is missing or incomplete. "
           "Run `make setup` (scripts/setup.sh builds it, a few minutes once), "
           "or configure with -DQRPC_TLS=gnutls.")
@@ -95,7 +108,7 @@ elseif(QRPC_TLS STREQUAL "openssl")
     endif()
     foreach(_lib ssl crypto ngtcp2 ngtcp2_crypto_ossl)
       if(NOT EXISTS "${_prefix}/lib/lib${_lib}.a")
-        message(FATAL_ERROR "QRPC_TLS=openssl: ${_prefix}/lib/lib${_lib}.a is missing")
+        message(FATAL_ERROR "TLS backend openssl: ${_prefix}/lib/lib${_lib}.a is missing")
       endif()
     endforeach()
     message(STATUS "TLS: private static OpenSSL and ngtcp2 in ${_prefix}")
@@ -140,17 +153,17 @@ elseif(QRPC_TLS STREQUAL "openssl")
       OUTPUT_VARIABLE _qrpc_tls_out)
     if(NOT _qrpc_tls_links)
       message(FATAL_ERROR
-        "QRPC_TLS=openssl: a program using ngtcp2_crypto_ossl and OpenSSL does not build against ${QRPC_TLS_DEPS}:\n${_qrpc_tls_out}")
+        "TLS backend openssl: a program using ngtcp2_crypto_ossl and OpenSSL does not build against ${QRPC_TLS_DEPS}:\n${_qrpc_tls_out}")
     endif()
     set(QRPC_TLS_CHECKED "${_key}" CACHE INTERNAL "TLS libraries proven to link")
   endif()
   target_compile_definitions(qrpc_flags INTERFACE QRPC_TLS_OPENSSL)
 
 else()
-  message(FATAL_ERROR "QRPC_TLS must be gnutls or openssl, not '${QRPC_TLS}'")
+  message(FATAL_ERROR "QRPC_TLS must be gnutls or openssl (or empty), not '${QRPC_TLS}'")
 endif()
 
-set(QRPC_TLS_SOURCE quic/tls_${QRPC_TLS}.c)
+set(QRPC_TLS_SOURCE quic/tls_${QRPC_TLS_BACKEND}.c)
 
 # qrpc_tls_bundle(<output.o> <object library>): one relocatable object
 # holding the objects of <object library> and the members of the private
