@@ -17,7 +17,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=tls-deps.sh
+# shellcheck source=SCRIPTDIR/tls-deps.sh
 . "$here/tls-deps.sh"
 
 NGTCP2_MIN=1.11.0
