@@ -36,16 +36,18 @@ RUN_TIMEOUT ?= 60
 help:
 	@echo "make run       set up, build, make certificates and run the echo, hello, game and chat demos"
 	@echo "make test      set up, build and run all tests (normal and sanitizer builds)"
-	@echo "make setup     install the Debian packages qrpc needs (uses sudo if not root)"
+	@echo "make setup     install the Debian packages qrpc needs (uses sudo if not root) and build the"
+	@echo "               OpenSSL backend's libraries once if the system lacks them (cached, see README)"
 	@echo "make build     configure and build into $(BUILD_DIR)/"
 	@echo "make build-san the same with ASan + UBSan, into $(SAN_DIR)/"
 	@echo "make certs     make development certificates in $(CERT_DIR)/ if missing"
 	@echo "make install   install into PREFIX (now $(PREFIX)), e.g. make install PREFIX=\$$HOME/.local"
-	@echo "make clean     remove $(BUILD_DIR)/ and $(SAN_DIR)/"
+	@echo "make clean     remove $(BUILD_DIR)/ and $(SAN_DIR)/ (the cached OpenSSL build stays)"
 
-# Install the compilers and libraries (fast when everything is present).
+# Install the compilers and libraries, and build the OpenSSL backend's
+# private prefix when needed (fast when everything is present).
 setup:
-	bash scripts/setup.sh
+	JOBS=$(JOBS) bash scripts/setup.sh
 
 # Configure and build the library, tests and examples.
 build: setup
