@@ -34,7 +34,7 @@
 # The backend when -DQRPC_TLS is not given. QRPC_TLS stays empty in the
 # cache then, so a change of this default reaches build trees configured
 # before it.
-set(QRPC_TLS_DEFAULT gnutls)
+set(QRPC_TLS_DEFAULT openssl)
 set(QRPC_TLS "" CACHE STRING
   "TLS backend: gnutls or openssl (empty: the default, ${QRPC_TLS_DEFAULT})")
 set_property(CACHE QRPC_TLS PROPERTY STRINGS "" gnutls openssl)
