@@ -27,7 +27,7 @@ PACKAGES=(
   libprotobuf-c-dev protobuf-c-compiler protobuf-compiler libprotobuf-dev
   libprotoc-dev
   check openssl ca-certificates valgrind procps
-  dpkg-dev perl xz-utils
+  dpkg-dev perl xz-utils libssl-dev
 )
 NGTCP2_PACKAGES=(libngtcp2-dev libngtcp2-crypto-gnutls-dev)
 
