@@ -243,6 +243,11 @@ static int session_setup(gnutls_session_t s, qrpc_tls_config *cfg,
     gnutls_certificate_server_set_request(
         s, cfg->client_auth == QRPC_CLIENT_AUTH_REQUIRE ? GNUTLS_CERT_REQUIRE
                                                         : GNUTLS_CERT_REQUEST);
+    /* No CA names in the request (the OpenSSL backend sends none either):
+     * a GnuTLS client withholds a certificate whose issuer is not among
+     * them, so under REQUEST a client with an untrusted certificate would
+     * come in as one without any instead of being refused. */
+    gnutls_certificate_send_x509_rdn_sequence(s, 1);
   } else {
     /* RFC 6066: SNI carries host names only, never address literals. */
     if (!qrpci_tls_is_ip_literal(server_name) &&
