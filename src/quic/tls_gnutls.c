@@ -99,6 +99,27 @@ static int check_chain(const gnutls_datum_t *c, const char *where) {
   return 0;
 }
 
+/* The setter replaces the pair set before, but GnuTLS adds one to a
+ * credential's list (a server then picks among them, and a client that
+ * gets no CA names from the server presents none of several). The new
+ * pair is tried on a scratch credential first, so a bad one leaves the
+ * old in place. */
+static int replace_pair(qrpc_tls_config *cfg, const gnutls_datum_t *c,
+                        const gnutls_datum_t *k) {
+  gnutls_certificate_credentials_t scratch;
+  int rv = gnutls_certificate_allocate_credentials(&scratch);
+  if (rv < 0) return rv;
+  rv = gnutls_certificate_set_x509_key_mem(scratch, c, k, GNUTLS_X509_FMT_PEM);
+  gnutls_certificate_free_credentials(scratch);
+  if (rv < 0) return rv;
+  gnutls_certificate_free_keys(cfg->be->cred);
+  rv = gnutls_certificate_set_x509_key_mem(cfg->be->cred, c, k,
+                                           GNUTLS_X509_FMT_PEM);
+  /* Only memory can fail the second time; the old pair is gone. */
+  if (rv < 0) cfg->has_cert = 0;
+  return rv;
+}
+
 int qrpci_tlsb_set_cert(qrpc_tls_config *cfg, const char *cert,
                         const char *key, int files) {
   const char *cwhere = files ? cert : "the certificate PEM";
@@ -111,8 +132,7 @@ int qrpci_tlsb_set_cert(qrpc_tls_config *cfg, const char *cert,
   }
   rv = check_chain(&c, cwhere);
   if (rv == 0) {
-    int grv = gnutls_certificate_set_x509_key_mem(cfg->be->cred, &c, &k,
-                                                  GNUTLS_X509_FMT_PEM);
+    int grv = replace_pair(cfg, &c, &k);
     if (grv == GNUTLS_E_CERTIFICATE_KEY_MISMATCH) {
       QRPCI_ERROR("tls: the key in %s does not match the certificate in %s",
                   files ? key : "the key PEM", cwhere);
