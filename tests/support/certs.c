@@ -201,6 +201,22 @@ static int make_client(keyed_cert *cl, const keyed_cert *ca, const char *cn) {
   return cert_sign(cl, ca);
 }
 
+/* A client certificate whose first iPAddress entry is 8 bytes, an address
+ * and mask (RFC 5280 allows those only in name constraints), before IP
+ * 127.0.0.2. */
+static int make_odd_ip_client(keyed_cert *cl, const keyed_cert *ca) {
+  static const unsigned char subnet[8] = {10, 0, 0, 0, 255, 0, 0, 0};
+  static const unsigned char ip4[4] = {127, 0, 0, 2};
+  int rv = cert_begin_valid(cl, "qrpc-odd-ip-client", QT_CLIENT_ORG,
+                            -CERT_BACKDATE_S, CERT_LIFETIME_S);
+  if (rv < 0) return rv;
+  if ((rv = set_leaf_usage(cl, GNUTLS_KP_TLS_WWW_CLIENT)) < 0) return rv;
+  rv = add_san(cl, GNUTLS_SAN_IPADDRESS, subnet, sizeof(subnet));
+  if (rv < 0) return rv;
+  if ((rv = add_san(cl, GNUTLS_SAN_IPADDRESS, ip4, sizeof(ip4))) < 0) return rv;
+  return cert_sign(cl, ca);
+}
+
 /* Signed by the test CA, fit for both TLS purposes, and no longer valid:
  * its whole validity lies in the past. */
 static int make_expired(keyed_cert *k, const keyed_cert *ca) {
@@ -249,13 +265,17 @@ static int make_all(qt_certs *c, keyed_cert *ca, keyed_cert *other,
                    &c->other_client_key_pem);
   if (rv < 0) return rv;
 
-  if ((rv = make_expired(&leaf[3], ca)) < 0) return rv;
-  return export_pair(&leaf[3], &c->expired_cert_pem, &c->expired_key_pem);
+  if ((rv = make_odd_ip_client(&leaf[3], ca)) < 0) return rv;
+  rv = export_pair(&leaf[3], &c->odd_ip_cert_pem, &c->odd_ip_key_pem);
+  if (rv < 0) return rv;
+
+  if ((rv = make_expired(&leaf[4], ca)) < 0) return rv;
+  return export_pair(&leaf[4], &c->expired_cert_pem, &c->expired_key_pem);
 }
 
 int qt_certs_generate(qt_certs *c) {
   keyed_cert ca = {NULL, NULL}, other = {NULL, NULL};
-  keyed_cert leaf[4];
+  keyed_cert leaf[5];
   size_t i;
   int rv;
 
@@ -282,6 +302,8 @@ void qt_certs_free(qt_certs *c) {
   free(c->client_cert_der);
   free(c->other_client_cert_pem);
   free(c->other_client_key_pem);
+  free(c->odd_ip_cert_pem);
+  free(c->odd_ip_key_pem);
   free(c->expired_cert_pem);
   free(c->expired_key_pem);
   memset(c, 0, sizeof(*c));

@@ -3,9 +3,10 @@
  * private key is ever stored in the repository.
  *
  * One call makes a test CA and, signed by it, a server certificate (DNS
- * "localhost", IP 127.0.0.1 and IP ::1, usable for TLS server auth) and a
- * client certificate (usable for TLS client auth, subject and names below);
- * a second CA and a client certificate it signed, for tests that must see a
+ * "localhost", IP 127.0.0.1 and IP ::1, usable for TLS server auth), a
+ * client certificate (usable for TLS client auth, subject and names below)
+ * and a client certificate with an iPAddress entry that is no address; a
+ * second CA and a client certificate it signed, for tests that must see a
  * chain rejected; and a certificate whose validity lies entirely in the
  * past, for tests of bad input. All keys are ECDSA P-256.
  */
@@ -42,6 +43,11 @@ typedef struct qt_certs {
   /* A client certificate and key signed by the unrelated CA. */
   char *other_client_cert_pem;
   char *other_client_key_pem;
+
+  /* A client certificate signed by the test CA whose first iPAddress
+   * entry is 8 bytes (a subnet, not an address), then IP 127.0.0.2. */
+  char *odd_ip_cert_pem;
+  char *odd_ip_key_pem;
 
   /* Signed by the test CA, expired a day ago. */
   char *expired_cert_pem;
