@@ -344,7 +344,10 @@ static size_t identity_parts(const gnutls_datum_t *der, qrpci_id_part *parts,
     case GNUTLS_SAN_RFC822NAME: kind = QRPCI_ID_EMAIL; break;
     case GNUTLS_SAN_IPADDRESS:
       kind = QRPCI_ID_IP;
-      if (!inet_ntop(len == 4 ? AF_INET : AF_INET6, buf, text, sizeof(text)))
+      /* Only 4 or 16 bytes are an address: inet_ntop would read 16 from
+       * a shorter entry, past what GnuTLS wrote into buf. */
+      if ((len != 4 && len != 16) ||
+          !inet_ntop(len == 4 ? AF_INET : AF_INET6, buf, text, sizeof(text)))
         continue;
       p = text;
       len = strlen(text);
