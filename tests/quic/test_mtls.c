@@ -297,6 +297,28 @@ START_TEST(test_request_refuses_other_ca_client) {
 }
 END_TEST
 
+/* quic.h: IP entries are written as inet_ntop writes addresses. An
+ * iPAddress entry of 8 bytes (an address and mask, allowed only in name
+ * constraints) is no address, so the identity leaves it out and keeps the
+ * entries after it. */
+START_TEST(test_identity_skips_ip_entry_that_is_no_address) {
+  qt_server srv;
+  qt_client cl;
+  const qrpc_identity *id;
+
+  start_server(&srv, server_tls(QRPC_CLIENT_AUTH_REQUIRE));
+  connect_accepted(&srv, &cl,
+                   client_tls(certs.odd_ip_cert_pem, certs.odd_ip_key_pem));
+  id = qrpc_conn_peer_identity(srv.last_conn);
+  ck_assert_ptr_nonnull(id);
+  assert_str(id->subject, "CN=qrpc-odd-ip-client,O=qrpc tests", "subject");
+  ck_assert_uint_eq(id->nip, 1);
+  assert_str(id->ip[0], "127.0.0.2", "IP address");
+  ck_assert_uint_eq(id->ndns, 0);
+  qt_close_all(loop, &srv, &cl, 1);
+}
+END_TEST
+
 /* tls.h: the certificate setters set the certificate, so a second call
  * replaces the first on either side. */
 START_TEST(test_cert_set_twice_replaces) {
@@ -660,6 +682,7 @@ static Suite *mtls_suite(void) {
   tcase_add_test(tc, test_request_accepts_client_without_cert);
   tcase_add_test(tc, test_request_identifies_ca_signed_client);
   tcase_add_test(tc, test_request_refuses_other_ca_client);
+  tcase_add_test(tc, test_identity_skips_ip_entry_that_is_no_address);
   tcase_add_test(tc, test_cert_set_twice_replaces);
   tcase_add_test(tc, test_none_ignores_client_cert);
   tcase_add_test(tc, test_verify_callback_sees_client_chain);
