@@ -14,6 +14,17 @@
 
 #include "quic/testing.h"
 
+int qt_wait_scale(void) {
+  static int scale;
+  if (!scale) {
+    const char *e = getenv("QT_WAIT_SCALE");
+    int v = e ? atoi(e) : 1;
+    scale = v < 1 ? 1 : v > 20 ? 20 : v;
+  }
+  return scale;
+}
+
+
 /* Loop slices are short so predicates are re-checked promptly, and long
  * enough that the check itself costs nothing measurable. */
 #define QT_SLICE_MS 10

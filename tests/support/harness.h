@@ -18,8 +18,14 @@
 #include "qrpc/qrpc.h"
 
 /* Deadline of an ordinary wait: far above what loopback needs, far below
- * the suite's timeout, so a hang fails the one test quickly. */
-#define QT_WAIT_MS 5000
+ * the suite's timeout, so a hang fails the one test quickly. Under
+ * valgrind every handshake costs tens of times more CPU, the RTT the
+ * transport measures grows with it, and so do its timers (a closing
+ * connection lingers three PTOs): the memcheck runs set QT_WAIT_SCALE. */
+#define QT_WAIT_MS (5000 * qt_wait_scale())
+
+/* QT_WAIT_SCALE from the environment, 1 to 20; 1 when unset. */
+int qt_wait_scale(void);
 
 /* ---- Time and bounded loop running ----------------------------------- */
 
