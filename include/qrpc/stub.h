@@ -41,7 +41,7 @@ struct ProtobufCMessageDescriptor;
  * which pack it with protobuf-c straight into the send buffer, after
  * checking that it is a message of type desc, so a stub never sends a
  * message of another type. msg is borrowed: it must stay valid and
- * unchanged until the function given *m returns.
+ * unchanged until the function given *m returns. Any thread.
  * Errors: QRPC_EINVAL (m, msg or desc NULL, or msg of another type; *m is
  * then untouched). */
 int qrpc_stub_msg(qrpc_msg *m, const struct ProtobufCMessage *msg,
@@ -50,7 +50,8 @@ int qrpc_stub_msg(qrpc_msg *m, const struct ProtobufCMessage *msg,
 /* Decodes the len bytes at data (borrowed; NULL when len is 0) as a
  * message of type desc. On success *out is the message, decoded with
  * protobuf-c's default allocator and owned by the caller, who frees it
- * with qrpc_stub_free(); on failure *out is NULL (when out is not).
+ * with qrpc_stub_free(); on failure *out is NULL (when out is not). Any
+ * thread.
  * Errors: QRPC_EINVAL (desc or out NULL, or data NULL with len > 0),
  * QRPC_EPROTO (the bytes are not a message of type desc; protobuf-c
  * reports running out of memory the same way). */
@@ -59,14 +60,15 @@ int qrpc_stub_unpack(const struct ProtobufCMessageDescriptor *desc,
                      struct ProtobufCMessage **out);
 
 /* Frees a message that qrpc_stub_unpack(), qrpc_stub_result_reply() or
- * qrpc_stub_call_sync() returned. NULL is ignored. */
+ * qrpc_stub_call_sync() returned; the caller's pointer is invalid after
+ * it. NULL is ignored. Any thread; no errors. */
 void qrpc_stub_free(struct ProtobufCMessage *msg);
 
 /* Turns *r into a local QRPC_STATUS_INTERNAL failure saying detail, with
  * no payload: what a caller sees when a reply or an item it received does
  * not decode. detail is a NUL-terminated string from the stubs, not from
  * the wire, borrowed for as long as *r is used. r and detail must not be
- * NULL. */
+ * NULL. Any thread; no errors. */
 void qrpc_stub_result_fail(qrpc_result *r, const char *detail);
 
 /* Decodes the reply of a finished call (r->payload, r->len) as desc when
@@ -74,7 +76,7 @@ void qrpc_stub_result_fail(qrpc_result *r, const char *detail);
  * caller's to free with qrpc_stub_free(), or NULL for a call that failed
  * (r unchanged). A reply that does not decode turns *r into a failure
  * saying detail, as qrpc_stub_result_fail() does, so the caller's on_done
- * learns why there is no reply; detail is borrowed as there.
+ * learns why there is no reply; detail is borrowed as there. Any thread.
  * Errors: QRPC_EINVAL (an argument is NULL; nothing changed),
  * QRPC_EPROTO (the reply does not decode; *reply NULL, *r changed). */
 int qrpc_stub_result_reply(qrpc_result *r,
@@ -89,7 +91,8 @@ int qrpc_stub_result_reply(qrpc_result *r,
  * qrpc_peer_stream_msg() (m is the request), a client or bidi streaming
  * call with qrpc_client_stream() or qrpc_peer_stream() and no payload (m
  * is NULL; items follow). m, opts, cbs, user_data and *out are as for
- * those functions, and on success cbs->on_done fires exactly once.
+ * those functions, and on success cbs->on_done fires exactly once. Loop
+ * thread of cli or peer.
  * Errors: QRPC_EINVAL (cli and peer both NULL, no m for a unary or server
  * streaming call, or an m for the others), and those of the function
  * called. */
@@ -102,7 +105,7 @@ int qrpc_stub_call_start(qrpc_client *cli, qrpc_peer *peer, uint32_t method,
 /* Registers handler for method with shape on srv, or on cli when srv is
  * NULL (qrpc_server_register(), qrpc_client_register()). handlers, the
  * generated handlers struct, is handler's user_data: borrowed, it must
- * stay valid until srv or cli is freed.
+ * stay valid until srv or cli is freed. Loop thread of srv or cli.
  * Errors: QRPC_EINVAL (srv and cli both NULL), and those of the function
  * called. */
 int qrpc_stub_register(qrpc_server *srv, qrpc_client *cli, uint32_t method,
@@ -112,7 +115,8 @@ int qrpc_stub_register(qrpc_server *srv, qrpc_client *cli, uint32_t method,
 /* Configures datagram channel on srv, or on cli when srv is NULL
  * (qrpc_server_register_dgram(), qrpc_client_register_dgram()), with the
  * options the IDL gave it; fn NULL makes it send-only there. handlers is
- * fn's user_data, borrowed as for qrpc_stub_register().
+ * fn's user_data, borrowed as for qrpc_stub_register(). Loop thread of
+ * srv or cli.
  * Errors: QRPC_EINVAL (srv and cli both NULL), and those of the function
  * called. */
 int qrpc_stub_register_dgram(qrpc_server *srv, qrpc_client *cli,
@@ -205,18 +209,22 @@ int qrpc_stub_sreq_start(qrpc_req *req,
                          const qrpc_stub_stream_handlers *cbs, void *user_data);
 
 /* Answers a client streaming call served by qrpc_stub_sreq_start() with m
- * as qrpc_req_reply_msg() does; req is released then.
- * Errors: QRPC_EINVAL (req or m NULL; req stays as it was), and those of
- * qrpc_req_reply_msg(). */
+ * (its message borrowed, packed before this returns) as
+ * qrpc_req_reply_msg() does; req is released then. Loop thread of req.
+ * Errors: QRPC_EINVAL (req or m NULL, or not a client streaming call; req
+ * stays as it was), and the others of qrpc_req_reply_msg() (req released
+ * all the same). */
 int qrpc_stub_sreq_reply(qrpc_req *req, const qrpc_msg *m);
 
 /* Fails a call served by qrpc_stub_sreq_start() with status (> 0) and
  * detail (copied, may be NULL), as qrpc_req_error() does; req is released.
+ * Loop thread of req.
  * Errors: QRPC_EINVAL (req NULL or status <= 0; req stays as it was). */
 int qrpc_stub_sreq_error(qrpc_req *req, int status, const char *detail);
 
 /* Ends the server's side of a bidi call served by qrpc_stub_sreq_start(),
  * as qrpc_req_end() does: req lives on until the caller has ended too.
+ * Loop thread of req.
  * Errors: as qrpc_req_end() (nothing changes then). */
 int qrpc_stub_sreq_end(qrpc_req *req);
 
