@@ -7,8 +7,9 @@
  * server's end before or after the caller's, an item that does not decode,
  * the caller's cancel. Answers the runtime or the engine refuses leave the
  * call as it was. The state's lifetime is checked by AddressSanitizer and
- * LeakSanitizer in the sanitizer build: a state freed too early or never
- * shows there.
+ * LeakSanitizer in the sanitizer build, and by valgrind memcheck
+ * (tests/soak) in the normal one: a state freed too early or never shows
+ * there.
  */
 #include <check.h>
 #include <stdlib.h>
