@@ -22,8 +22,7 @@ typedef struct cg_decls {
   cg_decl *v;
   size_t n;
   size_t cap;
-  int failed;           /* memory ran out */
-  int helpers_declared; /* the static helpers every source file shares */
+  int failed; /* memory ran out */
 } cg_decls;
 
 void cg_decls_free(cg_decls *d);

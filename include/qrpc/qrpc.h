@@ -11,6 +11,7 @@
 #include "qrpc/loop.h"
 #include "qrpc/quic.h"
 #include "qrpc/rpc.h"
+#include "qrpc/stub.h"
 #include "qrpc/tls.h"
 #include "qrpc/version.h"
 

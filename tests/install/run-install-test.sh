@@ -33,6 +33,7 @@ pc=$(find "$prefix" -name qrpc.pc -print -quit)
 [ -n "$pc" ] || fail "qrpc.pc was not installed"
 libdir=$(dirname "$(dirname "$pc")")
 for f in "$prefix/include/qrpc/qrpc.h" "$prefix/include/qrpc/quic.h" \
+         "$prefix/include/qrpc/stub.h" \
          "$libdir/libqrpc.a" "$libdir/libqrpc.so" \
          "$libdir/cmake/qrpc/qrpcConfig.cmake" \
          "$libdir/cmake/qrpc/qrpcConfigVersion.cmake" \
