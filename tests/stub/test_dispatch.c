@@ -294,7 +294,7 @@ static void send_out_of_order(int latest_only, qrpc_dgram_stats *st) {
   do {
     qt_run_for(st_loop, 10);
     qrpc_peer_dgram_stats(cp, CH_STATE, st);
-  } while (st->received < 2 && qt_now_ms() - t0 < QT_WAIT_MS);
+  } while (st->received < 2 && qt_now_ms() - t0 < (uint64_t)QT_WAIT_MS);
   ck_assert_int_eq(sn.bad_dgram, 0);
 }
 
