@@ -53,7 +53,9 @@ int qrpc_stub_msg(qrpc_msg *m, const struct ProtobufCMessage *msg,
  * with qrpc_stub_free(); on failure *out is NULL (when out is not). Any
  * thread.
  * Errors: QRPC_EINVAL (desc or out NULL, or data NULL with len > 0),
- * QRPC_EPROTO (the bytes are not a message of type desc; protobuf-c
+ * QRPC_EPROTO (the bytes are not a message of type desc, or a string
+ * field in it holds a NUL byte, which protobuf-c's NUL-terminated strings
+ * would hide from the handler by cutting the string short; protobuf-c
  * reports running out of memory the same way). */
 int qrpc_stub_unpack(const struct ProtobufCMessageDescriptor *desc,
                      const uint8_t *data, size_t len,
