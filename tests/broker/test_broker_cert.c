@@ -420,6 +420,10 @@ START_TEST(test_require_refuses) {
   qrpc_broker_stats st;
   qrpc_broker_get_stats(b, &st);
   ck_assert_uint_eq(st.connections, 0);
+  qrpc_endpoint_stats es;
+  qrpc_endpoint_get_stats(qrpc_server_endpoint(qrpc_broker_server(b)), &es);
+  ck_assert_uint_eq(es.handshake_failed, 2);
+  ck_assert_uint_eq(es.accepted, 0);
   ck_assert(qt_run_until_released(loop, QT_WAIT_MS));
   qrpc_broker_free(b);
   qrpc_tls_config_free(ts);
