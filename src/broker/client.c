@@ -439,9 +439,9 @@ static void on_disconnect(qrpc_client *cli, const qrpc_close_info *info,
     QRPCI_INFO("broker client: connecting failed: the broker refused this "
                "client's certificate, or requires one; retrying");
   } else {
-    QRPCI_INFO("broker client: connecting failed before Hello was answered: "
+    QRPCI_INFO("broker client: a connection closed before it was ready: "
                "%s; retrying",
-               info->error ? qrpc_strerror(info->error) : "connection closed");
+               info->error ? qrpc_strerror(info->error) : "closed");
   }
 }
 
