@@ -28,11 +28,15 @@
 #define SENSOR7 "CN=sensor 7,O=qrpc test"
 #define SENSOR8 "CN=sensor 8,O=qrpc test"
 #define WORKER_URI "spiffe://qrpc.test/worker"
+/* RFC 4514 escapes a comma inside a value; the ACL quotes it as it is. */
+#define SMITH "CN=Smith\\, John,O=qrpc test"
 
 static const char acl_text[] = "cert subject \"" SENSOR7 "\"\n"
                                "  publish sensors.7\n"
                                "cert uri " WORKER_URI "\n"
                                "  publish jobs.done\n"
+                               "cert subject \"" SMITH "\"\n"
+                               "  publish smith.only\n"
                                "token s3cret\n"
                                "  publish tokens.only\n"
                                "anonymous\n"
@@ -360,6 +364,24 @@ START_TEST(test_cert_uri_grants_publish) {
 }
 END_TEST
 
+/* A subject with an RFC 4514 escape is written in the ACL as the library
+ * reports it, backslash included. */
+START_TEST(test_cert_subject_escaped) {
+  char addr[64];
+  qrpc_broker *b = broker_start(QRPC_CLIENT_AUTH_REQUIRE, addr, sizeof(addr));
+  pem_cert smith;
+  client_cert(certs.ca_pem, certs.ca_key_pem, SMITH, NULL, &smith);
+  qrpc_tls_config *t = client_tls(&smith);
+  client c;
+  client_start(&c, addr, t, NULL);
+  ck_assert(try_publish(&c, "smith.only"));
+  qrpc_broker_client_free(c.bc);
+  qrpc_broker_free(b);
+  qrpc_tls_config_free(t);
+  pem_cert_free(&smith);
+}
+END_TEST
+
 /* A token given in Hello selects its section, whatever the certificate. */
 START_TEST(test_token_takes_precedence) {
   char addr[64];
@@ -439,6 +461,7 @@ static Suite *suite(void) {
   tcase_set_timeout(t, 60);
   tcase_add_test(t, test_cert_subject_grants_publish);
   tcase_add_test(t, test_cert_uri_grants_publish);
+  tcase_add_test(t, test_cert_subject_escaped);
   tcase_add_test(t, test_token_takes_precedence);
   tcase_add_test(t, test_require_refuses);
   suite_add_tcase(s, t);
