@@ -17,6 +17,7 @@ MAKEFLAGS += --no-print-directory
 
 BUILD_DIR   ?= build
 SAN_DIR     ?= build-san
+GNUTLS_DIR  ?= build-gnutls
 CERT_DIR    ?= $(BUILD_DIR)/certs
 PREFIX      ?= /usr/local
 JOBS        ?= $(shell nproc 2>/dev/null || echo 2)
@@ -30,22 +31,25 @@ SAN_ENV     := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 # Seconds the demo may take before it is stopped.
 RUN_TIMEOUT ?= 60
 
-.PHONY: help setup build build-san certs run test install clean
+.PHONY: help setup build build-san build-gnutls certs run test install clean
 
 # List the targets.
 help:
 	@echo "make run       set up, build, make certificates and run the echo, hello, game and chat demos"
 	@echo "make test      set up, build and run all tests (normal and sanitizer builds)"
-	@echo "make setup     install the Debian packages qrpc needs (uses sudo if not root)"
+	@echo "make setup     install the Debian packages qrpc needs (uses sudo if not root) and build the"
+	@echo "               OpenSSL backend's libraries once if the system lacks them (cached, see README)"
 	@echo "make build     configure and build into $(BUILD_DIR)/"
 	@echo "make build-san the same with ASan + UBSan, into $(SAN_DIR)/"
+	@echo "make build-gnutls  the same on the GnuTLS backend, into $(GNUTLS_DIR)/"
 	@echo "make certs     make development certificates in $(CERT_DIR)/ if missing"
 	@echo "make install   install into PREFIX (now $(PREFIX)), e.g. make install PREFIX=\$$HOME/.local"
-	@echo "make clean     remove $(BUILD_DIR)/ and $(SAN_DIR)/"
+	@echo "make clean     remove $(BUILD_DIR)/ and $(SAN_DIR)/ (the cached OpenSSL build stays)"
 
-# Install the compilers and libraries (fast when everything is present).
+# Install the compilers and libraries, and build the OpenSSL backend's
+# private prefix when needed (fast when everything is present).
 setup:
-	bash scripts/setup.sh
+	JOBS=$(JOBS) bash scripts/setup.sh
 
 # Configure and build the library, tests and examples.
 build: setup
@@ -58,6 +62,12 @@ build: setup
 build-san: setup
 	CC=clang cmake -S . -B $(SAN_DIR) -DQRPC_SANITIZE=ON $(CMAKE_FLAGS)
 	cmake --build $(SAN_DIR) -j$(JOBS)
+
+# The second TLS backend, GnuTLS: make test runs its end-to-end suites and
+# its peers against the default (OpenSSL) build's.
+build-gnutls: setup
+	cmake -S . -B $(GNUTLS_DIR) -DQRPC_TLS=gnutls $(CMAKE_FLAGS)
+	cmake --build $(GNUTLS_DIR) -j$(JOBS)
 
 # Development CA and localhost server certificate (kept if present).
 certs: setup
@@ -142,17 +152,23 @@ run: build certs
 	run_client chat --demo 5
 	echo "demo: OK"
 
-# Run every test in both builds; fails if any test failed in either.
-# The normal build's tests include valgrind memcheck runs of the
-# end-to-end suites. Then each libFuzzer target of tests/fuzz runs for
-# FUZZ_SECONDS (default 20) in a clang build of its own, inside
-# $(SAN_DIR)/fuzz/, and any crash, leak or broken property fails the run.
-test: build build-san
+# Run every test in both builds of the default (OpenSSL) backend; fails if
+# any test failed in either. The normal build's tests include valgrind
+# memcheck runs of the end-to-end suites. Then the unit and end-to-end
+# suites of the GnuTLS build, and the cross-backend test (tests/cross).
+# Last each libFuzzer target of tests/fuzz runs for FUZZ_SECONDS (default
+# 20) in a clang build of its own, inside $(SAN_DIR)/fuzz/, and any crash,
+# leak or broken property fails the run.
+test: build build-san build-gnutls
 	@status=0
 	echo "== tests: $(BUILD_DIR)/"
 	$(CTEST) --test-dir $(BUILD_DIR) || status=1
 	echo "== tests under AddressSanitizer and UBSan: $(SAN_DIR)/"
 	$(SAN_ENV) $(CTEST) --test-dir $(SAN_DIR) || status=1
+	echo "== unit and end-to-end tests on the GnuTLS backend: $(GNUTLS_DIR)/"
+	$(CTEST) --test-dir $(GNUTLS_DIR) -LE '^(memcheck|soak|install)$$' || status=1
+	echo "== cross-backend: servers of each backend against clients of the other"
+	bash tests/cross/run-cross.sh $(BUILD_DIR) $(GNUTLS_DIR) || status=1
 	echo "== fuzzing, $(or $(FUZZ_SECONDS),20) s per target: $(SAN_DIR)/fuzz/"
 	CC=clang cmake -S . -B $(SAN_DIR)/fuzz -DQRPC_SANITIZE=ON -DQRPC_FUZZ=ON \
 	  -DQRPC_FUZZ_SECONDS=$(or $(FUZZ_SECONDS),20) $(CMAKE_FLAGS) >/dev/null
@@ -168,6 +184,7 @@ test: build build-san
 install: build
 	cmake --install $(BUILD_DIR) --prefix "$(PREFIX)"
 
-# Remove both build trees (and the demo certificates inside build/).
+# Remove the build trees (and the demo certificates inside build/); the
+# cached OpenSSL prefix stays (see README).
 clean:
-	rm -rf $(BUILD_DIR) $(SAN_DIR)
+	rm -rf $(BUILD_DIR) $(SAN_DIR) $(GNUTLS_DIR)

@@ -101,6 +101,27 @@ static int check_chain(const gnutls_datum_t *c, const char *where) {
   return 0;
 }
 
+/* The setter replaces the pair set before, but GnuTLS adds one to a
+ * credential's list (a server then picks among them, and a client that
+ * gets no CA names from the server presents none of several). The new
+ * pair is tried on a scratch credential first, so a bad one leaves the
+ * old in place. */
+static int replace_pair(qrpc_tls_config *cfg, const gnutls_datum_t *c,
+                        const gnutls_datum_t *k) {
+  gnutls_certificate_credentials_t scratch;
+  int rv = gnutls_certificate_allocate_credentials(&scratch);
+  if (rv < 0) return rv;
+  rv = gnutls_certificate_set_x509_key_mem(scratch, c, k, GNUTLS_X509_FMT_PEM);
+  gnutls_certificate_free_credentials(scratch);
+  if (rv < 0) return rv;
+  gnutls_certificate_free_keys(cfg->be->cred);
+  rv = gnutls_certificate_set_x509_key_mem(cfg->be->cred, c, k,
+                                           GNUTLS_X509_FMT_PEM);
+  /* Only memory can fail the second time; the old pair is gone. */
+  if (rv < 0) cfg->has_cert = 0;
+  return rv;
+}
+
 int qrpci_tlsb_set_cert(qrpc_tls_config *cfg, const char *cert,
                         const char *key, int files) {
   const char *cwhere = files ? cert : "the certificate PEM";
@@ -113,8 +134,7 @@ int qrpci_tlsb_set_cert(qrpc_tls_config *cfg, const char *cert,
   }
   rv = check_chain(&c, cwhere);
   if (rv == 0) {
-    int grv = gnutls_certificate_set_x509_key_mem(cfg->be->cred, &c, &k,
-                                                  GNUTLS_X509_FMT_PEM);
+    int grv = replace_pair(cfg, &c, &k);
     if (grv == GNUTLS_E_CERTIFICATE_KEY_MISMATCH) {
       QRPCI_ERROR("tls: the key in %s does not match the certificate in %s",
                   files ? key : "the key PEM", cwhere);
@@ -245,6 +265,11 @@ static int session_setup(gnutls_session_t s, qrpc_tls_config *cfg,
     gnutls_certificate_server_set_request(
         s, cfg->client_auth == QRPC_CLIENT_AUTH_REQUIRE ? GNUTLS_CERT_REQUIRE
                                                         : GNUTLS_CERT_REQUEST);
+    /* No CA names in the request (the OpenSSL backend sends none either):
+     * a GnuTLS client withholds a certificate whose issuer is not among
+     * them, so under REQUEST a client with an untrusted certificate would
+     * come in as one without any instead of being refused. */
+    gnutls_certificate_send_x509_rdn_sequence(s, 1);
   } else {
     /* RFC 6066: SNI carries host names only, never address literals. */
     if (!qrpci_tls_is_ip_literal(server_name) &&
@@ -321,7 +346,10 @@ static size_t identity_parts(const gnutls_datum_t *der, qrpci_id_part *parts,
     case GNUTLS_SAN_RFC822NAME: kind = QRPCI_ID_EMAIL; break;
     case GNUTLS_SAN_IPADDRESS:
       kind = QRPCI_ID_IP;
-      if (!inet_ntop(len == 4 ? AF_INET : AF_INET6, buf, text, sizeof(text)))
+      /* Only 4 or 16 bytes are an address: inet_ntop would read 16 from
+       * a shorter entry, past what GnuTLS wrote into buf. */
+      if ((len != 4 && len != 16) ||
+          !inet_ntop(len == 4 ? AF_INET : AF_INET6, buf, text, sizeof(text)))
         continue;
       p = text;
       len = strlen(text);

@@ -18,6 +18,9 @@
  * signer and the verifier (same process here) cannot matter. */
 #define CERT_BACKDATE_S 3600
 #define CERT_LIFETIME_S (2 * 24 * 3600)
+/* The expired certificate ran out this long ago: a clock skew of minutes
+ * cannot make it valid again. */
+#define EXPIRED_AGE_S (24 * 3600)
 
 typedef struct keyed_cert {
   gnutls_x509_privkey_t key;
@@ -75,8 +78,12 @@ static int export_cert_der(gnutls_x509_crt_t crt, unsigned char **out,
 }
 
 /* A fresh key and a version 3 certificate for it with the fields every
- * certificate here shares; the caller adds extensions and signs. */
-static int cert_begin(keyed_cert *k, const char *cn) {
+ * certificate here shares; the caller adds extensions and signs. The
+ * certificate is valid from not_before to not_after (seconds from now). The
+ * subject is O=org (when given), then CN=cn: in RFC 4514 order, most specific
+ * first, "CN=cn,O=org". */
+static int cert_begin_valid(keyed_cert *k, const char *cn, const char *org,
+                            long not_before, long not_after) {
   unsigned char serial[16];
   unsigned char keyid[64];
   size_t keyid_len = sizeof(keyid);
@@ -97,12 +104,16 @@ static int cert_begin(keyed_cert *k, const char *cn) {
   serial[0] |= 0x01;
   if ((rv = gnutls_x509_crt_set_serial(k->crt, serial, sizeof(serial))) < 0)
     return rv;
-  if ((rv = gnutls_x509_crt_set_activation_time(k->crt,
-                                                now - CERT_BACKDATE_S)) < 0)
+  if ((rv = gnutls_x509_crt_set_activation_time(k->crt, now + not_before)) < 0)
     return rv;
-  if ((rv = gnutls_x509_crt_set_expiration_time(k->crt,
-                                                now + CERT_LIFETIME_S)) < 0)
+  if ((rv = gnutls_x509_crt_set_expiration_time(k->crt, now + not_after)) < 0)
     return rv;
+  if (org) {
+    rv =
+        gnutls_x509_crt_set_dn_by_oid(k->crt, GNUTLS_OID_X520_ORGANIZATION_NAME,
+                                      0, org, (unsigned)strlen(org));
+    if (rv < 0) return rv;
+  }
   rv = gnutls_x509_crt_set_dn_by_oid(k->crt, GNUTLS_OID_X520_COMMON_NAME, 0, cn,
                                      (unsigned)strlen(cn));
   if (rv < 0) return rv;
@@ -111,6 +122,37 @@ static int cert_begin(keyed_cert *k, const char *cn) {
                                       &keyid_len);
   if (rv < 0) return rv;
   return gnutls_x509_crt_set_subject_key_id(k->crt, keyid, keyid_len);
+}
+
+/* A certificate valid now, with a subject of its common name only. */
+static int cert_begin(keyed_cert *k, const char *cn) {
+  return cert_begin_valid(k, cn, NULL, -CERT_BACKDATE_S, CERT_LIFETIME_S);
+}
+
+/* Marks the certificate as issued by ca and signs it. */
+static int cert_sign(keyed_cert *k, const keyed_cert *ca) {
+  unsigned char keyid[64];
+  size_t keyid_len = sizeof(keyid);
+  int rv = gnutls_x509_crt_get_subject_key_id(ca->crt, keyid, &keyid_len, NULL);
+  if (rv < 0) return rv;
+  rv = gnutls_x509_crt_set_authority_key_id(k->crt, keyid, keyid_len);
+  if (rv < 0) return rv;
+  return gnutls_x509_crt_sign2(k->crt, ca->crt, ca->key, GNUTLS_DIG_SHA256, 0);
+}
+
+/* The extensions of an end-entity certificate for one TLS purpose. */
+static int set_leaf_usage(keyed_cert *k, const char *purpose_oid) {
+  int rv = gnutls_x509_crt_set_basic_constraints(k->crt, 0, -1);
+  if (rv < 0) return rv;
+  rv = gnutls_x509_crt_set_key_usage(k->crt, GNUTLS_KEY_DIGITAL_SIGNATURE);
+  if (rv < 0) return rv;
+  return gnutls_x509_crt_set_key_purpose_oid(k->crt, purpose_oid, 0);
+}
+
+static int add_san(keyed_cert *k, gnutls_x509_subject_alt_name_t type,
+                   const void *data, size_t len) {
+  return gnutls_x509_crt_set_subject_alt_name(k->crt, type, data, (unsigned)len,
+                                              GNUTLS_FSAN_APPEND);
 }
 
 static int make_ca(keyed_cert *ca, const char *cn) {
@@ -129,54 +171,121 @@ static int make_server(keyed_cert *srv, const keyed_cert *ca) {
   static const unsigned char ip4[4] = {127, 0, 0, 1};
   static const unsigned char ip6[16] = {0, 0, 0, 0, 0, 0, 0, 0,
                                         0, 0, 0, 0, 0, 0, 0, 1};
-  unsigned char keyid[64];
-  size_t keyid_len = sizeof(keyid);
   int rv = cert_begin(srv, "localhost");
   if (rv < 0) return rv;
-  if ((rv = gnutls_x509_crt_set_basic_constraints(srv->crt, 0, -1)) < 0)
+  if ((rv = set_leaf_usage(srv, GNUTLS_KP_TLS_WWW_SERVER)) < 0) return rv;
+  if ((rv = add_san(srv, GNUTLS_SAN_DNSNAME, "localhost", 9)) < 0) return rv;
+  if ((rv = add_san(srv, GNUTLS_SAN_IPADDRESS, ip4, sizeof(ip4))) < 0)
     return rv;
-  rv = gnutls_x509_crt_set_key_usage(srv->crt, GNUTLS_KEY_DIGITAL_SIGNATURE);
+  if ((rv = add_san(srv, GNUTLS_SAN_IPADDRESS, ip6, sizeof(ip6))) < 0)
+    return rv;
+  return cert_sign(srv, ca);
+}
+
+/* A certificate for TLS client authentication, valid now, with one
+ * subjectAltName of each kind an identity reports. */
+static int make_client(keyed_cert *cl, const keyed_cert *ca, const char *cn) {
+  static const unsigned char ip4[4] = {127, 0, 0, 2};
+  int rv = cert_begin_valid(cl, cn, QT_CLIENT_ORG, -CERT_BACKDATE_S,
+                            CERT_LIFETIME_S);
   if (rv < 0) return rv;
-  rv = gnutls_x509_crt_set_key_purpose_oid(srv->crt, GNUTLS_KP_TLS_WWW_SERVER,
-                                           0);
+  if ((rv = set_leaf_usage(cl, GNUTLS_KP_TLS_WWW_CLIENT)) < 0) return rv;
+  rv = add_san(cl, GNUTLS_SAN_DNSNAME, QT_CLIENT_DNS, strlen(QT_CLIENT_DNS));
   if (rv < 0) return rv;
-  rv = gnutls_x509_crt_set_subject_alt_name(srv->crt, GNUTLS_SAN_DNSNAME,
-                                            "localhost", 9, GNUTLS_FSAN_APPEND);
+  rv = add_san(cl, GNUTLS_SAN_URI, QT_CLIENT_URI, strlen(QT_CLIENT_URI));
   if (rv < 0) return rv;
-  rv = gnutls_x509_crt_set_subject_alt_name(srv->crt, GNUTLS_SAN_IPADDRESS, ip4,
-                                            sizeof(ip4), GNUTLS_FSAN_APPEND);
+  rv = add_san(cl, GNUTLS_SAN_RFC822NAME, QT_CLIENT_EMAIL,
+               strlen(QT_CLIENT_EMAIL));
   if (rv < 0) return rv;
-  rv = gnutls_x509_crt_set_subject_alt_name(srv->crt, GNUTLS_SAN_IPADDRESS, ip6,
-                                            sizeof(ip6), GNUTLS_FSAN_APPEND);
+  if ((rv = add_san(cl, GNUTLS_SAN_IPADDRESS, ip4, sizeof(ip4))) < 0) return rv;
+  return cert_sign(cl, ca);
+}
+
+/* A client certificate whose first iPAddress entry is 8 bytes, an address
+ * and mask (RFC 5280 allows those only in name constraints), before IP
+ * 127.0.0.2. */
+static int make_odd_ip_client(keyed_cert *cl, const keyed_cert *ca) {
+  static const unsigned char subnet[8] = {10, 0, 0, 0, 255, 0, 0, 0};
+  static const unsigned char ip4[4] = {127, 0, 0, 2};
+  int rv = cert_begin_valid(cl, "qrpc-odd-ip-client", QT_CLIENT_ORG,
+                            -CERT_BACKDATE_S, CERT_LIFETIME_S);
   if (rv < 0) return rv;
-  rv = gnutls_x509_crt_get_subject_key_id(ca->crt, keyid, &keyid_len, NULL);
+  if ((rv = set_leaf_usage(cl, GNUTLS_KP_TLS_WWW_CLIENT)) < 0) return rv;
+  rv = add_san(cl, GNUTLS_SAN_IPADDRESS, subnet, sizeof(subnet));
   if (rv < 0) return rv;
-  rv = gnutls_x509_crt_set_authority_key_id(srv->crt, keyid, keyid_len);
+  if ((rv = add_san(cl, GNUTLS_SAN_IPADDRESS, ip4, sizeof(ip4))) < 0) return rv;
+  return cert_sign(cl, ca);
+}
+
+/* Signed by the test CA, fit for both TLS purposes, and no longer valid:
+ * its whole validity lies in the past. */
+static int make_expired(keyed_cert *k, const keyed_cert *ca) {
+  int rv = cert_begin_valid(k, "qrpc-test-expired", QT_CLIENT_ORG,
+                            -EXPIRED_AGE_S - CERT_LIFETIME_S, -EXPIRED_AGE_S);
   if (rv < 0) return rv;
-  return gnutls_x509_crt_sign2(srv->crt, ca->crt, ca->key, GNUTLS_DIG_SHA256,
-                               0);
+  if ((rv = set_leaf_usage(k, GNUTLS_KP_TLS_WWW_CLIENT)) < 0) return rv;
+  rv = gnutls_x509_crt_set_key_purpose_oid(k->crt, GNUTLS_KP_TLS_WWW_SERVER, 0);
+  if (rv < 0) return rv;
+  return cert_sign(k, ca);
+}
+
+/* Exports a certificate and its key as PEM. */
+static int export_pair(const keyed_cert *k, char **cert_pem, char **key_pem) {
+  int rv = export_cert_pem(k->crt, cert_pem);
+  if (rv < 0) return rv;
+  return export_key_pem(k->key, key_pem);
+}
+
+/* Everything signed: the CAs must exist first. */
+static int make_all(qt_certs *c, keyed_cert *ca, keyed_cert *other,
+                    keyed_cert *leaf) {
+  int rv;
+  if ((rv = make_ca(ca, "qrpc test CA")) < 0) return rv;
+  if ((rv = make_ca(other, "qrpc unrelated CA")) < 0) return rv;
+  if ((rv = export_cert_pem(ca->crt, &c->ca_pem)) < 0) return rv;
+  if ((rv = export_key_pem(ca->key, &c->ca_key_pem)) < 0) return rv;
+  if ((rv = export_cert_pem(other->crt, &c->other_ca_pem)) < 0) return rv;
+
+  if ((rv = make_server(&leaf[0], ca)) < 0) return rv;
+  rv = export_pair(&leaf[0], &c->server_cert_pem, &c->server_key_pem);
+  if (rv < 0) return rv;
+  rv = export_cert_der(leaf[0].crt, &c->server_cert_der,
+                       &c->server_cert_der_len);
+  if (rv < 0) return rv;
+
+  if ((rv = make_client(&leaf[1], ca, QT_CLIENT_CN)) < 0) return rv;
+  rv = export_pair(&leaf[1], &c->client_cert_pem, &c->client_key_pem);
+  if (rv < 0) return rv;
+  rv = export_cert_der(leaf[1].crt, &c->client_cert_der,
+                       &c->client_cert_der_len);
+  if (rv < 0) return rv;
+
+  if ((rv = make_client(&leaf[2], other, "qrpc-other-client")) < 0) return rv;
+  rv = export_pair(&leaf[2], &c->other_client_cert_pem,
+                   &c->other_client_key_pem);
+  if (rv < 0) return rv;
+
+  if ((rv = make_odd_ip_client(&leaf[3], ca)) < 0) return rv;
+  rv = export_pair(&leaf[3], &c->odd_ip_cert_pem, &c->odd_ip_key_pem);
+  if (rv < 0) return rv;
+
+  if ((rv = make_expired(&leaf[4], ca)) < 0) return rv;
+  return export_pair(&leaf[4], &c->expired_cert_pem, &c->expired_key_pem);
 }
 
 int qt_certs_generate(qt_certs *c) {
-  keyed_cert ca = {NULL, NULL}, srv = {NULL, NULL}, other = {NULL, NULL};
+  keyed_cert ca = {NULL, NULL}, other = {NULL, NULL};
+  keyed_cert leaf[5];
+  size_t i;
   int rv;
 
   memset(c, 0, sizeof(*c));
-  if ((rv = make_ca(&ca, "qrpc test CA")) < 0) goto out;
-  if ((rv = make_server(&srv, &ca)) < 0) goto out;
-  if ((rv = make_ca(&other, "qrpc unrelated CA")) < 0) goto out;
-  if ((rv = export_cert_pem(ca.crt, &c->ca_pem)) < 0) goto out;
-  if ((rv = export_key_pem(ca.key, &c->ca_key_pem)) < 0) goto out;
-  if ((rv = export_cert_pem(srv.crt, &c->server_cert_pem)) < 0) goto out;
-  if ((rv = export_key_pem(srv.key, &c->server_key_pem)) < 0) goto out;
-  rv = export_cert_der(srv.crt, &c->server_cert_der, &c->server_cert_der_len);
-  if (rv < 0) goto out;
-  rv = export_cert_pem(other.crt, &c->other_ca_pem);
-
-out:
+  memset(leaf, 0, sizeof(leaf));
+  rv = make_all(c, &ca, &other, leaf);
   keyed_cert_free(&ca);
-  keyed_cert_free(&srv);
   keyed_cert_free(&other);
+  for (i = 0; i < sizeof(leaf) / sizeof(leaf[0]); i++)
+    keyed_cert_free(&leaf[i]);
   if (rv < 0) qt_certs_free(c);
   return rv;
 }
@@ -188,6 +297,15 @@ void qt_certs_free(qt_certs *c) {
   free(c->server_key_pem);
   free(c->server_cert_der);
   free(c->other_ca_pem);
+  free(c->client_cert_pem);
+  free(c->client_key_pem);
+  free(c->client_cert_der);
+  free(c->other_client_cert_pem);
+  free(c->other_client_key_pem);
+  free(c->odd_ip_cert_pem);
+  free(c->odd_ip_key_pem);
+  free(c->expired_cert_pem);
+  free(c->expired_key_pem);
   memset(c, 0, sizeof(*c));
 }
 
@@ -235,6 +353,10 @@ static int write_file(const char *path, const char *text, mode_t mode) {
     off += (size_t)n;
   }
   return close(fd);
+}
+
+int qt_file_write(const char *path, const char *text) {
+  return write_file(path, text, 0600);
 }
 
 int qt_cert_files_write(const qt_certs *c, qt_cert_files *f) {
