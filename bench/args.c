@@ -185,6 +185,8 @@ size_t bench_client_common_flags(bench_flag *flags, size_t n,
   c->port = 0;
   c->tls_ca = NULL;
   c->tls_name = "localhost";
+  c->tls_cert = NULL;
+  c->tls_key = NULL;
   c->warmup_s = 1;
   c->duration_s = 5;
   c->json = 0;
@@ -200,6 +202,11 @@ size_t bench_client_common_flags(bench_flag *flags, size_t n,
        0, 0},
       {"--tls-name", BENCH_FLAG_STR, &c->tls_name, 0, 0, NULL, "NAME",
        "the name the server's certificate must carry", 0, 0},
+      {"--tls-cert", BENCH_FLAG_STR, &c->tls_cert, 0, 0, NULL, "PEM",
+       "client certificate, for servers that require one (with --tls-key)", 0,
+       0},
+      {"--tls-key", BENCH_FLAG_STR, &c->tls_key, 0, 0, NULL, "PEM",
+       "the client certificate's private key", 0, 0},
       {"--warmup", BENCH_FLAG_SECONDS, &c->warmup_s, 0, 3600, NULL, "W",
        "seconds of load before measuring", 0, 0},
       {"--duration", BENCH_FLAG_SECONDS, &c->duration_s, 0.01, 86400, NULL, "D",

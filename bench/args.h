@@ -35,6 +35,8 @@ typedef struct bench_client_common {
   uint64_t port;
   const char *tls_ca;
   const char *tls_name;
+  const char *tls_cert; /* client certificate, with tls_key; or NULL */
+  const char *tls_key;
   double warmup_s;
   double duration_s;
   int json;

@@ -82,12 +82,16 @@ void bench_log_unverified(void);
 const char *bench_log_last(void);
 
 /* TLS, always on. A server without cert and key files makes a throwaway
- * self-signed certificate for "localhost" in memory; a client without a
- * CA file does not verify the server and says so once on stderr.
- * Return 0, or 1 after printing why (prog in front). */
+ * self-signed certificate for "localhost" in memory; with client_ca it
+ * requires client certificates verified against that CA. A client without
+ * a CA file does not verify the server and says so once on stderr; with
+ * cert and key (both or neither) it presents that certificate to servers
+ * that ask for one. Return 0, or 1 after printing why, naming the flag
+ * (prog in front). */
 int bench_tls_server(const char *prog, const char *cert, const char *key,
-                     qrpc_tls_config **out);
-int bench_tls_client(const char *prog, const char *ca, qrpc_tls_config **out);
+                     const char *client_ca, qrpc_tls_config **out);
+int bench_tls_client(const char *prog, const char *ca, const char *cert,
+                     const char *key, qrpc_tls_config **out);
 
 /* Installs SIGTERM and SIGINT handlers on the loop that stop it and set
  * *flag. Returns 0, or -1. bench_signals_free() removes them. */

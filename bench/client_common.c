@@ -31,7 +31,8 @@ int bench_client_env_init(bench_client_env *e, const char *prog,
             qrpc_strerror(rc));
     return 1;
   }
-  if (bench_tls_client(prog, c->tls_ca, &e->tls) != 0) {
+  if (bench_tls_client(prog, c->tls_ca, c->tls_cert, c->tls_key, &e->tls) !=
+      0) {
     bench_loop_free(e->loop, e->base);
     e->loop = NULL;
     e->base = NULL;
@@ -72,6 +73,21 @@ void bench_report_common(bench_report *r, const char *family,
   bench_report_param_num(r, "warmup_s", c->warmup_s);
   bench_report_param_num(r, "duration_s", c->duration_s);
   bench_report_param_uint(r, "verified", c->tls_ca != NULL);
+}
+
+int bench_close_cert_refused(const qrpc_close_info *info) {
+  return info->error == QRPC_ECERT && !info->local;
+}
+
+const char *bench_close_reason(const qrpc_close_info *info) {
+  /* Under TLS 1.3 the server judges a client certificate after the client
+   * has finished its handshake: a refusal closes a connection already
+   * made. */
+  if (bench_close_cert_refused(info))
+    return "the server refused the client certificate, or requires one "
+           "(--tls-cert, --tls-key)";
+  if (info->reason && info->reason[0]) return info->reason;
+  return qrpc_strerror(info->error);
 }
 
 double bench_rate_next(bench_rate *r, uint64_t count) {

@@ -37,6 +37,15 @@ void bench_client_opts(const bench_client_common *c, qrpc_client_opts *o);
 void bench_report_common(bench_report *r, const char *family,
                          const bench_client_common *c);
 
+/* Why a connection closed, for a message: its reason, or its error; a
+ * server's refusal of this client's certificate (or of its absence) names
+ * the flags that matter. Static or borrowed from info. */
+const char *bench_close_reason(const qrpc_close_info *info);
+
+/* Whether info is a server refusing this client's certificate, or its
+ * absence: the run cannot succeed, and nothing else is the first error. */
+int bench_close_cert_refused(const qrpc_close_info *info);
+
 /* A progress line's rate: events since the last line over the seconds
  * since then. Keeps its own state. */
 typedef struct bench_rate {

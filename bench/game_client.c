@@ -242,8 +242,7 @@ static void on_disconnect(qrpc_client *cli, const qrpc_close_info *info,
   if (g->stopping) return;
   char what[200];
   snprintf(what, sizeof(what), "client %zu lost its connection: %s", c->idx + 1,
-           info->reason && info->reason[0] ? info->reason
-                                           : qrpc_strerror(info->error));
+           bench_close_reason(info));
   count_error(g, what);
 }
 

@@ -85,8 +85,7 @@ static void on_closed(qrpc_conn *c, const qrpc_close_info *info, void *ud) {
   if (b->stopping) return;
   if (b->first_error[0] == '\0')
     snprintf(b->first_error, sizeof(b->first_error), "%s",
-             info->reason && info->reason[0] ? info->reason
-                                             : qrpc_strerror(info->error));
+             bench_close_reason(info));
   if (!ic->established) {
     b->inflight--;
     b->failed++;

@@ -5,7 +5,11 @@
  *   qrpc-bench client rpc|game|idle|pubsub [flags]
  *
  * Each ROLE FAMILY pair is one entry of the table below; its function
- * parses the rest of the command line.
+ * parses the rest of the command line. TLS flags are the same for every
+ * family (tls.c): servers take --tls-cert, --tls-key and --tls-client-ca
+ * (require client certificates verified against that CA); clients take
+ * --tls-ca, --tls-name, and --tls-cert with --tls-key (the client
+ * certificate they present).
  */
 #include <stdio.h>
 #include <string.h>

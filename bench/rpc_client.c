@@ -271,8 +271,9 @@ static void on_disconnect(qrpc_client *cli, const qrpc_close_info *info,
   if (b->stopping) return;
   char what[200];
   snprintf(what, sizeof(what), "connection %zu lost: %s", c->idx + 1,
-           info->reason && info->reason[0] ? info->reason
-                                           : qrpc_strerror(info->error));
+           bench_close_reason(info));
+  /* The calls on the connection failed first, but this is why. */
+  if (bench_close_cert_refused(info)) b->first_error[0] = '\0';
   count_error(b, what, NULL);
 }
 

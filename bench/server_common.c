@@ -8,6 +8,7 @@ size_t bench_server_common_flags(bench_flag *flags, size_t n,
   c->port = 0;
   c->tls_cert = NULL;
   c->tls_key = NULL;
+  c->tls_client_ca = NULL;
   c->max_conns = BENCH_DEFAULT_MAX_CONNS;
   c->max_udp_payload = 0;
   c->precise_timers = 0;
@@ -23,6 +24,9 @@ size_t bench_server_common_flags(bench_flag *flags, size_t n,
        0, 0},
       {"--tls-key", BENCH_FLAG_STR, &c->tls_key, 0, 0, NULL, "PEM",
        "the certificate's private key", 0, 0},
+      {"--tls-client-ca", BENCH_FLAG_STR, &c->tls_client_ca, 0, 0, NULL, "PEM",
+       "require a client certificate verified against this CA (mutual TLS)", 0,
+       0},
       {"--max-conns", BENCH_FLAG_UINT, &c->max_conns, 1, 1000000, NULL, "N",
        "connections held at once", 0, 0},
       {"--max-udp-payload", BENCH_FLAG_UINT, &c->max_udp_payload, 0, 65527,
@@ -71,7 +75,8 @@ int bench_server_start(const char *prog, bench_server_common *c,
     return 1;
   }
   qrpc_tls_config *tls = NULL;
-  if (bench_tls_server(prog, c->tls_cert, c->tls_key, &tls) != 0) {
+  if (bench_tls_server(prog, c->tls_cert, c->tls_key, c->tls_client_ca, &tls) !=
+      0) {
     bench_loop_free(*loop, c->base);
     *loop = NULL;
     c->base = NULL;

@@ -13,10 +13,11 @@ typedef struct bench_server_common {
   uint64_t port;
   const char *tls_cert;
   const char *tls_key;
+  const char *tls_client_ca; /* CA of required client certificates, or NULL */
   uint64_t max_conns;
   uint64_t max_udp_payload; /* 0: the library's default */
-  int precise_timers;      /* set by the family before bench_server_start() */
-  struct event_base *base; /* the loop's, when precise_timers */
+  int precise_timers;       /* set by the family before bench_server_start() */
+  struct event_base *base;  /* the loop's, when precise_timers */
 } bench_server_common;
 
 /* Appends the server flags to flags after n entries; returns the count. */

@@ -3,7 +3,9 @@
 # for about a second each on 127.0.0.1. Fails when a client exits non-zero,
 # does not end with a RESULT line, reports errors, or measures no
 # throughput; or when a server does not stop cleanly on SIGTERM with its
-# own RESULT line.
+# own RESULT line. Mutual TLS once: server rpc with --tls-client-ca, a
+# client with --tls-cert and --tls-key measures, one without gets only
+# errors that name the refused certificate.
 #
 # usage: smoke.sh QRPC_BENCH QRPC_BROKER GEN_CERTS
 set -euo pipefail
@@ -172,6 +174,21 @@ positive pubsub-max delivered_per_s && positive pubsub-max p50_us &&
 
 run_client pubsub-paced pubsub --subs 20 --size 128 --rate 1000 "${ca[@]}"
 positive pubsub-paced delivered_per_s && zero pubsub-paced errors
+stop_server
+
+echo "== mutual TLS"
+certs=(--tls-ca "$tmp/certs/ca.pem" --tls-name localhost
+  --tls-cert "$tmp/certs/client.pem" --tls-key "$tmp/certs/client-key.pem")
+start_server rpc --tls-cert "$tmp/certs/server.pem" \
+  --tls-key "$tmp/certs/server-key.pem" --tls-client-ca "$tmp/certs/ca.pem"
+run_client mtls-unary rpc --mode unary --payload 64 --conns 1 \
+  --outstanding 1 "${certs[@]}"
+positive mtls-unary ops_per_s && zero mtls-unary errors
+run_client mtls-no-cert rpc --mode unary --payload 64 --conns 1 \
+  --outstanding 1 "${ca[@]}"
+positive mtls-no-cert errors
+grep -q 'first error: .*the server refused the client certificate' \
+  "$tmp/client.err" || fail "mtls-no-cert: the first error is not the refusal"
 stop_server
 
 echo "== refusals"

@@ -2,7 +2,8 @@
  * TLS for the benchmark: certificate files when given, otherwise a
  * throwaway self-signed certificate made in memory with GnuTLS (no key
  * ever touches the disk), and on clients either a CA file or no
- * verification at all.
+ * verification at all. Mutual TLS when asked: servers require client
+ * certificates from a CA file, clients present certificate files.
  */
 #include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
@@ -113,8 +114,21 @@ static int make_self_signed(pem_pair *out) {
   return rv < 0 ? rv : 0;
 }
 
+/* Requires client certificates verified against client_ca, if given. */
+static int require_clients(const char *prog, qrpc_tls_config *tls,
+                           const char *client_ca) {
+  if (client_ca == NULL) return 0;
+  int rc = qrpc_tls_config_set_ca_file(tls, client_ca);
+  if (rc == 0)
+    rc = qrpc_tls_config_set_client_auth(tls, QRPC_CLIENT_AUTH_REQUIRE);
+  if (rc == 0) return 0;
+  fprintf(stderr, "%s: cannot load --tls-client-ca %s: %s\n", prog, client_ca,
+          qrpc_strerror(rc));
+  return 1;
+}
+
 int bench_tls_server(const char *prog, const char *cert, const char *key,
-                     qrpc_tls_config **out) {
+                     const char *client_ca, qrpc_tls_config **out) {
   if ((cert == NULL) != (key == NULL)) {
     fprintf(stderr,
             "%s: --tls-cert and --tls-key go together: give both "
@@ -133,6 +147,10 @@ int bench_tls_server(const char *prog, const char *cert, const char *key,
     if ((rc = qrpc_tls_config_set_cert_files(tls, cert, key)) != 0) {
       fprintf(stderr, "%s: cannot load --tls-cert %s and --tls-key %s: %s\n",
               prog, cert, key, qrpc_strerror(rc));
+      qrpc_tls_config_free(tls);
+      return 1;
+    }
+    if (require_clients(prog, tls, client_ca) != 0) {
       qrpc_tls_config_free(tls);
       return 1;
     }
@@ -156,6 +174,10 @@ int bench_tls_server(const char *prog, const char *cert, const char *key,
     qrpc_tls_config_free(tls);
     return 1;
   }
+  if (require_clients(prog, tls, client_ca) != 0) {
+    qrpc_tls_config_free(tls);
+    return 1;
+  }
   fprintf(stderr,
           "%s: using a throwaway self-signed certificate for "
           "\"" CERT_NAME "\" (give --tls-cert and --tls-key for "
@@ -165,7 +187,15 @@ int bench_tls_server(const char *prog, const char *cert, const char *key,
   return 0;
 }
 
-int bench_tls_client(const char *prog, const char *ca, qrpc_tls_config **out) {
+int bench_tls_client(const char *prog, const char *ca, const char *cert,
+                     const char *key, qrpc_tls_config **out) {
+  if ((cert == NULL) != (key == NULL)) {
+    fprintf(stderr,
+            "%s: --tls-cert and --tls-key go together: give both PEM files "
+            "of the client certificate, or neither\n",
+            prog);
+    return 1;
+  }
   qrpc_tls_config *tls = NULL;
   int rc = qrpc_tls_config_new(&tls);
   if (rc != 0) {
@@ -191,6 +221,10 @@ int bench_tls_client(const char *prog, const char *ca, qrpc_tls_config **out) {
               prog);
     }
   }
+  if (rc == 0 && cert != NULL &&
+      (rc = qrpc_tls_config_set_cert_files(tls, cert, key)) != 0)
+    fprintf(stderr, "%s: cannot load --tls-cert %s and --tls-key %s: %s\n",
+            prog, cert, key, qrpc_strerror(rc));
   if (rc != 0) {
     qrpc_tls_config_free(tls);
     return 1;

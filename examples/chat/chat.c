@@ -5,11 +5,16 @@
  * user's own included (seeing it come back shows that the broker has it).
  *
  *   chat --name NICK [--room ROOM] [--connect HOST:PORT] [--ca PEM]
- *        [--servername NAME] [--token TOKEN] [--verbose]
+ *        [--servername NAME] [--cert PEM --key PEM] [--token TOKEN]
+ *        [--verbose]
  *   chat --demo N [--room ROOM] [--connect ...] [--ca ...] ...
  *
  * The defaults match `make certs` and qrpc-broker's: 127.0.0.1:7422,
- * build/certs/ca.pem, server name localhost, room "lobby".
+ * build/certs/ca.pem, server name localhost, room "lobby". --cert and
+ * --key (both or neither) give the client certificate presented to a
+ * broker that requires one (qrpc-broker --client-ca), whose ACL may grant
+ * rights by certificate; a broker that refuses it, or the lack of one, is
+ * named as the reason when the connection cannot be made.
  *
  * A message's payload is the sender's nick, one NUL byte and the text:
  * "alice\0hello". No schema to agree on, and a nick never contains a NUL.
@@ -75,6 +80,8 @@ typedef struct options {
   const char *connect;
   const char *ca;
   const char *servername;
+  const char *cert;
+  const char *key;
   const char *name;
   const char *room;
   const char *token;
@@ -151,6 +158,9 @@ static void usage(FILE *f) {
           "  --connect HOST:PORT  the broker (default 127.0.0.1:7422)\n"
           "  --ca PEM             CA to trust (default build/certs/ca.pem)\n"
           "  --servername NAME    name to verify (default localhost)\n"
+          "  --cert PEM           client certificate, for brokers that\n"
+          "                       require one (with --key)\n"
+          "  --key PEM            its private key (with --cert)\n"
           "  --token TOKEN        access token for the broker's ACL\n"
           "  --demo N             no terminal: N users, 1..%d, each send %d\n"
           "                       messages and check they all got all of\n"
@@ -213,6 +223,13 @@ static int check_args(const options *o) {
             NICK_MAX, o->name);
     return -1;
   }
+  if ((o->cert == NULL) != (o->key == NULL)) {
+    fprintf(stderr,
+            PROG ": %s needs %s as well (the client certificate and its key "
+                 "go together)\n",
+            o->cert ? "--cert" : "--key", o->cert ? "--key" : "--cert");
+    return -1;
+  }
   if (!room_ok(o->room)) {
     fprintf(stderr,
             PROG ": --room expects 1 to %d letters, digits, '-' or '_', not "
@@ -242,9 +259,10 @@ static int parse_args(int argc, char **argv, options *o) {
       continue;
     }
     static const char *const flags[] = {"--connect", "--ca",   "--servername",
-                                        "--name",    "--room", "--token"};
-    const char **strs[] = {&o->connect, &o->ca,   &o->servername,
-                           &o->name,    &o->room, &o->token};
+                                        "--cert",    "--key",  "--name",
+                                        "--room",    "--token"};
+    const char **strs[] = {&o->connect, &o->ca,   &o->servername, &o->cert,
+                           &o->key,     &o->name, &o->room,       &o->token};
     size_t k = 0, nflags = sizeof(flags) / sizeof(flags[0]);
     while (k < nflags && strcmp(a, flags[k]) != 0) k++;
     if (k == nflags && strcmp(a, "--demo") != 0) {
@@ -956,6 +974,12 @@ static int run(chat *c) {
             PROG ": cannot load --ca %s: %s (make certs creates the default "
                  "one)\n",
             c->opt.ca, qrpc_strerror(rc));
+    return 1;
+  }
+  if (c->opt.cert && (rc = qrpc_tls_config_set_cert_files(c->tls, c->opt.cert,
+                                                          c->opt.key)) != 0) {
+    fprintf(stderr, PROG ": cannot load --cert %s / --key %s: %s\n",
+            c->opt.cert, c->opt.key, qrpc_strerror(rc));
     return 1;
   }
   if (users_new(c) != 0) {

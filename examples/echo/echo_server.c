@@ -7,8 +7,13 @@
  * Once listening it prints "READY <port>", so scripts can start it on port
  * 0 and learn the port. SIGTERM or SIGINT stops it cleanly.
  *
- *   echo_server [--listen HOST:PORT] --cert PEM --key PEM [--qlog DIR]
- *               [--verbose]
+ *   echo_server [--listen HOST:PORT] --cert PEM --key PEM
+ *               [--client-ca PEM] [--qlog DIR] [--verbose]
+ *
+ * With --client-ca PEM the server requires mutual TLS: a client must
+ * present a certificate that verifies against that CA (echo_client --cert
+ * and --key), or its handshake fails; the connection's line then names
+ * the subject of the client's certificate.
  */
 #include <arpa/inet.h>
 #include <event2/event.h>
@@ -26,6 +31,7 @@ typedef struct options {
   const char *listen;
   const char *cert;
   const char *key;
+  const char *client_ca;
   const char *qlog_dir;
   int verbose;
 } options;
@@ -61,12 +67,14 @@ typedef struct stream_state {
 
 static void usage(FILE *f) {
   fprintf(f, "usage: " PROG " [--listen HOST:PORT] --cert PEM --key PEM\n"
-             "         [--qlog DIR] [--verbose]\n"
+             "         [--client-ca PEM] [--qlog DIR] [--verbose]\n"
              "\n"
              "  --listen HOST:PORT  address (default 127.0.0.1:4433; port 0\n"
              "                      picks a free port)\n"
              "  --cert PEM          server certificate chain\n"
              "  --key PEM           private key of the certificate\n"
+             "  --client-ca PEM     require a client certificate verified\n"
+             "                      against this CA (mutual TLS)\n"
              "  --qlog DIR          write a qlog file per connection into DIR\n"
              "  --verbose           log qrpc debug messages to stderr\n"
              "\n"
@@ -94,6 +102,8 @@ static int parse_args(int argc, char **argv, options *o) {
       dst = &o->cert;
     } else if (strcmp(a, "--key") == 0) {
       dst = &o->key;
+    } else if (strcmp(a, "--client-ca") == 0) {
+      dst = &o->client_ca;
     } else if (strcmp(a, "--qlog") == 0) {
       dst = &o->qlog_dir;
     } else {
@@ -273,6 +283,11 @@ static void on_established(qrpc_conn *c, void *user_data) {
   const char *alpn = qrpc_conn_alpn(c);
   printf("conn %lu: established with %s (alpn %s, max datagram %zu bytes)\n",
          cs->id, peer, alpn ? alpn : "none", qrpc_conn_max_datagram_size(c));
+  /* Only a certificate the handshake verified has an identity. */
+  const qrpc_identity *id = qrpc_conn_peer_identity(c);
+  if (id)
+    printf("conn %lu: client certificate \"%.*s\"\n", cs->id,
+           (int)id->subject.len, id->subject.ptr);
 }
 
 static void on_stream(qrpc_conn *c, qrpc_stream *s, const char *name,
@@ -361,6 +376,14 @@ int main(int argc, char **argv) {
             opt.key, qrpc_strerror(rc));
     goto out;
   }
+  if (opt.client_ca &&
+      ((rc = qrpc_tls_config_set_ca_file(tls, opt.client_ca)) != 0 ||
+       (rc = qrpc_tls_config_set_client_auth(tls, QRPC_CLIENT_AUTH_REQUIRE)) !=
+           0)) {
+    fprintf(stderr, PROG ": cannot load --client-ca %s: %s\n", opt.client_ca,
+            qrpc_strerror(rc));
+    goto out;
+  }
 
   qrpc_endpoint_opts eo;
   qrpc_endpoint_opts_default(&eo);
@@ -393,8 +416,9 @@ int main(int argc, char **argv) {
     goto out;
   }
 
-  printf(PROG ": listening on %s, udp port %u\n", opt.listen,
-         (unsigned)qrpc_endpoint_port(srv->ep));
+  printf(PROG ": listening on %s, udp port %u%s\n", opt.listen,
+         (unsigned)qrpc_endpoint_port(srv->ep),
+         opt.client_ca ? ", client certificates required" : "");
   printf("READY %u\n", (unsigned)qrpc_endpoint_port(srv->ep));
 
   rc = qrpc_loop_run(srv->loop);

@@ -7,8 +7,13 @@
  * must run on one machine for that number to mean anything).
  *
  *   game_client [--connect HOST:PORT] [--ca PEM] [--servername NAME]
- *               [--hz N] [--clients N] [--seconds S] [--timeout S]
- *               [--verbose]
+ *               [--cert PEM --key PEM] [--hz N] [--clients N] [--seconds S]
+ *               [--timeout S] [--verbose]
+ *
+ * --cert and --key (both or neither) give the client certificate every
+ * simulated player presents to a server that requires one (game_server
+ * --client-ca); a server that refuses it, or the lack of one, ends the
+ * run at once with that reason.
  *
  * Without --clients it is one player printing a status line per second
  * until SIGINT or SIGTERM (or --seconds). With --clients N it is headless:
@@ -47,6 +52,8 @@ typedef struct options {
   const char *connect;
   const char *ca;
   const char *servername;
+  const char *cert;
+  const char *key;
   unsigned long hz;
   unsigned long clients; /* 0: interactive, one client */
   unsigned long seconds; /* 0: until a signal (interactive only) */
@@ -63,6 +70,7 @@ typedef struct sim {
   qrpc_client *cli;
   qrpc_examples_game_Game_handlers h; /* borrowed by cli until it is freed */
   int joined;
+  int join_lost; /* the Join call failed with its connection */
   uint32_t player_id;
   uint32_t input_seq;
   int32_t mx, my;
@@ -102,13 +110,15 @@ static void usage(FILE *f) {
   fprintf(f,
           "usage: " PROG " [--connect HOST:PORT] [--ca PEM] [--servername "
           "NAME]\n"
-          "                   [--hz N] [--clients N] [--seconds S] "
-          "[--timeout S]\n"
-          "                   [--verbose]\n"
+          "                   [--cert PEM --key PEM] [--hz N] [--clients N]\n"
+          "                   [--seconds S] [--timeout S] [--verbose]\n"
           "\n"
           "  --connect HOST:PORT  the server (default 127.0.0.1:4433)\n"
           "  --ca PEM             CA to trust (default build/certs/ca.pem)\n"
           "  --servername NAME    name to verify (default localhost)\n"
+          "  --cert PEM           client certificate, for servers that\n"
+          "                       require one (with --key)\n"
+          "  --key PEM            its private key (with --cert)\n"
           "  --hz N               inputs per second per client, 1..1000\n"
           "                       (default 60)\n"
           "  --clients N          headless: N simulated clients, 1..%d,\n"
@@ -149,6 +159,10 @@ static int parse_args(int argc, char **argv, options *o) {
       str = &o->ca;
     } else if (strcmp(a, "--servername") == 0) {
       str = &o->servername;
+    } else if (strcmp(a, "--cert") == 0) {
+      str = &o->cert;
+    } else if (strcmp(a, "--key") == 0) {
+      str = &o->key;
     } else if (strcmp(a, "--hz") == 0) {
       num = &o->hz;
       max = 1000;
@@ -178,6 +192,13 @@ static int parse_args(int argc, char **argv, options *o) {
               a, max, v);
       return -1;
     }
+  }
+  if ((o->cert == NULL) != (o->key == NULL)) {
+    fprintf(stderr,
+            PROG ": %s needs %s as well (the client certificate and its key "
+                 "go together)\n",
+            o->cert ? "--cert" : "--key", o->cert ? "--key" : "--cert");
+    return -1;
   }
   if (o->clients > 0 && o->seconds == 0) o->seconds = 5;
   return 0;
@@ -235,8 +256,13 @@ static void on_join_done(qrpc_call *call, const JoinReply *reply,
     g->joined++;
     return;
   }
-  if (res->local && (res->status == QRPC_STATUS_DEADLINE_EXCEEDED ||
-                     res->status == QRPC_STATUS_UNAVAILABLE))
+  /* The connection under the call closed: on_disconnect, which comes
+   * next, knows why (or the join deadline's check fails the run). */
+  if (res->local && res->status == QRPC_STATUS_UNAVAILABLE) {
+    c->join_lost = 1;
+    return;
+  }
+  if (res->local && res->status == QRPC_STATUS_DEADLINE_EXCEEDED)
     fail(g, "client %d cannot join %s within %lu s: %s", c->idx + 1,
          g->opt.connect, g->opt.timeout_s, connect_reason(g));
   else
@@ -273,8 +299,31 @@ static void on_disconnect(qrpc_client *cli, const qrpc_close_info *info,
   sim *c = user_data;
   game *g = c->g;
   (void)cli;
+  if (g->closing) return;
+  /* Under TLS 1.3 the server judges a client certificate after this side
+   * has finished its handshake: a refusal closes a connection already
+   * made, and it will not change on the next attempt. */
+  if (info->error == QRPC_ECERT && !info->local) {
+    if (g->opt.cert)
+      fail(g, "client %d: %s refused the client certificate --cert %s",
+           c->idx + 1, g->opt.connect, g->opt.cert);
+    else
+      fail(g,
+           "client %d: %s requires a client certificate: give --cert PEM "
+           "and --key PEM",
+           c->idx + 1, g->opt.connect);
+    return;
+  }
+  if (!c->joined) {
+    if (c->join_lost)
+      fail(g, "client %d cannot join %s: the connection closed: %s", c->idx + 1,
+           g->opt.connect,
+           info->reason && info->reason[0] ? info->reason
+           : info->error                   ? qrpc_strerror(info->error)
+                                           : "closed");
+    return;
+  }
   /* The server forgets a player whose connection closed. */
-  if (g->closing || !c->joined) return;
   fail(g, "client %d lost its connection: %s", c->idx + 1,
        info->reason && info->reason[0] ? info->reason : "closed");
 }
@@ -540,6 +589,12 @@ int main(int argc, char **argv) {
             PROG ": cannot load --ca %s: %s (make certs creates the default "
                  "one)\n",
             g->opt.ca, qrpc_strerror(rc));
+    goto out;
+  }
+  if (g->opt.cert && (rc = qrpc_tls_config_set_cert_files(tls, g->opt.cert,
+                                                          g->opt.key)) != 0) {
+    fprintf(stderr, PROG ": cannot load --cert %s / --key %s: %s\n",
+            g->opt.cert, g->opt.key, qrpc_strerror(rc));
     goto out;
   }
   for (int i = 0; i < g->n; i++) {

@@ -6,7 +6,12 @@
  * all connections, split into parts when it does not fit one datagram.
  *
  *   game_server [--listen HOST:PORT] [--cert PEM] [--key PEM]
- *               [--tick-hz N] [--bots N] [--verbose]
+ *               [--client-ca PEM] [--tick-hz N] [--bots N] [--verbose]
+ *
+ * With --client-ca PEM the server requires mutual TLS: a player must
+ * present a certificate that verifies against that CA (game_client --cert
+ * and --key), or its handshake fails; with --verbose each join names the
+ * subject of the player's certificate.
  *
  * Once listening it prints "READY <port>". SIGTERM or SIGINT stops it: the
  * ticking stops, connections are closed (within a second), and it prints
@@ -45,6 +50,7 @@ typedef struct options {
   const char *listen;
   const char *cert;
   const char *key;
+  const char *client_ca;
   unsigned long tick_hz;
   unsigned long bots;
   int verbose;
@@ -104,7 +110,8 @@ static server S;
 static void usage(FILE *f) {
   fprintf(f,
           "usage: " PROG " [--listen HOST:PORT] [--cert PEM] [--key PEM]\n"
-          "                   [--tick-hz N] [--bots N] [--verbose]\n"
+          "                   [--client-ca PEM] [--tick-hz N] [--bots N]\n"
+          "                   [--verbose]\n"
           "\n"
           "  --listen HOST:PORT  address (default 127.0.0.1:4433; port 0\n"
           "                      picks a free port)\n"
@@ -112,6 +119,8 @@ static void usage(FILE *f) {
           "                      build/certs/server.pem)\n"
           "  --key PEM           its private key (default\n"
           "                      build/certs/server-key.pem)\n"
+          "  --client-ca PEM     require a client certificate verified\n"
+          "                      against this CA (mutual TLS)\n"
           "  --tick-hz N         world updates per second, 1..1000 (default "
           "60)\n"
           "  --bots N            wandering bots besides the players, 0..%d\n"
@@ -151,6 +160,8 @@ static int parse_args(int argc, char **argv, options *o) {
       str = &o->cert;
     } else if (strcmp(a, "--key") == 0) {
       str = &o->key;
+    } else if (strcmp(a, "--client-ca") == 0) {
+      str = &o->client_ca;
     } else if (strcmp(a, "--tick-hz") == 0) {
       num = &o->tick_hz;
       min = 1;
@@ -414,7 +425,14 @@ static void on_join(qrpc_req *req, const JoinRequest *request, void *ud) {
   reply.tick_hz = (uint32_t)s->opt.tick_hz;
   reply.world_size = GAME_WORLD_SIZE;
   qrpc_examples_game_Game_Join_reply(req, &reply);
-  if (s->opt.verbose)
+  if (!s->opt.verbose) return;
+  /* Verified by the handshake when client certificates are required. */
+  const qrpc_identity *id = qrpc_conn_peer_identity(qrpc_peer_conn(peer));
+  if (id)
+    printf(PROG ": player %u \"%s\" joined at (%d, %d), client certificate "
+                "\"%.*s\"\n",
+           e->id, e->name, e->x, e->y, (int)id->subject.len, id->subject.ptr);
+  else
     printf(PROG ": player %u \"%s\" joined at (%d, %d)\n", e->id, e->name, e->x,
            e->y);
 }
@@ -564,6 +582,14 @@ int main(int argc, char **argv) {
             s->opt.cert, s->opt.key, qrpc_strerror(rc));
     goto out;
   }
+  if (s->opt.client_ca &&
+      ((rc = qrpc_tls_config_set_ca_file(tls, s->opt.client_ca)) != 0 ||
+       (rc = qrpc_tls_config_set_client_auth(tls, QRPC_CLIENT_AUTH_REQUIRE)) !=
+           0)) {
+    fprintf(stderr, PROG ": cannot load --client-ca %s: %s\n", s->opt.client_ca,
+            qrpc_strerror(rc));
+    goto out;
+  }
   qrpc_server_opts so;
   qrpc_server_opts_default(&so);
   so.on_peer_close = on_peer_close;
@@ -591,8 +617,9 @@ int main(int argc, char **argv) {
 
   unsigned port = qrpc_server_port(s->srv);
   printf(PROG ": serving qrpc.examples.game.Game on %s, udp port %u, "
-              "%lu Hz, %lu bots\n",
-         s->opt.listen, port, s->opt.tick_hz, s->opt.bots);
+              "%lu Hz, %lu bots%s\n",
+         s->opt.listen, port, s->opt.tick_hz, s->opt.bots,
+         s->opt.client_ca ? ", client certificates required" : "");
   printf("READY %u\n", port);
 
   if ((rc = qrpc_loop_run(s->loop)) != 0) {

@@ -3,10 +3,15 @@
  * protoc-gen-qrpc generates (hello.qrpc.h) and prints the reply.
  *
  *   hello_client [--connect HOST:PORT] [--ca PEM] [--servername NAME]
- *                [--timeout SECONDS] [--verbose] [NAME]
+ *                [--cert PEM --key PEM] [--timeout SECONDS] [--verbose]
+ *                [NAME]
  *
  * The defaults match `make certs` and hello_server's: 127.0.0.1:4433,
- * build/certs/ca.pem, server name localhost, and NAME "world".
+ * build/certs/ca.pem, server name localhost, and NAME "world". --cert and
+ * --key (both or neither) give the client certificate presented to a
+ * server that requires one (hello_server --client-ca; `make certs` makes
+ * build/certs/client.pem and client-key.pem); a server that refuses the
+ * client's certificate, or the lack of one, is reported as such.
  *
  * Exit status: 0 with the reply printed, 1 when the server could not be
  * reached or the call failed (the reason on stderr), 2 on a bad command
@@ -27,6 +32,8 @@ typedef struct options {
   const char *connect;
   const char *ca;
   const char *servername;
+  const char *cert;
+  const char *key;
   const char *name;
   unsigned long timeout_s;
   int verbose;
@@ -35,6 +42,7 @@ typedef struct options {
 /* What the client learnt about its connection, for the error message. */
 typedef struct client_state {
   int connected;
+  int cert_refused; /* the server closed the connection over our certificate */
   char last_warning[256]; /* qrpc's last warning (a rejected certificate) */
   char last_failure[256]; /* its last line about a failed attempt */
 } client_state;
@@ -45,11 +53,15 @@ static int verbose;
 static void usage(FILE *f) {
   fprintf(f, "usage: " PROG " [--connect HOST:PORT] [--ca PEM]"
              " [--servername NAME]\n"
-             "         [--timeout SECONDS] [--verbose] [NAME]\n"
+             "         [--cert PEM --key PEM] [--timeout SECONDS] [--verbose]"
+             " [NAME]\n"
              "\n"
              "  --connect HOST:PORT  the server (default 127.0.0.1:4433)\n"
              "  --ca PEM             CA to trust (default build/certs/ca.pem)\n"
              "  --servername NAME    name to verify (default localhost)\n"
+             "  --cert PEM           client certificate, for servers that\n"
+             "                       require one (with --key)\n"
+             "  --key PEM            its private key (with --cert)\n"
              "  --timeout SECONDS    give up after this long, 1..3600\n"
              "                       (default 5)\n"
              "  --verbose            log qrpc debug messages to stderr\n"
@@ -79,6 +91,10 @@ static int parse_args(int argc, char **argv, options *o) {
       dst = &o->ca;
     } else if (strcmp(a, "--servername") == 0) {
       dst = &o->servername;
+    } else if (strcmp(a, "--cert") == 0) {
+      dst = &o->cert;
+    } else if (strcmp(a, "--key") == 0) {
+      dst = &o->key;
     } else if (strcmp(a, "--timeout") != 0) {
       if (a[0] == '-') {
         fprintf(stderr, PROG ": unknown option '%s'\n", a);
@@ -114,6 +130,13 @@ static int parse_args(int argc, char **argv, options *o) {
     }
     o->timeout_s = n;
   }
+  if ((o->cert == NULL) != (o->key == NULL)) {
+    fprintf(stderr,
+            PROG ": %s needs %s as well (the client certificate and "
+                 "its key go together)\n",
+            o->cert ? "--cert" : "--key", o->cert ? "--key" : "--cert");
+    return -1;
+  }
   if (o->name == NULL) o->name = "world";
   return 0;
 }
@@ -136,8 +159,31 @@ static void on_connect(qrpc_client *cli, qrpc_peer *peer, void *user_data) {
   state.connected = 1;
 }
 
+/* Under TLS 1.3 a client finishes its side of the handshake before the
+ * server has judged its certificate: a refusal arrives as the close of a
+ * connection already reported connected. */
+static void on_disconnect(qrpc_client *cli, const qrpc_close_info *info,
+                          void *user_data) {
+  (void)cli, (void)user_data;
+  if (info->error == QRPC_ECERT && !info->local) state.cert_refused = 1;
+}
+
 /* Prints why the call failed. */
 static void report_failure(const options *o, int status) {
+  if (state.cert_refused) {
+    if (o->cert)
+      fprintf(stderr,
+              PROG ": %s refused the client certificate --cert %s (it "
+                   "must be valid, for client authentication, and signed "
+                   "by the CA the server trusts for clients)\n",
+              o->connect, o->cert);
+    else
+      fprintf(stderr,
+              PROG ": %s requires a client certificate: give --cert PEM "
+                   "and --key PEM\n",
+              o->connect);
+    return;
+  }
   if (!state.connected && (status == QRPC_STATUS_DEADLINE_EXCEEDED ||
                            status == QRPC_STATUS_UNAVAILABLE)) {
     const char *why = state.last_warning[0] ? state.last_warning
@@ -178,11 +224,18 @@ int main(int argc, char **argv) {
             opt.ca, qrpc_strerror(rc));
     goto out;
   }
+  if (opt.cert &&
+      (rc = qrpc_tls_config_set_cert_files(tls, opt.cert, opt.key)) != 0) {
+    fprintf(stderr, PROG ": cannot load --cert %s / --key %s: %s\n", opt.cert,
+            opt.key, qrpc_strerror(rc));
+    goto out;
+  }
 
   qrpc_client_opts co;
   qrpc_client_opts_default(&co);
   co.server_name = opt.servername;
   co.on_connect = on_connect;
+  co.on_disconnect = on_disconnect;
   /* Attempts fail (and say why) well before the overall timeout. */
   co.conn.handshake_timeout_ms = opt.timeout_s * 1000 / 2;
   rc = qrpc_client_new(loop, opt.connect, tls, &co, &cli);

@@ -7,10 +7,16 @@
  * port 0 and learn the port. SIGTERM or SIGINT stops it: calls in flight
  * are finished (for at most a second), then it exits with status 0.
  *
- *   hello_server [--listen HOST:PORT] [--cert PEM] [--key PEM] [--verbose]
+ *   hello_server [--listen HOST:PORT] [--cert PEM] [--key PEM]
+ *                [--client-ca PEM] [--verbose]
  *
  * The defaults match `make certs`: build/certs/server.pem and
  * build/certs/server-key.pem, listening on 127.0.0.1:4433.
+ *
+ * With --client-ca PEM the server requires mutual TLS: a client must
+ * present a certificate that verifies against that CA (hello_client --cert
+ * and --key), or its handshake fails. Each greeting then names the
+ * subject of the caller's certificate.
  */
 #include <event2/event.h>
 #include <signal.h>
@@ -32,6 +38,7 @@ typedef struct options {
   const char *listen;
   const char *cert;
   const char *key;
+  const char *client_ca;
   int verbose;
 } options;
 
@@ -42,8 +49,8 @@ typedef struct server {
 } server;
 
 static void usage(FILE *f) {
-  fprintf(f, "usage: " PROG " [--listen HOST:PORT] [--cert PEM] [--key PEM]"
-             " [--verbose]\n"
+  fprintf(f, "usage: " PROG " [--listen HOST:PORT] [--cert PEM] [--key PEM]\n"
+             "         [--client-ca PEM] [--verbose]\n"
              "\n"
              "  --listen HOST:PORT  address (default 127.0.0.1:4433; port 0\n"
              "                      picks a free port)\n"
@@ -51,6 +58,8 @@ static void usage(FILE *f) {
              "                      build/certs/server.pem)\n"
              "  --key PEM           its private key (default\n"
              "                      build/certs/server-key.pem)\n"
+             "  --client-ca PEM     require a client certificate verified\n"
+             "                      against this CA (mutual TLS)\n"
              "  --verbose           log qrpc debug messages to stderr\n"
              "\n"
              "Serves qrpc.examples.hello.Greeter. Prints READY <port> once\n"
@@ -79,6 +88,8 @@ static int parse_args(int argc, char **argv, options *o) {
       dst = &o->cert;
     } else if (strcmp(a, "--key") == 0) {
       dst = &o->key;
+    } else if (strcmp(a, "--client-ca") == 0) {
+      dst = &o->client_ca;
     } else {
       fprintf(stderr, PROG ": unknown argument '%s'\n", a);
       usage(stderr);
@@ -118,7 +129,15 @@ static void say_hello(qrpc_req *req,
     return;
   }
   s->greeted++;
-  printf(PROG ": greeted \"%s\"\n", request->name);
+  /* Verified by the handshake when the server requires client
+   * certificates; a (pointer, length) string like every certificate's. */
+  const qrpc_identity *id =
+      qrpc_conn_peer_identity(qrpc_peer_conn(qrpc_req_peer(req)));
+  if (id)
+    printf(PROG ": greeted \"%s\" for client certificate \"%.*s\"\n",
+           request->name, (int)id->subject.len, id->subject.ptr);
+  else
+    printf(PROG ": greeted \"%s\"\n", request->name);
 }
 
 /* ---- Main ---------------------------------------------------------------- */
@@ -170,6 +189,14 @@ int main(int argc, char **argv) {
             opt.cert, opt.key, qrpc_strerror(rc));
     goto out;
   }
+  if (opt.client_ca &&
+      ((rc = qrpc_tls_config_set_ca_file(tls, opt.client_ca)) != 0 ||
+       (rc = qrpc_tls_config_set_client_auth(tls, QRPC_CLIENT_AUTH_REQUIRE)) !=
+           0)) {
+    fprintf(stderr, PROG ": cannot load --client-ca %s: %s\n", opt.client_ca,
+            qrpc_strerror(rc));
+    goto out;
+  }
   rc = qrpc_server_new(s.loop, opt.listen, tls, NULL, &s.srv);
   /* The server holds its own reference to the config. */
   qrpc_tls_config_free(tls);
@@ -201,8 +228,9 @@ int main(int argc, char **argv) {
   }
 
   unsigned port = qrpc_server_port(s.srv);
-  printf(PROG ": serving %s on %s, udp port %u\n",
-         qrpc_examples_hello_Greeter_SayHello_METHOD_NAME, opt.listen, port);
+  printf(PROG ": serving %s on %s, udp port %u%s\n",
+         qrpc_examples_hello_Greeter_SayHello_METHOD_NAME, opt.listen, port,
+         opt.client_ca ? ", client certificates required" : "");
   printf("READY %u\n", port);
 
   if ((rc = qrpc_loop_run(s.loop)) != 0) {

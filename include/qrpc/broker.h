@@ -146,7 +146,10 @@ typedef struct qrpc_broker_client_opts {
                    void *user_data);
   /* A connection reported ready is lost (info says why: a broker that cut
    * off a slow subscriber closes with RESOURCE_LIMIT and a reason naming
-   * the subscription). The client reconnects and resubscribes by itself. */
+   * the subscription). The client reconnects and resubscribes by itself.
+   * A connection lost before it was ready is retried without a callback
+   * and logged at info level (a broker that requires client certificates
+   * refuses a client without an acceptable one that way). */
   void (*on_disconnect)(qrpc_broker_client *bc, const qrpc_close_info *info,
                         void *user_data);
   void *user_data;

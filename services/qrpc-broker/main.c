@@ -7,6 +7,10 @@
  * left after --drain-ms) and exits 0 after printing its counters as a
  * "RESULT k=v ..." line. A second signal stops it at once. A bad command
  * line or configuration exits 2 with a message naming what is wrong.
+ *
+ * With --client-ca PEM it requires mutual TLS: only clients presenting a
+ * certificate that verifies against that CA get in, and the ACL may name
+ * them by their certificate's subject or subjectAltName entries.
  */
 #include <errno.h>
 #include <event2/event.h>
@@ -22,7 +26,7 @@
 #define PROG "qrpc-broker"
 
 typedef struct options {
-  const char *listen, *cert, *key, *acl;
+  const char *listen, *cert, *key, *client_ca, *acl;
   unsigned long long max_payload, max_subs, queue_msgs, queue_bytes;
   unsigned long long max_conns, max_retained, drain_ms;
   qrpc_log_level level;
@@ -37,9 +41,12 @@ static void usage(FILE *f) {
       "127.0.0.1:7422;\n"
       "                          port 0 picks a free one)\n"
       "  --cert PEM --key PEM    the server's certificate chain and key\n"
-      "  --acl FILE              access control: tokens and the topics they\n"
-      "                          may publish and subscribe to "
-      "(docs/broker.md);\n"
+      "  --client-ca PEM         require a client certificate verified\n"
+      "                          against this CA (mutual TLS); the ACL may\n"
+      "                          then name clients by certificate\n"
+      "  --acl FILE              access control: tokens or certificates and\n"
+      "                          the topics they may publish and subscribe\n"
+      "                          to (docs/broker.md);\n"
       "                          without it every client may do everything\n"
       "  --max-payload BYTES     largest message (default 1048576)\n"
       "  --max-subscriptions N   per connection (default 1000)\n"
@@ -137,6 +144,8 @@ static int parse_args(int argc, char **argv, options *o) {
       o->cert = v;
     } else if (strcmp(a, "--key") == 0) {
       o->key = v;
+    } else if (strcmp(a, "--client-ca") == 0) {
+      o->client_ca = v;
     } else if (strcmp(a, "--acl") == 0) {
       o->acl = v;
     } else if (strcmp(a, "--log-level") == 0) {
@@ -219,6 +228,14 @@ int main(int argc, char **argv) {
             o.key, qrpc_strerror(rc));
     goto out;
   }
+  if (o.client_ca &&
+      ((rc = qrpc_tls_config_set_ca_file(tls, o.client_ca)) != 0 ||
+       (rc = qrpc_tls_config_set_client_auth(tls, QRPC_CLIENT_AUTH_REQUIRE)) !=
+           0)) {
+    fprintf(stderr, PROG ": cannot load --client-ca %s: %s\n", o.client_ca,
+            qrpc_strerror(rc));
+    goto out;
+  }
   qrpc_broker_opts bo;
   qrpc_broker_opts_default(&bo);
   bo.acl_path = o.acl;
@@ -245,7 +262,8 @@ int main(int argc, char **argv) {
     goto out;
   }
   unsigned port = qrpc_server_port(qrpc_broker_server(d.broker));
-  fprintf(stderr, PROG ": serving on %s (udp port %u)%s\n", o.listen, port,
+  fprintf(stderr, PROG ": serving on %s (udp port %u)%s%s\n", o.listen, port,
+          o.client_ca ? ", client certificates required" : "",
           o.acl ? "" : ", open access");
   printf("READY %u\n", port);
   status = 1;

@@ -1,5 +1,6 @@
 #include "broker/acl.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -21,11 +22,32 @@ typedef struct spans {
   size_t n, cap;
 } spans;
 
+/* What a cert section names: the certificate's subject or one type of
+ * its subjectAltName entries. */
+typedef enum cert_kind {
+  CERT_NONE = 0, /* a token or the anonymous section */
+  CERT_SUBJECT,
+  CERT_DNS,
+  CERT_URI,
+  CERT_EMAIL,
+  CERT_IP,
+} cert_kind;
+
+static const struct {
+  const char *name;
+  cert_kind kind;
+} cert_kinds[] = {
+    {"subject", CERT_SUBJECT}, {"dns", CERT_DNS}, {"uri", CERT_URI},
+    {"email", CERT_EMAIL},     {"ip", CERT_IP},
+};
+
 struct qrpci_acl_identity {
   /* Zero-padded to the longest token, so that every comparison reads the
    * same number of bytes whatever the token's length. */
   unsigned char token[QRPCI_ACL_TOKEN_MAX];
-  size_t token_len; /* 0 for the anonymous section */
+  size_t token_len; /* 0 for the anonymous and cert sections */
+  cert_kind cert;
+  span cert_value; /* a cert section's VALUE, unquoted: owned */
   unsigned long line;
   spans publish, subscribe;
 };
@@ -35,6 +57,7 @@ struct qrpci_acl {
   qrpci_acl_identity *ids;
   size_t n, cap;
   size_t anonymous; /* index in ids, or SIZE_MAX */
+  size_t ncert;
 };
 
 void qrpci_acl_free(qrpci_acl *acl) {
@@ -42,6 +65,7 @@ void qrpci_acl_free(qrpci_acl *acl) {
   for (size_t i = 0; i < acl->n; i++) {
     free(acl->ids[i].publish.v);
     free(acl->ids[i].subscribe.v);
+    free((char *)acl->ids[i].cert_value.p);
   }
   free(acl->ids);
   free(acl->text);
@@ -131,7 +155,7 @@ static int valid_token(span w) {
   return 1;
 }
 
-/* Appends a section for token (len 0: the anonymous one). */
+/* Appends a section for token (len 0: the anonymous or a cert one). */
 static int add_section(parser *ps, span token) {
   qrpci_acl *acl = ps->acl;
   if (acl->n == acl->cap) {
@@ -185,6 +209,172 @@ static int on_anonymous(parser *ps, const char *p, const char *end) {
   return rv;
 }
 
+/* ---- cert lines -------------------------------------------------------- */
+
+static int is_item_end(char c) { return is_blank(c) || c == '#'; }
+
+/* Takes the next item of [*p, end), which ends at a blank or a '#';
+ * returns 0 when the rest is blank or a comment. */
+static int next_item(const char **p, const char *end, span *w) {
+  const char *s = *p;
+  while (s < end && is_blank(*s)) s++;
+  if (s == end || *s == '#') {
+    *p = s;
+    return 0;
+  }
+  w->p = s;
+  while (s < end && !is_item_end(*s)) s++;
+  w->len = (size_t)(s - w->p);
+  *p = s;
+  return 1;
+}
+
+/* Reads a VALUE starting at *p (not blank, not '#') into a new heap copy
+ * *out, unquoted; advances *p past it. Returns 0 or a QRPC_E* after
+ * reporting. */
+static int read_value(parser *ps, const char **p, const char *end, span *out) {
+  const char *s = *p;
+  char *v = malloc((size_t)(end - s) + 1);
+  if (!v) return fail(ps, QRPC_ENOMEM, "out of memory");
+  size_t n = 0;
+  if (*s != '"') {
+    while (s < end && !is_item_end(*s)) {
+      if (*s == '"') {
+        free(v);
+        return fail(ps, QRPC_EINVAL,
+                    "'\"' in an unquoted value (quote the value and write "
+                    "'\"\"' for each '\"' in it)");
+      }
+      v[n++] = *s++;
+    }
+  } else {
+    for (s++;; s++) {
+      if (s == end) {
+        free(v);
+        return fail(ps, QRPC_EINVAL, "quoted value without its closing '\"'");
+      }
+      if (*s == '"') {
+        if (s + 1 < end && s[1] == '"') {
+          s++;
+        } else {
+          s++;
+          break;
+        }
+      }
+      v[n++] = *s;
+    }
+  }
+  *p = s;
+  out->p = v;
+  out->len = n;
+  return 0;
+}
+
+/* An ip VALUE in the form inet_ntop() writes, replacing *v. */
+static int canonical_ip(parser *ps, span *v) {
+  char in[INET6_ADDRSTRLEN + 1], outbuf[INET6_ADDRSTRLEN];
+  unsigned char bin[16];
+  char q[QUOTE_MAX * 4 + 4];
+  int af = 0;
+  if (v->len < sizeof(in)) {
+    memcpy(in, v->p, v->len);
+    in[v->len] = '\0';
+    if (inet_pton(AF_INET, in, bin) == 1)
+      af = AF_INET;
+    else if (inet_pton(AF_INET6, in, bin) == 1)
+      af = AF_INET6;
+  }
+  if (!af || !inet_ntop(af, bin, outbuf, sizeof(outbuf)))
+    return fail(ps, QRPC_EINVAL, "'%s' is not an IPv4 or IPv6 address",
+                quote(*v, q));
+  size_t n = strlen(outbuf);
+  char *c = malloc(n);
+  if (!c) return fail(ps, QRPC_ENOMEM, "out of memory");
+  memcpy(c, outbuf, n);
+  free((char *)v->p);
+  v->p = c;
+  v->len = n;
+  return 0;
+}
+
+static int check_value(parser *ps, const char *kind, span v) {
+  if (v.len == 0) return fail(ps, QRPC_EINVAL, "cert %s value is empty", kind);
+  if (v.len > QRPCI_ACL_CERT_VALUE_MAX)
+    return fail(ps, QRPC_EINVAL, "cert %s value longer than %d bytes", kind,
+                QRPCI_ACL_CERT_VALUE_MAX);
+  for (size_t i = 0; i < v.len; i++) {
+    unsigned char c = (unsigned char)v.p[i];
+    if (c < 0x20 || c == 0x7f) {
+      char q[QUOTE_MAX * 4 + 4];
+      return fail(ps, QRPC_EINVAL,
+                  "cert %s value '%s' holds a control character", kind,
+                  quote(v, q));
+    }
+  }
+  return 0;
+}
+
+/* Checks the VALUE v of kind k (ip: made canonical) and that no section
+ * has it already. */
+static int cert_value_ok(parser *ps, cert_kind k, const char *kind, span *v) {
+  int rv = check_value(ps, kind, *v);
+  if (rv == 0 && k == CERT_IP) rv = canonical_ip(ps, v);
+  if (rv != 0) return rv;
+  for (size_t i = 0; i < ps->acl->n; i++) {
+    const qrpci_acl_identity *id = &ps->acl->ids[i];
+    if (id->cert == k && id->cert_value.len == v->len &&
+        memcmp(id->cert_value.p, v->p, v->len) == 0) {
+      char q[QUOTE_MAX * 4 + 4];
+      return fail(ps, QRPC_EINVAL, "duplicate cert %s '%s' (first at line %lu)",
+                  kind, quote(*v, q), id->line);
+    }
+  }
+  return 0;
+}
+
+/* "cert KIND VALUE": p is right after the keyword, end the line's end
+ * with any comment still in it. */
+static int on_cert(parser *ps, const char *p, const char *end) {
+  char q[QUOTE_MAX * 4 + 4];
+  span kw;
+  if (!next_item(&p, end, &kw))
+    return fail(ps, QRPC_EINVAL,
+                "cert needs a kind (subject, dns, uri, email or ip) and a "
+                "value");
+  size_t k = 0, nk = sizeof(cert_kinds) / sizeof(cert_kinds[0]);
+  while (k < nk && !word_is(kw, cert_kinds[k].name)) k++;
+  if (k == nk)
+    return fail(ps, QRPC_EINVAL,
+                "unknown cert kind '%s' (expected subject, dns, uri, email "
+                "or ip)",
+                quote(kw, q));
+  const char *kind = cert_kinds[k].name;
+  while (p < end && is_blank(*p)) p++;
+  if (p == end || *p == '#')
+    return fail(ps, QRPC_EINVAL, "cert %s needs a value", kind);
+  span v;
+  int rv = read_value(ps, &p, end, &v);
+  if (rv != 0) return rv;
+  while (p < end && is_blank(*p)) p++;
+  if (p < end && *p != '#')
+    rv = fail(ps, QRPC_EINVAL,
+              "cert %s takes one value (quote a value with spaces)", kind);
+  if (rv == 0) rv = cert_value_ok(ps, cert_kinds[k].kind, kind, &v);
+  span none = {"", 0};
+  if (rv == 0) rv = add_section(ps, none);
+  if (rv != 0) {
+    free((char *)v.p);
+    return rv;
+  }
+  qrpci_acl_identity *id = &ps->acl->ids[ps->section];
+  id->cert = cert_kinds[k].kind;
+  id->cert_value = v;
+  ps->acl->ncert++;
+  return 0;
+}
+
+/* ---- permissions ------------------------------------------------------- */
+
 static int push(parser *ps, spans *s, span w) {
   if (s->n == s->cap) {
     size_t cap = s->cap ? s->cap * 2 : 4;
@@ -201,7 +391,7 @@ static int push(parser *ps, spans *s, span w) {
 static int on_patterns(parser *ps, span kw, const char *p, const char *end) {
   char q[QUOTE_MAX * 4 + 4];
   if (ps->section == NO_SECTION)
-    return fail(ps, QRPC_EINVAL, "%s before any token or anonymous line",
+    return fail(ps, QRPC_EINVAL, "%s before any token, cert or anonymous line",
                 quote(kw, q));
   qrpci_acl_identity *id = &ps->acl->ids[ps->section];
   spans *s = word_is(kw, "publish") ? &id->publish : &id->subscribe;
@@ -221,10 +411,13 @@ static int on_patterns(parser *ps, span kw, const char *p, const char *end) {
 
 static int parse_line(parser *ps, const char *p, size_t len) {
   const char *end = p + len;
-  const char *comment = memchr(p, '#', len);
-  if (comment) end = comment;
   span kw;
-  if (!next_word(&p, end, &kw)) return 0;
+  /* The keyword ends at a blank or at a comment. A cert line finds its
+   * comment itself: its quoted value may hold a '#'. */
+  if (!next_item(&p, end, &kw)) return 0;
+  if (word_is(kw, "cert")) return on_cert(ps, p, end);
+  const char *comment = memchr(p, '#', (size_t)(end - p));
+  if (comment) end = comment;
   if (word_is(kw, "token")) return on_token(ps, p, end);
   if (word_is(kw, "anonymous")) return on_anonymous(ps, p, end);
   if (word_is(kw, "publish") || word_is(kw, "subscribe"))
@@ -336,6 +529,37 @@ const qrpci_acl_identity *qrpci_acl_lookup(const qrpci_acl *acl,
   return found;
 }
 
+static int str_is(qrpc_str s, span v) {
+  return s.len == v.len && memcmp(s.ptr, v.p, v.len) == 0;
+}
+
+static int any_is(const qrpc_str *a, size_t n, span v) {
+  for (size_t i = 0; i < n; i++)
+    if (str_is(a[i], v)) return 1;
+  return 0;
+}
+
+static int cert_matches(const qrpci_acl_identity *id, const qrpc_identity *p) {
+  span v = id->cert_value;
+  switch (id->cert) {
+  case CERT_NONE: return 0;
+  case CERT_SUBJECT: return str_is(p->subject, v);
+  case CERT_DNS: return any_is(p->dns, p->ndns, v);
+  case CERT_URI: return any_is(p->uri, p->nuri, v);
+  case CERT_EMAIL: return any_is(p->email, p->nemail, v);
+  case CERT_IP: return any_is(p->ip, p->nip, v);
+  }
+  return 0;
+}
+
+const qrpci_acl_identity *qrpci_acl_lookup_cert(const qrpci_acl *acl,
+                                                const qrpc_identity *peer) {
+  if (!peer) return NULL;
+  for (size_t i = 0; i < acl->n; i++)
+    if (cert_matches(&acl->ids[i], peer)) return &acl->ids[i];
+  return NULL;
+}
+
 const qrpci_acl_identity *qrpci_acl_anonymous(const qrpci_acl *acl) {
   return acl->anonymous == NO_SECTION ? NULL : &acl->ids[acl->anonymous];
 }
@@ -361,3 +585,7 @@ int qrpci_acl_may_subscribe(const qrpci_acl_identity *id, const char *pattern,
 }
 
 size_t qrpci_acl_count(const qrpci_acl *acl) { return acl->n; }
+
+size_t qrpci_acl_cert_count(const qrpci_acl *acl) { return acl->ncert; }
+
+unsigned long qrpci_acl_line(const qrpci_acl_identity *id) { return id->line; }

@@ -1,8 +1,9 @@
 /*
  * Broker access control: which topics a connection may publish to and
- * which patterns it may subscribe to, by the token it presented. Pure
- * except for qrpci_acl_load(), which reads one file. An acl is immutable
- * once parsed, so any thread may query it while no thread frees it.
+ * which patterns it may subscribe to, by the token it presented or by the
+ * identity of its verified client certificate. Pure except for
+ * qrpci_acl_load(), which reads one file. An acl is immutable once parsed,
+ * so any thread may query it while no thread frees it.
  *
  * File format
  * -----------
@@ -13,16 +14,33 @@
  *   token s3cret-alice            # starts the section of one token
  *     publish chat.> game.*.state # publish patterns: one or more, repeatable
  *     subscribe chat.>            # subscribe patterns
+ *   cert uri spiffe://example.org/sensor # the section of a certificate
+ *     publish sensors.>
+ *   cert subject "CN=sensor 7,O=Example" # values with spaces are quoted
+ *     publish sensors.7.>
  *   anonymous                     # starts the section of tokenless connections
  *     subscribe public.>
  *
  * - A '#' starts a comment that runs to the end of the line, wherever it
- *   appears, so tokens and patterns written here cannot contain '#'.
+ *   appears outside the quoted value of a cert line, so tokens and patterns
+ *   written here cannot contain '#'.
  * - Words are separated by spaces and tabs. The first word of a line is a
  *   keyword, matched case-sensitively; an unknown keyword is an error.
  * - "token T" starts the section of the connections that present token T:
  *   1..256 bytes of printable ASCII (0x21..0x7e) other than '#'. A token
  *   that starts a second section is an error.
+ * - "cert KIND VALUE" starts the section of the connections whose verified
+ *   client certificate carries VALUE (see qrpci_acl_lookup_cert()). KIND
+ *   is "subject" (the subject's distinguished name as an RFC 4514 string,
+ *   as qrpc_conn_peer_identity() gives it: "CN=alice,O=Example"), or a
+ *   subjectAltName type: "dns", "uri", "email" or "ip". VALUE is one word
+ *   without '#' or '"', or a double-quoted string in which '#' is part of
+ *   the value and "" stands for one '"'; it is 1..1024 bytes without
+ *   control characters (0x00..0x1f, 0x7f). An ip VALUE is an IPv4 or IPv6
+ *   address, kept in the form inet_ntop() writes ("::1" for
+ *   "0:0:0:0:0:0:0:1"). A KIND and VALUE that start a second section are
+ *   an error. Values are compared byte for byte: case matters, and there
+ *   are no wildcards.
  * - "anonymous" starts the section of the connections that present no
  *   token (see qrpci_acl_anonymous()). A second anonymous section is an
  *   error.
@@ -40,19 +58,29 @@
  *
  * Error messages name the file and the line ("acl.conf:7: unknown keyword
  * 'publsh'") and never quote a token, so a secret does not reach a log.
+ *
+ * Which section a connection gets is the caller's choice (the broker's
+ * rule is in docs/broker.md): qrpci_acl_lookup() finds a token's,
+ * qrpci_acl_lookup_cert() a certificate's, qrpci_acl_anonymous() the
+ * anonymous one.
  */
 #ifndef QRPCI_BROKER_ACL_H
 #define QRPCI_BROKER_ACL_H
 
 #include <stddef.h>
 
+#include "qrpc/quic.h"
+
 #define QRPCI_ACL_TOKEN_MAX 256
 #define QRPCI_ACL_LINE_MAX 4096
+/* The longest VALUE of a cert line, after unquoting. */
+#define QRPCI_ACL_CERT_VALUE_MAX 1024
 
 typedef struct qrpci_acl qrpci_acl;
 
-/* One section of the file: the permissions of a token, or of connections
- * without one. Owned by its acl and valid until qrpci_acl_free(). */
+/* One section of the file: the permissions of a token, of a certificate
+ * identity, or of connections without a token. Owned by its acl and valid
+ * until qrpci_acl_free(). */
 typedef struct qrpci_acl_identity qrpci_acl_identity;
 
 /* Parses text[0..len), which need not be NUL-terminated, into *out; name
@@ -80,6 +108,14 @@ void qrpci_acl_free(qrpci_acl *acl);
 const qrpci_acl_identity *qrpci_acl_lookup(const qrpci_acl *acl,
                                            const char *token, size_t len);
 
+/* Returns the first cert section, in the file's order, whose KIND and VALUE
+ * the certificate identity peer carries (its subject, or one of its
+ * subjectAltName entries of that type), or NULL if none does or peer is
+ * NULL. Compares by length and bytes, so a NUL byte in a certificate's
+ * string is one more byte that must match. */
+const qrpci_acl_identity *qrpci_acl_lookup_cert(const qrpci_acl *acl,
+                                                const qrpc_identity *peer);
+
 /* Returns the anonymous section, or NULL if the file has none: then a
  * connection without a valid token may neither publish nor subscribe. */
 const qrpci_acl_identity *qrpci_acl_anonymous(const qrpci_acl *acl);
@@ -95,7 +131,12 @@ int qrpci_acl_may_publish(const qrpci_acl_identity *id, const char *topic,
 int qrpci_acl_may_subscribe(const qrpci_acl_identity *id, const char *pattern,
                             size_t len);
 
-/* Sections in the acl, the anonymous one included: for logs. */
+/* Sections in the acl, the anonymous one included, and how many of them
+ * are cert sections: for logs. */
 size_t qrpci_acl_count(const qrpci_acl *acl);
+size_t qrpci_acl_cert_count(const qrpci_acl *acl);
+
+/* The line of the file that starts id's section: for logs. */
+unsigned long qrpci_acl_line(const qrpci_acl_identity *id);
 
 #endif

@@ -3,6 +3,9 @@
  * server (docs/broker.md).
  *
  * Every connection has a bconn with its ACL identity and subscriptions.
+ * The identity is chosen when the connection opens, by its verified client
+ * certificate (a cert section of the ACL) or else the anonymous section,
+ * and replaced by a token's section when its Hello presents one.
  * A subscription is linked into the topic tree; a publish matches the
  * tree, encodes its Delivery once into a shared qrpci_bmsg and offers it
  * to every match: reliable subscriptions write it into their stream, or
@@ -45,6 +48,8 @@
 #define DGRAM_CACHE 16
 /* Bytes of a client's string (name, topic, pattern) shown in a log line. */
 #define LOG_STR_MAX 64
+/* Bytes of a certificate's subject shown in a log line. */
+#define LOG_SUBJECT_MAX 256
 
 /* A string from a request: len bytes, not NUL-terminated, and any byte
  * may be a NUL. */
@@ -160,15 +165,16 @@ static int may_subscribe(const bconn *c, wstr pat) {
 /* ---- Logging what clients send ---------------------------------------- */
 
 typedef struct logstr {
-  char s[4 * LOG_STR_MAX + 1];
+  char s[4 * LOG_SUBJECT_MAX + 1];
 } logstr;
 
-/* The first LOG_STR_MAX bytes of w for a log line, with every byte outside
- * printable ASCII, and the backslash, written as \xNN: a client's string
- * can neither end the line nor hide behind a NUL or a terminal escape. */
-static const char *log_str(logstr *o, wstr w) {
+/* The first max (at most LOG_SUBJECT_MAX) bytes of w for a log line, with
+ * every byte outside printable ASCII, and the backslash, written as \xNN:
+ * a client's string can neither end the line nor hide behind a NUL or a
+ * terminal escape. */
+static const char *log_strn(logstr *o, wstr w, size_t max) {
   static const char hex[] = "0123456789abcdef";
-  size_t n = w.len < LOG_STR_MAX ? w.len : LOG_STR_MAX, k = 0;
+  size_t n = w.len < max ? w.len : max, k = 0;
   for (size_t i = 0; i < n; i++) {
     unsigned char ch = (unsigned char)w.p[i];
     if (ch >= 0x20 && ch < 0x7f && ch != '\\') {
@@ -182,6 +188,10 @@ static const char *log_str(logstr *o, wstr w) {
   }
   o->s[k] = '\0';
   return o->s;
+}
+
+static const char *log_str(logstr *o, wstr w) {
+  return log_strn(o, w, LOG_STR_MAX);
 }
 
 /* ---- Closing slow subscribers ----------------------------------------- */
@@ -478,7 +488,7 @@ static int publish(bconn *c, const Qrpc__Broker__PublishRequest *r, wstr t,
            "bytes, without '*', '>', spaces or control characters";
     status = QRPC_STATUS_INVALID_ARGUMENT;
   } else if (!may_publish(c, t)) {
-    *why = "the connection's token may not publish on this topic";
+    *why = "the connection's ACL section may not publish on this topic";
     status = QRPC_STATUS_PERMISSION_DENIED;
     b->st.denied++;
   } else if (r->payload.len > b->opts.max_payload) {
@@ -583,7 +593,7 @@ static int sub_check(bconn *c, const Qrpc__Broker__SubscribeRequest *r,
   }
   if (!may_subscribe(c, pat)) {
     b->st.denied++;
-    *why = "the connection's token may not subscribe to this pattern";
+    *why = "the connection's ACL section may not subscribe to this pattern";
     return QRPC_STATUS_PERMISSION_DENIED;
   }
   if (c->nsubs >= b->opts.max_subscriptions || c->next_id >= UINT32_MAX) {
@@ -708,7 +718,9 @@ static void h_unsubscribe(qrpc_req *req,
 /* ---- Hello and Stats -------------------------------------------------- */
 
 /* A token of any length that is not one of the ACL's, one holding a NUL
- * byte included, is unknown; only an empty one means anonymous. */
+ * byte included, is unknown, and the connection keeps the section it has
+ * (its certificate's, or the anonymous one); an empty token changes
+ * nothing. */
 static void h_hello(qrpc_req *req, wstr token, wstr client_name) {
   bconn *c = req_conn(req);
   qrpc_broker *b = c->b;
@@ -725,7 +737,8 @@ static void h_hello(qrpc_req *req, wstr token, wstr client_name) {
     }
     c->id = id;
   }
-  QRPCI_DEBUG("broker: hello from '%s'", log_str(&ls, client_name));
+  QRPCI_DEBUG("broker: hello from '%s'%s", log_str(&ls, client_name),
+              token.len ? " with a token" : "");
   Qrpc__Broker__HelloReply rep = QRPC__BROKER__HELLO_REPLY__INIT;
   rep.broker_version = (char *)QRPC_VERSION;
   rep.max_payload = b->opts.max_payload;
@@ -907,6 +920,32 @@ static int broker_register(qrpc_server *srv) {
 
 /* ---- Connections ------------------------------------------------------ */
 
+/* The section of a connection before any Hello: its verified client
+ * certificate's, else the anonymous one (docs/broker.md, "Access
+ * control"). Logs the certificate's subject and what it selected. */
+static const qrpci_acl_identity *pick_identity(qrpc_broker *b,
+                                               const qrpc_identity *cert) {
+  const qrpci_acl_identity *id =
+      b->acl && cert ? qrpci_acl_lookup_cert(b->acl, cert) : NULL;
+  if (cert) {
+    logstr ls;
+    wstr subject = {cert->subject.ptr, cert->subject.len};
+    const char *subj = log_strn(&ls, subject, LOG_SUBJECT_MAX);
+    if (!b->acl)
+      QRPCI_DEBUG("broker: client certificate '%s'", subj);
+    else if (id)
+      QRPCI_DEBUG("broker: client certificate '%s': ACL cert section of "
+                  "line %lu",
+                  subj, qrpci_acl_line(id));
+    else
+      QRPCI_DEBUG("broker: client certificate '%s': no ACL cert section, "
+                  "anonymous rights",
+                  subj);
+  }
+  if (id || !b->acl) return id;
+  return qrpci_acl_anonymous(b->acl);
+}
+
 static void on_peer_open(qrpc_peer *peer, void *ud) {
   qrpc_broker *b = ud;
   bconn *c = calloc(1, sizeof(*c));
@@ -917,7 +956,7 @@ static void on_peer_open(qrpc_peer *peer, void *ud) {
   }
   c->b = b;
   c->peer = peer;
-  c->id = b->acl ? qrpci_acl_anonymous(b->acl) : NULL;
+  c->id = pick_identity(b, qrpc_conn_peer_identity(qrpc_peer_conn(peer)));
   qrpci_list_init(&c->subs);
   qrpci_list_init(&c->doomed);
   qrpc_peer_set_user_data(peer, c);
@@ -953,7 +992,8 @@ static int load_acl(qrpc_broker *b, const char *path, char *err,
     if (err && errlen) snprintf(err, errlen, "%s", buf);
     return rv;
   }
-  QRPCI_INFO("broker: ACL %s: %zu sections", path, qrpci_acl_count(b->acl));
+  QRPCI_INFO("broker: ACL %s: %zu sections, %zu by client certificate", path,
+             qrpci_acl_count(b->acl), qrpci_acl_cert_count(b->acl));
   return 0;
 }
 

@@ -430,8 +430,19 @@ static void on_disconnect(qrpc_client *cli, const qrpc_close_info *info,
   int was_ready = bc->ready;
   bc->ready = 0;
   bc->hello_sent = 0;
-  if (was_ready && bc->opts.on_disconnect)
-    bc->opts.on_disconnect(bc, info, bc->opts.user_data);
+  if (was_ready) {
+    if (bc->opts.on_disconnect)
+      bc->opts.on_disconnect(bc, info, bc->opts.user_data);
+  } else if (info->error == QRPC_ECERT && !info->local) {
+    /* The handshake completed on this side before the broker judged the
+     * client's certificate: the only trace of its verdict is here. */
+    QRPCI_INFO("broker client: connecting failed: the broker refused this "
+               "client's certificate, or requires one; retrying");
+  } else {
+    QRPCI_INFO("broker client: a connection closed before it was ready: "
+               "%s; retrying",
+               info->error ? qrpc_strerror(info->error) : "closed");
+  }
 }
 
 static char *dup_or_null(const char *s) { return s && *s ? strdup(s) : NULL; }

@@ -1,5 +1,6 @@
-/* Broker ACL files: parsing, every error with its line, and what each
- * identity may publish and subscribe to. */
+/* Broker ACL files: parsing, every error with its line, what each
+ * identity may publish and subscribe to, and which cert section a
+ * certificate identity selects. */
 #include <check.h>
 #include <errno.h>
 #include <stdint.h>
@@ -118,9 +119,10 @@ static const struct {
   const char *text;
   const char *err;
 } bad_files[] = {
-    {"publish a\n", "t.acl:1: publish before any token or anonymous line"},
+    {"publish a\n",
+     "t.acl:1: publish before any token, cert or anonymous line"},
     {"\n# x\nsubscribe a\n",
-     "t.acl:3: subscribe before any token or anonymous line"},
+     "t.acl:3: subscribe before any token, cert or anonymous line"},
     {"token a\nfoo x\n", "t.acl:2: unknown keyword 'foo'"},
     {"Token a\n", "t.acl:1: unknown keyword 'Token'"},
     {"token a\n\x1b[2Jx\n", "t.acl:2: unknown keyword '\\x1b[2Jx'"},
@@ -146,6 +148,44 @@ static const struct {
     {"token a\npublish chat.#room\n", "t.acl:2: invalid pattern 'chat.'"},
     {"token a\npublish a\x7f\n", "t.acl:2: invalid pattern 'a\\x7f'"},
     {"token a\r\npublish a\rb\r\n", "t.acl:2: invalid pattern 'a\\x0db'"},
+    {"cert\n", "t.acl:1: cert needs a kind (subject, dns, uri, email or ip) "
+               "and a value"},
+    {"cert # x\n", "t.acl:1: cert needs a kind (subject, dns, uri, email or "
+                   "ip) and a value"},
+    {"cert cn alice\n", "t.acl:1: unknown cert kind 'cn' (expected subject, "
+                        "dns, uri, email or ip)"},
+    {"cert Subject CN=a\n", "t.acl:1: unknown cert kind 'Subject' (expected "
+                            "subject, dns, uri, email or ip)"},
+    {"cert uri\n", "t.acl:1: cert uri needs a value"},
+    {"cert uri   # none\n", "t.acl:1: cert uri needs a value"},
+    {"cert subject CN=a b\n",
+     "t.acl:1: cert subject takes one value (quote a value with spaces)"},
+    {"cert subject \"CN=a\" x\n",
+     "t.acl:1: cert subject takes one value (quote a value with spaces)"},
+    {"cert subject \"CN=a\"x\n",
+     "t.acl:1: cert subject takes one value (quote a value with spaces)"},
+    {"cert subject \"CN=a b\n",
+     "t.acl:1: quoted value without its closing '\"'"},
+    {"cert subject \"CN=a\"\"\n",
+     "t.acl:1: quoted value without its closing '\"'"},
+    {"cert subject CN=\"a\"\n",
+     "t.acl:1: '\"' in an unquoted value (quote the value and write '\"\"' "
+     "for each '\"' in it)"},
+    {"cert dns \"\"\n", "t.acl:1: cert dns value is empty"},
+    {"cert dns \"a\tb\"\n",
+     "t.acl:1: cert dns value 'a\\x09b' holds a control character"},
+    {"cert dns a\x7f\n",
+     "t.acl:1: cert dns value 'a\\x7f' holds a control character"},
+    {"cert ip 10.0.0.256\n",
+     "t.acl:1: '10.0.0.256' is not an IPv4 or IPv6 address"},
+    {"cert ip localhost\n",
+     "t.acl:1: 'localhost' is not an IPv4 or IPv6 address"},
+    {"cert uri spiffe://x/a\ncert dns spiffe://x/a\ncert uri spiffe://x/a\n",
+     "t.acl:3: duplicate cert uri 'spiffe://x/a' (first at line 1)"},
+    {"cert subject \"CN=a,O=b\"\ncert subject CN=a,O=b\n",
+     "t.acl:2: duplicate cert subject 'CN=a,O=b' (first at line 1)"},
+    {"cert ip ::1\n\ncert ip 0:0:0:0:0:0:0:1\n",
+     "t.acl:3: duplicate cert ip '::1' (first at line 1)"},
 };
 
 START_TEST(test_parse_errors) {
@@ -240,6 +280,9 @@ START_TEST(test_parse_enomem) {
   for (int i = 0; i < 10; i++)
     n += (size_t)snprintf(text + n, sizeof(text) - n,
                           "token t%d\npublish a b c d e f.>\n", i);
+  n += (size_t)snprintf(text + n, sizeof(text) - n,
+                        "cert subject \"CN=a b\"\npublish a\n"
+                        "cert ip 0::1\npublish b\n");
   int rv = QRPC_ENOMEM;
   long k;
   qrpci_acl *acl = NULL;
@@ -255,8 +298,9 @@ START_TEST(test_parse_enomem) {
   }
   ck_assert_int_eq(rv, 0);
   ck_assert_int_gt(k, 4);
-  ck_assert_uint_eq(qrpci_acl_count(acl), 10);
+  ck_assert_uint_eq(qrpci_acl_count(acl), 12);
   ck_assert(may_pub(lookup(acl, "t9"), "f.x"));
+  ck_assert_uint_eq(qrpci_acl_cert_count(acl), 2);
   qrpci_acl_free(acl);
 }
 END_TEST
@@ -369,6 +413,195 @@ START_TEST(test_no_anonymous_section) {
 }
 END_TEST
 
+/* ---- certificate identities ------------------------------------------- */
+
+static const char certs_acl[] =
+    "cert subject \"CN=qrpc development client,O=qrpc development\"\n"
+    "  publish sensors.7\n"
+    "cert uri spiffe://qrpc.dev/client # a comment\n"
+    "  publish sensors.>\n"
+    "cert dns worker.example.org\n"
+    "  subscribe jobs.>\n"
+    "cert email ops@example.org\n"
+    "cert ip 0:0:0:0:0:0:0:1\n"
+    "  publish local.>\n"
+    "cert ip 10.0.0.7\n"
+    "cert subject \"CN=say \"\"hi\"\" #1,O=x\"\n"
+    "  publish quoted\n"
+    "token t\n"
+    "anonymous\n";
+
+/* An identity with a subject and one entry of each SAN type, or none (a
+ * NULL string): what qrpc_conn_peer_identity() would give. */
+typedef struct fake_id {
+  qrpc_identity id;
+  qrpc_str dns, uri, email, ip;
+} fake_id;
+
+static qrpc_str str_of(const char *s) {
+  qrpc_str r = {s, s ? strlen(s) : 0};
+  return r;
+}
+
+static const qrpc_identity *fake(fake_id *f, const char *subject,
+                                 const char *dns, const char *uri,
+                                 const char *email, const char *ip) {
+  memset(f, 0, sizeof(*f));
+  f->id.subject = str_of(subject);
+  f->dns = str_of(dns);
+  f->uri = str_of(uri);
+  f->email = str_of(email);
+  f->ip = str_of(ip);
+  f->id.dns = &f->dns;
+  f->id.ndns = dns != NULL;
+  f->id.uri = &f->uri;
+  f->id.nuri = uri != NULL;
+  f->id.email = &f->email;
+  f->id.nemail = email != NULL;
+  f->id.ip = &f->ip;
+  f->id.nip = ip != NULL;
+  return &f->id;
+}
+
+/* The line of the section a fake identity selects, 0 for none. */
+static unsigned long cert_line(const qrpci_acl *acl, const char *subject,
+                               const char *dns, const char *uri,
+                               const char *email, const char *ip) {
+  fake_id f;
+  const qrpci_acl_identity *id =
+      qrpci_acl_lookup_cert(acl, fake(&f, subject, dns, uri, email, ip));
+  return id ? qrpci_acl_line(id) : 0;
+}
+
+START_TEST(test_cert_sections) {
+  qrpci_acl *acl = parse_ok(certs_acl);
+  ck_assert_uint_eq(qrpci_acl_count(acl), 9);
+  ck_assert_uint_eq(qrpci_acl_cert_count(acl), 7);
+  const char *dev = "CN=qrpc development client,O=qrpc development";
+  ck_assert_uint_eq(cert_line(acl, dev, NULL, NULL, NULL, NULL), 1);
+  ck_assert_uint_eq(
+      cert_line(acl, "CN=b", NULL, "spiffe://qrpc.dev/client", NULL, NULL), 3);
+  ck_assert_uint_eq(
+      cert_line(acl, "CN=b", "worker.example.org", NULL, NULL, NULL), 5);
+  ck_assert_uint_eq(cert_line(acl, "CN=b", NULL, NULL, "ops@example.org", NULL),
+                    7);
+  /* ip values are kept as inet_ntop() writes them. */
+  ck_assert_uint_eq(cert_line(acl, "CN=b", NULL, NULL, NULL, "::1"), 8);
+  ck_assert_uint_eq(cert_line(acl, "CN=b", NULL, NULL, NULL, "10.0.0.7"), 10);
+  /* "" is one '"'; a '#' inside quotes is no comment. */
+  ck_assert_uint_eq(
+      cert_line(acl, "CN=say \"hi\" #1,O=x", NULL, NULL, NULL, NULL), 11);
+  /* Permissions are the section's. */
+  fake_id f;
+  const qrpci_acl_identity *id =
+      qrpci_acl_lookup_cert(acl, fake(&f, dev, NULL, NULL, NULL, NULL));
+  ck_assert(may_pub(id, "sensors.7"));
+  ck_assert(!may_pub(id, "sensors.8"));
+  ck_assert(!may_sub(id, "sensors.7"));
+  /* Token lookups never find a cert section, nor the reverse. */
+  ck_assert_ptr_null(lookup(acl, "spiffe://qrpc.dev/client"));
+  ck_assert_uint_eq(cert_line(acl, "t", "t", "t", "t", "t"), 0);
+  qrpci_acl_free(acl);
+}
+END_TEST
+
+/* Exact matches only: by length, case included, no prefix, no wildcard,
+ * NUL bytes counted, and a value only matches its own kind. */
+START_TEST(test_cert_exact) {
+  qrpci_acl *acl = parse_ok(certs_acl);
+  static const struct {
+    const char *subject, *dns, *uri, *email, *ip;
+  } none[] = {
+      {"CN=qrpc development client,O=qrpc developmen", 0, 0, 0, 0},
+      {"CN=qrpc development client,O=qrpc development2", 0, 0, 0, 0},
+      {"cn=qrpc development client,o=qrpc development", 0, 0, 0, 0},
+      {"O=qrpc development,CN=qrpc development client", 0, 0, 0, 0},
+      {"CN=x", "WORKER.example.org", 0, 0, 0},
+      {"CN=x", "*.example.org", 0, 0, 0},
+      {"CN=x", "spiffe://qrpc.dev/client", 0, 0, 0},
+      {"CN=x", 0, "spiffe://qrpc.dev/client/", 0, 0},
+      {"CN=x", 0, "spiffe://qrpc.dev", 0, 0},
+      {"CN=x", 0, 0, "OPS@example.org", 0},
+      {"CN=x", 0, 0, 0, "0:0:0:0:0:0:0:1"},
+      {"CN=x", 0, 0, 0, "10.0.0.70"},
+      {"spiffe://qrpc.dev/client", 0, 0, 0, 0},
+      {"", "", "", "", ""},
+  };
+  for (size_t i = 0; i < sizeof(none) / sizeof(none[0]); i++)
+    ck_assert_msg(cert_line(acl, none[i].subject, none[i].dns, none[i].uri,
+                            none[i].email, none[i].ip) == 0,
+                  "case %zu matched", i);
+  /* A NUL byte is one more byte: "spiffe://qrpc.dev/client\0x" differs. */
+  fake_id f;
+  fake(&f, "CN=x", NULL, "spiffe://qrpc.dev/client", NULL, NULL);
+  f.uri.ptr = "spiffe://qrpc.dev/client\0x";
+  f.uri.len = 26;
+  ck_assert_ptr_null(qrpci_acl_lookup_cert(acl, &f.id));
+  f.uri.len = 24;
+  ck_assert_ptr_nonnull(qrpci_acl_lookup_cert(acl, &f.id));
+  /* No certificate, no cert section. */
+  ck_assert_ptr_null(qrpci_acl_lookup_cert(acl, NULL));
+  qrpci_acl_free(acl);
+}
+END_TEST
+
+/* When several cert sections match one certificate, the first in the file
+ * wins; any SAN entry of the right type may match. */
+START_TEST(test_cert_first_match) {
+  qrpci_acl *acl = parse_ok("cert dns b.example\n"
+                            "  publish b\n"
+                            "cert subject CN=a\n"
+                            "  publish a\n"
+                            "cert dns a.example\n"
+                            "  publish c\n");
+  ck_assert_uint_eq(cert_line(acl, "CN=a", "a.example", NULL, NULL, NULL), 3);
+  ck_assert_uint_eq(cert_line(acl, "CN=z", "a.example", NULL, NULL, NULL), 5);
+  qrpc_str dns[3] = {str_of("x.example"), str_of("a.example"),
+                     str_of("b.example")};
+  fake_id f;
+  fake(&f, "CN=a", NULL, NULL, NULL, NULL);
+  f.id.dns = dns;
+  f.id.ndns = 3;
+  const qrpci_acl_identity *id = qrpci_acl_lookup_cert(acl, &f.id);
+  ck_assert_uint_eq(qrpci_acl_line(id), 1);
+  ck_assert(may_pub(id, "b"));
+  ck_assert(!may_pub(id, "a"));
+  f.id.ndns = 1; /* only x.example */
+  ck_assert_uint_eq(qrpci_acl_line(qrpci_acl_lookup_cert(acl, &f.id)), 3);
+  qrpci_acl_free(acl);
+}
+END_TEST
+
+/* The longest value fits; one byte more does not. IPv6 in any form
+ * inet_pton() takes. */
+START_TEST(test_cert_value_limits) {
+  size_t max = QRPCI_ACL_CERT_VALUE_MAX;
+  char *text = malloc(max + 64);
+  char *value = malloc(max + 2);
+  memset(value, 'v', max + 1);
+  value[max] = '\0';
+  snprintf(text, max + 64, "cert uri \"%s\"\n", value);
+  qrpci_acl *acl = parse_ok(text);
+  ck_assert_uint_eq(cert_line(acl, "CN=x", NULL, value, NULL, NULL), 1);
+  qrpci_acl_free(acl);
+  value[max] = 'v';
+  value[max + 1] = '\0';
+  snprintf(text, max + 64, "cert uri %s\n", value);
+  char err[256];
+  ck_assert_int_eq(parse(text, strlen(text), &acl, err, sizeof(err)),
+                   QRPC_EINVAL);
+  ck_assert_str_eq(err, "t.acl:1: cert uri value longer than 1024 bytes");
+  free(text);
+  free(value);
+  acl = parse_ok("cert ip 2001:DB8:0:0:0:0:0:1a\ncert ip ::ffff:102:304\n");
+  ck_assert_uint_eq(cert_line(acl, "CN=x", NULL, NULL, NULL, "2001:db8::1a"),
+                    1);
+  ck_assert_uint_eq(cert_line(acl, "CN=x", NULL, NULL, NULL, "::ffff:1.2.3.4"),
+                    2);
+  qrpci_acl_free(acl);
+}
+END_TEST
+
 /* ---- loading ----------------------------------------------------------- */
 
 /* Writes text to a fresh file in the working directory (the test's build
@@ -461,6 +694,12 @@ static Suite *acl_suite(void) {
                       (int)(sizeof(sub_rules) / sizeof(sub_rules[0])));
   tcase_add_test(tc, test_unknown_tokens);
   tcase_add_test(tc, test_no_anonymous_section);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("cert");
+  tcase_add_test(tc, test_cert_sections);
+  tcase_add_test(tc, test_cert_exact);
+  tcase_add_test(tc, test_cert_first_match);
+  tcase_add_test(tc, test_cert_value_limits);
   suite_add_tcase(s, tc);
   tc = tcase_create("load");
   tcase_add_test(tc, test_load);
