@@ -72,6 +72,40 @@ START_TEST(test_unpack_keeps_nul_bytes) {
 }
 END_TEST
 
+/* A string field holding a NUL byte, at any depth, does not decode: the
+ * handler would see it cut short at the NUL. bytes fields keep theirs. */
+START_TEST(test_unpack_refuses_nul_in_strings) {
+  static const struct {
+    const ProtobufCMessageDescriptor *desc;
+    uint8_t wire[16];
+    size_t len;
+    int ok;
+  } cases[] = {
+      {OTHER_DESC, {0x0a, 3, 'a', 'b', 'c'}, 5, 1},
+      {OTHER_DESC, {0x0a, 3, 'a', 0, 'b'}, 5, 0},
+      {OTHER_DESC, {0x0a, 1, 0}, 3, 0},
+      /* Nested.inner.s */
+      {&qrpc__test__stub__nested__descriptor,
+       {0x0a, 5, 0x0a, 3, 'a', 'b', 'c'}, 7, 1},
+      {&qrpc__test__stub__nested__descriptor,
+       {0x0a, 5, 0x0a, 3, 'a', 0, 'c'}, 7, 0},
+      /* Nested.names, the second of two */
+      {&qrpc__test__stub__nested__descriptor,
+       {0x12, 1, 'x', 0x12, 2, 'y', 0}, 7, 0},
+      {&qrpc__test__stub__nested__descriptor,
+       {0x12, 1, 'x', 0x12, 2, 'y', 'z'}, 7, 1},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    ProtobufCMessage *msg = NULL;
+    int rv = qrpc_stub_unpack(cases[i].desc, cases[i].wire, cases[i].len, &msg);
+    ck_assert_msg(rv == (cases[i].ok ? 0 : QRPC_EPROTO),
+                  "case %zu: %d", i, rv);
+    ck_assert(cases[i].ok ? msg != NULL : msg == NULL);
+    qrpc_stub_free(msg);
+  }
+}
+END_TEST
+
 START_TEST(test_unpack_empty_payload) {
   ProtobufCMessage *msg = NULL;
   /* The engine hands an empty payload over as NULL. */
@@ -199,6 +233,7 @@ static Suite *pack_suite(void) {
   tcase_add_test(tc, test_msg_empty_message);
   tcase_add_test(tc, test_msg_refuses_other_type_and_null);
   tcase_add_test(tc, test_unpack_keeps_nul_bytes);
+  tcase_add_test(tc, test_unpack_refuses_nul_in_strings);
   tcase_add_test(tc, test_unpack_empty_payload);
   tcase_add_test(tc, test_unpack_refuses_bad_bytes);
   tcase_add_test(tc, test_unpack_refuses_bad_arguments);
