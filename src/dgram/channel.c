@@ -150,16 +150,22 @@ void qrpc_dgram_free(qrpc_dgram *d) {
   free(d);
 }
 
+/* The counters a lost or aged notice is about: its id is the channel's
+ * key. */
+static qrpc_dgram_stats *noticed(void *ud, uint64_t id) {
+  conn_chan *cc = id ? qrpci_u64map_get(&((qrpci_dgconn *)ud)->chans, id)
+                     : NULL;
+  return cc ? &cc->st : NULL;
+}
+
 static void on_lost(qrpc_conn *c, uint64_t id, void *ud) {
-  conn_chan *cc =
-      id ? qrpci_u64map_get(&((qrpci_dgconn *)ud)->chans, id) : NULL;
-  if (cc) cc->st.lost++;
+  qrpc_dgram_stats *st = noticed(ud, id);
+  if (st) st->lost++;
 }
 
 static void on_aged(qrpc_conn *c, uint64_t id, void *ud) {
-  conn_chan *cc =
-      id ? qrpci_u64map_get(&((qrpci_dgconn *)ud)->chans, id) : NULL;
-  if (cc) cc->st.dropped_aged++;
+  qrpc_dgram_stats *st = noticed(ud, id);
+  if (st) st->dropped_aged++;
 }
 
 qrpci_dgconn *qrpci_dgconn_new(qrpci_dgram *dg, qrpc_conn *conn,

@@ -166,6 +166,15 @@ static void mark_dead(qrpc_conn *c) {
   qrpci_loop_mark_dirty(c->loop, c);
 }
 
+/* Ends c on this side without a word to the peer (it would not hear it, or
+ * must not): the application hears why, and c goes at the top level. */
+static void end_silently(qrpc_conn *c, qrpc_close_kind kind, int error,
+                         const char *reason) {
+  set_info(c, kind, 1, 0, error, reason);
+  qrpci_conn_fire_closed(c);
+  mark_dead(c);
+}
+
 static void arm_close_period(qrpc_conn *c, qrpci_conn_state state) {
   c->state = state;
   uint64_t pto = ngtcp2_conn_get_pto(c->q);
@@ -283,20 +292,14 @@ static void handle_error(qrpc_conn *c, int rv) {
     arm_close_period(c, QRPCI_CONN_DRAINING);
     return;
   case NGTCP2_ERR_IDLE_CLOSE:
-    set_info(c, QRPC_CLOSE_IDLE, 1, 0, QRPC_EIDLE, "idle timeout");
-    qrpci_conn_fire_closed(c);
-    mark_dead(c);
+    end_silently(c, QRPC_CLOSE_IDLE, QRPC_EIDLE, "idle timeout");
     return;
   case NGTCP2_ERR_HANDSHAKE_TIMEOUT:
-    set_info(c, QRPC_CLOSE_HANDSHAKE_TIMEOUT, 1, 0, QRPC_ETIMEDOUT,
-             "handshake timeout");
-    qrpci_conn_fire_closed(c);
-    mark_dead(c);
+    end_silently(c, QRPC_CLOSE_HANDSHAKE_TIMEOUT, QRPC_ETIMEDOUT,
+                 "handshake timeout");
     return;
   case NGTCP2_ERR_DROP_CONN:
-    set_info(c, QRPC_CLOSE_ERROR, 1, 0, QRPC_ETRANSPORT, "connection dropped");
-    qrpci_conn_fire_closed(c);
-    mark_dead(c);
+    end_silently(c, QRPC_CLOSE_ERROR, QRPC_ETRANSPORT, "connection dropped");
     return;
   case NGTCP2_ERR_CRYPTO: {
     uint8_t alert = ngtcp2_conn_get_tls_alert(c->q);
