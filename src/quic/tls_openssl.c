@@ -33,10 +33,22 @@
 /* The most subjectAltName entries kept in an identity. */
 #define MAX_ID_PARTS 64
 
-struct qrpci_tlsb {
-  X509 *leaf;             /* our certificate, if any */
-  STACK_OF(X509) *chain;  /* the intermediates sent after it */
+/* A certificate to present and its key. */
+typedef struct own_cert {
+  X509 *leaf;            /* NULL: none */
+  STACK_OF(X509) *chain; /* the intermediates sent after it */
   EVP_PKEY *key;
+} own_cert;
+
+static void own_cert_free(own_cert *c) {
+  X509_free(c->leaf);
+  OSSL_STACK_OF_X509_free(c->chain);
+  EVP_PKEY_free(c->key);
+  memset(c, 0, sizeof(*c));
+}
+
+struct qrpci_tlsb {
+  own_cert cert;
   X509_STORE *store;      /* trusted CAs */
   pthread_mutex_t mu;     /* guards ctx creation */
   SSL_CTX *ctx[2];        /* [server]: made on first use */
@@ -101,9 +113,7 @@ void qrpci_tlsb_free(qrpc_tls_config *cfg) {
   qrpci_tlsb *be = cfg->be;
   SSL_CTX_free(be->ctx[0]);
   SSL_CTX_free(be->ctx[1]);
-  X509_free(be->leaf);
-  OSSL_STACK_OF_X509_free(be->chain);
-  EVP_PKEY_free(be->key);
+  own_cert_free(&be->cert);
   X509_STORE_free(be->store);
   pthread_mutex_destroy(&be->mu);
   free(be);
@@ -158,37 +168,29 @@ int qrpci_tlsb_set_cert(qrpc_tls_config *cfg, const char *cert,
                         const char *key, int files) {
   const char *cwhere = files ? cert : "the certificate PEM";
   const char *kwhere = files ? key : "the key PEM";
-  X509 *leaf = NULL;
-  STACK_OF(X509) *chain = NULL;
-  EVP_PKEY *pkey = NULL;
-  int rv = read_chain(cert, files, cwhere, &leaf, &chain);
-  if (rv == 0) rv = check_validity(leaf, cwhere);
+  own_cert fresh = {0};
+  int rv = read_chain(cert, files, cwhere, &fresh.leaf, &fresh.chain);
+  if (rv == 0) rv = check_validity(fresh.leaf, cwhere);
   if (rv == 0) {
     BIO *b = pem_bio(key, files);
-    pkey = b ? PEM_read_bio_PrivateKey(b, NULL, NULL, NULL) : NULL;
+    fresh.key = b ? PEM_read_bio_PrivateKey(b, NULL, NULL, NULL) : NULL;
     BIO_free(b);
-    if (b && !pkey) rv = ossl_err("no private key in", kwhere);
+    if (b && !fresh.key) rv = ossl_err("no private key in", kwhere);
     if (!b) rv = QRPC_ETLS;
   }
-  if (rv == 0 && X509_check_private_key(leaf, pkey) != 1) {
+  if (rv == 0 && X509_check_private_key(fresh.leaf, fresh.key) != 1) {
     QRPCI_ERROR("tls: the key in %s does not match the certificate in %s",
                 kwhere, cwhere);
     ERR_clear_error();
     rv = QRPC_ETLS;
   }
   if (rv != 0) {
-    X509_free(leaf);
-    OSSL_STACK_OF_X509_free(chain);
-    EVP_PKEY_free(pkey);
+    own_cert_free(&fresh);
     return rv;
   }
-  qrpci_tlsb *be = cfg->be;
-  X509_free(be->leaf);
-  OSSL_STACK_OF_X509_free(be->chain);
-  EVP_PKEY_free(be->key);
-  be->leaf = leaf;
-  be->chain = chain;
-  be->key = pkey;
+  /* A certificate set again replaces the one before. */
+  own_cert_free(&cfg->be->cert);
+  cfg->be->cert = fresh;
   return 0;
 }
 
@@ -291,11 +293,12 @@ static SSL_CTX *ctx_new(qrpc_tls_config *cfg, int server) {
   if (!ctx) return NULL;
   int ok = SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) == 1 &&
            SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) == 1;
-  if (ok && be->leaf) {
-    ok = SSL_CTX_use_certificate(ctx, be->leaf) == 1 &&
-         SSL_CTX_use_PrivateKey(ctx, be->key) == 1;
-    for (int i = 0; ok && i < sk_X509_num(be->chain); i++)
-      ok = SSL_CTX_add1_chain_cert(ctx, sk_X509_value(be->chain, i)) == 1;
+  const own_cert *oc = &be->cert;
+  if (ok && oc->leaf) {
+    ok = SSL_CTX_use_certificate(ctx, oc->leaf) == 1 &&
+         SSL_CTX_use_PrivateKey(ctx, oc->key) == 1;
+    for (int i = 0; ok && i < sk_X509_num(oc->chain); i++)
+      ok = SSL_CTX_add1_chain_cert(ctx, sk_X509_value(oc->chain, i)) == 1;
   }
   if (ok && !server && !cfg->has_ca && !cfg->insecure)
     ok = X509_STORE_set_default_paths(be->store) == 1;
