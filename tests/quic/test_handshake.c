@@ -281,50 +281,34 @@ START_TEST(test_handshake_server_wrong_alpn) {
 }
 END_TEST
 
-typedef struct verify_rec {
-  int calls;
-  int ok;
-  size_t chain_len;
-  int chain0_is_server;
-  qrpc_conn *conn;
-  int verdict; /* what the callback returns */
-} verify_rec;
-
-static int record_verify(qrpc_conn *conn, const qrpc_cert *chain,
-                         size_t chain_len, int ok, void *user_data) {
-  verify_rec *v = user_data;
-  v->calls++;
-  v->ok = ok;
-  v->conn = conn;
-  v->chain_len = chain_len;
-  v->chain0_is_server =
-      chain_len > 0 && chain && chain[0].len == certs.server_cert_der_len &&
-      memcmp(chain[0].der, certs.server_cert_der, chain[0].len) == 0;
-  return v->verdict;
+/* The certificate the callback should see first. */
+static qrpc_cert server_der(void) {
+  qrpc_cert c = {certs.server_cert_der, certs.server_cert_der_len};
+  return c;
 }
 
 /* Connects with a client config trusting ca_pem and running the recording
  * callback; returns after the outcome is known. */
 static void connect_with_verify(qt_server *srv, qt_client *cl,
-                                const char *ca_pem, verify_rec *v) {
+                                const char *ca_pem, qt_verify_rec *v) {
   pair p = {srv, cl};
   qrpc_tls_config *ctls = qt_client_tls(ca_pem);
   ck_assert_ptr_nonnull(ctls);
-  ck_assert_int_eq(qrpc_tls_config_set_verify_callback(ctls, record_verify, v),
-                   0);
+  ck_assert_int_eq(
+      qrpc_tls_config_set_verify_callback(ctls, qt_verify_record, v), 0);
   ck_assert_int_eq(qt_client_connect(cl, loop, srv->addr, NULL, ctls, NULL), 0);
   qrpc_tls_config_free(ctls);
   qt_run_until(loop, pair_established, &p, QT_WAIT_MS);
   qt_run_for(loop, 100);
   ck_assert_int_eq(v->calls, 1);
   ck_assert_uint_ge(v->chain_len, 1);
-  ck_assert(v->chain0_is_server);
+  ck_assert(v->chain0_matches);
 }
 
 START_TEST(test_verify_callback_refuses) {
   qt_server srv;
   qt_client cl;
-  verify_rec v = {.verdict = 1};
+  qt_verify_rec v = {.verdict = 1, .expect = server_der()};
 
   start_server(&srv, "127.0.0.1:0", NULL);
   connect_with_verify(&srv, &cl, certs.ca_pem, &v);
@@ -341,7 +325,7 @@ END_TEST
 START_TEST(test_verify_callback_accepts) {
   qt_server srv;
   qt_client cl;
-  verify_rec v = {.verdict = 0};
+  qt_verify_rec v = {.verdict = 0, .expect = server_der()};
 
   start_server(&srv, "127.0.0.1:0", NULL);
   connect_with_verify(&srv, &cl, certs.ca_pem, &v);
@@ -359,7 +343,7 @@ END_TEST
 START_TEST(test_verify_callback_overrides_failed_chain) {
   qt_server srv;
   qt_client cl;
-  verify_rec v = {.verdict = 0};
+  qt_verify_rec v = {.verdict = 0, .expect = server_der()};
 
   start_server(&srv, "127.0.0.1:0", NULL);
   connect_with_verify(&srv, &cl, certs.other_ca_pem, &v);
@@ -471,7 +455,7 @@ START_TEST(test_tls_config_errors) {
                                                 certs.server_key_pem),
                    QRPC_ESTATE);
   ck_assert_int_eq(
-      qrpc_tls_config_set_verify_callback(cfg, record_verify, NULL),
+      qrpc_tls_config_set_verify_callback(cfg, qt_verify_record, NULL),
       QRPC_ESTATE);
   ck_assert_int_eq(qrpc_tls_config_INSECURE_skip_verify(cfg), QRPC_ESTATE);
   qrpc_endpoint_free(ep);

@@ -24,6 +24,17 @@ int qt_wait_scale(void) {
   return scale;
 }
 
+int qt_verify_record(qrpc_conn *conn, const qrpc_cert *chain, size_t chain_len,
+                     int ok, void *user_data) {
+  qt_verify_rec *v = user_data;
+  v->calls++;
+  v->ok = ok;
+  v->conn = conn;
+  v->chain_len = chain_len;
+  v->chain0_matches = chain_len > 0 && chain && chain[0].len == v->expect.len &&
+                      memcmp(chain[0].der, v->expect.der, v->expect.len) == 0;
+  return v->verdict;
+}
 
 /* Loop slices are short so predicates are re-checked promptly, and long
  * enough that the check itself costs nothing measurable. */
@@ -841,8 +852,8 @@ int qt_env_setup(qt_certs *certs, qrpc_loop **loop, qrpc_tls_config **stls,
   return -1;
 }
 
-void qt_env_teardown(qt_certs *certs, qrpc_loop **loop,
-                     qrpc_tls_config **stls, qrpc_tls_config **ctls) {
+void qt_env_teardown(qt_certs *certs, qrpc_loop **loop, qrpc_tls_config **stls,
+                     qrpc_tls_config **ctls) {
   qrpc_tls_config_free(*stls);
   qrpc_tls_config_free(*ctls);
   *stls = *ctls = NULL;

@@ -27,6 +27,22 @@
 /* QT_WAIT_SCALE from the environment, 1 to 20; 1 when unset. */
 int qt_wait_scale(void);
 
+/* What a verification callback saw, kept by qt_verify_record() (give it
+ * the record as user_data): how often it ran, its arguments, and whether
+ * chain[0] was the certificate the test expected. It returns verdict. */
+typedef struct qt_verify_rec {
+  qrpc_cert expect; /* the DER chain[0] should be */
+  int verdict;      /* what the callback returns */
+  int calls;
+  int ok;
+  size_t chain_len;
+  int chain0_matches;
+  qrpc_conn *conn;
+} qt_verify_rec;
+
+int qt_verify_record(qrpc_conn *conn, const qrpc_cert *chain, size_t chain_len,
+                     int ok, void *user_data);
+
 /* ---- Time and bounded loop running ----------------------------------- */
 
 uint64_t qt_now_ms(void);
@@ -99,8 +115,8 @@ qrpc_tls_config *qt_client_tls(const char *ca_pem);
  * qt_env_teardown() releases it all and clears the pointers. */
 int qt_env_setup(qt_certs *certs, qrpc_loop **loop, qrpc_tls_config **stls,
                  qrpc_tls_config **ctls);
-void qt_env_teardown(qt_certs *certs, qrpc_loop **loop,
-                     qrpc_tls_config **stls, qrpc_tls_config **ctls);
+void qt_env_teardown(qt_certs *certs, qrpc_loop **loop, qrpc_tls_config **stls,
+                     qrpc_tls_config **ctls);
 
 /* ---- Close records --------------------------------------------------- */
 
