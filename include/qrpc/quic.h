@@ -84,7 +84,17 @@ typedef struct qrpc_conn_stats {
   uint64_t datagrams_sent;
   uint64_t datagrams_recv;
   uint64_t datagrams_lost;
+  int resumed;    /* 1: the handshake resumed a session with a ticket */
+  int early_data; /* what became of 0-RTT: a qrpc_early_data value */
 } qrpc_conn_stats;
+
+/* 0-RTT on a connection (qrpc_conn_stats.early_data). */
+typedef enum qrpc_early_data {
+  QRPC_EARLY_NONE = 0,     /* not sent (client) or not accepted (server) */
+  QRPC_EARLY_ACCEPTED = 1, /* sent and accepted */
+  QRPC_EARLY_REJECTED = 2, /* client: refused by the server; what went in
+                              it was sent again after the handshake */
+} qrpc_early_data;
 
 /* ---- Stream callbacks ------------------------------------------------- */
 

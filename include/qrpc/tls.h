@@ -106,6 +106,64 @@ int qrpc_tls_config_set_client_auth(qrpc_tls_config *cfg,
  * Errors: QRPC_ESTATE. */
 int qrpc_tls_config_INSECURE_skip_verify(qrpc_tls_config *cfg);
 
+/* ---- Server keys ------------------------------------------------------
+ * A server key is one secret from which a server derives everything that
+ * must survive it or be shared with its twins: its session-ticket keys
+ * (a new one every hour, the two before still accepted, so tickets live
+ * up to two hours), its stateless-reset tokens and its Retry tokens.
+ * Servers that load the same key file accept each other's session
+ * tickets and tokens, and a restarted server can reset the connections
+ * its previous run left behind. Without one, a config makes a random key
+ * of its own when it first serves; endpoints sharing that config share it.
+ * The file holds a line "qrpc-server-key 1" and 64 hex digits; it is
+ * written with mode 0600 and refused when its group or others may read or
+ * write it. */
+#define QRPC_SERVER_KEY_LEN 32
+
+/* Writes a new random key to path with mode 0600. The file must not exist
+ * (a key in use is never overwritten by accident). Any thread.
+ * Errors: QRPC_EINVAL, QRPC_EADDRINUSE (the file exists), QRPC_ESYSTEM
+ * (logged with the cause). */
+int qrpc_server_key_write(const char *path);
+
+/* Sets the config's server key: QRPC_SERVER_KEY_LEN bytes (copied), or
+ * the key in a file that qrpc_server_key_write() made. A file that others
+ * may read, or whose content is malformed, is refused, with the reason in
+ * the log. Errors: QRPC_EINVAL, QRPC_ESTATE, QRPC_ESYSTEM (unreadable),
+ * QRPC_ETLS (malformed or readable by others). */
+int qrpc_tls_config_set_server_key(qrpc_tls_config *cfg, const void *key,
+                                   size_t len);
+int qrpc_tls_config_load_server_key(qrpc_tls_config *cfg, const char *path);
+
+/* ---- Session resumption (clients) --------------------------------------
+ * A client config keeps the session tickets servers send in a cache,
+ * keyed by the server name and port it connected to, and resumes the
+ * next connection to the same server with one of them: a resumed
+ * handshake skips the certificate and its signature, and lets calls to
+ * idempotent methods travel in 0-RTT (docs/api.md). Each ticket is used
+ * once and dropped when its lifetime ends. On by default. The cache is
+ * safe to share between loops on different threads. */
+
+/* Turns resumption off (on = 0) or on for clients using cfg; off, no
+ * ticket is used or kept. Errors: QRPC_EINVAL, QRPC_ESTATE. */
+int qrpc_tls_config_set_resumption(qrpc_tls_config *cfg, int on);
+
+/* Saves the cache's live tickets to path (mode 0600, replaced atomically),
+ * so that a later process resumes with them. Returns the number of tickets
+ * saved, or QRPC_EINVAL, QRPC_ESYSTEM (logged). Any thread. */
+int qrpc_tls_config_save_tickets(qrpc_tls_config *cfg, const char *path);
+
+/* Adds the tickets saved in path to the cache and returns how many were
+ * usable. A missing file gives 0; expired tickets are skipped; a file that
+ * is corrupted, or was written by another TLS backend, is ignored with a
+ * warning (0). Errors: QRPC_EINVAL, QRPC_ESYSTEM (unreadable). Any
+ * thread. */
+int qrpc_tls_config_load_tickets(qrpc_tls_config *cfg, const char *path);
+
+/* The number of tickets in the cache now (expired ones not counted). Any
+ * thread. */
+size_t qrpc_tls_config_tickets(qrpc_tls_config *cfg);
+
 #ifdef __cplusplus
 }
 #endif

@@ -137,7 +137,7 @@ void qrpci_conn_fire_closed(qrpc_conn *c) {
     n = n->next;
     qrpci_stream_fire_closed(s, QRPC_ECLOSED);
   }
-  if (c->is_server && !c->established_fired) {
+  if (c->is_server && !c->established_fired && !c->early_fired) {
     /* The application never saw this connection. */
     if (c->ep) c->ep->stats.handshake_failed++;
     return;
@@ -364,6 +364,17 @@ static int remove_cid_cb(ngtcp2_conn *q, const ngtcp2_cid *cid, void *ud) {
 
 static int handshake_completed_cb(ngtcp2_conn *q, void *ud) {
   qrpc_conn *c = ud;
+  /* Some TLS libraries say only now that the server refused early data. */
+  if (!c->is_server && c->early && !qrpci_tlsb_early_accepted(c) &&
+      ngtcp2_conn_tls_early_data_rejected(q) != 0)
+    return NGTCP2_ERR_CALLBACK_FAILURE;
+  c->stats.resumed = qrpci_tlsb_resumed(c);
+  if (c->early_fired)
+    c->stats.early_data =
+        c->early_rejected ? QRPC_EARLY_REJECTED : QRPC_EARLY_ACCEPTED;
+  c->early = 0;
+  /* A resumed handshake verifies no chain: the session's verdict holds. */
+  if (c->stats.resumed) c->peer_verified = c->resume_verified;
   if (qrpci_tls_handshake_done(c) != 0) {
     QRPCI_WARN("conn: peer negotiated ALPN '%s'", c->alpn);
     return NGTCP2_ERR_CALLBACK_FAILURE;
@@ -373,6 +384,38 @@ static int handshake_completed_cb(ngtcp2_conn *q, void *ud) {
   c->established_fired = 1;
   if (!c->closed_fired && c->cbs.on_established)
     c->cbs.on_established(c, c->user_data);
+  return 0;
+}
+
+/* Server: the client's early data was accepted. */
+static int recv_rx_key_cb(ngtcp2_conn *q, ngtcp2_encryption_level level,
+                          void *ud) {
+  qrpc_conn *c = ud;
+  if (level != NGTCP2_ENCRYPTION_LEVEL_0RTT || !c->is_server ||
+      c->early_fired)
+    return 0;
+  c->early = 1;
+  c->early_fired = 1;
+  if (c->early_hook) c->early_hook(c, c->user_data);
+  return 0;
+}
+
+/* Client: the server refused our early data, and ngtcp2 forgot the
+ * streams opened in it; they go again, under new ids. */
+static int early_rejected_cb(ngtcp2_conn *q, void *ud) {
+  qrpc_conn *c = ud;
+  if (c->is_server || !c->early_fired) return 0;
+  c->early_rejected = 1;
+  for (qrpci_list *n = c->streams.next; n != &c->streams;) {
+    qrpc_stream *s = QRPCI_CONTAINER_OF(n, qrpc_stream, node);
+    n = n->next;
+    if (!s->local || s->transport_closed) continue;
+    if (qrpci_list_linked(&s->send_node)) qrpci_list_remove(&s->send_node);
+    if (qrpci_stream_restart(s) != 0) {
+      s->id = -1;
+      qrpci_stream_transport_closed(s, QRPC_ECLOSED);
+    }
+  }
   return 0;
 }
 
@@ -477,9 +520,11 @@ void qrpci_conn_setup_callbacks(ngtcp2_callbacks *cb, int server) {
   memset(cb, 0, sizeof(*cb));
   if (server) {
     cb->recv_client_initial = ngtcp2_crypto_recv_client_initial_cb;
+    cb->recv_rx_key = recv_rx_key_cb;
   } else {
     cb->client_initial = ngtcp2_crypto_client_initial_cb;
     cb->recv_retry = ngtcp2_crypto_recv_retry_cb;
+    cb->tls_early_data_rejected = early_rejected_cb;
   }
   cb->recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb;
   cb->encrypt = ngtcp2_crypto_encrypt_cb;
@@ -969,6 +1014,7 @@ static int client_setup(qrpc_conn *c, const struct sockaddr *sa,
     return QRPC_ENOMEM;
   rv = qrpci_tls_session_new(c->tlscfg, c, 0, c->server_name);
   if (rv != 0) return rv;
+  c->early = qrpci_tls_client_resume(c);
   c->state = QRPCI_CONN_HANDSHAKING;
   return 0;
 }
@@ -992,6 +1038,11 @@ static void dns_cb(int result, struct evutil_addrinfo *res, void *arg) {
   if (rv != 0) {
     fail_local(c, rv, rv == QRPC_ESYSTEM ? strerror(errno) : qrpc_strerror(rv));
     return;
+  }
+  if (c->early) {
+    /* What the layer above writes now goes out with the ClientHello. */
+    c->early_fired = 1;
+    if (c->early_hook) c->early_hook(c, c->user_data);
   }
   qrpci_conn_write(c);
 }
@@ -1083,6 +1134,14 @@ int qrpc_conn_rebind(qrpc_conn *c) {
 }
 
 /* ---- Public connection API -------------------------------------------- */
+
+void qrpci_conn_set_early_hook(qrpc_conn *c, qrpci_early_fn fn) {
+  c->early_hook = fn;
+}
+
+int qrpci_conn_in_early(qrpc_conn *c) {
+  return c->early && !c->established_fired && !c->closed_fired;
+}
 
 void qrpc_conn_set_user_data(qrpc_conn *c, void *user_data) {
   c->user_data = user_data;

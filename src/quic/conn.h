@@ -62,6 +62,12 @@ struct qrpc_conn {
   uint64_t flush_close_code;
   int resume_pending;        /* a paused stream was resumed */
   int cert_rejected;         /* our verification refused the peer */
+  int early;                 /* in the 0-RTT phase (qrpci_conn_in_early) */
+  int early_fired;           /* the early hook was called */
+  int early_rejected;        /* client: the server refused our 0-RTT */
+  int resume_verified;       /* the resumed session's peer had verified */
+  int ticket_early_ok;       /* server: the ticket may carry early data */
+  qrpci_early_fn early_hook;
 
   ngtcp2_conn *q;
   ngtcp2_crypto_conn_ref ref;

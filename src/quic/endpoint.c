@@ -142,6 +142,7 @@ static qrpc_conn *server_conn_new(qrpc_endpoint *ep, const ngtcp2_pkt_hd *hd,
   c->is_server = 1;
   c->rpc_accept = ep->rpc_accept;
   c->rpc_accept_ud = ep->rpc_accept_ud;
+  c->early_hook = ep->early_hook;
   c->sock = &ep->sock;
   c->tlscfg = ep->tls;
   qrpci_tls_config_ref(ep->tls);
@@ -360,6 +361,10 @@ void qrpci_endpoint_set_rpc_acceptor(qrpc_endpoint *ep, qrpci_rpc_accept_fn fn,
                                      void *ud) {
   ep->rpc_accept = fn;
   ep->rpc_accept_ud = ud;
+}
+
+void qrpci_endpoint_set_early_hook(qrpc_endpoint *ep, qrpci_early_fn fn) {
+  ep->early_hook = fn;
 }
 
 void qrpci_endpoint_refuse_new(qrpc_endpoint *ep) {

@@ -26,6 +26,7 @@ struct qrpc_endpoint {
   void *user_data;
   qrpci_rpc_accept_fn rpc_accept;
   void *rpc_accept_ud;
+  qrpci_early_fn early_hook;
   qrpci_sock sock;
   struct event *read_ev;
   struct sockaddr_storage local;

@@ -24,6 +24,26 @@ void qrpci_conn_set_rpc_acceptor(qrpc_conn *c, qrpci_rpc_accept_fn fn,
 void qrpci_endpoint_set_rpc_acceptor(qrpc_endpoint *ep, qrpci_rpc_accept_fn fn,
                                      void *ud);
 
+/* ---- 0-RTT (docs/protocol.md, "Calls in 0-RTT") -------------------------
+ * Called once when a connection enters its 0-RTT phase, with the
+ * connection's user data: on a client right before its first packet,
+ * when it resumes with a ticket that allows early data (streams may then
+ * be opened and written before on_established); on a server when it
+ * accepted the client's early data (streams may then arrive before
+ * on_established, and on_closed fires even if the handshake never
+ * completes). If the server rejects early data, the streams the client
+ * opened in 0-RTT are sent again after the handshake, with new stream
+ * ids, without a word to the layer above. */
+typedef void (*qrpci_early_fn)(qrpc_conn *c, void *ud);
+void qrpci_conn_set_early_hook(qrpc_conn *c, qrpci_early_fn fn);
+void qrpci_endpoint_set_early_hook(qrpc_endpoint *ep, qrpci_early_fn fn);
+/* 1 while c is in its 0-RTT phase: the hook fired and the handshake has
+ * not completed. */
+int qrpci_conn_in_early(qrpc_conn *c);
+/* Inside a stream's on_read: 1 if the bytes delivered came in 0-RTT
+ * packets, or before the handshake completed. */
+int qrpci_stream_rx_early(qrpc_stream *s);
+
 /* Opens a stream of the RPC kind. Errors as qrpc_stream_open(). */
 int qrpci_stream_open_rpc(qrpc_conn *c, const qrpc_stream_callbacks *cbs,
                           void *user_data, qrpc_stream **out);

@@ -313,13 +313,18 @@ int qrpci_stream_recv(qrpc_stream *s, uint32_t flags, const uint8_t *data,
     return 0;
   }
   if (fin) s->fin_received = 1;
+  int early = (flags & NGTCP2_STREAM_DATA_FLAG_0RTT) ||
+              !s->conn->established_fired;
   if (s->paused || s->rx_len) {
     /* Held bytes get no credit back: the peer's window bounds them. */
+    if (len) s->held_early |= early;
     return hold(s, data, len) == 0 ? 0 : QRPC_ENOMEM;
   }
   if (len || fin) {
     s->fin_delivered = fin;
+    s->rx_early = early;
     if (s->cbs.on_read) s->cbs.on_read(s, data, len, fin, s->user_data);
+    s->rx_early = 0;
   }
   give_credit(s, len);
   return 0;
@@ -332,7 +337,10 @@ void qrpci_stream_deliver_held(qrpc_stream *s) {
     int fin = s->fin_received;
     s->fin_delivered = fin;
     s->rx_len = 0;
+    s->rx_early = s->held_early;
+    s->held_early = 0;
     if (s->cbs.on_read) s->cbs.on_read(s, s->rx, n, fin, s->user_data);
+    s->rx_early = 0;
     give_credit(s, n);
     qrpci_loop_mark_dirty(s->conn->loop, s->conn);
   }
@@ -357,6 +365,24 @@ void qrpci_stream_transport_closed(qrpc_stream *s, int error) {
   qrpci_conn_check_shutdown(c);
 }
 
+int qrpci_stream_rx_early(qrpc_stream *s) { return s->rx_early; }
+
+int qrpci_stream_restart(qrpc_stream *s) {
+  qrpc_conn *c = s->conn;
+  if (s->acked || s->head_off || s->stopped) return QRPC_ESTATE;
+  int64_t sid;
+  if (ngtcp2_conn_open_bidi_stream(c->q, &sid, NULL) != 0) return QRPC_ELIMIT;
+  s->id = sid;
+  ngtcp2_conn_set_stream_user_data(c->q, sid, s);
+  s->sent = 0;
+  s->cur = s->head;
+  s->cur_off = 0;
+  s->fin_sent = 0;
+  s->data_blocked = 0;
+  want_send(s);
+  return 0;
+}
+
 void qrpc_stream_pause_read(qrpc_stream *s, int paused) {
   s->paused = paused != 0;
   if (!s->paused &&
@@ -373,7 +399,11 @@ static int open_with_header(qrpc_conn *c, const uint8_t *hdr, size_t hlen,
                             const qrpc_stream_callbacks *cbs, void *user_data,
                             qrpc_stream **out) {
   if (c->closed_fired || c->state > QRPCI_CONN_ESTABLISHED) return QRPC_ECLOSED;
-  if (!c->established_fired || c->shutting_down) return QRPC_ESTATE;
+  /* A client resuming with 0-RTT may open streams before the handshake
+   * completes. */
+  if ((!c->established_fired && !(c->early && !c->is_server)) ||
+      c->shutting_down)
+    return QRPC_ESTATE;
   int64_t sid;
   int rv = ngtcp2_conn_open_bidi_stream(c->q, &sid, NULL);
   if (rv == NGTCP2_ERR_STREAM_ID_BLOCKED) return QRPC_ELIMIT;

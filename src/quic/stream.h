@@ -52,6 +52,8 @@ struct qrpc_stream {
   size_t hdr_got;
   uint8_t *rx;               /* bytes held while paused */
   size_t rx_len, rx_cap;
+  int rx_early;              /* the bytes on_read delivers came in 0-RTT */
+  int held_early;            /* some of the held bytes came in 0-RTT */
 };
 
 qrpc_stream *qrpci_stream_new(qrpc_conn *c, int64_t id, int local);
@@ -65,6 +67,11 @@ size_t qrpci_stream_pending_vec(qrpc_stream *s, ngtcp2_vec *v, size_t max);
 void qrpci_stream_advance(qrpc_stream *s, size_t n);
 int qrpci_stream_has_pending(qrpc_stream *s);
 void qrpci_stream_deliver_held(qrpc_stream *s);
+/* The server rejected the 0-RTT data of a stream we opened: it gets a new
+ * id and everything written to it is sent again. Errors: QRPC_ELIMIT (no
+ * stream id to be had), QRPC_ESTATE (part of it was acknowledged, which a
+ * rejection rules out). */
+int qrpci_stream_restart(qrpc_stream *s);
 
 
 #endif

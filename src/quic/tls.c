@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "qrpc/error.h"
 #include "quic/conn.h"
@@ -35,6 +36,8 @@ int qrpc_tls_config_new(qrpc_tls_config **out) {
     return rv;
   }
   cfg->refs = 1;
+  pthread_mutex_init(&cfg->mu, NULL);
+  cfg->created_s = (uint64_t)time(NULL);
   memcpy(cfg->alpn, QRPCI_ALPN, QRPCI_ALPN_LEN);
   cfg->alpn_len = QRPCI_ALPN_LEN;
   *out = cfg;
@@ -49,6 +52,9 @@ void qrpci_tls_config_ref(qrpc_tls_config *cfg) {
 void qrpc_tls_config_free(qrpc_tls_config *cfg) {
   if (!cfg || --cfg->refs > 0) return;
   qrpci_tlsb_free(cfg);
+  qrpci_tls_tickets_free(cfg);
+  pthread_mutex_destroy(&cfg->mu);
+  memset(cfg->server_key, 0, sizeof(cfg->server_key));
   free(cfg);
 }
 

@@ -10,6 +10,7 @@
 #ifndef QRPCI_QUIC_TLS_H
 #define QRPCI_QUIC_TLS_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -17,6 +18,15 @@
 #include "qrpc/tls.h"
 
 typedef struct qrpci_tlsb qrpci_tlsb; /* the backend's part of a config */
+typedef struct qrpci_ticket_cache qrpci_ticket_cache; /* tickets.c */
+typedef struct qrpci_replay qrpci_replay;             /* tickets.c */
+
+/* The size of an HMAC-SHA256. */
+#define QRPCI_HMAC_LEN 32
+/* How far a 0-RTT ClientHello's ticket age may be from the server's view
+ * of it, which bounds how long a replay can be noticed (the TLS
+ * libraries use 10 s as well). */
+#define QRPCI_EARLY_WINDOW_MS 10000
 
 struct qrpc_tls_config {
   int refs;
@@ -31,6 +41,14 @@ struct qrpc_tls_config {
   char alpn[256];
   size_t alpn_len;
   qrpci_tlsb *be;
+  int no_resumption;        /* qrpc_tls_config_set_resumption(cfg, 0) */
+  pthread_mutex_t mu;       /* guards the server key's first use */
+  int has_server_key;
+  int server_key_from_file;
+  uint8_t server_key[QRPC_SERVER_KEY_LEN];
+  uint64_t created_s;       /* wall clock, for the 0-RTT warm-up */
+  qrpci_ticket_cache *tickets; /* a client's tickets, by server */
+  qrpci_replay *replay;     /* a server's record of early-data tickets */
 };
 
 /* Takes a reference on a TLS config (qrpc_tls_config_free() drops it) and
@@ -41,6 +59,55 @@ void qrpci_tls_config_ref(qrpc_tls_config *cfg);
  * clients. Errors, logged with the cause: QRPC_ETLS (no certificate),
  * QRPC_EINVAL (client authentication without a CA). */
 int qrpci_tls_config_check_server(const qrpc_tls_config *cfg);
+
+/* Derives len bytes for label and n from the config's server key (one
+ * made at random on first use when none was set): HKDF-Expand with
+ * HMAC-SHA256. Any thread. Errors: QRPC_ESYSTEM, QRPC_EINVAL. */
+int qrpci_tls_derive(qrpc_tls_config *cfg, const char *label, uint64_t n,
+                     uint8_t *out, size_t len);
+
+/* ---- Tickets and 0-RTT (tickets.c) -------------------------------------- */
+
+/* A session ticket a client keeps: the backend's encoding of the session,
+ * the server's transport parameters for 0-RTT, and what was known when it
+ * arrived. */
+typedef struct qrpci_ticket {
+  struct qrpci_ticket *next;
+  uint64_t expiry_s;  /* wall clock */
+  int early;          /* the server allows 0-RTT with it */
+  int verified;       /* the server's chain passed the built-in check */
+  uint8_t *data;      /* backend's encoding */
+  size_t len;
+  uint8_t *tp;        /* ngtcp2's encoding of the 0-RTT parameters */
+  size_t tplen;
+} qrpci_ticket;
+
+void qrpci_ticket_free(qrpci_ticket *t);
+
+/* Client, from the backend: a ticket arrived on c (data is the backend's
+ * encoding, copied; lifetime_s the server's lifetime hint). It goes into
+ * the config's cache with the 0-RTT transport parameters, unless
+ * resumption is off. */
+void qrpci_tls_ticket_received(qrpc_conn *c, const uint8_t *data, size_t len,
+                               uint64_t lifetime_s, int early);
+
+/* Client, before its first packet: takes a ticket for c's server from the
+ * cache and hands it to the backend; with one that allows early data, sets
+ * the server's remembered transport parameters. Returns 1 when 0-RTT can
+ * be sent, 0 otherwise (a full handshake, or resumption without 0-RTT). */
+int qrpci_tls_client_resume(qrpc_conn *c);
+
+/* Server: whether a ticket (id: bytes unique to it, issued_s: when it was
+ * issued) may carry early data now. Each ticket gets one yes, recorded for
+ * long enough that a replay of its ClientHello is refused by this record
+ * or by the ticket-age check of the TLS library; a ticket issued before
+ * this config served (by a previous run, or a twin sharing the key) gets
+ * no, since its first use may have been elsewhere. Any thread. */
+int qrpci_tls_early_fresh(qrpc_tls_config *cfg, const uint8_t *id, size_t len,
+                          uint64_t issued_s);
+
+/* Frees the cache and the replay record of a config. */
+void qrpci_tls_tickets_free(qrpc_tls_config *cfg);
 
 /* ---- What a backend implements ---------------------------------------- */
 
@@ -70,6 +137,21 @@ void qrpci_tls_session_free(qrpc_conn *c);
  * Errors: QRPC_EALPN when the ALPN is not the config's; running out of
  * memory leaves the chain or identity empty. */
 int qrpci_tls_handshake_done(qrpc_conn *c);
+
+/* Client: sets the session in t (encoded by this backend) on c's TLS
+ * session, and asks for 0-RTT when early is 1. Errors: QRPC_ETLS (the
+ * ticket cannot be used; a full handshake follows). */
+int qrpci_tlsb_resume(qrpc_conn *c, const qrpci_ticket *t, int early);
+
+/* After the handshake: 1 if it resumed a session. */
+int qrpci_tlsb_resumed(qrpc_conn *c);
+
+/* Client, after the handshake: 1 if the server accepted its early data. */
+int qrpci_tlsb_early_accepted(qrpc_conn *c);
+
+/* out = HMAC-SHA256(key, data). Any thread. Errors: QRPC_ESYSTEM. */
+int qrpci_tlsb_hmac(const uint8_t *key, size_t keylen, const uint8_t *data,
+                    size_t len, uint8_t out[QRPCI_HMAC_LEN]);
 
 /* Fills dest with len bytes from the TLS library's random generator, fit
  * for keys and connection ids. Any thread. Errors: QRPC_ESYSTEM. */

@@ -28,9 +28,18 @@ static const char tls_priority[] =
 /* The most certificates of a peer's chain handed to a verify callback. */
 #define MAX_CHAIN 16
 
+/* GnuTLS's session-ticket master key: GnuTLS derives the key of each
+ * period from it (rotating them itself), so it is derived once from the
+ * server key. */
+#define TICKET_MASTER_LEN 64
+
 struct qrpci_tlsb {
   gnutls_certificate_credentials_t cred;
   int has_system_ca;
+  pthread_mutex_t mu;               /* guards the two below */
+  gnutls_anti_replay_t anti_replay; /* servers: made on first use */
+  uint8_t ticket_master[TICKET_MASTER_LEN];
+  int has_ticket_master;
 };
 
 int qrpci_tlsb_new(qrpc_tls_config *cfg) {
@@ -40,13 +49,25 @@ int qrpci_tlsb_new(qrpc_tls_config *cfg) {
     free(be);
     return QRPC_ETLS;
   }
+  pthread_mutex_init(&be->mu, NULL);
   cfg->be = be;
   return 0;
 }
 
 void qrpci_tlsb_free(qrpc_tls_config *cfg) {
-  gnutls_certificate_free_credentials(cfg->be->cred);
-  free(cfg->be);
+  qrpci_tlsb *be = cfg->be;
+  gnutls_certificate_free_credentials(be->cred);
+  if (be->anti_replay) gnutls_anti_replay_deinit(be->anti_replay);
+  gnutls_memset(be->ticket_master, 0, sizeof(be->ticket_master));
+  pthread_mutex_destroy(&be->mu);
+  free(be);
+}
+
+int qrpci_tlsb_hmac(const uint8_t *key, size_t keylen, const uint8_t *data,
+                    size_t len, uint8_t out[QRPCI_HMAC_LEN]) {
+  return gnutls_hmac_fast(GNUTLS_MAC_SHA256, key, keylen, data, len, out) == 0
+             ? 0
+             : QRPC_ESYSTEM;
 }
 
 const char *qrpc_tls_backend(void) { return "gnutls"; }
@@ -234,6 +255,78 @@ static int verify_peer(gnutls_session_t s) {
  * session cost a few percent of a handshake and 8 KiB per connection.
  * GnuTLS reference-counts the cache per session; this reference lives as
  * long as the process. */
+/* ---- Session tickets and 0-RTT ------------------------------------------ */
+
+/* GnuTLS's anti-replay asks whether it saw a ClientHello before: the
+ * config's record answers (tickets.c). GnuTLS itself refuses tickets
+ * issued before the record started and ClientHellos outside its window. */
+static int replay_add(void *ptr, time_t exp, const gnutls_datum_t *key,
+                      const gnutls_datum_t *data) {
+  (void)exp, (void)data;
+  qrpc_tls_config *cfg = ptr;
+  return qrpci_tls_early_fresh(cfg, key->data, key->size, cfg->created_s)
+             ? 0
+             : GNUTLS_E_DB_ENTRY_EXISTS;
+}
+
+/* Server: tickets and early data for s, unless the server asks for client
+ * certificates (a handler of an early call could not know who calls, and
+ * a resumed client would come without its certificate). */
+static int server_tickets(gnutls_session_t s, qrpc_tls_config *cfg) {
+  qrpci_tlsb *be = cfg->be;
+  int rv = 0;
+  pthread_mutex_lock(&be->mu);
+  if (!be->has_ticket_master &&
+      qrpci_tls_derive(cfg, "qrpc gnutls ticket master", 0, be->ticket_master,
+                       sizeof(be->ticket_master)) == 0)
+    be->has_ticket_master = 1;
+  if (!be->anti_replay && gnutls_anti_replay_init(&be->anti_replay) == 0) {
+    gnutls_anti_replay_set_window(be->anti_replay, QRPCI_EARLY_WINDOW_MS);
+    gnutls_anti_replay_set_add_function(be->anti_replay, replay_add);
+    gnutls_anti_replay_set_ptr(be->anti_replay, cfg);
+  }
+  if (!be->has_ticket_master || !be->anti_replay) rv = GNUTLS_E_MEMORY_ERROR;
+  pthread_mutex_unlock(&be->mu);
+  if (rv < 0) return tls_err("session tickets", NULL, rv);
+  gnutls_datum_t key = {.data = be->ticket_master,
+                        .size = sizeof(be->ticket_master)};
+  if ((rv = gnutls_session_ticket_enable_server(s, &key)) < 0)
+    return tls_err("session tickets", NULL, rv);
+  gnutls_anti_replay_enable(s, be->anti_replay);
+  gnutls_record_set_max_early_data_size(s, UINT32_MAX);
+  return 0;
+}
+
+/* Client: a ticket arrived; it goes to the config's cache. */
+static int ticket_hook(gnutls_session_t s, unsigned int htype, unsigned when,
+                       unsigned int incoming, const gnutls_datum_t *msg) {
+  (void)when, (void)incoming, (void)msg;
+  qrpc_conn *c = session_conn(s);
+  gnutls_datum_t d = {0};
+  if (!c || htype != GNUTLS_HANDSHAKE_NEW_SESSION_TICKET ||
+      gnutls_session_get_data2(s, &d) < 0)
+    return 0;
+  time_t exp = gnutls_db_check_entry_expire_time(&d);
+  time_t now = time(NULL);
+  if (exp > now)
+    qrpci_tls_ticket_received(c, d.data, d.size, (uint64_t)(exp - now), 1);
+  gnutls_free(d.data);
+  return 0;
+}
+
+int qrpci_tlsb_resume(qrpc_conn *c, const qrpci_ticket *t, int early) {
+  (void)early; /* GnuTLS sends early data whenever the session allows */
+  return gnutls_session_set_data(c->tls, t->data, t->len) == 0 ? 0 : QRPC_ETLS;
+}
+
+int qrpci_tlsb_resumed(qrpc_conn *c) {
+  return gnutls_session_is_resumed(c->tls) != 0;
+}
+
+int qrpci_tlsb_early_accepted(qrpc_conn *c) {
+  return (gnutls_session_get_flags(c->tls) & GNUTLS_SFLAGS_EARLY_DATA) != 0;
+}
+
 static gnutls_priority_t prio_cache;
 static int prio_rv;
 static pthread_once_t prio_once = PTHREAD_ONCE_INIT;
@@ -261,7 +354,8 @@ static int session_setup(gnutls_session_t s, qrpc_tls_config *cfg,
   if ((rv = gnutls_alpn_set_protocols(s, &alpn, 1, GNUTLS_ALPN_MANDATORY)) < 0)
     return tls_err("ALPN", NULL, rv);
   if (server) {
-    if (cfg->client_auth == QRPC_CLIENT_AUTH_NONE) return 0;
+    if (cfg->client_auth == QRPC_CLIENT_AUTH_NONE)
+      return server_tickets(s, cfg) == 0 ? 0 : QRPC_ETLS;
     gnutls_certificate_server_set_request(
         s, cfg->client_auth == QRPC_CLIENT_AUTH_REQUIRE ? GNUTLS_CERT_REQUIRE
                                                         : GNUTLS_CERT_REQUEST);
@@ -277,6 +371,8 @@ static int session_setup(gnutls_session_t s, qrpc_tls_config *cfg,
                                      strlen(server_name))) < 0)
       return tls_err("server name", NULL, rv);
     qrpci_tls_warn_insecure(cfg, server_name);
+    gnutls_handshake_set_hook_function(s, GNUTLS_HANDSHAKE_NEW_SESSION_TICKET,
+                                       GNUTLS_HOOK_POST, ticket_hook);
   }
   gnutls_session_set_verify_function(s, verify_peer);
   return 0;
@@ -288,6 +384,11 @@ int qrpci_tls_session_new(qrpc_tls_config *cfg, qrpc_conn *c, int server,
   unsigned int flags = server ? GNUTLS_SERVER : GNUTLS_CLIENT;
   pthread_once(&prio_once, prio_init);
   if (prio_rv < 0) return tls_err("priority", NULL, prio_rv);
+  /* A server without client authentication takes early data; a client
+   * sends it whenever its ticket allows (qrpci_tls_client_resume() gave
+   * it one, and the transport parameters to go with it). */
+  if (!server || cfg->client_auth == QRPC_CLIENT_AUTH_NONE)
+    flags |= GNUTLS_ENABLE_EARLY_DATA;
   int rv = gnutls_init(&s, flags | GNUTLS_NO_END_OF_EARLY_DATA);
   if (rv < 0) return tls_err("gnutls_init", NULL, rv);
   rv = server ? ngtcp2_crypto_gnutls_configure_server_session(s)

@@ -12,7 +12,9 @@
 #include <errno.h>
 #include <ngtcp2/ngtcp2_crypto.h>
 #include <ngtcp2/ngtcp2_crypto_ossl.h>
+#include <openssl/core_names.h>
 #include <openssl/err.h>
+#include <openssl/hmac.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
@@ -21,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "qrpc/error.h"
 #include "quic/conn.h"
@@ -32,6 +35,20 @@
 #define MAX_CHAIN 16
 /* The most subjectAltName entries kept in an identity. */
 #define MAX_ID_PARTS 64
+/* Session tickets: a new key every period, the two before it still
+ * accepted, and tickets that say they live no longer than that. */
+#define TICKET_PERIOD_S 3600
+#define TICKET_KEYS_ACCEPTED 3
+#define TICKET_LIFETIME_S 7200
+/* A ticket key: its name (in the ticket, to find the key), the AES-256
+ * key and the HMAC-SHA256 key. */
+#define TICKET_NAME_LEN 16
+#define TICKET_KEY_LEN (TICKET_NAME_LEN + 32 + 32)
+/* What a server puts in its tickets: a version, whether the client's
+ * chain verified, and an id unique to the ticket (for anti-replay). */
+#define APPDATA_VERSION 1
+#define APPDATA_ID_LEN 16
+#define APPDATA_LEN (2 + APPDATA_ID_LEN)
 
 /* A certificate to present and its key. */
 typedef struct own_cert {
@@ -88,6 +105,17 @@ const char *qrpc_tls_backend(void) { return "openssl"; }
 
 int qrpci_tls_rand(void *dest, size_t len) {
   return RAND_bytes(dest, (int)len) == 1 ? 0 : QRPC_ESYSTEM;
+}
+
+int qrpci_tlsb_hmac(const uint8_t *key, size_t keylen, const uint8_t *data,
+                    size_t len, uint8_t out[QRPCI_HMAC_LEN]) {
+  unsigned int olen = 0;
+  if (!HMAC(EVP_sha256(), key, (int)keylen, data, len, out, &olen) ||
+      olen != QRPCI_HMAC_LEN) {
+    ERR_clear_error();
+    return QRPC_ESYSTEM;
+  }
+  return 0;
 }
 
 /* ---- Configs ----------------------------------------------------------- */
@@ -285,6 +313,156 @@ static int alpn_select(SSL *ssl, const unsigned char **out,
   return SSL_TLSEXT_ERR_ALERT_FATAL;
 }
 
+/* ---- Session tickets and 0-RTT ------------------------------------------ */
+
+/* The ticket key of a period, derived from the server key, so that servers
+ * sharing that key rotate together without talking. */
+static int ticket_key(qrpc_tls_config *cfg, uint64_t period,
+                      uint8_t k[TICKET_KEY_LEN]) {
+  return qrpci_tls_derive(cfg, "qrpc ticket key", period, k, TICKET_KEY_LEN);
+}
+
+static int ticket_crypto(EVP_CIPHER_CTX *ectx, EVP_MAC_CTX *hctx,
+                         const uint8_t k[TICKET_KEY_LEN], const uint8_t *iv,
+                         int enc) {
+  OSSL_PARAM params[] = {
+      OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY,
+                                        (void *)(k + TICKET_NAME_LEN + 32),
+                                        32),
+      OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0),
+      OSSL_PARAM_construct_end(),
+  };
+  const uint8_t *aes = k + TICKET_NAME_LEN;
+  int ok = enc ? EVP_EncryptInit_ex(ectx, EVP_aes_256_cbc(), NULL, aes, iv)
+               : EVP_DecryptInit_ex(ectx, EVP_aes_256_cbc(), NULL, aes, iv);
+  return ok == 1 && EVP_MAC_CTX_set_params(hctx, params) == 1;
+}
+
+/* OpenSSL's ticket key callback: encrypts with this period's key, and
+ * decrypts with it or one of the periods before (asking for a fresh
+ * ticket then). 0 means unknown key: a full handshake. */
+static int ticket_key_cb(SSL *ssl, unsigned char *name, unsigned char *iv,
+                         EVP_CIPHER_CTX *ectx, EVP_MAC_CTX *hctx, int enc) {
+  qrpc_conn *c = ssl_conn(ssl);
+  if (!c) return -1;
+  uint64_t period = (uint64_t)time(NULL) / TICKET_PERIOD_S;
+  uint8_t k[TICKET_KEY_LEN];
+  int rv = -1;
+  if (enc) {
+    if (ticket_key(c->tlscfg, period, k) == 0 &&
+        RAND_bytes(iv, EVP_CIPHER_get_iv_length(EVP_aes_256_cbc())) == 1 &&
+        ticket_crypto(ectx, hctx, k, iv, 1)) {
+      memcpy(name, k, TICKET_NAME_LEN);
+      rv = 1;
+    }
+  } else {
+    rv = 0;
+    for (uint64_t back = 0; back < TICKET_KEYS_ACCEPTED && back <= period;
+         back++) {
+      if (ticket_key(c->tlscfg, period - back, k) != 0) break;
+      if (memcmp(name, k, TICKET_NAME_LEN) != 0) continue;
+      rv = !ticket_crypto(ectx, hctx, k, iv, 0) ? -1 : back ? 2 : 1;
+      break;
+    }
+  }
+  OPENSSL_cleanse(k, sizeof(k));
+  return rv;
+}
+
+/* Server: what a new ticket carries besides the session. */
+static int gen_ticket(SSL *ssl, void *arg) {
+  (void)arg;
+  qrpc_conn *c = ssl_conn(ssl);
+  uint8_t ad[APPDATA_LEN];
+  ad[0] = APPDATA_VERSION;
+  ad[1] = c && c->peer_verified;
+  if (!c || RAND_bytes(ad + 2, APPDATA_ID_LEN) != 1) return 0;
+  return SSL_SESSION_set1_ticket_appdata(SSL_get0_session(ssl), ad,
+                                         sizeof(ad)) == 1;
+}
+
+/* Server: a ticket the client offered was decrypted (or not). */
+static SSL_TICKET_RETURN dec_ticket(SSL *ssl, SSL_SESSION *sess,
+                                    const unsigned char *keyname,
+                                    size_t keynamelen,
+                                    SSL_TICKET_STATUS status, void *arg) {
+  (void)keyname, (void)keynamelen, (void)arg;
+  qrpc_conn *c = ssl_conn(ssl);
+  if (status != SSL_TICKET_SUCCESS && status != SSL_TICKET_SUCCESS_RENEW)
+    return SSL_TICKET_RETURN_IGNORE_RENEW;
+  void *p = NULL;
+  size_t len = 0;
+  if (!c || !SSL_SESSION_get0_ticket_appdata(sess, &p, &len) ||
+      len != APPDATA_LEN || ((uint8_t *)p)[0] != APPDATA_VERSION)
+    return SSL_TICKET_RETURN_IGNORE_RENEW;
+  const uint8_t *ad = p;
+  c->resume_verified = ad[1];
+  time_t issued = SSL_SESSION_get_time_ex(sess);
+  c->ticket_early_ok = qrpci_tls_early_fresh(
+      c->tlscfg, ad + 2, APPDATA_ID_LEN, issued > 0 ? (uint64_t)issued : 0);
+  return status == SSL_TICKET_SUCCESS_RENEW ? SSL_TICKET_RETURN_USE_RENEW
+                                            : SSL_TICKET_RETURN_USE;
+}
+
+/* Server: early data only on a ticket's first use within the window, and
+ * never when the server asks for client certificates (a handler of an
+ * early call could not know who calls). */
+static int allow_early(SSL *ssl, void *arg) {
+  const qrpc_tls_config *cfg = arg;
+  qrpc_conn *c = ssl_conn(ssl);
+  return c && c->ticket_early_ok && cfg->client_auth == QRPC_CLIENT_AUTH_NONE;
+}
+
+static int server_tickets(SSL_CTX *ctx, qrpc_tls_config *cfg) {
+  static const unsigned char sid_ctx[] = "qrpc";
+  /* Stateless tickets only: nothing is kept per session on the server. */
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  SSL_CTX_set_options(ctx, SSL_OP_NO_ANTI_REPLAY);
+  SSL_CTX_set_timeout(ctx, TICKET_LIFETIME_S);
+  if (cfg->client_auth == QRPC_CLIENT_AUTH_NONE)
+    SSL_CTX_set_max_early_data(ctx, UINT32_MAX);
+  SSL_CTX_set_allow_early_data_cb(ctx, allow_early, cfg);
+  return SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1) ==
+             1 &&
+         SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_key_cb) == 1 &&
+         SSL_CTX_set_session_ticket_cb(ctx, gen_ticket, dec_ticket, cfg) == 1;
+}
+
+/* Client: a ticket arrived; it goes to the config's cache. */
+static int new_session(SSL *ssl, SSL_SESSION *sess) {
+  qrpc_conn *c = ssl_conn(ssl);
+  int len = c ? i2d_SSL_SESSION(sess, NULL) : 0;
+  unsigned char *buf = len > 0 ? malloc((size_t)len) : NULL;
+  unsigned char *p = buf;
+  if (buf && i2d_SSL_SESSION(sess, &p) == len)
+    qrpci_tls_ticket_received(
+        c, buf, (size_t)len, SSL_SESSION_get_ticket_lifetime_hint(sess),
+        SSL_SESSION_get_max_early_data(sess) == UINT32_MAX);
+  free(buf);
+  ERR_clear_error();
+  return 0; /* OpenSSL keeps no reference */
+}
+
+int qrpci_tlsb_resume(qrpc_conn *c, const qrpci_ticket *t, int early) {
+  SSL *ssl = ngtcp2_crypto_ossl_ctx_get_ssl(c->tls);
+  const unsigned char *p = t->data;
+  SSL_SESSION *sess = d2i_SSL_SESSION(NULL, &p, (long)t->len);
+  int ok = sess && SSL_set_session(ssl, sess) == 1;
+  SSL_SESSION_free(sess);
+  if (ok && early) SSL_set_quic_tls_early_data_enabled(ssl, 1);
+  ERR_clear_error();
+  return ok ? 0 : QRPC_ETLS;
+}
+
+int qrpci_tlsb_resumed(qrpc_conn *c) {
+  return SSL_session_reused(ngtcp2_crypto_ossl_ctx_get_ssl(c->tls)) == 1;
+}
+
+int qrpci_tlsb_early_accepted(qrpc_conn *c) {
+  return SSL_get_early_data_status(ngtcp2_crypto_ossl_ctx_get_ssl(c->tls)) ==
+         SSL_EARLY_DATA_ACCEPTED;
+}
+
 /* ---- Contexts and sessions --------------------------------------------- */
 
 static SSL_CTX *ctx_new(qrpc_tls_config *cfg, int server) {
@@ -311,10 +489,13 @@ static SSL_CTX *ctx_new(qrpc_tls_config *cfg, int server) {
       mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
     SSL_CTX_set_verify(ctx, mode, NULL);
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select, cfg);
-    /* Session resumption is not offered yet: no tickets to send. */
-    SSL_CTX_set_num_tickets(ctx, 0);
+    if (ok) ok = server_tickets(ctx, cfg);
   } else {
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    /* Tickets go to the config's cache (tickets.c), not OpenSSL's. */
+    SSL_CTX_set_session_cache_mode(
+        ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(ctx, new_session);
   }
   if (keylog) SSL_CTX_set_keylog_callback(ctx, keylog_line);
   if (!ok) {
