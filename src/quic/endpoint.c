@@ -341,7 +341,12 @@ int qrpc_endpoint_listen(qrpc_loop *loop, const char *addr,
   qrpci_tls_config_ref(tls);
   int rv = QRPC_ENOMEM;
   if (!(ep->cids = qrpci_cidmap_new())) goto fail;
-  if (qrpci_tls_rand(ep->secret, sizeof(ep->secret)) != 0) goto fail;
+  /* From the server key: a restarted server, or a twin with the same key,
+   * makes the same stateless-reset tokens and accepts the same Retry
+   * tokens. */
+  if (qrpci_tls_derive(tls, "qrpc endpoint secret", 0, ep->secret,
+                       sizeof(ep->secret)) != 0)
+    goto fail;
   if ((rv = bind_socket(ep, addr)) != 0) goto fail;
   rv = QRPC_ENOMEM;
   if (qrpci_sock_watch(&ep->sock, loop->base, ep_writable, ep) != 0 ||
