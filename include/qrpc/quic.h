@@ -62,7 +62,9 @@ typedef enum qrpc_close_kind {
  *   QRPC_ETLS.
  * - ENDPOINT: QRPC_ECLOSED. ERROR: the local failure (QRPC_ERESOLVE, ...).
  * A server reports nothing for connections whose handshake failed; they
- * are counted in qrpc_endpoint_stats. */
+ * are counted in qrpc_endpoint_stats. The exception is a connection that
+ * accepted 0-RTT data: its streams may have reached the application before
+ * the handshake completed, so on_closed fires for it whatever happens. */
 typedef struct qrpc_close_info {
   qrpc_close_kind kind;
   int local;        /* 1: this side closed; 0: the peer did */

@@ -503,9 +503,10 @@ static void replay_expire(qrpci_replay *r, uint64_t now) {
 
 int qrpci_tls_early_fresh(qrpc_tls_config *cfg, const uint8_t *id, size_t len,
                           uint64_t issued_s) {
-  /* Tickets issued before this config served may have carried early data
-   * to a previous run or a twin (RFC 8446 8.2). */
-  if (issued_s < cfg->created_s) return 0;
+  /* Tickets issued before this config served (or in its first second:
+   * the clock counts seconds) may have carried early data to a previous
+   * run or a twin (RFC 8446 8.2). */
+  if (issued_s <= cfg->created_s) return 0;
   qrpci_replay *r = replay_of(cfg);
   uint8_t h[QRPCI_HMAC_LEN];
   if (!r || qrpci_tlsb_hmac(r->hkey, sizeof(r->hkey), id, len, h) != 0)

@@ -102,7 +102,8 @@ int qrpci_tls_client_resume(qrpc_conn *c);
  * long enough that a replay of its ClientHello is refused by this record
  * or by the ticket-age check of the TLS library; a ticket issued before
  * this config served (by a previous run, or a twin sharing the key) gets
- * no, since its first use may have been elsewhere. Any thread. */
+ * no, since its first use may have been elsewhere; issued_s is UINT64_MAX
+ * when the TLS library checked that itself. Any thread. */
 int qrpci_tls_early_fresh(qrpc_tls_config *cfg, const uint8_t *id, size_t len,
                           uint64_t issued_s);
 

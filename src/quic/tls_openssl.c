@@ -549,6 +549,9 @@ int qrpci_tls_session_new(qrpc_tls_config *cfg, qrpc_conn *c, int server,
    * be the ngtcp2_crypto_conn_ref. */
   SSL_set_app_data(ssl, &c->ref);
   if (ok && server) SSL_set_accept_state(ssl);
+  /* A server takes early data (allow_early() decides per connection). */
+  if (ok && server && cfg->client_auth == QRPC_CLIENT_AUTH_NONE)
+    SSL_set_quic_tls_early_data_enabled(ssl, 1);
   if (ok && !server) ok = client_setup(ssl, cfg, server_name);
   if (ok) ok = ngtcp2_crypto_ossl_ctx_new(&octx, ssl) == 0;
   if (!ok) {
