@@ -60,11 +60,16 @@ enum {
   QRPC_STATUS_UNAVAILABLE = 14,
   QRPC_STATUS_DATA_LOSS = 15,
   QRPC_STATUS_UNAUTHENTICATED = 16,
+  /* qrpc's own (docs/protocol.md, "Calls in 0-RTT"): the call arrived in
+   * 0-RTT for a method the server does not treat as idempotent; it did
+   * not run, and may be sent again now that the handshake is done. */
+  QRPC_STATUS_TOO_EARLY = 425,
   QRPC_STATUS_APP_MIN = 1000,
 };
 
-/* Returns the canonical name of a status ("OK", "DEADLINE_EXCEEDED", ...),
- * or "APPLICATION" for 1000 and up, "UNKNOWN_STATUS" otherwise. */
+/* Returns the canonical name of a status ("OK", "DEADLINE_EXCEEDED",
+ * "TOO_EARLY", ...), or "APPLICATION" for 1000 and up, "UNKNOWN_STATUS"
+ * otherwise. */
 const char *qrpc_status_name(int status);
 
 typedef struct qrpc_server qrpc_server;
@@ -117,21 +122,42 @@ typedef struct qrpc_call_callbacks {
   void (*on_writable)(qrpc_call *call, void *user_data);
 } qrpc_call_callbacks;
 
+/* Options of one call. Fields are only ever added at the end; a caller
+ * built against an older qrpc passes its own, smaller size, and the fields
+ * it does not know keep their defaults. Initialise with
+ * qrpc_call_opts_default(), which also clears the padding. */
 typedef struct qrpc_call_opts {
   size_t size;         /* sizeof(qrpc_call_opts), set by the default */
   uint64_t timeout_ms; /* 0: the client's default (none unless set) */
   int fail_fast;       /* -1: the client's default; 1: fail with
                           QRPC_ECLOSED when not connected; 0: wait */
+  int idempotent;      /* 1: the method may safely run twice, so the call
+                          may travel in 0-RTT on a resumed connection
+                          (docs/api.md, "0-RTT"); default 0: the call
+                          waits for the handshake */
 } qrpc_call_opts;
 
 void qrpc_call_opts_default(qrpc_call_opts *o);
 
+/* Copies the options src points to, from a caller built against this or
+ * an older qrpc, into *dst, this version's struct; fields src's size does
+ * not cover get their defaults, and src NULL gives the defaults. Every
+ * function taking a qrpc_call_opts reads it this way; code that passes a
+ * caller's options on with a change (generated stubs) uses it too. Any
+ * thread. Errors: QRPC_EINVAL (dst NULL, or src->size below that of the
+ * first qrpc_call_opts or above this version's). */
+int qrpc_call_opts_copy(qrpc_call_opts *dst, const qrpc_call_opts *src);
+
 /* Starts a unary call of method with payload (copied). opts may be NULL.
  * On success *out (may be NULL) is the handle, valid until on_done returns.
- * Errors: QRPC_EINVAL, QRPC_ECLOSED (not connected and fail-fast, or the
- * peer is gone or going away), QRPC_ENOBUFS (the client's queue of waiting
- * calls is full), QRPC_EMSGSIZE (payload over this side's max_frame; a peer
- * configured with a smaller limit closes the connection with
+ * While the client's connection is in its 0-RTT phase, a call marked
+ * idempotent goes out at once and the others wait for the handshake (or,
+ * with fail-fast, return QRPC_ECLOSED).
+ * Errors: QRPC_EINVAL (also opts->size below that of the first
+ * qrpc_call_opts or above this version's), QRPC_ECLOSED (not connected and
+ * fail-fast, or the peer is gone or going away), QRPC_ENOBUFS (the client's
+ * queue of waiting calls is full), QRPC_EMSGSIZE (payload over this side's
+ * max_frame; a peer configured with a smaller limit closes the connection with
  * FRAME_TOO_LARGE, so both sides should agree on it), QRPC_ENOMEM. */
 int qrpc_client_call(qrpc_client *cli, uint32_t method, const void *payload,
                      size_t len, const qrpc_call_opts *opts,
@@ -243,6 +269,10 @@ qrpc_peer *qrpc_req_peer(qrpc_req *req);
 uint32_t qrpc_req_method(qrpc_req *req);
 qrpc_shape qrpc_req_shape(qrpc_req *req);
 int qrpc_req_is_notify(qrpc_req *req);
+/* 1 if the request arrived in 0-RTT (early data, which an attacker may
+ * have replayed): only methods registered with QRPC_METHOD_IDEMPOTENT see
+ * such requests. 0 once the handshake was done when it arrived. */
+int qrpc_req_is_early(qrpc_req *req);
 /* Milliseconds left of the caller's budget: UINT64_MAX if none. */
 uint64_t qrpc_req_remaining_ms(qrpc_req *req);
 
@@ -298,7 +328,10 @@ typedef struct qrpc_server_opts {
   qrpc_endpoint_opts endpoint;
   qrpc_rpc_opts rpc;
   /* A client connected (handshake done) or is gone. The peer handle is
-   * valid from on_peer_open until on_peer_close returns. */
+   * valid from on_peer_open until on_peer_close returns. A client that
+   * sends calls in 0-RTT has its peer earlier (qrpc_req_peer() of those
+   * requests), but on_peer_open still waits for the handshake; a
+   * connection lost before it gets neither callback. */
   void (*on_peer_open)(qrpc_peer *peer, void *user_data);
   void (*on_peer_close)(qrpc_peer *peer, void *user_data);
   void *user_data;
@@ -335,10 +368,28 @@ void qrpc_client_opts_default(qrpc_client_opts *o);
 int qrpc_server_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
                     const qrpc_server_opts *opts, qrpc_server **out);
 
-/* Registers handler for method with shape (user_data passed through).
+/* Flags of a registered method. */
+enum {
+  /* Running the method twice with the same request does no more harm
+   * than running it once, so it may serve calls that arrive in 0-RTT,
+   * which an attacker can replay (docs/api.md, "0-RTT"). Without it such
+   * calls are refused with QRPC_STATUS_TOO_EARLY and the handler does not
+   * run. */
+  QRPC_METHOD_IDEMPOTENT = 1u << 0,
+};
+
+/* Registers handler for method with shape (user_data passed through), as
+ * qrpc_server_register_flags() with flags 0.
  * Errors: QRPC_EINVAL (shape), QRPC_ENOMEM; re-registering replaces. */
 int qrpc_server_register(qrpc_server *srv, uint32_t method, qrpc_shape shape,
                          qrpc_handler_fn handler, void *user_data);
+
+/* Registers handler for method with shape and flags (QRPC_METHOD_*).
+ * Errors: QRPC_EINVAL (shape, or a flag this version does not know),
+ * QRPC_ENOMEM; re-registering replaces, flags included. */
+int qrpc_server_register_flags(qrpc_server *srv, uint32_t method,
+                               qrpc_shape shape, unsigned flags,
+                               qrpc_handler_fn handler, void *user_data);
 
 uint16_t qrpc_server_port(qrpc_server *srv);
 qrpc_endpoint *qrpc_server_endpoint(qrpc_server *srv);
@@ -369,10 +420,18 @@ int qrpc_client_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
 int qrpc_client_register(qrpc_client *cli, uint32_t method, qrpc_shape shape,
                          qrpc_handler_fn handler, void *user_data);
 
-/* The current peer, or NULL while not connected or while the connection
- * drains after the server's GOAWAY (new calls then wait for the next
- * connection, which is made once the draining one has closed). */
+/* The current peer, or NULL while not connected (in the 0-RTT phase
+ * too) or while the connection drains after the server's GOAWAY (new calls
+ * then wait for the next connection, which is made once the draining one
+ * has closed). */
 qrpc_peer *qrpc_client_peer(qrpc_client *cli);
+
+/* Calls of cli that went out in 0-RTT since it was created: their REQUEST
+ * was written before the handshake was done. If the server refused the
+ * early data, the transport sent them again after the handshake; they are
+ * counted all the same (qrpc_conn_stats says whether early data was
+ * accepted). */
+uint64_t qrpc_client_early_calls(qrpc_client *cli);
 
 /* Fails every call (waiting or in flight) with CANCELLED, closes the
  * connection and frees the client. The on_done callbacks run inside this

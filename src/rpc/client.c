@@ -8,6 +8,7 @@
 #include "dgram/channel.h"
 #include "qrpc/error.h"
 #include "quic/addr.h"
+#include "quic/rpcstream.h"
 #include "quic/tls.h"
 #include "rpc/engine.h"
 #include "util/clock.h"
@@ -41,6 +42,7 @@ void qrpc_client_opts_default(qrpc_client_opts *o) {
 
 static void cli_on_established(qrpc_conn *c, void *ud);
 static void cli_on_closed(qrpc_conn *c, const qrpc_close_info *info, void *ud);
+static void cli_on_early(qrpc_conn *c, void *ud);
 
 static const qrpc_conn_callbacks cli_conn_cbs = {
     .on_established = cli_on_established,
@@ -99,6 +101,7 @@ static void connect_now(qrpc_client *cli) {
   }
   cli->peer = peer;
   qrpc_conn_set_user_data(conn, peer);
+  qrpci_conn_set_early_hook(conn, cli_on_early);
 }
 
 static void unqueue(qrpc_client *cli, qrpc_call *call) {
@@ -117,6 +120,31 @@ static void flush_pending(qrpc_client *cli, qrpc_peer *peer) {
       qrpci_call_defer_done(call, QRPC_STATUS_UNAVAILABLE,
                             "could not be sent");
   }
+}
+
+/* Idempotent calls that wait go out in 0-RTT; the others keep their
+ * place. One that cannot start now (the server's remembered stream limit,
+ * say) waits for the handshake with them. */
+static void flush_idempotent(qrpc_client *cli, qrpc_peer *peer) {
+  qrpci_list *n = cli->pending.next;
+  while (n != &cli->pending && cli->peer == peer) {
+    qrpc_call *call = QRPCI_CONTAINER_OF(n, qrpc_call, node);
+    n = n->next;
+    if (!call->idempotent) continue;
+    qrpci_payload pl = qrpci_bytes(call->payload, call->len);
+    if (qrpci_call_start(call, peer, &pl) != 0) continue;
+    qrpci_list_remove(&call->node);
+    cli->npending--;
+  }
+}
+
+static void cli_on_early(qrpc_conn *c, void *ud) {
+  qrpc_peer *peer = ud;
+  if (!peer) return;
+  qrpc_client *cli = client_of(peer->core);
+  if (cli->peer != peer || cli->freeing) return;
+  qrpci_peer_early(peer);
+  flush_idempotent(cli, peer);
 }
 
 static void cli_on_established(qrpc_conn *c, void *ud) {
@@ -202,7 +230,7 @@ int qrpc_client_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
 int qrpc_client_register(qrpc_client *cli, uint32_t method, qrpc_shape shape,
                          qrpc_handler_fn handler, void *ud) {
   if (!cli) return QRPC_EINVAL;
-  return qrpci_core_register(&cli->core, method, shape, handler, ud);
+  return qrpci_core_register(&cli->core, method, shape, 0, handler, ud);
 }
 
 qrpc_peer *qrpc_client_peer(qrpc_client *cli) {
@@ -210,23 +238,29 @@ qrpc_peer *qrpc_client_peer(qrpc_client *cli) {
   return p && p->ready && !p->goaway_received && !p->closed ? p : NULL;
 }
 
+uint64_t qrpc_client_early_calls(qrpc_client *cli) {
+  return cli ? cli->core.early_calls : 0;
+}
+
 static int client_start(qrpc_client *cli, uint32_t method, qrpc_shape shape,
                         qrpci_payload pl, const qrpc_call_opts *opts,
                         const qrpc_call_callbacks *cbs, void *ud,
                         qrpc_call **out) {
-  if (!cli || !qrpci_payload_valid(&pl)) return QRPC_EINVAL;
-  if (opts && opts->size != sizeof(*opts)) return QRPC_EINVAL;
+  qrpc_call_opts o;
+  if (!cli || !qrpci_payload_valid(&pl) || qrpc_call_opts_copy(&o, opts) != 0)
+    return QRPC_EINVAL;
   size_t len = qrpci_payload_len(&pl);
   if ((shape == QRPC_SHAPE_CLIENT_STREAM || shape == QRPC_SHAPE_BIDI_STREAM) &&
       len)
     return QRPC_EINVAL;
   if (len > cli->core.opts.max_frame) return QRPC_EMSGSIZE;
-  int fail_fast =
-      opts && opts->fail_fast >= 0 ? opts->fail_fast : cli->opts.fail_fast;
-  qrpc_peer *peer = qrpc_client_peer(cli);
+  int fail_fast = o.fail_fast >= 0 ? o.fail_fast : cli->opts.fail_fast;
+  /* Established, or in 0-RTT for an idempotent call: it goes out now. */
+  qrpc_peer *peer =
+      cli->peer && qrpci_peer_takes(cli->peer, o.idempotent) ? cli->peer : NULL;
   if (!peer && fail_fast) return QRPC_ECLOSED;
   if (!peer && cli->npending >= cli->opts.max_pending) return QRPC_ENOBUFS;
-  qrpc_call *call = qrpci_call_new(&cli->core, method, shape, opts,
+  qrpc_call *call = qrpci_call_new(&cli->core, method, shape, &o,
                                    cli->opts.default_timeout_ms, cbs, ud);
   if (!call) return QRPC_ENOMEM;
   int rv = 0;

@@ -2,6 +2,7 @@
  * The call engine shared by servers and clients: RPC streams, frame
  * dispatch, outgoing calls, incoming requests, deadlines and GOAWAY.
  */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -44,6 +45,37 @@ void qrpc_call_opts_default(qrpc_call_opts *o) {
   o->fail_fast = -1;
 }
 
+/* Where a field of qrpc_call_opts ends: a caller's size covers the field
+ * when it reaches this far. */
+#define OPTS_END(field)                                                        \
+  (offsetof(qrpc_call_opts, field) + sizeof(((qrpc_call_opts *)0)->field))
+
+/* The ends of the fields after size, in order: one entry per version of
+ * the struct adds its fields here. The first version ends with fail_fast.
+ * (On LP64 hosts idempotent sits in what was that version's tail padding,
+ * which qrpc_call_opts_default() cleared.) */
+static const size_t call_opts_ends[] = {
+    OPTS_END(timeout_ms),
+    OPTS_END(fail_fast),
+    OPTS_END(idempotent),
+};
+#define CALL_OPTS_MIN OPTS_END(fail_fast)
+
+int qrpc_call_opts_copy(qrpc_call_opts *out, const qrpc_call_opts *in) {
+  if (!out) return QRPC_EINVAL;
+  qrpc_call_opts_default(out);
+  if (!in) return 0;
+  if (in->size < CALL_OPTS_MIN || in->size > sizeof(*in)) return QRPC_EINVAL;
+  /* Whole fields only: the bytes past the last one covered stay default. */
+  size_t n = 0;
+  for (size_t i = 0; i < sizeof(call_opts_ends) / sizeof(call_opts_ends[0]);
+       i++)
+    if (call_opts_ends[i] <= in->size) n = call_opts_ends[i];
+  memcpy(out, in, n);
+  out->size = sizeof(*out);
+  return 0;
+}
+
 const char *qrpc_status_name(int status) {
   static const char *const names[] = {
       "OK",           "CANCELLED",          "UNKNOWN",
@@ -54,6 +86,7 @@ const char *qrpc_status_name(int status) {
       "DATA_LOSS",    "UNAUTHENTICATED"};
   if (status >= 0 && (size_t)status < sizeof(names) / sizeof(names[0]))
     return names[status];
+  if (status == QRPC_STATUS_TOO_EARLY) return "TOO_EARLY";
   return status >= QRPC_STATUS_APP_MIN ? "APPLICATION" : "UNKNOWN_STATUS";
 }
 
@@ -111,8 +144,9 @@ void qrpci_core_cleanup(qrpci_core *core) {
 }
 
 int qrpci_core_register(qrpci_core *core, uint32_t method, qrpc_shape shape,
-                        qrpc_handler_fn fn, void *ud) {
-  if (!fn || shape < QRPC_SHAPE_UNARY || shape > QRPC_SHAPE_BIDI_STREAM)
+                        unsigned flags, qrpc_handler_fn fn, void *ud) {
+  if (!fn || shape < QRPC_SHAPE_UNARY || shape > QRPC_SHAPE_BIDI_STREAM ||
+      (flags & ~(unsigned)QRPC_METHOD_IDEMPOTENT))
     return QRPC_EINVAL;
   /* Keys must be non-zero; method 0 is a valid id. */
   uint64_t key = (uint64_t)method + 1;
@@ -125,6 +159,7 @@ int qrpci_core_register(qrpci_core *core, uint32_t method, qrpc_shape shape,
     }
   }
   m->shape = shape;
+  m->flags = flags;
   m->fn = fn;
   m->ud = ud;
   return 0;
@@ -330,7 +365,24 @@ qrpc_peer *qrpci_peer_new(qrpci_core *core, qrpc_conn *conn) {
   return peer;
 }
 
-void qrpci_peer_ready(qrpc_peer *peer) { peer->ready = 1; }
+void qrpci_peer_early(qrpc_peer *peer) {
+  if (!peer->ready) peer->early = 1;
+}
+
+static void peer_send_goaway(qrpc_peer *peer);
+
+void qrpci_peer_ready(qrpc_peer *peer) {
+  peer->ready = 1;
+  peer->early = 0;
+  /* A server that began draining during the 0-RTT phase could not send
+   * its GOAWAY yet. */
+  if (peer->goaway_sent) peer_send_goaway(peer);
+}
+
+int qrpci_peer_takes(const qrpc_peer *peer, int idempotent) {
+  if (peer->closed || peer->goaway_received) return 0;
+  return peer->ready || (peer->early && idempotent);
+}
 
 static void peer_maybe_release(qrpc_peer *peer) {
   if (!peer->closed || peer->busy) return;
@@ -379,10 +431,14 @@ void qrpci_peer_goaway(qrpc_peer *peer) {
   peer->goaway_sent = 1;
   peer->goaway_last = peer->peer_max_msgid;
   peer->close_when_idle = 1;
-  qrpci_rstream *rs;
-  if (peer->ready && pool_stream(peer, &rs) == 0)
-    put_id_frame(rs, QRPCI_FRAME_GOAWAY, peer->goaway_last);
+  if (peer->ready) peer_send_goaway(peer);
   peer_check_drained(peer);
+}
+
+static void peer_send_goaway(qrpc_peer *peer) {
+  qrpci_rstream *rs;
+  if (pool_stream(peer, &rs) == 0)
+    put_id_frame(rs, QRPCI_FRAME_GOAWAY, peer->goaway_last);
 }
 
 qrpc_conn *qrpc_peer_conn(qrpc_peer *peer) { return peer->conn; }
@@ -415,8 +471,9 @@ qrpc_call *qrpci_call_new(qrpci_core *core, uint32_t method, qrpc_shape shape,
   call->shape = shape;
   if (cbs) call->cbs = *cbs;
   call->ud = ud;
+  call->idempotent = opts->idempotent != 0;
   qrpci_list_init(&call->node);
-  uint64_t timeout = opts && opts->timeout_ms ? opts->timeout_ms : default_timeout;
+  uint64_t timeout = opts->timeout_ms ? opts->timeout_ms : default_timeout;
   evtimer_assign(&call->timer, qrpc_loop_base(core->loop), call_timer_cb, call);
   if (timeout) {
     call->deadline_ns = qrpci_now_ns() + timeout * QRPCI_NS_PER_MS;
@@ -509,8 +566,7 @@ static void call_timer_cb(evutil_socket_t fd, short what, void *arg) {
 
 int qrpci_call_start(qrpc_call *call, qrpc_peer *peer,
                      const qrpci_payload *pl) {
-  if (peer->closed || !peer->ready || peer->goaway_received)
-    return QRPC_ECLOSED;
+  if (!qrpci_peer_takes(peer, call->idempotent)) return QRPC_ECLOSED;
   qrpci_rstream *rs;
   int rv = call->shape == QRPC_SHAPE_UNARY ? pool_stream(peer, &rs)
                                            : rs_open(peer, &rs);
@@ -544,6 +600,7 @@ int qrpci_call_start(qrpc_call *call, qrpc_peer *peer,
   rs->ncalls++;
   if (rs->pool_slot < 0) rs->call = call;
   call->state = QRPCI_CALL_ACTIVE;
+  if (!peer->ready) call->core->early_calls++;
   free(call->payload);
   call->payload = NULL;
   return 0;
@@ -557,14 +614,14 @@ static int peer_start(qrpc_peer *peer, uint32_t method, qrpc_shape shape,
                       qrpci_payload pl, const qrpc_call_opts *opts,
                       const qrpc_call_callbacks *cbs, void *ud,
                       qrpc_call **out) {
-  if (!peer || !shape_valid(shape) || !qrpci_payload_valid(&pl))
+  qrpc_call_opts o;
+  if (!peer || !shape_valid(shape) || !qrpci_payload_valid(&pl) ||
+      qrpc_call_opts_copy(&o, opts) != 0)
     return QRPC_EINVAL;
-  if (opts && opts->size != sizeof(*opts)) return QRPC_EINVAL;
   if ((shape == QRPC_SHAPE_CLIENT_STREAM || shape == QRPC_SHAPE_BIDI_STREAM) &&
       qrpci_payload_len(&pl))
     return QRPC_EINVAL;
-  qrpc_call *call =
-      qrpci_call_new(peer->core, method, shape, opts, 0, cbs, ud);
+  qrpc_call *call = qrpci_call_new(peer->core, method, shape, &o, 0, cbs, ud);
   if (!call) return QRPC_ENOMEM;
   int rv = qrpci_call_start(call, peer, &pl);
   if (rv != 0) {
@@ -800,6 +857,12 @@ static void on_request(qrpci_rstream *rs, const qrpci_frame *f) {
     answer_refusal(rs, f->msgid, QRPC_STATUS_UNIMPLEMENTED, "unknown method");
     return;
   }
+  if (rs->frame_early && !(m->flags & QRPC_METHOD_IDEMPOTENT)) {
+    /* It may be a replay: only the handshake proves it is not. */
+    answer_refusal(rs, f->msgid, QRPC_STATUS_TOO_EARLY,
+                   "sent in 0-RTT to a method that is not idempotent");
+    return;
+  }
   if (!rs->local && rs->s && qrpci_stream_congested(rs->s)) {
     /* The caller is not reading our answers: refuse cheaply instead of
      * buffering more, and stop reading this stream until they drain. */
@@ -821,6 +884,7 @@ static void on_request(qrpci_rstream *rs, const qrpci_frame *f) {
                    "out of memory");
     return;
   }
+  req->early = rs->frame_early;
   rs->pending++;
   if (m->shape != QRPC_SHAPE_UNARY && !rs->req) rs->req = req;
   if (f->timeout_ms) {
@@ -842,9 +906,17 @@ static void on_notify(qrpci_rstream *rs, const qrpci_frame *f) {
                 (unsigned long long)f->method);
     return;
   }
+  if (rs->frame_early && !(m->flags & QRPC_METHOD_IDEMPOTENT)) {
+    /* Nothing could tell the sender to send it again: dropped as a NOTIFY
+     * for an unknown method is. */
+    QRPCI_DEBUG("rpc: NOTIFY in 0-RTT for method 0x%llx dropped",
+                (unsigned long long)f->method);
+    return;
+  }
   qrpc_req *req = req_new(peer, NULL, 0, (uint32_t)f->method, m->shape);
   if (!req) return;
   req->notify = 1;
+  req->early = rs->frame_early;
   run_handler(req, m, f->payload, f->payload_len);
 }
 
@@ -994,6 +1066,8 @@ static int on_frame(void *ctx, const uint8_t *body, size_t len) {
   case QRPCI_FRAME_GOAWAY: on_goaway(rs, &f); break;
   default: break;
   }
+  /* The next frame starts in the read being fed. */
+  rs->frame_early = rs->rx_early;
   return peer->closed || rs->gone ? 1 : 0;
 }
 
@@ -1003,6 +1077,8 @@ static void rs_on_read(qrpc_stream *s, const uint8_t *data, size_t len,
   qrpc_peer *peer = rs->peer;
   if (peer->closed) return;
   peer->busy++;
+  rs->rx_early = qrpci_stream_rx_early(s);
+  if (!qrpci_reasm_in_frame(&rs->reasm)) rs->frame_early = rs->rx_early;
   const char *why = NULL;
   int rv = len ? qrpci_reasm_feed(&rs->reasm, data, len, on_frame, rs, &why)
                : 0;
@@ -1110,6 +1186,7 @@ qrpc_peer *qrpc_req_peer(qrpc_req *req) { return req->peer; }
 uint32_t qrpc_req_method(qrpc_req *req) { return req->method; }
 qrpc_shape qrpc_req_shape(qrpc_req *req) { return req->shape; }
 int qrpc_req_is_notify(qrpc_req *req) { return req->notify; }
+int qrpc_req_is_early(qrpc_req *req) { return req->early; }
 
 uint64_t qrpc_req_remaining_ms(qrpc_req *req) {
   if (!req->deadline_ns) return UINT64_MAX;

@@ -24,6 +24,7 @@
 
 typedef struct qrpci_method {
   qrpc_shape shape;
+  unsigned flags; /* QRPC_METHOD_* */
   qrpc_handler_fn fn;
   void *ud;
 } qrpci_method;
@@ -64,10 +65,13 @@ struct qrpci_core {
     const struct timeval *tv;
   } timeouts[QRPCI_COMMON_TIMEOUTS];
   size_t ntimeouts;
+  uint64_t early_calls; /* calls whose REQUEST went out in 0-RTT */
 };
 
 typedef struct qrpci_rstream qrpci_rstream;
 
+/* A peer begins with its core pointer: a server tells its connections'
+ * user data apart by it (server.c). */
 struct qrpc_peer {
   qrpci_core *core;
   qrpc_conn *conn;
@@ -75,6 +79,7 @@ struct qrpc_peer {
   struct qrpci_dgconn *dg;  /* the owner's datagram state; core ignores it */
   void *user_data;
   int ready;                /* handshake done */
+  int early;                /* 0-RTT phase: idempotent calls may start */
   int closed;               /* connection gone; release when not busy */
   int busy;
   uint64_t last_msgid;      /* highest MsgId we issued */
@@ -108,6 +113,11 @@ struct qrpci_rstream {
   int finished;             /* our FIN is queued */
   int gone;                 /* the transport closed it */
   int read_paused;          /* answers back up: stop taking requests */
+  /* Whether a frame arrived in 0-RTT is decided by the bytes its Length
+   * started in: frame_early for the frame being reassembled, rx_early for
+   * the read being fed, then for frames that start in it. */
+  int frame_early;
+  int rx_early;
 };
 
 typedef enum qrpci_call_state {
@@ -126,6 +136,7 @@ struct qrpc_call {
   uint64_t msgid;
   uint32_t method;
   qrpc_shape shape;
+  int idempotent;           /* may go out in 0-RTT */
   qrpc_call_callbacks cbs;
   void *ud;
   struct event timer;
@@ -147,6 +158,7 @@ struct qrpc_req {
   uint32_t method;
   qrpc_shape shape;
   int notify;
+  int early;                /* arrived in 0-RTT */
   int in_handler;
   int released;             /* over; freed when the handler returns */
   int answered;             /* our END is sent (bidi waits for theirs) */
@@ -164,16 +176,24 @@ int qrpci_core_init(qrpci_core *core, qrpc_loop *loop,
                     const qrpc_rpc_opts *opts, const qrpci_core_ops *ops);
 /* Completes what is deferred and frees what core holds. */
 void qrpci_core_cleanup(qrpci_core *core);
+/* Errors: QRPC_EINVAL (shape, no fn, or unknown flags), QRPC_ENOMEM. */
 int qrpci_core_register(qrpci_core *core, uint32_t method, qrpc_shape shape,
-                        qrpc_handler_fn fn, void *ud);
+                        unsigned flags, qrpc_handler_fn fn, void *ud);
 void qrpci_rpc_opts_default(qrpc_rpc_opts *o);
 int qrpci_rpc_opts_valid(const qrpc_rpc_opts *o);
 
 /* A peer for conn; it takes the connection's RPC streams. NULL when out
  * of memory. */
 qrpc_peer *qrpci_peer_new(qrpci_core *core, qrpc_conn *conn);
+/* A client's connection is in its 0-RTT phase: calls marked idempotent
+ * may start. (A server's peer never enters it: its calls wait for the
+ * handshake, even when requests arrive earlier.) */
+void qrpci_peer_early(qrpc_peer *peer);
 /* The connection is established: streams may be opened. */
 void qrpci_peer_ready(qrpc_peer *peer);
+/* 1 if a call may start on peer now: it is established and not going
+ * away, or in its 0-RTT phase and the call is idempotent. */
+int qrpci_peer_takes(const qrpc_peer *peer, int idempotent);
 /* The connection is gone: fail calls with UNAVAILABLE, cancel requests,
  * tell the owner, and free the peer (now, or when its dispatch unwinds). */
 void qrpci_peer_closed(qrpc_peer *peer);
@@ -184,10 +204,13 @@ int qrpci_peer_idle(qrpc_peer *peer);
  * QRPC_ECLOSED, QRPC_EMSGSIZE, QRPC_ENOMEM. */
 int qrpci_peer_notify(qrpc_peer *peer, uint32_t method, qrpci_payload pl);
 
+/* opts is this version's struct (qrpc_call_opts_copy()). */
 qrpc_call *qrpci_call_new(qrpci_core *core, uint32_t method, qrpc_shape shape,
                           const qrpc_call_opts *opts, uint64_t default_timeout,
                           const qrpc_call_callbacks *cbs, void *ud);
-/* Sends the call's REQUEST on peer (payload given, or the queued copy). */
+/* Sends the call's REQUEST on peer (payload given, or the queued copy).
+ * Errors: QRPC_ECLOSED (peer does not take the call now), those of
+ * opening a stream and of writing the frame. */
 int qrpci_call_start(qrpc_call *call, qrpc_peer *peer,
                      const qrpci_payload *pl);
 /* Completes a call that never reached the wire, from the loop. */

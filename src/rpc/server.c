@@ -1,16 +1,23 @@
 /* qrpc_server: an endpoint whose connections each get an RPC peer. */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "dgram/channel.h"
 #include "qrpc/error.h"
 #include "quic/close.h"
+#include "quic/rpcstream.h"
 #include "rpc/engine.h"
 #include "util/clock.h"
 #include "wire/protocol.h"
 
 struct qrpc_server {
   qrpci_core core;
+  /* &self is the user data of the server's connections until they have a
+   * peer, then the peer is. Both point at a pointer to the core (a peer
+   * begins with one), so a connection callback finds the server either
+   * way, and tells which it got by the address. */
+  qrpci_core *self;
   qrpci_dgram *dg;
   qrpc_endpoint *ep;
   qrpc_server_opts opts;
@@ -33,34 +40,78 @@ static qrpc_server *server_of(qrpci_core *core) {
   return QRPCI_CONTAINER_OF(core, qrpc_server, core);
 }
 
-static void srv_on_established(qrpc_conn *c, void *ud) {
-  qrpc_server *srv = ud;
+_Static_assert(offsetof(qrpc_peer, core) == 0,
+               "a peer must begin with its core pointer");
+
+/* The server of a connection's user data, and its peer if it has one. */
+static qrpc_server *owner_of(void *ud, qrpc_peer **peer) {
+  qrpci_core **owner = ud;
+  qrpc_server *srv = server_of(*owner);
+  *peer = owner == &srv->self ? NULL : (qrpc_peer *)(void *)owner;
+  return srv;
+}
+
+/* Gives c its peer: at the handshake, or earlier when the client's
+ * 0-RTT data was accepted. NULL when out of memory (c is then closing). */
+static qrpc_peer *srv_attach(qrpc_server *srv, qrpc_conn *c) {
   qrpc_peer *peer = qrpci_peer_new(&srv->core, c);
   if (!peer) {
     qrpc_conn_close(c, QRPCI_ERR_INTERNAL_ERROR, "out of memory");
-    return;
+    return NULL;
   }
   qrpci_list_push_back(&srv->peers, &peer->node);
   qrpc_conn_set_user_data(c, peer);
   if (!(peer->dg = qrpci_dgconn_new(srv->dg, c, peer))) {
-    /* on_closed, from inside this call, releases the peer. */
+    /* on_closed, from inside this call or later, releases the peer. */
     qrpc_conn_close(c, QRPCI_ERR_INTERNAL_ERROR, "out of memory");
-    return;
+    return NULL;
   }
+  return peer;
+}
+
+/* The client's early data was accepted: its calls may arrive now. The
+ * peer is not ready (on_peer_open waits for the handshake), and its own
+ * calls wait too. */
+static void srv_on_early(qrpc_conn *c, void *ud) {
+  qrpc_peer *peer;
+  qrpc_server *srv = owner_of(ud, &peer);
+  if (peer || !(peer = srv_attach(srv, c))) return;
+  /* Draining already: the early calls are refused, the connection closes
+   * once that is said. */
+  if (srv->shutting_down) qrpci_peer_goaway(peer);
+}
+
+static void srv_on_established(qrpc_conn *c, void *ud) {
+  qrpc_peer *peer;
+  qrpc_server *srv = owner_of(ud, &peer);
+  if (!peer && !(peer = srv_attach(srv, c))) return;
+  if (peer->closed || !peer->dg) return;
   qrpci_peer_ready(peer);
   if (srv->opts.on_peer_open) srv->opts.on_peer_open(peer, srv->opts.user_data);
   if (srv->shutting_down) qrpci_peer_goaway(peer);
 }
 
+/* Datagrams count once the handshake is done: one that arrives in 0-RTT
+ * could be a replay, and qrpc never sends one there. */
+static void srv_on_datagram(qrpc_conn *c, const uint8_t *data, size_t len,
+                            void *ud) {
+  qrpc_peer *peer;
+  owner_of(ud, &peer);
+  if (peer && peer->ready) qrpci_peer_on_datagram(c, data, len, peer);
+}
+
+/* Established connections reach here, and those that entered 0-RTT; a
+ * connection whose peer could not be made has none to release. */
 static void srv_on_closed(qrpc_conn *c, const qrpc_close_info *info,
                           void *ud) {
-  /* Only established connections reach here, and those carry their peer. */
-  qrpci_peer_closed(ud);
+  qrpc_peer *peer;
+  owner_of(ud, &peer);
+  if (peer) qrpci_peer_closed(peer);
 }
 
 static const qrpc_conn_callbacks srv_conn_cbs = {
     .on_established = srv_on_established,
-    .on_datagram = qrpci_peer_on_datagram,
+    .on_datagram = srv_on_datagram,
     .on_closed = srv_on_closed,
 };
 
@@ -99,6 +150,7 @@ int qrpc_server_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
     qrpc_server_opts_default(&srv->opts);
   qrpci_list_init(&srv->peers);
   int rv = qrpci_core_init(&srv->core, loop, &srv->opts.rpc, &srv_core_ops);
+  srv->self = &srv->core;
   if (rv == 0 && !(srv->dg = qrpci_dgram_new())) rv = QRPC_ENOMEM;
   if (rv == 0) {
     srv->done_ev = event_new(qrpc_loop_base(loop), -1, 0, srv_done_cb, srv);
@@ -106,7 +158,8 @@ int qrpc_server_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
   }
   if (rv == 0)
     rv = qrpc_endpoint_listen(loop, addr, tls, &srv->opts.endpoint,
-                              &srv_conn_cbs, srv, &srv->ep);
+                              &srv_conn_cbs, &srv->self, &srv->ep);
+  if (rv == 0) qrpci_endpoint_set_early_hook(srv->ep, srv_on_early);
   if (rv != 0) {
     qrpc_server_free(srv);
     return rv;
@@ -117,8 +170,14 @@ int qrpc_server_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
 
 int qrpc_server_register(qrpc_server *srv, uint32_t method, qrpc_shape shape,
                          qrpc_handler_fn handler, void *ud) {
+  return qrpc_server_register_flags(srv, method, shape, 0, handler, ud);
+}
+
+int qrpc_server_register_flags(qrpc_server *srv, uint32_t method,
+                               qrpc_shape shape, unsigned flags,
+                               qrpc_handler_fn handler, void *ud) {
   if (!srv) return QRPC_EINVAL;
-  return qrpci_core_register(&srv->core, method, shape, handler, ud);
+  return qrpci_core_register(&srv->core, method, shape, flags, handler, ud);
 }
 
 uint16_t qrpc_server_port(qrpc_server *srv) {

@@ -28,9 +28,13 @@ void qrpci_reasm_free(qrpci_reasm *r) {
 
 size_t qrpci_reasm_buffered(const qrpci_reasm *r) { return r->buf_cap; }
 
+int qrpci_reasm_in_frame(const qrpci_reasm *r) {
+  return r->len_have != 0 || r->body_len != 0;
+}
+
 int qrpci_reasm_finish(const qrpci_reasm *r) {
   if (r->err != 0) return r->err;
-  if (r->len_have != 0 || r->body_len != 0) return QRPC_EPROTO;
+  if (qrpci_reasm_in_frame(r)) return QRPC_EPROTO;
   return 0;
 }
 

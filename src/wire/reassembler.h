@@ -67,6 +67,10 @@ int qrpci_reasm_feed(qrpci_reasm *r, const uint8_t *data, size_t len,
  * fits), or the earlier failure of a feed. */
 int qrpci_reasm_finish(const qrpci_reasm *r);
 
+/* 1 if part of a frame has been fed (some of its Length field, or its
+ * body) and the rest is still to come; 0 on a frame boundary. */
+int qrpci_reasm_in_frame(const qrpci_reasm *r);
+
 /* Bytes of heap memory r holds right now: at most max_frame. Lets the owner
  * account buffered data against per-connection memory limits. */
 size_t qrpci_reasm_buffered(const qrpci_reasm *r);

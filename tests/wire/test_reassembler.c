@@ -238,8 +238,9 @@ START_TEST(test_random_splits) {
 END_TEST
 
 /* A stream cut anywhere: every complete frame is delivered, the rest waits
- * without error, and only the end of the stream turns a partial frame into
- * a protocol violation. */
+ * without error (qrpci_reasm_in_frame() says a frame is under way), and
+ * only the end of the stream turns a partial frame into a protocol
+ * violation. */
 START_TEST(test_truncated_at_every_byte) {
   stream s = {0};
   qrpci_frame f = {.type = QRPCI_FRAME_ERROR,
@@ -267,6 +268,7 @@ START_TEST(test_truncated_at_every_byte) {
       assert_frames(&w, &s, complete);
       int at_boundary =
           k == 0 || (complete > 0 && s.frame_end[complete - 1] == k);
+      ck_assert_int_eq(qrpci_reasm_in_frame(&r), !at_boundary);
       ck_assert_int_eq(qrpci_reasm_finish(&r), at_boundary ? 0 : QRPC_EPROTO);
       qrpci_reasm_free(&r);
       seen_free(&w);
