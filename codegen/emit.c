@@ -70,21 +70,23 @@ int cg_decls_check(cg_decls *d, cg_buf *errors) {
  * prefix. They must list exactly what the templates below declare. */
 static const char *const ids_all[] = {"_METHOD_ID", "_METHOD_NAME", NULL};
 static const char *const ids_unary[] = {
-    "",      "_peer",     "_sync",   "_reply",  "_error", "_done_fn",
-    "__ctx", "__on_done", "__start", "__serve", NULL};
+    "_FLAGS",   "",      "_peer",     "_sync",   "_reply",  "_error",
+    "_done_fn", "__ctx", "__on_done", "__start", "__serve", NULL};
 static const char *const ids_server_stream[] = {
-    "",      "_peer",     "_callbacks", "_item",   "_end",    "_error",
-    "__ctx", "__on_item", "__on_done",  "__start", "__serve", NULL};
+    "_FLAGS",  "",        "_peer", "_callbacks", "_item",
+    "_end",    "_error",  "__ctx", "__on_item",  "__on_done",
+    "__start", "__serve", NULL};
 static const char *const ids_client_stream[] = {
-    "",        "_peer",   "_callbacks",   "_send",     "_handlers",
-    "_reply",  "_error",  "__ctx",        "__on_done", "__on_writable",
-    "__start", "__serve", "__serve_item", NULL};
+    "_FLAGS",        "",        "_peer",   "_callbacks",   "_send",
+    "_handlers",     "_reply",  "_error",  "__ctx",        "__on_done",
+    "__on_writable", "__start", "__serve", "__serve_item", NULL};
 static const char *const ids_bidi_stream[] = {
-    "",          "_peer",     "_callbacks",   "_send",
-    "_handlers", "_item",     "_end",         "_error",
-    "__ctx",     "__on_item", "__on_done",    "__on_writable",
-    "__start",   "__serve",   "__serve_item", NULL};
-static const char *const ids_notify[] = {"", "_peer", "__serve", NULL};
+    "_FLAGS",       "",          "_peer",         "_callbacks", "_send",
+    "_handlers",    "_item",     "_end",          "_error",     "__ctx",
+    "__on_item",    "__on_done", "__on_writable", "__start",    "__serve",
+    "__serve_item", NULL};
+static const char *const ids_notify[] = {"_FLAGS", "", "_peer", "__serve",
+                                         NULL};
 static const char *const ids_datagram[] = {
     "_LATEST_ONLY", "_MAX_AGE_MS", "_send", "_encode", "__recv", NULL};
 static const char *const ids_service[] = {
@@ -129,7 +131,10 @@ static const char h_top[] =
     " * p_q_S_M (M gets a trailing '_' if it is a C or C++ keyword, a\n"
     " * standard macro, or handlers, register, register_client, user_data):\n"
     " * - _METHOD_ID, _METHOD_NAME: its id (docs/protocol.md section 5) and\n"
-    " *   \"p.q.S/M\".\n"
+    " *   \"p.q.S/M\"; _FLAGS (not for datagram methods): its QRPC_METHOD_*\n"
+    " *   flags, QRPC_METHOD_IDEMPOTENT when its idempotency_level is\n"
+    " *   IDEMPOTENT or NO_SIDE_EFFECTS (calls may then go out in 0-RTT, and\n"
+    " *   servers run them when they arrive there).\n"
     " * - Callers: p_q_S_M() on a qrpc_client and p_q_S_M_peer() on a\n"
     " *   qrpc_peer (a server calling its client) start a call; unary methods\n"
     " *   also have p_q_S_M_sync(), client and bidi streaming ones\n"
@@ -195,6 +200,8 @@ static const char h_method_ids[] = "\n"
                                    "\n"
                                    "#define $PM$_METHOD_ID $ID$u$PINNED$\n"
                                    "#define $PM$_METHOD_NAME \"$FULL$\"\n";
+
+static const char h_method_flags[] = "#define $PM$_FLAGS $FLAGS$\n";
 
 static const char h_unary[] =
     "\n"
@@ -447,7 +454,7 @@ static const char c_unary_call[] =
     "  ctx->done = done;\n"
     "  ctx->user_data = user_data;\n"
     "  rc = qrpc_stub_call_start(cli, peer, $PM$_METHOD_ID, QRPC_SHAPE_UNARY,\n"
-    "                            &m, opts, &cbs, ctx, out);\n"
+    "                            $PM$_FLAGS, &m, opts, &cbs, ctx, out);\n"
     "  if (rc != 0) free(ctx);\n"
     "  return rc;\n"
     "}\n"
@@ -470,7 +477,7 @@ static const char c_unary_call[] =
     "    const $IN$ *request, uint64_t timeout_ms, $OUT$ **reply,\n"
     "    int *status) {\n"
     "  ProtobufCMessage *msg = NULL;\n"
-    "  int rc = qrpc_stub_call_sync(loop, cli, $PM$_METHOD_ID,\n"
+    "  int rc = qrpc_stub_call_sync(loop, cli, $PM$_METHOD_ID, $PM$_FLAGS,\n"
     "      (const ProtobufCMessage *)request, &$IN_DESC$, &$OUT_DESC$,\n"
     "      timeout_ms, reply != NULL ? &msg : NULL, status);\n"
     "  if (reply != NULL) *reply = ($OUT$ *)msg;\n"
@@ -616,7 +623,8 @@ static const char c_stream_start[] =
     "  ctx->cbs = *cbs;\n"
     "  ctx->user_data = user_data;\n"
     "  rc = qrpc_stub_call_start(cli, peer, $PM$_METHOD_ID, $SHAPE$,\n"
-    "                            $MSG_ARG$, opts, &ccbs, ctx, out);\n"
+    "                            $PM$_FLAGS, $MSG_ARG$, opts, &ccbs, ctx,\n"
+    "                            out);\n"
     "  if (rc != 0) free(ctx);\n"
     "  return rc;\n"
     "}\n"
@@ -760,13 +768,13 @@ static const char c_register_vars[] = "  int rc;\n";
 static const char c_register_plain[] =
     "  if (h->$M$ != NULL &&\n"
     "      (rc = qrpc_stub_register(srv, cli, $PM$_METHOD_ID, $SHAPE$,\n"
-    "                               $PM$__serve, h)) != 0)\n"
+    "                               $PM$_FLAGS, $PM$__serve, h)) != 0)\n"
     "    return rc;\n";
 static const char c_register_stream[] =
     "  if ((h->$M$.on_start != NULL || h->$M$.on_item != NULL ||\n"
     "       h->$M$.on_end != NULL) &&\n"
     "      (rc = qrpc_stub_register(srv, cli, $PM$_METHOD_ID, $SHAPE$,\n"
-    "                               $PM$__serve, h)) != 0)\n"
+    "                               $PM$_FLAGS, $PM$__serve, h)) != 0)\n"
     "    return rc;\n";
 static const char c_register_dgram[] =
     "  if ((rc = qrpc_stub_register_dgram(srv, cli, $PM$_METHOD_ID,\n"
@@ -828,6 +836,8 @@ static int bind_method(method_vars *mv, const cg_vars *base,
   cg_vars_set(&mv->v, "ID", mv->id);
   cg_vars_set(&mv->v, "PINNED", me->pinned ? " /* pinned */" : "");
   cg_vars_set(&mv->v, "SHAPE", shape_name(me->kind));
+  cg_vars_set(&mv->v, "FLAGS",
+              me->idempotent ? "QRPC_METHOD_IDEMPOTENT" : "0u");
   cg_vars_set(&mv->v, "LATEST_ONLY", me->latest_only ? "1" : "0");
   cg_vars_set(&mv->v, "MAX_AGE_MS", mv->max_age_ms);
   cg_vars_set(&mv->v, "IN", me->in->c_type);
@@ -862,6 +872,7 @@ static void emit_method_header(emitter *e, const cg_vars *base, cg_kind k) {
                   ? "  void (*on_writable)(qrpc_req *req, void *user_data);\n"
                   : "");
   eh(e, v, h_method_ids);
+  if (k != CG_DATAGRAM) eh(e, v, h_method_flags);
   switch (k) {
   case CG_UNARY: eh(e, v, h_unary); break;
   case CG_SERVER_STREAM: eh(e, v, h_server_stream); break;

@@ -72,6 +72,7 @@ static int method_kind(const cg_file *f, cg_method *me,
   }
   if (o->notify) me->kind = CG_NOTIFY;
   if (o->datagram) me->kind = CG_DATAGRAM;
+  me->idempotent = o->idempotent;
   me->latest_only = o->latest_only;
   me->max_age_ms = o->max_age_ms;
   return 0;

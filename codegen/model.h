@@ -31,6 +31,8 @@ typedef struct cg_method {
   uint32_t id;
   int pinned; /* the id comes from (qrpc.method_id) */
   cg_kind kind;
+  int idempotent;      /* idempotency_level says it may run twice; not
+                          used by datagram stubs */
   int latest_only;     /* datagram: (qrpc.latest_only) */
   uint32_t max_age_ms; /* datagram: (qrpc.max_age_ms), 0 if unset */
   const cg_type *in;

@@ -81,6 +81,13 @@ int cg_method_opts_read(const Google__Protobuf__MethodOptions *opts,
     out->has_max_age_ms = 1;
     out->max_age_ms = (uint32_t)v;
   }
+  /* A side-effect-free method is idempotent too. */
+  out->idempotent =
+      opts->has_idempotency_level &&
+      (opts->idempotency_level ==
+           GOOGLE__PROTOBUF__METHOD_OPTIONS__IDEMPOTENCY_LEVEL__IDEMPOTENT ||
+       opts->idempotency_level ==
+           GOOGLE__PROTOBUF__METHOD_OPTIONS__IDEMPOTENCY_LEVEL__NO_SIDE_EFFECTS);
   return 0;
 }
 

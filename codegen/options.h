@@ -26,7 +26,7 @@
 #define CG_OPT_PB_C_FILE 1019
 #define CG_OPT_PB_C_FILE_C_PACKAGE 6
 
-/* The qrpc options of one method. */
+/* The qrpc options of one method, and the protobuf ones qrpc uses. */
 typedef struct cg_method_opts {
   int has_method_id;
   uint32_t method_id;
@@ -36,9 +36,11 @@ typedef struct cg_method_opts {
   int latest_only;
   int has_max_age_ms;
   uint32_t max_age_ms;
+  /* protobuf's own idempotency_level is IDEMPOTENT or NO_SIDE_EFFECTS. */
+  int idempotent;
 } cg_method_opts;
 
-/* Reads the qrpc options of a method (opts may be NULL: no options).
+/* Reads the options of a method (opts may be NULL: no options).
  * Returns 0, or -1 with *why set to a static description when an option
  * is malformed (wrong wire type, or a method_id or max_age_ms beyond 32
  * bits). */

@@ -92,27 +92,31 @@ int qrpc_stub_result_reply(qrpc_result *r,
  * server streaming call with qrpc_client_stream_msg() or
  * qrpc_peer_stream_msg() (m is the request), a client or bidi streaming
  * call with qrpc_client_stream() or qrpc_peer_stream() and no payload (m
- * is NULL; items follow). m, opts, cbs, user_data and *out are as for
- * those functions, and on success cbs->on_done fires exactly once. Loop
- * thread of cli or peer.
+ * is NULL; items follow). flags are the method's QRPC_METHOD_* from the
+ * IDL: with QRPC_METHOD_IDEMPOTENT the call is made idempotent whatever
+ * opts says, every other option is the caller's. m, opts, cbs, user_data
+ * and *out are as for those functions, and on success cbs->on_done fires
+ * exactly once. Loop thread of cli or peer.
  * Errors: QRPC_EINVAL (cli and peer both NULL, no m for a unary or server
- * streaming call, or an m for the others), and those of the function
- * called. */
+ * streaming call, an m for the others, or opts of an unknown size), and
+ * those of the function called. */
 int qrpc_stub_call_start(qrpc_client *cli, qrpc_peer *peer, uint32_t method,
-                         qrpc_shape shape, const qrpc_msg *m,
+                         qrpc_shape shape, unsigned flags, const qrpc_msg *m,
                          const qrpc_call_opts *opts,
                          const qrpc_call_callbacks *cbs, void *user_data,
                          qrpc_call **out);
 
-/* Registers handler for method with shape on srv, or on cli when srv is
- * NULL (qrpc_server_register(), qrpc_client_register()). handlers, the
+/* Registers handler for method with shape on srv with flags, the method's
+ * QRPC_METHOD_* from the IDL (qrpc_server_register_flags()), or on cli
+ * when srv is NULL (qrpc_client_register(); flags do not apply there,
+ * since a server never calls its client in 0-RTT). handlers, the
  * generated handlers struct, is handler's user_data: borrowed, it must
  * stay valid until srv or cli is freed. Loop thread of srv or cli.
  * Errors: QRPC_EINVAL (srv and cli both NULL), and those of the function
  * called. */
 int qrpc_stub_register(qrpc_server *srv, qrpc_client *cli, uint32_t method,
-                       qrpc_shape shape, qrpc_handler_fn handler,
-                       const void *handlers);
+                       qrpc_shape shape, unsigned flags,
+                       qrpc_handler_fn handler, const void *handlers);
 
 /* Configures datagram channel on srv, or on cli when srv is NULL
  * (qrpc_server_register_dgram(), qrpc_client_register_dgram()), with the
@@ -136,7 +140,8 @@ int qrpc_stub_refuse(qrpc_req *req, const char *detail);
 /* ---- Blocking calls --------------------------------------------------- */
 
 /* Calls method on cli with request, a message of type in (borrowed, packed
- * before this returns), and runs loop until the call is over: for at most
+ * before this returns), as an idempotent call if flags (the method's
+ * QRPC_METHOD_*) say so, and runs loop until the call is over: for at most
  * timeout_ms (0: the client's default, which may be none) and a second of
  * grace, after which the call is cancelled. A loop stopped meanwhile by
  * other callbacks is run again. Loop thread only, and not from inside a
@@ -154,7 +159,7 @@ int qrpc_stub_refuse(qrpc_req *req, const char *detail);
  * qrpc_client_call_msg(), and QRPC_ESYSTEM when the loop cannot run (the
  * call is then cancelled, and its state freed when it ends). */
 int qrpc_stub_call_sync(qrpc_loop *loop, qrpc_client *cli, uint32_t method,
-                        const struct ProtobufCMessage *request,
+                        unsigned flags, const struct ProtobufCMessage *request,
                         const struct ProtobufCMessageDescriptor *in,
                         const struct ProtobufCMessageDescriptor *out,
                         uint64_t timeout_ms, struct ProtobufCMessage **reply,

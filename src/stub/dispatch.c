@@ -36,11 +36,20 @@ static int start_stream(qrpc_client *cli, qrpc_peer *peer, uint32_t method,
 }
 
 int qrpc_stub_call_start(qrpc_client *cli, qrpc_peer *peer, uint32_t method,
-                         qrpc_shape shape, const qrpc_msg *m,
+                         qrpc_shape shape, unsigned flags, const qrpc_msg *m,
                          const qrpc_call_opts *opts,
                          const qrpc_call_callbacks *cbs, void *user_data,
                          qrpc_call **out) {
+  qrpc_call_opts o;
   if (cli == NULL && peer == NULL) return QRPC_EINVAL;
+  if (flags & QRPC_METHOD_IDEMPOTENT) {
+    /* The IDL's mark is added to the caller's options, which are copied
+     * whatever qrpc version the caller was built against. */
+    int rc = qrpc_call_opts_copy(&o, opts);
+    if (rc != 0) return rc;
+    o.idempotent = 1;
+    opts = &o;
+  }
   if (shape == QRPC_SHAPE_UNARY)
     return start_unary(cli, peer, method, m, opts, cbs, user_data, out);
   return start_stream(cli, peer, method, shape, m, opts, cbs, user_data, out);
@@ -49,10 +58,11 @@ int qrpc_stub_call_start(qrpc_client *cli, qrpc_peer *peer, uint32_t method,
 /* The engine only hands user_data back to the handler, so the stubs'
  * handlers struct stays const on their side. */
 int qrpc_stub_register(qrpc_server *srv, qrpc_client *cli, uint32_t method,
-                       qrpc_shape shape, qrpc_handler_fn handler,
-                       const void *handlers) {
+                       qrpc_shape shape, unsigned flags,
+                       qrpc_handler_fn handler, const void *handlers) {
   if (srv != NULL)
-    return qrpc_server_register(srv, method, shape, handler, (void *)handlers);
+    return qrpc_server_register_flags(srv, method, shape, flags, handler,
+                                      (void *)handlers);
   if (cli != NULL)
     return qrpc_client_register(cli, method, shape, handler, (void *)handlers);
   return QRPC_EINVAL;

@@ -67,7 +67,7 @@ static int sync_wait(sync_call *s, qrpc_call *call, uint64_t timeout_ms) {
 }
 
 int qrpc_stub_call_sync(qrpc_loop *loop, qrpc_client *cli, uint32_t method,
-                        const ProtobufCMessage *request,
+                        unsigned flags, const ProtobufCMessage *request,
                         const ProtobufCMessageDescriptor *in,
                         const ProtobufCMessageDescriptor *out,
                         uint64_t timeout_ms, ProtobufCMessage **reply,
@@ -87,6 +87,7 @@ int qrpc_stub_call_sync(qrpc_loop *loop, qrpc_client *cli, uint32_t method,
   s->desc = out;
   qrpc_call_opts_default(&opts);
   opts.timeout_ms = timeout_ms;
+  opts.idempotent = (flags & QRPC_METHOD_IDEMPOTENT) != 0;
   rc = qrpc_client_call_msg(cli, method, &m, &opts, &cbs, s, &call);
   if (rc != 0) {
     free(s);

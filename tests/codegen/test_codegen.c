@@ -3,7 +3,8 @@
  * time from tests/codegen/proto, used by a real server and client over
  * loopback QUIC in one process. Typed unary calls (asynchronous, blocking,
  * from the server to its client), each streaming shape, NOTIFY, pinned ids,
- * keyword and case-colliding names, services across imported files, and
+ * keyword and case-colliding names, services across imported files, the
+ * flags of idempotent methods and their calls in 0-RTT, and
  * what happens to bytes that do not decode: INVALID_ARGUMENT for requests
  * and items before any handler sees them, INTERNAL for replies and items a
  * caller receives.
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cg/imports.qrpc.h"
 #include "cg/names.qrpc.h"
@@ -44,7 +46,8 @@ static int client_connected;
 
 /* What the server's handlers saw. */
 typedef struct served {
-  int add, count, nest, pinned, notes, forwards;
+  int add, count, nest, pinned, notes, forwards, lookups, scans;
+  int early_adds, early_lookups, early_scans; /* qrpc_req_is_early() */
   int64_t note_sum;
   int streams_started, streams_freed;
   int sum_items, echo_items;
@@ -59,6 +62,7 @@ static served sv;
 static void on_add(qrpc_req *req, const AddRequest *request, void *ud) {
   served *s = ud;
   s->add++;
+  s->early_adds += qrpc_req_is_early(req);
   if (request->b < 0) {
     if (qrpc_test_shapes_Calc_Add_error(req, APP_STATUS, "b is negative"))
       s->answer_errors++;
@@ -168,6 +172,29 @@ static void on_nest(qrpc_req *req, const Inner *request, void *ud) {
   if (qrpc_test_shapes_Calc_Nest_reply(req, &d) != 0) s->answer_errors++;
 }
 
+/* Lookup and Scan are idempotent in the IDL. */
+static void on_lookup(qrpc_req *req, const Num *request, void *ud) {
+  served *s = ud;
+  s->lookups++;
+  s->early_lookups += qrpc_req_is_early(req);
+  Num n = QRPC__TEST__COMMON__NUM__INIT;
+  n.value = request->value + 1;
+  if (qrpc_test_shapes_Calc_Lookup_reply(req, &n) != 0) s->answer_errors++;
+}
+
+/* Three items: 0, value and 2 * value. */
+static void on_scan(qrpc_req *req, const Num *request, void *ud) {
+  served *s = ud;
+  s->scans++;
+  s->early_scans += qrpc_req_is_early(req);
+  for (int64_t i = 0; i < 3; i++) {
+    Num n = QRPC__TEST__COMMON__NUM__INIT;
+    n.value = i * request->value;
+    if (qrpc_test_shapes_Calc_Scan_item(req, &n) != 0) s->answer_errors++;
+  }
+  if (qrpc_test_shapes_Calc_Scan_end(req) != 0) s->answer_errors++;
+}
+
 static const qrpc_test_shapes_Calc_handlers calc_handlers = {
     .user_data = &sv,
     .Add = on_add,
@@ -183,6 +210,8 @@ static const qrpc_test_shapes_Calc_handlers calc_handlers = {
     .Note = on_note,
     .Pinned = on_pinned,
     .Nest = on_nest,
+    .Lookup = on_lookup,
+    .Scan = on_scan,
 };
 
 static void on_forward(qrpc_req *req, const AddRequest *request, void *ud) {
@@ -489,6 +518,21 @@ START_TEST(test_method_ids) {
 }
 END_TEST
 
+/* protobuf's idempotency_level: IDEMPOTENT and NO_SIDE_EFFECTS mark a
+ * method idempotent, nothing else does. */
+START_TEST(test_method_flags) {
+  ck_assert_uint_eq(qrpc_test_shapes_Calc_Lookup_FLAGS, QRPC_METHOD_IDEMPOTENT);
+  ck_assert_uint_eq(qrpc_test_shapes_Calc_Scan_FLAGS, QRPC_METHOD_IDEMPOTENT);
+  ck_assert_uint_eq(qrpc_test_shapes_Calc_Add_FLAGS, 0);
+  ck_assert_uint_eq(qrpc_test_shapes_Calc_Count_FLAGS, 0);
+  ck_assert_uint_eq(qrpc_test_shapes_Calc_Sum_FLAGS, 0);
+  ck_assert_uint_eq(qrpc_test_shapes_Calc_Echo_FLAGS, 0);
+  ck_assert_uint_eq(qrpc_test_shapes_Calc_Note_FLAGS, 0);
+  ck_assert_uint_eq(qrpc_test_shapes_Calc_Pinned_FLAGS, 0);
+  ck_assert_uint_eq(qrpc_test_shapes_Callback_Ask_FLAGS, 0);
+}
+END_TEST
+
 /* ---- Unary ------------------------------------------------------------ */
 
 START_TEST(test_unary) {
@@ -633,6 +677,136 @@ START_TEST(test_server_streaming) {
   ck_assert_int_eq(r.items, 10);
   ck_assert_int_eq(r.status, APP_STATUS);
   ck_assert_str_eq(r.detail, "enough");
+  ck_assert_int_eq(sv.answer_errors, 0);
+}
+END_TEST
+
+/* Idempotent methods on an established connection: ordinary calls, never
+ * early. */
+START_TEST(test_idempotent_methods) {
+  Num q = QRPC__TEST__COMMON__NUM__INIT;
+  q.value = 41;
+  num_rec r;
+  memset(&r, 0, sizeof(r));
+  qrpc_call_opts o = opts_ms(QT_WAIT_MS);
+  ck_assert_int_eq(
+      qrpc_test_shapes_Calc_Lookup(cli, &q, &o, num_done, &r, NULL), 0);
+  wait_done(&r);
+  ck_assert_int_eq(r.status, QRPC_STATUS_OK);
+  ck_assert_int_eq(r.value, 42);
+
+  Num *reply = NULL;
+  int status = -1;
+  ck_assert_int_eq(qrpc_test_shapes_Calc_Lookup_sync(loop, cli, &q, QT_WAIT_MS,
+                                                     &reply, &status),
+                   0);
+  ck_assert_int_eq(status, QRPC_STATUS_OK);
+  ck_assert_ptr_nonnull(reply);
+  ck_assert_int_eq(reply->value, 42);
+  protobuf_c_message_free_unpacked(&reply->base, NULL);
+
+  memset(&r, 0, sizeof(r));
+  r.value = 5; /* item i carries i * 5 */
+  q.value = 5;
+  qrpc_test_shapes_Calc_Scan_callbacks cbs = {.on_item = num_item,
+                                              .on_done = items_done};
+  ck_assert_int_eq(qrpc_test_shapes_Calc_Scan(cli, &q, &o, &cbs, &r, NULL), 0);
+  wait_done(&r);
+  ck_assert_int_eq(r.status, QRPC_STATUS_OK);
+  ck_assert_int_eq(r.items, 3);
+  ck_assert_int_eq(r.item_order_bad, 0);
+
+  ck_assert_int_eq(sv.lookups, 2);
+  ck_assert_int_eq(sv.scans, 1);
+  ck_assert_int_eq(sv.early_lookups + sv.early_scans, 0);
+  ck_assert_uint_eq(qrpc_client_early_calls(cli), 0);
+  ck_assert_int_eq(sv.answer_errors, 0);
+}
+END_TEST
+
+static int has_ticket(void *arg) { return qrpc_tls_config_tickets(arg) > 0; }
+
+/* A new client on tls, connected for one call and closed once a session
+ * ticket has arrived. */
+static void leave_ticket(const char *addr, qrpc_tls_config *tls) {
+  qrpc_client_opts co;
+  qrpc_client *c = NULL;
+  Num q = QRPC__TEST__COMMON__NUM__INIT;
+  int status = -1;
+  qrpc_client_opts_default(&co);
+  co.server_name = "localhost";
+  ck_assert_int_eq(qrpc_client_new(loop, addr, tls, &co, &c), 0);
+  ck_assert_int_eq(
+      qrpc_test_shapes_Calc_Lookup_sync(loop, c, &q, QT_WAIT_MS, NULL, &status),
+      0);
+  int ticket = qt_run_until(loop, has_ticket, tls, QT_WAIT_MS);
+  qrpc_client_free(c);
+  ck_assert_int_eq(status, QRPC_STATUS_OK);
+  ck_assert(ticket);
+}
+
+/* A client on the same TLS config as an earlier one resumes with the
+ * ticket it left, and the generated stubs of idempotent methods send their
+ * calls in 0-RTT: the handlers see them early. Add, not idempotent, waits
+ * for the handshake. */
+START_TEST(test_idempotent_in_0rtt) {
+  char addr[64];
+  snprintf(addr, sizeof(addr), "127.0.0.1:%u", (unsigned)qrpc_server_port(srv));
+  /* Servers take no early data with tickets issued in the second their TLS
+   * config was made, as those of the fixture's client were: a client
+   * config of its own, and a ticket got in the next second. */
+  qrpc_tls_config *tls = qt_client_tls(certs.ca_pem);
+  ck_assert_ptr_nonnull(tls);
+  time_t t0 = time(NULL);
+  uint64_t start = qt_now_ms();
+  while (time(NULL) <= t0 && qt_now_ms() - start < 2000) qt_run_for(loop, 20);
+  leave_ticket(addr, tls);
+  sv.lookups = sv.early_lookups = 0;
+
+  qrpc_client_opts co;
+  qrpc_client_opts_default(&co);
+  co.server_name = "localhost";
+  qrpc_client *cli2 = NULL;
+  ck_assert_int_eq(qrpc_client_new(loop, addr, tls, &co, &cli2), 0);
+  qrpc_tls_config_free(tls); /* the client keeps its reference */
+
+  /* Made before the first packet: they wait for the 0-RTT phase, or for
+   * the handshake. */
+  Num q = QRPC__TEST__COMMON__NUM__INIT;
+  num_rec lookup, scan, add;
+  memset(&lookup, 0, sizeof(lookup));
+  memset(&scan, 0, sizeof(scan));
+  memset(&add, 0, sizeof(add));
+  qrpc_call_opts o = opts_ms(QT_WAIT_MS);
+  q.value = 9;
+  ck_assert_int_eq(
+      qrpc_test_shapes_Calc_Lookup(cli2, &q, &o, num_done, &lookup, NULL), 0);
+  scan.value = 9;
+  qrpc_test_shapes_Calc_Scan_callbacks cbs = {.on_item = num_item,
+                                              .on_done = items_done};
+  ck_assert_int_eq(qrpc_test_shapes_Calc_Scan(cli2, &q, &o, &cbs, &scan, NULL),
+                   0);
+  AddRequest a = QRPC__TEST__SHAPES__ADD_REQUEST__INIT;
+  a.a = 2;
+  a.b = 3;
+  ck_assert_int_eq(
+      qrpc_test_shapes_Calc_Add(cli2, &a, &o, num_done, &add, NULL), 0);
+  wait_done(&lookup);
+  wait_done(&scan);
+  wait_done(&add);
+  ck_assert_int_eq(lookup.status, QRPC_STATUS_OK);
+  ck_assert_int_eq(lookup.value, 10);
+  ck_assert_int_eq(scan.status, QRPC_STATUS_OK);
+  ck_assert_int_eq(scan.items, 3);
+  ck_assert_int_eq(add.status, QRPC_STATUS_OK);
+  ck_assert_int_eq(add.value, 5);
+  uint64_t early = qrpc_client_early_calls(cli2);
+  qrpc_client_free(cli2);
+  ck_assert_msg(early == 2, "%llu calls went out in 0-RTT, expected 2",
+                (unsigned long long)early);
+  ck_assert_int_eq(sv.early_lookups, 1);
+  ck_assert_int_eq(sv.early_scans, 1);
+  ck_assert_int_eq(sv.early_adds, 0);
   ck_assert_int_eq(sv.answer_errors, 0);
 }
 END_TEST
@@ -1109,10 +1283,13 @@ static Suite *suite(void) {
   TCase *t = tcase_create("e2e");
   tcase_add_checked_fixture(t, setup, teardown);
   tcase_add_test(t, test_method_ids);
+  tcase_add_test(t, test_method_flags);
   tcase_add_test(t, test_unary);
   tcase_add_test(t, test_unary_sync);
   tcase_add_test(t, test_argument_checks);
   tcase_add_test(t, test_server_streaming);
+  tcase_add_test(t, test_idempotent_methods);
+  tcase_add_test(t, test_idempotent_in_0rtt);
   tcase_add_test(t, test_client_streaming);
   tcase_add_test(t, test_client_streaming_flow_control);
   tcase_add_test(t, test_client_streaming_cancel);

@@ -131,12 +131,12 @@ START_TEST(test_unary_on_client_registered_on_server) {
   qt_call_rec rec;
   start();
   ck_assert_int_eq(qrpc_stub_register(pair.srv, NULL, M_ECHO, QRPC_SHAPE_UNARY,
-                                      on_echo, &the_handlers),
+                                      0, on_echo, &the_handlers),
                    0);
   ck_assert_int_eq(qrpc_stub_msg(&m, &t.base, TEXT_DESC), 0);
   qt_call_rec_init(&rec, NULL);
   ck_assert_int_eq(qrpc_stub_call_start(pair.cl.cli, NULL, M_ECHO,
-                                        QRPC_SHAPE_UNARY, &m, NULL,
+                                        QRPC_SHAPE_UNARY, 0, &m, NULL,
                                         &qt_call_rec_cbs, &rec, &rec.call),
                    0);
   ck_assert(qt_run_until_count(st_loop, &rec.done, 1, QT_WAIT_MS));
@@ -154,12 +154,13 @@ START_TEST(test_unary_on_peer_registered_on_client) {
   qt_call_rec rec;
   start();
   ck_assert_int_eq(qrpc_stub_register(NULL, pair.cl.cli, M_ECHO,
-                                      QRPC_SHAPE_UNARY, on_echo, &the_handlers),
+                                      QRPC_SHAPE_UNARY, 0, on_echo,
+                                      &the_handlers),
                    0);
   ck_assert_int_eq(qrpc_stub_msg(&m, &t.base, TEXT_DESC), 0);
   qt_call_rec_init(&rec, NULL);
   ck_assert_int_eq(qrpc_stub_call_start(NULL, pair.peers.last, M_ECHO,
-                                        QRPC_SHAPE_UNARY, &m, NULL,
+                                        QRPC_SHAPE_UNARY, 0, &m, NULL,
                                         &qt_call_rec_cbs, &rec, &rec.call),
                    0);
   ck_assert(qt_run_until_count(st_loop, &rec.done, 1, QT_WAIT_MS));
@@ -175,13 +176,13 @@ START_TEST(test_server_stream_carries_request) {
   qt_call_rec rec;
   start();
   ck_assert_int_eq(qrpc_stub_register(pair.srv, NULL, M_ITEMS,
-                                      QRPC_SHAPE_SERVER_STREAM, on_items,
+                                      QRPC_SHAPE_SERVER_STREAM, 0, on_items,
                                       &the_handlers),
                    0);
   ck_assert_int_eq(qrpc_stub_msg(&m, &t.base, TEXT_DESC), 0);
   qt_call_rec_init(&rec, NULL);
   ck_assert_int_eq(qrpc_stub_call_start(pair.cl.cli, NULL, M_ITEMS,
-                                        QRPC_SHAPE_SERVER_STREAM, &m, NULL,
+                                        QRPC_SHAPE_SERVER_STREAM, 0, &m, NULL,
                                         &qt_call_rec_cbs, &rec, &rec.call),
                    0);
   ck_assert(qt_run_until_count(st_loop, &rec.done, 1, QT_WAIT_MS));
@@ -196,12 +197,12 @@ START_TEST(test_client_stream_from_peer_sends_items) {
   qt_call_rec rec;
   start();
   ck_assert_int_eq(qrpc_stub_register(NULL, pair.cl.cli, M_COUNT,
-                                      QRPC_SHAPE_CLIENT_STREAM, on_count,
+                                      QRPC_SHAPE_CLIENT_STREAM, 0, on_count,
                                       &the_handlers),
                    0);
   qt_call_rec_init(&rec, NULL);
   ck_assert_int_eq(qrpc_stub_call_start(NULL, pair.peers.last, M_COUNT,
-                                        QRPC_SHAPE_CLIENT_STREAM, NULL, NULL,
+                                        QRPC_SHAPE_CLIENT_STREAM, 0, NULL, NULL,
                                         &qt_call_rec_cbs, &rec, &rec.call),
                    0);
   for (int i = 0; i < 3; i++)
@@ -223,27 +224,27 @@ START_TEST(test_call_start_refuses_bad_arguments) {
   start();
   cli = pair.cl.cli;
   ck_assert_int_eq(qrpc_stub_register(pair.srv, NULL, M_ECHO, QRPC_SHAPE_UNARY,
-                                      on_echo, &the_handlers),
+                                      0, on_echo, &the_handlers),
                    0);
   ck_assert_int_eq(qrpc_stub_msg(&m, &t.base, TEXT_DESC), 0);
   qt_call_rec_init(&rec, NULL);
-  ck_assert_int_eq(qrpc_stub_call_start(NULL, NULL, M_ECHO, QRPC_SHAPE_UNARY,
+  ck_assert_int_eq(qrpc_stub_call_start(NULL, NULL, M_ECHO, QRPC_SHAPE_UNARY, 0,
                                         &m, NULL, &qt_call_rec_cbs, &rec, NULL),
                    QRPC_EINVAL);
-  ck_assert_int_eq(qrpc_stub_call_start(cli, NULL, M_ECHO, QRPC_SHAPE_UNARY,
+  ck_assert_int_eq(qrpc_stub_call_start(cli, NULL, M_ECHO, QRPC_SHAPE_UNARY, 0,
                                         NULL, NULL, &qt_call_rec_cbs, &rec,
                                         NULL),
                    QRPC_EINVAL);
   ck_assert_int_eq(qrpc_stub_call_start(cli, NULL, M_ITEMS,
-                                        QRPC_SHAPE_SERVER_STREAM, NULL, NULL,
+                                        QRPC_SHAPE_SERVER_STREAM, 0, NULL, NULL,
                                         &qt_call_rec_cbs, &rec, NULL),
                    QRPC_EINVAL);
   ck_assert_int_eq(qrpc_stub_call_start(cli, NULL, M_COUNT,
-                                        QRPC_SHAPE_CLIENT_STREAM, &m, NULL,
+                                        QRPC_SHAPE_CLIENT_STREAM, 0, &m, NULL,
                                         &qt_call_rec_cbs, &rec, NULL),
                    QRPC_EINVAL);
   ck_assert_int_eq(qrpc_stub_call_start(cli, NULL, M_COUNT,
-                                        QRPC_SHAPE_BIDI_STREAM, &m, NULL,
+                                        QRPC_SHAPE_BIDI_STREAM, 0, &m, NULL,
                                         &qt_call_rec_cbs, &rec, NULL),
                    QRPC_EINVAL);
   /* A refused start fires nothing and sends nothing. */
@@ -254,16 +255,79 @@ START_TEST(test_call_start_refuses_bad_arguments) {
 }
 END_TEST
 
+/* An idempotent method's call keeps the caller's options and adds the
+ * mark; options of a size no qrpc version had are refused before anything
+ * is sent, as the engine refuses them. (Whether the call may go out in
+ * 0-RTT is tested end to end in tests/rpc/test_early.c.) */
+START_TEST(test_idempotent_call_keeps_caller_options) {
+  Text t = st_text(NULL, 0, 3);
+  uint8_t want[16];
+  size_t n = st_pack(&t.base, want, sizeof(want));
+  qrpc_msg m;
+  qrpc_call_opts o;
+  qt_call_rec rec;
+  start();
+  ck_assert_int_eq(qrpc_stub_register(pair.srv, NULL, M_ECHO, QRPC_SHAPE_UNARY,
+                                      QRPC_METHOD_IDEMPOTENT, on_echo,
+                                      &the_handlers),
+                   0);
+  ck_assert_int_eq(qrpc_stub_msg(&m, &t.base, TEXT_DESC), 0);
+  qrpc_call_opts_default(&o);
+  o.size = 1;
+  qt_call_rec_init(&rec, NULL);
+  ck_assert_int_eq(qrpc_stub_call_start(pair.cl.cli, NULL, M_ECHO,
+                                        QRPC_SHAPE_UNARY,
+                                        QRPC_METHOD_IDEMPOTENT, &m, &o,
+                                        &qt_call_rec_cbs, &rec, &rec.call),
+                   QRPC_EINVAL);
+  ck_assert_int_eq(qrpc_stub_call_start(pair.cl.cli, NULL, M_ECHO,
+                                        QRPC_SHAPE_UNARY, 0, &m, &o,
+                                        &qt_call_rec_cbs, &rec, &rec.call),
+                   QRPC_EINVAL);
+  qrpc_call_opts_default(&o);
+  o.timeout_ms = 60000;
+  ck_assert_int_eq(qrpc_stub_call_start(pair.cl.cli, NULL, M_ECHO,
+                                        QRPC_SHAPE_UNARY,
+                                        QRPC_METHOD_IDEMPOTENT, &m, &o,
+                                        &qt_call_rec_cbs, &rec, &rec.call),
+                   0);
+  ck_assert(qt_run_until_count(st_loop, &rec.done, 1, QT_WAIT_MS));
+  ck_assert_msg(qt_call_rec_replied(&rec, want, n), "status %d", rec.status);
+  ck_assert_int_eq(sn.calls, 1);
+  finish();
+}
+END_TEST
+
 /* ---- Registrations ---------------------------------------------------- */
 
 START_TEST(test_register_needs_a_target) {
   start();
-  ck_assert_int_eq(qrpc_stub_register(NULL, NULL, M_ECHO, QRPC_SHAPE_UNARY,
+  ck_assert_int_eq(qrpc_stub_register(NULL, NULL, M_ECHO, QRPC_SHAPE_UNARY, 0,
                                       on_echo, &the_handlers),
                    QRPC_EINVAL);
   ck_assert_int_eq(qrpc_stub_register_dgram(NULL, NULL, CH_STATE, 1, 0,
                                             on_dgram, &the_handlers),
                    QRPC_EINVAL);
+  finish();
+}
+END_TEST
+
+/* Flags go to the server's registration, which refuses one it does not
+ * know; a client's registration takes none (a server never calls its
+ * client in 0-RTT). */
+START_TEST(test_register_flags) {
+  start();
+  ck_assert_int_eq(qrpc_stub_register(pair.srv, NULL, M_ECHO, QRPC_SHAPE_UNARY,
+                                      1u << 30, on_echo, &the_handlers),
+                   QRPC_EINVAL);
+  ck_assert_int_eq(qrpc_stub_register(pair.srv, NULL, M_ECHO, QRPC_SHAPE_UNARY,
+                                      QRPC_METHOD_IDEMPOTENT, on_echo,
+                                      &the_handlers),
+                   0);
+  ck_assert_int_eq(qrpc_stub_register(NULL, pair.cl.cli, M_ECHO,
+                                      QRPC_SHAPE_UNARY, QRPC_METHOD_IDEMPOTENT,
+                                      on_echo, &the_handlers),
+                   0);
   finish();
 }
 END_TEST
@@ -375,7 +439,9 @@ static Suite *dispatch_suite(void) {
   tcase_add_test(tc, test_server_stream_carries_request);
   tcase_add_test(tc, test_client_stream_from_peer_sends_items);
   tcase_add_test(tc, test_call_start_refuses_bad_arguments);
+  tcase_add_test(tc, test_idempotent_call_keeps_caller_options);
   tcase_add_test(tc, test_register_needs_a_target);
+  tcase_add_test(tc, test_register_flags);
   tcase_add_test(tc, test_register_dgram_latest_only);
   tcase_add_test(tc, test_register_dgram_every_datagram);
   tcase_add_test(tc, test_refuse_request);

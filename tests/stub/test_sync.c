@@ -64,8 +64,8 @@ static void finish(void) { ck_assert(st_pair_finish(&pair)); }
 static int call(uint32_t method, int64_t n, uint64_t timeout_ms,
                 ProtobufCMessage **reply, int *status) {
   Text t = st_text(st_nul_data, sizeof(st_nul_data), n);
-  return qrpc_stub_call_sync(st_loop, pair.cl.cli, method, &t.base, TEXT_DESC,
-                             TEXT_DESC, timeout_ms, reply, status);
+  return qrpc_stub_call_sync(st_loop, pair.cl.cli, method, 0, &t.base,
+                             TEXT_DESC, TEXT_DESC, timeout_ms, reply, status);
 }
 
 START_TEST(test_returns_reply) {
@@ -154,26 +154,27 @@ START_TEST(test_refuses_bad_arguments) {
   int status = -1;
   start(NULL);
   qrpc_client *cli = pair.cl.cli;
-  ck_assert_int_eq(qrpc_stub_call_sync(NULL, cli, M_ECHO, &t.base, TEXT_DESC,
+  ck_assert_int_eq(qrpc_stub_call_sync(NULL, cli, M_ECHO, 0, &t.base, TEXT_DESC,
                                        TEXT_DESC, 0, &reply, &status),
                    QRPC_EINVAL);
   ck_assert_int_eq(status, QRPC_STATUS_UNKNOWN);
   ck_assert_ptr_null(reply);
-  ck_assert_int_eq(qrpc_stub_call_sync(st_loop, NULL, M_ECHO, &t.base,
+  ck_assert_int_eq(qrpc_stub_call_sync(st_loop, NULL, M_ECHO, 0, &t.base,
                                        TEXT_DESC, TEXT_DESC, 0, &reply,
                                        &status),
                    QRPC_EINVAL);
-  ck_assert_int_eq(qrpc_stub_call_sync(st_loop, cli, M_ECHO, NULL, TEXT_DESC,
+  ck_assert_int_eq(qrpc_stub_call_sync(st_loop, cli, M_ECHO, 0, NULL, TEXT_DESC,
                                        TEXT_DESC, 0, &reply, &status),
                    QRPC_EINVAL);
-  ck_assert_int_eq(qrpc_stub_call_sync(st_loop, cli, M_ECHO, &o.base, TEXT_DESC,
+  ck_assert_int_eq(qrpc_stub_call_sync(st_loop, cli, M_ECHO, 0, &o.base,
+                                       TEXT_DESC, TEXT_DESC, 0, &reply,
+                                       &status),
+                   QRPC_EINVAL);
+  ck_assert_int_eq(qrpc_stub_call_sync(st_loop, cli, M_ECHO, 0, &t.base, NULL,
                                        TEXT_DESC, 0, &reply, &status),
                    QRPC_EINVAL);
-  ck_assert_int_eq(qrpc_stub_call_sync(st_loop, cli, M_ECHO, &t.base, NULL,
-                                       TEXT_DESC, 0, &reply, &status),
-                   QRPC_EINVAL);
-  ck_assert_int_eq(qrpc_stub_call_sync(st_loop, cli, M_ECHO, &t.base, TEXT_DESC,
-                                       NULL, 0, &reply, &status),
+  ck_assert_int_eq(qrpc_stub_call_sync(st_loop, cli, M_ECHO, 0, &t.base,
+                                       TEXT_DESC, NULL, 0, &reply, &status),
                    QRPC_EINVAL);
   ck_assert_int_eq(status, QRPC_STATUS_UNKNOWN);
   ck_assert_ptr_null(reply);
