@@ -1133,6 +1133,18 @@ int qrpc_conn_rebind(qrpc_conn *c) {
   return 0;
 }
 
+void qrpci_conn_set_awaiting(qrpc_conn *c, int awaiting) {
+  uint64_t ms = QRPCI_KEEP_ALIVE_MS, half_idle = c->opts.idle_timeout_ms / 2;
+  if (!c->q) return;
+  /* At most half this side's idle timeout, so the PING is answered before
+   * the connection could idle out. */
+  if (half_idle > 0 && half_idle < ms) ms = half_idle;
+  ngtcp2_conn_set_keep_alive_timeout(c->q, awaiting ? ms * NGTCP2_MILLISECONDS
+                                                    : UINT64_MAX);
+  /* The timer follows the new expiry on the next write. */
+  qrpci_loop_mark_dirty(c->loop, c);
+}
+
 /* ---- Public connection API -------------------------------------------- */
 
 void qrpci_conn_set_early_hook(qrpc_conn *c, qrpci_early_fn fn) {

@@ -23,6 +23,10 @@
 #define QRPCI_CLOSE_REASON_MAX 1000
 /* Sizes in the PMTUD probe ladder of a connection. */
 #define QRPCI_PMTUD_PROBES_MAX 12
+/* Silence after which a connection with answers due sends a PING
+ * (qrpci_conn_set_awaiting()): how long a client moved by a NAT waits,
+ * at most, before the server learns its new address. */
+#define QRPCI_KEEP_ALIVE_MS 1000
 
 struct evdns_getaddrinfo_request;
 

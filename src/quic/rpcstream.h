@@ -1,7 +1,8 @@
 /*
  * Streams of the RPC kind (0x00) for the call engine above the transport:
  * accepting the ones the peer opens, opening our own, writing frames in
- * place, and backpressure. Raw streams are public API (qrpc/quic.h).
+ * place, backpressure, and keeping the path checked while answers are due.
+ * Raw streams are public API (qrpc/quic.h).
  * Internal; not installed. Loop thread only.
  */
 #ifndef QRPCI_QUIC_RPCSTREAM_H
@@ -58,5 +59,14 @@ void qrpci_stream_commit(qrpc_stream *s, size_t n);
 /* 1 if the stream's unacknowledged bytes are at the send-buffer limit; the
  * stream's on_writable then fires once they have drained. */
 int qrpci_stream_congested(qrpc_stream *s);
+
+/* Tells the transport whether calls on c wait for answers. While they do,
+ * c sends a PING once it has neither sent nor received anything for
+ * QRPCI_KEEP_ALIVE_MS (or half the idle timeout, if less). A client whose
+ * address changed under it (a NAT rebinding) is found by the server only
+ * through a packet it sends; without this, a client that waits in silence
+ * would never send one, and the answers would go to the old address until
+ * the idle timeout closed the connection. */
+void qrpci_conn_set_awaiting(qrpc_conn *c, int awaiting);
 
 #endif

@@ -504,7 +504,11 @@ static void call_detach(qrpc_call *call) {
     evtimer_del(&call->timer);
     call->timer_set = 0;
   }
-  if (peer && call->msgid) qrpci_u64map_del(&peer->calls, call->msgid);
+  if (peer && call->msgid) {
+    qrpci_u64map_del(&peer->calls, call->msgid);
+    if (peer->calls.size == 0 && !peer->closed)
+      qrpci_conn_set_awaiting(peer->conn, 0);
+  }
   call->msgid = 0;
   qrpci_rstream *rs = call->rs;
   call->rs = NULL;
@@ -593,6 +597,7 @@ int qrpci_call_start(qrpc_call *call, qrpc_peer *peer,
     }
     return rv;
   }
+  if (peer->calls.size == 1) qrpci_conn_set_awaiting(peer->conn, 1);
   peer->last_msgid = msgid;
   call->msgid = msgid;
   call->peer = peer;

@@ -27,13 +27,25 @@
  * burst (raised as far as the system maximum allows). */
 #define SOCK_BUF (4 << 20)
 
+/* One upstream socket, connected to the server. A rebinding retires it:
+ * it stays open (the kernel would otherwise answer the server with ICMP
+ * port unreachable, which a NAT does not send) and what arrives on it is
+ * dropped, until the proxy is freed. */
+typedef struct upstream_sock {
+  struct proxy_flow *f;
+  int fd;
+  struct event *ev;
+  int retired;
+  struct upstream_sock *next_retired;
+} upstream_sock;
+
 typedef struct proxy_flow {
   qt_proxy *p;
   size_t index;
   struct sockaddr_storage client;
   socklen_t client_len;
-  int fd; /* upstream socket, connected to the server */
-  struct event *ev;
+  upstream_sock *up;      /* the current mapping */
+  upstream_sock *retired; /* earlier mappings, newest first */
 } proxy_flow;
 
 /* A packet waiting in the delay queue. */
@@ -151,7 +163,7 @@ static void send_now(qt_proxy *p, qt_dir dir, size_t fi, const uint8_t *data,
   ssize_t rv;
   if (!f) return;
   if (dir == QT_UP)
-    rv = send(f->fd, data, len, 0);
+    rv = send(f->up->fd, data, len, 0);
   else
     rv = sendto(p->fd, data, len, 0, (struct sockaddr *)&f->client,
                 f->client_len);
@@ -310,6 +322,33 @@ static int same_addr(const struct sockaddr_storage *a, socklen_t alen,
 
 static void upstream_cb(evutil_socket_t fd, short what, void *arg);
 
+static void upstream_close(upstream_sock *u) {
+  if (u->ev) event_free(u->ev);
+  if (u->fd >= 0) close(u->fd);
+  free(u);
+}
+
+/* A new socket connected to the upstream, on a port of its own, read on
+ * the proxy's base. Caller holds the lock (or owns the proxy alone). */
+static upstream_sock *upstream_open(proxy_flow *f) {
+  qt_proxy *p = f->p;
+  upstream_sock *u = calloc(1, sizeof(*u));
+  if (!u) return NULL;
+  u->f = f;
+  u->fd = udp_socket(p->upstream.ss_family);
+  if (u->fd < 0 ||
+      connect(u->fd, (struct sockaddr *)&p->upstream, p->upstream_len) != 0) {
+    upstream_close(u);
+    return NULL;
+  }
+  u->ev = event_new(p->base, u->fd, EV_READ | EV_PERSIST, upstream_cb, u);
+  if (!u->ev || event_add(u->ev, NULL) != 0) {
+    upstream_close(u);
+    return NULL;
+  }
+  return u;
+}
+
 static proxy_flow *flow_for(qt_proxy *p, const struct sockaddr_storage *from,
                             socklen_t fromlen) {
   for (size_t i = 0; i < p->nflows; i++)
@@ -325,17 +364,7 @@ static proxy_flow *flow_for(qt_proxy *p, const struct sockaddr_storage *from,
   f->index = p->nflows;
   memcpy(&f->client, from, fromlen);
   f->client_len = fromlen;
-  f->fd = udp_socket(p->upstream.ss_family);
-  if (f->fd < 0 ||
-      connect(f->fd, (struct sockaddr *)&p->upstream, p->upstream_len) != 0) {
-    if (f->fd >= 0) close(f->fd);
-    free(f);
-    return NULL;
-  }
-  f->ev = event_new(p->base, f->fd, EV_READ | EV_PERSIST, upstream_cb, f);
-  if (!f->ev || event_add(f->ev, NULL) != 0) {
-    if (f->ev) event_free(f->ev);
-    close(f->fd);
+  if (!(f->up = upstream_open(f))) {
     free(f);
     return NULL;
   }
@@ -361,13 +390,16 @@ static void front_cb(evutil_socket_t fd, short what, void *arg) {
 
 static void upstream_cb(evutil_socket_t fd, short what, void *arg) {
   (void)what;
-  proxy_flow *f = arg;
-  qt_proxy *p = f->p;
+  upstream_sock *u = arg;
+  qt_proxy *p = u->f->p;
   pthread_mutex_lock(&p->mu);
   for (int i = 0; i < READ_BATCH; i++) {
     ssize_t n = recv(fd, p->buf, sizeof(p->buf), 0);
     if (n < 0) break;
-    forward(p, QT_DOWN, f->index, p->buf, (size_t)n);
+    if (u->retired)
+      p->stats[QT_DOWN].unmapped++;
+    else
+      forward(p, QT_DOWN, u->f->index, p->buf, (size_t)n);
   }
   pthread_mutex_unlock(&p->mu);
 }
@@ -451,9 +483,14 @@ void qt_proxy_free(qt_proxy *p) {
     pthread_join(p->thread, NULL);
   }
   for (size_t i = 0; i < p->nflows; i++) {
-    event_free(p->flows[i]->ev);
-    close(p->flows[i]->fd);
-    free(p->flows[i]);
+    proxy_flow *f = p->flows[i];
+    upstream_close(f->up);
+    while (f->retired) {
+      upstream_sock *next = f->retired->next_retired;
+      upstream_close(f->retired);
+      f->retired = next;
+    }
+    free(f);
   }
   while (p->nheld > 0) free(heap_pop(p));
   free(p->heap);
@@ -509,6 +546,38 @@ int qt_proxy_inject(qt_proxy *p, qt_dir dir, size_t flow, const void *data,
   }
   pthread_mutex_unlock(&p->mu);
   return ok ? 0 : -1;
+}
+
+int qt_proxy_rebind(qt_proxy *p, size_t flow) {
+  pthread_mutex_lock(&p->mu);
+  proxy_flow *f = flow < p->nflows ? p->flows[flow] : NULL;
+  upstream_sock *u = f ? upstream_open(f) : NULL;
+  if (u) {
+    /* The old socket's event stays registered: freeing it here could wait
+     * for its callback, which waits for this lock. */
+    f->up->retired = 1;
+    f->up->next_retired = f->retired;
+    f->retired = f->up;
+    f->up = u;
+  }
+  pthread_mutex_unlock(&p->mu);
+  return u ? 0 : -1;
+}
+
+uint16_t qt_proxy_flow_port(qt_proxy *p, size_t flow) {
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof(ss);
+  uint16_t port = 0;
+  pthread_mutex_lock(&p->mu);
+  if (flow < p->nflows &&
+      getsockname(p->flows[flow]->up->fd, (struct sockaddr *)&ss, &len) == 0) {
+    if (ss.ss_family == AF_INET)
+      port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    else if (ss.ss_family == AF_INET6)
+      port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+  }
+  pthread_mutex_unlock(&p->mu);
+  return port;
 }
 
 void qt_proxy_get_stats(qt_proxy *p, qt_dir dir, qt_link_stats *st) {

@@ -5,8 +5,10 @@
  * packets, or blacks a direction out completely for a while.
  *
  * Each client address gets its own upstream socket (a flow), so the server
- * sees one address per client, as behind a NAT. Everything is decided by a
- * seeded random generator, so a failing run can be repeated with its seed.
+ * sees one address per client, as behind a NAT, and qt_proxy_rebind()
+ * moves a flow to a new one, as a NAT rebinding does. Everything is decided
+ * by a seeded random generator, so a failing run can be repeated with its
+ * seed.
  *
  * The proxy runs on a libevent event_base: the test's own loop
  * (qt_proxy_new() with qrpc_loop_base(loop)), or a thread of its own
@@ -52,6 +54,8 @@ typedef struct qt_link_stats {
   uint64_t injected;    /* sent by qt_proxy_inject() */
   uint64_t delivered;   /* sent on (copies and injections included) */
   uint64_t send_errors; /* the kernel refused a send (acts as loss) */
+  uint64_t unmapped;    /* QT_DOWN: arrived on a mapping qt_proxy_rebind()
+                           retired, and dropped (not in packets) */
 } qt_link_stats;
 
 /* Sees every packet that arrives, before loss and delay. It may change
@@ -96,6 +100,19 @@ void qt_proxy_set_tap(qt_proxy *p, qt_proxy_tap_fn fn, void *user_data);
  * or -1 if there is no such flow or the send failed. */
 int qt_proxy_inject(qt_proxy *p, qt_dir dir, size_t flow, const void *data,
                     size_t len);
+
+/* A NAT rebinding: gives flow a new upstream socket, so from now on the
+ * server sees the client's packets, delayed ones included, come from a
+ * new port. Like a NAT whose mapping changed, the proxy forgets the old
+ * one at once: what the server sends to the old port is dropped silently
+ * (counted in QT_DOWN's unmapped), never forwarded and never answered
+ * with ICMP, so the server learns the new address only from the client's
+ * next packet. Returns 0, or -1 if there is no such flow or no socket. */
+int qt_proxy_rebind(qt_proxy *p, size_t flow);
+
+/* The local port of flow's current upstream socket: the client's port as
+ * the server sees it. 0 if there is no such flow. */
+uint16_t qt_proxy_flow_port(qt_proxy *p, size_t flow);
 
 void qt_proxy_get_stats(qt_proxy *p, qt_dir dir, qt_link_stats *st);
 /* Flows (distinct client addresses) seen so far. */
