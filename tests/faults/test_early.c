@@ -18,6 +18,8 @@
 #include "quic/rpcstream.h"
 
 #define PAYLOAD 3000
+/* More than a small server's windows take in 0-RTT. */
+#define BIG_PAYLOAD (1024 * 1024)
 /* Datagrams of the client's first flight kept for the replay. */
 #define CAPTURE_MAX 8
 
@@ -54,6 +56,7 @@ typedef struct early_client {
   int opened;
   int open_error;
   size_t echoed;
+  size_t len; /* bytes the stream carries */
   int fins;
   int bad;
 } early_client;
@@ -68,15 +71,15 @@ static void ec_read(qrpc_stream *s, const uint8_t *d, size_t n, int fin,
 
 static void ec_open(early_client *ec, qrpc_conn *c) {
   static const qrpc_stream_callbacks cbs = {.on_read = ec_read};
-  static uint8_t buf[PAYLOAD];
+  static uint8_t buf[BIG_PAYLOAD];
   if (ec->opened) return;
   ec->opened = 1;
   ec->in_early_at_open = qrpci_conn_in_early(c);
   qrpc_stream *s;
   int rv = qrpc_stream_open(c, "echo", &cbs, ec, &s);
   if (rv == 0) {
-    qt_pattern_fill(7, 0, buf, sizeof(buf));
-    rv = qrpc_stream_write(s, buf, sizeof(buf));
+    qt_pattern_fill(7, 0, buf, ec->len);
+    rv = qrpc_stream_write(s, buf, ec->len);
   }
   if (rv == 0) rv = qrpc_stream_finish(s);
   ec->open_error = rv;
@@ -95,17 +98,23 @@ static int ec_done(void *arg) {
 }
 
 /* Connects through addr, writes the stream, waits for its echo. */
-static void run_client(early_client *ec, const char *addr,
-                       qrpc_tls_config *ctls) {
+static void run_client_len(early_client *ec, const char *addr,
+                           qrpc_tls_config *ctls, size_t len) {
   memset(ec, 0, sizeof(*ec));
+  ec->len = len;
   ck_assert_int_eq(
       qt_client_connect(&ec->cl, loop, addr, "127.0.0.1", ctls, NULL), 0);
   qrpci_conn_set_early_hook(ec->cl.conn, ec_early);
   ck_assert(qt_run_until(loop, ec_done, ec, QT_WAIT_MS));
   ck_assert_int_eq(ec->open_error, 0);
   ck_assert_int_eq(ec->fins, 1);
-  ck_assert_uint_eq(ec->echoed, PAYLOAD);
+  ck_assert_uint_eq(ec->echoed, len);
   ck_assert_int_eq(ec->bad, 0);
+}
+
+static void run_client(early_client *ec, const char *addr,
+                       qrpc_tls_config *ctls) {
+  run_client_len(ec, addr, ctls, PAYLOAD);
 }
 
 static void close_client(early_client *ec) {
@@ -261,6 +270,33 @@ START_TEST(test_replayed_0rtt_runs_once) {
 }
 END_TEST
 
+/* The server's remembered windows bound what 0-RTT carries; the rest of a
+ * large write waits for the handshake and for credit, and all of it
+ * arrives once. */
+START_TEST(test_0rtt_beyond_the_windows) {
+  qrpc_tls_config *stls = server_tls();
+  qrpc_tls_config *ctls = qt_client_tls(certs.ca_pem);
+  qrpc_endpoint_opts eo;
+  qrpc_endpoint_opts_default(&eo);
+  eo.conn.stream_window = 64 * 1024;
+  eo.conn.conn_window = 128 * 1024;
+  qt_server srv;
+  ck_assert_int_eq(qt_server_start(&srv, loop, "127.0.0.1:0", stls, &eo), 0);
+  qt_run_for(loop, 1100);
+  get_ticket(srv.addr, ctls);
+  early_client ec;
+  run_client_len(&ec, srv.addr, ctls, BIG_PAYLOAD);
+  qrpc_conn_stats st;
+  qrpc_conn_get_stats(ec.cl.conn, &st);
+  ck_assert_int_eq(st.early_data, QRPC_EARLY_ACCEPTED);
+  ck_assert_int_eq(srv.streams, 2);
+  close_client(&ec);
+  qt_close_all(loop, &srv, NULL, 0);
+  qrpc_tls_config_free(ctls);
+  qrpc_tls_config_free(stls);
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("quic_early");
   TCase *tc = tcase_create("early");
@@ -269,6 +305,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_stream_in_0rtt_accepted);
   tcase_add_test(tc, test_rejected_0rtt_sent_again);
   tcase_add_test(tc, test_replayed_0rtt_runs_once);
+  tcase_add_test(tc, test_0rtt_beyond_the_windows);
   suite_add_tcase(s, tc);
   return s;
 }
