@@ -412,6 +412,7 @@ int qrpc_tls_config_load_tickets(qrpc_tls_config *cfg, const char *path) {
   char **keys = NULL;
   size_t n = 0, expired = 0;
   const char *bad = line ? NULL : "out of memory";
+  if (line) line[0] = '\0';
   char head[64];
   snprintf(head, sizeof(head), "%s %s\n", FILE_MAGIC, qrpc_tls_backend());
   if (!bad && (!fgets(line, (int)cap, f) || strcmp(line, head) != 0))
