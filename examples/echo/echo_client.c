@@ -194,6 +194,8 @@ static const char *close_kind_name(qrpc_close_kind kind) {
   case QRPC_CLOSE_TLS: return "TLS handshake failure";
   case QRPC_CLOSE_ENDPOINT: return "endpoint closed";
   case QRPC_CLOSE_ERROR: return "local error";
+  case QRPC_CLOSE_RESET: return "stateless reset";
+  case QRPC_CLOSE_DEAD_PEER: return "dead peer";
   }
   return "unknown";
 }

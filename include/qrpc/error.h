@@ -35,6 +35,10 @@ enum {
   QRPC_ERESET = -20,        /* the peer reset the stream */
   QRPC_EADDRINUSE = -21,    /* the address is already in use */
   QRPC_ENOTFOUND = -22,     /* no such object */
+  QRPC_ECONNRESET = -23,    /* the peer has lost the connection's state: a
+                               valid stateless reset arrived */
+  QRPC_EDEADPEER = -24,     /* the peer stopped answering (dead-peer
+                               detection, qrpc_conn_opts) */
 };
 
 /* Returns a static, human-readable name for a QRPC_E* code (or "unknown

@@ -47,6 +47,8 @@ typedef enum qrpc_close_kind {
   QRPC_CLOSE_TLS = 4,         /* handshake failed; code is the TLS alert */
   QRPC_CLOSE_ENDPOINT = 5,    /* the endpoint or loop was freed */
   QRPC_CLOSE_ERROR = 6,       /* a local failure (socket, memory) */
+  QRPC_CLOSE_RESET = 7,       /* a valid stateless reset from the peer */
+  QRPC_CLOSE_DEAD_PEER = 8,   /* the peer stopped answering */
 } qrpc_close_kind;
 
 /* kind, local and error go together as follows:
@@ -61,6 +63,13 @@ typedef enum qrpc_close_kind {
  *   (a certificate alert, or our own verification refused the peer) or
  *   QRPC_ETLS.
  * - ENDPOINT: QRPC_ECLOSED. ERROR: the local failure (QRPC_ERESOLVE, ...).
+ * - RESET: QRPC_ECONNRESET, local 0: the peer answered with a stateless
+ *   reset (RFC 9000 10.3) whose token matches, so it has no state for this
+ *   connection (it restarted, or lost it); nothing more is sent.
+ * - DEAD_PEER: QRPC_EDEADPEER, local 1: ack-eliciting packets went
+ *   unanswered for dead_peer_timeout_ms (qrpc_conn_opts) with nothing at
+ *   all received; one CONNECTION_CLOSE is sent in case the peer still
+ *   listens.
  * A server reports nothing for connections whose handshake failed; they
  * are counted in qrpc_endpoint_stats. The exception is a connection that
  * accepted 0-RTT data: its streams may have reached the application before
@@ -170,6 +179,27 @@ typedef struct qrpc_conn_opts {
    * transfer costs several times less CPU. 1452 keeps packets
    * Ethernet-sized everywhere; 1200 turns discovery off. */
   size_t max_udp_payload;
+  /* Dead-peer detection. When packets that the peer must acknowledge have
+   * been outstanding this long and nothing at all (no packet that
+   * decrypts) has come back, the connection closes with
+   * QRPC_CLOSE_DEAD_PEER and QRPC_EDEADPEER, instead of waiting for the
+   * idle timeout. The value is raised to at least three probe timeouts
+   * (PTO) of the path, so a slow path is never declared dead by its round
+   * trip alone. Default 1000 (3000 in qrpc_endpoint_opts_default(), so a
+   * client moved by a NAT has sent a few PINGs first); 0 turns detection
+   * off. A peer that was
+   * killed and restarted without the same server key is found this way;
+   * one with the same key answers with a stateless reset at once. */
+  uint64_t dead_peer_timeout_ms;
+  /* Keepalive: after this much silence in both directions a PING goes
+   * out, so a dead peer is found by the check above before the next call
+   * needs it (gRPC's keepalive time; the timeout is dead_peer_timeout_ms).
+   * Default 0, off. A server sets it to free connections whose peer
+   * vanished within keepalive_ms + dead_peer_timeout_ms. Each PING costs a
+   * packet each way; while calls wait for answers the core pings every
+   * second regardless (NAT rebinding). Values at or above idle_timeout_ms
+   * are lowered to half of it. */
+  uint64_t keepalive_ms;
 } qrpc_conn_opts;
 
 void qrpc_conn_opts_default(qrpc_conn_opts *o);
@@ -181,6 +211,11 @@ typedef struct qrpc_endpoint_opts {
                               their closing period; default 10000 */
   size_t max_handshakes;   /* half-open connections at once; default 1000 */
   int validate_address;    /* send a stateless Retry first; default 0 */
+  /* Stateless resets (RFC 9000 10.3) sent at most, per second, in answer
+   * to short-header packets for connections this endpoint does not know
+   * (a restarted server's reply to its predecessor's clients). A token
+   * bucket holding one second's worth; default 1000; 0 sends none. */
+  uint32_t stateless_resets_per_s;
 } qrpc_endpoint_opts;
 
 void qrpc_endpoint_opts_default(qrpc_endpoint_opts *o);
@@ -193,6 +228,9 @@ typedef struct qrpc_endpoint_stats {
   uint64_t version_negotiations_sent;
   uint64_t packets_dropped; /* undecodable or for no connection */
   uint64_t connections;     /* open now (not yet reported closed) */
+  uint64_t stateless_resets_sent;
+  uint64_t stateless_resets_limited; /* not sent: over the rate limit */
+  uint64_t dead_peers;      /* connections closed by dead-peer detection */
 } qrpc_endpoint_stats;
 
 /* ---- Server endpoint -------------------------------------------------- */

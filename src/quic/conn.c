@@ -33,6 +33,20 @@
 /* Default qrpc_conn_opts.max_udp_payload: UDP's limit over IPv4, which
  * loopback (MTU 65536) carries; other paths stop where their probes do. */
 #define DEFAULT_MAX_UDP_PAYLOAD QRPCI_GSO_MAX_BYTES
+/* Default qrpc_conn_opts.dead_peer_timeout_ms. */
+#define DEFAULT_DEAD_PEER_MS 1000
+/* A dead peer is declared no sooner than this many PTOs of silence. */
+#define DEAD_PEER_MIN_PTOS 3
+/* The largest timeout the options take: a day. */
+#define MAX_TIMEOUT_MS (24 * 3600 * 1000ULL)
+
+/* Packets that decrypted on this thread: a packet from the real peer
+ * decrypts, while garbage or a stateless reset with a wrong token does
+ * not, though ngtcp2 drops either without an error. ngtcp2's decrypt
+ * callback has no user data, and each loop (one per thread) reads one
+ * packet at a time, so a per-thread count read around each packet says
+ * whether that packet was genuine. */
+static _Thread_local uint64_t decrypted_pkts;
 
 void qrpc_conn_opts_default(qrpc_conn_opts *o) {
   memset(o, 0, sizeof(*o));
@@ -46,6 +60,8 @@ void qrpc_conn_opts_default(qrpc_conn_opts *o) {
   o->enable_datagrams = 1;
   o->datagram_queue_len = 1024;
   o->max_udp_payload = DEFAULT_MAX_UDP_PAYLOAD;
+  o->dead_peer_timeout_ms = DEFAULT_DEAD_PEER_MS;
+  o->keepalive_ms = 0;
 }
 
 int qrpci_conn_opts_valid(const qrpc_conn_opts *o) {
@@ -53,7 +69,9 @@ int qrpci_conn_opts_valid(const qrpc_conn_opts *o) {
          o->conn_window >= o->stream_window && o->stream_send_buffer > 0 &&
          o->max_streams_bidi > 0 && o->datagram_queue_len > 0 &&
          o->max_udp_payload >= NGTCP2_MAX_UDP_PAYLOAD_SIZE &&
-         o->max_udp_payload <= QUIC_MAX_UDP_PAYLOAD;
+         o->max_udp_payload <= QUIC_MAX_UDP_PAYLOAD &&
+         o->dead_peer_timeout_ms <= MAX_TIMEOUT_MS &&
+         o->keepalive_ms <= MAX_TIMEOUT_MS;
 }
 
 /* ---- Allocation ------------------------------------------------------- */
@@ -287,6 +305,16 @@ static void handle_error(qrpc_conn *c, int rv) {
   ngtcp2_ccerr cc;
   switch (rv) {
   case NGTCP2_ERR_DRAINING:
+    if (c->reset_received) {
+      /* The peer has no state for us: nothing to drain, nobody to hear. */
+      set_info(c, QRPC_CLOSE_RESET, 0, 0, QRPC_ECONNRESET,
+               "stateless reset: the peer lost this connection "
+               "(it restarted or forgot it)");
+      QRPCI_INFO("conn: %s", c->close_reason);
+      qrpci_conn_fire_closed(c);
+      mark_dead(c);
+      return;
+    }
     info_from_remote(c);
     qrpci_conn_fire_closed(c);
     arm_close_period(c, QRPCI_CONN_DRAINING);
@@ -508,6 +536,27 @@ static int recv_datagram_cb(ngtcp2_conn *q, uint32_t flags,
   return 0;
 }
 
+/* Called by ngtcp2 only for a reset whose token matches one the peer gave
+ * us; ngtcp2_conn_read_pkt() then returns NGTCP2_ERR_DRAINING. */
+static int recv_stateless_reset_cb(ngtcp2_conn *q,
+                                   const ngtcp2_pkt_stateless_reset *sr,
+                                   void *ud) {
+  ((qrpc_conn *)ud)->reset_received = 1;
+  return 0;
+}
+
+static int decrypt_cb(uint8_t *dest, const ngtcp2_crypto_aead *aead,
+                      const ngtcp2_crypto_aead_ctx *aead_ctx,
+                      const uint8_t *ciphertext, size_t ciphertextlen,
+                      const uint8_t *nonce, size_t noncelen,
+                      const uint8_t *aad, size_t aadlen) {
+  int rv = ngtcp2_crypto_decrypt_cb(dest, aead, aead_ctx, ciphertext,
+                                    ciphertextlen, nonce, noncelen, aad,
+                                    aadlen);
+  if (rv == 0) decrypted_pkts++;
+  return rv;
+}
+
 static int lost_datagram_cb(ngtcp2_conn *q, uint64_t id, void *ud) {
   qrpc_conn *c = ud;
   c->stats.datagrams_lost++;
@@ -528,7 +577,7 @@ void qrpci_conn_setup_callbacks(ngtcp2_callbacks *cb, int server) {
   }
   cb->recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb;
   cb->encrypt = ngtcp2_crypto_encrypt_cb;
-  cb->decrypt = ngtcp2_crypto_decrypt_cb;
+  cb->decrypt = decrypt_cb;
   cb->hp_mask = ngtcp2_crypto_hp_mask_cb;
   cb->update_key = ngtcp2_crypto_update_key_cb;
   cb->delete_crypto_aead_ctx = ngtcp2_crypto_delete_crypto_aead_ctx_cb;
@@ -548,6 +597,7 @@ void qrpci_conn_setup_callbacks(ngtcp2_callbacks *cb, int server) {
   cb->extend_max_stream_data = extend_stream_data_cb;
   cb->recv_datagram = recv_datagram_cb;
   cb->lost_datagram = lost_datagram_cb;
+  cb->recv_stateless_reset = recv_stateless_reset_cb;
 }
 
 static void qlog_cb(void *ud, uint32_t flags, const void *data, size_t len) {
@@ -655,6 +705,59 @@ static void check_path(qrpc_conn *c) {
     c->cbs.on_path_changed(c, c->user_data);
 }
 
+/* ---- Dead-peer detection --------------------------------------------- */
+
+static uint64_t bytes_in_flight(qrpc_conn *c) {
+  ngtcp2_conn_info ci;
+  ngtcp2_conn_get_conn_info(c->q, &ci);
+  return ci.bytes_in_flight;
+}
+
+/* A packet from the peer decrypted: it is alive. What is still
+ * outstanding gets a fresh allowance from now. */
+static void peer_heard(qrpc_conn *c) {
+  c->unanswered_since = 0;
+  if (c->state == QRPCI_CONN_ESTABLISHED && bytes_in_flight(c) > 0)
+    c->unanswered_since = qrpci_now_ns();
+}
+
+/* After a write: ack-eliciting packets are outstanding and the peer has
+ * been silent since the first of them. */
+static void note_sent(qrpc_conn *c, uint64_t now) {
+  if (c->unanswered_since == 0 && c->state == QRPCI_CONN_ESTABLISHED &&
+      c->opts.dead_peer_timeout_ms && bytes_in_flight(c) > 0)
+    c->unanswered_since = now;
+}
+
+/* When the peer counts as dead, or UINT64_MAX. */
+static uint64_t dead_peer_deadline(qrpc_conn *c) {
+  if (!c->unanswered_since || !c->opts.dead_peer_timeout_ms ||
+      c->state != QRPCI_CONN_ESTABLISHED)
+    return UINT64_MAX;
+  uint64_t t = c->opts.dead_peer_timeout_ms * NGTCP2_MILLISECONDS;
+  uint64_t ptos = DEAD_PEER_MIN_PTOS * ngtcp2_conn_get_pto(c->q);
+  return c->unanswered_since + (t > ptos ? t : ptos);
+}
+
+static void close_dead_peer(qrpc_conn *c, uint64_t now) {
+  char why[128];
+  snprintf(why, sizeof(why),
+           "dead peer: nothing received for %llu ms with packets "
+           "outstanding",
+           (unsigned long long)((now - c->unanswered_since) /
+                                NGTCP2_MILLISECONDS));
+  QRPCI_INFO("conn: %s", why);
+  if (c->ep) c->ep->stats.dead_peers++;
+  set_info(c, QRPC_CLOSE_DEAD_PEER, 1, 0, QRPC_EDEADPEER, why);
+  qrpci_conn_fire_closed(c);
+  ngtcp2_ccerr cc;
+  ngtcp2_ccerr_set_application_error(&cc, QRPCI_ERR_NO_ERROR,
+                                     (const uint8_t *)"dead peer", 9);
+  /* One CONNECTION_CLOSE in case the peer still listens, no closing
+   * period: nobody is expected to answer. */
+  qrpci_conn_close_now(c, &cc, 0);
+}
+
 void qrpci_conn_read(qrpc_conn *c, const ngtcp2_path *path, uint8_t *data,
                      size_t len) {
   c->stats.bytes_recv += len;
@@ -670,9 +773,11 @@ void qrpci_conn_read(qrpc_conn *c, const ngtcp2_path *path, uint8_t *data,
   if (c->state != QRPCI_CONN_HANDSHAKING && c->state != QRPCI_CONN_ESTABLISHED)
     return;
   ngtcp2_pkt_info pi = {0};
+  uint64_t decrypted = decrypted_pkts;
   c->busy++;
   int rv = ngtcp2_conn_read_pkt(c->q, path, &pi, data, len, qrpci_now_ns());
   c->busy--;
+  if (decrypted_pkts != decrypted) peer_heard(c);
   if (rv != 0) {
     if (rv == NGTCP2_ERR_DISCARD_PKT) return;
     handle_error(c, rv);
@@ -877,6 +982,7 @@ void qrpci_conn_write(qrpc_conn *c) {
     return;
   }
   ngtcp2_conn_update_pkt_tx_time(c->q, now);
+  if (npkts) note_sent(c, now);
   /* More to send than one turn's share: come back next turn, after other
    * connections and incoming packets had theirs. */
   if (npkts == maxn) qrpci_loop_mark_dirty(c->loop, c);
@@ -890,6 +996,8 @@ void qrpci_conn_arm_timer(qrpc_conn *c) {
   if (c->state != QRPCI_CONN_HANDSHAKING && c->state != QRPCI_CONN_ESTABLISHED)
     return;
   uint64_t exp = ngtcp2_conn_get_expiry(c->q);
+  uint64_t dead = dead_peer_deadline(c);
+  if (dead < exp) exp = dead;
   if (exp == c->timer_expiry) return;
   c->timer_expiry = exp;
   if (exp == UINT64_MAX) {
@@ -918,8 +1026,19 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg) {
   default:
     break;
   }
+  uint64_t now = qrpci_now_ns();
+  if (now >= dead_peer_deadline(c)) {
+    /* Nothing in flight any more (a lost probe was written off once
+     * later packets were acknowledged): nothing is waiting for the peer. */
+    if (bytes_in_flight(c) == 0) {
+      c->unanswered_since = 0;
+    } else {
+      close_dead_peer(c, now);
+      return;
+    }
+  }
   c->busy++;
-  int rv = ngtcp2_conn_handle_expiry(c->q, qrpci_now_ns());
+  int rv = ngtcp2_conn_handle_expiry(c->q, now);
   c->busy--;
   if (rv != 0) {
     handle_error(c, rv);
@@ -1014,6 +1133,7 @@ static int client_setup(qrpc_conn *c, const struct sockaddr *sa,
     return QRPC_ENOMEM;
   rv = qrpci_tls_session_new(c->tlscfg, c, 0, c->server_name);
   if (rv != 0) return rv;
+  qrpci_conn_apply_keepalive(c);
   c->early = qrpci_tls_client_resume(c);
   c->state = QRPCI_CONN_HANDSHAKING;
   return 0;
@@ -1133,16 +1253,26 @@ int qrpc_conn_rebind(qrpc_conn *c) {
   return 0;
 }
 
-void qrpci_conn_set_awaiting(qrpc_conn *c, int awaiting) {
-  uint64_t ms = QRPCI_KEEP_ALIVE_MS, half_idle = c->opts.idle_timeout_ms / 2;
+/* The PING interval: every QRPCI_KEEP_ALIVE_MS while answers are due,
+ * else the keepalive option (or none); never above half this side's idle
+ * timeout, so the PING is answered before the connection could idle
+ * out. */
+void qrpci_conn_apply_keepalive(qrpc_conn *c) {
+  uint64_t ms = c->opts.keepalive_ms;
+  uint64_t half_idle = c->opts.idle_timeout_ms / 2;
   if (!c->q) return;
-  /* At most half this side's idle timeout, so the PING is answered before
-   * the connection could idle out. */
-  if (half_idle > 0 && half_idle < ms) ms = half_idle;
-  ngtcp2_conn_set_keep_alive_timeout(c->q, awaiting ? ms * NGTCP2_MILLISECONDS
-                                                    : UINT64_MAX);
+  if (c->awaiting && (ms == 0 || ms > QRPCI_KEEP_ALIVE_MS))
+    ms = QRPCI_KEEP_ALIVE_MS;
+  if (ms && half_idle > 0 && half_idle < ms) ms = half_idle;
+  ngtcp2_conn_set_keep_alive_timeout(c->q, ms ? ms * NGTCP2_MILLISECONDS
+                                              : UINT64_MAX);
   /* The timer follows the new expiry on the next write. */
   qrpci_loop_mark_dirty(c->loop, c);
+}
+
+void qrpci_conn_set_awaiting(qrpc_conn *c, int awaiting) {
+  c->awaiting = awaiting != 0;
+  qrpci_conn_apply_keepalive(c);
 }
 
 /* ---- Public connection API -------------------------------------------- */

@@ -69,6 +69,10 @@ struct qrpc_conn {
   int early;                 /* in the 0-RTT phase (qrpci_conn_in_early) */
   int early_fired;           /* the early hook was called */
   int early_rejected;        /* client: the server refused our 0-RTT */
+  int reset_received;        /* a stateless reset with a valid token */
+  int awaiting;              /* answers are due (qrpci_conn_set_awaiting) */
+  uint64_t unanswered_since; /* first ack-eliciting packet the peer has
+                                not answered anything since; 0: none */
   int resume_verified;       /* the resumed session's peer had verified */
   int ticket_early_ok;       /* server: the ticket may carry early data */
   qrpci_early_fn early_hook;
@@ -152,6 +156,9 @@ void qrpci_conn_discard(qrpc_conn *c, const char *peer_reason);
  * qrpc_conn_peer_certs(); out of memory leaves it empty. */
 void qrpci_conn_keep_chain(qrpc_conn *c, const qrpc_cert *chain, size_t n);
 void qrpci_conn_process_resumed(qrpc_conn *c);
+/* Sets ngtcp2's PING interval from keepalive_ms and whether answers are
+ * due (qrpci_conn_set_awaiting). */
+void qrpci_conn_apply_keepalive(qrpc_conn *c);
 
 
 #endif

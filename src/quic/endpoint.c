@@ -25,13 +25,30 @@
 /* RFC 9000 14.1: datagrams carrying a client's first packet are at least
  * this large; smaller ones get no Version Negotiation (anti-amplification). */
 #define MIN_INITIAL_DATAGRAM 1200
+/* RFC 9000 10.3 and RFC 9001 5.4.2: a short-header packet for one of our
+ * connection IDs holds the first byte, the 16-byte DCID, and at least the
+ * 4 bytes before and the 16 bytes of the header-protection sample. A
+ * smaller datagram cannot be a packet of ours, so it gets no reset: this
+ * also ends any exchange of resets between two endpoints, as each reset
+ * is smaller than its trigger. */
+#define MIN_RESET_TRIGGER (1 + QRPCI_SCID_LEN + 4 + 16)
+/* Resets are one byte shorter than their trigger (RFC 9000 10.3: never
+ * larger, and a reset to a packet of 43 bytes or less one byte shorter),
+ * at most this long: enough to pass for a short-header packet with the
+ * longest DCID. */
+#define MAX_RESET_LEN 43
 
 void qrpc_endpoint_opts_default(qrpc_endpoint_opts *o) {
   memset(o, 0, sizeof(*o));
   o->size = sizeof(*o);
   qrpc_conn_opts_default(&o->conn);
+  /* A client that a NAT moved learns nothing until its next PING, sent
+   * after QRPCI_KEEP_ALIVE_MS while it waits for answers: the server
+   * waits for a few of those before it gives the client up. */
+  o->conn.dead_peer_timeout_ms = 3 * QRPCI_KEEP_ALIVE_MS;
   o->max_connections = 10000;
   o->max_handshakes = 1000;
+  o->stateless_resets_per_s = 1000;
 }
 
 int qrpci_endpoint_map_cid(qrpc_endpoint *ep, const ngtcp2_cid *cid,
@@ -132,6 +149,54 @@ static void send_retry(qrpc_endpoint *ep, const ngtcp2_pkt_hd *hd,
   ep->stats.retries_sent++;
 }
 
+/* A token bucket holding one second of stateless_resets_per_s, refilled
+ * with the time since the last reset. */
+static int reset_allowed(qrpc_endpoint *ep) {
+  uint64_t rate = ep->opts.stateless_resets_per_s;
+  if (rate == 0) return 0;
+  uint64_t now = qrpci_now_ns(), cap = rate * NGTCP2_SECONDS;
+  uint64_t elapsed = now - ep->reset_ts;
+  if (!ep->reset_started || elapsed >= NGTCP2_SECONDS ||
+      cap - ep->reset_credit <= elapsed * rate)
+    ep->reset_credit = cap;
+  else
+    ep->reset_credit += elapsed * rate;
+  ep->reset_started = 1;
+  ep->reset_ts = now;
+  if (ep->reset_credit < NGTCP2_SECONDS) return 0;
+  ep->reset_credit -= NGTCP2_SECONDS;
+  return 1;
+}
+
+/* Answers a short-header packet for a connection we do not know with a
+ * Stateless Reset (RFC 9000 10.3), whose token is derived from the DCID
+ * and the endpoint's secret exactly as the tokens given to peers were. */
+static void send_stateless_reset(qrpc_endpoint *ep,
+                                 const ngtcp2_version_cid *vc,
+                                 const ngtcp2_path *path, size_t pktlen) {
+  if (pktlen < MIN_RESET_TRIGGER || vc->dcidlen != QRPCI_SCID_LEN) return;
+  if (!reset_allowed(ep)) {
+    ep->stats.stateless_resets_limited++;
+    return;
+  }
+  ngtcp2_cid dcid;
+  ngtcp2_cid_init(&dcid, vc->dcid, vc->dcidlen);
+  uint8_t token[NGTCP2_STATELESS_RESET_TOKENLEN];
+  if (ngtcp2_crypto_generate_stateless_reset_token(
+          token, ep->secret, sizeof(ep->secret), &dcid) != 0)
+    return;
+  size_t len = pktlen - 1 < MAX_RESET_LEN ? pktlen - 1 : MAX_RESET_LEN;
+  uint8_t rnd[MAX_RESET_LEN];
+  size_t rndlen = len - 1 - NGTCP2_STATELESS_RESET_TOKENLEN;
+  if (qrpci_tls_rand(rnd, rndlen) != 0) return;
+  uint8_t buf[MAX_RESET_LEN];
+  ngtcp2_ssize n = ngtcp2_pkt_write_stateless_reset(buf, sizeof(buf), token,
+                                                    rnd, rndlen);
+  if (n <= 0 || (size_t)n >= pktlen) return;
+  send_raw(ep, path, buf, (size_t)n);
+  ep->stats.stateless_resets_sent++;
+}
+
 static qrpc_conn *server_conn_new(qrpc_endpoint *ep, const ngtcp2_pkt_hd *hd,
                                   const ngtcp2_path *path,
                                   const ngtcp2_cid *odcid) {
@@ -193,6 +258,7 @@ static qrpc_conn *server_conn_new(qrpc_endpoint *ep, const ngtcp2_pkt_hd *hd,
                              c) != 0)
     goto fail;
   if (qrpci_tls_session_new(ep->tls, c, 1, NULL) != 0) goto fail;
+  qrpci_conn_apply_keepalive(c);
   if (qrpci_endpoint_map_cid(ep, &c->first_scid, c) != 0 ||
       qrpci_endpoint_map_cid(ep, &hd->dcid, c) != 0)
     goto fail;
@@ -264,8 +330,10 @@ static void ep_pkt(void *ctx, const struct sockaddr *from, socklen_t fromlen,
     return;
   }
   if (!(data[0] & 0x80)) {
-    /* A short-header packet for no connection we know. */
+    /* A short-header packet for no connection we know: perhaps one of a
+     * connection our predecessor on this address held. */
     ep->stats.packets_dropped++;
+    send_stateless_reset(ep, &vc, &path, len);
     return;
   }
   accept_new(ep, &path, data, len);

@@ -36,6 +36,10 @@ struct qrpc_endpoint {
   size_t nhandshaking;
   size_t nconns;            /* including those in their closing period */
   qrpc_endpoint_stats stats;
+  /* Stateless-reset token bucket, in resets x 1e9 (ns x rate). */
+  uint64_t reset_credit;
+  uint64_t reset_ts;
+  int reset_started;
   uint8_t secret[QRPCI_STATIC_SECRET_LEN];
 };
 

@@ -171,7 +171,16 @@ static void cli_on_closed(qrpc_conn *c, const qrpc_close_info *info,
   } else if (cli->opts.on_disconnect) {
     cli->opts.on_disconnect(cli, info, cli->opts.user_data);
   }
-  if (!cli->freeing) schedule_retry(cli);
+  if (cli->freeing) return;
+  if (was_ready && (info->kind == QRPC_CLOSE_RESET ||
+                    info->kind == QRPC_CLOSE_DEAD_PEER)) {
+    /* The server lost this connection (a reset: it is back already) or
+     * went silent: try again at once, then back off as usual. */
+    struct timeval now = {0, 0};
+    evtimer_add(cli->retry_ev, &now);
+    return;
+  }
+  schedule_retry(cli);
 }
 
 static void cli_peer_released(qrpci_core *core, qrpc_peer *peer) {

@@ -13,6 +13,8 @@ const char *qrpc_strerror(int err) {
   case QRPC_EALPN: return "peer does not speak qrpc/1 (ALPN)";
   case QRPC_ETIMEDOUT: return "timed out";
   case QRPC_EIDLE: return "connection idle timeout";
+  case QRPC_ECONNRESET: return "connection reset by the peer";
+  case QRPC_EDEADPEER: return "the peer stopped answering";
   case QRPC_ECLOSED: return "connection or stream closed";
   case QRPC_EPROTO: return "protocol violation";
   case QRPC_ENODGRAM: return "peer did not enable datagrams";

@@ -470,7 +470,7 @@ static void srv_on_closed(qrpc_conn *c, const qrpc_close_info *info, void *ud) {
   int i, found = 0;
   srv->closed++;
   qt_close_rec_set(&srv->last_close, info);
-  if ((unsigned)info->kind <= QRPC_CLOSE_ERROR)
+  if ((unsigned)info->kind <= QRPC_CLOSE_DEAD_PEER)
     srv->closed_by_kind[info->kind]++;
   if (info->local) srv->closed_local++;
   for (i = 0; i < QT_SERVER_MAX_CONNS; i++) {

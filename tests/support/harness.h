@@ -162,7 +162,7 @@ typedef struct qt_server {
   int closed_before_established; /* on_closed with no on_established */
   int live;
   qt_close_rec last_close;
-  int closed_by_kind[QRPC_CLOSE_ERROR + 1]; /* on_closed per close kind */
+  int closed_by_kind[QRPC_CLOSE_DEAD_PEER + 1]; /* on_closed per close kind */
   int closed_local;                         /* ... with local set */
   qrpc_conn *last_conn; /* most recently established, NULL once closed */
   qrpc_conn *conns[QT_SERVER_MAX_CONNS]; /* established and not closed */
