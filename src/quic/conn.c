@@ -16,6 +16,7 @@
 #include "quic/endpoint.h"
 #include "quic/loop.h"
 #include "quic/stream.h"
+#include "quic/testing.h"
 #include "quic/tls.h"
 #include "util/clock.h"
 #include "util/log.h"
@@ -203,6 +204,7 @@ static void arm_close_period(qrpc_conn *c, qrpci_conn_state state) {
 
 static void send_packets(qrpc_conn *c, const ngtcp2_path *path,
                          const uint8_t *data, size_t len, size_t seg) {
+  if (c->mute) return;
   const struct sockaddr *to = path ? (const struct sockaddr *)path->remote.addr
                                    : (const struct sockaddr *)&c->remote;
   socklen_t tolen = path ? (socklen_t)path->remote.addrlen : c->remotelen;
@@ -1268,6 +1270,11 @@ void qrpci_conn_apply_keepalive(qrpc_conn *c) {
                                               : UINT64_MAX);
   /* The timer follows the new expiry on the next write. */
   qrpci_loop_mark_dirty(c->loop, c);
+}
+
+void qrpci_conn_vanish(qrpc_conn *c) {
+  if (c->read_ev) event_del(c->read_ev);
+  c->mute = 1;
 }
 
 void qrpci_conn_set_awaiting(qrpc_conn *c, int awaiting) {

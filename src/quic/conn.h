@@ -71,6 +71,7 @@ struct qrpc_conn {
   int early_rejected;        /* client: the server refused our 0-RTT */
   int reset_received;        /* a stateless reset with a valid token */
   int awaiting;              /* answers are due (qrpci_conn_set_awaiting) */
+  int mute;                  /* sends nothing (qrpci_conn_vanish) */
   uint64_t unanswered_since; /* first ack-eliciting packet the peer has
                                 not answered anything since; 0: none */
   int resume_verified;       /* the resumed session's peer had verified */

@@ -15,6 +15,7 @@
 #include "quic/close.h"
 #include "quic/conn.h"
 #include "quic/loop.h"
+#include "quic/testing.h"
 #include "quic/tls.h"
 #include "util/clock.h"
 #include "util/log.h"
@@ -462,12 +463,11 @@ void qrpc_endpoint_get_stats(qrpc_endpoint *ep, qrpc_endpoint_stats *st) {
   *st = ep->stats;
 }
 
-void qrpc_endpoint_free(qrpc_endpoint *ep) {
+static void endpoint_free(qrpc_endpoint *ep, const char *peer_reason) {
   if (!ep) return;
   while (!qrpci_list_empty(&ep->conns)) {
     qrpci_conn_discard(
-        QRPCI_CONTAINER_OF(ep->conns.next, qrpc_conn, ep_node),
-        "server shutting down");
+        QRPCI_CONTAINER_OF(ep->conns.next, qrpc_conn, ep_node), peer_reason);
   }
   if (ep->read_ev) event_free(ep->read_ev);
   qrpci_sock_close(&ep->sock);
@@ -475,3 +475,9 @@ void qrpc_endpoint_free(qrpc_endpoint *ep) {
   if (ep->tls) qrpc_tls_config_free(ep->tls);
   free(ep);
 }
+
+void qrpc_endpoint_free(qrpc_endpoint *ep) {
+  endpoint_free(ep, "server shutting down");
+}
+
+void qrpci_endpoint_vanish(qrpc_endpoint *ep) { endpoint_free(ep, NULL); }

@@ -8,6 +8,7 @@
 #include <stddef.h>
 
 #include "qrpc/loop.h"
+#include "qrpc/quic.h"
 #include "qrpc/tls.h"
 
 /* Replaces the ALPN this config offers (normally "qrpc/1"), so a test can
@@ -17,5 +18,16 @@ int qrpci_tls_config_set_alpn(qrpc_tls_config *cfg, const char *alpn);
 /* Connections the loop still holds, including those in their closing or
  * draining period. 0 once everything has been released. */
 size_t qrpci_loop_conn_count(qrpc_loop *loop);
+
+/* Frees an endpoint as a killed process would: its connections go without
+ * a word to their peers (their on_closed still fires here, kind
+ * QRPC_CLOSE_ENDPOINT, so the test's own state stays consistent), then the
+ * socket closes. Not from inside a callback of the endpoint. */
+void qrpci_endpoint_vanish(qrpc_endpoint *ep);
+
+/* Makes a client connection deaf and mute, as if its machine lost power:
+ * it reads nothing more and sends nothing more. It stays allocated until
+ * it is closed or times out. */
+void qrpci_conn_vanish(qrpc_conn *c);
 
 #endif

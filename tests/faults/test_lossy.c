@@ -45,6 +45,9 @@ static void env_start(env *e, uint64_t idle_ms, const qrpc_client_opts *copts,
   memset(e, 0, sizeof(*e));
   qrpc_server_opts_default(&so);
   if (idle_ms) so.endpoint.conn.idle_timeout_ms = idle_ms;
+  /* The blackouts here test what the idle timeout does; dead-peer
+   * detection would end the connections first. */
+  so.endpoint.conn.dead_peer_timeout_ms = 0;
   qt_rpc_peers_install(&so, &e->peers);
   ck_assert_int_eq(qt_rpc_server_start(loop, "127.0.0.1:0", stls, &so, &e->srv,
                                        e->srv_addr, sizeof(e->srv_addr)),
@@ -231,6 +234,7 @@ START_TEST(test_blackout_shorter_than_idle) {
   qrpc_client_opts co;
   qrpc_client_opts_default(&co);
   co.conn.idle_timeout_ms = SHORT_IDLE_MS;
+  co.conn.dead_peer_timeout_ms = 0;
   env_start(&e, SHORT_IDLE_MS, &co, 7);
   ck_assert_int_eq(qf_pump_start(&warm, e.cl.cli, 20, 20, 0), 0);
   ck_assert(qt_run_until(loop, pump_finished, &warm, QT_WAIT_MS));
@@ -278,6 +282,7 @@ START_TEST(test_blackout_longer_than_idle) {
   qrpc_client_opts co;
   qrpc_client_opts_default(&co);
   co.conn.idle_timeout_ms = LONG_IDLE_MS;
+  co.conn.dead_peer_timeout_ms = 0;
   co.conn.handshake_timeout_ms = 2 * LONG_IDLE_MS;
   co.backoff_initial_ms = 100;
   co.backoff_max_ms = 500;
