@@ -32,6 +32,7 @@ typedef struct options {
   const char *cert;
   const char *key;
   const char *client_ca;
+  const char *server_key;
   const char *qlog_dir;
   int verbose;
 } options;
@@ -75,6 +76,8 @@ static void usage(FILE *f) {
              "  --key PEM           private key of the certificate\n"
              "  --client-ca PEM     require a client certificate verified\n"
              "                      against this CA (mutual TLS)\n"
+             "  --server-key FILE   server key (made there if missing): a\n"
+             "                      restart resets old connections at once\n"
              "  --qlog DIR          write a qlog file per connection into DIR\n"
              "  --verbose           log qrpc debug messages to stderr\n"
              "\n"
@@ -104,6 +107,8 @@ static int parse_args(int argc, char **argv, options *o) {
       dst = &o->key;
     } else if (strcmp(a, "--client-ca") == 0) {
       dst = &o->client_ca;
+    } else if (strcmp(a, "--server-key") == 0) {
+      dst = &o->server_key;
     } else if (strcmp(a, "--qlog") == 0) {
       dst = &o->qlog_dir;
     } else {
@@ -383,6 +388,12 @@ int main(int argc, char **argv) {
        (rc = qrpc_tls_config_set_client_auth(tls, QRPC_CLIENT_AUTH_REQUIRE)) !=
            0)) {
     fprintf(stderr, PROG ": cannot load --client-ca %s: %s\n", opt.client_ca,
+            qrpc_strerror(rc));
+    goto out;
+  }
+  if (opt.server_key &&
+      (rc = qrpc_tls_config_use_server_key_file(tls, opt.server_key)) != 0) {
+    fprintf(stderr, PROG ": cannot use --server-key %s: %s\n", opt.server_key,
             qrpc_strerror(rc));
     goto out;
   }

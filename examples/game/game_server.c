@@ -51,6 +51,7 @@ typedef struct options {
   const char *cert;
   const char *key;
   const char *client_ca;
+  const char *server_key;
   unsigned long tick_hz;
   unsigned long bots;
   int verbose;
@@ -121,6 +122,8 @@ static void usage(FILE *f) {
           "                      build/certs/server-key.pem)\n"
           "  --client-ca PEM     require a client certificate verified\n"
           "                      against this CA (mutual TLS)\n"
+          "  --server-key FILE   server key (made there if missing): a\n"
+          "                      restart resets old connections at once\n"
           "  --tick-hz N         world updates per second, 1..1000 (default "
           "60)\n"
           "  --bots N            wandering bots besides the players, 0..%d\n"
@@ -162,6 +165,8 @@ static int parse_args(int argc, char **argv, options *o) {
       str = &o->key;
     } else if (strcmp(a, "--client-ca") == 0) {
       str = &o->client_ca;
+    } else if (strcmp(a, "--server-key") == 0) {
+      str = &o->server_key;
     } else if (strcmp(a, "--tick-hz") == 0) {
       num = &o->tick_hz;
       min = 1;
@@ -587,6 +592,12 @@ int main(int argc, char **argv) {
        (rc = qrpc_tls_config_set_client_auth(tls, QRPC_CLIENT_AUTH_REQUIRE)) !=
            0)) {
     fprintf(stderr, PROG ": cannot load --client-ca %s: %s\n", s->opt.client_ca,
+            qrpc_strerror(rc));
+    goto out;
+  }
+  if (s->opt.server_key &&
+      (rc = qrpc_tls_config_use_server_key_file(tls, s->opt.server_key)) != 0) {
+    fprintf(stderr, PROG ": cannot use --server-key %s: %s\n", s->opt.server_key,
             qrpc_strerror(rc));
     goto out;
   }

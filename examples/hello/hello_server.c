@@ -39,6 +39,7 @@ typedef struct options {
   const char *cert;
   const char *key;
   const char *client_ca;
+  const char *server_key;
   int verbose;
 } options;
 
@@ -50,7 +51,7 @@ typedef struct server {
 
 static void usage(FILE *f) {
   fprintf(f, "usage: " PROG " [--listen HOST:PORT] [--cert PEM] [--key PEM]\n"
-             "         [--client-ca PEM] [--verbose]\n"
+             "         [--client-ca PEM] [--server-key FILE] [--verbose]\n"
              "\n"
              "  --listen HOST:PORT  address (default 127.0.0.1:4433; port 0\n"
              "                      picks a free port)\n"
@@ -60,6 +61,8 @@ static void usage(FILE *f) {
              "                      build/certs/server-key.pem)\n"
              "  --client-ca PEM     require a client certificate verified\n"
              "                      against this CA (mutual TLS)\n"
+             "  --server-key FILE   server key (made there if missing): a\n"
+             "                      restart resets old connections at once\n"
              "  --verbose           log qrpc debug messages to stderr\n"
              "\n"
              "Serves qrpc.examples.hello.Greeter. Prints READY <port> once\n"
@@ -90,6 +93,8 @@ static int parse_args(int argc, char **argv, options *o) {
       dst = &o->key;
     } else if (strcmp(a, "--client-ca") == 0) {
       dst = &o->client_ca;
+    } else if (strcmp(a, "--server-key") == 0) {
+      dst = &o->server_key;
     } else {
       fprintf(stderr, PROG ": unknown argument '%s'\n", a);
       usage(stderr);
@@ -194,6 +199,12 @@ int main(int argc, char **argv) {
        (rc = qrpc_tls_config_set_client_auth(tls, QRPC_CLIENT_AUTH_REQUIRE)) !=
            0)) {
     fprintf(stderr, PROG ": cannot load --client-ca %s: %s\n", opt.client_ca,
+            qrpc_strerror(rc));
+    goto out;
+  }
+  if (opt.server_key &&
+      (rc = qrpc_tls_config_use_server_key_file(tls, opt.server_key)) != 0) {
+    fprintf(stderr, PROG ": cannot use --server-key %s: %s\n", opt.server_key,
             qrpc_strerror(rc));
     goto out;
   }

@@ -58,6 +58,8 @@ typedef struct qrpc_broker_stats {
   uint64_t slow_disconnects;
   uint64_t denied;
   uint64_t queued_bytes;
+  uint64_t dead_peers; /* connections closed because the peer stopped
+                          answering (its subscriptions and queues freed) */
 } qrpc_broker_stats;
 
 /* One subscription's counters (SubscriptionStats in the IDL). */
@@ -93,6 +95,10 @@ typedef struct qrpc_broker_opts {
                                   subscription's policy applies; 1 GiB */
   size_t max_retained;         /* topics with a retained message; 100000 */
   size_t max_retained_bytes;   /* their payloads together; 256 MiB */
+  /* Note: server.endpoint.conn.keepalive_ms defaults to 10000 here, so a
+   * subscriber whose machine vanished is found and its subscriptions and
+   * queues freed within keepalive_ms + dead_peer_timeout_ms (3000), not
+   * after the 30 s idle timeout; 0 turns the PINGs off. */
 } qrpc_broker_opts;
 
 void qrpc_broker_opts_default(qrpc_broker_opts *o);

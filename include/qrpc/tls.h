@@ -135,6 +135,15 @@ int qrpc_tls_config_set_server_key(qrpc_tls_config *cfg, const void *key,
                                    size_t len);
 int qrpc_tls_config_load_server_key(qrpc_tls_config *cfg, const char *path);
 
+/* For servers' command lines (--server-key FILE): loads the key in path,
+ * after writing a new one there with qrpc_server_key_write() if the file
+ * does not exist yet, so the first run makes the key its restarts and
+ * twins then share. Loop or any thread, before the config is used.
+ * Errors: as qrpc_server_key_write() (except QRPC_EADDRINUSE) and
+ * qrpc_tls_config_load_server_key(). */
+int qrpc_tls_config_use_server_key_file(qrpc_tls_config *cfg,
+                                        const char *path);
+
 /* ---- Session resumption (clients) --------------------------------------
  * A client config keeps the session tickets servers send in a cache,
  * keyed by the server name and port it connected to, and resumes the

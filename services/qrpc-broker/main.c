@@ -26,9 +26,9 @@
 #define PROG "qrpc-broker"
 
 typedef struct options {
-  const char *listen, *cert, *key, *client_ca, *acl;
+  const char *listen, *cert, *key, *client_ca, *acl, *server_key;
   unsigned long long max_payload, max_subs, queue_msgs, queue_bytes;
-  unsigned long long max_conns, max_retained, drain_ms;
+  unsigned long long max_conns, max_retained, drain_ms, keepalive_ms;
   qrpc_log_level level;
 } options;
 
@@ -57,6 +57,13 @@ static void usage(FILE *f) {
       "  --max-retained N        topics with a retained message (default "
       "100000)\n"
       "  --drain-ms MS           graceful shutdown limit (default 5000)\n"
+      "  --server-key FILE       the server key (made there, mode 0600, if\n"
+      "                          missing): a restarted broker, or its twins,\n"
+      "                          reset the connections of the one before at\n"
+      "                          once, and accept its session tickets\n"
+      "  --keepalive-ms MS       PING idle subscribers this often, so those\n"
+      "                          that vanished are freed (default 10000;\n"
+      "                          0: off)\n"
       "  --log-level LEVEL       error, warn, info (default) or debug\n"
       "  --help                  this text\n"
       "\n"
@@ -113,6 +120,7 @@ static int parse_args(int argc, char **argv, options *o) {
                  .max_conns = d.server.endpoint.max_connections,
                  .max_retained = d.max_retained,
                  .drain_ms = 5000,
+                 .keepalive_ms = d.server.endpoint.conn.keepalive_ms,
                  .level = QRPC_LOG_INFO};
   static const struct {
     const char *flag;
@@ -126,6 +134,7 @@ static int parse_args(int argc, char **argv, options *o) {
       {"--max-connections", offsetof(options, max_conns), 1, 1000000},
       {"--max-retained", offsetof(options, max_retained), 0, 10000000},
       {"--drain-ms", offsetof(options, drain_ms), 0, 600000},
+      {"--keepalive-ms", offsetof(options, keepalive_ms), 0, 3600000},
   };
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -148,6 +157,8 @@ static int parse_args(int argc, char **argv, options *o) {
       o->client_ca = v;
     } else if (strcmp(a, "--acl") == 0) {
       o->acl = v;
+    } else if (strcmp(a, "--server-key") == 0) {
+      o->server_key = v;
     } else if (strcmp(a, "--log-level") == 0) {
       if (parse_level(v, &o->level) != 0) return -1;
     } else {
@@ -198,12 +209,14 @@ static void print_result(qrpc_broker *b) {
   qrpc_broker_stats st;
   qrpc_broker_get_stats(b, &st);
   printf("RESULT published=%llu refused=%llu delivered=%llu dropped=%llu "
-         "conflated=%llu slow_disconnects=%llu denied=%llu\n",
+         "conflated=%llu slow_disconnects=%llu denied=%llu "
+         "dead_peers=%llu\n",
          (unsigned long long)st.published, (unsigned long long)st.refused,
          (unsigned long long)st.delivered, (unsigned long long)st.dropped,
          (unsigned long long)st.conflated,
          (unsigned long long)st.slow_disconnects,
-         (unsigned long long)st.denied);
+         (unsigned long long)st.denied,
+         (unsigned long long)st.dead_peers);
 }
 
 int main(int argc, char **argv) {
@@ -236,8 +249,15 @@ int main(int argc, char **argv) {
             qrpc_strerror(rc));
     goto out;
   }
+  if (o.server_key &&
+      (rc = qrpc_tls_config_use_server_key_file(tls, o.server_key)) != 0) {
+    fprintf(stderr, PROG ": cannot use --server-key %s: %s\n", o.server_key,
+            qrpc_strerror(rc));
+    goto out;
+  }
   qrpc_broker_opts bo;
   qrpc_broker_opts_default(&bo);
+  bo.server.endpoint.conn.keepalive_ms = o.keepalive_ms;
   bo.acl_path = o.acl;
   bo.max_payload = o.max_payload;
   bo.max_subscriptions = o.max_subs;

@@ -123,6 +123,8 @@ void qrpc_broker_opts_default(qrpc_broker_opts *o) {
   /* Each subscription stream may hold this much unacknowledged; with the
    * queue bound it makes a subscriber's worst case. */
   o->server.endpoint.conn.stream_send_buffer = 256 * 1024;
+  /* Subscribers are often idle for long: PINGs find the vanished ones. */
+  o->server.endpoint.conn.keepalive_ms = 10000;
   o->max_payload = 1u << 20;
   o->max_subscriptions = 1000;
   o->queue_messages = 10000;
@@ -750,6 +752,9 @@ static void h_hello(qrpc_req *req, wstr token, wstr client_name) {
 void qrpc_broker_get_stats(qrpc_broker *b, qrpc_broker_stats *st) {
   *st = b->st;
   st->queued_bytes = b->queued_bytes;
+  qrpc_endpoint_stats es;
+  qrpc_endpoint_get_stats(qrpc_server_endpoint(b->srv), &es);
+  st->dead_peers = es.dead_peers;
 }
 
 static void h_stats(qrpc_req *req, const Qrpc__Broker__StatsRequest *r,
@@ -769,6 +774,7 @@ static void h_stats(qrpc_req *req, const Qrpc__Broker__StatsRequest *r,
   bs.slow_disconnects = t.slow_disconnects;
   bs.denied = t.denied;
   bs.queued_bytes = t.queued_bytes;
+  bs.dead_peers = t.dead_peers;
   Qrpc__Broker__SubscriptionStats *ss = calloc(c->nsubs + 1, sizeof(*ss));
   Qrpc__Broker__SubscriptionStats **sp = calloc(c->nsubs + 1, sizeof(*sp));
   if (!ss || !sp) {

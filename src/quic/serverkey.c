@@ -137,6 +137,19 @@ int qrpc_tls_config_load_server_key(qrpc_tls_config *cfg, const char *path) {
   return rv;
 }
 
+int qrpc_tls_config_use_server_key_file(qrpc_tls_config *cfg,
+                                        const char *path) {
+  if (!cfg || !path) return QRPC_EINVAL;
+  if (cfg->in_use) return QRPC_ESTATE;
+  if (access(path, F_OK) != 0 && errno == ENOENT) {
+    int rv = qrpc_server_key_write(path);
+    /* Another process made it first: that key is the one to share. */
+    if (rv != 0 && rv != QRPC_EADDRINUSE) return rv;
+    if (rv == 0) QRPCI_INFO("tls: wrote a new server key to %s", path);
+  }
+  return qrpc_tls_config_load_server_key(cfg, path);
+}
+
 /* The key, made at random on first use when none was set. */
 static const uint8_t *server_key(qrpc_tls_config *cfg) {
   pthread_mutex_lock(&cfg->mu);
