@@ -4,7 +4,7 @@
  *
  *   hello_client [--connect HOST:PORT] [--ca PEM] [--servername NAME]
  *                [--cert PEM --key PEM] [--timeout SECONDS] [--verbose]
- *                [NAME]
+ *                [--interval MS [--deadline MS]] [NAME]
  *
  * The defaults match `make certs` and hello_server's: 127.0.0.1:4433,
  * build/certs/ca.pem, server name localhost, and NAME "world". --cert and
@@ -12,6 +12,14 @@
  * server that requires one (hello_server --client-ca; `make certs` makes
  * build/certs/client.pem and client-key.pem); a server that refuses the
  * client's certificate, or the lack of one, is reported as such.
+ *
+ * With --interval it keeps calling instead, one call every MS
+ * milliseconds, each with a --deadline (default 500 ms), for --timeout
+ * seconds, and prints a line whenever the outcome changes ("EVENT <unix
+ * ms> OK", "EVENT <unix ms> FAIL <status>", "EVENT <unix ms> DISCONNECTED
+ * <reason>"), then "RESULT calls=N ok=N failed=N"; docs/reliability.md
+ * uses it to time a server restart. Exit status 0 if the last call
+ * succeeded.
  *
  * Exit status: 0 with the reply printed, 1 when the server could not be
  * reached or the call failed (the reason on stderr), 2 on a bad command
@@ -21,6 +29,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+#include <event2/event.h>
 
 #include <qrpc/qrpc.h>
 
@@ -36,6 +47,8 @@ typedef struct options {
   const char *key;
   const char *name;
   unsigned long timeout_s;
+  unsigned long interval_ms; /* 0: one call */
+  unsigned long deadline_ms;
   int verbose;
 } options;
 
@@ -43,11 +56,18 @@ typedef struct options {
 typedef struct client_state {
   int connected;
   int cert_refused; /* the server closed the connection over our certificate */
+  int interval;     /* --interval: print connection changes */
   char last_warning[256]; /* qrpc's last warning (a rejected certificate) */
   char last_failure[256]; /* its last line about a failed attempt */
 } client_state;
 
 static client_state state;
+
+static unsigned long long unix_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (unsigned long long)ts.tv_sec * 1000 + (unsigned long long)ts.tv_nsec / 1000000;
+}
 static int verbose;
 
 static void usage(FILE *f) {
@@ -65,6 +85,10 @@ static void usage(FILE *f) {
              "  --timeout SECONDS    give up after this long, 1..3600\n"
              "                       (default 5)\n"
              "  --verbose            log qrpc debug messages to stderr\n"
+             "  --interval MS        call every MS ms (1..60000) for\n"
+             "                       --timeout seconds, printing each change\n"
+             "                       of outcome\n"
+             "  --deadline MS        each such call's deadline (default 500)\n"
              "  NAME                 who to greet (default world)\n");
 }
 
@@ -76,6 +100,7 @@ static int parse_args(int argc, char **argv, options *o) {
   o->ca = "build/certs/ca.pem";
   o->servername = "localhost";
   o->timeout_s = 5;
+  o->deadline_ms = 500;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char **dst = NULL;
@@ -95,7 +120,8 @@ static int parse_args(int argc, char **argv, options *o) {
       dst = &o->cert;
     } else if (strcmp(a, "--key") == 0) {
       dst = &o->key;
-    } else if (strcmp(a, "--timeout") != 0) {
+    } else if (strcmp(a, "--timeout") != 0 && strcmp(a, "--interval") != 0 &&
+               strcmp(a, "--deadline") != 0) {
       if (a[0] == '-') {
         fprintf(stderr, PROG ": unknown option '%s'\n", a);
         usage(stderr);
@@ -118,17 +144,23 @@ static int parse_args(int argc, char **argv, options *o) {
       *dst = v;
       continue;
     }
+    int secs = strcmp(a, "--timeout") == 0;
+    unsigned long max = secs ? 3600 : 60000;
     char *end = NULL;
     errno = 0;
     unsigned long n = strtoul(v, &end, 10);
-    if (errno != 0 || end == v || *end != '\0' || n < 1 || n > 3600) {
-      fprintf(stderr,
-              PROG ": --timeout expects whole seconds from 1 to "
-                   "3600, not '%s'\n",
-              v);
+    if (errno != 0 || end == v || *end != '\0' || v[0] == '-' || n < 1 ||
+        n > max) {
+      fprintf(stderr, PROG ": %s expects whole %s from 1 to %lu, not '%s'\n",
+              a, secs ? "seconds" : "milliseconds", max, v);
       return -1;
     }
-    o->timeout_s = n;
+    if (secs)
+      o->timeout_s = n;
+    else if (strcmp(a, "--interval") == 0)
+      o->interval_ms = n;
+    else
+      o->deadline_ms = n;
   }
   if ((o->cert == NULL) != (o->key == NULL)) {
     fprintf(stderr,
@@ -166,6 +198,90 @@ static void on_disconnect(qrpc_client *cli, const qrpc_close_info *info,
                           void *user_data) {
   (void)cli, (void)user_data;
   if (info->error == QRPC_ECERT && !info->local) state.cert_refused = 1;
+  if (state.interval)
+    printf("EVENT %llu DISCONNECTED %s\n", unix_ms(),
+           info->reason && info->reason[0] ? info->reason
+                                           : qrpc_strerror(info->error));
+}
+
+/* ---- --interval: a call every interval, outcomes as they change ------- */
+
+typedef struct pacer {
+  qrpc_loop *loop;
+  qrpc_client *cli;
+  const options *opt;
+  struct event *tick, *stop;
+  unsigned long calls, ok, failed;
+  int last; /* -1 before the first answer, else the last status */
+} pacer;
+
+static void paced_done(qrpc_call *call,
+                       const Qrpc__Examples__Hello__HelloReply *reply,
+                       const qrpc_result *res, void *user_data) {
+  (void)call, (void)reply;
+  pacer *p = user_data;
+  if (res->status == QRPC_STATUS_OK)
+    p->ok++;
+  else
+    p->failed++;
+  if (res->status != p->last) {
+    if (res->status == QRPC_STATUS_OK)
+      printf("EVENT %llu OK\n", unix_ms());
+    else
+      printf("EVENT %llu FAIL %s\n", unix_ms(),
+             qrpc_status_name(res->status));
+  }
+  p->last = res->status;
+}
+
+static void paced_tick(evutil_socket_t fd, short what, void *arg) {
+  (void)fd, (void)what;
+  pacer *p = arg;
+  Qrpc__Examples__Hello__HelloRequest request =
+      QRPC__EXAMPLES__HELLO__HELLO_REQUEST__INIT;
+  request.name = (char *)p->opt->name;
+  qrpc_call_opts co;
+  qrpc_call_opts_default(&co);
+  co.timeout_ms = p->opt->deadline_ms;
+  p->calls++;
+  int rc = qrpc_examples_hello_Greeter_SayHello(p->cli, &request, &co,
+                                                paced_done, p, NULL);
+  if (rc != 0) {
+    p->failed++;
+    printf("EVENT %llu FAIL %s\n", unix_ms(), qrpc_strerror(rc));
+    p->last = QRPC_STATUS_UNKNOWN;
+  }
+}
+
+static void paced_stop(evutil_socket_t fd, short what, void *arg) {
+  (void)fd, (void)what;
+  pacer *p = arg;
+  qrpc_loop_stop(p->loop);
+}
+
+/* Returns the exit status. */
+static int run_paced(qrpc_loop *loop, qrpc_client *cli, const options *opt) {
+  pacer p = {.loop = loop, .cli = cli, .opt = opt, .last = -1};
+  struct event_base *base = qrpc_loop_base(loop);
+  p.tick = event_new(base, -1, EV_PERSIST, paced_tick, &p);
+  p.stop = evtimer_new(base, paced_stop, &p);
+  struct timeval every = {(time_t)(opt->interval_ms / 1000),
+                          (suseconds_t)(opt->interval_ms % 1000 * 1000)};
+  struct timeval total = {(time_t)opt->timeout_s, 0};
+  int status = 1;
+  if (p.tick && p.stop && event_add(p.tick, &every) == 0 &&
+      evtimer_add(p.stop, &total) == 0) {
+    printf("EVENT %llu START\n", unix_ms());
+    fflush(stdout);
+    qrpc_loop_run(loop);
+    printf("RESULT calls=%lu ok=%lu failed=%lu\n", p.calls, p.ok, p.failed);
+    status = p.last == QRPC_STATUS_OK ? 0 : 1;
+  } else {
+    fprintf(stderr, PROG ": cannot start the timers\n");
+  }
+  if (p.tick) event_free(p.tick);
+  if (p.stop) event_free(p.stop);
+  return status;
 }
 
 /* Prints why the call failed. */
@@ -246,6 +362,13 @@ int main(int argc, char **argv) {
     fprintf(stderr, PROG ": cannot connect to --connect %s: %s%s\n",
             opt.connect, qrpc_strerror(rc),
             rc == QRPC_EINVAL ? " (expected HOST:PORT)" : "");
+    goto out;
+  }
+
+  if (opt.interval_ms) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    state.interval = 1;
+    exit_status = run_paced(loop, cli, &opt);
     goto out;
   }
 
