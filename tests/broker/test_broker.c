@@ -18,6 +18,7 @@
 #include "qrpc/broker.h"
 #include "qrpc/broker.qrpc.h"
 #include "qrpc/qrpc.h"
+#include "quic/testing.h"
 
 static qt_certs certs;
 static qrpc_loop *loop;  /* broker and most clients */
@@ -1083,6 +1084,62 @@ START_TEST(test_broker_restart_resubscribe) {
 }
 END_TEST
 
+/* A subscriber whose machine vanished (it neither reads nor sends) is
+ * found by the broker's keepalive PINGs: its connection, subscription and
+ * queue are freed and counted, long before the idle timeout. */
+typedef struct vanish_wait {
+  qrpc_broker *b;
+} vanish_wait;
+
+static int dead_peer_freed(void *arg) {
+  qrpc_broker_stats st;
+  qrpc_broker_get_stats(((vanish_wait *)arg)->b, &st);
+  return st.dead_peers >= 1;
+}
+
+START_TEST(test_vanished_subscriber_freed) {
+  char addr[64];
+  qrpc_broker_opts bo;
+  qrpc_broker_opts_default(&bo);
+  ck_assert_uint_eq(bo.server.endpoint.conn.keepalive_ms, 10000);
+  bo.server.endpoint.conn.keepalive_ms = 200;
+  bo.server.endpoint.conn.dead_peer_timeout_ms = 300;
+  qrpc_broker *b = broker_start(&bo, addr, sizeof(addr), NULL);
+  client sc, pc;
+  client_start(&sc, addr, NULL);
+  client_start(&pc, addr, NULL);
+  sub s;
+  subscribe(&sc, &s, "news.>", NULL);
+  ck_assert(qt_run_until_count(loop, &s.subscribed, 1, QT_WAIT_MS));
+  /* Something queued for it, so its queue is released too. */
+  pubs p = {0};
+  publish_seq(&pc, &p, "news.a", 1, 16, 0);
+  ck_assert(qt_run_until_count(loop, &p.acked, 1, QT_WAIT_MS));
+  wait_received(&s, 1);
+
+  qrpc_broker_stats st;
+  qrpc_broker_get_stats(b, &st);
+  ck_assert_uint_eq(st.subscriptions, 1);
+  ck_assert_uint_eq(st.connections, 2);
+  qrpc_peer *peer = qrpc_client_peer(qrpc_broker_client_rpc(sc.bc));
+  ck_assert_ptr_nonnull(peer);
+  qrpci_conn_vanish(qrpc_peer_conn(peer));
+  publish_seq(&pc, &p, "news.b", 2, 16, 0);
+
+  vanish_wait w = {b};
+  ck_assert(qt_run_until(loop, dead_peer_freed, &w, 10000));
+  qrpc_broker_get_stats(b, &st);
+  ck_assert_uint_eq(st.dead_peers, 1);
+  ck_assert_uint_eq(st.subscriptions, 0);
+  ck_assert_uint_eq(st.connections, 1);
+  ck_assert_uint_eq(st.queued_bytes, 0);
+  ck_assert_int_eq(pc.disconnects, 0);
+  qrpc_broker_client_free(sc.bc);
+  qrpc_broker_client_free(pc.bc);
+  qrpc_broker_free(b);
+}
+END_TEST
+
 /* Publishes made before the client is ready are held and sent in order;
  * a graceful shutdown drains the subscribers. */
 START_TEST(test_held_publishes_and_shutdown) {
@@ -1133,6 +1190,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_unsubscribe_stats_refusals);
   tcase_add_test(t, test_many_subscriptions_one_connection);
   tcase_add_test(t, test_broker_restart_resubscribe);
+  tcase_add_test(t, test_vanished_subscriber_freed);
   tcase_add_test(t, test_held_publishes_and_shutdown);
   tcase_add_test(t, test_nul_in_topic_refused);
   tcase_add_test(t, test_nul_in_pattern_refused);
