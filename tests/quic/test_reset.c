@@ -43,8 +43,8 @@ static qrpc_tls_config *server_tls(const uint8_t *key) {
   qrpc_tls_config *t = qt_server_tls(&certs);
   ck_assert_ptr_nonnull(t);
   if (key)
-    ck_assert_int_eq(qrpc_tls_config_set_server_key(t, key, QRPC_SERVER_KEY_LEN),
-                     0);
+    ck_assert_int_eq(
+        qrpc_tls_config_set_server_key(t, key, QRPC_SERVER_KEY_LEN), 0);
   return t;
 }
 
@@ -212,8 +212,7 @@ START_TEST(test_reset_flood) {
   qrpc_endpoint_opts_default(&sopts);
   sopts.stateless_resets_per_s = (uint32_t)rate;
   qrpc_tls_config *stls = server_tls(key_a);
-  ck_assert_int_eq(qt_server_start(&srv, loop, "127.0.0.1:0", stls, &sopts),
-                   0);
+  ck_assert_int_eq(qt_server_start(&srv, loop, "127.0.0.1:0", stls, &sopts), 0);
   qrpc_tls_config_free(stls);
   f.fd = qt_udp_socket_v4();
   ck_assert_int_ge(f.fd, 0);
@@ -243,8 +242,9 @@ START_TEST(test_reset_flood) {
   ck_assert_uint_eq(st.stateless_resets_sent + st.stateless_resets_limited,
                     600);
   ck_assert_uint_ge(st.stateless_resets_limited, 600 - (rate + rate * secs));
-  fprintf(stderr, "flood: %d resets (%d to 37-byte triggers) for 600 "
-                  "packets in about %llu s\n",
+  fprintf(stderr,
+          "flood: %d resets (%d to 37-byte triggers) for 600 "
+          "packets in about %llu s\n",
           f.replies, small, (unsigned long long)secs);
   close(f.fd);
   qt_close_all(loop, &srv, NULL, 0);
@@ -260,8 +260,7 @@ START_TEST(test_resets_off) {
   qrpc_endpoint_opts_default(&sopts);
   sopts.stateless_resets_per_s = 0;
   qrpc_tls_config *stls = server_tls(NULL);
-  ck_assert_int_eq(qt_server_start(&srv, loop, "127.0.0.1:0", stls, &sopts),
-                   0);
+  ck_assert_int_eq(qt_server_start(&srv, loop, "127.0.0.1:0", stls, &sopts), 0);
   qrpc_tls_config_free(stls);
   f.fd = qt_udp_socket_v4();
   ck_assert_int_ge(f.fd, 0);
@@ -339,14 +338,14 @@ START_TEST(test_opts_checked) {
   ck_assert_uint_eq(o.dead_peer_timeout_ms, 1000);
   ck_assert_uint_eq(o.keepalive_ms, 0);
   o.dead_peer_timeout_ms = UINT64_MAX;
-  ck_assert_int_eq(qrpc_conn_connect(loop, "127.0.0.1:1", NULL, ctls, &o,
-                                     NULL, NULL, &c),
-                   QRPC_EINVAL);
+  ck_assert_int_eq(
+      qrpc_conn_connect(loop, "127.0.0.1:1", NULL, ctls, &o, NULL, NULL, &c),
+      QRPC_EINVAL);
   qrpc_conn_opts_default(&o);
   o.keepalive_ms = UINT64_MAX / 2;
-  ck_assert_int_eq(qrpc_conn_connect(loop, "127.0.0.1:1", NULL, ctls, &o,
-                                     NULL, NULL, &c),
-                   QRPC_EINVAL);
+  ck_assert_int_eq(
+      qrpc_conn_connect(loop, "127.0.0.1:1", NULL, ctls, &o, NULL, NULL, &c),
+      QRPC_EINVAL);
   qrpc_tls_config_free(ctls);
   ck_assert_str_eq(qrpc_strerror(QRPC_ECONNRESET),
                    "connection reset by the peer");
