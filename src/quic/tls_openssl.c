@@ -400,8 +400,10 @@ static SSL_TICKET_RETURN dec_ticket(SSL *ssl, SSL_SESSION *sess,
   time_t issued = SSL_SESSION_get_time_ex(sess);
   c->ticket_early_ok = qrpci_tls_early_fresh(
       c->tlscfg, ad + 2, APPDATA_ID_LEN, issued > 0 ? (uint64_t)issued : 0);
-  return status == SSL_TICKET_SUCCESS_RENEW ? SSL_TICKET_RETURN_USE_RENEW
-                                            : SSL_TICKET_RETURN_USE;
+  /* Always renewed: a client uses each ticket once, and OpenSSL sends a
+   * resumed connection a new ticket only when asked to, so with plain USE
+   * the two tickets of a full handshake would last two reconnects. */
+  return SSL_TICKET_RETURN_USE_RENEW;
 }
 
 /* Server: early data only on a ticket's first use within the window, and
