@@ -38,9 +38,13 @@
 /* connect --handshake 0rtt: the reply of a call in 0-RTT comes before the
  * server has the client's Finished, so before the server sends the
  * connection's fresh ticket. A chain whose cache is empty keeps the
- * client, looking again this often, until a ticket is in or this long
- * has passed (then the next connection makes a full handshake). */
+ * client, looking again after a wait that starts at TICKET_POLL_US and
+ * doubles up to TICKET_POLL_MAX_US (a loopback round trip is tens of
+ * microseconds, one through a delay proxy tens of milliseconds), until a
+ * ticket is in or TICKET_WAIT_MAX_MS have passed (then the next
+ * connection makes a full handshake). */
 #define TICKET_POLL_US 50
+#define TICKET_POLL_MAX_US 4000
 #define TICKET_WAIT_MAX_MS 500
 #define MAX_CONNS 10000
 #define MAX_OUTSTANDING 4096
@@ -91,6 +95,7 @@ typedef struct connect_chain {
   qrpc_client *cli;
   uint64_t t0;
   uint64_t ticket_deadline; /* 0: not waiting for a ticket */
+  long poll_us;             /* the next wait for one */
   struct event *next_ev;    /* activated, or a timer while waiting */
 } connect_chain;
 
@@ -351,8 +356,10 @@ static void chain_done(qrpc_call *call, const qrpc_result *res, void *ud) {
     bench_hist_add(&b->lat, now - ch->t0);
     chain_count_handshake(ch);
   }
-  if (b->o.handshake == HS_0RTT && qrpc_tls_config_tickets(b->env.tls) == 0)
+  if (b->o.handshake == HS_0RTT && qrpc_tls_config_tickets(b->env.tls) == 0) {
     ch->ticket_deadline = now + (uint64_t)TICKET_WAIT_MAX_MS * 1000000;
+    ch->poll_us = TICKET_POLL_US;
+  }
   /* The client cannot be freed from its own callback. */
   event_active(ch->next_ev, 0, 0);
 }
@@ -366,8 +373,9 @@ static void chain_next(evutil_socket_t fd, short what, void *arg) {
   if (ch->ticket_deadline != 0 && !b->stopping &&
       qrpc_tls_config_tickets(b->env.tls) == 0) {
     if (bench_now_ns() < ch->ticket_deadline) {
-      const struct timeval poll = {0, TICKET_POLL_US};
+      const struct timeval poll = {0, ch->poll_us};
       event_add(ch->next_ev, &poll);
+      if (ch->poll_us < TICKET_POLL_MAX_US) ch->poll_us *= 2;
       return;
     }
     b->ticket_timeouts++;
