@@ -7,7 +7,11 @@
  *   sending --payload byte messages as fast as flow control lets it (or
  *   at most --window unechoed ones) and counting the echoes.
  * - connect: --conns chains of (new client, one Echo call, free client),
- *   one after the other.
+ *   one after the other. --handshake says how each new connection is
+ *   made: resume (the default, as a real client does: one TLS config for
+ *   the whole run, whose ticket cache resumes each new connection), full
+ *   (resumption off: every connection a full handshake) or 0rtt (resumed,
+ *   and the call is idempotent, so it travels in 0-RTT).
  *
  * The request is a Msg encoded once with protobuf-c; calls send its bytes
  * and echoes are checked by length, so nothing is decoded or allocated
@@ -31,12 +35,25 @@
 #define SETUP_PER_CONN_S 0.01
 /* A connect-mode call that has not completed by then is an error. */
 #define CONNECT_CALL_TIMEOUT_MS 10000
+/* connect --handshake 0rtt: the reply of a call in 0-RTT comes before the
+ * server has the client's Finished, so before the server sends the
+ * connection's fresh ticket. A chain whose cache is empty keeps the
+ * client, looking again after a wait that starts at TICKET_POLL_US and
+ * doubles up to TICKET_POLL_MAX_US (a loopback round trip is tens of
+ * microseconds, one through a delay proxy tens of milliseconds), until a
+ * ticket is in or TICKET_WAIT_MAX_MS have passed (then the next
+ * connection makes a full handshake). */
+#define TICKET_POLL_US 50
+#define TICKET_POLL_MAX_US 4000
+#define TICKET_WAIT_MAX_MS 500
 #define MAX_CONNS 10000
 #define MAX_OUTSTANDING 4096
 #define MAX_UNARY_STREAMS 64
 
 enum { MODE_UNARY, MODE_STREAM, MODE_CONNECT };
 static const char *const mode_names[] = {"unary", "stream", "connect", NULL};
+enum { HS_RESUME, HS_FULL, HS_0RTT };
+static const char *const handshake_names[] = {"resume", "full", "0rtt", NULL};
 
 typedef struct rpc_opts {
   bench_client_common c;
@@ -46,6 +63,7 @@ typedef struct rpc_opts {
   uint64_t outstanding;
   uint64_t window;
   uint64_t unary_streams;
+  int handshake; /* connect: HS_* */
 } rpc_opts;
 
 typedef struct rpc_bench rpc_bench;
@@ -76,7 +94,9 @@ typedef struct connect_chain {
   rpc_bench *b;
   qrpc_client *cli;
   uint64_t t0;
-  struct event *next_ev;
+  uint64_t ticket_deadline; /* 0: not waiting for a ticket */
+  long poll_us;             /* the next wait for one */
+  struct event *next_ev;    /* activated, or a timer while waiting */
 } connect_chain;
 
 struct rpc_bench {
@@ -100,6 +120,12 @@ struct rpc_bench {
   /* Totals since the load began (progress lines) and in the window. */
   uint64_t done_total, errors;
   uint64_t ops, bytes;
+  /* connect, in the window: connections that resumed a session, and those
+   * whose call went in 0-RTT that the server accepted; the process's CPU
+   * seconds when the window opened. */
+  uint64_t resumed, early;
+  uint64_t ticket_timeouts; /* 0rtt: chains that gave up on a ticket */
+  double cpu_at_measure, cpu_at_end;
   bench_hist lat;
   bench_rate rate;
   char first_error[200];
@@ -302,6 +328,20 @@ static int open_conns(rpc_bench *b) {
 
 /* ---- connect ------------------------------------------------------------- */
 
+/* Whether the chain's connection resumed, and whether its call went in
+ * 0-RTT that the server took. */
+static void chain_count_handshake(connect_chain *ch) {
+  rpc_bench *b = ch->b;
+  qrpc_peer *peer = qrpc_client_peer(ch->cli);
+  if (peer == NULL) return;
+  qrpc_conn_stats st;
+  qrpc_conn_get_stats(qrpc_peer_conn(peer), &st);
+  if (st.resumed) b->resumed++;
+  if (qrpc_client_early_calls(ch->cli) > 0 &&
+      st.early_data == QRPC_EARLY_ACCEPTED)
+    b->early++;
+}
+
 static void chain_done(qrpc_call *call, const qrpc_result *res, void *ud) {
   connect_chain *ch = ud;
   rpc_bench *b = ch->b;
@@ -314,6 +354,11 @@ static void chain_done(qrpc_call *call, const qrpc_result *res, void *ud) {
   } else if (bench_runner_measuring(&b->run)) {
     b->ops++;
     bench_hist_add(&b->lat, now - ch->t0);
+    chain_count_handshake(ch);
+  }
+  if (b->o.handshake == HS_0RTT && qrpc_tls_config_tickets(b->env.tls) == 0) {
+    ch->ticket_deadline = now + (uint64_t)TICKET_WAIT_MAX_MS * 1000000;
+    ch->poll_us = TICKET_POLL_US;
   }
   /* The client cannot be freed from its own callback. */
   event_active(ch->next_ev, 0, 0);
@@ -323,7 +368,19 @@ static const qrpc_call_callbacks chain_cbs = {.on_done = chain_done};
 
 static void chain_next(evutil_socket_t fd, short what, void *arg) {
   connect_chain *ch = arg;
+  rpc_bench *b = ch->b;
   (void)fd, (void)what;
+  if (ch->ticket_deadline != 0 && !b->stopping &&
+      qrpc_tls_config_tickets(b->env.tls) == 0) {
+    if (bench_now_ns() < ch->ticket_deadline) {
+      const struct timeval poll = {0, ch->poll_us};
+      event_add(ch->next_ev, &poll);
+      if (ch->poll_us < TICKET_POLL_MAX_US) ch->poll_us *= 2;
+      return;
+    }
+    b->ticket_timeouts++;
+  }
+  ch->ticket_deadline = 0;
   qrpc_client_free(ch->cli);
   ch->cli = NULL;
   if (!ch->b->stopping) chain_start(ch);
@@ -334,6 +391,7 @@ static void chain_start(connect_chain *ch) {
   qrpc_call_opts opts;
   qrpc_call_opts_default(&opts);
   opts.timeout_ms = CONNECT_CALL_TIMEOUT_MS;
+  opts.idempotent = b->o.handshake == HS_0RTT;
   ch->t0 = bench_now_ns();
   int rc =
       qrpc_client_new(b->env.loop, b->env.addr, b->env.tls, &b->co, &ch->cli);
@@ -357,6 +415,9 @@ static void on_measure(bench_runner *r, void *ud) {
   (void)r;
   b->ops = 0;
   b->bytes = 0;
+  b->resumed = 0;
+  b->early = 0;
+  b->cpu_at_measure = bench_cpu_s();
   bench_hist_reset(&b->lat);
 }
 
@@ -458,6 +519,25 @@ static void report_quic(rpc_bench *b, bench_report *r) {
   bench_report_param_num(r, "quic_srtt_us", (double)rtt / 1e3);
 }
 
+/* The connect workload's handshake figures: the share of connections that
+ * resumed and that had their call taken in 0-RTT, and the client's CPU
+ * (user + system) per connection over the window. */
+static void report_connect(rpc_bench *b, bench_report *r) {
+  double n = (double)b->ops;
+  double resumed = n > 0 ? 100.0 * (double)b->resumed / n : 0;
+  double early = n > 0 ? 100.0 * (double)b->early / n : 0;
+  double cpu_us = n > 0 ? (b->cpu_at_end - b->cpu_at_measure) * 1e6 / n : 0;
+  bench_report_num(r, "resumed_pct", resumed, 1);
+  bench_report_num(r, "early_pct", early, 1);
+  bench_report_num(r, "cpu_us_per_conn", cpu_us, 1);
+  if (b->o.handshake == HS_0RTT)
+    bench_report_param_uint(r, "ticket_timeouts", b->ticket_timeouts);
+  fprintf(stderr,
+          "%s: connect (--handshake %s): %.1f %% resumed, %.1f %% with the "
+          "call in 0-RTT, %.1f us of client CPU per connection\n",
+          b->prog, handshake_names[b->o.handshake], resumed, early, cpu_us);
+}
+
 static void report(rpc_bench *b) {
   const rpc_opts *o = &b->o;
   double secs = bench_runner_measured_s(&b->run);
@@ -475,6 +555,8 @@ static void report(rpc_bench *b) {
   if (o->mode == MODE_STREAM) bench_report_param_uint(&r, "window", o->window);
   if (o->mode == MODE_UNARY)
     bench_report_param_uint(&r, "unary_streams", o->unary_streams);
+  if (o->mode == MODE_CONNECT)
+    bench_report_param_text(&r, "handshake", handshake_names[o->handshake]);
   bench_report_param_uint(&r, "count", b->ops);
   bench_report_param_num(&r, "measured_s", secs);
   bench_report_param_num(&r, "client_cpu_s", bench_cpu_s());
@@ -513,6 +595,7 @@ static void report(rpc_bench *b) {
               b->prog, (unsigned long long)o->conns, o->conns == 1 ? "" : "s",
               rate, p50, p99, (unsigned long long)b->errors, secs);
   }
+  if (o->mode == MODE_CONNECT) report_connect(b, &r);
   bench_report_uint(&r, "errors", b->errors);
   if (b->errors > 0)
     fprintf(stderr, "%s: first error: %s\n", b->prog, b->first_error);
@@ -529,6 +612,7 @@ static int parse(rpc_bench *b, int argc, char **argv) {
   o->outstanding = 1;
   o->window = 0;
   o->unary_streams = 4;
+  o->handshake = HS_RESUME;
   const bench_flag own[] = {
       {"--mode", BENCH_FLAG_CHOICE, &o->mode, 0, 0, mode_names, "MODE",
        "unary, stream or connect", 0, 0},
@@ -546,6 +630,11 @@ static int parse(rpc_bench *b, int argc, char **argv) {
       {"--unary-streams", BENCH_FLAG_UINT, &o->unary_streams, 1,
        MAX_UNARY_STREAMS, NULL, "N",
        "unary: QUIC streams each connection spreads its calls over", 0, 0},
+      {"--handshake", BENCH_FLAG_CHOICE, &o->handshake, 0, 0, handshake_names,
+       "HOW",
+       "connect: resume (from the ticket cache, as clients do by default), "
+       "full (no ticket) or 0rtt (resumed, the call in 0-RTT)",
+       0, 0},
   };
   for (size_t i = 0; i < sizeof(own) / sizeof(own[0]); i++) flags[n++] = own[i];
   int rc = bench_args_parse(
@@ -555,7 +644,8 @@ static int parse(rpc_bench *b, int argc, char **argv) {
       "Loads the Echo service of 'qrpc-bench server rpc'. Prints a summary\n"
       "on stderr and, as its last line on stdout, RESULT with ops_per_s,\n"
       "p50_us, p99_us, errors (unary); mb_per_s, msgs_per_s, errors\n"
-      "(stream); conns_per_s, p50_us, p99_us, errors (connect).",
+      "(stream); conns_per_s, p50_us, p99_us, resumed_pct, early_pct,\n"
+      "cpu_us_per_conn, errors (connect).",
       flags, n, argc, argv);
   if (rc != 0) return rc;
   if (o->conns * o->outstanding > MAX_CONNS * 16) {
@@ -585,7 +675,16 @@ int bench_client_rpc(const char *prog, int argc, char **argv) {
   bench_client_opts(&b->o.c, &b->co);
   int status = 1;
   uint64_t fds = b->o.conns + 64;
-  if (bench_client_env_init(&b->env, prog, &b->o.c, fds, 0) != 0) goto out;
+  /* Waiting for tickets (0rtt) needs timers finer than a millisecond. */
+  int precise = b->o.mode == MODE_CONNECT && b->o.handshake == HS_0RTT;
+  if (bench_client_env_init(&b->env, prog, &b->o.c, fds, precise) != 0)
+    goto out;
+  if (b->o.mode == MODE_CONNECT && b->o.handshake == HS_FULL &&
+      (rc = qrpc_tls_config_set_resumption(b->env.tls, 0)) != 0) {
+    fprintf(stderr, "%s: cannot turn resumption off: %s\n", prog,
+            qrpc_strerror(rc));
+    goto out;
+  }
   bench_runner_callbacks cbs = {.on_measure = on_measure,
                                 .on_progress = on_progress};
   double setup = SETUP_BASE_S + SETUP_PER_CONN_S * (double)b->o.conns;
@@ -601,6 +700,7 @@ int bench_client_rpc(const char *prog, int argc, char **argv) {
   else if (open_conns(b) != 0)
     goto out;
   if (bench_runner_run(&b->run) != 0) goto out;
+  b->cpu_at_end = bench_cpu_s();
   b->stopping = 1;
   report(b);
   status = 0;

@@ -7,6 +7,10 @@
 #
 # Workloads (bench/README.md describes each):
 #   rpc:  unary-1 unary-128 unary-100x10 stream-1m stream-64k connect
+#         connect-full connect-0rtt (connect resumes each new connection
+#         from the client's ticket cache, as a real client does;
+#         connect-full makes full handshakes, connect-0rtt sends its call
+#         in 0-RTT)
 #   game: game-60 game-120 game-240 game-500 game-1000 game-flood
 #   idle: idle-10000 idle-10000-1452 (the server's packets capped at
 #         1452 bytes, as on an Ethernet path)
@@ -63,7 +67,7 @@ done
   { echo "run.sh: no qrpc-bench at $bench (build it, or give -b)" >&2; exit 2; }
 [ -n "$broker" ] || broker=$(dirname "$(dirname "$bench")")/services/qrpc-broker
 
-rpc_set="unary-1 unary-128 unary-100x10 stream-1m stream-64k connect"
+rpc_set="unary-1 unary-128 unary-100x10 stream-1m stream-64k connect connect-full connect-0rtt"
 game_set="game-60 game-120 game-240 game-500 game-1000 game-flood"
 idle_set="idle-10000 idle-10000-1452"
 pubsub_set="pubsub-100-max pubsub-100-paced pubsub-1000-max pubsub-1000-paced"
@@ -80,6 +84,8 @@ workload_args() {
   stream-1m) client_args=(--mode stream --payload 1048576 --conns 1 --outstanding 1) ;;
   stream-64k) client_args=(--mode stream --payload 65536 --conns 1 --outstanding 1) ;;
   connect) client_args=(--mode connect --payload 64) ;;
+  connect-full) client_args=(--mode connect --payload 64 --handshake full) ;;
+  connect-0rtt) client_args=(--mode connect --payload 64 --handshake 0rtt) ;;
   game-flood)
     server_args=(game --tick-hz 60)
     client_family=game

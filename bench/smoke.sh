@@ -3,9 +3,11 @@
 # for about a second each on 127.0.0.1. Fails when a client exits non-zero,
 # does not end with a RESULT line, reports errors, or measures no
 # throughput; or when a server does not stop cleanly on SIGTERM with its
-# own RESULT line. Mutual TLS once: server rpc with --tls-client-ca, a
-# client with --tls-cert and --tls-key measures, one without gets only
-# errors that name the refused certificate.
+# own RESULT line. The connect workloads must resume (connect, and
+# connect-0rtt with its calls in 0-RTT) or not (connect-full). Mutual TLS
+# once: server rpc with --tls-client-ca, a client with --tls-cert and
+# --tls-key measures, one without gets only errors that name the refused
+# certificate.
 #
 # usage: smoke.sh QRPC_BENCH QRPC_BROKER GEN_CERTS
 set -euo pipefail
@@ -108,11 +110,12 @@ positive() {
     fail "$1: $2 is '$v', expected a number above 0"
 }
 
-# zero NAME KEY: KEY is 0.
+# zero NAME KEY: KEY is 0 (or 0.0 and the like).
 zero() {
   local v
   v=$(value "$2")
-  [ "$v" = 0 ] || fail "$1: $2 is '$v', expected 0"
+  awk -v v="$v" 'BEGIN { exit !(v ~ /^0+(\.0+)?$/) }' ||
+    fail "$1: $2 is '$v', expected 0"
 }
 
 start_server rpc
@@ -132,7 +135,14 @@ run_client stream-64k rpc --mode stream --payload 65536 --conns 1 \
 positive stream-64k mb_per_s && zero stream-64k errors
 run_client connect rpc --mode connect --payload 64
 positive connect conns_per_s && positive connect p50_us &&
-  zero connect errors
+  zero connect errors && positive connect resumed_pct &&
+  positive connect cpu_us_per_conn
+run_client connect-full rpc --mode connect --payload 64 --handshake full
+positive connect-full conns_per_s && zero connect-full errors &&
+  zero connect-full resumed_pct
+run_client connect-0rtt rpc --mode connect --payload 64 --handshake 0rtt
+positive connect-0rtt conns_per_s && zero connect-0rtt errors &&
+  positive connect-0rtt resumed_pct && positive connect-0rtt early_pct
 run_client idle idle --conns 50 --server-pid "$server_pid"
 [ "$(value conns)" = 50 ] || fail "idle: conns is '$(value conns)', expected 50"
 positive idle server_rss_kb

@@ -416,7 +416,9 @@ static int parse_line(parser *ps, const char *p, size_t len) {
    * comment itself: its quoted value may hold a '#'. */
   if (!next_item(&p, end, &kw)) return 0;
   if (word_is(kw, "cert")) return on_cert(ps, p, end);
-  const char *comment = memchr(p, '#', (size_t)(end - p));
+  /* next_item() never moves p past end; saying so spares gcc's
+   * -Wstringop-overread a length it cannot bound. */
+  const char *comment = p < end ? memchr(p, '#', (size_t)(end - p)) : NULL;
   if (comment) end = comment;
   if (word_is(kw, "token")) return on_token(ps, p, end);
   if (word_is(kw, "anonymous")) return on_anonymous(ps, p, end);

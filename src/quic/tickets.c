@@ -73,6 +73,7 @@ void qrpci_ticket_free(qrpci_ticket *t) {
   if (!t) return;
   free(t->data);
   free(t->tp);
+  if (t->session) qrpci_tlsb_session_drop(t->session);
   free(t);
 }
 
@@ -185,16 +186,20 @@ static int server_key(const qrpc_conn *c, char *out, size_t cap) {
 }
 
 void qrpci_tls_ticket_received(qrpc_conn *c, const uint8_t *data, size_t len,
-                               uint64_t lifetime_s, int early) {
+                               uint64_t lifetime_s, int early, void *session) {
   qrpc_tls_config *cfg = c->tlscfg;
   char key[MAX_KEY_LEN];
-  if (cfg->no_resumption || c->is_server || !c->q || len == 0 ||
-      len > MAX_TICKET_BYTES || lifetime_s == 0 ||
-      server_key(c, key, sizeof(key)) != 0)
+  qrpci_ticket_cache *tc = NULL;
+  qrpci_ticket *t = NULL;
+  if (!cfg->no_resumption && !c->is_server && c->q && len != 0 &&
+      len <= MAX_TICKET_BYTES && lifetime_s != 0 &&
+      server_key(c, key, sizeof(key)) == 0 && (tc = cache_of(cfg)) != NULL)
+    t = calloc(1, sizeof(*t));
+  if (!t) {
+    if (session) qrpci_tlsb_session_drop(session);
     return;
-  qrpci_ticket_cache *tc = cache_of(cfg);
-  qrpci_ticket *t = tc ? calloc(1, sizeof(*t)) : NULL;
-  if (!t) return;
+  }
+  t->session = session;
   if (lifetime_s > MAX_LIFETIME_S) lifetime_s = MAX_LIFETIME_S;
   t->expiry_s = wall_s() + lifetime_s;
   t->early = early;

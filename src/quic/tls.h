@@ -80,6 +80,8 @@ typedef struct qrpci_ticket {
   size_t len;
   uint8_t *tp;        /* ngtcp2's encoding of the 0-RTT parameters */
   size_t tplen;
+  void *session;      /* the backend's decoded session, owned, or NULL:
+                         resuming with it spares decoding data again */
 } qrpci_ticket;
 
 void qrpci_ticket_free(qrpci_ticket *t);
@@ -87,9 +89,11 @@ void qrpci_ticket_free(qrpci_ticket *t);
 /* Client, from the backend: a ticket arrived on c (data is the backend's
  * encoding, copied; lifetime_s the server's lifetime hint). It goes into
  * the config's cache with the 0-RTT transport parameters, unless
- * resumption is off. */
+ * resumption is off. session (may be NULL) is the backend's decoded form
+ * of it, taken in every case (freed with qrpci_tlsb_session_drop() when
+ * not kept). */
 void qrpci_tls_ticket_received(qrpc_conn *c, const uint8_t *data, size_t len,
-                               uint64_t lifetime_s, int early);
+                               uint64_t lifetime_s, int early, void *session);
 
 /* Client, before its first packet: takes a ticket for c's server from the
  * cache and hands it to the backend; with one that allows early data, sets
@@ -139,10 +143,14 @@ void qrpci_tls_session_free(qrpc_conn *c);
  * memory leaves the chain or identity empty. */
 int qrpci_tls_handshake_done(qrpc_conn *c);
 
-/* Client: sets the session in t (encoded by this backend) on c's TLS
- * session, and asks for 0-RTT when early is 1. Errors: QRPC_ETLS (the
- * ticket cannot be used; a full handshake follows). */
+/* Client: sets the session in t (t->session, or else t->data decoded) on
+ * c's TLS session, and asks for 0-RTT when early is 1. Errors: QRPC_ETLS
+ * (the ticket cannot be used; a full handshake follows). */
 int qrpci_tlsb_resume(qrpc_conn *c, const qrpci_ticket *t, int early);
+
+/* Frees a decoded session that qrpci_tls_ticket_received() was given.
+ * Any thread. */
+void qrpci_tlsb_session_drop(void *session);
 
 /* After the handshake: 1 if it resumed a session. */
 int qrpci_tlsb_resumed(qrpc_conn *c);

@@ -309,7 +309,8 @@ static int ticket_hook(gnutls_session_t s, unsigned int htype, unsigned when,
   time_t exp = gnutls_db_check_entry_expire_time(&d);
   time_t now = time(NULL);
   if (exp > now)
-    qrpci_tls_ticket_received(c, d.data, d.size, (uint64_t)(exp - now), 1);
+    qrpci_tls_ticket_received(c, d.data, d.size, (uint64_t)(exp - now), 1,
+                              NULL);
   gnutls_free(d.data);
   return 0;
 }
@@ -318,6 +319,9 @@ int qrpci_tlsb_resume(qrpc_conn *c, const qrpci_ticket *t, int early) {
   (void)early; /* GnuTLS sends early data whenever the session allows */
   return gnutls_session_set_data(c->tls, t->data, t->len) == 0 ? 0 : QRPC_ETLS;
 }
+
+/* GnuTLS keeps no decoded form: it is never given one. */
+void qrpci_tlsb_session_drop(void *session) { (void)session; }
 
 int qrpci_tlsb_resumed(qrpc_conn *c) {
   return gnutls_session_is_resumed(c->tls) != 0;

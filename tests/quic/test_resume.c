@@ -73,7 +73,9 @@ static int connect_once(qt_server *srv, qrpc_tls_config *ctls,
   ck_assert_int_eq(st.resumed, sst.resumed);
   if (want_tickets) {
     tickets_arg ta = {ctls, want_tickets};
-    ck_assert(qt_run_until(loop, have_tickets, &ta, QT_WAIT_MS));
+    ck_assert_msg(qt_run_until(loop, have_tickets, &ta, QT_WAIT_MS),
+                  "%zu tickets in the cache, %zu expected",
+                  qrpc_tls_config_tickets(ctls), want_tickets);
   }
   qt_client_close(&cl);
   ck_assert(qt_run_until_count(loop, &cl.closed, 1, QT_WAIT_MS));
@@ -96,6 +98,32 @@ START_TEST(test_resumes_with_a_ticket) {
   /* The resumed server still knows its peer's certificate chain: the
    * client's verification of it carried over with the session. */
   ck_assert_int_eq(connect_once(&srv, ctls, 0, NULL), 1);
+  qt_close_all(loop, &srv, NULL, 0);
+  qrpc_tls_config_free(ctls);
+  qrpc_tls_config_free(stls);
+}
+END_TEST
+
+/* A chain of connections with one config, each made after the last one
+ * closed: every one after the first resumes, because a resumed connection
+ * gets a fresh ticket for the one it used (each ticket is used once). */
+#define CHAIN_LEN 5
+
+START_TEST(test_chain_resumes) {
+  qrpc_tls_config *stls = server_tls(NULL);
+  qrpc_tls_config *ctls = qt_client_tls(certs.ca_pem);
+  qt_server srv;
+  ck_assert_int_eq(qt_server_start(&srv, loop, "127.0.0.1:0", stls, NULL), 0);
+  ck_assert_int_eq(connect_once(&srv, ctls, 1, NULL), 0);
+  for (int i = 1; i < CHAIN_LEN; i++) {
+    size_t before = qrpc_tls_config_tickets(ctls);
+    ck_assert_uint_ge(before, 1);
+    int sres = -1;
+    /* It uses one ticket and must leave at least as many as it found. */
+    ck_assert_msg(connect_once(&srv, ctls, before, &sres) == 1,
+                  "connection %d of the chain did not resume", i + 1);
+    ck_assert_int_eq(sres, 1);
+  }
   qt_close_all(loop, &srv, NULL, 0);
   qrpc_tls_config_free(ctls);
   qrpc_tls_config_free(stls);
@@ -313,6 +341,7 @@ static Suite *suite(void) {
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, test_resumes_with_a_ticket);
+  tcase_add_test(tc, test_chain_resumes);
   tcase_add_test(tc, test_resumption_off_keeps_nothing);
   tcase_add_test(tc, test_shared_server_key_resumes);
   tcase_add_test(tc, test_other_server_key_full_handshake);
