@@ -97,5 +97,5 @@ install(DIRECTORY ${PROJECT_SOURCE_DIR}/idl/
 # the documentation uses.
 install(PROGRAMS ${PROJECT_SOURCE_DIR}/scripts/gen-certs.sh
   DESTINATION ${CMAKE_INSTALL_BINDIR} RENAME qrpc-certs)
-install(TARGETS qrpc-bench
+install(TARGETS qrpc-pub qrpc-sub qrpc-bench
   RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
