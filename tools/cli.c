@@ -61,11 +61,11 @@ int cli_parse_conn_opt(const char *prog, int argc, char **argv, int *i,
     return 1;
   }
   static const char *const names[][2] = {
-      {"-s", "--server"}, {"-t", "--token"}, {"", "--ca"},
-      {"", "--servername"}, {"", "--cert"}, {"", "--key"},
+      {"-s", "--server"},       {"-t", "--token"}, {"", "--ca"},
+      {"", "--servername"},     {"", "--cert"},    {"", "--key"},
       {"", "--connect-timeout"}};
   const char **dst[] = {&o->server, &o->token, &o->ca, &o->servername,
-                        &o->cert, &o->key, NULL};
+                        &o->cert,   &o->key,   NULL};
   size_t n = sizeof(names) / sizeof(names[0]), k = 0;
   while (k < n && strcmp(a, names[k][0]) != 0 && strcmp(a, names[k][1]) != 0)
     k++;
@@ -128,7 +128,8 @@ static void on_log(qrpc_log_level level, const char *msg, void *user_data) {
     snprintf(c->last_warning, sizeof(c->last_warning), "%s", msg);
   else if (level == QRPC_LOG_INFO)
     snprintf(c->last_info, sizeof(c->last_info), "%s", msg);
-  if (c->opt.verbose || level >= QRPC_LOG_ERROR)
+  /* Without --verbose the tools say themselves why they stop. */
+  if (c->opt.verbose)
     fprintf(stderr, "%s: qrpc %s: %s\n", c->prog, qrpc_log_level_name(level),
             msg);
 }
@@ -197,8 +198,8 @@ static void on_disconnect(qrpc_broker_client *bc, const qrpc_close_info *info,
   (void)bc;
   c->ready = 0;
   if (c->stopped) return;
-  fprintf(stderr, "%s: lost the connection to %s: %s; reconnecting\n",
-          c->prog, c->opt.server, close_reason(info));
+  fprintf(stderr, "%s: lost the connection to %s: %s; reconnecting\n", c->prog,
+          c->opt.server, close_reason(info));
   arm_connect_timer(c);
 }
 

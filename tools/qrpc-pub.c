@@ -183,6 +183,12 @@ static void on_published(qrpc_broker_client *bc, int status,
   (void)bc;
   p->answered++;
   if (p->c.stopped) return;
+  if (status == QRPC_STATUS_UNAUTHENTICATED) {
+    cli_fail(&p->c, "the broker at %s refused the token (-t): %s%s%s",
+             p->opt.conn.server, qrpc_status_name(status),
+             detail && detail[0] ? ": " : "", detail ? detail : "");
+    return;
+  }
   if (status != QRPC_STATUS_OK) {
     const char *what = status == QRPC_STATUS_PERMISSION_DENIED
                            ? "refused to let this client publish on"
@@ -223,8 +229,9 @@ static void pump(pub *p) {
       return;
     }
     if (rc == QRPC_EMSGSIZE) {
-      cli_fail(&p->c, "the message (%zu bytes) is larger than the broker "
-                      "takes (its --max-payload)",
+      cli_fail(&p->c,
+               "the message (%zu bytes) is larger than the broker "
+               "takes (its --max-payload)",
                p->len);
       return;
     }

@@ -133,8 +133,7 @@ static int parse_format(const char *v, format *out) {
   else if (strcmp(v, "raw") == 0)
     *out = FORMAT_RAW;
   else {
-    fprintf(stderr, PROG ": --format expects text, json or raw, not '%s'\n",
-            v);
+    fprintf(stderr, PROG ": --format expects text, json or raw, not '%s'\n", v);
     return -1;
   }
   return 0;
@@ -390,8 +389,7 @@ static void on_end(qrpc_broker_sub *bs, int status, const char *detail,
   int i = index_of(s, bs);
   if (i < 0) return;
   s->subs[i] = NULL; /* freed when this returns */
-  const char *what = status == QRPC_STATUS_OK
-                         ? "ended the subscription to"
+  const char *what = status == QRPC_STATUS_OK ? "ended the subscription to"
                      : status == QRPC_STATUS_PERMISSION_DENIED
                          ? "refused this client the subscription to"
                          : "refused the subscription to";
@@ -417,8 +415,8 @@ static int subscribe_all(sub *s) {
   so.skip_retained = s->opt.skip_retained;
   for (int i = 0; i < s->opt.n_patterns; i++) {
     const char *pattern = s->opt.patterns[i];
-    int rc = qrpc_broker_subscribe(s->c.bc, pattern, &so, &sub_cbs, s,
-                                   &s->subs[i]);
+    int rc =
+        qrpc_broker_subscribe(s->c.bc, pattern, &so, &sub_cbs, s, &s->subs[i]);
     if (rc == QRPC_EINVAL) {
       cli_fail(&s->c,
                "invalid pattern '%s': dot-separated levels, each a name or "
