@@ -50,6 +50,14 @@ if [ -z "$soname" ] || [ ! -e "$libdir/$soname" ]; then
   fail "soname '$soname' not installed"
 fi
 echo "ok: soname $soname"
+for p in qrpc-broker qrpc-pub qrpc-sub qrpc-bench qrpc-certs protoc-gen-qrpc; do
+  [ -x "$prefix/bin/$p" ] || fail "missing $prefix/bin/$p"
+done
+for p in qrpc-broker qrpc-pub qrpc-sub qrpc-bench qrpc-certs; do
+  env -u LD_LIBRARY_PATH "$prefix/bin/$p" --help >/dev/null ||
+    fail "installed $p --help failed"
+done
+echo "ok: bin/ programs run"
 stray=$(find "$prefix/include" -type f ! -path "$prefix/include/qrpc/*.h")
 [ -z "$stray" ] || fail "unexpected files under include/: $stray"
 
