@@ -24,7 +24,6 @@
  * could not connect or join within --timeout, lost its connection or got
  * no state (the reason on stderr), 2 on a bad command line.
  */
-#include <event2/event.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -97,7 +96,8 @@ struct game {
   int closing; /* the clients are being freed: callbacks do nothing */
   uint64_t start_ns, window_start_ns, window_end_ns, next_status_ns;
   uint64_t status_ticks; /* client 0's ticks at the last status line */
-  struct event *input_ev, *check_ev, *sigterm, *sigint;
+  qrpc_timer *input_timer, *check_timer;
+  qrpc_signal *sigterm, *sigint;
   char last_warning[256]; /* qrpc's last warning (a rejected certificate) */
   char last_failure[256]; /* its last line about a failed attempt */
 };
@@ -380,9 +380,9 @@ static uint32_t rnd(game *g) {
 
 /* Every client that has joined sends what its player does now, turning
  * about once a second. */
-static void on_input_timer(evutil_socket_t fd, short what, void *arg) {
+static void on_input_timer(qrpc_timer *timer, void *arg) {
   game *g = arg;
-  (void)fd, (void)what;
+  (void)timer;
   uint64_t now = game_now_ns();
   for (int i = 0; i < g->n; i++) {
     sim *c = &g->sims[i];
@@ -423,9 +423,9 @@ static void print_status(game *g, uint64_t now) {
 
 /* Starts the window once everyone has joined, ends it after --seconds,
  * and gives up after --timeout if joining takes longer. */
-static void on_check_timer(evutil_socket_t fd, short what, void *arg) {
+static void on_check_timer(qrpc_timer *timer, void *arg) {
   game *g = arg;
-  (void)fd, (void)what;
+  (void)timer;
   uint64_t now = game_now_ns();
   if (!g->measuring) {
     if (g->joined == g->n) {
@@ -452,9 +452,9 @@ static void on_check_timer(evutil_socket_t fd, short what, void *arg) {
   if (g->window_end_ns != 0 && now >= g->window_end_ns) qrpc_loop_stop(g->loop);
 }
 
-static void on_signal(evutil_socket_t sig, short events, void *arg) {
+static void on_signal(qrpc_loop *loop, int sig, void *arg) {
   game *g = arg;
-  (void)sig, (void)events;
+  (void)loop, (void)sig;
   g->interrupted = 1;
   qrpc_loop_stop(g->loop);
 }
@@ -537,26 +537,18 @@ static int summarize(game *g, uint64_t end_ns) {
 /* ---- Main ---------------------------------------------------------------- */
 
 static int start_timers(game *g) {
-  struct event_base *base = qrpc_loop_base(g->loop);
-  g->input_ev = event_new(base, -1, EV_PERSIST, on_input_timer, g);
-  g->check_ev = event_new(base, -1, EV_PERSIST, on_check_timer, g);
-  g->sigterm = evsignal_new(base, SIGTERM, on_signal, g);
-  g->sigint = evsignal_new(base, SIGINT, on_signal, g);
-  struct timeval input_tv = {0, (suseconds_t)(1000000 / g->opt.hz)};
-  if (g->opt.hz == 1) input_tv = (struct timeval){1, 0};
-  struct timeval check_tv = {0, CHECK_MS * 1000};
-  if (g->input_ev == NULL || g->check_ev == NULL || g->sigterm == NULL ||
-      g->sigint == NULL || event_add(g->input_ev, &input_tv) != 0 ||
-      event_add(g->check_ev, &check_tv) != 0 ||
-      event_add(g->sigterm, NULL) != 0 || event_add(g->sigint, NULL) != 0) {
+  uint64_t input_ns = UINT64_C(1000000000) / g->opt.hz;
+  uint64_t check_ns = CHECK_MS * UINT64_C(1000000);
+  if (qrpc_timer_new(g->loop, on_input_timer, g, &g->input_timer) != 0 ||
+      qrpc_timer_new(g->loop, on_check_timer, g, &g->check_timer) != 0 ||
+      qrpc_timer_start(g->input_timer, input_ns, input_ns) != 0 ||
+      qrpc_timer_start(g->check_timer, check_ns, check_ns) != 0 ||
+      qrpc_loop_on_signal(g->loop, SIGTERM, on_signal, g, &g->sigterm) != 0 ||
+      qrpc_loop_on_signal(g->loop, SIGINT, on_signal, g, &g->sigint) != 0) {
     fprintf(stderr, PROG ": cannot start the timers\n");
     return -1;
   }
   return 0;
-}
-
-static void free_event(struct event *ev) {
-  if (ev != NULL) event_free(ev);
 }
 
 int main(int argc, char **argv) {
@@ -629,10 +621,10 @@ int main(int argc, char **argv) {
 out:
   g->closing = 1;
   for (int i = 0; i < g->n; i++) qrpc_client_free(g->sims[i].cli);
-  free_event(g->input_ev);
-  free_event(g->check_ev);
-  free_event(g->sigterm);
-  free_event(g->sigint);
+  qrpc_timer_free(g->input_timer);
+  qrpc_timer_free(g->check_timer);
+  qrpc_signal_free(g->sigterm);
+  qrpc_signal_free(g->sigint);
   qrpc_tls_config_free(tls);
   /* Let the closes reach the server before the process goes. */
   qrpc_loop_run_for(g->loop, 100);

@@ -18,7 +18,6 @@
  * what it saw (inputs, their loss and one-way delay, state datagrams) and
  * exits with status 0.
  */
-#include <event2/event.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,7 +71,7 @@ typedef struct server {
   options opt;
   qrpc_loop *loop;
   qrpc_server *srv;
-  struct event *tick_ev;
+  qrpc_timer *ticker; /* the world's clock, tick_hz times a second */
   uint32_t rng;
   uint64_t tick;
 
@@ -383,9 +382,9 @@ static void broadcast(server *s) {
   send_part(s, &ws, from, s->n_ents, n_receivers);
 }
 
-static void on_tick(evutil_socket_t fd, short what, void *arg) {
+static void on_tick(qrpc_timer *timer, void *arg) {
   server *s = arg;
-  (void)fd, (void)what;
+  (void)timer;
   s->tick++;
   move_all(s);
   broadcast(s);
@@ -483,12 +482,12 @@ static void on_shutdown_done(qrpc_server *srv, void *user_data) {
   qrpc_loop_stop(s->loop);
 }
 
-static void on_signal(evutil_socket_t sig, short events, void *arg) {
+static void on_signal(qrpc_loop *loop, int sig, void *arg) {
   server *s = arg;
-  (void)events;
+  (void)loop;
   printf(PROG ": %s received, shutting down\n",
          sig == SIGTERM ? "SIGTERM" : "SIGINT");
-  if (s->tick_ev != NULL) event_del(s->tick_ev);
+  qrpc_timer_stop(s->ticker);
   if (qrpc_server_shutdown(s->srv, DRAIN_MS, on_shutdown_done, s) != 0)
     qrpc_loop_stop(s->loop); /* already shutting down: a second signal */
 }
@@ -545,10 +544,11 @@ static int start_world(server *s) {
       return -1;
     }
   }
-  s->tick_ev = event_new(qrpc_loop_base(s->loop), -1, EV_PERSIST, on_tick, s);
-  struct timeval tv = {0, (suseconds_t)(1000000 / s->opt.tick_hz)};
-  if (s->opt.tick_hz == 1) tv = (struct timeval){1, 0};
-  if (s->tick_ev == NULL || event_add(s->tick_ev, &tv) != 0) {
+  /* A fixed schedule: tick k is due at start + k / tick_hz, however long
+   * a tick takes, so 60 Hz stays 60 Hz. */
+  uint64_t period_ns = UINT64_C(1000000000) / s->opt.tick_hz;
+  if (qrpc_timer_new(s->loop, on_tick, s, &s->ticker) != 0 ||
+      qrpc_timer_start(s->ticker, period_ns, period_ns) != 0) {
     fprintf(stderr, PROG ": cannot start the tick timer\n");
     return -1;
   }
@@ -566,7 +566,7 @@ int main(int argc, char **argv) {
   s->rng = 0x9e3779b9u;
 
   qrpc_tls_config *tls = NULL;
-  struct event *sigterm = NULL, *sigint = NULL;
+  qrpc_signal *sigterm = NULL, *sigint = NULL;
   int status = 1;
 
   if ((rc = qrpc_loop_new(NULL, &s->loop)) != 0) {
@@ -606,11 +606,8 @@ int main(int argc, char **argv) {
   }
   if (start_world(s) != 0) goto out;
 
-  struct event_base *base = qrpc_loop_base(s->loop);
-  sigterm = evsignal_new(base, SIGTERM, on_signal, s);
-  sigint = evsignal_new(base, SIGINT, on_signal, s);
-  if (sigterm == NULL || sigint == NULL || event_add(sigterm, NULL) != 0 ||
-      event_add(sigint, NULL) != 0) {
+  if (qrpc_loop_on_signal(s->loop, SIGTERM, on_signal, s, &sigterm) != 0 ||
+      qrpc_loop_on_signal(s->loop, SIGINT, on_signal, s, &sigint) != 0) {
     fprintf(stderr, PROG ": cannot install the signal handlers\n");
     goto out;
   }
@@ -629,11 +626,11 @@ int main(int argc, char **argv) {
   status = 0;
 
 out:
-  if (s->tick_ev != NULL) event_free(s->tick_ev);
+  qrpc_timer_free(s->ticker);
   /* Closing the remaining connections removes their players. */
   qrpc_server_free(s->srv);
-  if (sigterm != NULL) event_free(sigterm);
-  if (sigint != NULL) event_free(sigint);
+  qrpc_signal_free(sigterm);
+  qrpc_signal_free(sigint);
   qrpc_tls_config_free(tls);
   qrpc_loop_free(s->loop);
   /* Whoever is left (bots, players whose close came with the free) adds

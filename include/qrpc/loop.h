@@ -64,6 +64,82 @@ uint64_t qrpc_loop_now_ns(qrpc_loop *loop);
  * callbacks already fired). Loop thread only. NULL is ignored. */
 void qrpc_loop_free(qrpc_loop *loop);
 
+/* ---- Timers and signals ------------------------------------------------
+ *
+ * A game server's 60 Hz tick, a periodic stats line, SIGTERM: what a
+ * program needs from its loop besides connections, without reaching for
+ * libevent. Timers run on the loop's precise clock (timerfd when the loop
+ * made its own base), so a 60 Hz tick stays at 60 Hz. A started timer or
+ * a signal watch keeps qrpc_loop_run() running, as a pending connection
+ * does; stop or free it to let the loop end. */
+
+typedef struct qrpc_timer qrpc_timer;
+
+/* Called on the loop thread when a timer expires. The callback may stop,
+ * restart or free its own timer. */
+typedef void (*qrpc_timer_fn)(qrpc_timer *timer, void *user_data);
+
+/* Creates a stopped timer on loop. fn and user_data (borrowed; must stay
+ * valid while the timer exists) are what it calls. *out receives the
+ * timer, owned by the caller until qrpc_timer_free(). Loop thread only.
+ * Errors: QRPC_EINVAL, QRPC_ENOMEM. */
+int qrpc_timer_new(qrpc_loop *loop, qrpc_timer_fn fn, void *user_data,
+                   qrpc_timer **out);
+
+/* Starts (or restarts) the timer: it fires delay_ns from now, then, with
+ * period_ns > 0, every period_ns after that, on a fixed schedule: tick k
+ * is due at start + delay_ns + k * period_ns, however long the callbacks
+ * take, so a periodic timer does not drift. When the loop falls behind by
+ * whole periods, the missed ticks are skipped, not fired in a burst, and
+ * counted (qrpc_timer_skipped()). period_ns == 0 makes a one-shot timer.
+ * A timer never fires before its due time. Loop thread only.
+ * Errors: QRPC_EINVAL. */
+int qrpc_timer_start(qrpc_timer *timer, uint64_t delay_ns, uint64_t period_ns);
+
+/* Stops the timer; its callback does not run again until it is started.
+ * Stopping a stopped timer does nothing. Loop thread only. */
+void qrpc_timer_stop(qrpc_timer *timer);
+
+/* 1 while the timer is started (a one-shot timer stops as it fires). */
+int qrpc_timer_active(const qrpc_timer *timer);
+
+/* The time, on qrpc_loop_now_ns()'s clock, that the tick now running (or
+ * the next one, outside the callback) was due. A game uses it as the
+ * tick's timestamp instead of the time the callback happened to run. */
+uint64_t qrpc_timer_due_ns(const qrpc_timer *timer);
+
+/* The number of periodic ticks skipped because the loop was late by whole
+ * periods, since the timer was created. */
+uint64_t qrpc_timer_skipped(const qrpc_timer *timer);
+
+/* Stops and frees the timer; allowed inside its own callback. Timers
+ * still alive when their loop is freed are freed with it, and the pointer
+ * must not be used after that. Loop thread only. NULL is ignored. */
+void qrpc_timer_free(qrpc_timer *timer);
+
+typedef struct qrpc_signal qrpc_signal;
+
+/* Called on the loop thread, outside the signal handler, once per delivery
+ * of the signal (deliveries close together may be merged into one call). */
+typedef void (*qrpc_signal_fn)(qrpc_loop *loop, int signum, void *user_data);
+
+/* Watches signal signum (SIGTERM, SIGINT, SIGHUP, ...) on loop: fn runs on
+ * the loop thread, where it may call anything qrpc offers, such as
+ * qrpc_server_shutdown() or qrpc_loop_stop(). The watch replaces the
+ * process's handler for signum until it is freed, so one signal has one
+ * watch in the process at a time (a second gets QRPC_ESTATE); watches on
+ * other signals may be on other loops. user_data is borrowed. *out
+ * receives the watch, owned by the caller until qrpc_signal_free();
+ * watches still alive when their loop is freed are freed with it. Loop
+ * thread only. Errors: QRPC_EINVAL (SIGKILL, SIGSTOP or no such signal),
+ * QRPC_ENOMEM, QRPC_ESTATE, QRPC_ESYSTEM. */
+int qrpc_loop_on_signal(qrpc_loop *loop, int signum, qrpc_signal_fn fn,
+                        void *user_data, qrpc_signal **out);
+
+/* Stops watching and restores the signal's previous handler. Allowed
+ * inside its own callback. Loop thread only. NULL is ignored. */
+void qrpc_signal_free(qrpc_signal *sig);
+
 #ifdef __cplusplus
 }
 #endif

@@ -102,6 +102,8 @@ int qrpc_loop_new(struct event_base *base, qrpc_loop **out) {
   qrpci_list_init(&loop->dirty);
   qrpci_list_init(&loop->conns);
   qrpci_list_init(&loop->txq_socks);
+  qrpci_list_init(&loop->timers);
+  qrpci_list_init(&loop->signals);
   pthread_mutex_init(&loop->post_mu, NULL);
   if (base) {
     loop->base = base;
@@ -200,6 +202,7 @@ void qrpc_loop_free(qrpc_loop *loop) {
     qrpci_conn_discard(
         QRPCI_CONTAINER_OF(loop->conns.next, qrpc_conn, loop_node), NULL);
   }
+  qrpci_loop_free_timers(loop);
   if (loop->dns) evdns_base_free(loop->dns, 1);
   qrpci_post *p = loop->post_head;
   while (p) {

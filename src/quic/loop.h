@@ -29,11 +29,15 @@ struct qrpc_loop {
   uint8_t (*rxbufs)[QRPCI_MAX_UDP]; /* one recvmmsg batch */
   size_t txcap;             /* a GSO batch plus one packet being written */
   qrpci_list txq_socks;     /* sockets with packets queued for sendmmsg */
+  qrpci_list timers;        /* qrpc_timer objects, freed with the loop */
+  qrpci_list signals;       /* qrpc_signal watches, freed with the loop */
 };
 
 void qrpci_loop_mark_dirty(qrpc_loop *loop, qrpc_conn *c);
 struct evdns_base *qrpci_loop_dns(qrpc_loop *loop);
 void qrpci_loop_add_conn(qrpc_loop *loop, qrpc_conn *c);
 void qrpci_loop_remove_conn(qrpc_loop *loop, qrpc_conn *c);
+/* Frees the timers and signal watches the user left on the loop (timer.c). */
+void qrpci_loop_free_timers(qrpc_loop *loop);
 
 #endif
