@@ -20,7 +20,10 @@
 #   calls with the same OUT_DIR; a file imported but not given must have
 #   its protoc-c output on the include path some other way.
 # - qrpc's own options (import "qrpc/options.proto") and protoc's
-#   google/protobuf/*.proto are always importable.
+#   google/protobuf/*.proto are always importable. The protoc-c code of the
+#   well-known types (any, duration, empty, field_mask, struct, timestamp,
+#   wrappers) is qrpc's library qrpc_wkt (qrpc::wkt when installed), which
+#   <target> is linked to PUBLIC, so their headers resolve and link.
 # - OUT_DIR defaults to <current binary dir>/<target>_qrpc.
 #
 # protoc-c gets the files without their services (protoc-gen-qrpc
@@ -203,4 +206,10 @@ function(qrpc_generate target)
   target_sources(${target} PRIVATE ${sources} ${headers})
   target_include_directories(${target} PUBLIC $<BUILD_INTERFACE:${out}>)
   target_link_libraries(${target} PUBLIC PkgConfig::PROTOBUFC)
+  # The well-known types' protoc-c code, for files that import them.
+  if(TARGET qrpc_wkt)
+    target_link_libraries(${target} PUBLIC qrpc_wkt)
+  elseif(TARGET qrpc::wkt)
+    target_link_libraries(${target} PUBLIC qrpc::wkt)
+  endif()
 endfunction()

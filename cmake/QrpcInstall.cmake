@@ -1,6 +1,7 @@
 # Installation: libraries, public headers, a pkg-config file and a CMake
 # package, so that users can build against an installed qrpc with either
 #   find_package(qrpc CONFIG REQUIRED)  ->  qrpc::qrpc, qrpc::qrpc_static
+#                                           (and qrpc::wkt, which both link)
 # or
 #   pkg-config --cflags --libs qrpc
 #
@@ -16,7 +17,7 @@ set(QRPC_VERSION_SCRIPT ${PROJECT_SOURCE_DIR}/src/qrpc.map)
 target_link_options(qrpc PRIVATE "LINKER:--version-script=${QRPC_VERSION_SCRIPT}")
 set_property(TARGET qrpc APPEND PROPERTY LINK_DEPENDS ${QRPC_VERSION_SCRIPT})
 
-install(TARGETS qrpc qrpc_static
+install(TARGETS qrpc qrpc_static qrpc_wkt
   EXPORT qrpcTargets
   RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR}
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
@@ -25,6 +26,11 @@ install(TARGETS qrpc qrpc_static
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/qrpc
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
   FILES_MATCHING PATTERN "*.h")
+# The well-known types' protoc-c headers, in a directory of their own that
+# qrpc::wkt and qrpc.pc put on the include path: generated code includes
+# them as "google/protobuf/NAME.pb-c.h".
+install(FILES ${QRPC_WKT_HEADERS}
+  DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/qrpc/wkt/google/protobuf)
 
 # CMake package: the exported targets, a config file that finds the
 # dependencies again, and a version file.
@@ -84,3 +90,12 @@ install(FILES ${PROJECT_SOURCE_DIR}/cmake/QrpcGenerate.cmake
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/idl/
   DESTINATION ${CMAKE_INSTALL_DATADIR}/qrpc/proto
   FILES_MATCHING PATTERN "*.proto")
+
+# Programs for users of an installed qrpc (the broker daemon installs
+# itself from services/): development certificates (scripts/gen-certs.sh
+# as qrpc-certs), the broker's command-line clients and the load generator
+# the documentation uses.
+install(PROGRAMS ${PROJECT_SOURCE_DIR}/scripts/gen-certs.sh
+  DESTINATION ${CMAKE_INSTALL_BINDIR} RENAME qrpc-certs)
+install(TARGETS qrpc-pub qrpc-sub qrpc-bench
+  RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})

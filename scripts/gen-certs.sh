@@ -14,19 +14,74 @@
 # Existing files are kept, so running the script again changes nothing;
 # --force makes everything new. For development and tests only: never use
 # these keys for anything reachable from other machines.
+#
+# Installed with qrpc as bin/qrpc-certs; in the source tree it is
+# scripts/gen-certs.sh (make certs runs it).
 set -euo pipefail
+
+prog=$(basename "$0")
 
 usage() {
   cat <<EOF
-usage: $0 [--force] [DIR]
+NAME
+    $prog - development certificates for qrpc servers and clients
 
-Creates a development CA and a localhost server certificate in DIR
-(default: ./certs). Existing files are kept unless --force is given.
+SYNOPSIS
+    $prog [--force] [DIR]
+    $prog --help
+
+DESCRIPTION
+    Creates, with the openssl command, in DIR (default: ./certs):
+
+    ca.pem, ca-key.pem
+        a development certificate authority (CN "qrpc development CA"),
+        valid for 10 years;
+    server.pem, server-key.pem
+        a server certificate signed by that CA, for the names localhost,
+        127.0.0.1 and ::1 (subjectAltName DNS:localhost, IP:127.0.0.1,
+        IP:::1), valid for 825 days;
+    client.pem, client-key.pem
+        a client certificate signed by that CA, for mutual TLS (CN "qrpc
+        development client", subjectAltName URI:spiffe://qrpc.dev/client).
+
+    All keys are ECDSA P-256 and readable by their owner only. Existing
+    files are kept (after checking that the server certificate still
+    verifies against the CA and matches its key), so running $prog again
+    changes nothing; a missing client certificate is added to an existing
+    CA.
+
+    Servers load server.pem and server-key.pem (qrpc-broker --cert --key,
+    qrpc_tls_config_set_cert_files()); clients trust ca.pem (--ca,
+    qrpc_tls_config_set_ca_file()). For mutual TLS a server also trusts
+    ca.pem for client certificates (qrpc-broker --client-ca) and clients
+    present client.pem and client-key.pem (--cert --key).
+
+    These certificates are for development and tests only: never use them
+    for anything reachable from other machines.
+
+OPTIONS
+    --force     make everything new, replacing the files in DIR
+    -h, --help  this text
+
+EXIT STATUS
+    0 when the certificates are in DIR, 1 when they could not be made or
+    the existing ones are inconsistent (the message says which and
+    suggests --force), 2 on a bad command line.
+
+EXAMPLES
+    $prog certs
+    qrpc-broker --cert certs/server.pem --key certs/server-key.pem &
+    qrpc-sub -s localhost:7422 --ca certs/ca.pem 'chat.>'
 EOF
 }
 
-log() { printf 'gen-certs: %s\n' "$*"; }
-die() { printf 'gen-certs: error: %s\n' "$*" >&2; exit 1; }
+log() { printf '%s: %s\n' "$prog" "$*"; }
+die() { printf '%s: error: %s\n' "$prog" "$*" >&2; exit 1; }
+# A bad command line: exit status 2, as qrpc's other programs.
+bad_usage() {
+  printf '%s: %s (see --help)\n' "$prog" "$*" >&2
+  exit 2
+}
 
 force=0
 dir=
@@ -35,9 +90,9 @@ while [ $# -gt 0 ]; do
     --force) force=1 ;;
     -h | --help) usage; exit 0 ;;
     --) shift; break ;;
-    -*) usage >&2; die "unknown option '$1'" ;;
+    -*) bad_usage "unknown option '$1'" ;;
     *)
-      [ -z "$dir" ] || die "only one DIR may be given (got '$dir' and '$1')"
+      [ -z "$dir" ] || bad_usage "only one DIR may be given (got '$dir' and '$1')"
       dir=$1
       ;;
   esac
@@ -45,14 +100,14 @@ while [ $# -gt 0 ]; do
 done
 if [ $# -gt 0 ]; then
   if [ -n "$dir" ] || [ $# -gt 1 ]; then
-    die "only one DIR may be given"
+    bad_usage "only one DIR may be given"
   fi
   dir=$1
 fi
 dir=${dir:-./certs}
 
 command -v openssl >/dev/null 2>&1 ||
-  die "the openssl command is missing (scripts/setup.sh installs it)"
+  die "the openssl command is missing (on Debian: apt-get install openssl)"
 
 CA_DAYS=3650
 SERVER_DAYS=825

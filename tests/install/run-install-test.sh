@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Install test driver (run by ctest): installs a qrpc build tree into a
 # temporary prefix and checks that a consumer builds and runs against it,
-# with CMake's find_package and with pkg-config, shared and static.
+# with CMake's find_package and with pkg-config, shared and static. The
+# shared programs run without LD_LIBRARY_PATH (the prefix is outside the
+# loader's search path): the CMake package and -Wl,-rpath give them a
+# RUNPATH, also once a CMake consumer is installed.
 #
 # usage: run-install-test.sh CMAKE BUILD_DIR CONSUMER_DIR CC [EXTRA_FLAGS]
 #   EXTRA_FLAGS: compile and link flags for the consumer (the sanitizer
@@ -47,6 +50,14 @@ if [ -z "$soname" ] || [ ! -e "$libdir/$soname" ]; then
   fail "soname '$soname' not installed"
 fi
 echo "ok: soname $soname"
+for p in qrpc-broker qrpc-pub qrpc-sub qrpc-bench qrpc-certs protoc-gen-qrpc; do
+  [ -x "$prefix/bin/$p" ] || fail "missing $prefix/bin/$p"
+done
+for p in qrpc-broker qrpc-pub qrpc-sub qrpc-bench qrpc-certs; do
+  env -u LD_LIBRARY_PATH "$prefix/bin/$p" --help >/dev/null ||
+    fail "installed $p --help failed"
+done
+echo "ok: bin/ programs run"
 stray=$(find "$prefix/include" -type f ! -path "$prefix/include/qrpc/*.h")
 [ -z "$stray" ] || fail "unexpected files under include/: $stray"
 
@@ -90,6 +101,13 @@ flags="${extra_flags[*]}"
 "$cmake" --build "$tmp/consumer-build"
 check_output cmake-shared "$("$tmp/consumer-build/consumer_shared")"
 check_output cmake-static "$("$tmp/consumer-build/consumer_static")"
+# Installed, the program loses the build tree's rpath: it still finds
+# libqrpc.so through the one the CMake package gives qrpc::qrpc.
+"$cmake" --install "$tmp/consumer-build" --prefix "$tmp/consumer-prefix" >/dev/null
+readelf -d "$tmp/consumer-prefix/bin/consumer_shared" | grep -q "RUNPATH.*$libdir" ||
+  fail "the installed consumer_shared has no RUNPATH to $libdir"
+check_output cmake-shared-installed \
+  "$(env -u LD_LIBRARY_PATH "$tmp/consumer-prefix/bin/consumer_shared")"
 if objdump -p "$tmp/consumer-build/consumer_static" | grep -q 'NEEDED.*libqrpc'; then
   fail "consumer_static depends on libqrpc.so"
 fi
@@ -99,9 +117,15 @@ export PKG_CONFIG_PATH=$libdir/pkgconfig
 read -r -a pc_cflags <<<"$(pkg-config --cflags qrpc)"
 read -r -a pc_libs <<<"$(pkg-config --libs qrpc)"
 echo "pkg-config --cflags --libs qrpc: ${pc_cflags[*]} ${pc_libs[*]}"
+# The prefix is not one the loader searches: the program finds libqrpc.so
+# through the RUNPATH that -Wl,-rpath gives it (README, "Building against
+# an installed qrpc"), not through LD_LIBRARY_PATH.
+unset LD_LIBRARY_PATH
+pc_libdir=$(pkg-config --variable=libdir qrpc)
 "$cc" -std=c11 -Wall -Wextra -Werror "${extra_flags[@]}" "${pc_cflags[@]}" \
-  "$consumer_dir/main.c" -o "$tmp/consumer_pc" "${pc_libs[@]}"
-check_output pkg-config-shared "$(LD_LIBRARY_PATH=$libdir "$tmp/consumer_pc")"
+  "$consumer_dir/main.c" -o "$tmp/consumer_pc" -Wl,-rpath,"$pc_libdir" \
+  "${pc_libs[@]}"
+check_output pkg-config-shared "$("$tmp/consumer_pc")"
 
 # Static: libqrpc.a named explicitly (so the linker cannot pick the shared
 # library), plus the modules in Requires.private linked as usual. This checks
