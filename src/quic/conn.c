@@ -34,6 +34,9 @@
 /* Default qrpc_conn_opts.max_udp_payload: UDP's limit over IPv4, which
  * loopback (MTU 65536) carries; other paths stop where their probes do. */
 #define DEFAULT_MAX_UDP_PAYLOAD QRPCI_GSO_MAX_BYTES
+/* How long a connection past its dead-peer deadline gives the packets
+ * already in its socket to be read before it closes. */
+#define DEAD_PEER_RECHECK_NS (1 * NGTCP2_MILLISECONDS)
 /* Default qrpc_conn_opts.dead_peer_timeout_ms. */
 #define DEFAULT_DEAD_PEER_MS 1000
 /* A dead peer is declared no sooner than this many PTOs of silence. */
@@ -719,6 +722,7 @@ static uint64_t bytes_in_flight(qrpc_conn *c) {
  * outstanding gets a fresh allowance from now. */
 static void peer_heard(qrpc_conn *c) {
   c->unanswered_since = 0;
+  c->dead_recheck_at = 0;
   if (c->state == QRPCI_CONN_ESTABLISHED && bytes_in_flight(c) > 0)
     c->unanswered_since = qrpci_now_ns();
 }
@@ -736,6 +740,7 @@ static uint64_t dead_peer_deadline(qrpc_conn *c) {
   if (!c->unanswered_since || !c->opts.dead_peer_timeout_ms ||
       c->state != QRPCI_CONN_ESTABLISHED)
     return UINT64_MAX;
+  if (c->dead_recheck_at) return c->dead_recheck_at;
   uint64_t t = c->opts.dead_peer_timeout_ms * NGTCP2_MILLISECONDS;
   uint64_t ptos = DEAD_PEER_MIN_PTOS * ngtcp2_conn_get_pto(c->q);
   return c->unanswered_since + (t > ptos ? t : ptos);
@@ -1034,6 +1039,12 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg) {
      * later packets were acknowledged): nothing is waiting for the peer. */
     if (bytes_in_flight(c) == 0) {
       c->unanswered_since = 0;
+      c->dead_recheck_at = 0;
+    } else if (!c->dead_recheck_at) {
+      /* After a stall (a busy, stopped or traced process) this timer
+       * can run before the peer's packets waiting in the socket are
+       * read: read them first, and decide then. */
+      c->dead_recheck_at = now + DEAD_PEER_RECHECK_NS;
     } else {
       close_dead_peer(c, now);
       return;
@@ -1271,6 +1282,8 @@ void qrpci_conn_apply_keepalive(qrpc_conn *c) {
   /* The timer follows the new expiry on the next write. */
   qrpci_loop_mark_dirty(c->loop, c);
 }
+
+uint64_t qrpci_conn_timer_due(qrpc_conn *c) { return c->timer_expiry; }
 
 void qrpci_conn_vanish(qrpc_conn *c) {
   if (c->read_ev) event_del(c->read_ev);

@@ -74,6 +74,9 @@ struct qrpc_conn {
   int mute;                  /* sends nothing (qrpci_conn_vanish) */
   uint64_t unanswered_since; /* first ack-eliciting packet the peer has
                                 not answered anything since; 0: none */
+  uint64_t dead_recheck_at;  /* the dead-peer deadline passed; decide at
+                                this time, once what waits in the socket
+                                is read; 0: not yet */
   int resume_verified;       /* the resumed session's peer had verified */
   int ticket_early_ok;       /* server: the ticket may carry early data */
   qrpci_early_fn early_hook;

@@ -6,6 +6,7 @@
 #define QRPCI_QUIC_TESTING_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "qrpc/loop.h"
 #include "qrpc/quic.h"
@@ -29,5 +30,9 @@ void qrpci_endpoint_vanish(qrpc_endpoint *ep);
  * it reads nothing more and sends nothing more. It stays allocated until
  * it is closed or times out. */
 void qrpci_conn_vanish(qrpc_conn *c);
+
+/* When the connection's timer is due (qrpc_loop_now_ns() clock), or
+ * UINT64_MAX when it is not armed. */
+uint64_t qrpci_conn_timer_due(qrpc_conn *c);
 
 #endif

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -307,6 +308,104 @@ START_TEST(test_idle_not_dead) {
 }
 END_TEST
 
+/* Runs the server's loop and the client's, in turns, for ms. */
+static void run_both(qrpc_loop *cloop, uint64_t ms) {
+  uint64_t end = qt_now_ms() + ms;
+  while (qt_now_ms() < end) {
+    qrpc_loop_run_for(loop, 5);
+    qrpc_loop_run_for(cloop, 5);
+  }
+}
+
+#define NS_PER_MS 1000000u
+
+typedef struct busy_arg {
+  qrpc_loop *loop;
+  uint64_t until; /* qrpc_loop_now_ns() time */
+} busy_arg;
+
+/* Keeps the loop's thread busy until the time in ud, a busy_arg. */
+static void busy_until(qrpc_timer *t, void *ud) {
+  const busy_arg *b = ud;
+  uint64_t until = b->until;
+  uint64_t now = qrpc_loop_now_ns(b->loop);
+  (void)t;
+  if (until > now) {
+    struct timespec ts = {(time_t)((until - now) / 1000000000u),
+                          (long)((until - now) % 1000000000u)};
+    nanosleep(&ts, NULL);
+  }
+}
+
+/* A client whose loop stalls past its dead-peer deadline while the
+ * server's answers arrive reads them before it decides: the server is
+ * alive, and the connection stays up. The stall is arranged so that the
+ * connection's timer is left due when qrpc_loop_run_for() returns (a busy
+ * callback delays the turn in which both the run's own timer and the
+ * connection's come due, and the run's, due first, ends the run): the
+ * next run starts with that timer, before the socket is looked at. */
+START_TEST(test_stalled_client_reads_before_deciding) {
+  qt_server srv;
+  qt_client cl;
+  qt_xfer x;
+  qrpc_loop *cloop;
+  qrpc_conn_opts copts;
+  qrpc_timer *busy;
+
+  ck_assert_int_eq(qrpc_loop_new(NULL, &cloop), 0);
+  qrpc_tls_config *stls = server_tls(NULL);
+  qrpc_tls_config *ctls = qt_client_tls(certs.ca_pem);
+  ck_assert_ptr_nonnull(ctls);
+  ck_assert_int_eq(qt_server_start(&srv, loop, "127.0.0.1:0", stls, NULL), 0);
+  qrpc_conn_opts_default(&copts);
+  copts.dead_peer_timeout_ms = 200;
+  ck_assert_int_eq(qt_client_connect(&cl, cloop, srv.addr, NULL, ctls, &copts),
+                   0);
+  qrpc_tls_config_free(stls);
+  qrpc_tls_config_free(ctls);
+  uint64_t end = qt_now_ms() + QT_WAIT_MS;
+  while (!(cl.established && srv.established) && !cl.closed &&
+         qt_now_ms() < end)
+    run_both(cloop, 10);
+  ck_assert(cl.established && srv.established);
+  run_both(cloop, 100);
+
+  /* The client sends, the server does not run yet: the client's timer
+   * is armed (a PTO or the ACK delay, tens of ms on loopback). */
+  poke(&cl, &x);
+  qrpc_loop_run_for(cloop, 1);
+  ck_assert_uint_gt(x.sent, 0);
+  uint64_t now = qrpc_loop_now_ns(cloop);
+  uint64_t due = qrpci_conn_timer_due(cl.conn);
+  ck_assert_uint_gt(due, now + 4 * NS_PER_MS);
+  ck_assert_uint_lt(due, now + 1000 * NS_PER_MS);
+  busy_arg b = {cloop, due + 2 * NS_PER_MS};
+  ck_assert_int_eq(qrpc_timer_new(cloop, busy_until, &b, &busy), 0);
+  ck_assert_int_eq(qrpc_timer_start(busy, 0, 0), 0);
+  qrpc_loop_run_for(cloop, (due - now) / NS_PER_MS / 2);
+  qrpc_timer_free(busy);
+
+  /* Only the server runs, well past the client's dead-peer deadline
+   * (200 ms, or three PTOs), and answers. */
+  qrpc_loop_run_for(loop, 1500);
+
+  /* The client runs again: what waits in its socket is read first. */
+  run_both(cloop, 300);
+  ck_assert_msg(cl.closed == 0, "closed: %s", cl.close.reason);
+  end = qt_now_ms() + QT_WAIT_MS;
+  while (x.fins == 0 && qt_now_ms() < end) run_both(cloop, 10);
+  ck_assert_int_eq(x.fins, 1);
+  ck_assert_uint_eq(x.recvd, x.len);
+  ck_assert_int_eq(x.mismatch, 0);
+
+  qt_client_close(&cl);
+  end = qt_now_ms() + QT_WAIT_MS;
+  while (cl.closed == 0 && qt_now_ms() < end) run_both(cloop, 10);
+  qrpc_loop_free(cloop);
+  qt_close_all(loop, &srv, NULL, 0);
+}
+END_TEST
+
 static int server_closed(void *arg) { return ((qt_server *)arg)->closed > 0; }
 
 START_TEST(test_server_frees_vanished_client) {
@@ -364,6 +463,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_resets_off);
   tcase_add_test(tc, test_client_keepalive_finds_dead_server);
   tcase_add_test(tc, test_idle_not_dead);
+  tcase_add_test(tc, test_stalled_client_reads_before_deciding);
   tcase_add_test(tc, test_server_frees_vanished_client);
   tcase_add_test(tc, test_opts_checked);
   suite_add_tcase(s, tc);
