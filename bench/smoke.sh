@@ -96,7 +96,7 @@ run_client() {
     >"$tmp/client.out" 2>"$tmp/client.err" || status=$?
   sed 's/^/  /' "$tmp/client.err" "$tmp/client.out"
   [ "$status" -eq 0 ] || fail "$name: the client exited with $status"
-  tail -n 1 "$tmp/client.out" | grep -q '^RESULT ' ||
+  tail -n 1 "$tmp/client.out" | grep '^RESULT ' >/dev/null ||
     fail "$name: the last line is not RESULT"
   [ "$(grep -c '^{.*}$' "$tmp/client.out")" -eq 1 ] ||
     fail "$name: expected one JSON line"

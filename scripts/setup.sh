@@ -39,7 +39,7 @@ export DEBIAN_FRONTEND=noninteractive
 have_all() {
   local p
   for p in "${PACKAGES[@]}" "${NGTCP2_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || return 1
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep 'ok installed' >/dev/null || return 1
   done
   pkg-config --atleast-version="$NGTCP2_MIN" libngtcp2 2>/dev/null
 }
@@ -317,7 +317,7 @@ check_prefix() {
            lib/pkgconfig/libngtcp2_crypto_ossl.pc; do
     [ -f "$prefix/$f" ] || { echo "missing: $prefix/$f"; return 1; }
   done
-  if find "$prefix" -name '*.so*' | grep -q .; then
+  if find "$prefix" -name '*.so*' | grep . >/dev/null; then
     echo "shared libraries in $prefix:"; find "$prefix" -name '*.so*'
     return 1
   fi

@@ -28,7 +28,7 @@ key=$tmp/certs/server-key.pem
 ca=$tmp/certs/ca.pem
 client_cert=(--cert "$tmp/certs/client.pem" --key "$tmp/certs/client-key.pem")
 
-"$broker" --help | grep -q -- '--acl' || fail "--help does not list --acl"
+"$broker" --help | grep -- '--acl' >/dev/null || fail "--help does not list --acl"
 
 # expect_refusal WHAT PATTERN ARGS...: exit status 2 and PATTERN on stderr.
 expect_refusal() {

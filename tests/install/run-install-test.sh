@@ -104,11 +104,11 @@ check_output cmake-static "$("$tmp/consumer-build/consumer_static")"
 # Installed, the program loses the build tree's rpath: it still finds
 # libqrpc.so through the one the CMake package gives qrpc::qrpc.
 "$cmake" --install "$tmp/consumer-build" --prefix "$tmp/consumer-prefix" >/dev/null
-readelf -d "$tmp/consumer-prefix/bin/consumer_shared" | grep -q "RUNPATH.*$libdir" ||
+readelf -d "$tmp/consumer-prefix/bin/consumer_shared" | grep "RUNPATH.*$libdir" >/dev/null ||
   fail "the installed consumer_shared has no RUNPATH to $libdir"
 check_output cmake-shared-installed \
   "$(env -u LD_LIBRARY_PATH "$tmp/consumer-prefix/bin/consumer_shared")"
-if objdump -p "$tmp/consumer-build/consumer_static" | grep -q 'NEEDED.*libqrpc'; then
+if objdump -p "$tmp/consumer-build/consumer_static" | grep 'NEEDED.*libqrpc' >/dev/null; then
   fail "consumer_static depends on libqrpc.so"
 fi
 

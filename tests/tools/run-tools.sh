@@ -183,8 +183,11 @@ expect 1 "refused this client the subscription to 'private.>': PERMISSION_DENIED
   "$sub" "${server[@]}" -t reader 'private.>'
 expect 1 "refused the token (-t): UNAUTHENTICATED" \
   "$pub" "${server[@]}" -t nobody public.x m
+# A CA that did not sign the broker's certificate. (Not the broker's own
+# certificate: GnuTLS trusts a leaf certificate given as a trust anchor.)
+bash "$gen_certs" "$tmp/other" >/dev/null
 expect 1 "cannot connect to the broker at 127.0.0.1:$port within 2 s:" \
-  "$sub" -s "127.0.0.1:$port" --ca "$tmp/certs/server.pem" --connect-timeout 2 x
+  "$sub" -s "127.0.0.1:$port" --ca "$tmp/other/ca.pem" --connect-timeout 2 x
 grep -qi "certificate" "$tmp/err" || fail "a wrong CA is not named: $(cat "$tmp/err")"
 # A port nothing listens on: the broker's, once it is stopped.
 kill -TERM "$broker_pid"
