@@ -263,6 +263,8 @@ static int client_start(qrpc_client *cli, uint32_t method, qrpc_shape shape,
       len)
     return QRPC_EINVAL;
   if (len > cli->core.opts.max_frame) return QRPC_EMSGSIZE;
+  int rc = qrpci_call_opts_check(&cli->core, &o);
+  if (rc != 0) return rc;
   int fail_fast = o.fail_fast >= 0 ? o.fail_fast : cli->opts.fail_fast;
   /* Established, or in 0-RTT for an idempotent call: it goes out now. */
   qrpc_peer *peer =
