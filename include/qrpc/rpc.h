@@ -359,6 +359,62 @@ int qrpc_req_send_msg(qrpc_req *req, const qrpc_msg *m);
  * QRPC_ECLOSED (already ended). */
 int qrpc_req_end(qrpc_req *req);
 
+/* ---- Interceptors ----------------------------------------------------- */
+
+/* What an interceptor sees of one call (docs/api.md, "Interceptors").
+ * Borrowed for the duration of the hook. */
+typedef struct qrpc_call_info {
+  uint32_t method;
+  qrpc_shape shape;
+  int outgoing;            /* 1: a call this side makes; 0: one it serves */
+  qrpc_peer *peer;         /* NULL for a client call waiting for a
+                              connection */
+  const qrpc_md *metadata; /* request metadata: the caller's options on an
+                              outgoing call, what arrived on one served */
+  size_t metadata_count;
+  int status;           /* after: how the call ended (QRPC_STATUS_*) */
+  uint64_t duration_ns; /* after: from the before hooks to the end */
+} qrpc_call_info;
+
+/* Handed to before hooks of outgoing calls, to add request metadata. */
+typedef struct qrpc_icx qrpc_icx;
+
+/* Adds one pair (key NUL-terminated, value copied) to the request
+ * metadata of the outgoing call whose before hook received cx. Only from
+ * inside that hook. Errors: QRPC_EINVAL (bad key, or cx of a served
+ * call), QRPC_EMSGSIZE (over max_metadata), QRPC_ENOMEM. */
+int qrpc_icx_add_metadata(qrpc_icx *cx, const char *key, const void *value,
+                          size_t len);
+
+/* A hook pair run for every call (NOTIFYs excepted) of the client or
+ * server it is installed on, on the loop thread, in installation order
+ * for before and reverse order for after.
+ *
+ * before: runs as the call starts (an outgoing call inside the function
+ * that starts it, before anything is sent; a served call when its REQUEST
+ * and metadata have arrived, before its handler). It returns 0 to let the
+ * call go on, or a status (> 0) to refuse it, optionally setting *detail
+ * to a static UTF-8 string: a refused outgoing call is not sent and its
+ * on_done reports that status (local), from the loop; a refused served
+ * call is answered with ERROR (or END) of that status and its handler
+ * does not run. Later hooks' before does not run for a refused call.
+ * after: runs once for every call whose before hooks ran (refused ones
+ * included), when it is over, before on_done for outgoing calls.
+ * Either may be NULL. Inside the hooks the application may not start,
+ * answer or cancel calls. */
+typedef struct qrpc_interceptor {
+  int (*before)(qrpc_icx *cx, const qrpc_call_info *info, const char **detail,
+                void *user_data);
+  void (*after)(const qrpc_call_info *info, void *user_data);
+  void *user_data;
+} qrpc_interceptor;
+
+/* Appends a copy of *icpt to the chain of srv or cli (at most 16). Calls
+ * already started keep the chain they had. Loop thread. Errors:
+ * QRPC_EINVAL (NULL), QRPC_ELIMIT (the chain is full). */
+int qrpc_server_add_interceptor(qrpc_server *srv, const qrpc_interceptor *icpt);
+int qrpc_client_add_interceptor(qrpc_client *cli, const qrpc_interceptor *icpt);
+
 /* ---- Peers ------------------------------------------------------------ */
 
 qrpc_conn *qrpc_peer_conn(qrpc_peer *peer);

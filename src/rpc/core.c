@@ -498,6 +498,75 @@ static void fail_proto(qrpc_peer *peer, const char *why) {
 
 static void call_timer_cb(evutil_socket_t fd, short what, void *arg);
 
+/* ---- Interceptors ----------------------------------------------------- */
+
+struct qrpc_icx {
+  qrpci_core *core;
+  qrpci_mdbuf *md; /* NULL for a served call */
+};
+
+int qrpc_icx_add_metadata(qrpc_icx *cx, const char *key, const void *value,
+                          size_t len) {
+  if (!cx || !cx->md) return QRPC_EINVAL;
+  return qrpci_mdbuf_add(cx->md, key, 0, value, len,
+                         cx->core->opts.max_metadata);
+}
+
+int qrpci_core_add_interceptor(qrpci_core *core, const qrpc_interceptor *icpt) {
+  if (!icpt) return QRPC_EINVAL;
+  if (core->nicpt >= QRPCI_MAX_INTERCEPTORS) return QRPC_ELIMIT;
+  core->icpt[core->nicpt++] = *icpt;
+  return 0;
+}
+
+/* Runs before hooks in order until one refuses; *ran counts those that
+ * ran (the refusing one included, so its after runs too). */
+static int run_before(qrpci_core *core, qrpc_icx *cx,
+                      const qrpc_call_info *info, size_t *ran,
+                      const char **detail) {
+  *ran = 0;
+  for (size_t i = 0; i < core->nicpt; i++) {
+    const qrpc_interceptor *ic = &core->icpt[i];
+    *ran = i + 1;
+    if (!ic->before) continue;
+    const char *d = NULL;
+    int st = ic->before(cx, info, &d, ic->user_data);
+    if (st != 0) {
+      *detail = d && qrpci_utf8_valid((const uint8_t *)d, strlen(d))
+                    ? d
+                    : "refused by an interceptor";
+      return st > 0 ? st : QRPC_STATUS_INTERNAL;
+    }
+  }
+  return 0;
+}
+
+static void run_after(qrpci_core *core, size_t n, qrpc_call_info *info,
+                      uint64_t start_ns) {
+  info->duration_ns = qrpci_now_ns() - start_ns;
+  for (size_t i = n; i-- > 0;)
+    if (core->icpt[i].after) core->icpt[i].after(info, core->icpt[i].user_data);
+}
+
+int qrpci_call_intercept(qrpc_call *call, qrpc_peer *peer,
+                         const qrpc_call_opts *opts, const char **detail) {
+  qrpci_core *core = call->core;
+  if (core->nicpt == 0) return 0;
+  qrpc_icx cx = {core, &call->hdr};
+  qrpc_call_info info = {.method = call->method,
+                         .shape = call->shape,
+                         .outgoing = 1,
+                         .peer = peer,
+                         .metadata = opts->metadata,
+                         .metadata_count = opts->metadata_count};
+  call->start_ns = qrpci_now_ns();
+  call->icpt_peer = peer;
+  int st = run_before(core, &cx, &info, &call->nicpt, detail);
+  /* Pairs a hook added make the call one that sends HEADERS. */
+  if (call->hdr.len != 0) call->send_hdr = 1;
+  return st;
+}
+
 int qrpci_call_opts_check(qrpci_core *core, const qrpc_call_opts *opts) {
   if (opts->metadata_count != 0 && opts->metadata == NULL) return QRPC_EINVAL;
   size_t total = 0;
@@ -598,6 +667,15 @@ static void call_finish(qrpc_call *call, int status, const char *detail,
                         size_t detail_len, const uint8_t *payload, size_t len,
                         int local) {
   call_detach(call);
+  if (call->nicpt) {
+    qrpc_call_info info = {.method = call->method,
+                           .shape = call->shape,
+                           .outgoing = 1,
+                           .peer = call->icpt_peer,
+                           .status = status};
+    run_after(call->core, call->nicpt, &info, call->start_ns);
+    call->nicpt = 0;
+  }
   qrpc_result res = {.status = status,
                      .detail = detail,
                      .detail_len = detail_len,
@@ -706,6 +784,13 @@ static int peer_start(qrpc_peer *peer, uint32_t method, qrpc_shape shape,
   if (rc != 0) return rc;
   qrpc_call *call = qrpci_call_new(peer->core, method, shape, &o, 0, cbs, ud);
   if (!call) return QRPC_ENOMEM;
+  const char *why = NULL;
+  int st = qrpci_call_intercept(call, peer, &o, &why);
+  if (st != 0) {
+    qrpci_call_defer_done(call, st, why);
+    if (out) *out = call;
+    return 0;
+  }
   int rv = qrpci_call_start(call, peer, &pl);
   if (rv != 0) {
     qrpci_call_release(call);
@@ -868,6 +953,16 @@ static void req_release(qrpc_req *req) {
   if (req->released) return;
   req->released = 1;
   qrpc_peer *peer = req->peer;
+  if (req->nicpt) {
+    qrpc_call_info info = {.method = req->method,
+                           .shape = req->shape,
+                           .peer = peer,
+                           .metadata = req->md,
+                           .metadata_count = req->nmd,
+                           .status = req->final_status};
+    run_after(peer->core, req->nicpt, &info, req->start_ns);
+    req->nicpt = 0;
+  }
   if (req->timer_set) {
     evtimer_del(&req->timer);
     req->timer_set = 0;
@@ -890,6 +985,7 @@ static void req_release(qrpc_req *req) {
  * memory stays valid until the outermost code working on it is done. */
 static void req_cancel(qrpc_req *req, int status) {
   if (req->released) return;
+  req->final_status = status;
   int outer = req->in_handler;
   req->in_handler = 1;
   if (req->cbs.on_cancel) req->cbs.on_cancel(req, status, req->ud);
@@ -1005,6 +1101,21 @@ static void on_request(qrpci_rstream *rs, const qrpci_frame *f,
     req->deadline_ns = qrpci_now_ns() + f->timeout_ms * QRPCI_NS_PER_MS;
     arm_timer(peer->core, &req->timer, f->timeout_ms);
     req->timer_set = 1;
+  }
+  if (peer->core->nicpt) {
+    qrpc_icx cx = {peer->core, NULL};
+    qrpc_call_info info = {.method = req->method,
+                           .shape = req->shape,
+                           .peer = peer,
+                           .metadata = req->md,
+                           .metadata_count = req->nmd};
+    const char *why = NULL;
+    req->start_ns = qrpci_now_ns();
+    int st = run_before(peer->core, &cx, &info, &req->nicpt, &why);
+    if (st != 0) {
+      qrpc_req_error(req, st, why);
+      return;
+    }
   }
   run_handler(req, m, f->payload, f->payload_len);
 }
@@ -1471,6 +1582,7 @@ static int req_reply(qrpc_req *req, qrpci_payload pl) {
   qrpci_frame tf;
   int rv = put_frame_after(req->rs, req_trailers(req, &tf), QRPCI_FRAME_REPLY,
                            req->msgid, 0, 0, &pl);
+  req->final_status = rv == 0 ? QRPC_STATUS_OK : QRPC_STATUS_INTERNAL;
   if (rv != 0 && rv != QRPC_ECLOSED)
     put_status(req->rs, QRPCI_FRAME_ERROR, req->msgid, QRPC_STATUS_INTERNAL,
                "reply could not be sent");
@@ -1488,6 +1600,7 @@ int qrpc_req_reply_msg(qrpc_req *req, const qrpc_msg *m) {
 
 int qrpc_req_error(qrpc_req *req, int status, const char *detail) {
   if (!req || status <= 0) return QRPC_EINVAL;
+  if (!req->released) req->final_status = status;
   if (!req->notify && !req->released) {
     uint8_t type = req->shape == QRPC_SHAPE_SERVER_STREAM ||
                            req->shape == QRPC_SHAPE_BIDI_STREAM

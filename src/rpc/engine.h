@@ -21,6 +21,7 @@
 
 #define QRPCI_COMMON_TIMEOUTS 16
 #define QRPCI_FREELIST_MAX 1024
+#define QRPCI_MAX_INTERCEPTORS 16
 
 typedef struct qrpci_method {
   qrpc_shape shape;
@@ -75,6 +76,8 @@ struct qrpci_core {
   } timeouts[QRPCI_COMMON_TIMEOUTS];
   size_t ntimeouts;
   uint64_t early_calls; /* calls whose REQUEST went out in 0-RTT */
+  qrpc_interceptor icpt[QRPCI_MAX_INTERCEPTORS];
+  size_t nicpt;
 };
 
 typedef struct qrpci_rstream qrpci_rstream;
@@ -171,6 +174,9 @@ struct qrpc_call {
   int got_headers;
   qrpc_md *trailers; /* received TRAILERS, for the result */
   size_t ntrailers;
+  size_t nicpt; /* interceptors whose before ran */
+  uint64_t start_ns;
+  qrpc_peer *icpt_peer; /* the peer the before hooks saw */
 };
 
 struct qrpc_req {
@@ -198,6 +204,9 @@ struct qrpc_req {
   qrpci_mdbuf rhdr; /* response headers of a streaming call */
   int hdr_sent;
   qrpci_mdbuf trl; /* trailers */
+  size_t nicpt;    /* interceptors whose before ran */
+  uint64_t start_ns;
+  int final_status; /* for the after hooks */
 };
 
 /* metadata.c. Appends one pair (key_len 0: key is NUL-terminated) unless
@@ -255,6 +264,14 @@ int qrpci_call_opts_check(qrpci_core *core, const qrpc_call_opts *opts);
 qrpc_call *qrpci_call_new(qrpci_core *core, uint32_t method, qrpc_shape shape,
                           const qrpc_call_opts *opts, uint64_t default_timeout,
                           const qrpc_call_callbacks *cbs, void *ud);
+/* Runs the before hooks of core's interceptors for a new outgoing call
+ * (peer NULL while it waits for a connection); they may add to its
+ * metadata. Returns 0, or the status a hook refused it with (*detail
+ * then set). */
+int qrpci_call_intercept(qrpc_call *call, qrpc_peer *peer,
+                         const qrpc_call_opts *opts, const char **detail);
+/* Appends a copy of icpt. Errors: QRPC_EINVAL, QRPC_ELIMIT. */
+int qrpci_core_add_interceptor(qrpci_core *core, const qrpc_interceptor *icpt);
 /* Sends the call's REQUEST on peer (payload given, or the queued copy).
  * Errors: QRPC_ECLOSED (peer does not take the call now), those of
  * opening a stream and of writing the frame. */

@@ -477,6 +477,144 @@ START_TEST(test_metadata_old_caller_sees_no_new_frames) {
 }
 END_TEST
 
+/* ---- Interceptors ----------------------------------------------------- */
+
+typedef struct hooks {
+  int before;
+  int after;
+  int after_by_status[QT_STATUS_SLOTS];
+  int add_failed;
+  int saw_auth;      /* server: the call carried the right authorization */
+  int refuse_method; /* client: refuse calls of this method */
+  int outgoing_wrong;
+} hooks;
+
+static int cli_before(qrpc_icx *cx, const qrpc_call_info *info,
+                      const char **detail, void *ud) {
+  hooks *h = ud;
+  h->before++;
+  if (!info->outgoing) h->outgoing_wrong++;
+  if ((int)info->method == h->refuse_method) {
+    *detail = "not from this client";
+    return QRPC_STATUS_PERMISSION_DENIED;
+  }
+  if (qrpc_icx_add_metadata(cx, "authorization", "Bearer t", 8) != 0)
+    h->add_failed++;
+  return 0;
+}
+
+static int srv_before(qrpc_icx *cx, const qrpc_call_info *info,
+                      const char **detail, void *ud) {
+  hooks *h = ud;
+  h->before++;
+  if (info->outgoing) h->outgoing_wrong++;
+  /* Served calls cannot add request metadata. */
+  if (qrpc_icx_add_metadata(cx, "x", "y", 1) != QRPC_EINVAL) h->add_failed++;
+  const qrpc_md *a =
+      qrpc_md_find(info->metadata, info->metadata_count, "authorization");
+  if (!a || a->value_len != 8 || memcmp(a->value, "Bearer t", 8) != 0) {
+    *detail = "no valid authorization";
+    return QRPC_STATUS_UNAUTHENTICATED;
+  }
+  h->saw_auth++;
+  return 0;
+}
+
+static void count_after(const qrpc_call_info *info, void *ud) {
+  hooks *h = ud;
+  h->after++;
+  if (info->status >= 0 && info->status < QT_STATUS_SLOTS)
+    h->after_by_status[info->status]++;
+}
+
+START_TEST(test_metadata_interceptors_auth) {
+  pair p;
+  hooks ch, sh;
+  rec r;
+  qt_rpc_client other;
+  memset(&ch, 0, sizeof(ch));
+  memset(&sh, 0, sizeof(sh));
+  pair_start(&p, 0);
+  qrpc_interceptor ci = {cli_before, count_after, &ch};
+  qrpc_interceptor si = {srv_before, count_after, &sh};
+  ck_assert_int_eq(qrpc_client_add_interceptor(p.cl.cli, &ci), 0);
+  ck_assert_int_eq(qrpc_server_add_interceptor(p.srv, &si), 0);
+  ck_assert_int_eq(qrpc_server_add_interceptor(p.srv, NULL), QRPC_EINVAL);
+
+  /* The hook's header goes out on a call that has no metadata of its
+   * own, and the server's hook lets it through. */
+  memset(&r, 0, sizeof(r));
+  qrpc_call_opts o = md_opts(&r, 0, 0);
+  ck_assert_int_eq(
+      qrpc_client_call(p.cl.cli, M_UNARY, "a", 1, &o, &rec_cbs, &r, NULL), 0);
+  ck_assert(qt_run_until_count(loop, &r.done, 1, QT_WAIT_MS));
+  ck_assert_int_eq(r.status, 0);
+  ck_assert_int_eq(p.sv.runs, 1);
+  ck_assert_int_eq(p.sv.nmd, 1);
+  ck_assert_int_eq(sh.saw_auth, 1);
+
+  /* A streaming call with metadata of its own: both reach the server. */
+  memset(&r, 0, sizeof(r));
+  o = md_opts(&r, 1, 1);
+  ck_assert_int_eq(qrpc_client_stream(p.cl.cli, M_SSTREAM,
+                                      QRPC_SHAPE_SERVER_STREAM, "s", 1, &o,
+                                      &rec_cbs, &r, NULL),
+                   0);
+  ck_assert(qt_run_until_count(loop, &r.done, 1, QT_WAIT_MS));
+  ck_assert_str_eq(r.seq, "HIIID");
+  ck_assert_int_eq(p.sv.nmd, 3);
+  ck_assert_int_eq(p.sv.md_ok, 1);
+
+  /* Refused on the client: nothing is sent, on_done reports the status
+   * from the loop, and the after hook still runs once. */
+  ch.refuse_method = M_BIDI;
+  memset(&r, 0, sizeof(r));
+  o = md_opts(&r, 0, 0);
+  ck_assert_int_eq(qrpc_client_stream(p.cl.cli, M_BIDI, QRPC_SHAPE_BIDI_STREAM,
+                                      NULL, 0, &o, &rec_cbs, &r, NULL),
+                   0);
+  ck_assert_int_eq(r.done, 0);
+  ck_assert(qt_run_until_count(loop, &r.done, 1, QT_WAIT_MS));
+  ck_assert_int_eq(r.status, QRPC_STATUS_PERMISSION_DENIED);
+  ck_assert_int_eq(r.local, 1);
+
+  /* A client without the hook is refused by the server's: no handler. */
+  ck_assert_int_eq(qt_rpc_client_start(&other, loop, p.addr, ctls, NULL), 0);
+  ck_assert(qt_rpc_client_wait_connects(&other, 1, QT_WAIT_MS));
+  for (int shape = 0; shape < 2; shape++) {
+    memset(&r, 0, sizeof(r));
+    o = md_opts(&r, shape, 0);
+    if (shape == 0)
+      ck_assert_int_eq(
+          qrpc_client_call(other.cli, M_UNARY, "b", 1, &o, &rec_cbs, &r, NULL),
+          0);
+    else
+      ck_assert_int_eq(qrpc_client_stream(other.cli, M_CSTREAM,
+                                          QRPC_SHAPE_CLIENT_STREAM, NULL, 0, &o,
+                                          &rec_cbs, &r, NULL),
+                       0);
+    ck_assert(qt_run_until_count(loop, &r.done, 1, QT_WAIT_MS));
+    ck_assert_int_eq(r.status, QRPC_STATUS_UNAUTHENTICATED);
+    ck_assert_int_eq(r.local, 0);
+  }
+  ck_assert_int_eq(p.sv.runs, 2);
+  qt_run_for(loop, 50);
+  qt_rpc_client_free(&other);
+
+  ck_assert_int_eq(ch.before, 3);
+  ck_assert_int_eq(ch.after, 3);
+  ck_assert_int_eq(ch.after_by_status[0], 2);
+  ck_assert_int_eq(ch.after_by_status[QRPC_STATUS_PERMISSION_DENIED], 1);
+  ck_assert_int_eq(sh.before, 4);
+  ck_assert_int_eq(sh.after, 4);
+  ck_assert_int_eq(sh.after_by_status[0], 2);
+  ck_assert_int_eq(sh.after_by_status[QRPC_STATUS_UNAUTHENTICATED], 2);
+  ck_assert_int_eq(ch.add_failed + sh.add_failed, 0);
+  ck_assert_int_eq(ch.outgoing_wrong + sh.outgoing_wrong, 0);
+  pair_finish(&p);
+}
+END_TEST
+
 static Suite *metadata_suite(void) {
   Suite *s = suite_create("rpc_metadata");
   TCase *tc = tcase_create("metadata");
@@ -487,6 +625,7 @@ static Suite *metadata_suite(void) {
   tcase_add_loop_test(tc, test_metadata_client_and_bidi_streams, 0, 2);
   tcase_add_test(tc, test_metadata_limits_and_bad_keys);
   tcase_add_test(tc, test_metadata_old_caller_sees_no_new_frames);
+  tcase_add_test(tc, test_metadata_interceptors_auth);
   suite_add_tcase(s, tc);
   return s;
 }
