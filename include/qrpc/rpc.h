@@ -316,6 +316,20 @@ uint64_t qrpc_req_remaining_ms(qrpc_req *req);
  * req is) and returns the number of pairs, 0 if none. Loop thread. */
 size_t qrpc_req_metadata(qrpc_req *req, const qrpc_md **md);
 
+/* Prepares opts for a call made on behalf of req (propagation, docs/api.md
+ * "Propagation"): opts->timeout_ms becomes what is left of req's deadline
+ * (at least 1 ms) unless opts already has a smaller one, and opts'
+ * metadata becomes its own pairs followed by those of req's request
+ * metadata whose key is in keys (a NULL-terminated list; NULL means
+ * {"traceparent", NULL}). The pairs are written to buf (cap entries) and
+ * borrow keys and values from req and from opts' own pairs, so start the
+ * call while req is valid (qrpc copies them then). opts must come from
+ * qrpc_call_opts_default() of this version. Loop thread.
+ * Errors: QRPC_EINVAL (NULL, or opts of another size), QRPC_ENOBUFS (more
+ * pairs than cap; opts is unchanged). */
+int qrpc_req_propagate(qrpc_req *req, const char *const *keys,
+                       qrpc_call_opts *opts, qrpc_md *buf, size_t cap);
+
 /* Adds one trailing pair (key NUL-terminated, value copied) that goes out
  * just before the call's REPLY, ERROR or END. A caller that sent no
  * metadata (it may not know the extension) is sent none; the call returns

@@ -1528,6 +1528,41 @@ size_t qrpc_req_metadata(qrpc_req *req, const qrpc_md **md) {
   return req ? req->nmd : 0;
 }
 
+static int key_listed(const qrpc_md *m, const char *const *keys) {
+  for (size_t i = 0; keys[i]; i++)
+    if (strlen(keys[i]) == m->key_len &&
+        memcmp(keys[i], m->key, m->key_len) == 0)
+      return 1;
+  return 0;
+}
+
+int qrpc_req_propagate(qrpc_req *req, const char *const *keys,
+                       qrpc_call_opts *opts, qrpc_md *buf, size_t cap) {
+  static const char *const trace_only[] = {"traceparent", NULL};
+  if (!req || !opts || opts->size != sizeof(*opts) ||
+      (opts->metadata_count && !opts->metadata))
+    return QRPC_EINVAL;
+  if (!keys) keys = trace_only;
+  size_t n = opts->metadata_count;
+  for (size_t i = 0; i < req->nmd; i++) n += key_listed(&req->md[i], keys);
+  if (n > cap || (n && !buf)) return QRPC_ENOBUFS;
+  /* Copied first: buf may be what opts->metadata points at already. */
+  if (opts->metadata_count && buf != opts->metadata)
+    memmove(buf, opts->metadata, opts->metadata_count * sizeof(*buf));
+  n = opts->metadata_count;
+  for (size_t i = 0; i < req->nmd; i++)
+    if (key_listed(&req->md[i], keys)) buf[n++] = req->md[i];
+  opts->metadata = n ? buf : NULL;
+  opts->metadata_count = n;
+  if (req->deadline_ns) {
+    uint64_t left = qrpc_req_remaining_ms(req);
+    if (left == 0) left = 1;
+    if (opts->timeout_ms == 0 || opts->timeout_ms > left)
+      opts->timeout_ms = left;
+  }
+  return 0;
+}
+
 static int req_add_md(qrpc_req *req, qrpci_mdbuf *b, const char *key,
                       const void *value, size_t len) {
   if (!req || !key) return QRPC_EINVAL;

@@ -21,7 +21,9 @@
 #define M_SSTREAM 2
 #define M_CSTREAM 3
 #define M_BIDI 4
+#define M_RELAY 5
 #define M_CLIENT_UNARY 10
+#define M_CLIENT_PEEK 11
 #define ITEMS 3
 
 static qt_certs certs;
@@ -615,6 +617,109 @@ START_TEST(test_metadata_interceptors_auth) {
 }
 END_TEST
 
+/* ---- Propagation ------------------------------------------------------ */
+
+/* The server relays a call to its client, propagating deadline and keys. */
+typedef struct relay {
+  qrpc_req *req;
+  int rv;
+  int peeks;
+  uint64_t peek_remaining_ms;
+  int peek_trace_ok;
+  int peek_auth_seen;
+  size_t peek_nmd;
+} relay;
+
+static void relay_done(qrpc_call *call, const qrpc_result *res, void *ud) {
+  (void)call;
+  relay *rl = ud;
+  if (res->status == 0)
+    qrpc_req_reply(rl->req, res->payload, res->len);
+  else
+    qrpc_req_error(rl->req, res->status, "relay failed");
+  rl->req = NULL;
+}
+
+static void relay_cancel(qrpc_req *req, int status, void *ud) {
+  (void)req;
+  (void)status;
+  ((relay *)ud)->req = NULL;
+}
+
+static void relay_handler(qrpc_req *req, const uint8_t *payload, size_t len,
+                          void *ud) {
+  relay *rl = ud;
+  static const qrpc_req_callbacks cbs = {.on_cancel = relay_cancel};
+  static const qrpc_call_callbacks ccbs = {.on_done = relay_done};
+  static const qrpc_md own[] = {
+      {.key = "hop", .value = (const uint8_t *)"1", .value_len = 1}};
+  qrpc_md buf[4];
+  qrpc_call_opts o;
+  qrpc_call_opts_default(&o);
+  o.metadata = own;
+  o.metadata_count = 1;
+  qrpc_req_set_callbacks(req, &cbs, rl);
+  rl->req = req;
+  ck_assert_int_eq(qrpc_req_propagate(req, NULL, &o, buf, 1), QRPC_ENOBUFS);
+  ck_assert_ptr_eq(o.metadata, own);
+  rl->rv = qrpc_req_propagate(req, NULL, &o, buf, 4);
+  if (rl->rv == 0)
+    rl->rv = qrpc_peer_call(qrpc_req_peer(req), M_CLIENT_PEEK, payload, len, &o,
+                            &ccbs, rl, NULL);
+  if (rl->rv != 0) qrpc_req_error(req, QRPC_STATUS_INTERNAL, "relay");
+}
+
+static void peek_handler(qrpc_req *req, const uint8_t *payload, size_t len,
+                         void *ud) {
+  relay *rl = ud;
+  const qrpc_md *md;
+  rl->peeks++;
+  rl->peek_remaining_ms = qrpc_req_remaining_ms(req);
+  rl->peek_nmd = qrpc_req_metadata(req, &md);
+  const qrpc_md *t = qrpc_md_find(md, rl->peek_nmd, "traceparent");
+  rl->peek_trace_ok =
+      t && t->value_len == 5 && memcmp(t->value, "00-ab", 5) == 0;
+  rl->peek_auth_seen = qrpc_md_find(md, rl->peek_nmd, "auth") != NULL;
+  qrpc_req_reply(req, payload, len);
+}
+
+START_TEST(test_metadata_propagation) {
+  pair p;
+  relay rl;
+  rec r;
+  memset(&rl, 0, sizeof(rl));
+  pair_start(&p, 0);
+  ck_assert_int_eq(qrpc_server_register(p.srv, M_RELAY, QRPC_SHAPE_UNARY,
+                                        relay_handler, &rl),
+                   0);
+  ck_assert_int_eq(qrpc_client_register(p.cl.cli, M_CLIENT_PEEK,
+                                        QRPC_SHAPE_UNARY, peek_handler, &rl),
+                   0);
+  static const qrpc_md md[] = {
+      {.key = "traceparent", .value = (const uint8_t *)"00-ab", .value_len = 5},
+      {.key = "auth", .value = (const uint8_t *)"tok", .value_len = 3},
+  };
+  memset(&r, 0, sizeof(r));
+  qrpc_call_opts o = md_opts(&r, 0, 0);
+  o.metadata = md;
+  o.metadata_count = 2;
+  uint64_t budget = o.timeout_ms;
+  ck_assert_int_eq(
+      qrpc_client_call(p.cl.cli, M_RELAY, "r", 1, &o, &rec_cbs, &r, NULL), 0);
+  ck_assert(qt_run_until_count(loop, &r.done, 1, QT_WAIT_MS));
+  ck_assert_int_eq(r.status, 0);
+  ck_assert_int_eq(rl.rv, 0);
+  ck_assert_int_eq(rl.peeks, 1);
+  /* The downstream call had a deadline, no longer than the caller's. */
+  ck_assert(rl.peek_remaining_ms != UINT64_MAX);
+  ck_assert(rl.peek_remaining_ms <= budget);
+  ck_assert(rl.peek_trace_ok);
+  ck_assert(!rl.peek_auth_seen);
+  ck_assert_int_eq(rl.peek_nmd, 2); /* hop, traceparent */
+  pair_finish(&p);
+}
+END_TEST
+
 static Suite *metadata_suite(void) {
   Suite *s = suite_create("rpc_metadata");
   TCase *tc = tcase_create("metadata");
@@ -626,6 +731,7 @@ static Suite *metadata_suite(void) {
   tcase_add_test(tc, test_metadata_limits_and_bad_keys);
   tcase_add_test(tc, test_metadata_old_caller_sees_no_new_frames);
   tcase_add_test(tc, test_metadata_interceptors_auth);
+  tcase_add_test(tc, test_metadata_propagation);
   suite_add_tcase(s, tc);
   return s;
 }
