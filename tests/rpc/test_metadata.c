@@ -479,6 +479,50 @@ START_TEST(test_metadata_old_caller_sees_no_new_frames) {
 }
 END_TEST
 
+/* HEADERS whose REQUEST does not follow, and TRAILERS from a caller: the
+ * connection closes with PROTOCOL_ERROR naming the problem. */
+START_TEST(test_metadata_misplaced_frames) {
+  static const struct {
+    uint8_t bytes[16];
+    size_t len;
+    const char *reason;
+  } cases[] = {
+      /* HEADERS for call 9, then REQUEST 10 (method 1, no timeout). */
+      {{0x02, QRPCI_FRAME_HEADERS, 0x09, 0x04, QRPCI_FRAME_REQUEST, 0x0a, 0x01,
+        0x00},
+       8,
+       "not followed by its REQUEST"},
+      /* TRAILERS from the caller. */
+      {{0x05, QRPCI_FRAME_TRAILERS, 0x01, 0x01, 'k', 0x00},
+       6,
+       "TRAILERS: sent by the caller"},
+  };
+  pair p;
+  /* In place until the loop is freed, as qt_raw_rpc_open() asks. */
+  static qt_raw_rpc raws[2];
+  static raw_seen seen[2];
+  pair_start(&p, 0);
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    qt_raw_rpc *raw = &raws[i];
+    int before = p.cl.disconnects;
+    qrpc_conn *c = qrpc_peer_conn(qrpc_client_peer(p.cl.cli));
+    ck_assert_int_eq(qt_raw_rpc_open(raw, c, raw_on_frame, &seen[i]), 0);
+    ck_assert_int_eq(qt_raw_rpc_send_bytes(raw, cases[i].bytes, cases[i].len),
+                     0);
+    ck_assert(
+        qt_run_until_count(loop, &p.cl.disconnects, before + 1, QT_WAIT_MS));
+    ck_assert_uint_eq(p.cl.last_disconnect.code, QRPCI_ERR_PROTOCOL_ERROR);
+    ck_assert_msg(
+        qt_contains_nocase(p.cl.last_disconnect.reason, cases[i].reason),
+        "reason: %s", p.cl.last_disconnect.reason);
+    ck_assert(qt_rpc_client_wait_connects(&p.cl, (int)i + 2, QT_WAIT_MS));
+  }
+  ck_assert_int_eq(p.sv.runs, 0);
+  p.cl.disconnects = 0;
+  pair_finish(&p);
+}
+END_TEST
+
 /* ---- Interceptors ----------------------------------------------------- */
 
 typedef struct hooks {
@@ -730,6 +774,7 @@ static Suite *metadata_suite(void) {
   tcase_add_loop_test(tc, test_metadata_client_and_bidi_streams, 0, 2);
   tcase_add_test(tc, test_metadata_limits_and_bad_keys);
   tcase_add_test(tc, test_metadata_old_caller_sees_no_new_frames);
+  tcase_add_test(tc, test_metadata_misplaced_frames);
   tcase_add_test(tc, test_metadata_interceptors_auth);
   tcase_add_test(tc, test_metadata_propagation);
   suite_add_tcase(s, tc);
