@@ -86,6 +86,22 @@ typedef enum qrpc_shape {
   QRPC_SHAPE_BIDI_STREAM = 3,
 } qrpc_shape;
 
+/* One key/value pair of call metadata (docs/api.md, "Metadata"). Keys are
+ * 1 to 255 bytes of lowercase ASCII letters, digits, '-', '_' and '.';
+ * values are any bytes. In metadata the application passes in, key_len 0
+ * means key is NUL-terminated; in metadata qrpc hands out, key_len is
+ * always set and neither key nor value is NUL-terminated. */
+typedef struct qrpc_md {
+  const char *key;
+  size_t key_len;
+  const uint8_t *value;
+  size_t value_len;
+} qrpc_md;
+
+/* Returns the first pair of md[0..n) whose key equals key (a
+ * NUL-terminated string), or NULL. md is borrowed; any thread. */
+const qrpc_md *qrpc_md_find(const qrpc_md *md, size_t n, const char *key);
+
 /* How a call ended. Everything is borrowed for the duration of on_done. */
 typedef struct qrpc_result {
   int status;             /* QRPC_STATUS_*; 0 means success */
@@ -95,6 +111,10 @@ typedef struct qrpc_result {
   size_t len;
   int local;              /* 1: decided here (deadline, cancel, connection
                              loss, refusal), not answered by the peer */
+  const qrpc_md *trailers; /* the callee's trailing metadata, if it sent
+                              any (only to a caller that sent metadata or
+                              asked for headers); ntrailers pairs */
+  size_t ntrailers;
 } qrpc_result;
 
 /* A message serialised straight into the send buffer instead of being
@@ -135,6 +155,22 @@ typedef struct qrpc_call_opts {
                           may travel in 0-RTT on a resumed connection
                           (docs/api.md, "0-RTT"); default 0: the call
                           waits for the handshake */
+  /* Request metadata: metadata_count pairs, copied when the call starts
+   * (docs/api.md, "Metadata"). Their key and value sizes together may not
+   * exceed the rpc option max_metadata. Default none: the REQUEST goes out
+   * exactly as it would without metadata support. */
+  const qrpc_md *metadata;
+  size_t metadata_count;
+  /* Fires at most once, before the first item or the final answer, when
+   * the callee has accepted a streaming call, with its response headers
+   * (md borrowed for the callback; n may be 0). Setting it asks the callee
+   * for them, which sends a HEADERS frame even without metadata. A callee
+   * that does not know metadata never answers it. The callbacks the
+   * application may call from here are those of on_item. user_data is
+   * on_headers_user_data, not the call's (stubs keep that one). */
+  void (*on_headers)(qrpc_call *call, const qrpc_md *md, size_t n,
+                     void *user_data);
+  void *on_headers_user_data;
 } qrpc_call_opts;
 
 void qrpc_call_opts_default(qrpc_call_opts *o);
@@ -276,6 +312,44 @@ int qrpc_req_is_early(qrpc_req *req);
 /* Milliseconds left of the caller's budget: UINT64_MAX if none. */
 uint64_t qrpc_req_remaining_ms(qrpc_req *req);
 
+/* The request metadata the caller sent: sets *md (borrowed; valid while
+ * req is) and returns the number of pairs, 0 if none. Loop thread. */
+size_t qrpc_req_metadata(qrpc_req *req, const qrpc_md **md);
+
+/* Prepares opts for a call made on behalf of req (propagation, docs/api.md
+ * "Propagation"): opts->timeout_ms becomes what is left of req's deadline
+ * (at least 1 ms) unless opts already has a smaller one, and opts'
+ * metadata becomes its own pairs followed by those of req's request
+ * metadata whose key is in keys (a NULL-terminated list; NULL means
+ * {"traceparent", NULL}). The pairs are written to buf (cap entries) and
+ * borrow keys and values from req and from opts' own pairs, so start the
+ * call while req is valid (qrpc copies them then). opts must come from
+ * qrpc_call_opts_default() of this version. Loop thread.
+ * Errors: QRPC_EINVAL (NULL, or opts of another size), QRPC_ENOBUFS (more
+ * pairs than cap; opts is unchanged). */
+int qrpc_req_propagate(qrpc_req *req, const char *const *keys,
+                       qrpc_call_opts *opts, qrpc_md *buf, size_t cap);
+
+/* Adds one trailing pair (key NUL-terminated, value copied) that goes out
+ * just before the call's REPLY, ERROR or END. A caller that sent no
+ * metadata (it may not know the extension) is sent none; the call returns
+ * 0 all the same. Loop thread, until the call is answered.
+ * Errors: QRPC_EINVAL (a key that is not lowercase ASCII, or value NULL
+ * with len > 0), QRPC_ECLOSED (already answered), QRPC_EMSGSIZE (the
+ * request's metadata and its trailers together would exceed the rpc option
+ * max_metadata), QRPC_ENOMEM. */
+int qrpc_req_set_trailer(qrpc_req *req, const char *key, const void *value,
+                         size_t len);
+
+/* Adds one pair to the response headers of a streaming call, which go out
+ * when the handler returns without having failed the call, or with its
+ * first item or END if earlier, and only to a caller that asked for them
+ * (qrpc_call_opts.on_headers) or sent metadata. Loop thread. Errors as
+ * qrpc_req_set_trailer(), plus QRPC_EINVAL for a unary call and
+ * QRPC_ESTATE once the headers have gone out. */
+int qrpc_req_set_header(qrpc_req *req, const char *key, const void *value,
+                        size_t len);
+
 /* Answers a unary or client-streaming call with a REPLY (payload copied);
  * req is released. Errors: QRPC_EINVAL (a streaming-result shape),
  * QRPC_ECLOSED (already answered, from inside the handler that answered),
@@ -299,6 +373,62 @@ int qrpc_req_send_msg(qrpc_req *req, const qrpc_msg *m);
  * QRPC_ECLOSED (already ended). */
 int qrpc_req_end(qrpc_req *req);
 
+/* ---- Interceptors ----------------------------------------------------- */
+
+/* What an interceptor sees of one call (docs/api.md, "Interceptors").
+ * Borrowed for the duration of the hook. */
+typedef struct qrpc_call_info {
+  uint32_t method;
+  qrpc_shape shape;
+  int outgoing;            /* 1: a call this side makes; 0: one it serves */
+  qrpc_peer *peer;         /* NULL for a client call waiting for a
+                              connection */
+  const qrpc_md *metadata; /* request metadata: the caller's options on an
+                              outgoing call, what arrived on one served */
+  size_t metadata_count;
+  int status;           /* after: how the call ended (QRPC_STATUS_*) */
+  uint64_t duration_ns; /* after: from the before hooks to the end */
+} qrpc_call_info;
+
+/* Handed to before hooks of outgoing calls, to add request metadata. */
+typedef struct qrpc_icx qrpc_icx;
+
+/* Adds one pair (key NUL-terminated, value copied) to the request
+ * metadata of the outgoing call whose before hook received cx. Only from
+ * inside that hook. Errors: QRPC_EINVAL (bad key, or cx of a served
+ * call), QRPC_EMSGSIZE (over max_metadata), QRPC_ENOMEM. */
+int qrpc_icx_add_metadata(qrpc_icx *cx, const char *key, const void *value,
+                          size_t len);
+
+/* A hook pair run for every call (NOTIFYs excepted) of the client or
+ * server it is installed on, on the loop thread, in installation order
+ * for before and reverse order for after.
+ *
+ * before: runs as the call starts (an outgoing call inside the function
+ * that starts it, before anything is sent; a served call when its REQUEST
+ * and metadata have arrived, before its handler). It returns 0 to let the
+ * call go on, or a status (> 0) to refuse it, optionally setting *detail
+ * to a static UTF-8 string: a refused outgoing call is not sent and its
+ * on_done reports that status (local), from the loop; a refused served
+ * call is answered with ERROR (or END) of that status and its handler
+ * does not run. Later hooks' before does not run for a refused call.
+ * after: runs once for every call whose before hooks ran (refused ones
+ * included), when it is over, before on_done for outgoing calls.
+ * Either may be NULL. Inside the hooks the application may not start,
+ * answer or cancel calls. */
+typedef struct qrpc_interceptor {
+  int (*before)(qrpc_icx *cx, const qrpc_call_info *info, const char **detail,
+                void *user_data);
+  void (*after)(const qrpc_call_info *info, void *user_data);
+  void *user_data;
+} qrpc_interceptor;
+
+/* Appends a copy of *icpt to the chain of srv or cli (at most 16). Calls
+ * already started keep the chain they had. Loop thread. Errors:
+ * QRPC_EINVAL (NULL), QRPC_ELIMIT (the chain is full). */
+int qrpc_server_add_interceptor(qrpc_server *srv, const qrpc_interceptor *icpt);
+int qrpc_client_add_interceptor(qrpc_client *cli, const qrpc_interceptor *icpt);
+
 /* ---- Peers ------------------------------------------------------------ */
 
 qrpc_conn *qrpc_peer_conn(qrpc_peer *peer);
@@ -321,6 +451,11 @@ typedef struct qrpc_rpc_opts {
   size_t max_buffered;       /* bytes of partly received frames held per
                                 connection; beyond it the connection closes
                                 with RESOURCE_LIMIT; default 64 MiB */
+  size_t max_metadata;       /* key and value bytes of metadata per call,
+                                each direction; a peer's call over it is
+                                refused with RESOURCE_EXHAUSTED, an answer
+                                over it fails the call the same way; the
+                                connection stays up; default 16 KiB */
 } qrpc_rpc_opts;
 
 typedef struct qrpc_server_opts {

@@ -236,6 +236,12 @@ int qrpc_client_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
   return 0;
 }
 
+int qrpc_client_add_interceptor(qrpc_client *cli,
+                                const qrpc_interceptor *icpt) {
+  if (!cli) return QRPC_EINVAL;
+  return qrpci_core_add_interceptor(&cli->core, icpt);
+}
+
 int qrpc_client_register(qrpc_client *cli, uint32_t method, qrpc_shape shape,
                          qrpc_handler_fn handler, void *ud) {
   if (!cli) return QRPC_EINVAL;
@@ -263,6 +269,8 @@ static int client_start(qrpc_client *cli, uint32_t method, qrpc_shape shape,
       len)
     return QRPC_EINVAL;
   if (len > cli->core.opts.max_frame) return QRPC_EMSGSIZE;
+  int rc = qrpci_call_opts_check(&cli->core, &o);
+  if (rc != 0) return rc;
   int fail_fast = o.fail_fast >= 0 ? o.fail_fast : cli->opts.fail_fast;
   /* Established, or in 0-RTT for an idempotent call: it goes out now. */
   qrpc_peer *peer =
@@ -272,6 +280,13 @@ static int client_start(qrpc_client *cli, uint32_t method, qrpc_shape shape,
   qrpc_call *call = qrpci_call_new(&cli->core, method, shape, &o,
                                    cli->opts.default_timeout_ms, cbs, ud);
   if (!call) return QRPC_ENOMEM;
+  const char *why = NULL;
+  int st = qrpci_call_intercept(call, peer, &o, &why);
+  if (st != 0) {
+    qrpci_call_defer_done(call, st, why);
+    if (out) *out = call;
+    return 0;
+  }
   int rv = 0;
   if (peer) {
     rv = qrpci_call_start(call, peer, &pl);

@@ -13,6 +13,7 @@
 #include "util/clock.h"
 #include "util/log.h"
 #include "wire/frame.h"
+#include "wire/metadata.h"
 #include "wire/protocol.h"
 #include "wire/stream_header.h"
 
@@ -30,13 +31,15 @@ void qrpci_rpc_opts_default(qrpc_rpc_opts *o) {
   o->max_calls_in_flight = 4096;
   o->unary_streams = 4;
   o->max_buffered = 64u << 20;
+  o->max_metadata = QRPCI_MD_DEFAULT_LIMIT;
 }
 
 int qrpci_rpc_opts_valid(const qrpc_rpc_opts *o) {
   return o->size == sizeof(*o) && o->max_frame >= QRPCI_MIN_FRAME_LIMIT &&
          o->max_calls_in_flight > 0 && o->unary_streams > 0 &&
          o->unary_streams <= MAX_UNARY_STREAMS &&
-         o->max_buffered >= o->max_frame;
+         o->max_buffered >= o->max_frame && o->max_metadata > 0 &&
+         o->max_metadata <= o->max_frame / 2;
 }
 
 void qrpc_call_opts_default(qrpc_call_opts *o) {
@@ -55,9 +58,9 @@ void qrpc_call_opts_default(qrpc_call_opts *o) {
  * (On LP64 hosts idempotent sits in what was that version's tail padding,
  * which qrpc_call_opts_default() cleared.) */
 static const size_t call_opts_ends[] = {
-    OPTS_END(timeout_ms),
-    OPTS_END(fail_fast),
-    OPTS_END(idempotent),
+    OPTS_END(timeout_ms),           OPTS_END(fail_fast),
+    OPTS_END(idempotent),           OPTS_END(metadata_count),
+    OPTS_END(on_headers_user_data),
 };
 #define CALL_OPTS_MIN OPTS_END(fail_fast)
 
@@ -188,10 +191,12 @@ static void arm_timer(qrpci_core *core, struct event *ev, uint64_t ms) {
 
 static int stream_ok(const qrpci_rstream *rs) { return rs && !rs->gone; }
 
-/* REQUEST, NOTIFY, REPLY and ITEM: header, then the payload in place. */
-static int put_frame(qrpci_rstream *rs, uint8_t type, uint64_t msgid,
-                     uint64_t method, uint64_t timeout_ms,
-                     const qrpci_payload *pl) {
+/* REQUEST, NOTIFY, REPLY and ITEM: header, then the payload in place,
+ * after pre (HEADERS or TRAILERS, may be NULL) in the same write, so the
+ * two frames go out together or not at all. */
+static int put_frame_after(qrpci_rstream *rs, const qrpci_frame *pre,
+                           uint8_t type, uint64_t msgid, uint64_t method,
+                           uint64_t timeout_ms, const qrpci_payload *pl) {
   if (!stream_ok(rs)) return QRPC_ECLOSED;
   size_t len = qrpci_payload_len(pl);
   size_t hl = qrpci_frame_header_len(type, msgid, method, timeout_ms, len);
@@ -199,30 +204,62 @@ static int put_frame(qrpci_rstream *rs, uint8_t type, uint64_t msgid,
   if (len > rs->peer->core->opts.max_frame ||
       hl + len - 1 > rs->peer->core->opts.max_frame)
     return QRPC_EMSGSIZE;
-  uint8_t *p = qrpci_stream_reserve(rs->s, hl + len);
+  size_t pre_len = pre ? qrpci_frame_encoded_len(pre) : 0;
+  if (pre && pre_len == 0) return QRPC_EINVAL;
+  uint8_t *p = qrpci_stream_reserve(rs->s, pre_len + hl + len);
   if (!p) return QRPC_ENOMEM;
-  qrpci_frame_encode_header(p, hl, type, msgid, method, timeout_ms, len);
+  if (pre) qrpci_frame_encode(p, pre_len, pre);
+  qrpci_frame_encode_header(p + pre_len, hl, type, msgid, method, timeout_ms,
+                            len);
   /* Nothing is committed unless the whole frame was written. */
-  int rv = qrpci_payload_write(pl, p + hl);
+  int rv = qrpci_payload_write(pl, p + pre_len + hl);
   if (rv != 0) return rv;
-  qrpci_stream_commit(rs->s, hl + len);
+  qrpci_stream_commit(rs->s, pre_len + hl + len);
+  return 0;
+}
+
+static int put_frame(qrpci_rstream *rs, uint8_t type, uint64_t msgid,
+                     uint64_t method, uint64_t timeout_ms,
+                     const qrpci_payload *pl) {
+  return put_frame_after(rs, NULL, type, msgid, method, timeout_ms, pl);
+}
+
+/* A HEADERS or TRAILERS frame carrying b's pairs, for pre above. */
+static qrpci_frame md_frame(uint8_t type, uint64_t msgid,
+                            const qrpci_mdbuf *b) {
+  qrpci_frame f;
+  memset(&f, 0, sizeof(f));
+  f.type = type;
+  f.msgid = msgid;
+  f.payload = b->p;
+  f.payload_len = b->len;
+  return f;
+}
+
+/* f after pre (may be NULL), in one write. */
+static int put_encoded_after(qrpci_rstream *rs, const qrpci_frame *pre,
+                             const qrpci_frame *f) {
+  if (!stream_ok(rs)) return QRPC_ECLOSED;
+  size_t pre_len = pre ? qrpci_frame_encoded_len(pre) : 0;
+  size_t n = qrpci_frame_encoded_len(f);
+  if (n == 0 || (pre && pre_len == 0)) return QRPC_EINVAL;
+  uint8_t *p = qrpci_stream_reserve(rs->s, pre_len + n);
+  if (!p) return QRPC_ENOMEM;
+  if (pre) qrpci_frame_encode(p, pre_len, pre);
+  qrpci_frame_encode(p + pre_len, n, f);
+  qrpci_stream_commit(rs->s, pre_len + n);
   return 0;
 }
 
 static int put_encoded(qrpci_rstream *rs, const qrpci_frame *f) {
-  if (!stream_ok(rs)) return QRPC_ECLOSED;
-  size_t n = qrpci_frame_encoded_len(f);
-  if (n == 0) return QRPC_EINVAL;
-  uint8_t *p = qrpci_stream_reserve(rs->s, n);
-  if (!p) return QRPC_ENOMEM;
-  qrpci_frame_encode(p, n, f);
-  qrpci_stream_commit(rs->s, n);
-  return 0;
+  return put_encoded_after(rs, NULL, f);
 }
 
-/* ERROR or END with a status and a detail (dropped if not UTF-8). */
-static int put_status(qrpci_rstream *rs, uint8_t type, uint64_t msgid,
-                      int status, const char *detail) {
+/* ERROR or END with a status and a detail (dropped if not UTF-8), after
+ * pre (may be NULL). */
+static int put_status_after(qrpci_rstream *rs, const qrpci_frame *pre,
+                            uint8_t type, uint64_t msgid, int status,
+                            const char *detail) {
   qrpci_frame f;
   memset(&f, 0, sizeof(f));
   f.type = type;
@@ -233,7 +270,12 @@ static int put_status(qrpci_rstream *rs, uint8_t type, uint64_t msgid,
     f.detail_len = strlen(detail);
     if (!qrpci_utf8_valid(f.detail, f.detail_len)) f.detail_len = 0;
   }
-  return put_encoded(rs, &f);
+  return put_encoded_after(rs, pre, &f);
+}
+
+static int put_status(qrpci_rstream *rs, uint8_t type, uint64_t msgid,
+                      int status, const char *detail) {
+  return put_status_after(rs, NULL, type, msgid, status, detail);
 }
 
 static int put_id_frame(qrpci_rstream *rs, uint8_t type, uint64_t id) {
@@ -275,6 +317,7 @@ static void rs_free(qrpci_rstream *rs) {
   rs->peer->rx_buffered -= rs->rx_buffered;
   qrpci_list_remove(&rs->node);
   qrpci_reasm_free(&rs->reasm);
+  free(rs->hdr_pairs);
   free(rs);
 }
 
@@ -455,6 +498,93 @@ static void fail_proto(qrpc_peer *peer, const char *why) {
 
 static void call_timer_cb(evutil_socket_t fd, short what, void *arg);
 
+/* ---- Interceptors ----------------------------------------------------- */
+
+struct qrpc_icx {
+  qrpci_core *core;
+  qrpci_mdbuf *md; /* NULL for a served call */
+};
+
+int qrpc_icx_add_metadata(qrpc_icx *cx, const char *key, const void *value,
+                          size_t len) {
+  if (!cx || !cx->md) return QRPC_EINVAL;
+  return qrpci_mdbuf_add(cx->md, key, 0, value, len,
+                         cx->core->opts.max_metadata);
+}
+
+int qrpci_core_add_interceptor(qrpci_core *core, const qrpc_interceptor *icpt) {
+  if (!icpt) return QRPC_EINVAL;
+  if (core->nicpt >= QRPCI_MAX_INTERCEPTORS) return QRPC_ELIMIT;
+  core->icpt[core->nicpt++] = *icpt;
+  return 0;
+}
+
+/* Runs before hooks in order until one refuses; *ran counts those that
+ * ran (the refusing one included, so its after runs too). */
+static int run_before(qrpci_core *core, qrpc_icx *cx,
+                      const qrpc_call_info *info, size_t *ran,
+                      const char **detail) {
+  *ran = 0;
+  for (size_t i = 0; i < core->nicpt; i++) {
+    const qrpc_interceptor *ic = &core->icpt[i];
+    *ran = i + 1;
+    if (!ic->before) continue;
+    const char *d = NULL;
+    int st = ic->before(cx, info, &d, ic->user_data);
+    if (st != 0) {
+      *detail = d && qrpci_utf8_valid((const uint8_t *)d, strlen(d))
+                    ? d
+                    : "refused by an interceptor";
+      return st > 0 ? st : QRPC_STATUS_INTERNAL;
+    }
+  }
+  return 0;
+}
+
+static void run_after(qrpci_core *core, size_t n, qrpc_call_info *info,
+                      uint64_t start_ns) {
+  info->duration_ns = qrpci_now_ns() - start_ns;
+  for (size_t i = n; i-- > 0;)
+    if (core->icpt[i].after) core->icpt[i].after(info, core->icpt[i].user_data);
+}
+
+int qrpci_call_intercept(qrpc_call *call, qrpc_peer *peer,
+                         const qrpc_call_opts *opts, const char **detail) {
+  qrpci_core *core = call->core;
+  if (core->nicpt == 0) return 0;
+  qrpc_icx cx = {core, &call->hdr};
+  qrpc_call_info info = {.method = call->method,
+                         .shape = call->shape,
+                         .outgoing = 1,
+                         .peer = peer,
+                         .metadata = opts->metadata,
+                         .metadata_count = opts->metadata_count};
+  call->start_ns = qrpci_now_ns();
+  call->icpt_peer = peer;
+  int st = run_before(core, &cx, &info, &call->nicpt, detail);
+  /* Pairs a hook added make the call one that sends HEADERS. */
+  if (call->hdr.len != 0) call->send_hdr = 1;
+  return st;
+}
+
+int qrpci_call_opts_check(qrpci_core *core, const qrpc_call_opts *opts) {
+  if (opts->metadata_count != 0 && opts->metadata == NULL) return QRPC_EINVAL;
+  size_t total = 0;
+  for (size_t i = 0; i < opts->metadata_count; i++) {
+    const qrpc_md *m = &opts->metadata[i];
+    if (!m->key) return QRPC_EINVAL;
+    size_t kl = m->key_len ? m->key_len : strlen(m->key);
+    if (!qrpci_md_key_valid((const uint8_t *)m->key, kl) ||
+        (m->value_len != 0 && m->value == NULL))
+      return QRPC_EINVAL;
+    if (m->value_len > core->opts.max_metadata ||
+        kl + m->value_len > core->opts.max_metadata - total)
+      return QRPC_EMSGSIZE;
+    total += kl + m->value_len;
+  }
+  return 0;
+}
+
 qrpc_call *qrpci_call_new(qrpci_core *core, uint32_t method, qrpc_shape shape,
                           const qrpc_call_opts *opts, uint64_t default_timeout,
                           const qrpc_call_callbacks *cbs, void *ud) {
@@ -472,6 +602,14 @@ qrpc_call *qrpci_call_new(qrpci_core *core, uint32_t method, qrpc_shape shape,
   if (cbs) call->cbs = *cbs;
   call->ud = ud;
   call->idempotent = opts->idempotent != 0;
+  call->on_headers = opts->on_headers;
+  call->on_headers_ud = opts->on_headers_user_data;
+  call->send_hdr = opts->metadata_count != 0 || opts->on_headers != NULL;
+  if (qrpci_mdbuf_add_list(&call->hdr, opts->metadata, opts->metadata_count,
+                           core->opts.max_metadata) != 0) {
+    qrpci_call_release(call);
+    return NULL;
+  }
   qrpci_list_init(&call->node);
   uint64_t timeout = opts->timeout_ms ? opts->timeout_ms : default_timeout;
   evtimer_assign(&call->timer, qrpc_loop_base(core->loop), call_timer_cb, call);
@@ -487,6 +625,9 @@ void qrpci_call_release(qrpc_call *call) {
   qrpci_core *core = call->core;
   if (call->timer_set) evtimer_del(&call->timer);
   free(call->payload);
+  qrpci_mdbuf_free(&call->hdr);
+  free(call->trailers);
+  call->trailers = NULL;
   if (core->nfree_calls < QRPCI_FREELIST_MAX) {
     call->next_free = core->free_calls;
     core->free_calls = call;
@@ -526,12 +667,23 @@ static void call_finish(qrpc_call *call, int status, const char *detail,
                         size_t detail_len, const uint8_t *payload, size_t len,
                         int local) {
   call_detach(call);
+  if (call->nicpt) {
+    qrpc_call_info info = {.method = call->method,
+                           .shape = call->shape,
+                           .outgoing = 1,
+                           .peer = call->icpt_peer,
+                           .status = status};
+    run_after(call->core, call->nicpt, &info, call->start_ns);
+    call->nicpt = 0;
+  }
   qrpc_result res = {.status = status,
                      .detail = detail,
                      .detail_len = detail_len,
                      .payload = payload,
                      .len = len,
-                     .local = local};
+                     .local = local,
+                     .trailers = call->trailers,
+                     .ntrailers = call->ntrailers};
   if (call->cbs.on_done) call->cbs.on_done(call, &res, call->ud);
   qrpci_call_release(call);
 }
@@ -586,9 +738,10 @@ int qrpci_call_start(qrpc_call *call, qrpc_peer *peer,
     if (timeout_ms == 0) timeout_ms = 1;
   }
   uint64_t msgid = peer->last_msgid + 1;
+  qrpci_frame hdr = md_frame(QRPCI_FRAME_HEADERS, msgid, &call->hdr);
   if ((rv = qrpci_u64map_put(&peer->calls, msgid, call)) == 0)
-    rv = put_frame(rs, QRPCI_FRAME_REQUEST, msgid, call->method, timeout_ms,
-                   pl);
+    rv = put_frame_after(rs, call->send_hdr ? &hdr : NULL, QRPCI_FRAME_REQUEST,
+                         msgid, call->method, timeout_ms, pl);
   if (rv != 0) {
     qrpci_u64map_del(&peer->calls, msgid);
     if (rs->pool_slot < 0) {
@@ -608,6 +761,7 @@ int qrpci_call_start(qrpc_call *call, qrpc_peer *peer,
   if (!peer->ready) call->core->early_calls++;
   free(call->payload);
   call->payload = NULL;
+  qrpci_mdbuf_free(&call->hdr);
   return 0;
 }
 
@@ -626,8 +780,17 @@ static int peer_start(qrpc_peer *peer, uint32_t method, qrpc_shape shape,
   if ((shape == QRPC_SHAPE_CLIENT_STREAM || shape == QRPC_SHAPE_BIDI_STREAM) &&
       qrpci_payload_len(&pl))
     return QRPC_EINVAL;
+  int rc = qrpci_call_opts_check(peer->core, &o);
+  if (rc != 0) return rc;
   qrpc_call *call = qrpci_call_new(peer->core, method, shape, &o, 0, cbs, ud);
   if (!call) return QRPC_ENOMEM;
+  const char *why = NULL;
+  int st = qrpci_call_intercept(call, peer, &o, &why);
+  if (st != 0) {
+    qrpci_call_defer_done(call, st, why);
+    if (out) *out = call;
+    return 0;
+  }
   int rv = qrpci_call_start(call, peer, &pl);
   if (rv != 0) {
     qrpci_call_release(call);
@@ -771,6 +934,10 @@ static qrpc_req *req_new(qrpc_peer *peer, qrpci_rstream *rs, uint64_t msgid,
 
 static void req_free(qrpc_req *req) {
   qrpci_core *core = req->peer->core;
+  free(req->md);
+  req->md = NULL;
+  qrpci_mdbuf_free(&req->rhdr);
+  qrpci_mdbuf_free(&req->trl);
   if (core->nfree_reqs < QRPCI_FREELIST_MAX) {
     req->next_free = core->free_reqs;
     core->free_reqs = req;
@@ -786,6 +953,16 @@ static void req_release(qrpc_req *req) {
   if (req->released) return;
   req->released = 1;
   qrpc_peer *peer = req->peer;
+  if (req->nicpt) {
+    qrpc_call_info info = {.method = req->method,
+                           .shape = req->shape,
+                           .peer = peer,
+                           .metadata = req->md,
+                           .metadata_count = req->nmd,
+                           .status = req->final_status};
+    run_after(peer->core, req->nicpt, &info, req->start_ns);
+    req->nicpt = 0;
+  }
   if (req->timer_set) {
     evtimer_del(&req->timer);
     req->timer_set = 0;
@@ -808,6 +985,7 @@ static void req_release(qrpc_req *req) {
  * memory stays valid until the outermost code working on it is done. */
 static void req_cancel(qrpc_req *req, int status) {
   if (req->released) return;
+  req->final_status = status;
   int outer = req->in_handler;
   req->in_handler = 1;
   if (req->cbs.on_cancel) req->cbs.on_cancel(req, status, req->ud);
@@ -823,10 +1001,15 @@ static void req_timer_cb(evutil_socket_t fd, short what, void *arg) {
   req_cancel(req, QRPC_STATUS_DEADLINE_EXCEEDED);
 }
 
+static int req_sends_items(const qrpc_req *req);
+static void req_flush_headers(qrpc_req *req);
+
 static void run_handler(qrpc_req *req, const qrpci_method *m,
                         const uint8_t *payload, size_t len) {
   req->in_handler = 1;
   m->fn(req, payload, len, m->ud);
+  /* The handler returned without failing the call: it is accepted. */
+  if (!req->released && !req->notify) req_flush_headers(req);
   /* A NOTIFY's req lives for the handler call only. */
   if (req->notify) req_release(req);
   req->in_handler = 0;
@@ -838,7 +1021,16 @@ static void answer_refusal(qrpci_rstream *rs, uint64_t msgid, int status,
   put_status(rs, QRPCI_FRAME_ERROR, msgid, status, detail);
 }
 
-static void on_request(qrpci_rstream *rs, const qrpci_frame *f) {
+/* The caller's HEADERS for this REQUEST, taken off its stream. */
+typedef struct req_hdr {
+  int present;
+  int over;
+  uint8_t *pairs;
+  size_t len;
+} req_hdr;
+
+static void on_request(qrpci_rstream *rs, const qrpci_frame *f,
+                       const req_hdr *hdr) {
   qrpc_peer *peer = rs->peer;
   if (f->msgid <= rs->last_req_msgid) {
     fail_proto(peer, "REQUEST: MsgId not greater than the previous one");
@@ -882,7 +1074,20 @@ static void on_request(qrpci_rstream *rs, const qrpci_frame *f) {
                    "too many calls in flight");
     return;
   }
+  if (hdr->over) {
+    answer_refusal(rs, f->msgid, QRPC_STATUS_RESOURCE_EXHAUSTED,
+                   "metadata over the limit");
+    return;
+  }
   qrpc_req *req = req_new(peer, rs, f->msgid, (uint32_t)f->method, m->shape);
+  if (req && hdr->present) {
+    req->md_peer = 1;
+    qrpci_md_check(hdr->pairs, hdr->len, NULL, &req->md_total);
+    if (qrpci_md_parse(hdr->pairs, hdr->len, &req->md, &req->nmd) != 0) {
+      req_free(req);
+      req = NULL;
+    }
+  }
   if (!req || qrpci_u64map_put(&peer->reqs, f->msgid, req) != 0) {
     if (req) req_free(req);
     answer_refusal(rs, f->msgid, QRPC_STATUS_RESOURCE_EXHAUSTED,
@@ -896,6 +1101,21 @@ static void on_request(qrpci_rstream *rs, const qrpci_frame *f) {
     req->deadline_ns = qrpci_now_ns() + f->timeout_ms * QRPCI_NS_PER_MS;
     arm_timer(peer->core, &req->timer, f->timeout_ms);
     req->timer_set = 1;
+  }
+  if (peer->core->nicpt) {
+    qrpc_icx cx = {peer->core, NULL};
+    qrpc_call_info info = {.method = req->method,
+                           .shape = req->shape,
+                           .peer = peer,
+                           .metadata = req->md,
+                           .metadata_count = req->nmd};
+    const char *why = NULL;
+    req->start_ns = qrpci_now_ns();
+    int st = run_before(peer->core, &cx, &info, &req->nicpt, &why);
+    if (st != 0) {
+      qrpc_req_error(req, st, why);
+      return;
+    }
   }
   run_handler(req, m, f->payload, f->payload_len);
 }
@@ -985,6 +1205,80 @@ static void on_call_end(qrpci_rstream *rs, const qrpci_frame *f) {
   }
 }
 
+/* Metadata the callee sent for our call that breaks max_metadata: the
+ * frame was well formed, so only the call fails. */
+static int md_over_limit(qrpc_call *call, const qrpci_frame *f) {
+  size_t total = 0;
+  qrpci_md_check(f->payload, f->payload_len, NULL, &total);
+  if (total <= call->core->opts.max_metadata) return 0;
+  put_id_frame(call->rs, QRPCI_FRAME_CANCEL, call->msgid);
+  call_fail_local(call, QRPC_STATUS_RESOURCE_EXHAUSTED,
+                  "metadata from the callee over the limit");
+  return 1;
+}
+
+static void on_call_headers(qrpci_rstream *rs, const qrpci_frame *f) {
+  qrpc_call *call = answer_target(rs, f, "HEADERS: MsgId of a call never made");
+  if (!call) return;
+  if (call->got_headers) {
+    fail_proto(rs->peer, "HEADERS: second for the call");
+    return;
+  }
+  call->got_headers = 1;
+  if (md_over_limit(call, f)) return;
+  qrpc_md *md;
+  size_t n;
+  if (qrpci_md_parse(f->payload, f->payload_len, &md, &n) != 0) {
+    put_id_frame(call->rs, QRPCI_FRAME_CANCEL, call->msgid);
+    call_fail_local(call, QRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return;
+  }
+  if (call->on_headers) call->on_headers(call, md, n, call->on_headers_ud);
+  free(md);
+}
+
+static void on_call_trailers(qrpci_rstream *rs, const qrpci_frame *f) {
+  qrpc_call *call =
+      answer_target(rs, f, "TRAILERS: MsgId of a call never made");
+  if (!call) return;
+  if (call->trailers) {
+    fail_proto(rs->peer, "TRAILERS: second for the call");
+    return;
+  }
+  if (md_over_limit(call, f)) return;
+  if (qrpci_md_parse(f->payload, f->payload_len, &call->trailers,
+                     &call->ntrailers) != 0) {
+    put_id_frame(call->rs, QRPCI_FRAME_CANCEL, call->msgid);
+    call_fail_local(call, QRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+}
+
+/* A caller's HEADERS: kept on the stream until its REQUEST, next. */
+static void on_req_headers(qrpci_rstream *rs, const qrpci_frame *f) {
+  if (rs->hdr_pending) {
+    fail_proto(rs->peer, "HEADERS: not followed by its REQUEST");
+    return;
+  }
+  if (f->msgid <= rs->last_req_msgid) {
+    fail_proto(rs->peer, "HEADERS: MsgId not greater than the previous one");
+    return;
+  }
+  size_t total = 0;
+  qrpci_md_check(f->payload, f->payload_len, NULL, &total);
+  rs->hdr_pending = 1;
+  rs->hdr_msgid = f->msgid;
+  rs->hdr_over = total > rs->peer->core->opts.max_metadata;
+  rs->hdr_len = 0;
+  if (rs->hdr_over || f->payload_len == 0) return;
+  if (!(rs->hdr_pairs = malloc(f->payload_len))) {
+    /* Refused like an over-limit call, when its REQUEST comes. */
+    rs->hdr_over = 1;
+    return;
+  }
+  memcpy(rs->hdr_pairs, f->payload, f->payload_len);
+  rs->hdr_len = f->payload_len;
+}
+
 /* ITEM or END from a caller, for a request we serve. */
 static qrpc_req *req_target(qrpci_rstream *rs, const qrpci_frame *f,
                             const char *violation) {
@@ -1050,8 +1344,37 @@ static int on_frame(void *ctx, const uint8_t *body, size_t len) {
     fail_proto(peer, why ? why : "malformed frame");
     return 1;
   }
+  req_hdr hdr = {0};
+  if (rs->hdr_pending) {
+    if (f.type != QRPCI_FRAME_REQUEST || f.msgid != rs->hdr_msgid) {
+      fail_proto(peer, "HEADERS: not followed by its REQUEST");
+      return 1;
+    }
+    hdr.present = 1;
+    hdr.over = rs->hdr_over;
+    hdr.pairs = rs->hdr_pairs;
+    hdr.len = rs->hdr_len;
+    rs->hdr_pending = 0;
+    rs->hdr_pairs = NULL;
+    rs->hdr_len = 0;
+  }
   switch (f.type) {
-  case QRPCI_FRAME_REQUEST: on_request(rs, &f); break;
+  case QRPCI_FRAME_REQUEST:
+    on_request(rs, &f, &hdr);
+    free(hdr.pairs);
+    break;
+  case QRPCI_FRAME_HEADERS:
+    if (rs->local)
+      on_call_headers(rs, &f);
+    else
+      on_req_headers(rs, &f);
+    break;
+  case QRPCI_FRAME_TRAILERS:
+    if (rs->local)
+      on_call_trailers(rs, &f);
+    else
+      fail_proto(peer, "TRAILERS: sent by the caller");
+    break;
   case QRPCI_FRAME_NOTIFY: on_notify(rs, &f); break;
   case QRPCI_FRAME_REPLY: on_reply(rs, &f); break;
   case QRPCI_FRAME_ERROR: on_error(rs, &f); break;
@@ -1200,6 +1523,87 @@ uint64_t qrpc_req_remaining_ms(qrpc_req *req) {
                                 : 0;
 }
 
+size_t qrpc_req_metadata(qrpc_req *req, const qrpc_md **md) {
+  if (md) *md = req ? req->md : NULL;
+  return req ? req->nmd : 0;
+}
+
+static int key_listed(const qrpc_md *m, const char *const *keys) {
+  for (size_t i = 0; keys[i]; i++)
+    if (strlen(keys[i]) == m->key_len &&
+        memcmp(keys[i], m->key, m->key_len) == 0)
+      return 1;
+  return 0;
+}
+
+int qrpc_req_propagate(qrpc_req *req, const char *const *keys,
+                       qrpc_call_opts *opts, qrpc_md *buf, size_t cap) {
+  static const char *const trace_only[] = {"traceparent", NULL};
+  if (!req || !opts || opts->size != sizeof(*opts) ||
+      (opts->metadata_count && !opts->metadata))
+    return QRPC_EINVAL;
+  if (!keys) keys = trace_only;
+  size_t n = opts->metadata_count;
+  for (size_t i = 0; i < req->nmd; i++) n += key_listed(&req->md[i], keys);
+  if (n > cap || (n && !buf)) return QRPC_ENOBUFS;
+  /* Copied first: buf may be what opts->metadata points at already. */
+  if (opts->metadata_count && buf != opts->metadata)
+    memmove(buf, opts->metadata, opts->metadata_count * sizeof(*buf));
+  n = opts->metadata_count;
+  for (size_t i = 0; i < req->nmd; i++)
+    if (key_listed(&req->md[i], keys)) buf[n++] = req->md[i];
+  opts->metadata = n ? buf : NULL;
+  opts->metadata_count = n;
+  if (req->deadline_ns) {
+    uint64_t left = qrpc_req_remaining_ms(req);
+    if (left == 0) left = 1;
+    if (opts->timeout_ms == 0 || opts->timeout_ms > left)
+      opts->timeout_ms = left;
+  }
+  return 0;
+}
+
+static int req_add_md(qrpc_req *req, qrpci_mdbuf *b, const char *key,
+                      const void *value, size_t len) {
+  if (!req || !key) return QRPC_EINVAL;
+  if (req->released || req->notify) return QRPC_ECLOSED;
+  /* One limit for everything the call carries in this direction. */
+  size_t limit = req->peer->core->opts.max_metadata;
+  size_t other = (b == &req->trl ? req->rhdr.total : req->trl.total);
+  if (other > limit) return QRPC_EMSGSIZE;
+  return qrpci_mdbuf_add(b, key, 0, value, len, limit - other);
+}
+
+int qrpc_req_set_trailer(qrpc_req *req, const char *key, const void *value,
+                         size_t len) {
+  return req_add_md(req, req ? &req->trl : NULL, key, value, len);
+}
+
+int qrpc_req_set_header(qrpc_req *req, const char *key, const void *value,
+                        size_t len) {
+  if (!req) return QRPC_EINVAL;
+  if (req->shape == QRPC_SHAPE_UNARY) return QRPC_EINVAL;
+  if (req->hdr_sent) return QRPC_ESTATE;
+  return req_add_md(req, &req->rhdr, key, value, len);
+}
+
+/* The response headers of an accepted streaming call, once, to a caller
+ * that sent HEADERS: an old caller would take the frame for a violation. */
+static void req_flush_headers(qrpc_req *req) {
+  if (req->hdr_sent || !req->md_peer || req->shape == QRPC_SHAPE_UNARY) return;
+  req->hdr_sent = 1;
+  qrpci_frame f = md_frame(QRPCI_FRAME_HEADERS, req->msgid, &req->rhdr);
+  put_encoded(req->rs, &f);
+  qrpci_mdbuf_free(&req->rhdr);
+}
+
+/* The TRAILERS frame to put before the final answer, or NULL. */
+static const qrpci_frame *req_trailers(qrpc_req *req, qrpci_frame *f) {
+  if (!req->md_peer || req->trl.len == 0) return NULL;
+  *f = md_frame(QRPCI_FRAME_TRAILERS, req->msgid, &req->trl);
+  return f;
+}
+
 static int req_reply(qrpc_req *req, qrpci_payload pl) {
   if (!req || !qrpci_payload_valid(&pl)) return QRPC_EINVAL;
   if (req->notify) {
@@ -1209,7 +1613,11 @@ static int req_reply(qrpc_req *req, qrpci_payload pl) {
   if (req->shape != QRPC_SHAPE_UNARY && req->shape != QRPC_SHAPE_CLIENT_STREAM)
     return QRPC_EINVAL;
   if (req->released) return QRPC_ECLOSED;
-  int rv = put_frame(req->rs, QRPCI_FRAME_REPLY, req->msgid, 0, 0, &pl);
+  req_flush_headers(req);
+  qrpci_frame tf;
+  int rv = put_frame_after(req->rs, req_trailers(req, &tf), QRPCI_FRAME_REPLY,
+                           req->msgid, 0, 0, &pl);
+  req->final_status = rv == 0 ? QRPC_STATUS_OK : QRPC_STATUS_INTERNAL;
   if (rv != 0 && rv != QRPC_ECLOSED)
     put_status(req->rs, QRPCI_FRAME_ERROR, req->msgid, QRPC_STATUS_INTERNAL,
                "reply could not be sent");
@@ -1227,12 +1635,15 @@ int qrpc_req_reply_msg(qrpc_req *req, const qrpc_msg *m) {
 
 int qrpc_req_error(qrpc_req *req, int status, const char *detail) {
   if (!req || status <= 0) return QRPC_EINVAL;
+  if (!req->released) req->final_status = status;
   if (!req->notify && !req->released) {
     uint8_t type = req->shape == QRPC_SHAPE_SERVER_STREAM ||
                            req->shape == QRPC_SHAPE_BIDI_STREAM
                        ? QRPCI_FRAME_END
                        : QRPCI_FRAME_ERROR;
-    put_status(req->rs, type, req->msgid, status, detail);
+    qrpci_frame tf;
+    put_status_after(req->rs, req_trailers(req, &tf), type, req->msgid, status,
+                     detail);
   }
   req_release(req);
   return 0;
@@ -1250,6 +1661,7 @@ static int req_send(qrpc_req *req, qrpci_payload pl) {
   if (req->released || req->answered) return QRPC_ECLOSED;
   if (!stream_ok(req->rs)) return QRPC_ECLOSED;
   if (qrpci_stream_congested(req->rs->s)) return QRPC_EAGAIN;
+  req_flush_headers(req);
   return put_frame(req->rs, QRPCI_FRAME_ITEM, req->msgid, 0, 0, &pl);
 }
 
@@ -1264,7 +1676,10 @@ int qrpc_req_send_msg(qrpc_req *req, const qrpc_msg *m) {
 int qrpc_req_end(qrpc_req *req) {
   if (!req || req->notify || !req_sends_items(req)) return QRPC_EINVAL;
   if (req->released || req->answered) return QRPC_ECLOSED;
-  put_status(req->rs, QRPCI_FRAME_END, req->msgid, 0, NULL);
+  req_flush_headers(req);
+  qrpci_frame tf;
+  put_status_after(req->rs, req_trailers(req, &tf), QRPCI_FRAME_END, req->msgid,
+                   0, NULL);
   req->answered = 1;
   if (req->shape == QRPC_SHAPE_SERVER_STREAM || req->caller_ended)
     req_release(req);

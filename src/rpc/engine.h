@@ -21,6 +21,7 @@
 
 #define QRPCI_COMMON_TIMEOUTS 16
 #define QRPCI_FREELIST_MAX 1024
+#define QRPCI_MAX_INTERCEPTORS 16
 
 typedef struct qrpci_method {
   qrpc_shape shape;
@@ -30,6 +31,15 @@ typedef struct qrpci_method {
 } qrpci_method;
 
 typedef struct qrpci_core qrpci_core;
+
+/* Metadata pairs being built for sending, in wire form (wire/metadata.h);
+ * total is the sum of key and value sizes the per-call limit applies to. */
+typedef struct qrpci_mdbuf {
+  uint8_t *p;
+  size_t len;
+  size_t cap;
+  size_t total;
+} qrpci_mdbuf;
 
 /* What the engine tells its owner (a server or client, which embeds the
  * core and finds itself from it), the way a lower layer reports upward:
@@ -66,6 +76,8 @@ struct qrpci_core {
   } timeouts[QRPCI_COMMON_TIMEOUTS];
   size_t ntimeouts;
   uint64_t early_calls; /* calls whose REQUEST went out in 0-RTT */
+  qrpc_interceptor icpt[QRPCI_MAX_INTERCEPTORS];
+  size_t nicpt;
 };
 
 typedef struct qrpci_rstream qrpci_rstream;
@@ -118,6 +130,12 @@ struct qrpci_rstream {
    * the read being fed, then for frames that start in it. */
   int frame_early;
   int rx_early;
+  /* A caller's HEADERS waiting for its REQUEST, which must come next. */
+  int hdr_pending;
+  int hdr_over; /* over max_metadata: the call is refused */
+  uint64_t hdr_msgid;
+  uint8_t *hdr_pairs; /* copy of the pairs */
+  size_t hdr_len;
 };
 
 typedef enum qrpci_call_state {
@@ -148,6 +166,17 @@ struct qrpc_call {
   const char *res_detail;
   uint8_t *payload;         /* copy while queued */
   size_t len;
+  int send_hdr;    /* a HEADERS frame precedes the REQUEST */
+  qrpci_mdbuf hdr; /* its pairs */
+  void (*on_headers)(qrpc_call *call, const qrpc_md *md, size_t n,
+                     void *user_data);
+  void *on_headers_ud;
+  int got_headers;
+  qrpc_md *trailers; /* received TRAILERS, for the result */
+  size_t ntrailers;
+  size_t nicpt; /* interceptors whose before ran */
+  uint64_t start_ns;
+  qrpc_peer *icpt_peer; /* the peer the before hooks saw */
 };
 
 struct qrpc_req {
@@ -168,7 +197,30 @@ struct qrpc_req {
   struct event timer;
   int timer_set;
   uint64_t deadline_ns;
+  int md_peer; /* the caller sent HEADERS: it takes ours */
+  qrpc_md *md; /* request metadata */
+  size_t nmd;
+  size_t md_total;
+  qrpci_mdbuf rhdr; /* response headers of a streaming call */
+  int hdr_sent;
+  qrpci_mdbuf trl; /* trailers */
+  size_t nicpt;    /* interceptors whose before ran */
+  uint64_t start_ns;
+  int final_status; /* for the after hooks */
 };
+
+/* metadata.c. Appends one pair (key_len 0: key is NUL-terminated) unless
+ * b's total would pass limit. Errors: QRPC_EINVAL (bad key, or value NULL
+ * with a length), QRPC_EMSGSIZE, QRPC_ENOMEM. */
+int qrpci_mdbuf_add(qrpci_mdbuf *b, const char *key, size_t key_len,
+                    const void *value, size_t value_len, size_t limit);
+int qrpci_mdbuf_add_list(qrpci_mdbuf *b, const qrpc_md *md, size_t n,
+                         size_t limit);
+void qrpci_mdbuf_free(qrpci_mdbuf *b);
+/* Parses well-formed pairs into one allocated block (*out, free() it),
+ * or *out NULL for none. Errors: QRPC_EINVAL (malformed), QRPC_ENOMEM. */
+int qrpci_md_parse(const uint8_t *pairs, size_t len, qrpc_md **out,
+                   size_t *count);
 
 /* Sets up core for its owner; ops must outlive it. Errors: QRPC_EINVAL
  * (invalid options), QRPC_ENOMEM. */
@@ -204,10 +256,22 @@ int qrpci_peer_idle(qrpc_peer *peer);
  * QRPC_ECLOSED, QRPC_EMSGSIZE, QRPC_ENOMEM. */
 int qrpci_peer_notify(qrpc_peer *peer, uint32_t method, qrpci_payload pl);
 
-/* opts is this version's struct (qrpc_call_opts_copy()). */
+/* Checks the metadata of opts (this version's struct) against core's
+ * limit. Errors: QRPC_EINVAL, QRPC_EMSGSIZE. */
+int qrpci_call_opts_check(qrpci_core *core, const qrpc_call_opts *opts);
+/* opts is this version's struct (qrpc_call_opts_copy()), already checked
+ * with qrpci_call_opts_check(). NULL when out of memory. */
 qrpc_call *qrpci_call_new(qrpci_core *core, uint32_t method, qrpc_shape shape,
                           const qrpc_call_opts *opts, uint64_t default_timeout,
                           const qrpc_call_callbacks *cbs, void *ud);
+/* Runs the before hooks of core's interceptors for a new outgoing call
+ * (peer NULL while it waits for a connection); they may add to its
+ * metadata. Returns 0, or the status a hook refused it with (*detail
+ * then set). */
+int qrpci_call_intercept(qrpc_call *call, qrpc_peer *peer,
+                         const qrpc_call_opts *opts, const char **detail);
+/* Appends a copy of icpt. Errors: QRPC_EINVAL, QRPC_ELIMIT. */
+int qrpci_core_add_interceptor(qrpci_core *core, const qrpc_interceptor *icpt);
 /* Sends the call's REQUEST on peer (payload given, or the queued copy).
  * Errors: QRPC_ECLOSED (peer does not take the call now), those of
  * opening a stream and of writing the frame. */

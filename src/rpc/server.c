@@ -173,6 +173,12 @@ int qrpc_server_register(qrpc_server *srv, uint32_t method, qrpc_shape shape,
   return qrpc_server_register_flags(srv, method, shape, 0, handler, ud);
 }
 
+int qrpc_server_add_interceptor(qrpc_server *srv,
+                                const qrpc_interceptor *icpt) {
+  if (!srv) return QRPC_EINVAL;
+  return qrpci_core_add_interceptor(&srv->core, icpt);
+}
+
 int qrpc_server_register_flags(qrpc_server *srv, uint32_t method,
                                qrpc_shape shape, unsigned flags,
                                qrpc_handler_fn handler, void *ud) {

@@ -4,6 +4,7 @@
 
 #include "qrpc/error.h"
 #include "util/varint.h"
+#include "wire/metadata.h"
 #include "wire/stream_header.h"
 
 /* Every frame type is described by the fields it carries, in wire order.
@@ -17,6 +18,7 @@ enum {
   F_LAST = 1u << 4,
   F_PAYLOAD = 1u << 5,
   F_STATUS_NONZERO = 1u << 6,
+  F_PAIRS = 1u << 7, /* the payload is metadata pairs */
 };
 
 static const unsigned layouts[] = {
@@ -28,6 +30,8 @@ static const unsigned layouts[] = {
     [QRPCI_FRAME_ITEM] = F_MSGID | F_PAYLOAD,
     [QRPCI_FRAME_END] = F_MSGID | F_STATUS | F_PAYLOAD,
     [QRPCI_FRAME_GOAWAY] = F_LAST,
+    [QRPCI_FRAME_HEADERS] = F_MSGID | F_PAYLOAD | F_PAIRS,
+    [QRPCI_FRAME_TRAILERS] = F_MSGID | F_PAYLOAD | F_PAIRS,
 };
 
 #define N_TYPES (sizeof(layouts) / sizeof(layouts[0]))
@@ -42,6 +46,7 @@ static const char *const type_names[N_TYPES] = {
     [QRPCI_FRAME_REPLY] = "REPLY",     [QRPCI_FRAME_ERROR] = "ERROR",
     [QRPCI_FRAME_CANCEL] = "CANCEL",   [QRPCI_FRAME_ITEM] = "ITEM",
     [QRPCI_FRAME_END] = "END",         [QRPCI_FRAME_GOAWAY] = "GOAWAY",
+    [QRPCI_FRAME_HEADERS] = "HEADERS", [QRPCI_FRAME_TRAILERS] = "TRAILERS",
 };
 
 const char *qrpci_frame_type_name(uint8_t type) {
@@ -63,6 +68,12 @@ enum {
   W_DETAIL_UTF8,
   W_LAST_TRUNC,
   W_TRAILING,
+  W_KEY_LEN_TRUNC,
+  W_KEY_LEN_BAD,
+  W_KEY_PAST,
+  W_KEY_CHAR,
+  W_VALUE_LEN_TRUNC,
+  W_VALUE_PAST,
   W_COUNT
 };
 
@@ -79,6 +90,12 @@ enum {
     [W_DETAIL_UTF8] = name ": Detail is not valid UTF-8",                      \
     [W_LAST_TRUNC] = name ": truncated Last MsgId",                            \
     [W_TRAILING] = name ": trailing bytes",                                    \
+    [W_KEY_LEN_TRUNC] = name ": truncated Key Length",                         \
+    [W_KEY_LEN_BAD] = name ": Key Length 0 or over 255",                       \
+    [W_KEY_PAST] = name ": Key runs past frame",                               \
+    [W_KEY_CHAR] = name ": key is not lowercase ASCII",                        \
+    [W_VALUE_LEN_TRUNC] = name ": truncated Value Length",                     \
+    [W_VALUE_PAST] = name ": Value runs past frame",                           \
   }
 
 static const char *const reasons[N_TYPES][W_COUNT] = {
@@ -90,6 +107,18 @@ static const char *const reasons[N_TYPES][W_COUNT] = {
     [QRPCI_FRAME_ITEM] = REASONS("ITEM"),
     [QRPCI_FRAME_END] = REASONS("END"),
     [QRPCI_FRAME_GOAWAY] = REASONS("GOAWAY"),
+    [QRPCI_FRAME_HEADERS] = REASONS("HEADERS"),
+    [QRPCI_FRAME_TRAILERS] = REASONS("TRAILERS"),
+};
+
+/* Decoder reasons for each qrpci_md_err, in its order. */
+static const int md_reasons[] = {
+    [QRPCI_MD_KEY_LEN_TRUNC] = W_KEY_LEN_TRUNC,
+    [QRPCI_MD_KEY_LEN_BAD] = W_KEY_LEN_BAD,
+    [QRPCI_MD_KEY_PAST] = W_KEY_PAST,
+    [QRPCI_MD_KEY_CHAR] = W_KEY_CHAR,
+    [QRPCI_MD_VALUE_LEN_TRUNC] = W_VALUE_LEN_TRUNC,
+    [QRPCI_MD_VALUE_PAST] = W_VALUE_PAST,
 };
 
 /* One static phrase per byte value, so an unknown type is named exactly
@@ -178,6 +207,10 @@ int qrpci_frame_decode(const uint8_t *body, size_t len, qrpci_frame *f,
   if (layout & F_PAYLOAD) {
     f->payload = c.p;
     f->payload_len = left(&c);
+    if (layout & F_PAIRS) {
+      qrpci_md_err e = qrpci_md_check(f->payload, f->payload_len, NULL, NULL);
+      if (e != QRPCI_MD_OK) return fail(why, r[md_reasons[e]]);
+    }
   } else if (left(&c) != 0) {
     return fail(why, r[W_TRAILING]);
   }
@@ -251,6 +284,9 @@ static size_t put_header(uint8_t *out, const qrpci_frame *f, uint64_t body) {
 static size_t frame_size(const qrpci_frame *f, size_t *h, uint64_t *body) {
   *h = header_size(f, body);
   if (*h == 0 || (f->payload_len != 0 && f->payload == NULL)) return 0;
+  if ((layout_of(f->type) & F_PAIRS) &&
+      qrpci_md_check(f->payload, f->payload_len, NULL, NULL) != QRPCI_MD_OK)
+    return 0;
   return *h + f->payload_len;
 }
 
@@ -277,7 +313,7 @@ static int header_frame(qrpci_frame *f, uint8_t type, uint64_t msgid,
                         uint64_t method, uint64_t timeout_ms,
                         size_t payload_len) {
   unsigned layout = layout_of(type);
-  if (!(layout & F_PAYLOAD) || (layout & F_STATUS)) return 0;
+  if (!(layout & F_PAYLOAD) || (layout & (F_STATUS | F_PAIRS))) return 0;
   memset(f, 0, sizeof(*f));
   f->type = type;
   f->msgid = msgid;

@@ -28,6 +28,9 @@
 #define QRPCI_FRAME_ITEM 0x06
 #define QRPCI_FRAME_END 0x07
 #define QRPCI_FRAME_GOAWAY 0x08
+/* Call metadata extension (docs/protocol.md, "Call metadata"). */
+#define QRPCI_FRAME_HEADERS 0x09
+#define QRPCI_FRAME_TRAILERS 0x0a
 
 /* Section 3: frame size limits. */
 #define QRPCI_MIN_FRAME_LIMIT (1u << 20)

@@ -101,7 +101,7 @@ typedef struct hostile_case {
 /* The cases whose bytes are fixed; built ones are added in the test. */
 static const hostile_case fixed_cases[] = {
     {.name = "unknown frame type",
-     .bytes = {0x02, 0x09, 0x00},
+     .bytes = {0x02, 0x2a, 0x00},
      .len = 3,
      .code = 0x1,
      .reason = "type"},

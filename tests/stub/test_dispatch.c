@@ -298,6 +298,48 @@ START_TEST(test_idempotent_call_keeps_caller_options) {
 }
 END_TEST
 
+/* Request metadata in the caller's options survives the copy the stub
+ * makes to add the IDL's idempotent mark. */
+static void on_echo_md(qrpc_req *req, const uint8_t *payload, size_t len,
+                       void *user_data) {
+  const qrpc_md *md;
+  size_t n = qrpc_req_metadata(req, &md);
+  const qrpc_md *t = qrpc_md_find(md, n, "tenant");
+  if (n == 1 && t && t->value_len == 2 && memcmp(t->value, "t1", 2) == 0)
+    sn.items++;
+  on_echo(req, payload, len, user_data);
+}
+
+START_TEST(test_idempotent_call_keeps_metadata) {
+  Text t = st_text(NULL, 0, 3);
+  qrpc_msg m;
+  qrpc_call_opts o;
+  qt_call_rec rec;
+  static const qrpc_md md[] = {
+      {.key = "tenant", .value = (const uint8_t *)"t1", .value_len = 2}};
+  start();
+  ck_assert_int_eq(qrpc_stub_register(pair.srv, NULL, M_ECHO, QRPC_SHAPE_UNARY,
+                                      QRPC_METHOD_IDEMPOTENT, on_echo_md,
+                                      &the_handlers),
+                   0);
+  ck_assert_int_eq(qrpc_stub_msg(&m, &t.base, TEXT_DESC), 0);
+  qrpc_call_opts_default(&o);
+  o.metadata = md;
+  o.metadata_count = 1;
+  qt_call_rec_init(&rec, NULL);
+  ck_assert_int_eq(qrpc_stub_call_start(pair.cl.cli, NULL, M_ECHO,
+                                        QRPC_SHAPE_UNARY,
+                                        QRPC_METHOD_IDEMPOTENT, &m, &o,
+                                        &qt_call_rec_cbs, &rec, &rec.call),
+                   0);
+  ck_assert(qt_run_until_count(st_loop, &rec.done, 1, QT_WAIT_MS));
+  ck_assert_int_eq(rec.status, 0);
+  ck_assert_int_eq(sn.calls, 1);
+  ck_assert_int_eq(sn.items, 1);
+  finish();
+}
+END_TEST
+
 /* ---- Registrations ---------------------------------------------------- */
 
 START_TEST(test_register_needs_a_target) {
@@ -440,6 +482,7 @@ static Suite *dispatch_suite(void) {
   tcase_add_test(tc, test_client_stream_from_peer_sends_items);
   tcase_add_test(tc, test_call_start_refuses_bad_arguments);
   tcase_add_test(tc, test_idempotent_call_keeps_caller_options);
+  tcase_add_test(tc, test_idempotent_call_keeps_metadata);
   tcase_add_test(tc, test_register_needs_a_target);
   tcase_add_test(tc, test_register_flags);
   tcase_add_test(tc, test_register_dgram_latest_only);

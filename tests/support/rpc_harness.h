@@ -184,7 +184,7 @@ typedef struct qt_raw_acceptor qt_raw_acceptor;
 typedef void (*qt_raw_frame_fn)(qt_raw_rpc *r, const qrpci_frame *f,
                                 void *user_data);
 
-#define QT_RAW_TYPES 9 /* frame types 1..8 */
+#define QT_RAW_TYPES 11 /* frame types 1..10 */
 
 struct qt_raw_rpc {
   qrpc_stream *s; /* NULL once closed */
