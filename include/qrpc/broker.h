@@ -60,6 +60,11 @@ typedef struct qrpc_broker_stats {
   uint64_t queued_bytes;
   uint64_t dead_peers; /* connections closed because the peer stopped
                           answering (its subscriptions and queues freed) */
+  /* Of dropped: by a DROP_OLDEST subscription's policy, and by a
+   * DROP_NEWEST one's (realtime subscriptions included). The rest were
+   * dropped for want of memory or over the fan-out limit. */
+  uint64_t dropped_oldest;
+  uint64_t dropped_newest;
 } qrpc_broker_stats;
 
 /* One subscription's counters (SubscriptionStats in the IDL). */

@@ -8,6 +8,7 @@
 #include "qrpc/dgram.h"
 #include "qrpc/error.h"
 #include "qrpc/log.h"
+#include "qrpc/metrics.h"
 #include "qrpc/loop.h"
 #include "qrpc/quic.h"
 #include "qrpc/rpc.h"

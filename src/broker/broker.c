@@ -258,10 +258,15 @@ static void sub_drain(bsub *s) {
   }
 }
 
-static void count_drops(bsub *s, uint64_t n) {
+static void count_drops(bsub *s, uint64_t n, int by_policy) {
+  qrpc_broker_stats *st = &s->conn->b->st;
   s->dropped += n;
   s->gap += n;
-  s->conn->b->st.dropped += n;
+  st->dropped += n;
+  if (by_policy && s->policy == QRPCI_BPOLICY_DROP_OLDEST)
+    st->dropped_oldest += n;
+  else if (by_policy && s->policy == QRPCI_BPOLICY_DROP_NEWEST)
+    st->dropped_newest += n;
 }
 
 static void sub_offer(bsub *s, qrpci_bmsg *m) {
@@ -283,9 +288,9 @@ static void sub_offer(bsub *s, qrpci_bmsg *m) {
     s->conflated++;
     b->st.conflated++;
     break;
-  case QRPCI_BPUSH_DROPPED: count_drops(s, dropped); break;
+  case QRPCI_BPUSH_DROPPED: count_drops(s, dropped, 1); break;
   case QRPCI_BPUSH_OVERFLOW: doom(s->conn, s); return;
-  case QRPCI_BPUSH_NOMEM: count_drops(s, 1); break;
+  case QRPCI_BPUSH_NOMEM: count_drops(s, 1, 0); break;
   }
   if (!s->blocked) sub_drain(s);
 }
@@ -322,6 +327,7 @@ static void realtime_send(bsub *s, qrpci_bmsg *m, dgram_cache *dc) {
   } else {
     s->dropped++;
     b->st.dropped++;
+    b->st.dropped_newest++;
   }
   qrpc_dgram_free(own);
 }
@@ -775,6 +781,8 @@ static void h_stats(qrpc_req *req, const Qrpc__Broker__StatsRequest *r,
   bs.denied = t.denied;
   bs.queued_bytes = t.queued_bytes;
   bs.dead_peers = t.dead_peers;
+  bs.dropped_oldest = t.dropped_oldest;
+  bs.dropped_newest = t.dropped_newest;
   Qrpc__Broker__SubscriptionStats *ss = calloc(c->nsubs + 1, sizeof(*ss));
   Qrpc__Broker__SubscriptionStats **sp = calloc(c->nsubs + 1, sizeof(*sp));
   if (!ss || !sp) {

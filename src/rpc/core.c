@@ -9,6 +9,7 @@
 #include "qrpc/error.h"
 #include "quic/close.h"
 #include "quic/rpcstream.h"
+#include "rpc/callstats.h"
 #include "rpc/engine.h"
 #include "util/clock.h"
 #include "util/log.h"
@@ -141,6 +142,13 @@ void qrpci_core_cleanup(qrpci_core *core) {
   }
   if (core->done_ev) event_free(core->done_ev);
   core->done_ev = NULL;
+  qrpci_callstats_free(core->callstats);
+  core->callstats = NULL;
+}
+
+qrpci_callstats *qrpci_core_callstats(qrpci_core *core) {
+  if (!core->callstats) core->callstats = qrpci_callstats_new();
+  return core->callstats;
 }
 
 int qrpci_core_register(qrpci_core *core, uint32_t method, qrpc_shape shape,
@@ -786,6 +794,9 @@ static void req_release(qrpc_req *req) {
   if (req->released) return;
   req->released = 1;
   qrpc_peer *peer = req->peer;
+  if (req->start_ns)
+    qrpci_callstats_record(peer->core->callstats, req->method, req->status,
+                           qrpci_now_ns() - req->start_ns);
   if (req->timer_set) {
     evtimer_del(&req->timer);
     req->timer_set = 0;
@@ -810,6 +821,7 @@ static void req_cancel(qrpc_req *req, int status) {
   if (req->released) return;
   int outer = req->in_handler;
   req->in_handler = 1;
+  req->status = status;
   if (req->cbs.on_cancel) req->cbs.on_cancel(req, status, req->ud);
   req_release(req);
   req->in_handler = outer;
@@ -890,6 +902,7 @@ static void on_request(qrpci_rstream *rs, const qrpci_frame *f) {
     return;
   }
   req->early = rs->frame_early;
+  if (peer->core->callstats) req->start_ns = qrpci_now_ns();
   rs->pending++;
   if (m->shape != QRPC_SHAPE_UNARY && !rs->req) rs->req = req;
   if (f->timeout_ms) {
@@ -1210,9 +1223,11 @@ static int req_reply(qrpc_req *req, qrpci_payload pl) {
     return QRPC_EINVAL;
   if (req->released) return QRPC_ECLOSED;
   int rv = put_frame(req->rs, QRPCI_FRAME_REPLY, req->msgid, 0, 0, &pl);
-  if (rv != 0 && rv != QRPC_ECLOSED)
+  if (rv != 0 && rv != QRPC_ECLOSED) {
     put_status(req->rs, QRPCI_FRAME_ERROR, req->msgid, QRPC_STATUS_INTERNAL,
                "reply could not be sent");
+    req->status = QRPC_STATUS_INTERNAL;
+  }
   req_release(req);
   return rv == QRPC_ECLOSED ? 0 : rv;
 }
@@ -1234,6 +1249,7 @@ int qrpc_req_error(qrpc_req *req, int status, const char *detail) {
                        : QRPCI_FRAME_ERROR;
     put_status(req->rs, type, req->msgid, status, detail);
   }
+  req->status = status;
   req_release(req);
   return 0;
 }

@@ -66,6 +66,7 @@ struct qrpci_core {
   } timeouts[QRPCI_COMMON_TIMEOUTS];
   size_t ntimeouts;
   uint64_t early_calls; /* calls whose REQUEST went out in 0-RTT */
+  struct qrpci_callstats *callstats; /* NULL until metrics ask for it */
 };
 
 typedef struct qrpci_rstream qrpci_rstream;
@@ -168,6 +169,8 @@ struct qrpc_req {
   struct event timer;
   int timer_set;
   uint64_t deadline_ns;
+  uint64_t start_ns;        /* arrival, when the core keeps callstats */
+  int status;               /* how it ended, for callstats */
 };
 
 /* Sets up core for its owner; ops must outlive it. Errors: QRPC_EINVAL
@@ -180,6 +183,9 @@ void qrpci_core_cleanup(qrpci_core *core);
 int qrpci_core_register(qrpci_core *core, uint32_t method, qrpc_shape shape,
                         unsigned flags, qrpc_handler_fn fn, void *ud);
 void qrpci_rpc_opts_default(qrpc_rpc_opts *o);
+/* The core's per-method counters (rpc/callstats.h), created on the first
+ * call; counting starts then. NULL when out of memory. */
+struct qrpci_callstats *qrpci_core_callstats(qrpci_core *core);
 int qrpci_rpc_opts_valid(const qrpc_rpc_opts *o);
 
 /* A peer for conn; it takes the connection's RPC streams. NULL when out
