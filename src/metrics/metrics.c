@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "qrpc/broker.qrpc.h"
 #include "qrpc/dgram.h"
 #include "qrpc/error.h"
 #include "quic/addr.h"
@@ -284,7 +285,25 @@ int qrpc_metrics_add_server(qrpc_metrics *m, qrpc_server *srv) {
 int qrpc_metrics_add_broker(qrpc_metrics *m, qrpc_broker *b) {
   if (!m || !b) return QRPC_EINVAL;
   if (m->broker) return QRPC_ESTATE;
-  int rv = qrpc_metrics_add_server(m, qrpc_broker_server(b));
+  static const struct {
+    uint32_t id;
+    const char *name;
+  } methods[] = {
+      {qrpc_broker_Broker_Hello_METHOD_ID,
+       qrpc_broker_Broker_Hello_METHOD_NAME},
+      {qrpc_broker_Broker_Subscribe_METHOD_ID,
+       qrpc_broker_Broker_Subscribe_METHOD_NAME},
+      {qrpc_broker_Broker_Unsubscribe_METHOD_ID,
+       qrpc_broker_Broker_Unsubscribe_METHOD_NAME},
+      {qrpc_broker_Broker_Publish_METHOD_ID,
+       qrpc_broker_Broker_Publish_METHOD_NAME},
+      {qrpc_broker_Broker_Stats_METHOD_ID,
+       qrpc_broker_Broker_Stats_METHOD_NAME},
+  };
+  int rv = 0;
+  for (size_t i = 0; rv == 0 && i < sizeof(methods) / sizeof(methods[0]); i++)
+    rv = qrpc_metrics_name_method(m, methods[i].id, methods[i].name);
+  if (rv == 0) rv = qrpc_metrics_add_server(m, qrpc_broker_server(b));
   if (rv != 0) return rv;
   m->broker = b;
   return 0;
