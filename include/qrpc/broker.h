@@ -25,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "qrpc/health.h"
 #include "qrpc/rpc.h"
 
 #ifdef __cplusplus
@@ -119,6 +120,11 @@ int qrpc_broker_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
 
 /* The server underneath (port, endpoint statistics). Owned by the broker. */
 qrpc_server *qrpc_broker_server(qrpc_broker *b);
+
+/* The broker's health service (qrpc/health.h): "" and
+ * "qrpc.broker.Broker" are SERVING, and NOT_SERVING once
+ * qrpc_broker_shutdown() has begun. Owned by the broker. */
+qrpc_health *qrpc_broker_health(qrpc_broker *b);
 
 /* Fills st with the broker's counters now. */
 void qrpc_broker_get_stats(qrpc_broker *b, qrpc_broker_stats *st);

@@ -7,6 +7,7 @@
 #include "qrpc/broker.h"
 #include "qrpc/dgram.h"
 #include "qrpc/error.h"
+#include "qrpc/health.h"
 #include "qrpc/log.h"
 #include "qrpc/metrics.h"
 #include "qrpc/loop.h"

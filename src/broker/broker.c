@@ -109,6 +109,7 @@ struct qrpc_broker {
   bsub **match; /* the subscriptions of the publish being fanned out */
   size_t match_cap, match_len;
   size_t queued_bytes;
+  qrpc_health *health;
   qrpc_broker_stats st;
   void (*on_shutdown)(qrpc_broker *b, void *user_data);
   void *shutdown_ud;
@@ -1047,7 +1048,10 @@ int qrpc_broker_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
   if (so.endpoint.conn.max_streams_bidi < streams)
     so.endpoint.conn.max_streams_bidi = streams;
   if ((rv = qrpc_server_new(loop, addr, tls, &so, &b->srv)) != 0 ||
-      (rv = broker_register(b->srv)) != 0) {
+      (rv = broker_register(b->srv)) != 0 ||
+      (rv = qrpc_health_new(b->srv, &b->health)) != 0 ||
+      (rv = qrpc_health_set(b->health, "qrpc.broker.Broker",
+                            QRPC_HEALTH_SERVING)) != 0) {
     if (err && errlen)
       snprintf(err, errlen, "cannot serve on %s: %s", addr, qrpc_strerror(rv));
     qrpc_broker_free(b);
@@ -1059,6 +1063,8 @@ int qrpc_broker_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
 
 qrpc_server *qrpc_broker_server(qrpc_broker *b) { return b->srv; }
 
+qrpc_health *qrpc_broker_health(qrpc_broker *b) { return b->health; }
+
 static void on_server_shutdown(qrpc_server *srv, void *ud) {
   qrpc_broker *b = ud;
   if (b->on_shutdown) b->on_shutdown(b, b->shutdown_ud);
@@ -1069,12 +1075,15 @@ int qrpc_broker_shutdown(qrpc_broker *b, uint64_t deadline_ms,
                          void *user_data) {
   b->on_shutdown = on_done;
   b->shutdown_ud = user_data;
-  return qrpc_server_shutdown(b->srv, deadline_ms, on_server_shutdown, b);
+  int rv = qrpc_server_shutdown(b->srv, deadline_ms, on_server_shutdown, b);
+  if (rv == 0) qrpc_health_shutdown(b->health);
+  return rv;
 }
 
 void qrpc_broker_free(qrpc_broker *b) {
   if (!b) return;
   qrpc_server_free(b->srv); /* closes every connection: frees bconns */
+  qrpc_health_free(b->health);
   while (!qrpci_list_empty(&b->retained))
     retained_remove(b,
                     QRPCI_CONTAINER_OF(b->retained.next, retained_msg, node));
