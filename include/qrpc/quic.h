@@ -97,10 +97,10 @@ typedef struct qrpc_conn_stats {
   uint64_t datagrams_lost;
   int resumed;    /* 1: the handshake resumed a session with a ticket */
   int early_data; /* what became of 0-RTT: a qrpc_early_data value */
-  uint64_t pkts_lost;  /* QUIC packets declared lost; their frames are sent
-                          again. 0 when qrpc is built on ngtcp2 < 1.12,
-                          which does not report them */
-  uint64_t bytes_lost; /* UDP payload bytes of those packets */
+  uint64_t pkts_lost;      /* QUIC packets declared lost; their frames are sent
+                              again. 0 when qrpc is built on ngtcp2 < 1.12,
+                              which does not report them */
+  uint64_t bytes_lost;     /* UDP payload bytes of those packets */
   uint64_t stream_blocked; /* times a stream's send buffer filled up (a
                               write returned QRPC_EAGAIN) */
   uint64_t flow_blocked;   /* times a stream waited for the peer's flow

@@ -169,8 +169,8 @@ struct qrpc_req {
   struct event timer;
   int timer_set;
   uint64_t deadline_ns;
-  uint64_t start_ns;        /* arrival, when the core keeps callstats */
-  int status;               /* how it ended, for callstats */
+  uint64_t start_ns; /* arrival, when the core keeps callstats */
+  int status;        /* how it ended, for callstats */
 };
 
 /* Sets up core for its owner; ops must outlive it. Errors: QRPC_EINVAL
