@@ -54,6 +54,8 @@ typedef struct mconn {
   qrpc_metrics *m;
   struct bufferevent *bev;
   qrpci_list node;
+  int answered; /* the answer is queued */
+  int eof;      /* the client has finished sending */
 } mconn;
 
 void qrpc_metrics_opts_default(qrpc_metrics_opts *o) {
@@ -357,7 +359,11 @@ static void discard_cb(struct bufferevent *bev, void *arg) {
 }
 
 static void closing_write_cb(struct bufferevent *bev, void *arg) {
-  if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+  mconn *c = arg;
+  if (evbuffer_get_length(bufferevent_get_output(bev)) != 0) return;
+  if (c->eof)
+    conn_free(c);
+  else
     shutdown(bufferevent_getfd(bev), SHUT_WR);
 }
 
@@ -371,6 +377,7 @@ static void respond(mconn *c, const char *status, struct evbuffer *body,
                       "Content-Length: %zu\r\nConnection: close\r\n\r\n",
                       status, body ? CONTENT_TYPE : "text/plain", n);
   if (body && !head) evbuffer_add_buffer(out, body);
+  c->answered = 1;
   bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
   bufferevent_setcb(c->bev, discard_cb, closing_write_cb, event_cb, c);
   bufferevent_enable(c->bev, EV_READ | EV_WRITE);
@@ -439,8 +446,16 @@ static void read_cb(struct bufferevent *bev, void *arg) {
 }
 
 static void event_cb(struct bufferevent *bev, short what, void *arg) {
-  /* EOF, error or timeout: nothing more is owed to this client. */
-  conn_free(arg);
+  mconn *c = arg;
+  /* A client that half-closes after its request still gets the answer
+   * queued for it; an error or a timeout ends everything. */
+  if ((what & BEV_EVENT_EOF) && c->answered && !(what & BEV_EVENT_TIMEOUT) &&
+      evbuffer_get_length(bufferevent_get_output(bev)) != 0) {
+    c->eof = 1;
+    bufferevent_disable(bev, EV_READ);
+    return;
+  }
+  conn_free(c);
 }
 
 static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd,

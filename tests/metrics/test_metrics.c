@@ -45,7 +45,8 @@ typedef struct http_req {
   uint16_t port;
   const char *data; /* sent as is */
   size_t len;
-  char *resp; /* what came back before the server closed, NUL-terminated */
+  int half_close; /* shut the sending side after the request */
+  char *resp;     /* what came back before the server closed, NUL-terminated */
   size_t resp_len;
   int closed; /* the server closed the connection (EOF) */
   int reset;  /* the connection was reset */
@@ -95,6 +96,7 @@ static void *http_thread(void *arg) {
       if (n <= 0) break;
       off += (size_t)n;
     }
+    if (r->half_close) shutdown(fd, SHUT_WR);
     read_all(fd, r);
     close(fd);
   }
@@ -386,6 +388,21 @@ START_TEST(test_bad_requests) {
   http_raw(&r, port, "", 0);
   ck_assert(r.closed);
   ck_assert_uint_eq(r.resp_len, 0);
+  free(r.resp);
+
+  /* A client that half-closes after its request still gets the answer. */
+  static const char get_hc[] = "GET /metrics HTTP/1.1\r\n\r\n";
+  memset(&r, 0, sizeof(r));
+  r.port = port;
+  r.data = get_hc;
+  r.len = strlen(get_hc);
+  r.half_close = 1;
+  pthread_t t;
+  ck_assert_int_eq(pthread_create(&t, NULL, http_thread, &r), 0);
+  ck_assert(qt_run_until(loop, http_done, &r, 3 * QT_WAIT_MS));
+  pthread_join(t, NULL);
+  ck_assert_int_eq(status_of(&r), 200);
+  ck_assert(r.closed);
   free(r.resp);
 
   /* HEAD: headers only; no server was added, so the body is empty. */
