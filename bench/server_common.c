@@ -13,6 +13,7 @@ size_t bench_server_common_flags(bench_flag *flags, size_t n,
   c->max_udp_payload = 0;
   c->precise_timers = 0;
   c->base = NULL;
+  c->metrics = NULL;
   const bench_flag common[] = {
       {"--host", BENCH_FLAG_STR, &c->host, 0, 0, NULL, "HOST",
        "the address to listen on", 0, 0},
@@ -34,6 +35,8 @@ size_t bench_server_common_flags(bench_flag *flags, size_t n,
        "largest QUIC packet (qrpc_conn_opts.max_udp_payload; 0: the "
        "default, 1200 to 65527)",
        0, 0},
+      {"--metrics", BENCH_FLAG_STR, &c->metrics, 0, 0, NULL, "HOST:PORT",
+       "serve Prometheus metrics at /metrics there (docs/api.md)", 0, 0},
   };
   for (size_t i = 0; i < sizeof(common) / sizeof(common[0]); i++)
     if (n < BENCH_MAX_FLAGS) flags[n++] = common[i];
@@ -112,12 +115,27 @@ int bench_server_serve(const char *prog, qrpc_loop *loop, qrpc_server *srv,
     fprintf(stderr, "%s: cannot install the signal handlers\n", prog);
     return 1;
   }
+  qrpc_metrics *metrics = NULL;
+  if (c->metrics) {
+    int mrc = qrpc_metrics_serve(loop, c->metrics, NULL, &metrics);
+    if (mrc == 0) mrc = qrpc_metrics_add_server(metrics, srv);
+    if (mrc != 0) {
+      fprintf(stderr, "%s: cannot serve --metrics %s: %s\n", prog, c->metrics,
+              qrpc_strerror(mrc));
+      qrpc_metrics_free(metrics);
+      bench_signals_free(&sig);
+      return 1;
+    }
+    fprintf(stderr, "%s: metrics on %s, tcp port %u, path /metrics\n", prog,
+            c->metrics, (unsigned)qrpc_metrics_port(metrics));
+  }
   unsigned port = qrpc_server_port(srv);
   fprintf(stderr, "%s: listening on %s port %u (udp)\n", prog, c->host, port);
   if (c->port == 0) printf("PORT %u\n", port);
   printf("READY\n");
   fflush(stdout);
   int rc = qrpc_loop_run(loop);
+  qrpc_metrics_free(metrics);
   bench_signals_free(&sig);
   if (rc != 0) {
     fprintf(stderr, "%s: the event loop failed: %s\n", prog, qrpc_strerror(rc));

@@ -28,10 +28,26 @@ PACKAGES=(
   libprotoc-dev
   check openssl ca-certificates valgrind procps
   dpkg-dev perl xz-utils libssl-dev
+  prometheus
 )
 NGTCP2_PACKAGES=(libngtcp2-dev libngtcp2-crypto-gnutls-dev)
 
 log() { printf 'setup: %s\n' "$*"; }
+
+# The prometheus package is here for promtool, which the metrics tests run
+# to check the exposition format. On a machine with systemd its postinst
+# starts the Prometheus server (listening on port 9090); stop it and keep
+# it from starting at boot. Where services are not started (containers
+# whose policy-rc.d forbids it) there is nothing to stop.
+quiet_prometheus() {
+  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+    if systemctl is-enabled --quiet prometheus 2>/dev/null ||
+       systemctl is-active --quiet prometheus 2>/dev/null; then
+      log "stopping and disabling the prometheus service (only promtool is used)"
+      "${SUDO[@]}" systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
+  fi
+}
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 export DEBIAN_FRONTEND=noninteractive
@@ -159,6 +175,7 @@ install_packages() {
 
   log "installing: ${PACKAGES[*]}"
   "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${PACKAGES[@]}"
+  quiet_prometheus
 
   if [ "$needs_backports" = 1 ]; then
     log "installing from ${codename}-backports: ${NGTCP2_PACKAGES[*]}"

@@ -51,6 +51,7 @@ typedef struct options {
   const char *key;
   const char *client_ca;
   const char *server_key;
+  const char *metrics;
   unsigned long tick_hz;
   unsigned long bots;
   int verbose;
@@ -72,6 +73,8 @@ typedef struct server {
   options opt;
   qrpc_loop *loop;
   qrpc_server *srv;
+  qrpc_health *health;
+  qrpc_metrics *metrics;
   qrpc_timer *ticker; /* the world's clock, tick_hz times a second */
   uint32_t rng;
   uint64_t tick;
@@ -111,7 +114,7 @@ static void usage(FILE *f) {
   fprintf(f,
           "usage: " PROG " [--listen HOST:PORT] [--cert PEM] [--key PEM]\n"
           "                   [--client-ca PEM] [--tick-hz N] [--bots N]\n"
-          "                   [--verbose]\n"
+          "                   [--metrics HOST:PORT] [--verbose]\n"
           "\n"
           "  --listen HOST:PORT  address (default 127.0.0.1:4433; port 0\n"
           "                      picks a free port)\n"
@@ -128,11 +131,44 @@ static void usage(FILE *f) {
           "  --bots N            wandering bots besides the players, 0..%d\n"
           "                      (default 200: the world then takes two\n"
           "                      datagrams per tick)\n"
+          "  --metrics HOST:PORT serve Prometheus metrics at /metrics\n"
           "  --verbose           log joins and qrpc debug messages\n"
           "\n"
-          "Serves qrpc.examples.game.Game. Prints READY <port> once\n"
+          "Serves qrpc.examples.game.Game and the health service. Prints\n"
+          "READY <port> once\n"
           "listening; stops on SIGTERM or SIGINT.\n",
           MAX_PLAYERS);
+}
+
+/* The health service (Game SERVING) and, with --metrics, the metrics
+ * endpoint. */
+static int serve_extras(server *s) {
+  int rc = qrpc_health_new(s->srv, &s->health);
+  if (rc == 0)
+    rc = qrpc_health_set(s->health, "qrpc.examples.game.Game",
+                         QRPC_HEALTH_SERVING);
+  if (rc != 0) {
+    fprintf(stderr, PROG ": cannot serve health: %s\n", qrpc_strerror(rc));
+    return rc;
+  }
+  const char *addr = s->opt.metrics;
+  if (!addr) return 0;
+  if ((rc = qrpc_metrics_serve(s->loop, addr, NULL, &s->metrics)) == 0 &&
+      (rc = qrpc_metrics_add_server(s->metrics, s->srv)) == 0 &&
+      (rc = qrpc_metrics_name_method(
+           s->metrics, qrpc_examples_game_Game_Join_METHOD_ID,
+           qrpc_examples_game_Game_Join_METHOD_NAME)) == 0)
+    rc = qrpc_metrics_name_method(s->metrics,
+                                  qrpc_examples_game_Game_Input_METHOD_ID,
+                                  qrpc_examples_game_Game_Input_METHOD_NAME);
+  if (rc != 0) {
+    fprintf(stderr, PROG ": cannot serve --metrics %s: %s\n", addr,
+            qrpc_strerror(rc));
+    return rc;
+  }
+  printf(PROG ": metrics on %s, tcp port %u, path /metrics\n", addr,
+         (unsigned)qrpc_metrics_port(s->metrics));
+  return 0;
 }
 
 /* Returns 0 and fills o, 1 when help was printed, -1 on a bad command line
@@ -166,6 +202,8 @@ static int parse_args(int argc, char **argv, options *o) {
       str = &o->client_ca;
     } else if (strcmp(a, "--server-key") == 0) {
       str = &o->server_key;
+    } else if (strcmp(a, "--metrics") == 0) {
+      str = &o->metrics;
     } else if (strcmp(a, "--tick-hz") == 0) {
       num = &o->tick_hz;
       min = 1;
@@ -615,7 +653,7 @@ int main(int argc, char **argv) {
             rc == QRPC_EINVAL ? " (expected HOST:PORT)" : "");
     goto out;
   }
-  if (start_world(s) != 0) goto out;
+  if (start_world(s) != 0 || serve_extras(s) != 0) goto out;
 
   if (qrpc_loop_on_signal(s->loop, SIGTERM, on_signal, s, &sigterm) != 0 ||
       qrpc_loop_on_signal(s->loop, SIGINT, on_signal, s, &sigint) != 0) {
@@ -638,8 +676,10 @@ int main(int argc, char **argv) {
 
 out:
   qrpc_timer_free(s->ticker);
+  qrpc_metrics_free(s->metrics);
   /* Closing the remaining connections removes their players. */
   qrpc_server_free(s->srv);
+  qrpc_health_free(s->health);
   qrpc_signal_free(sigterm);
   qrpc_signal_free(sigint);
   qrpc_tls_config_free(tls);

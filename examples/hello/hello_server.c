@@ -40,18 +40,22 @@ typedef struct options {
   const char *key;
   const char *client_ca;
   const char *server_key;
+  const char *metrics;
   int verbose;
 } options;
 
 typedef struct server {
   qrpc_loop *loop;
   qrpc_server *srv;
+  qrpc_health *health;
+  qrpc_metrics *metrics;
   unsigned long greeted;
 } server;
 
 static void usage(FILE *f) {
   fprintf(f, "usage: " PROG " [--listen HOST:PORT] [--cert PEM] [--key PEM]\n"
-             "         [--client-ca PEM] [--server-key FILE] [--verbose]\n"
+             "         [--client-ca PEM] [--server-key FILE] [--metrics ADDR]\n"
+             "         [--verbose]\n"
              "\n"
              "  --listen HOST:PORT  address (default 127.0.0.1:4433; port 0\n"
              "                      picks a free port)\n"
@@ -63,10 +67,39 @@ static void usage(FILE *f) {
              "                      against this CA (mutual TLS)\n"
              "  --server-key FILE   server key (made there if missing): a\n"
              "                      restart resets old connections at once\n"
+             "  --metrics HOST:PORT serve Prometheus metrics at /metrics\n"
              "  --verbose           log qrpc debug messages to stderr\n"
              "\n"
-             "Serves qrpc.examples.hello.Greeter. Prints READY <port> once\n"
+             "Serves qrpc.examples.hello.Greeter and the health service.\n"
+             "Prints READY <port> once\n"
              "listening; stops on SIGTERM or SIGINT.\n");
+}
+
+/* The health service (Greeter SERVING) and, with --metrics, the metrics
+ * endpoint. */
+static int serve_extras(server *s, const char *metrics) {
+  int rc = qrpc_health_new(s->srv, &s->health);
+  if (rc == 0)
+    rc = qrpc_health_set(s->health, "qrpc.examples.hello.Greeter",
+                         QRPC_HEALTH_SERVING);
+  if (rc != 0) {
+    fprintf(stderr, PROG ": cannot serve health: %s\n", qrpc_strerror(rc));
+    return rc;
+  }
+  if (!metrics) return 0;
+  if ((rc = qrpc_metrics_serve(s->loop, metrics, NULL, &s->metrics)) == 0 &&
+      (rc = qrpc_metrics_add_server(s->metrics, s->srv)) == 0)
+    rc = qrpc_metrics_name_method(
+        s->metrics, qrpc_examples_hello_Greeter_SayHello_METHOD_ID,
+        qrpc_examples_hello_Greeter_SayHello_METHOD_NAME);
+  if (rc != 0) {
+    fprintf(stderr, PROG ": cannot serve --metrics %s: %s\n", metrics,
+            qrpc_strerror(rc));
+    return rc;
+  }
+  printf(PROG ": metrics on %s, tcp port %u, path /metrics\n", metrics,
+         (unsigned)qrpc_metrics_port(s->metrics));
+  return 0;
 }
 
 /* Returns 0 and fills o, 1 when help was printed, -1 on a bad command line
@@ -95,6 +128,8 @@ static int parse_args(int argc, char **argv, options *o) {
       dst = &o->client_ca;
     } else if (strcmp(a, "--server-key") == 0) {
       dst = &o->server_key;
+    } else if (strcmp(a, "--metrics") == 0) {
+      dst = &o->metrics;
     } else {
       fprintf(stderr, PROG ": unknown argument '%s'\n", a);
       usage(stderr);
@@ -228,6 +263,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, PROG ": cannot register Greeter: %s\n", qrpc_strerror(rc));
     goto out;
   }
+  if (serve_extras(&s, opt.metrics) != 0) goto out;
 
   struct event_base *base = qrpc_loop_base(s.loop);
   sigterm = evsignal_new(base, SIGTERM, on_signal, &s);
@@ -251,7 +287,9 @@ int main(int argc, char **argv) {
   status = 0;
 
 out:
+  qrpc_metrics_free(s.metrics);
   qrpc_server_free(s.srv);
+  qrpc_health_free(s.health);
   if (sigterm != NULL) event_free(sigterm);
   if (sigint != NULL) event_free(sigint);
   qrpc_tls_config_free(tls);

@@ -25,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "qrpc/health.h"
 #include "qrpc/rpc.h"
 
 #ifdef __cplusplus
@@ -60,6 +61,11 @@ typedef struct qrpc_broker_stats {
   uint64_t queued_bytes;
   uint64_t dead_peers; /* connections closed because the peer stopped
                           answering (its subscriptions and queues freed) */
+  /* Of dropped: by a DROP_OLDEST subscription's policy, and by a
+   * DROP_NEWEST one's (realtime subscriptions included). The rest were
+   * dropped for want of memory or over the fan-out limit. */
+  uint64_t dropped_oldest;
+  uint64_t dropped_newest;
 } qrpc_broker_stats;
 
 /* One subscription's counters (SubscriptionStats in the IDL). */
@@ -114,6 +120,11 @@ int qrpc_broker_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
 
 /* The server underneath (port, endpoint statistics). Owned by the broker. */
 qrpc_server *qrpc_broker_server(qrpc_broker *b);
+
+/* The broker's health service (qrpc/health.h): "" and
+ * "qrpc.broker.Broker" are SERVING, and NOT_SERVING once
+ * qrpc_broker_shutdown() has begun. Owned by the broker. */
+qrpc_health *qrpc_broker_health(qrpc_broker *b);
 
 /* Fills st with the broker's counters now. */
 void qrpc_broker_get_stats(qrpc_broker *b, qrpc_broker_stats *st);

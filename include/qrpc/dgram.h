@@ -110,6 +110,12 @@ typedef struct qrpc_dgram_stats {
 void qrpc_peer_dgram_stats(qrpc_peer *peer, uint32_t channel,
                            qrpc_dgram_stats *st);
 
+/* Fills st with the counters of every channel on every connection srv
+ * has had, summed since it was created (zeros for a NULL srv; nothing
+ * when st is NULL). dropped_unknown and dropped_malformed are summed over
+ * the connections too. Loop thread. */
+void qrpc_server_dgram_stats(qrpc_server *srv, qrpc_dgram_stats *st);
+
 /* Counts, in channel's dropped_undecodable on peer, a datagram whose
  * payload the receiving function could not decode and dropped. Generated
  * stubs call it; a hand-written qrpc_dgram_fn may too, once for the

@@ -97,6 +97,14 @@ typedef struct qrpc_conn_stats {
   uint64_t datagrams_lost;
   int resumed;    /* 1: the handshake resumed a session with a ticket */
   int early_data; /* what became of 0-RTT: a qrpc_early_data value */
+  uint64_t pkts_lost;      /* QUIC packets declared lost; their frames are sent
+                              again. 0 when qrpc is built on ngtcp2 < 1.12,
+                              which does not report them */
+  uint64_t bytes_lost;     /* UDP payload bytes of those packets */
+  uint64_t stream_blocked; /* times a stream's send buffer filled up (a
+                              write returned QRPC_EAGAIN) */
+  uint64_t flow_blocked;   /* times a stream waited for the peer's flow
+                              control credit (MAX_STREAM_DATA) */
 } qrpc_conn_stats;
 
 /* 0-RTT on a connection (qrpc_conn_stats.early_data). */
@@ -231,6 +239,19 @@ typedef struct qrpc_endpoint_stats {
   uint64_t stateless_resets_sent;
   uint64_t stateless_resets_limited; /* not sent: over the rate limit */
   uint64_t dead_peers;      /* connections closed by dead-peer detection */
+  /* The qrpc_conn_stats counters summed over every connection the
+   * endpoint has had, open or gone. */
+  uint64_t bytes_sent;
+  uint64_t bytes_recv;
+  uint64_t pkts_sent;
+  uint64_t pkts_recv;
+  uint64_t pkts_lost;
+  uint64_t bytes_lost;
+  uint64_t datagrams_sent;
+  uint64_t datagrams_recv;
+  uint64_t datagrams_lost;
+  uint64_t stream_blocked;
+  uint64_t flow_blocked;
 } qrpc_endpoint_stats;
 
 /* ---- Server endpoint -------------------------------------------------- */
@@ -254,6 +275,8 @@ int qrpc_endpoint_local_addr(qrpc_endpoint *ep, struct sockaddr_storage *ss,
 /* The bound port. */
 uint16_t qrpc_endpoint_port(qrpc_endpoint *ep);
 
+/* Fills st with the endpoint's counters now; the traffic counters walk
+ * the open connections, so this costs O(connections). Loop thread. */
 void qrpc_endpoint_get_stats(qrpc_endpoint *ep, qrpc_endpoint_stats *st);
 
 /* Closes every connection abruptly (CONNECTION_CLOSE with NO_ERROR, no

@@ -26,7 +26,7 @@
 #define PROG "qrpc-broker"
 
 typedef struct options {
-  const char *listen, *cert, *key, *client_ca, *acl, *server_key;
+  const char *listen, *cert, *key, *client_ca, *acl, *server_key, *metrics;
   unsigned long long max_payload, max_subs, queue_msgs, queue_bytes;
   unsigned long long max_conns, max_retained, drain_ms, keepalive_ms;
   qrpc_log_level level;
@@ -64,6 +64,8 @@ static void usage(FILE *f) {
       "  --keepalive-ms MS       PING idle subscribers this often, so those\n"
       "                          that vanished are freed (default 10000;\n"
       "                          0: off)\n"
+      "  --metrics HOST:PORT     serve Prometheus metrics over HTTP at\n"
+      "                          /metrics there (docs/broker.md)\n"
       "  --log-level LEVEL       error, warn, info (default) or debug\n"
       "  --help                  this text\n"
       "\n"
@@ -159,6 +161,8 @@ static int parse_args(int argc, char **argv, options *o) {
       o->acl = v;
     } else if (strcmp(a, "--server-key") == 0) {
       o->server_key = v;
+    } else if (strcmp(a, "--metrics") == 0) {
+      o->metrics = v;
     } else if (strcmp(a, "--log-level") == 0) {
       if (parse_level(v, &o->level) != 0) return -1;
     } else {
@@ -184,8 +188,23 @@ static int parse_args(int argc, char **argv, options *o) {
 typedef struct daemon_state {
   qrpc_loop *loop;
   qrpc_broker *broker;
+  qrpc_metrics *metrics;
   uint64_t drain_ms;
 } daemon_state;
+
+/* --metrics: the broker's counters over HTTP, on the broker's loop. */
+static int serve_metrics(daemon_state *d, const char *addr) {
+  int rc = qrpc_metrics_serve(d->loop, addr, NULL, &d->metrics);
+  if (rc == 0) rc = qrpc_metrics_add_broker(d->metrics, d->broker);
+  if (rc != 0) {
+    fprintf(stderr, PROG ": cannot serve --metrics %s: %s\n", addr,
+            qrpc_strerror(rc));
+    return rc;
+  }
+  fprintf(stderr, PROG ": metrics on %s, tcp port %u, path /metrics\n", addr,
+          (unsigned)qrpc_metrics_port(d->metrics));
+  return 0;
+}
 
 static void on_drained(qrpc_broker *b, void *ud) {
   daemon_state *d = ud;
@@ -214,8 +233,7 @@ static void print_result(qrpc_broker *b) {
          (unsigned long long)st.published, (unsigned long long)st.refused,
          (unsigned long long)st.delivered, (unsigned long long)st.dropped,
          (unsigned long long)st.conflated,
-         (unsigned long long)st.slow_disconnects,
-         (unsigned long long)st.denied,
+         (unsigned long long)st.slow_disconnects, (unsigned long long)st.denied,
          (unsigned long long)st.dead_peers);
 }
 
@@ -281,6 +299,7 @@ int main(int argc, char **argv) {
     status = 1;
     goto out;
   }
+  if (o.metrics && serve_metrics(&d, o.metrics) != 0) goto out;
   unsigned port = qrpc_server_port(qrpc_broker_server(d.broker));
   fprintf(stderr, PROG ": serving on %s (udp port %u)%s%s\n", o.listen, port,
           o.client_ca ? ", client certificates required" : "",
@@ -294,6 +313,7 @@ int main(int argc, char **argv) {
   print_result(d.broker);
   status = 0;
 out:
+  qrpc_metrics_free(d.metrics);
   qrpc_broker_free(d.broker);
   if (sigterm) event_free(sigterm);
   if (sigint) event_free(sigint);

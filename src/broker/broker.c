@@ -109,6 +109,7 @@ struct qrpc_broker {
   bsub **match; /* the subscriptions of the publish being fanned out */
   size_t match_cap, match_len;
   size_t queued_bytes;
+  qrpc_health *health;
   qrpc_broker_stats st;
   void (*on_shutdown)(qrpc_broker *b, void *user_data);
   void *shutdown_ud;
@@ -258,10 +259,15 @@ static void sub_drain(bsub *s) {
   }
 }
 
-static void count_drops(bsub *s, uint64_t n) {
+static void count_drops(bsub *s, uint64_t n, int by_policy) {
+  qrpc_broker_stats *st = &s->conn->b->st;
   s->dropped += n;
   s->gap += n;
-  s->conn->b->st.dropped += n;
+  st->dropped += n;
+  if (by_policy && s->policy == QRPCI_BPOLICY_DROP_OLDEST)
+    st->dropped_oldest += n;
+  else if (by_policy && s->policy == QRPCI_BPOLICY_DROP_NEWEST)
+    st->dropped_newest += n;
 }
 
 static void sub_offer(bsub *s, qrpci_bmsg *m) {
@@ -283,9 +289,9 @@ static void sub_offer(bsub *s, qrpci_bmsg *m) {
     s->conflated++;
     b->st.conflated++;
     break;
-  case QRPCI_BPUSH_DROPPED: count_drops(s, dropped); break;
+  case QRPCI_BPUSH_DROPPED: count_drops(s, dropped, 1); break;
   case QRPCI_BPUSH_OVERFLOW: doom(s->conn, s); return;
-  case QRPCI_BPUSH_NOMEM: count_drops(s, 1); break;
+  case QRPCI_BPUSH_NOMEM: count_drops(s, 1, 0); break;
   }
   if (!s->blocked) sub_drain(s);
 }
@@ -322,6 +328,7 @@ static void realtime_send(bsub *s, qrpci_bmsg *m, dgram_cache *dc) {
   } else {
     s->dropped++;
     b->st.dropped++;
+    b->st.dropped_newest++;
   }
   qrpc_dgram_free(own);
 }
@@ -775,6 +782,8 @@ static void h_stats(qrpc_req *req, const Qrpc__Broker__StatsRequest *r,
   bs.denied = t.denied;
   bs.queued_bytes = t.queued_bytes;
   bs.dead_peers = t.dead_peers;
+  bs.dropped_oldest = t.dropped_oldest;
+  bs.dropped_newest = t.dropped_newest;
   Qrpc__Broker__SubscriptionStats *ss = calloc(c->nsubs + 1, sizeof(*ss));
   Qrpc__Broker__SubscriptionStats **sp = calloc(c->nsubs + 1, sizeof(*sp));
   if (!ss || !sp) {
@@ -1039,7 +1048,10 @@ int qrpc_broker_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
   if (so.endpoint.conn.max_streams_bidi < streams)
     so.endpoint.conn.max_streams_bidi = streams;
   if ((rv = qrpc_server_new(loop, addr, tls, &so, &b->srv)) != 0 ||
-      (rv = broker_register(b->srv)) != 0) {
+      (rv = broker_register(b->srv)) != 0 ||
+      (rv = qrpc_health_new(b->srv, &b->health)) != 0 ||
+      (rv = qrpc_health_set(b->health, "qrpc.broker.Broker",
+                            QRPC_HEALTH_SERVING)) != 0) {
     if (err && errlen)
       snprintf(err, errlen, "cannot serve on %s: %s", addr, qrpc_strerror(rv));
     qrpc_broker_free(b);
@@ -1051,6 +1063,8 @@ int qrpc_broker_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
 
 qrpc_server *qrpc_broker_server(qrpc_broker *b) { return b->srv; }
 
+qrpc_health *qrpc_broker_health(qrpc_broker *b) { return b->health; }
+
 static void on_server_shutdown(qrpc_server *srv, void *ud) {
   qrpc_broker *b = ud;
   if (b->on_shutdown) b->on_shutdown(b, b->shutdown_ud);
@@ -1061,12 +1075,15 @@ int qrpc_broker_shutdown(qrpc_broker *b, uint64_t deadline_ms,
                          void *user_data) {
   b->on_shutdown = on_done;
   b->shutdown_ud = user_data;
-  return qrpc_server_shutdown(b->srv, deadline_ms, on_server_shutdown, b);
+  int rv = qrpc_server_shutdown(b->srv, deadline_ms, on_server_shutdown, b);
+  if (rv == 0) qrpc_health_shutdown(b->health);
+  return rv;
 }
 
 void qrpc_broker_free(qrpc_broker *b) {
   if (!b) return;
   qrpc_server_free(b->srv); /* closes every connection: frees bconns */
+  qrpc_health_free(b->health);
   while (!qrpci_list_empty(&b->retained))
     retained_remove(b,
                     QRPCI_CONTAINER_OF(b->retained.next, retained_msg, node));

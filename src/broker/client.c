@@ -521,9 +521,10 @@ static void stats_done(qrpc_call *call, const Qrpc__Broker__StatsReply *rep,
   if (status == QRPC_STATUS_OK && rep->broker) {
     const Qrpc__Broker__BrokerStats *b = rep->broker;
     bs = (qrpc_broker_stats){
-        b->connections,      b->subscriptions, b->retained,    b->published,
-        b->refused,          b->delivered,     b->dropped,     b->conflated,
-        b->slow_disconnects, b->denied,        b->queued_bytes, b->dead_peers};
+        b->connections,      b->subscriptions, b->retained,     b->published,
+        b->refused,          b->delivered,     b->dropped,      b->conflated,
+        b->slow_disconnects, b->denied,        b->queued_bytes, b->dead_peers,
+        b->dropped_oldest,   b->dropped_newest};
     n = rep->n_subscriptions;
     if (n && !(subs = calloc(n, sizeof(*subs)))) {
       status = QRPC_STATUS_RESOURCE_EXHAUSTED;

@@ -19,6 +19,7 @@
 
 struct qrpci_dgram {
   qrpci_u64map chans; /* channel + 1 -> chan */
+  qrpc_dgram_stats total; /* all channels of all connections */
 };
 
 typedef struct chan {
@@ -160,12 +161,16 @@ static qrpc_dgram_stats *noticed(void *ud, uint64_t id) {
 
 static void on_lost(qrpc_conn *c, uint64_t id, void *ud) {
   qrpc_dgram_stats *st = noticed(ud, id);
-  if (st) st->lost++;
+  if (!st) return;
+  st->lost++;
+  ((qrpci_dgconn *)ud)->dg->total.lost++;
 }
 
 static void on_aged(qrpc_conn *c, uint64_t id, void *ud) {
   qrpc_dgram_stats *st = noticed(ud, id);
-  if (st) st->dropped_aged++;
+  if (!st) return;
+  st->dropped_aged++;
+  ((qrpci_dgconn *)ud)->dg->total.dropped_aged++;
 }
 
 qrpci_dgconn *qrpci_dgconn_new(qrpci_dgram *dg, qrpc_conn *conn,
@@ -191,8 +196,10 @@ void qrpci_dgconn_recv(qrpci_dgconn *dc, const uint8_t *data, size_t len) {
   uint64_t channel, seq;
   size_t a = qrpci_varint_get(data, len, &channel);
   size_t b = a ? qrpci_varint_get(data + a, len - a, &seq) : 0;
+  qrpc_dgram_stats *total = &dc->dg->total;
   if (!a || !b || seq == 0) {
     dc->malformed++;
+    total->dropped_malformed++;
     return;
   }
   chan *ch =
@@ -200,17 +207,21 @@ void qrpci_dgconn_recv(qrpci_dgconn *dc, const uint8_t *data, size_t len) {
   if (!ch || !ch->fn) {
     /* Counted, not fatal: a peer may be newer than this build. */
     dc->unknown++;
+    total->dropped_unknown++;
     return;
   }
   conn_chan *cc = conn_chan_get(dc, (uint32_t)channel);
   if (!cc) return;
   cc->st.received++;
+  total->received++;
   if (ch->opts.latest_only && seq <= cc->last_seq) {
     cc->st.dropped_stale++;
+    total->dropped_stale++;
     return;
   }
   if (seq > cc->last_seq) cc->last_seq = seq;
   cc->st.delivered++;
+  total->delivered++;
   ch->fn(dc->peer, (uint32_t)channel, seq, data + a + b, len - a - b, ch->ud);
 }
 
@@ -220,12 +231,17 @@ int qrpci_dgconn_send_encoded(qrpci_dgconn *dc, const qrpc_dgram *d) {
   if (!cc) return QRPC_ENOMEM;
   int rv =
       qrpci_conn_queue_dgram(dc->conn, d->buf, key(d->channel), d->max_age_ns);
-  if (rv == 0)
+  qrpc_dgram_stats *total = &dc->dg->total;
+  if (rv == 0) {
     cc->st.sent++;
-  else if (rv == QRPC_EMSGSIZE)
+    total->sent++;
+  } else if (rv == QRPC_EMSGSIZE) {
     cc->st.refused_too_large++;
-  else if (rv == QRPC_ENOBUFS)
+    total->refused_too_large++;
+  } else if (rv == QRPC_ENOBUFS) {
     cc->st.refused_queue_full++;
+    total->refused_queue_full++;
+  }
   return rv;
 }
 
@@ -248,8 +264,10 @@ size_t qrpci_dgconn_max_payload(const qrpci_dgconn *dc, uint32_t channel) {
 void qrpci_dgconn_count_undecodable(qrpci_dgconn *dc, uint32_t channel) {
   /* The entry exists once a datagram was delivered on the channel. */
   conn_chan *cc = qrpci_u64map_get(&dc->chans, key(channel));
-  if (cc && cc->st.dropped_undecodable < cc->st.delivered)
+  if (cc && cc->st.dropped_undecodable < cc->st.delivered) {
     cc->st.dropped_undecodable++;
+    dc->dg->total.dropped_undecodable++;
+  }
 }
 
 void qrpci_dgconn_stats(const qrpci_dgconn *dc, uint32_t channel,
@@ -261,4 +279,8 @@ void qrpci_dgconn_stats(const qrpci_dgconn *dc, uint32_t channel,
     memset(st, 0, sizeof(*st));
   st->dropped_unknown = dc->unknown;
   st->dropped_malformed = dc->malformed;
+}
+
+void qrpci_dgram_totals(const qrpci_dgram *dg, qrpc_dgram_stats *st) {
+  *st = dg->total;
 }

@@ -36,6 +36,10 @@ int qrpci_dgram_register(qrpci_dgram *dg, uint32_t channel,
                          const qrpc_dgram_opts *opts, qrpc_dgram_fn fn,
                          void *ud);
 
+/* The counters of every channel on every connection of dg, summed since
+ * dg was created. */
+void qrpci_dgram_totals(const qrpci_dgram *dg, qrpc_dgram_stats *st);
+
 /* Encodes a payload for channel with the next Seq of dg. Errors:
  * QRPC_EINVAL (invalid payload, out NULL, a pack that wrote another size),
  * QRPC_ENOMEM. */

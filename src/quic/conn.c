@@ -933,6 +933,7 @@ static ngtcp2_ssize write_one(qrpc_conn *c, ngtcp2_path *path, uint8_t *dst,
           s->fin_sent = 1;
         qrpci_stream_advance(s, (size_t)ndata);
       } else if (nw == NGTCP2_ERR_STREAM_DATA_BLOCKED) {
+        if (!s->data_blocked) c->stats.flow_blocked++;
         s->data_blocked = 1;
         qrpci_list_remove(&s->send_node);
         continue;
@@ -1377,6 +1378,10 @@ void qrpc_conn_get_stats(qrpc_conn *c, qrpc_conn_stats *st) {
   st->latest_rtt_ns = ci.latest_rtt;
   st->cwnd = ci.cwnd;
   st->bytes_in_flight = ci.bytes_in_flight;
+#ifdef NGTCP2_CONN_INFO_V2
+  st->pkts_lost = ci.pkt_lost;
+  st->bytes_lost = ci.bytes_lost;
+#endif
 }
 
 int qrpc_conn_close(qrpc_conn *c, uint64_t app_error, const char *reason) {

@@ -76,7 +76,24 @@ void qrpci_endpoint_conn_closed(qrpc_endpoint *ep, qrpc_conn *c) {
   ep->stats.connections--;
 }
 
+static void add_traffic(qrpc_conn_stats *sum, const qrpc_conn_stats *cs) {
+  sum->bytes_sent += cs->bytes_sent;
+  sum->bytes_recv += cs->bytes_recv;
+  sum->pkts_sent += cs->pkts_sent;
+  sum->pkts_recv += cs->pkts_recv;
+  sum->pkts_lost += cs->pkts_lost;
+  sum->bytes_lost += cs->bytes_lost;
+  sum->datagrams_sent += cs->datagrams_sent;
+  sum->datagrams_recv += cs->datagrams_recv;
+  sum->datagrams_lost += cs->datagrams_lost;
+  sum->stream_blocked += cs->stream_blocked;
+  sum->flow_blocked += cs->flow_blocked;
+}
+
 void qrpci_endpoint_conn_gone(qrpc_endpoint *ep, qrpc_conn *c) {
+  qrpc_conn_stats cs;
+  qrpc_conn_get_stats(c, &cs);
+  add_traffic(&ep->gone, &cs);
   if (c->q) {
     size_t n = ngtcp2_conn_get_scid(c->q, NULL);
     ngtcp2_cid *ids = calloc(n ? n : 1, sizeof(*ids));
@@ -461,6 +478,22 @@ uint16_t qrpc_endpoint_port(qrpc_endpoint *ep) {
 
 void qrpc_endpoint_get_stats(qrpc_endpoint *ep, qrpc_endpoint_stats *st) {
   *st = ep->stats;
+  qrpc_conn_stats sum = ep->gone, cs;
+  for (qrpci_list *n = ep->conns.next; n != &ep->conns; n = n->next) {
+    qrpc_conn_get_stats(QRPCI_CONTAINER_OF(n, qrpc_conn, ep_node), &cs);
+    add_traffic(&sum, &cs);
+  }
+  st->bytes_sent = sum.bytes_sent;
+  st->bytes_recv = sum.bytes_recv;
+  st->pkts_sent = sum.pkts_sent;
+  st->pkts_recv = sum.pkts_recv;
+  st->pkts_lost = sum.pkts_lost;
+  st->bytes_lost = sum.bytes_lost;
+  st->datagrams_sent = sum.datagrams_sent;
+  st->datagrams_recv = sum.datagrams_recv;
+  st->datagrams_lost = sum.datagrams_lost;
+  st->stream_blocked = sum.stream_blocked;
+  st->flow_blocked = sum.flow_blocked;
 }
 
 static void endpoint_free(qrpc_endpoint *ep, const char *peer_reason) {

@@ -36,6 +36,7 @@ struct qrpc_endpoint {
   size_t nhandshaking;
   size_t nconns;            /* including those in their closing period */
   qrpc_endpoint_stats stats;
+  qrpc_conn_stats gone; /* traffic of the connections already freed */
   /* Stateless-reset token bucket, in resets x 1e9 (ns x rate). */
   uint64_t reset_credit;
   uint64_t reset_ts;

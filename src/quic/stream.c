@@ -167,6 +167,7 @@ int qrpc_stream_write(qrpc_stream *s, const void *data, size_t len) {
   int rv = check_writable(s);
   if (rv != 0) return rv;
   if (qrpc_stream_buffered(s) >= s->conn->opts.stream_send_buffer) {
+    if (!s->write_blocked) s->conn->stats.stream_blocked++;
     s->write_blocked = 1;
     return QRPC_EAGAIN;
   }
@@ -457,6 +458,7 @@ void qrpci_stream_commit(qrpc_stream *s, size_t n) {
 
 int qrpci_stream_congested(qrpc_stream *s) {
   if (qrpc_stream_buffered(s) < s->conn->opts.stream_send_buffer) return 0;
+  if (!s->write_blocked) s->conn->stats.stream_blocked++;
   s->write_blocked = 1;
   return 1;
 }

@@ -9,6 +9,7 @@
 #include "qrpc/error.h"
 #include "quic/close.h"
 #include "quic/rpcstream.h"
+#include "rpc/callstats.h"
 #include "rpc/engine.h"
 #include "util/clock.h"
 #include "util/log.h"
@@ -144,6 +145,13 @@ void qrpci_core_cleanup(qrpci_core *core) {
   }
   if (core->done_ev) event_free(core->done_ev);
   core->done_ev = NULL;
+  qrpci_callstats_free(core->callstats);
+  core->callstats = NULL;
+}
+
+qrpci_callstats *qrpci_core_callstats(qrpci_core *core) {
+  if (!core->callstats) core->callstats = qrpci_callstats_new();
+  return core->callstats;
 }
 
 int qrpci_core_register(qrpci_core *core, uint32_t method, qrpc_shape shape,
@@ -959,10 +967,13 @@ static void req_release(qrpc_req *req) {
                            .peer = peer,
                            .metadata = req->md,
                            .metadata_count = req->nmd,
-                           .status = req->final_status};
+                           .status = req->status};
     run_after(peer->core, req->nicpt, &info, req->start_ns);
     req->nicpt = 0;
   }
+  if (req->start_ns && peer->core->callstats)
+    qrpci_callstats_record(peer->core->callstats, req->method, req->status,
+                           qrpci_now_ns() - req->start_ns);
   if (req->timer_set) {
     evtimer_del(&req->timer);
     req->timer_set = 0;
@@ -985,9 +996,9 @@ static void req_release(qrpc_req *req) {
  * memory stays valid until the outermost code working on it is done. */
 static void req_cancel(qrpc_req *req, int status) {
   if (req->released) return;
-  req->final_status = status;
   int outer = req->in_handler;
   req->in_handler = 1;
+  req->status = status;
   if (req->cbs.on_cancel) req->cbs.on_cancel(req, status, req->ud);
   req_release(req);
   req->in_handler = outer;
@@ -1095,6 +1106,7 @@ static void on_request(qrpci_rstream *rs, const qrpci_frame *f,
     return;
   }
   req->early = rs->frame_early;
+  if (peer->core->callstats) req->start_ns = qrpci_now_ns();
   rs->pending++;
   if (m->shape != QRPC_SHAPE_UNARY && !rs->req) rs->req = req;
   if (f->timeout_ms) {
@@ -1617,10 +1629,11 @@ static int req_reply(qrpc_req *req, qrpci_payload pl) {
   qrpci_frame tf;
   int rv = put_frame_after(req->rs, req_trailers(req, &tf), QRPCI_FRAME_REPLY,
                            req->msgid, 0, 0, &pl);
-  req->final_status = rv == 0 ? QRPC_STATUS_OK : QRPC_STATUS_INTERNAL;
-  if (rv != 0 && rv != QRPC_ECLOSED)
+  if (rv != 0) req->status = QRPC_STATUS_INTERNAL;
+  if (rv != 0 && rv != QRPC_ECLOSED) {
     put_status(req->rs, QRPCI_FRAME_ERROR, req->msgid, QRPC_STATUS_INTERNAL,
                "reply could not be sent");
+  }
   req_release(req);
   return rv == QRPC_ECLOSED ? 0 : rv;
 }
@@ -1635,7 +1648,7 @@ int qrpc_req_reply_msg(qrpc_req *req, const qrpc_msg *m) {
 
 int qrpc_req_error(qrpc_req *req, int status, const char *detail) {
   if (!req || status <= 0) return QRPC_EINVAL;
-  if (!req->released) req->final_status = status;
+  if (!req->released) req->status = status;
   if (!req->notify && !req->released) {
     uint8_t type = req->shape == QRPC_SHAPE_SERVER_STREAM ||
                            req->shape == QRPC_SHAPE_BIDI_STREAM

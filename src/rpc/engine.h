@@ -78,6 +78,7 @@ struct qrpci_core {
   uint64_t early_calls; /* calls whose REQUEST went out in 0-RTT */
   qrpc_interceptor icpt[QRPCI_MAX_INTERCEPTORS];
   size_t nicpt;
+  struct qrpci_callstats *callstats; /* NULL until metrics ask for it */
 };
 
 typedef struct qrpci_rstream qrpci_rstream;
@@ -205,8 +206,8 @@ struct qrpc_req {
   int hdr_sent;
   qrpci_mdbuf trl; /* trailers */
   size_t nicpt;    /* interceptors whose before ran */
-  uint64_t start_ns;
-  int final_status; /* for the after hooks */
+  uint64_t start_ns; /* arrival, for interceptors and callstats */
+  int status;        /* how it ended, for them */
 };
 
 /* metadata.c. Appends one pair (key_len 0: key is NUL-terminated) unless
@@ -232,6 +233,9 @@ void qrpci_core_cleanup(qrpci_core *core);
 int qrpci_core_register(qrpci_core *core, uint32_t method, qrpc_shape shape,
                         unsigned flags, qrpc_handler_fn fn, void *ud);
 void qrpci_rpc_opts_default(qrpc_rpc_opts *o);
+/* The core's per-method counters (rpc/callstats.h), created on the first
+ * call; counting starts then. NULL when out of memory. */
+struct qrpci_callstats *qrpci_core_callstats(qrpci_core *core);
 int qrpci_rpc_opts_valid(const qrpc_rpc_opts *o);
 
 /* A peer for conn; it takes the connection's RPC streams. NULL when out

@@ -7,6 +7,7 @@
 #include "qrpc/error.h"
 #include "quic/close.h"
 #include "quic/rpcstream.h"
+#include "rpc/callstats.h"
 #include "rpc/engine.h"
 #include "util/clock.h"
 #include "wire/protocol.h"
@@ -191,6 +192,18 @@ uint16_t qrpc_server_port(qrpc_server *srv) {
 }
 
 qrpc_endpoint *qrpc_server_endpoint(qrpc_server *srv) { return srv->ep; }
+
+qrpci_callstats *qrpci_server_callstats(qrpc_server *srv) {
+  return qrpci_core_callstats(&srv->core);
+}
+
+void qrpc_server_dgram_stats(qrpc_server *srv, qrpc_dgram_stats *st) {
+  if (!st) return;
+  if (srv)
+    qrpci_dgram_totals(srv->dg, st);
+  else
+    memset(st, 0, sizeof(*st));
+}
 
 static void srv_deadline_cb(evutil_socket_t fd, short what, void *arg) {
   qrpc_server *srv = arg;

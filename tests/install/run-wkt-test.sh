@@ -55,6 +55,8 @@ step "certificates from the installed qrpc-certs"
 # libqrpc.so and find it through its RUNPATH.
 run_kv() {
   local name=$1 program=$2 out
+  # grep reads all of objdump's output: with -q it could stop early and,
+  # under pipefail, objdump's SIGPIPE would fail the check.
   objdump -p "$program" | grep 'NEEDED.*libqrpc\.so' >/dev/null ||
     fail "$name: $program does not link libqrpc.so"
   readelf -d "$program" | grep -E 'RUNPATH|RPATH' | sed "s/^/  $name: /"
