@@ -8,6 +8,7 @@
 #include <gnutls/x509.h>
 #include <ngtcp2/ngtcp2_crypto_gnutls.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -219,14 +220,17 @@ static int builtin_verify(gnutls_session_t s, qrpc_conn *c) {
   if (rv == 0 && status == 0) return 1;
   const char *who = c->is_server ? "the client" : c->server_name;
   gnutls_datum_t msg = {0};
+  char why[256];
   if (rv == 0 && gnutls_certificate_verification_status_print(
                      status, GNUTLS_CRT_X509, &msg, 0) == 0) {
-    QRPCI_WARN("tls: certificate of %s not trusted: %s", who, msg.data);
+    snprintf(why, sizeof(why), "certificate of %s not trusted: %s", who,
+             (const char *)msg.data);
     gnutls_free(msg.data);
   } else {
-    QRPCI_WARN("tls: certificate of %s not verified: %s", who,
-               gnutls_strerror(rv));
+    snprintf(why, sizeof(why), "certificate of %s not verified: %s", who,
+             gnutls_strerror(rv));
   }
+  qrpci_tls_verify_failed(c, why);
   return 0;
 }
 
@@ -239,7 +243,7 @@ static int verify_peer(gnutls_session_t s) {
    * in, unidentified. */
   if (c->is_server && n == 0) {
     if (cfg->client_auth != QRPC_CLIENT_AUTH_REQUIRE) return 0;
-    QRPCI_WARN("tls: the client presented no certificate");
+    qrpci_tls_verify_failed(c, "the client presented no certificate");
     c->cert_rejected = 1;
     return GNUTLS_E_NO_CERTIFICATE_FOUND;
   }
