@@ -436,6 +436,15 @@ int qrpc_server_register_flags(qrpc_server *srv, uint32_t method,
                                qrpc_shape shape, unsigned flags,
                                qrpc_handler_fn handler, void *user_data);
 
+/* Copies len bytes at data into memory srv owns and frees with itself
+ * (after its last callback), and points *out at the copy: user data that
+ * must live as long as the registrations using it, without the caller
+ * keeping it (the generated $S$_register() copies its handlers struct
+ * this way). Each call makes a new copy. Loop thread.
+ * Errors: QRPC_EINVAL (srv, data or out NULL, or len 0), QRPC_ENOMEM. */
+int qrpc_server_keep(qrpc_server *srv, const void *data, size_t len,
+                     void **out);
+
 uint16_t qrpc_server_port(qrpc_server *srv);
 qrpc_endpoint *qrpc_server_endpoint(qrpc_server *srv);
 
@@ -466,6 +475,10 @@ int qrpc_client_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
 /* Registers a method the server may call on this client. */
 int qrpc_client_register(qrpc_client *cli, uint32_t method, qrpc_shape shape,
                          qrpc_handler_fn handler, void *user_data);
+
+/* As qrpc_server_keep(), for memory cli owns and frees with itself. */
+int qrpc_client_keep(qrpc_client *cli, const void *data, size_t len,
+                     void **out);
 
 /* The current peer, or NULL while not connected (in the 0-RTT phase
  * too) or while the connection drains after the server's GOAWAY (new calls

@@ -422,3 +422,9 @@ int qrpc_client_register_dgram(qrpc_client *cli, uint32_t channel,
   if (!cli) return QRPC_EINVAL;
   return qrpci_dgram_register(cli->dg, channel, opts, fn, ud);
 }
+
+int qrpc_client_keep(qrpc_client *cli, const void *data, size_t len,
+                     void **out) {
+  if (!cli) return QRPC_EINVAL;
+  return qrpci_core_keep(&cli->core, data, len, out);
+}
