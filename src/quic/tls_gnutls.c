@@ -4,6 +4,7 @@
  * backend.
  */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <gnutls/crypto.h>
 #include <gnutls/x509.h>
 #include <ngtcp2/ngtcp2_crypto_gnutls.h>
@@ -90,6 +91,13 @@ static int pem_load(const char *src, int file, gnutls_datum_t *d) {
     d->size = (unsigned int)strlen(src);
     return 0;
   }
+  /* GnuTLS would only say "Error while reading file.": errno says why. */
+  FILE *f = fopen(src, "rb");
+  if (!f) {
+    QRPCI_ERROR("tls: cannot read %s: %s", src, strerror(errno));
+    return QRPC_ETLS;
+  }
+  fclose(f);
   int rv = gnutls_load_file(src, d);
   return rv < 0 ? tls_err("cannot read", src, rv) : 0;
 }
