@@ -89,8 +89,14 @@ static const char *const ids_notify[] = {"_FLAGS", "", "_peer", "__serve",
                                          NULL};
 static const char *const ids_datagram[] = {
     "_LATEST_ONLY", "_MAX_AGE_MS", "_send", "_encode", "__recv", NULL};
-static const char *const ids_service[] = {
-    "_handlers", "_register", "_register_client", "__register_all", NULL};
+static const char *const ids_service[] = {"_handlers",
+                                          "_register",
+                                          "_register_client",
+                                          "_register_with",
+                                          "_register_client_with",
+                                          "__register_all",
+                                          "__register_copy",
+                                          NULL};
 static const char *const *method_ids(cg_kind k) {
   switch (k) {
   case CG_UNARY: return ids_unary;
@@ -390,11 +396,21 @@ static const char h_handlers_bottom[] =
     "} $S$_handlers;\n"
     "\n"
     "/* Registers the methods set in h, and every datagram channel, on srv,\n"
-    " * or on cli for its server to call. h is borrowed: it must stay valid\n"
-    " * and unchanged until srv or cli is freed. Errors: QRPC_EINVAL,\n"
+    " * or on cli for its server to call. h is copied (srv or cli keeps the\n"
+    " * copy until it is freed), so it may be a temporary, and later changes\n"
+    " * to it do not apply. Registering again replaces. Errors: QRPC_EINVAL,\n"
     " * QRPC_ENOMEM (some methods may then be registered). */\n"
     "int $S$_register(qrpc_server *srv, const $S$_handlers *h);\n"
-    "int $S$_register_client(qrpc_client *cli, const $S$_handlers *h);\n";
+    "int $S$_register_client(qrpc_client *cli, const $S$_handlers *h);\n"
+    "\n"
+    "/* As $S$_register() and $S$_register_client(), with user_data passed\n"
+    " * to the handlers instead of h->user_data: one static const handlers\n"
+    " * table serves any number of servers and clients, each with its own\n"
+    " * user_data. Errors: as $S$_register(). */\n"
+    "int $S$_register_with(qrpc_server *srv, const $S$_handlers *h,\n"
+    "    void *user_data);\n"
+    "int $S$_register_client_with(qrpc_client *cli, const $S$_handlers *h,\n"
+    "    void *user_data);\n";
 
 /* ---- Source: the file ---------------------------------------------------- */
 
@@ -785,14 +801,37 @@ static const char c_register_bottom[] = "  return 0;\n"
                                         "}\n";
 static const char c_register_public[] =
     "\n"
+    "/* Registers a copy of h that srv or cli owns. */\n"
+    "static int $S$__register_copy(qrpc_server *srv, qrpc_client *cli,\n"
+    "    const $S$_handlers *h, int set_user_data, void *user_data) {\n"
+    "  const void *copy = NULL;\n"
+    "  int rc = qrpc_stub_handlers_copy(srv, cli, h, sizeof(*h),\n"
+    "      offsetof($S$_handlers, user_data), set_user_data, user_data,\n"
+    "      &copy);\n"
+    "  if (rc != 0) return rc;\n"
+    "  return $S$__register_all(srv, cli, (const $S$_handlers *)copy);\n"
+    "}\n"
+    "\n"
     "int $S$_register(qrpc_server *srv, const $S$_handlers *h) {\n"
     "  if (srv == NULL || h == NULL) return QRPC_EINVAL;\n"
-    "  return $S$__register_all(srv, NULL, h);\n"
+    "  return $S$__register_copy(srv, NULL, h, 0, NULL);\n"
     "}\n"
     "\n"
     "int $S$_register_client(qrpc_client *cli, const $S$_handlers *h) {\n"
     "  if (cli == NULL || h == NULL) return QRPC_EINVAL;\n"
-    "  return $S$__register_all(NULL, cli, h);\n"
+    "  return $S$__register_copy(NULL, cli, h, 0, NULL);\n"
+    "}\n"
+    "\n"
+    "int $S$_register_with(qrpc_server *srv, const $S$_handlers *h,\n"
+    "    void *user_data) {\n"
+    "  if (srv == NULL || h == NULL) return QRPC_EINVAL;\n"
+    "  return $S$__register_copy(srv, NULL, h, 1, user_data);\n"
+    "}\n"
+    "\n"
+    "int $S$_register_client_with(qrpc_client *cli, const $S$_handlers *h,\n"
+    "    void *user_data) {\n"
+    "  if (cli == NULL || h == NULL) return QRPC_EINVAL;\n"
+    "  return $S$__register_copy(NULL, cli, h, 1, user_data);\n"
     "}\n";
 
 /* ---- Driving the templates ----------------------------------------------- */

@@ -120,14 +120,8 @@ void cli_done(cli *c) {
   qrpc_loop_stop(c->loop);
 }
 
-/* Failed connection attempts are only logged (the client retries on its
- * own): the last lines explain a silence once the timeout is up. */
 static void on_log(qrpc_log_level level, const char *msg, void *user_data) {
   cli *c = user_data;
-  if (level >= QRPC_LOG_WARN)
-    snprintf(c->last_warning, sizeof(c->last_warning), "%s", msg);
-  else if (level == QRPC_LOG_INFO)
-    snprintf(c->last_info, sizeof(c->last_info), "%s", msg);
   /* Without --verbose the tools say themselves why they stop. */
   if (c->opt.verbose)
     fprintf(stderr, "%s: qrpc %s: %s\n", c->prog, qrpc_log_level_name(level),
@@ -136,7 +130,7 @@ static void on_log(qrpc_log_level level, const char *msg, void *user_data) {
 
 static void arm_connect_timer(cli *c) {
   struct timeval tv = {(time_t)c->opt.connect_timeout_s, 0};
-  c->last_warning[0] = c->last_info[0] = '\0';
+  c->last_failure[0] = '\0';
   event_add(c->connect_timer, &tv);
 }
 
@@ -144,12 +138,42 @@ static void on_connect_timeout(evutil_socket_t fd, short what, void *arg) {
   cli *c = arg;
   (void)fd, (void)what;
   if (c->ready) return;
-  const char *why = c->last_warning[0] ? c->last_warning
-                    : c->last_info[0]  ? c->last_info
+  const char *why = c->last_failure[0] ? c->last_failure
                                        : "no answer; is qrpc-broker running "
                                          "there?";
   cli_fail(c, "cannot connect to the broker at %s within %lu s: %s",
            c->opt.server, c->opt.connect_timeout_s, why);
+}
+
+/* Each connection attempt's outcome. The client retries on its own; a
+ * TLS failure will not mend by waiting, so the tool stops at once. */
+static void on_state(qrpc_client *rpc, const qrpc_client_state_info *info,
+                     void *ud) {
+  cli *c = ud;
+  (void)rpc;
+  if (info->state != QRPC_CLIENT_FAILED || c->stopped) return;
+  const qrpc_close_info *ci = info->close;
+  if (info->error == QRPC_ECERT && ci && !ci->local) {
+    /* The handshake completed on this side before the broker judged the
+     * client's certificate. */
+    cli_fail(c, "the broker at %s refused %s", c->opt.server,
+             c->opt.cert ? "the client certificate --cert"
+                         : "a client without a certificate (give --cert and "
+                           "--key)");
+    return;
+  }
+  const char *why =
+      ci && ci->reason[0] ? ci->reason : qrpc_strerror(info->error);
+  if (info->error == QRPC_ECERT || info->error == QRPC_ETLS ||
+      info->error == QRPC_EALPN) {
+    cli_fail(c, "cannot connect to the broker at %s: %s", c->opt.server, why);
+    return;
+  }
+  snprintf(c->last_failure, sizeof(c->last_failure), "%s", why);
+  if (c->opt.verbose)
+    fprintf(stderr, "%s: attempt %llu failed: %s; next in %llu ms\n", c->prog,
+            (unsigned long long)info->attempt, why,
+            (unsigned long long)info->retry_in_ms);
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg) {
@@ -255,6 +279,7 @@ int cli_start(cli *c, const char *prog, const cli_opts *o,
   qrpc_broker_client_opts bo;
   qrpc_broker_client_opts_default(&bo);
   bo.client.server_name = o->servername;
+  bo.client.on_state = on_state;
   bo.token = o->token;
   bo.client_name = prog;
   bo.on_ready = on_ready;

@@ -56,8 +56,7 @@ struct cli {
   int stopped;   /* cli_done() or cli_fail() ran */
   int status;    /* exit status */
   struct event *connect_timer, *sigterm, *sigint;
-  char last_warning[256]; /* qrpc's last warning (a rejected certificate) */
-  char last_info[256];    /* its last info line (a failed attempt) */
+  char last_failure[320]; /* why the last connection attempt failed */
 };
 
 /* Sets the defaults of o. */

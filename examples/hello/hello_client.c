@@ -21,6 +21,11 @@
  * uses it to time a server restart. Exit status 0 if the last call
  * succeeded.
  *
+ * The client's on_state callback (qrpc_client_opts) follows each
+ * connection attempt: a TLS failure (an untrusted certificate, say) ends
+ * the program at once with its reason, other failures are retried until
+ * --timeout and the last one is named then.
+ *
  * Exit status: 0 with the reply printed, 1 when the server could not be
  * reached or the call failed (the reason on stderr), 2 on a bad command
  * line.
@@ -54,11 +59,14 @@ typedef struct options {
 
 /* What the client learnt about its connection, for the error message. */
 typedef struct client_state {
+  qrpc_loop *loop;
   int connected;
   int cert_refused; /* the server closed the connection over our certificate */
   int interval;     /* --interval: print connection changes */
-  char last_warning[256]; /* qrpc's last warning (a rejected certificate) */
-  char last_failure[256]; /* its last line about a failed attempt */
+  int gave_up;      /* a failure waiting will not mend (TLS): stop now */
+  unsigned long failures; /* attempts that failed */
+  int last_error;         /* QRPC_E* of the last failure */
+  char last_reason[320];  /* and its reason */
 } client_state;
 
 static client_state state;
@@ -173,35 +181,47 @@ static int parse_args(int argc, char **argv, options *o) {
   return 0;
 }
 
-/* qrpc reports failed connection attempts only as log lines (the client
- * retries them on its own, each one logging again): keep the last ones to
- * explain a timeout once, instead of printing every retry. */
 static void on_log(qrpc_log_level level, const char *msg, void *user_data) {
   (void)user_data;
-  if (level >= QRPC_LOG_WARN)
-    snprintf(state.last_warning, sizeof(state.last_warning), "%s", msg);
-  else if (strstr(msg, "failed") != NULL)
-    snprintf(state.last_failure, sizeof(state.last_failure), "%s", msg);
   if (verbose || level >= QRPC_LOG_ERROR)
     fprintf(stderr, PROG ": qrpc %s: %s\n", qrpc_log_level_name(level), msg);
 }
 
-static void on_connect(qrpc_client *cli, qrpc_peer *peer, void *user_data) {
-  (void)cli, (void)peer, (void)user_data;
-  state.connected = 1;
-}
-
-/* Under TLS 1.3 a client finishes its side of the handshake before the
- * server has judged its certificate: a refusal arrives as the close of a
- * connection already reported connected. */
-static void on_disconnect(qrpc_client *cli, const qrpc_close_info *info,
-                          void *user_data) {
+/* The client retries failed attempts on its own; each transition comes
+ * here once. The last failure explains a timeout; a TLS failure will not
+ * mend by waiting, so the one-shot call gives up at once. */
+static void on_state(qrpc_client *cli, const qrpc_client_state_info *info,
+                     void *user_data) {
   (void)cli, (void)user_data;
-  if (info->error == QRPC_ECERT && !info->local) state.cert_refused = 1;
-  if (state.interval)
-    printf("EVENT %llu DISCONNECTED %s\n", unix_ms(),
-           info->reason && info->reason[0] ? info->reason
-                                           : qrpc_strerror(info->error));
+  if (info->state == QRPC_CLIENT_READY) {
+    state.connected = 1;
+    if (verbose) fprintf(stderr, PROG ": connected\n");
+    return;
+  }
+  if (info->state != QRPC_CLIENT_FAILED) return;
+  const qrpc_close_info *ci = info->close;
+  const char *why =
+      ci && ci->reason[0] ? ci->reason : qrpc_strerror(info->error);
+  state.failures++;
+  state.last_error = info->error;
+  snprintf(state.last_reason, sizeof(state.last_reason), "%s", why);
+  if (verbose)
+    fprintf(stderr, PROG ": attempt %llu failed: %s; next in %llu ms\n",
+            (unsigned long long)info->attempt, why,
+            (unsigned long long)info->retry_in_ms);
+  /* Under TLS 1.3 a client finishes its side of the handshake before the
+   * server has judged its certificate: a refusal arrives as the close of
+   * a connection already reported connected. */
+  if (ci && info->error == QRPC_ECERT && !ci->local) state.cert_refused = 1;
+  if (state.interval) {
+    if (info->was_ready) printf("EVENT %llu DISCONNECTED %s\n", unix_ms(), why);
+    return;
+  }
+  if (info->error == QRPC_ECERT || info->error == QRPC_ETLS ||
+      info->error == QRPC_EALPN) {
+    state.gave_up = 1;
+    qrpc_loop_stop(state.loop);
+  }
 }
 
 /* ---- --interval: a call every interval, outcomes as they change ------- */
@@ -284,7 +304,28 @@ static int run_paced(qrpc_loop *loop, qrpc_client *cli, const options *opt) {
   return status;
 }
 
-/* Prints why the call failed. */
+/* The one-shot call: its outcome, with the reply's message copied. */
+typedef struct one_call {
+  qrpc_loop *loop;
+  int done;
+  int status;
+  char *message;
+} one_call;
+
+static void one_done(qrpc_call *call,
+                     const Qrpc__Examples__Hello__HelloReply *reply,
+                     const qrpc_result *res, void *user_data) {
+  (void)call;
+  one_call *one = user_data;
+  one->done = 1;
+  one->status = res->status;
+  if (res->status == QRPC_STATUS_OK && reply && reply->message &&
+      !(one->message = strdup(reply->message)))
+    one->status = QRPC_STATUS_RESOURCE_EXHAUSTED;
+  qrpc_loop_stop(one->loop);
+}
+
+/* Prints why the call failed (or was given up). */
 static void report_failure(const options *o, int status) {
   if (state.cert_refused) {
     if (o->cert)
@@ -300,14 +341,23 @@ static void report_failure(const options *o, int status) {
               o->connect);
     return;
   }
+  if (state.gave_up) {
+    fprintf(stderr, PROG ": cannot connect to %s: %s (%s)\n", o->connect,
+            state.last_reason, qrpc_strerror(state.last_error));
+    return;
+  }
   if (!state.connected && (status == QRPC_STATUS_DEADLINE_EXCEEDED ||
                            status == QRPC_STATUS_UNAVAILABLE)) {
-    const char *why = state.last_warning[0] ? state.last_warning
-                      : state.last_failure[0]
-                          ? state.last_failure
-                          : "no answer; is hello_server running there?";
-    fprintf(stderr, PROG ": cannot connect to %s within %lu s: %s\n",
-            o->connect, o->timeout_s, why);
+    if (state.failures == 0)
+      fprintf(stderr,
+              PROG ": cannot connect to %s within %lu s: no answer; is "
+                   "hello_server running there?\n",
+              o->connect, o->timeout_s);
+    else
+      fprintf(stderr,
+              PROG ": cannot connect to %s within %lu s (%lu attempts): "
+                   "%s\n",
+              o->connect, o->timeout_s, state.failures, state.last_reason);
     return;
   }
   fprintf(stderr, PROG ": SayHello failed: %s (%d)\n", qrpc_status_name(status),
@@ -350,8 +400,8 @@ int main(int argc, char **argv) {
   qrpc_client_opts co;
   qrpc_client_opts_default(&co);
   co.server_name = opt.servername;
-  co.on_connect = on_connect;
-  co.on_disconnect = on_disconnect;
+  co.on_state = on_state;
+  state.loop = loop;
   /* Attempts fail (and say why) well before the overall timeout. */
   co.conn.handshake_timeout_ms = opt.timeout_s * 1000 / 2;
   rc = qrpc_client_new(loop, opt.connect, tls, &co, &cli);
@@ -376,19 +426,27 @@ int main(int argc, char **argv) {
   Qrpc__Examples__Hello__HelloRequest request =
       QRPC__EXAMPLES__HELLO__HELLO_REQUEST__INIT;
   request.name = (char *)opt.name;
-  Qrpc__Examples__Hello__HelloReply *reply = NULL;
-  int status = QRPC_STATUS_UNKNOWN;
-  rc = qrpc_examples_hello_Greeter_SayHello_sync(
-      loop, cli, &request, opt.timeout_s * 1000, &reply, &status);
+  one_call one = {.loop = loop, .status = QRPC_STATUS_UNKNOWN};
+  qrpc_call_opts callopts;
+  qrpc_call_opts_default(&callopts);
+  callopts.timeout_ms = opt.timeout_s * 1000;
+  rc = qrpc_examples_hello_Greeter_SayHello(cli, &request, &callopts, one_done,
+                                            &one, NULL);
   if (rc != 0) {
     fprintf(stderr, PROG ": cannot call SayHello: %s\n", qrpc_strerror(rc));
-  } else if (status != QRPC_STATUS_OK) {
-    report_failure(&opt, status);
-  } else {
-    printf("%s\n", reply->message);
-    protobuf_c_message_free_unpacked(&reply->base, NULL);
-    exit_status = 0;
+    goto out;
   }
+  /* Until the answer, the deadline, or a failure that waiting will not
+   * mend (on_state); qrpc_client_free() below then cancels the call. */
+  while (!one.done && !state.gave_up && qrpc_loop_run(loop) == 0) {
+  }
+  if (one.done && one.status == QRPC_STATUS_OK) {
+    printf("%s\n", one.message);
+    exit_status = 0;
+  } else {
+    report_failure(&opt, one.status);
+  }
+  free(one.message);
 
 out:
   qrpc_client_free(cli);

@@ -150,7 +150,8 @@ typedef struct qrpc_broker_client_opts {
   size_t size;             /* sizeof(qrpc_broker_client_opts) */
   qrpc_client_opts client; /* connection, reconnection and RPC settings;
                               on_connect/on_disconnect and
-                              rpc.unary_streams are the library's */
+                              rpc.unary_streams are the library's;
+                              client.on_state gets the user_data below */
   const char *token;       /* ACL token (copied); NULL or "": anonymous */
   const char *client_name; /* for the broker's log (copied); may be NULL */
   size_t max_pending;      /* publishes held while not ready; 1024 */

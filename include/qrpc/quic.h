@@ -62,7 +62,12 @@ typedef enum qrpc_close_kind {
  * - TLS: code is the TLS alert; error QRPC_EALPN (alert 120), QRPC_ECERT
  *   (a certificate alert, or our own verification refused the peer) or
  *   QRPC_ETLS.
- * - ENDPOINT: QRPC_ECLOSED. ERROR: the local failure (QRPC_ERESOLVE, ...).
+ * - ENDPOINT: QRPC_ECLOSED. ERROR: the local failure (QRPC_ERESOLVE, ...),
+ *   or QRPC_EUNREACHABLE on a client whose handshake heard nothing from
+ *   the server but an ICMP port or host unreachable error: nothing listens
+ *   at the address (the reason says which error). ICMP is not
+ *   authenticated, so it ends only a handshake that has received nothing;
+ *   later ones are ignored.
  * - RESET: QRPC_ECONNRESET, local 0: the peer answered with a stateless
  *   reset (RFC 9000 10.3) whose token matches, so it has no state for this
  *   connection (it restarted, or lost it); nothing more is sent.

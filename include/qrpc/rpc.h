@@ -474,6 +474,40 @@ typedef struct qrpc_server_opts {
 
 void qrpc_server_opts_default(qrpc_server_opts *o);
 
+/* Where a client's connection stands (qrpc_client_opts.on_state). Every
+ * attempt to connect goes CONNECTING, then READY or FAILED; a READY
+ * connection that is lost goes FAILED. After FAILED the client backs off
+ * and the next attempt starts with CONNECTING again. */
+typedef enum qrpc_client_state {
+  QRPC_CLIENT_CONNECTING = 0, /* an attempt started */
+  QRPC_CLIENT_READY = 1,      /* its handshake completed */
+  QRPC_CLIENT_FAILED = 2,     /* the attempt failed, or the READY connection
+                                 was lost; backing off until retry_in_ms */
+} qrpc_client_state;
+
+/* One transition. Borrowed for the duration of on_state. */
+typedef struct qrpc_client_state_info {
+  qrpc_client_state state;
+  uint64_t attempt; /* 1 for the client's first attempt, then counting up;
+                       READY and FAILED carry the attempt they end */
+  /* FAILED: why, a QRPC_E* value: QRPC_EUNREACHABLE (only ICMP came back:
+   * no server at the address), QRPC_ETIMEDOUT (no handshake within
+   * conn.handshake_timeout_ms: nothing answers), QRPC_ECERT, QRPC_ETLS or
+   * QRPC_EALPN (the TLS handshake failed; close->reason says why),
+   * QRPC_ECONNRESET, QRPC_EDEADPEER, QRPC_EIDLE, QRPC_ETRANSPORT or
+   * QRPC_EAPP (the server closed it with an error), QRPC_ECLOSED (an
+   * orderly close, as after the server's GOAWAY), QRPC_ERESOLVE, ... 0 for
+   * CONNECTING and READY. */
+  int error;
+  /* FAILED: how the connection closed (kind, which side, the QUIC,
+   * application or TLS alert code, the reason phrase); NULL when the
+   * attempt could not even start (error says why). */
+  const qrpc_close_info *close;
+  int was_ready;        /* FAILED: 1 if the connection had been READY */
+  uint64_t retry_in_ms; /* FAILED: the next attempt starts this many
+                           milliseconds from now (0: at once) */
+} qrpc_client_state_info;
+
 typedef struct qrpc_client_opts {
   size_t size;
   qrpc_conn_opts conn;
@@ -485,13 +519,24 @@ typedef struct qrpc_client_opts {
   uint64_t backoff_initial_ms; /* first reconnection delay; 100 */
   uint64_t backoff_max_ms;     /* cap of the doubling delay; 10000 */
   /* A connection was established, or one that on_connect reported was
-   * lost (info says why). Failed attempts are retried without a callback
-   * (they are logged at info level); calls waiting meanwhile keep their
+   * lost (info says why). Failed attempts are retried without these
+   * callbacks (on_state reports them); calls waiting meanwhile keep their
    * deadlines. */
   void (*on_connect)(qrpc_client *cli, qrpc_peer *peer, void *user_data);
   void (*on_disconnect)(qrpc_client *cli, const qrpc_close_info *info,
                         void *user_data);
   void *user_data;
+  /* Fields from here on were added later: a caller built before them
+   * passes the smaller size and gets their defaults. */
+  /* Each transition of the connection (qrpc_client_state), exactly once:
+   * CONNECTING when an attempt starts, then READY or FAILED, and FAILED
+   * again when a READY connection is lost. READY comes before on_connect,
+   * a loss's FAILED after on_disconnect. The first CONNECTING fires
+   * inside qrpc_client_new(), before it returns; the others from the loop.
+   * Inside it the application may start and cancel calls and read
+   * qrpc_client_peer(), but not free the client. NULL: none. */
+  void (*on_state)(qrpc_client *cli, const qrpc_client_state_info *info,
+                   void *user_data);
 } qrpc_client_opts;
 
 void qrpc_client_opts_default(qrpc_client_opts *o);
@@ -526,6 +571,15 @@ int qrpc_server_register_flags(qrpc_server *srv, uint32_t method,
                                qrpc_shape shape, unsigned flags,
                                qrpc_handler_fn handler, void *user_data);
 
+/* Copies len bytes at data into memory srv owns and frees with itself
+ * (after its last callback), and points *out at the copy: user data that
+ * must live as long as the registrations using it, without the caller
+ * keeping it (the generated $S$_register() copies its handlers struct
+ * this way). Each call makes a new copy. Loop thread.
+ * Errors: QRPC_EINVAL (srv, data or out NULL, or len 0), QRPC_ENOMEM. */
+int qrpc_server_keep(qrpc_server *srv, const void *data, size_t len,
+                     void **out);
+
 uint16_t qrpc_server_port(qrpc_server *srv);
 qrpc_endpoint *qrpc_server_endpoint(qrpc_server *srv);
 
@@ -547,13 +601,19 @@ void qrpc_server_free(qrpc_server *srv);
 /* ---- Clients ---------------------------------------------------------- */
 
 /* Creates a client for addr ("host:port") and starts connecting. tls is
- * referenced. Errors: QRPC_EINVAL, QRPC_ENOMEM. */
+ * referenced; opts (may be NULL: the defaults) is copied, and may come
+ * from a caller built against an older qrpc (its smaller size).
+ * Errors: QRPC_EINVAL, QRPC_ENOMEM. */
 int qrpc_client_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
                     const qrpc_client_opts *opts, qrpc_client **out);
 
 /* Registers a method the server may call on this client. */
 int qrpc_client_register(qrpc_client *cli, uint32_t method, qrpc_shape shape,
                          qrpc_handler_fn handler, void *user_data);
+
+/* As qrpc_server_keep(), for memory cli owns and frees with itself. */
+int qrpc_client_keep(qrpc_client *cli, const void *data, size_t len,
+                     void **out);
 
 /* The current peer, or NULL while not connected (in the 0-RTT phase
  * too) or while the connection drains after the server's GOAWAY (new calls

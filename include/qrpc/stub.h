@@ -110,13 +110,30 @@ int qrpc_stub_call_start(qrpc_client *cli, qrpc_peer *peer, uint32_t method,
  * QRPC_METHOD_* from the IDL (qrpc_server_register_flags()), or on cli
  * when srv is NULL (qrpc_client_register(); flags do not apply there,
  * since a server never calls its client in 0-RTT). handlers, the
- * generated handlers struct, is handler's user_data: borrowed, it must
- * stay valid until srv or cli is freed. Loop thread of srv or cli.
+ * generated handlers struct (the copy qrpc_stub_handlers_copy() made), is
+ * handler's user_data: borrowed, it must stay valid until srv or cli is
+ * freed. Loop thread of srv or cli.
  * Errors: QRPC_EINVAL (srv and cli both NULL), and those of the function
  * called. */
 int qrpc_stub_register(qrpc_server *srv, qrpc_client *cli, uint32_t method,
                        qrpc_shape shape, unsigned flags,
                        qrpc_handler_fn handler, const void *handlers);
+
+/* Copies the generated handlers struct h (size bytes, its void *
+ * user_data member at user_data_offset) into memory that srv, or cli when
+ * srv is NULL, owns and frees with itself (qrpc_server_keep(),
+ * qrpc_client_keep()), sets the copy's user_data to user_data when
+ * set_user_data is 1 (else it keeps h's), and points *out at the copy,
+ * which the generated register functions then register instead of h. So
+ * h is only read here, and one static const handlers table can serve many
+ * servers and clients, each with its own user_data. Loop thread of srv or
+ * cli.
+ * Errors: QRPC_EINVAL (srv and cli both NULL, h or out NULL, or size too
+ * small for the offset), QRPC_ENOMEM. */
+int qrpc_stub_handlers_copy(qrpc_server *srv, qrpc_client *cli, const void *h,
+                            size_t size, size_t user_data_offset,
+                            int set_user_data, void *user_data,
+                            const void **out);
 
 /* Configures datagram channel on srv, or on cli when srv is NULL
  * (qrpc_server_register_dgram(), qrpc_client_register_dgram()), with the

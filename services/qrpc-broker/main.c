@@ -12,6 +12,7 @@
  * certificate that verifies against that CA get in, and the ACL may name
  * them by their certificate's subject or subjectAltName entries.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <event2/event.h>
 #include <limits.h>
@@ -237,6 +238,27 @@ static void print_result(qrpc_broker *b) {
          (unsigned long long)st.dead_peers);
 }
 
+/* The address the broker is bound to, port resolved ("127.0.0.1:7422",
+ * "[::1]:7422"); what --listen said if it cannot be read. */
+static void bound_addr(qrpc_broker *b, const char *asked, char *out,
+                       size_t cap) {
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof(ss);
+  char host[INET6_ADDRSTRLEN];
+  qrpc_endpoint *ep = qrpc_server_endpoint(qrpc_broker_server(b));
+  snprintf(out, cap, "%s", asked);
+  if (qrpc_endpoint_local_addr(ep, &ss, &len) != 0) return;
+  if (ss.ss_family == AF_INET) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+    if (inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host)))
+      snprintf(out, cap, "%s:%u", host, (unsigned)ntohs(a->sin_port));
+  } else if (ss.ss_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
+    if (inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host)))
+      snprintf(out, cap, "[%s]:%u", host, (unsigned)ntohs(a->sin6_port));
+  }
+}
+
 int main(int argc, char **argv) {
   options o;
   int rc = parse_args(argc, argv, &o);
@@ -301,7 +323,9 @@ int main(int argc, char **argv) {
   }
   if (o.metrics && serve_metrics(&d, o.metrics) != 0) goto out;
   unsigned port = qrpc_server_port(qrpc_broker_server(d.broker));
-  fprintf(stderr, PROG ": serving on %s (udp port %u)%s%s\n", o.listen, port,
+  char bound[INET6_ADDRSTRLEN + 16];
+  bound_addr(d.broker, o.listen, bound, sizeof(bound));
+  fprintf(stderr, PROG ": serving on %s (udp port %u)%s%s\n", bound, port,
           o.client_ca ? ", client certificates required" : "",
           o.acl ? "" : ", open access");
   printf("READY %u\n", port);

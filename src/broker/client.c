@@ -445,6 +445,12 @@ static void on_disconnect(qrpc_client *cli, const qrpc_close_info *info,
   }
 }
 
+static void on_state(qrpc_client *cli, const qrpc_client_state_info *info,
+                     void *ud) {
+  qrpc_broker_client *bc = ud;
+  bc->opts.client.on_state(cli, info, bc->opts.user_data);
+}
+
 static char *dup_or_null(const char *s) { return s && *s ? strdup(s) : NULL; }
 
 int qrpc_broker_client_new(qrpc_loop *loop, const char *addr,
@@ -473,6 +479,7 @@ int qrpc_broker_client_new(qrpc_loop *loop, const char *addr,
   qrpc_client_opts co = bc->opts.client;
   co.on_connect = on_connect;
   co.on_disconnect = on_disconnect;
+  co.on_state = bc->opts.client.on_state ? on_state : NULL;
   co.user_data = bc;
   co.rpc.unary_streams = 1;
   int rv = qrpc_client_new(loop, addr, tls, &co, &bc->cli);

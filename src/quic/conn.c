@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <event2/dns.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -337,9 +338,11 @@ static void handle_error(qrpc_conn *c, int rv) {
   case NGTCP2_ERR_CRYPTO: {
     uint8_t alert = ngtcp2_conn_get_tls_alert(c->q);
     int err = c->cert_rejected ? QRPC_ECERT : qrpci_tls_alert_error(alert);
-    set_info(c, QRPC_CLOSE_TLS, 1, alert, err, "TLS handshake failed");
-    QRPCI_INFO("conn: TLS handshake failed (alert %u): %s", alert,
-               qrpc_strerror(err));
+    char why[320];
+    snprintf(why, sizeof(why), "TLS handshake failed%s%s",
+             c->refusal[0] ? ": " : "", c->refusal);
+    set_info(c, QRPC_CLOSE_TLS, 1, alert, err, why);
+    QRPCI_INFO("conn: %s (alert %u): %s", why, alert, qrpc_strerror(err));
     qrpci_conn_fire_closed(c);
     ngtcp2_ccerr_set_tls_alert(&cc, alert, NULL, 0);
     qrpci_conn_close_now(c, &cc, 1);
@@ -1078,9 +1081,25 @@ static void client_pkt(void *ctx, const struct sockaddr *from,
   qrpci_conn_read(c, &path, data, len);
 }
 
+/* A client's handshake got nothing back but an ICMP error: nothing
+ * listens at the address, or no route leads there. ICMP is not
+ * authenticated, so it ends only a handshake that has received nothing
+ * at all, where a forged one costs a retry; later it is ignored. */
+static void handshake_unreachable(qrpc_conn *c, int err) {
+  char why[300];
+  snprintf(why, sizeof(why), "no server at %s:%s: %s (ICMP)", c->host, c->port,
+           strerror(err));
+  QRPCI_INFO("conn: %s", why);
+  end_silently(c, QRPC_CLOSE_ERROR, QRPC_EUNREACHABLE, why);
+}
+
 static void client_read_cb(evutil_socket_t fd, short what, void *arg) {
   qrpc_conn *c = arg;
+  c->own_sock.icmp_error = 0;
   qrpci_sock_recv_batch(&c->own_sock, c->loop->rxbufs, client_pkt, c);
+  if (c->own_sock.icmp_error && c->state == QRPCI_CONN_HANDSHAKING &&
+      c->stats.pkts_recv == 0)
+    handshake_unreachable(c, c->own_sock.icmp_error);
 }
 
 static void client_writable(void *owner) {

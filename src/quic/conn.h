@@ -66,6 +66,7 @@ struct qrpc_conn {
   uint64_t flush_close_code;
   int resume_pending;        /* a paused stream was resumed */
   int cert_rejected;         /* our verification refused the peer */
+  char refusal[256];         /* why, when it said (qrpci_tls_verify_failed) */
   int early;                 /* in the 0-RTT phase (qrpci_conn_in_early) */
   int early_fired;           /* the early hook was called */
   int early_rejected;        /* client: the server refused our 0-RTT */

@@ -6,6 +6,7 @@
 #include "quic/tls.h"
 
 #include <arpa/inet.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -156,7 +157,29 @@ int qrpci_tls_decide(qrpc_conn *c, int verified, const qrpc_cert *chain,
     accept = cfg->verify_fn(c, chain, n, verified, cfg->verify_ud) == 0;
   c->peer_verified = accept && verified;
   if (!accept) c->cert_rejected = 1;
+  if (verified) {
+    pthread_mutex_lock(&cfg->mu);
+    cfg->last_refusal[0] = '\0';
+    pthread_mutex_unlock(&cfg->mu);
+  }
+  if (!accept && verified && !c->refusal[0])
+    snprintf(c->refusal, sizeof(c->refusal),
+             "the verification callback refused the certificate of %s",
+             c->is_server ? "the client" : c->server_name);
   return accept;
+}
+
+void qrpci_tls_verify_failed(qrpc_conn *c, const char *why) {
+  qrpc_tls_config *cfg = c->tlscfg;
+  snprintf(c->refusal, sizeof(c->refusal), "%s", why);
+  pthread_mutex_lock(&cfg->mu);
+  int repeat = strcmp(cfg->last_refusal, c->refusal) == 0;
+  if (!repeat) memcpy(cfg->last_refusal, c->refusal, sizeof(c->refusal));
+  pthread_mutex_unlock(&cfg->mu);
+  if (repeat)
+    QRPCI_INFO("tls: %s (again)", why);
+  else
+    QRPCI_WARN("tls: %s", why);
 }
 
 void qrpci_tls_warn_insecure(qrpc_tls_config *cfg, const char *server_name) {

@@ -49,6 +49,9 @@ struct qrpc_tls_config {
   uint64_t created_s;       /* wall clock, for the 0-RTT warm-up */
   qrpci_ticket_cache *tickets; /* a client's tickets, by server */
   qrpci_replay *replay;     /* a server's record of early-data tickets */
+  /* The refusal last logged at warning level (qrpci_tls_verify_failed);
+   * empty after a verification passed. Guarded by mu. */
+  char last_refusal[256];
 };
 
 /* Takes a reference on a TLS config (qrpc_tls_config_free() drops it) and
@@ -175,6 +178,13 @@ int qrpci_tls_rand(void *dest, size_t len);
  * Returns 1 to accept. */
 int qrpci_tls_decide(qrpc_conn *c, int verified, const qrpc_cert *chain,
                      size_t n);
+
+/* Our verification refused the peer's chain for reason why (a complete
+ * phrase): it becomes the connection's close reason, and it is logged at
+ * warning level when the config's last refusal said something else or a
+ * verification has passed since, at info level otherwise, so a client
+ * retrying against the wrong CA says why once, not on every attempt. */
+void qrpci_tls_verify_failed(qrpc_conn *c, const char *why);
 
 /* Logs, once per config, that a client connects without verification. */
 void qrpci_tls_warn_insecure(qrpc_tls_config *cfg, const char *server_name);

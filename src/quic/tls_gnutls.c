@@ -4,10 +4,12 @@
  * backend.
  */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <gnutls/crypto.h>
 #include <gnutls/x509.h>
 #include <ngtcp2/ngtcp2_crypto_gnutls.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -89,6 +91,13 @@ static int pem_load(const char *src, int file, gnutls_datum_t *d) {
     d->size = (unsigned int)strlen(src);
     return 0;
   }
+  /* GnuTLS would only say "Error while reading file.": errno says why. */
+  FILE *f = fopen(src, "rb");
+  if (!f) {
+    QRPCI_ERROR("tls: cannot read %s: %s", src, strerror(errno));
+    return QRPC_ETLS;
+  }
+  fclose(f);
   int rv = gnutls_load_file(src, d);
   return rv < 0 ? tls_err("cannot read", src, rv) : 0;
 }
@@ -219,14 +228,17 @@ static int builtin_verify(gnutls_session_t s, qrpc_conn *c) {
   if (rv == 0 && status == 0) return 1;
   const char *who = c->is_server ? "the client" : c->server_name;
   gnutls_datum_t msg = {0};
+  char why[256];
   if (rv == 0 && gnutls_certificate_verification_status_print(
                      status, GNUTLS_CRT_X509, &msg, 0) == 0) {
-    QRPCI_WARN("tls: certificate of %s not trusted: %s", who, msg.data);
+    snprintf(why, sizeof(why), "certificate of %s not trusted: %s", who,
+             (const char *)msg.data);
     gnutls_free(msg.data);
   } else {
-    QRPCI_WARN("tls: certificate of %s not verified: %s", who,
-               gnutls_strerror(rv));
+    snprintf(why, sizeof(why), "certificate of %s not verified: %s", who,
+             gnutls_strerror(rv));
   }
+  qrpci_tls_verify_failed(c, why);
   return 0;
 }
 
@@ -239,7 +251,7 @@ static int verify_peer(gnutls_session_t s) {
    * in, unidentified. */
   if (c->is_server && n == 0) {
     if (cfg->client_auth != QRPC_CLIENT_AUTH_REQUIRE) return 0;
-    QRPCI_WARN("tls: the client presented no certificate");
+    qrpci_tls_verify_failed(c, "the client presented no certificate");
     c->cert_rejected = 1;
     return GNUTLS_E_NO_CERTIFICATE_FOUND;
   }

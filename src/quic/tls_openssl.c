@@ -268,9 +268,11 @@ static int verify_chain(X509_STORE_CTX *sctx, void *arg) {
   int verified = X509_verify_cert(sctx) == 1;
   if (!verified) {
     int err = X509_STORE_CTX_get_error(sctx);
-    QRPCI_WARN("tls: certificate of %s not trusted: %s",
-               c->is_server ? "the client" : c->server_name,
-               X509_verify_cert_error_string(err));
+    char why[256];
+    snprintf(why, sizeof(why), "certificate of %s not trusted: %s",
+             c->is_server ? "the client" : c->server_name,
+             X509_verify_cert_error_string(err));
+    qrpci_tls_verify_failed(c, why);
   }
   ERR_clear_error();
   /* The peer's chain as it sent it, its own certificate first. */

@@ -303,10 +303,15 @@ int qrpci_sock_recv_batch(qrpci_sock *s, uint8_t (*bufs)[QRPCI_MAX_UDP],
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
       /* ICMP errors surface here on connected sockets; they carry no
-       * authenticated information, so QUIC ignores them. */
+       * authenticated information, so QUIC ignores them, except that a
+       * client's handshake that has heard nothing else takes the hint
+       * (conn.c). */
       if (errno == ECONNREFUSED || errno == EHOSTUNREACH ||
-          errno == ENETUNREACH || errno == EMSGSIZE)
+          errno == ENETUNREACH) {
+        s->icmp_error = errno;
         continue;
+      }
+      if (errno == EMSGSIZE) continue;
       QRPCI_WARN("udp: recvmmsg: %s", strerror(errno));
       return QRPC_ESYSTEM;
     }

@@ -36,6 +36,8 @@ typedef struct qrpci_sock {
   int fd;
   int gso;                  /* kernel accepts UDP_SEGMENT */
   int connected;            /* client sockets are connected */
+  int icmp_error;           /* errno of the last ICMP error reported on a
+                               connected socket; 0: none */
   struct event *write_ev;   /* armed when the socket buffer was full */
   int blocked;
   void (*on_writable)(void *arg); /* the owner resumes sending */

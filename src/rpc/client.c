@@ -2,6 +2,7 @@
  * qrpc_client: calls to one server address over a connection that is
  * re-established with exponential backoff and jitter whenever it is lost.
  */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,6 +28,7 @@ struct qrpc_client {
   struct event *retry_ev;
   uint64_t backoff_ms;
   uint64_t rng;
+  uint64_t attempts; /* started so far; the current one's number */
   int freeing;
 };
 
@@ -74,13 +76,39 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg) {
   connect_now(arg);
 }
 
-static void schedule_retry(qrpc_client *cli) {
-  uint64_t ms = next_delay(cli);
+static void schedule_retry_in(qrpc_client *cli, uint64_t ms) {
   struct timeval tv = qrpci_ns_to_tv(ms * QRPCI_NS_PER_MS);
   evtimer_add(cli->retry_ev, &tv);
 }
 
+static void report(qrpc_client *cli, qrpc_client_state state, int error,
+                   const qrpc_close_info *close, int was_ready,
+                   uint64_t retry_in_ms) {
+  if (!cli->opts.on_state || cli->freeing) return;
+  qrpc_client_state_info info = {
+      .state = state,
+      .attempt = cli->attempts,
+      .error = error,
+      .close = close,
+      .was_ready = was_ready,
+      .retry_in_ms = retry_in_ms,
+  };
+  cli->opts.on_state(cli, &info, cli->opts.user_data);
+}
+
+/* The current attempt failed or its connection was lost: say so with the
+ * time of the next one, then wait for it. */
+static void fail_and_retry(qrpc_client *cli, int error,
+                           const qrpc_close_info *close, int was_ready,
+                           uint64_t retry_in_ms) {
+  report(cli, QRPC_CLIENT_FAILED, error, close, was_ready, retry_in_ms);
+  if (!cli->freeing) schedule_retry_in(cli, retry_in_ms);
+}
+
 static void connect_now(qrpc_client *cli) {
+  if (cli->freeing || cli->peer) return;
+  cli->attempts++;
+  report(cli, QRPC_CLIENT_CONNECTING, 0, NULL, 0, 0);
   if (cli->freeing || cli->peer) return;
   qrpc_conn *conn;
   int rv = qrpc_conn_connect(cli->core.loop, cli->addr, cli->opts.server_name,
@@ -96,7 +124,7 @@ static void connect_now(qrpc_client *cli) {
     if (rv == 0) qrpc_conn_close(conn, QRPCI_ERR_INTERNAL_ERROR, "no memory");
     QRPCI_WARN("rpc: cannot start a connection to %s: %s", cli->addr,
                qrpc_strerror(rv ? rv : QRPC_ENOMEM));
-    schedule_retry(cli);
+    fail_and_retry(cli, rv ? rv : QRPC_ENOMEM, NULL, 0, next_delay(cli));
     return;
   }
   cli->peer = peer;
@@ -152,6 +180,8 @@ static void cli_on_established(qrpc_conn *c, void *ud) {
   qrpc_client *cli = client_of(peer->core);
   qrpci_peer_ready(peer);
   cli->backoff_ms = cli->opts.backoff_initial_ms;
+  report(cli, QRPC_CLIENT_READY, 0, NULL, 0, 0);
+  if (cli->peer != peer || cli->freeing) return;
   if (cli->opts.on_connect) cli->opts.on_connect(cli, peer, cli->opts.user_data);
   flush_pending(cli, peer);
 }
@@ -172,15 +202,14 @@ static void cli_on_closed(qrpc_conn *c, const qrpc_close_info *info,
     cli->opts.on_disconnect(cli, info, cli->opts.user_data);
   }
   if (cli->freeing) return;
-  if (was_ready && (info->kind == QRPC_CLOSE_RESET ||
-                    info->kind == QRPC_CLOSE_DEAD_PEER)) {
-    /* The server lost this connection (a reset: it is back already) or
-     * went silent: try again at once, then back off as usual. */
-    struct timeval now = {0, 0};
-    evtimer_add(cli->retry_ev, &now);
-    return;
-  }
-  schedule_retry(cli);
+  /* The server lost this connection (a reset: it is back already) or
+   * went silent: try again at once, then back off as usual. */
+  uint64_t delay = was_ready && (info->kind == QRPC_CLOSE_RESET ||
+                                 info->kind == QRPC_CLOSE_DEAD_PEER)
+                       ? 0
+                       : next_delay(cli);
+  fail_and_retry(cli, info->error ? info->error : QRPC_ECLOSED, info, was_ready,
+                 delay);
 }
 
 static void cli_peer_released(qrpci_core *core, qrpc_peer *peer) {
@@ -201,7 +230,11 @@ static const qrpci_core_ops cli_core_ops = {
 int qrpc_client_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
                     const qrpc_client_opts *opts, qrpc_client **out) {
   if (!loop || !addr || !tls || !out) return QRPC_EINVAL;
-  if (opts && (opts->size != sizeof(*opts) || opts->backoff_initial_ms == 0 ||
+  /* Callers built before on_state pass the size of the struct without it. */
+  if (opts && opts->size != sizeof(*opts) &&
+      opts->size != offsetof(qrpc_client_opts, on_state))
+    return QRPC_EINVAL;
+  if (opts && (opts->backoff_initial_ms == 0 ||
                opts->backoff_max_ms < opts->backoff_initial_ms))
     return QRPC_EINVAL;
   char *host, *port;
@@ -210,10 +243,11 @@ int qrpc_client_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
   free(port);
   qrpc_client *cli = calloc(1, sizeof(*cli));
   if (!cli) return QRPC_ENOMEM;
-  if (opts)
-    cli->opts = *opts;
-  else
-    qrpc_client_opts_default(&cli->opts);
+  qrpc_client_opts_default(&cli->opts);
+  if (opts) {
+    memcpy(&cli->opts, opts, opts->size);
+    cli->opts.size = sizeof(cli->opts);
+  }
   qrpci_list_init(&cli->pending);
   cli->backoff_ms = cli->opts.backoff_initial_ms;
   cli->rng = qrpci_now_ns() | 1;
@@ -402,4 +436,10 @@ int qrpc_client_register_dgram(qrpc_client *cli, uint32_t channel,
                                void *ud) {
   if (!cli) return QRPC_EINVAL;
   return qrpci_dgram_register(cli->dg, channel, opts, fn, ud);
+}
+
+int qrpc_client_keep(qrpc_client *cli, const void *data, size_t len,
+                     void **out) {
+  if (!cli) return QRPC_EINVAL;
+  return qrpci_core_keep(&cli->core, data, len, out);
 }

@@ -147,11 +147,29 @@ void qrpci_core_cleanup(qrpci_core *core) {
   core->done_ev = NULL;
   qrpci_callstats_free(core->callstats);
   core->callstats = NULL;
+  for (size_t i = 0; i < core->nkept; i++) free(core->kept[i]);
+  free(core->kept);
+  core->kept = NULL;
+  core->nkept = 0;
 }
 
 qrpci_callstats *qrpci_core_callstats(qrpci_core *core) {
   if (!core->callstats) core->callstats = qrpci_callstats_new();
   return core->callstats;
+}
+
+int qrpci_core_keep(qrpci_core *core, const void *data, size_t len,
+                    void **out) {
+  if (!data || !len || !out) return QRPC_EINVAL;
+  void **kept = realloc(core->kept, (core->nkept + 1) * sizeof(*kept));
+  if (!kept) return QRPC_ENOMEM;
+  core->kept = kept;
+  void *copy = malloc(len);
+  if (!copy) return QRPC_ENOMEM;
+  memcpy(copy, data, len);
+  kept[core->nkept++] = copy;
+  *out = copy;
+  return 0;
 }
 
 int qrpci_core_register(qrpci_core *core, uint32_t method, qrpc_shape shape,

@@ -64,6 +64,9 @@ struct qrpci_core {
   qrpc_loop *loop;
   qrpc_rpc_opts opts;
   qrpci_u64map methods; /* method id + 1 -> qrpci_method */
+  void **kept;          /* copies made by qrpc_server_keep() and
+                           qrpc_client_keep(), freed with the core */
+  size_t nkept;
   qrpci_list done;      /* calls whose on_done is due from the loop */
   struct event *done_ev;
   qrpc_call *free_calls;
@@ -230,6 +233,10 @@ int qrpci_core_init(qrpci_core *core, qrpc_loop *loop,
 /* Completes what is deferred and frees what core holds. */
 void qrpci_core_cleanup(qrpci_core *core);
 /* Errors: QRPC_EINVAL (shape, no fn, or unknown flags), QRPC_ENOMEM. */
+/* Copies len bytes at data into memory the core frees in
+ * qrpci_core_cleanup(); *out points at it. Errors: QRPC_EINVAL,
+ * QRPC_ENOMEM. */
+int qrpci_core_keep(qrpci_core *core, const void *data, size_t len, void **out);
 int qrpci_core_register(qrpci_core *core, uint32_t method, qrpc_shape shape,
                         unsigned flags, qrpc_handler_fn fn, void *ud);
 void qrpci_rpc_opts_default(qrpc_rpc_opts *o);

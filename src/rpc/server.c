@@ -266,3 +266,9 @@ int qrpc_server_dgram_encode_msg(qrpc_server *srv, uint32_t channel,
   if (!srv) return QRPC_EINVAL;
   return qrpci_dgram_encode(srv->dg, channel, qrpci_msg(m), out);
 }
+
+int qrpc_server_keep(qrpc_server *srv, const void *data, size_t len,
+                     void **out) {
+  if (!srv) return QRPC_EINVAL;
+  return qrpci_core_keep(&srv->core, data, len, out);
+}

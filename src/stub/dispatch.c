@@ -3,6 +3,8 @@
  * peers, the server or a client serving its server; and the refusal of
  * requests that do not decode.
  */
+#include <string.h>
+
 #include "qrpc/error.h"
 #include "qrpc/stub.h"
 
@@ -66,6 +68,24 @@ int qrpc_stub_register(qrpc_server *srv, qrpc_client *cli, uint32_t method,
   if (cli != NULL)
     return qrpc_client_register(cli, method, shape, handler, (void *)handlers);
   return QRPC_EINVAL;
+}
+
+int qrpc_stub_handlers_copy(qrpc_server *srv, qrpc_client *cli, const void *h,
+                            size_t size, size_t user_data_offset,
+                            int set_user_data, void *user_data,
+                            const void **out) {
+  if ((srv == NULL && cli == NULL) || h == NULL || out == NULL ||
+      size < user_data_offset + sizeof(void *))
+    return QRPC_EINVAL;
+  void *copy = NULL;
+  int rc = srv != NULL ? qrpc_server_keep(srv, h, size, &copy)
+                       : qrpc_client_keep(cli, h, size, &copy);
+  if (rc != 0) return rc;
+  if (set_user_data)
+    memcpy((unsigned char *)copy + user_data_offset, &user_data,
+           sizeof(user_data));
+  *out = copy;
+  return 0;
 }
 
 int qrpc_stub_register_dgram(qrpc_server *srv, qrpc_client *cli,

@@ -15,6 +15,7 @@ const char *qrpc_strerror(int err) {
   case QRPC_EIDLE: return "connection idle timeout";
   case QRPC_ECONNRESET: return "connection reset by the peer";
   case QRPC_EDEADPEER: return "the peer stopped answering";
+  case QRPC_EUNREACHABLE: return "server unreachable (port closed or no route)";
   case QRPC_ECLOSED: return "connection or stream closed";
   case QRPC_EPROTO: return "protocol violation";
   case QRPC_ENODGRAM: return "peer did not enable datagrams";

@@ -1028,6 +1028,116 @@ START_TEST(test_server_calls_client) {
 }
 END_TEST
 
+/* ---- One handlers table, many servers and clients ------------------- */
+
+/* The table names no user_data: each registration brings its own. */
+static const qrpc_test_shapes_Callback_handlers shared_callback = {
+    .user_data = NULL,
+    .Ask = on_ask,
+    .Tick = on_tick,
+};
+
+/* A server and a client connected to it, both serving Callback from
+ * shared_callback, each with its own counters as user_data. */
+typedef struct side {
+  qrpc_server *srv;
+  qrpc_client *cli;
+  qrpc_peer *peer; /* the server's peer of cli */
+  client_served at_server, at_client;
+} side;
+
+static void side_peer_open(qrpc_peer *peer, void *ud) {
+  ((side *)ud)->peer = peer;
+}
+static void side_peer_close(qrpc_peer *peer, void *ud) {
+  side *s = ud;
+  if (s->peer == peer) s->peer = NULL;
+}
+static int side_connected(void *arg) {
+  side *s = arg;
+  return s->peer != NULL && qrpc_client_peer(s->cli) != NULL;
+}
+
+static void side_start(side *s) {
+  memset(s, 0, sizeof(*s));
+  qrpc_server_opts so;
+  qrpc_server_opts_default(&so);
+  so.on_peer_open = side_peer_open;
+  so.on_peer_close = side_peer_close;
+  so.user_data = s;
+  ck_assert_int_eq(qrpc_server_new(loop, "127.0.0.1:0", stls, &so, &s->srv), 0);
+  ck_assert_int_eq(qrpc_test_shapes_Callback_register_with(
+                       s->srv, &shared_callback, &s->at_server),
+                   0);
+  char addr[64];
+  snprintf(addr, sizeof(addr), "127.0.0.1:%u",
+           (unsigned)qrpc_server_port(s->srv));
+  qrpc_client_opts co;
+  qrpc_client_opts_default(&co);
+  co.server_name = "localhost";
+  ck_assert_int_eq(qrpc_client_new(loop, addr, ctls, &co, &s->cli), 0);
+  /* Registration copies the table: a temporary one may go at once. */
+  qrpc_test_shapes_Callback_handlers tmp = shared_callback;
+  ck_assert_int_eq(qrpc_test_shapes_Callback_register_client_with(
+                       s->cli, &tmp, &s->at_client),
+                   0);
+  memset(&tmp, 0, sizeof(tmp));
+  ck_assert(qt_run_until(loop, side_connected, s, QT_WAIT_MS));
+}
+
+static void ask(num_rec *r, qrpc_client *c, qrpc_peer *peer, int64_t v) {
+  Num n = QRPC__TEST__COMMON__NUM__INIT;
+  n.value = v;
+  qrpc_call_opts o = opts_ms(QT_WAIT_MS);
+  memset(r, 0, sizeof(*r));
+  ck_assert_int_eq(
+      c ? qrpc_test_shapes_Callback_Ask(c, &n, &o, num_done, r, NULL)
+        : qrpc_test_shapes_Callback_Ask_peer(peer, &n, &o, num_done, r, NULL),
+      0);
+  wait_done(r);
+  ck_assert_int_eq(r->status, QRPC_STATUS_OK);
+  ck_assert_int_eq(r->value, v + 1000);
+}
+
+START_TEST(test_shared_handlers_own_user_data) {
+  side a, b;
+  num_rec r;
+  side_start(&a);
+  side_start(&b);
+  /* Each server's handler counts in its own user_data. */
+  ask(&r, a.cli, NULL, 1);
+  ask(&r, b.cli, NULL, 2);
+  ask(&r, b.cli, NULL, 3);
+  ck_assert_int_eq(a.at_server.asks, 1);
+  ck_assert_int_eq(b.at_server.asks, 2);
+  /* And each client's, when its server calls it. */
+  ask(&r, NULL, a.peer, 4);
+  ck_assert_int_eq(a.at_client.asks, 1);
+  ck_assert_int_eq(b.at_client.asks, 0);
+  Num n = QRPC__TEST__COMMON__NUM__INIT;
+  n.value = 9;
+  ck_assert_int_eq(qrpc_test_shapes_Callback_Tick_peer(b.peer, &n), 0);
+  ck_assert(qt_run_until_count(loop, &b.at_client.ticks, 1, QT_WAIT_MS));
+  ck_assert_int_eq(b.at_client.last_tick, 9);
+  ck_assert_int_eq(a.at_client.ticks, 0);
+  ck_assert_int_eq(a.at_server.ticks + b.at_server.ticks, 0);
+  /* The fixture's client, registered with the table's own user_data,
+   * saw none of it. */
+  ck_assert_int_eq(cs.asks, 0);
+  ck_assert_int_eq(cs.ticks, 0);
+  ck_assert_int_eq(qrpc_test_shapes_Callback_register_with(
+                       NULL, &shared_callback, &a.at_server),
+                   QRPC_EINVAL);
+  ck_assert_int_eq(
+      qrpc_test_shapes_Callback_register_client_with(a.cli, NULL, NULL),
+      QRPC_EINVAL);
+  qrpc_client_free(a.cli);
+  qrpc_client_free(b.cli);
+  qrpc_server_free(a.srv);
+  qrpc_server_free(b.srv);
+}
+END_TEST
+
 /* ---- Pinned ids --------------------------------------------------------- */
 
 START_TEST(test_pinned_id) {
@@ -1296,6 +1406,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_bidi_streaming);
   tcase_add_test(t, test_notify);
   tcase_add_test(t, test_server_calls_client);
+  tcase_add_test(t, test_shared_handlers_own_user_data);
   tcase_add_test(t, test_pinned_id);
   tcase_add_test(t, test_undecodable_request);
   tcase_add_test(t, test_undecodable_item);

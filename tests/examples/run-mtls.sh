@@ -4,7 +4,8 @@
 # loopback port, and its client with the development client certificate
 # (--cert/--key: it succeeds, and the server logs the certificate's
 # subject), without one (status 1, naming the missing certificate), and
-# with --cert alone (status 2, naming the flag). A --client-ca file that
+# with --cert alone (status 2, naming the flag); hello_client trusting the
+# wrong CA stops at once with the reason. A --client-ca file that
 # cannot be read stops a server with a message naming it.
 #
 # usage: run-mtls.sh EXAMPLES_DIR GEN_CERTS
@@ -87,6 +88,11 @@ start_server hello_server
 run_client 0 "Hello, mtls" hello_client "${client_cert[@]}" mtls
 run_client 1 "$missing" hello_client mtls
 run_client 2 "$alone" hello_client --cert "$certs/client.pem"
+# A CA that did not sign the server's certificate: the first failed
+# handshake ends the client (its connection-state callback), with the
+# reason, instead of a retry every backoff until --timeout.
+run_client 1 "TLS handshake failed: certificate of localhost not trusted" \
+  hello_client --ca "$certs/client.pem" --timeout 20 "${client_cert[@]}" mtls
 stop_server
 grep -qF "greeted \"mtls\" for client certificate \"$subject\"" \
   "$tmp/server.log" || fail "hello_server did not log the client's subject"

@@ -381,6 +381,22 @@ START_TEST(test_handshake_cert_files) {
 }
 END_TEST
 
+/* The last error logged, to check what a failed setter says. */
+static char last_error[1024];
+static void keep_error(qrpc_log_level level, const char *msg, void *ud) {
+  (void)ud;
+  if (level >= QRPC_LOG_ERROR)
+    snprintf(last_error, sizeof(last_error), "%s", msg);
+}
+
+/* A missing file is named, with the system's reason. */
+static void said_missing(const char *path) {
+  ck_assert_msg(strstr(last_error, path) != NULL &&
+                    strstr(last_error, "No such file or directory") != NULL,
+                "logged: %s", last_error);
+  last_error[0] = '\0';
+}
+
 START_TEST(test_tls_config_errors) {
   qt_cert_files files;
   qrpc_tls_config *cfg;
@@ -425,11 +441,16 @@ START_TEST(test_tls_config_errors) {
   /* Unreadable files. */
   ck_assert_int_eq(qt_cert_files_write(&certs, &files), 0);
   snprintf(missing, sizeof(missing), "%s/absent.pem", files.dir);
+  qrpc_log_set_handler(keep_error, NULL);
   ck_assert_int_eq(qrpc_tls_config_set_ca_file(cfg, missing), QRPC_ETLS);
+  said_missing(missing);
   ck_assert_int_eq(qrpc_tls_config_set_cert_files(cfg, missing, files.key_path),
                    QRPC_ETLS);
+  said_missing(missing);
   ck_assert_int_eq(
       qrpc_tls_config_set_cert_files(cfg, files.cert_path, missing), QRPC_ETLS);
+  said_missing(missing);
+  qrpc_log_set_handler(NULL, NULL);
   /* A CA file is not a key. */
   ck_assert_int_eq(
       qrpc_tls_config_set_cert_files(cfg, files.cert_path, files.ca_path),
