@@ -129,14 +129,14 @@ static void on_log(qrpc_log_level level, const char *msg, void *user_data) {
 }
 
 static void arm_connect_timer(cli *c) {
-  struct timeval tv = {(time_t)c->opt.connect_timeout_s, 0};
   c->last_failure[0] = '\0';
-  event_add(c->connect_timer, &tv);
+  qrpc_timer_start(c->connect_timer,
+                   (uint64_t)c->opt.connect_timeout_s * 1000000000u, 0);
 }
 
-static void on_connect_timeout(evutil_socket_t fd, short what, void *arg) {
+static void on_connect_timeout(qrpc_timer *t, void *arg) {
   cli *c = arg;
-  (void)fd, (void)what;
+  (void)t;
   if (c->ready) return;
   const char *why = c->last_failure[0] ? c->last_failure
                                        : "no answer; is qrpc-broker running "
@@ -176,9 +176,9 @@ static void on_state(qrpc_client *rpc, const qrpc_client_state_info *info,
             (unsigned long long)info->retry_in_ms);
 }
 
-static void on_signal(evutil_socket_t sig, short what, void *arg) {
+static void on_signal(qrpc_loop *loop, int sig, void *arg) {
   cli *c = arg;
-  (void)what;
+  (void)loop;
   if (c->signal_ok)
     cli_done(c);
   else
@@ -196,7 +196,7 @@ static void on_ready(qrpc_broker_client *bc, int status, const char *detail,
              detail ? detail : "");
     return;
   }
-  event_del(c->connect_timer);
+  qrpc_timer_stop(c->connect_timer);
   int first = !c->ready;
   c->ready = 1;
   if (c->opt.verbose)
@@ -248,12 +248,9 @@ static int load_tls(cli *c) {
 }
 
 static int start_events(cli *c) {
-  struct event_base *base = qrpc_loop_base(c->loop);
-  c->connect_timer = evtimer_new(base, on_connect_timeout, c);
-  c->sigterm = evsignal_new(base, SIGTERM, on_signal, c);
-  c->sigint = evsignal_new(base, SIGINT, on_signal, c);
-  if (!c->connect_timer || !c->sigterm || !c->sigint ||
-      event_add(c->sigterm, NULL) != 0 || event_add(c->sigint, NULL) != 0) {
+  if (qrpc_timer_new(c->loop, on_connect_timeout, c, &c->connect_timer) != 0 ||
+      qrpc_loop_on_signal(c->loop, SIGTERM, on_signal, c, &c->sigterm) != 0 ||
+      qrpc_loop_on_signal(c->loop, SIGINT, on_signal, c, &c->sigint) != 0) {
     cli_fail(c, "cannot watch signals and timers");
     return -1;
   }
@@ -306,9 +303,11 @@ void cli_free(cli *c) {
   c->stopped = 1;
   qrpc_broker_client_free(c->bc);
   c->bc = NULL;
-  if (c->connect_timer) event_free(c->connect_timer);
-  if (c->sigterm) event_free(c->sigterm);
-  if (c->sigint) event_free(c->sigint);
+  qrpc_timer_free(c->connect_timer);
+  qrpc_signal_free(c->sigterm);
+  qrpc_signal_free(c->sigint);
+  c->connect_timer = NULL;
+  c->sigterm = c->sigint = NULL;
   qrpc_tls_config_free(c->tls);
   if (c->loop) {
     /* Let the close reach the broker before the process goes. */

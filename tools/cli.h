@@ -10,7 +10,6 @@
 #ifndef QRPC_TOOLS_CLI_H
 #define QRPC_TOOLS_CLI_H
 
-#include <event2/event.h>
 #include <stddef.h>
 
 #include <qrpc/broker.h>
@@ -55,7 +54,8 @@ struct cli {
   int ready;     /* the client is ready now */
   int stopped;   /* cli_done() or cli_fail() ran */
   int status;    /* exit status */
-  struct event *connect_timer, *sigterm, *sigint;
+  qrpc_timer *connect_timer;
+  qrpc_signal *sigterm, *sigint;
   char last_failure[320]; /* why the last connection attempt failed */
 };
 

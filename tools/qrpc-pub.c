@@ -221,10 +221,9 @@ static void pump(pub *p) {
     int rc = qrpc_broker_publish(p->c.bc, p->opt.topic, p->payload, p->len,
                                  flags, on_published, p);
     if (rc == QRPC_EINVAL && p->sent == 0) {
-      cli_fail(&p->c,
-               "invalid topic '%s': dot-separated levels of 1 to 255 bytes "
-               "in all, without the wildcards * and >",
-               p->opt.topic);
+      const char *bad = qrpc_broker_topic_problem(p->opt.topic);
+      cli_fail(&p->c, "invalid topic '%s': %s", p->opt.topic,
+               bad ? bad : "refused");
       p->c.status = CLI_EXIT_USAGE;
       return;
     }

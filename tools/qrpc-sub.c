@@ -418,10 +418,9 @@ static int subscribe_all(sub *s) {
     int rc =
         qrpc_broker_subscribe(s->c.bc, pattern, &so, &sub_cbs, s, &s->subs[i]);
     if (rc == QRPC_EINVAL) {
-      cli_fail(&s->c,
-               "invalid pattern '%s': dot-separated levels, each a name or "
-               "*, and > only as the last level",
-               pattern);
+      const char *bad = qrpc_broker_pattern_problem(pattern);
+      cli_fail(&s->c, "invalid pattern '%s': %s", pattern,
+               bad ? bad : "refused");
       s->c.status = CLI_EXIT_USAGE;
       return -1;
     }

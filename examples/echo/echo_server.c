@@ -16,7 +16,6 @@
  * the subject of the client's certificate.
  */
 #include <arpa/inet.h>
-#include <event2/event.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -344,9 +343,9 @@ static void on_conn_closed(qrpc_conn *c, const qrpc_close_info *info,
 
 /* ---- Main ---------------------------------------------------------------- */
 
-static void on_signal(evutil_socket_t sig, short events, void *arg) {
+static void on_signal(qrpc_loop *loop, int sig, void *arg) {
   server *srv = arg;
-  (void)events;
+  (void)loop;
   printf(PROG ": %s received, shutting down\n",
          sig == SIGTERM ? "SIGTERM" : "SIGINT");
   qrpc_loop_stop(srv->loop);
@@ -370,7 +369,7 @@ int main(int argc, char **argv) {
 
   server *srv = &the_server;
   qrpc_tls_config *tls = NULL;
-  struct event *sigterm = NULL, *sigint = NULL;
+  qrpc_signal *sigterm = NULL, *sigint = NULL;
   int status = 1;
 
   if ((rc = qrpc_loop_new(NULL, &srv->loop)) != 0) {
@@ -420,11 +419,8 @@ int main(int argc, char **argv) {
     goto out;
   }
 
-  struct event_base *base = qrpc_loop_base(srv->loop);
-  sigterm = evsignal_new(base, SIGTERM, on_signal, srv);
-  sigint = evsignal_new(base, SIGINT, on_signal, srv);
-  if (sigterm == NULL || sigint == NULL || event_add(sigterm, NULL) != 0 ||
-      event_add(sigint, NULL) != 0) {
+  if (qrpc_loop_on_signal(srv->loop, SIGTERM, on_signal, srv, &sigterm) != 0 ||
+      qrpc_loop_on_signal(srv->loop, SIGINT, on_signal, srv, &sigint) != 0) {
     fprintf(stderr, PROG ": cannot install the signal handlers\n");
     goto out;
   }
@@ -444,8 +440,8 @@ int main(int argc, char **argv) {
 out:
   /* Closes the remaining connections; their on_closed callbacks run here. */
   qrpc_endpoint_free(srv->ep);
-  if (sigterm != NULL) event_free(sigterm);
-  if (sigint != NULL) event_free(sigint);
+  qrpc_signal_free(sigterm);
+  qrpc_signal_free(sigint);
   qrpc_tls_config_free(tls);
   qrpc_loop_free(srv->loop);
   if (status == 0)

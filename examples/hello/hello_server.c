@@ -18,7 +18,6 @@
  * and --key), or its handshake fails. Each greeting then names the
  * subject of the caller's certificate.
  */
-#include <event2/event.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -188,9 +187,9 @@ static void on_shutdown_done(qrpc_server *srv, void *user_data) {
   qrpc_loop_stop(s->loop);
 }
 
-static void on_signal(evutil_socket_t sig, short events, void *arg) {
+static void on_signal(qrpc_loop *loop, int sig, void *arg) {
   server *s = arg;
-  (void)events;
+  (void)loop;
   printf(PROG ": %s received, shutting down\n",
          sig == SIGTERM ? "SIGTERM" : "SIGINT");
   if (qrpc_server_shutdown(s->srv, DRAIN_MS, on_shutdown_done, s) != 0)
@@ -214,7 +213,7 @@ int main(int argc, char **argv) {
 
   static server s;
   qrpc_tls_config *tls = NULL;
-  struct event *sigterm = NULL, *sigint = NULL;
+  qrpc_signal *sigterm = NULL, *sigint = NULL;
   int status = 1;
 
   if ((rc = qrpc_loop_new(NULL, &s.loop)) != 0) {
@@ -265,11 +264,8 @@ int main(int argc, char **argv) {
   }
   if (serve_extras(&s, opt.metrics) != 0) goto out;
 
-  struct event_base *base = qrpc_loop_base(s.loop);
-  sigterm = evsignal_new(base, SIGTERM, on_signal, &s);
-  sigint = evsignal_new(base, SIGINT, on_signal, &s);
-  if (sigterm == NULL || sigint == NULL || event_add(sigterm, NULL) != 0 ||
-      event_add(sigint, NULL) != 0) {
+  if (qrpc_loop_on_signal(s.loop, SIGTERM, on_signal, &s, &sigterm) != 0 ||
+      qrpc_loop_on_signal(s.loop, SIGINT, on_signal, &s, &sigint) != 0) {
     fprintf(stderr, PROG ": cannot install the signal handlers\n");
     goto out;
   }
@@ -290,8 +286,8 @@ out:
   qrpc_metrics_free(s.metrics);
   qrpc_server_free(s.srv);
   qrpc_health_free(s.health);
-  if (sigterm != NULL) event_free(sigterm);
-  if (sigint != NULL) event_free(sigint);
+  qrpc_signal_free(sigterm);
+  qrpc_signal_free(sigint);
   qrpc_tls_config_free(tls);
   qrpc_loop_free(s.loop);
   if (status == 0)

@@ -112,8 +112,8 @@ void qrpc_broker_opts_default(qrpc_broker_opts *o);
 /* Starts a broker listening on addr (as qrpc_server_new()). tls is
  * referenced. The ACL file, if any, is read now.
  * Errors: as qrpc_server_new(); QRPC_EINVAL (bad options or ACL file: the
- * reason is logged at error level and, if err is not NULL, written to err,
- * errlen bytes, NUL-terminated). */
+ * reason is written to err, errlen bytes, NUL-terminated, or logged at
+ * error level when err is NULL). */
 int qrpc_broker_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
                     const qrpc_broker_opts *opts, qrpc_broker **out, char *err,
                     size_t errlen);
@@ -208,6 +208,14 @@ enum {
 typedef void (*qrpc_broker_publish_fn)(qrpc_broker_client *bc, int status,
                                        uint32_t subscribers, const char *detail,
                                        void *user_data);
+
+/* What is wrong with a topic or a pattern, for a message to the user:
+ * a static phrase such as "'>' may only be the last level", or NULL when
+ * it is valid (docs/broker.md, "Topics and patterns"). qrpc_broker_publish() and qrpc_broker_subscribe() return
+ * QRPC_EINVAL exactly when these are not NULL. Any thread; NULL input is
+ * reported as empty. */
+const char *qrpc_broker_topic_problem(const char *topic);
+const char *qrpc_broker_pattern_problem(const char *pattern);
 
 /* Publishes payload (copied) on topic. With done, the broker answers and
  * done fires exactly once (never inside this function); without it the

@@ -190,7 +190,9 @@ typedef struct qrpc_conn_opts {
    * current path, so on the Internet they stop near 1450 bytes whatever
    * this says, while on loopback (MTU 65536) they reach it, and a bulk
    * transfer costs several times less CPU. 1452 keeps packets
-   * Ethernet-sized everywhere; 1200 turns discovery off. */
+   * Ethernet-sized everywhere; 1200 turns discovery off, and makes
+   * datagrams (about 1,150 bytes then) as small as on the smallest path,
+   * in both directions: set it while developing datagram payloads. */
   size_t max_udp_payload;
   /* Dead-peer detection. When packets that the peer must acknowledge have
    * been outstanding this long and nothing at all (no packet that

@@ -14,7 +14,6 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <event2/event.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -212,8 +211,9 @@ static void on_drained(qrpc_broker *b, void *ud) {
   qrpc_loop_stop(d->loop);
 }
 
-static void on_signal(evutil_socket_t sig, short events, void *arg) {
+static void on_signal(qrpc_loop *loop, int sig, void *arg) {
   daemon_state *d = arg;
+  (void)loop;
   fprintf(stderr, PROG ": %s: draining (at most %llu ms)\n",
           sig == SIGTERM ? "SIGTERM" : "SIGINT",
           (unsigned long long)d->drain_ms);
@@ -269,7 +269,7 @@ int main(int argc, char **argv) {
 
   daemon_state d = {.drain_ms = o.drain_ms};
   qrpc_tls_config *tls = NULL;
-  struct event *sigterm = NULL, *sigint = NULL;
+  qrpc_signal *sigterm = NULL, *sigint = NULL;
   int status = 2;
   if ((rc = qrpc_loop_new(NULL, &d.loop)) != 0) {
     fprintf(stderr, PROG ": cannot create the loop: %s\n", qrpc_strerror(rc));
@@ -312,11 +312,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, PROG ": %s\n", err[0] ? err : qrpc_strerror(rc));
     goto out;
   }
-  struct event_base *base = qrpc_loop_base(d.loop);
-  sigterm = evsignal_new(base, SIGTERM, on_signal, &d);
-  sigint = evsignal_new(base, SIGINT, on_signal, &d);
-  if (!sigterm || !sigint || event_add(sigterm, NULL) != 0 ||
-      event_add(sigint, NULL) != 0) {
+  if (qrpc_loop_on_signal(d.loop, SIGTERM, on_signal, &d, &sigterm) != 0 ||
+      qrpc_loop_on_signal(d.loop, SIGINT, on_signal, &d, &sigint) != 0) {
     fprintf(stderr, PROG ": cannot install the signal handlers\n");
     status = 1;
     goto out;
@@ -339,8 +336,8 @@ int main(int argc, char **argv) {
 out:
   qrpc_metrics_free(d.metrics);
   qrpc_broker_free(d.broker);
-  if (sigterm) event_free(sigterm);
-  if (sigint) event_free(sigint);
+  qrpc_signal_free(sigterm);
+  qrpc_signal_free(sigint);
   qrpc_tls_config_free(tls);
   qrpc_loop_free(d.loop);
   return status;

@@ -398,8 +398,10 @@ static int on_patterns(parser *ps, span kw, const char *p, const char *end) {
   span w;
   int any = 0;
   while (next_word(&p, end, &w)) {
-    if (qrpci_pattern_check(w.p, w.len) != 0)
-      return fail(ps, QRPC_EINVAL, "invalid pattern '%s'", quote(w, q));
+    const char *bad = qrpci_topic_reason(w.p, w.len, 1);
+    if (bad)
+      return fail(ps, QRPC_EINVAL, "invalid pattern '%s': %s", quote(w, q),
+                  bad);
     int rv = push(ps, s, w);
     if (rv != 0) return rv;
     any = 1;

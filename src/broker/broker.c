@@ -150,8 +150,10 @@ static int opts_check(const qrpc_broker_opts *o, char *err, size_t errlen) {
   else if (o->queued_bytes_total < o->queue_bytes)
     why = "queued_bytes_total is below the default queue size";
   if (!why) return 0;
-  if (err && errlen) snprintf(err, errlen, "%s", why);
-  QRPCI_ERROR("broker: %s", why);
+  if (err && errlen)
+    snprintf(err, errlen, "%s", why);
+  else
+    QRPCI_ERROR("broker: %s", why);
   return QRPC_EINVAL;
 }
 
@@ -492,9 +494,7 @@ static int publish(bconn *c, const Qrpc__Broker__PublishRequest *r, wstr t,
                    uint32_t *nsubs, const char **why) {
   qrpc_broker *b = c->b;
   int status = QRPC_STATUS_OK;
-  if (qrpci_topic_check(t.p, t.len) != 0) {
-    *why = "invalid topic: dot-separated non-empty levels, at most 255 "
-           "bytes, without '*', '>', spaces or control characters";
+  if ((*why = qrpci_topic_problem(t.p, t.len, 0)) != NULL) {
     status = QRPC_STATUS_INVALID_ARGUMENT;
   } else if (!may_publish(c, t)) {
     *why = "the connection's ACL section may not publish on this topic";
@@ -582,11 +582,8 @@ static const qrpc_req_callbacks sub_req_callbacks = {
 static int sub_check(bconn *c, const Qrpc__Broker__SubscribeRequest *r,
                      wstr pat, const char **why) {
   qrpc_broker *b = c->b;
-  if (qrpci_pattern_check(pat.p, pat.len) != 0) {
-    *why = "invalid pattern: dot-separated non-empty levels, '*' for one "
-           "level, a last '>' for the rest";
+  if ((*why = qrpci_topic_problem(pat.p, pat.len, 1)) != NULL)
     return QRPC_STATUS_INVALID_ARGUMENT;
-  }
   if ((unsigned)r->mode > (unsigned)QRPC_BROKER_REALTIME ||
       (unsigned)r->policy > (unsigned)QRPC_BROKER_CONFLATE) {
     *why = "unknown delivery mode or slow-consumer policy";
@@ -1003,8 +1000,10 @@ static int load_acl(qrpc_broker *b, const char *path, char *err,
   char buf[512];
   int rv = qrpci_acl_load(path, &b->acl, buf, sizeof(buf));
   if (rv != 0) {
-    QRPCI_ERROR("broker: ACL: %s", buf);
-    if (err && errlen) snprintf(err, errlen, "%s", buf);
+    if (err && errlen)
+      snprintf(err, errlen, "%s", buf);
+    else
+      QRPCI_ERROR("broker: ACL: %s", buf);
     return rv;
   }
   QRPCI_INFO("broker: ACL %s: %zu sections, %zu by client certificate", path,

@@ -146,6 +146,15 @@ static void held_flush(qrpc_broker_client *bc) {
   }
 }
 
+const char *qrpc_broker_topic_problem(const char *topic) {
+  return qrpci_topic_reason(topic ? topic : "", topic ? strlen(topic) : 0, 0);
+}
+
+const char *qrpc_broker_pattern_problem(const char *pattern) {
+  return qrpci_topic_reason(pattern ? pattern : "",
+                            pattern ? strlen(pattern) : 0, 1);
+}
+
 int qrpc_broker_publish(qrpc_broker_client *bc, const char *topic,
                         const void *payload, size_t len, int flags,
                         qrpc_broker_publish_fn done, void *user_data) {

@@ -53,36 +53,66 @@ static int forbidden(unsigned char c) {
   return c < 0x20 || c == 0x7f || c == ' ';
 }
 
-/* Checks s as a topic, or as a pattern when wildcards is set. */
-static int check(const char *s, size_t len, int wildcards) {
-  if (len == 0 || len > QRPCI_TOPIC_MAX) return QRPC_EINVAL;
+/* What is wrong with s as a topic (wildcards 0) or a pattern (1), in the
+ * words of each; NULL when nothing is. */
+const char *qrpci_topic_problem(const char *s, size_t len, int wildcards) {
+  static const char *const what[][2] = {
+#define P(topic, pattern) {"invalid topic: " topic, "invalid pattern: " pattern}
+      P("it is empty", "it is empty"),
+      P("it is longer than 255 bytes", "it is longer than 255 bytes"),
+      P("an empty level (a dot at the start, at the end or after another)",
+        "an empty level (a dot at the start, at the end or after another)"),
+      P("more than 32 levels", "more than 32 levels"),
+      P("a space or a control character", "a space or a control character"),
+      P("'*' and '>' are for patterns only",
+        "'*' and '>' must be a whole level"),
+      P("'*' and '>' are for patterns only", "'>' may only be the last level"),
+      P("not valid UTF-8", "not valid UTF-8"),
+#undef P
+  };
+  enum { EMPTY, LONG, EMPTY_LEVEL, LEVELS, SPACE, WILD, GT_LAST, UTF8 };
+  int w = wildcards != 0, bad = -1;
   size_t levels = 1, start = 0;
-  for (size_t i = 0; i < len; i++) {
+  if (len == 0) return what[EMPTY][w];
+  if (len > QRPCI_TOPIC_MAX) return what[LONG][w];
+  for (size_t i = 0; i < len && bad < 0; i++) {
     unsigned char c = (unsigned char)s[i];
     if (c == '.') {
-      if (i == start || ++levels > QRPCI_TOPIC_MAX_LEVELS) return QRPC_EINVAL;
+      if (i == start)
+        bad = EMPTY_LEVEL;
+      else if (++levels > QRPCI_TOPIC_MAX_LEVELS)
+        bad = LEVELS;
       start = i + 1;
     } else if (forbidden(c)) {
-      return QRPC_EINVAL;
+      bad = SPACE;
     } else if (c == '*' || c == '>') {
       /* A wildcard is a whole level, and ">" is the last one. */
       int alone = i == start && (i + 1 == len || s[i + 1] == '.');
-      if (!wildcards || !alone || (c == '>' && i + 1 != len))
-        return QRPC_EINVAL;
+      if (!wildcards || !alone)
+        bad = WILD;
+      else if (c == '>' && i + 1 != len)
+        bad = GT_LAST;
     }
   }
-  if (start == len) return QRPC_EINVAL; /* a trailing '.' */
+  if (bad < 0 && start == len) bad = EMPTY_LEVEL; /* a trailing '.' */
   /* '.' is ASCII, so splitting at it never cuts a multi-byte sequence and
    * the whole string can be checked at once. */
-  return qrpci_utf8_valid((const uint8_t *)s, len) ? 0 : QRPC_EINVAL;
+  if (bad < 0 && !qrpci_utf8_valid((const uint8_t *)s, len)) bad = UTF8;
+  return bad < 0 ? NULL : what[bad][w];
+}
+
+const char *qrpci_topic_reason(const char *s, size_t len, int wildcards) {
+  const char *p = qrpci_topic_problem(s, len, wildcards);
+  return p ? p + strlen(wildcards ? "invalid pattern: " : "invalid topic: ")
+           : NULL;
 }
 
 int qrpci_topic_check(const char *topic, size_t len) {
-  return check(topic, len, 0);
+  return qrpci_topic_problem(topic, len, 0) ? QRPC_EINVAL : 0;
 }
 
 int qrpci_pattern_check(const char *pat, size_t len) {
-  return check(pat, len, 1);
+  return qrpci_topic_problem(pat, len, 1) ? QRPC_EINVAL : 0;
 }
 
 /* ---- matching and covering --------------------------------------------- */

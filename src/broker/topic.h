@@ -29,6 +29,13 @@
 #define QRPCI_TOPIC_MAX 255
 #define QRPCI_TOPIC_MAX_LEVELS 32
 
+/* What is wrong with s[0..len) as a topic (wildcards 0) or a pattern
+ * (wildcards 1): a static sentence starting "invalid topic: " or "invalid
+ * pattern: ", or NULL when it is valid. */
+const char *qrpci_topic_problem(const char *s, size_t len, int wildcards);
+/* The same without the "invalid topic: " or "invalid pattern: " prefix. */
+const char *qrpci_topic_reason(const char *s, size_t len, int wildcards);
+
 /* Returns 0 if topic[0..len) is a valid topic, else QRPC_EINVAL. */
 int qrpci_topic_check(const char *topic, size_t len);
 

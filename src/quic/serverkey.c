@@ -83,8 +83,9 @@ static int read_key_file(const char *path, char *text, size_t cap,
     return QRPC_ESYSTEM;
   }
   struct stat st;
-  int rv = 0;
+  int rv = 0, err = 0;
   if (fstat(fd, &st) != 0) {
+    err = errno;
     rv = QRPC_ESYSTEM;
   } else if (!S_ISREG(st.st_mode)) {
     QRPCI_ERROR("tls: the server key file %s is not a regular file", path);
@@ -96,10 +97,14 @@ static int read_key_file(const char *path, char *text, size_t cap,
     rv = QRPC_ETLS;
   }
   ssize_t n = rv == 0 ? read(fd, text, cap) : 0;
-  if (rv == 0 && n < 0) rv = QRPC_ESYSTEM;
+  if (rv == 0 && n < 0) {
+    err = errno;
+    rv = QRPC_ESYSTEM;
+  }
   close(fd);
   if (rv == QRPC_ESYSTEM)
-    QRPCI_ERROR("tls: cannot read the server key file %s", path);
+    QRPCI_ERROR("tls: cannot read the server key file %s: %s", path,
+                strerror(err));
   *len = n > 0 ? (size_t)n : 0;
   return rv;
 }

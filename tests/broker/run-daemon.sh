@@ -54,8 +54,11 @@ printf 'publish chat.>\n' >"$tmp/acl-no-section"
 expect_refusal "ACL permission outside a section" "acl-no-section:1" \
   --cert "$cert" --key "$key" --listen 127.0.0.1:0 --acl "$tmp/acl-no-section"
 printf 'token t\n  subscribe chat.>.x\n' >"$tmp/acl-bad-pattern"
-expect_refusal "ACL with a bad pattern" "acl-bad-pattern:2" \
+expect_refusal "ACL with a bad pattern" \
+  "acl-bad-pattern:2: invalid pattern 'chat.>.x': '>' may only be the last level" \
   --cert "$cert" --key "$key" --listen 127.0.0.1:0 --acl "$tmp/acl-bad-pattern"
+[ "$(grep -c -- "acl-bad-pattern:2" "$tmp/err")" -eq 1 ] ||
+  fail "the ACL error is printed more than once: $(cat "$tmp/err")"
 printf '# certificates\ncert subject "CN=a,O=b\n' >"$tmp/acl-bad-cert"
 expect_refusal "ACL with an unterminated quoted value" \
   "acl-bad-cert:2: quoted value without its closing" \

@@ -142,12 +142,23 @@ static const struct {
     {"token a\npublish\n", "t.acl:2: publish needs at least one pattern"},
     {"token a\nsubscribe   # none\n",
      "t.acl:2: subscribe needs at least one pattern"},
-    {"token a\npublish a.> a..b\n", "t.acl:2: invalid pattern 'a..b'"},
-    {"token a\nsubscribe a.>.b\n", "t.acl:2: invalid pattern 'a.>.b'"},
-    {"token a\nsubscribe a*\n", "t.acl:2: invalid pattern 'a*'"},
-    {"token a\npublish chat.#room\n", "t.acl:2: invalid pattern 'chat.'"},
-    {"token a\npublish a\x7f\n", "t.acl:2: invalid pattern 'a\\x7f'"},
-    {"token a\r\npublish a\rb\r\n", "t.acl:2: invalid pattern 'a\\x0db'"},
+    {"token a\npublish a.> a..b\n",
+     "t.acl:2: invalid pattern 'a..b': "
+     "an empty level (a dot at the start, at the end or after another)"},
+    {"token a\nsubscribe a.>.b\n",
+     "t.acl:2: invalid pattern 'a.>.b': '>' may only be "
+     "the last level"},
+    {"token a\nsubscribe a*\n", "t.acl:2: invalid pattern 'a*': '*' and '>' "
+                                "must be a whole level"},
+    {"token a\npublish chat.#room\n",
+     "t.acl:2: invalid pattern 'chat.': "
+     "an empty level (a dot at the start, at the end or after another)"},
+    {"token a\npublish a\x7f\n",
+     "t.acl:2: invalid pattern 'a\\x7f': a space or a "
+     "control character"},
+    {"token a\r\npublish a\rb\r\n",
+     "t.acl:2: invalid pattern 'a\\x0db': a space or a "
+     "control character"},
     {"cert\n", "t.acl:1: cert needs a kind (subject, dns, uri, email or ip) "
                "and a value"},
     {"cert # x\n", "t.acl:1: cert needs a kind (subject, dns, uri, email or "
@@ -645,7 +656,8 @@ START_TEST(test_load_errors) {
   char path[32];
   write_file(path, "token a\n\nsubscribe a..b\n");
   ck_assert_int_eq(qrpci_acl_load(path, &acl, err, sizeof(err)), QRPC_EINVAL);
-  snprintf(want, sizeof(want), "%s:3: invalid pattern 'a..b'", path);
+  snprintf(want, sizeof(want), "%s:3: invalid pattern 'a..b': %s", path,
+           "an empty level (a dot at the start, at the end or after another)");
   ck_assert_str_eq(err, want);
   ck_assert_ptr_null(acl);
   unlink(path);

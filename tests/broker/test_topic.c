@@ -8,6 +8,7 @@
 
 #include "alloc_fail.h"
 #include "broker/topic.h"
+#include "qrpc/broker.h"
 #include "qrpc/error.h"
 
 /* ---- tables ------------------------------------------------------------ */
@@ -186,6 +187,66 @@ END_TEST
 START_TEST(test_good_patterns) {
   bytes b = good_patterns[_i];
   ck_assert_int_eq(check_copy(qrpci_pattern_check, b.s, b.len), 0);
+}
+END_TEST
+
+#define EMPTY_LEVEL                                                            \
+  "an empty level (a dot at the start, at the end or after another)"
+
+/* What is wrong is said: the phrase for each kind of mistake, NULL for
+ * what is valid, and a refusal exactly when there is a phrase. */
+START_TEST(test_problem_phrases) {
+  static const struct {
+    const char *s;
+    int pattern;
+    const char *want; /* NULL: valid */
+  } cases[] = {
+      {"sensors.>.x", 1, "'>' may only be the last level"},
+      {"sensors.>", 1, NULL},
+      {"sensors.*.temp", 1, NULL},
+      {"sensors.*.temp", 0, "'*' and '>' are for patterns only"},
+      {"sensors.t*", 1, "'*' and '>' must be a whole level"},
+      {"", 0, "it is empty"},
+      {"", 1, "it is empty"},
+      {"a..b", 0, EMPTY_LEVEL},
+      {".a", 1, EMPTY_LEVEL},
+      {"a.", 0, EMPTY_LEVEL},
+      {"a b", 0, "a space or a control character"},
+      {"a\tb", 1, "a space or a control character"},
+      {"a.\xff", 0, "not valid UTF-8"},
+      {"chat.room", 0, NULL},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    const char *want = cases[i].want;
+    const char *got = cases[i].pattern ? qrpc_broker_pattern_problem(cases[i].s)
+                                       : qrpc_broker_topic_problem(cases[i].s);
+    if (want)
+      ck_assert_msg(got && strcmp(got, want) == 0, "'%s': got %s", cases[i].s,
+                    got ? got : "(null)");
+    else
+      ck_assert_msg(got == NULL, "'%s': got %s", cases[i].s, got);
+    size_t len = strlen(cases[i].s);
+    int rc = cases[i].pattern ? qrpci_pattern_check(cases[i].s, len)
+                              : qrpci_topic_check(cases[i].s, len);
+    ck_assert_int_eq(rc, want ? QRPC_EINVAL : 0);
+  }
+  /* More than 255 bytes, more than 32 levels. */
+  char long_topic[300];
+  memset(long_topic, 'a', sizeof(long_topic) - 1);
+  long_topic[sizeof(long_topic) - 1] = 0;
+  ck_assert_str_eq(qrpc_broker_topic_problem(long_topic),
+                   "it is longer than 255 bytes");
+  char many[80] = "";
+  for (int i = 0; i < 33; i++) strcat(many, i ? ".a" : "a");
+  ck_assert_str_eq(qrpc_broker_pattern_problem(many), "more than 32 levels");
+  ck_assert_str_eq(qrpc_broker_topic_problem(NULL), "it is empty");
+  /* Every bad topic and pattern of the tables above has its phrase. */
+  for (size_t i = 0; i < sizeof(bad_topics) / sizeof(bad_topics[0]); i++)
+    ck_assert_ptr_nonnull(
+        qrpci_topic_reason(bad_topics[i].s, bad_topics[i].len, 0));
+  for (size_t i = 0; i < sizeof(bad_patterns) / sizeof(bad_patterns[0]); i++)
+    ck_assert_ptr_nonnull(
+        qrpci_topic_reason(bad_patterns[i].s, bad_patterns[i].len, 1));
 }
 END_TEST
 
@@ -610,6 +671,7 @@ static Suite *topic_suite(void) {
   tcase_add_loop_test(tc, test_good_patterns, 0,
                       (int)(sizeof(good_patterns) / sizeof(good_patterns[0])));
   tcase_add_test(tc, test_topic_is_pattern);
+  tcase_add_test(tc, test_problem_phrases);
   tcase_add_test(tc, test_length_limits);
   tcase_add_test(tc, test_level_limits);
   tcase_add_loop_test(tc, test_covers_table, 0,

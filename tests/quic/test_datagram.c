@@ -119,6 +119,51 @@ START_TEST(test_datagram_max_size) {
 }
 END_TEST
 
+/* max_udp_payload 1200 on one side makes loopback behave like the
+ * smallest path QUIC allows, in both directions: what fits there fits
+ * everywhere. The limit stays put while path MTU discovery would have
+ * grown it, a datagram of exactly the limit arrives, and one byte more is
+ * refused at the call. */
+START_TEST(test_datagram_smallest_path) {
+  qt_server srv;
+  qt_client cl;
+  qrpc_conn_opts copts;
+  max_wait w;
+
+  qrpc_conn_opts_default(&copts);
+  copts.max_udp_payload = 1200;
+  ck_assert_int_eq(qt_pair_start(loop, &certs, &srv, NULL, &cl, &copts), 0);
+  srv.echo_datagrams = 0;
+  qt_run_for(loop, 300);
+  size_t max = qrpc_conn_max_datagram_size(cl.conn);
+  size_t srv_max = qrpc_conn_max_datagram_size(srv.last_conn);
+  fprintf(stderr, "smallest path: %zu bytes of datagram each way\n", max);
+  ck_assert_uint_gt(max, 1100);
+  ck_assert_uint_lt(max, 1200);
+  ck_assert_uint_gt(srv_max, 1100);
+  ck_assert_uint_lt(srv_max, 1200);
+
+  uint8_t *buf = malloc(max + 1);
+  ck_assert_ptr_nonnull(buf);
+  qt_dgram_fill(44, buf, max + 1);
+  ck_assert_int_eq(qrpc_conn_send_datagram(cl.conn, buf, max + 1),
+                   QRPC_EMSGSIZE);
+  qt_dgram_fill(45, buf, max);
+  ck_assert_int_eq(qrpc_conn_send_datagram(cl.conn, buf, max), 0);
+  w.srv = &srv;
+  w.conn = cl.conn;
+  w.size = max;
+  w.buf = buf;
+  w.next_send_ms = qt_now_ms() + 200;
+  ck_assert(qt_run_until(loop, max_arrived, &w, QT_WAIT_MS));
+  ck_assert_int_eq(srv.datagrams_bad, 0);
+  ck_assert_int_eq(qrpc_conn_send_datagram(srv.last_conn, buf, srv_max + 1),
+                   QRPC_EMSGSIZE);
+  free(buf);
+  qt_close_all(loop, &srv, &cl, 1);
+}
+END_TEST
+
 /* RFC 9221 allows an empty datagram; it travels and echoes like any
  * other (the harness counts it as bad content, having no checksum). */
 START_TEST(test_datagram_empty) {
@@ -294,6 +339,7 @@ static Suite *datagram_suite(void) {
   tcase_set_timeout(tc, 30);
   tcase_add_test(tc, test_datagram_echo);
   tcase_add_test(tc, test_datagram_max_size);
+  tcase_add_test(tc, test_datagram_smallest_path);
   tcase_add_test(tc, test_datagram_empty);
   tcase_add_test(tc, test_datagram_server_disabled);
   tcase_add_test(tc, test_datagram_client_disabled);
