@@ -138,8 +138,7 @@ struct chat {
   int complete;      /* everything expected arrived; in the grace period */
   uint64_t in_order; /* over all users */
   int reported;
-  char last_warning[256]; /* qrpc's last warning (a rejected certificate) */
-  char last_failure[256]; /* its last line about a failed attempt */
+  char last_failure[256]; /* why the last connection attempt failed */
 };
 
 static chat C;
@@ -322,14 +321,20 @@ static void fail(chat *c, const char *fmt, ...) {
   qrpc_loop_stop(c->loop);
 }
 
-/* Failed connection attempts are only logged (the client retries on its
- * own): keep the last lines to explain a silence once. */
+/* The client retries failed attempts on its own: keep the last reason to
+ * explain a silence once. */
+static void on_conn_state(qrpc_client *cli, const qrpc_client_state_info *info,
+                          void *user_data) {
+  chat *c = ((user *)user_data)->c;
+  (void)cli;
+  if (info->state != QRPC_CLIENT_FAILED) return;
+  snprintf(c->last_failure, sizeof(c->last_failure), "%s",
+           info->close && info->close->reason[0] ? info->close->reason
+                                                 : qrpc_strerror(info->error));
+}
+
 static void on_log(qrpc_log_level level, const char *msg, void *user_data) {
   chat *c = user_data;
-  if (level >= QRPC_LOG_WARN)
-    snprintf(c->last_warning, sizeof(c->last_warning), "%s", msg);
-  else if (strstr(msg, "failed") != NULL)
-    snprintf(c->last_failure, sizeof(c->last_failure), "%s", msg);
   if (c->opt.verbose || level >= QRPC_LOG_ERROR)
     fprintf(stderr, PROG ": qrpc %s: %s\n", qrpc_log_level_name(level), msg);
 }
@@ -545,6 +550,7 @@ static int user_start(chat *c, user *u) {
   o.client_name = u->nick;
   o.on_ready = on_ready;
   o.on_disconnect = on_disconnect;
+  o.client.on_state = on_conn_state;
   o.user_data = u;
   int rc = qrpc_broker_client_new(c->loop, c->opt.connect, c->tls, &o, &u->bc);
   if (rc != 0) {
@@ -869,9 +875,8 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg) {
   (void)fd, (void)what;
   if (c->opt.demo) {
     if (!c->complete) {
-      const char *why = c->last_warning[0]   ? c->last_warning
-                        : c->last_failure[0] ? c->last_failure
-                                             : "is qrpc-broker running there?";
+      const char *why = c->last_failure[0] ? c->last_failure
+                                           : "is qrpc-broker running there?";
       if (c->subscribed < c->n)
         fail(c, "only %d of %d users joined [%s] at %s within %d s (%s)",
              c->subscribed, c->n, c->opt.room, c->opt.connect,
@@ -893,10 +898,9 @@ static void on_notice(evutil_socket_t fd, short what, void *arg) {
   chat *c = arg;
   (void)fd, (void)what;
   if (c->users[0].connected) return;
-  const char *why = c->last_warning[0]   ? c->last_warning
-                    : c->last_failure[0] ? c->last_failure
-                                         : "no answer; is qrpc-broker running "
-                                           "there?";
+  const char *why = c->last_failure[0] ? c->last_failure
+                                       : "no answer; is qrpc-broker running "
+                                         "there?";
   printf(PROG ": not connected to %s after %d s: %s; still trying (/quit to "
               "give up)\n",
          c->opt.connect, CONNECT_NOTICE_MS / 1000, why);

@@ -98,8 +98,7 @@ struct game {
   uint64_t status_ticks; /* client 0's ticks at the last status line */
   qrpc_timer *input_timer, *check_timer;
   qrpc_signal *sigterm, *sigint;
-  char last_warning[256]; /* qrpc's last warning (a rejected certificate) */
-  char last_failure[256]; /* its last line about a failed attempt */
+  char last_failure[256]; /* why the last connection attempt failed */
 };
 
 static game G;
@@ -222,21 +221,26 @@ static void fail(game *g, const char *fmt, ...) {
   qrpc_loop_stop(g->loop);
 }
 
-/* Why nothing answered: what qrpc last logged about the attempts. */
+/* Why nothing answered: the last failed attempt's reason. */
 static const char *connect_reason(const game *g) {
-  return g->last_warning[0]   ? g->last_warning
-         : g->last_failure[0] ? g->last_failure
-                              : "no answer; is game_server running there?";
+  return g->last_failure[0] ? g->last_failure
+                            : "no answer; is game_server running there?";
 }
 
-/* Failed connection attempts are only logged (the client retries on its
- * own): keep the last lines to explain a timeout once. */
+/* The client retries failed attempts on its own: keep the last reason to
+ * explain a timeout once. */
+static void on_conn_state(qrpc_client *cli, const qrpc_client_state_info *info,
+                          void *user_data) {
+  game *g = ((sim *)user_data)->g;
+  (void)cli;
+  if (info->state != QRPC_CLIENT_FAILED) return;
+  snprintf(g->last_failure, sizeof(g->last_failure), "%s",
+           info->close && info->close->reason[0] ? info->close->reason
+                                                 : qrpc_strerror(info->error));
+}
+
 static void on_log(qrpc_log_level level, const char *msg, void *user_data) {
   game *g = user_data;
-  if (level >= QRPC_LOG_WARN)
-    snprintf(g->last_warning, sizeof(g->last_warning), "%s", msg);
-  else if (strstr(msg, "failed") != NULL)
-    snprintf(g->last_failure, sizeof(g->last_failure), "%s", msg);
   if (g->opt.verbose || level >= QRPC_LOG_ERROR)
     fprintf(stderr, PROG ": qrpc %s: %s\n", qrpc_log_level_name(level), msg);
 }
@@ -333,6 +337,7 @@ static int sim_start(game *g, sim *c, qrpc_tls_config *tls) {
   qrpc_client_opts_default(&co);
   co.server_name = g->opt.servername;
   co.on_disconnect = on_disconnect;
+  co.on_state = on_conn_state;
   co.user_data = c;
   /* Attempts fail (and say why) well before the overall timeout. */
   co.conn.handshake_timeout_ms = g->opt.timeout_s * 1000 / 2;

@@ -442,15 +442,12 @@ static void on_disconnect(qrpc_client *cli, const qrpc_close_info *info,
   if (was_ready) {
     if (bc->opts.on_disconnect)
       bc->opts.on_disconnect(bc, info, bc->opts.user_data);
-  } else if (info->error == QRPC_ECERT && !info->local) {
-    /* The handshake completed on this side before the broker judged the
-     * client's certificate: the only trace of its verdict is here. */
-    QRPCI_INFO("broker client: connecting failed: the broker refused this "
-               "client's certificate, or requires one; retrying");
   } else {
     QRPCI_INFO("broker client: a connection closed before it was ready: "
                "%s; retrying",
-               info->error ? qrpc_strerror(info->error) : "closed");
+               info->reason && info->reason[0] ? info->reason
+               : info->error                   ? qrpc_strerror(info->error)
+                                               : "closed");
   }
 }
 

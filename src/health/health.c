@@ -137,16 +137,22 @@ void qrpc_health_shutdown(qrpc_health *h) {
 
 /* ---- Handlers --------------------------------------------------------- */
 
+/* Reads the request's service name, or answers INVALID_ARGUMENT and
+ * returns -1. */
+static int request_service(qrpc_req *req, const uint8_t *payload, size_t len,
+                           const uint8_t **name, size_t *nlen) {
+  if (read_service(payload, len, name, nlen) == 0) return 0;
+  qrpc_req_error(req, QRPC_STATUS_INVALID_ARGUMENT,
+                 "not a HealthCheckRequest, or the name is too long");
+  return -1;
+}
+
 static void h_check(qrpc_req *req, const uint8_t *payload, size_t len,
                     void *ud) {
   qrpc_health *h = ud;
   const uint8_t *name;
   size_t nlen;
-  if (read_service(payload, len, &name, &nlen) != 0) {
-    qrpc_req_error(req, QRPC_STATUS_INVALID_ARGUMENT,
-                   "not a HealthCheckRequest, or the name is too long");
-    return;
-  }
+  if (request_service(req, payload, len, &name, &nlen) != 0) return;
   svc *s = find(h, name, nlen);
   if (!s) {
     qrpc_req_error(req, QRPC_STATUS_NOT_FOUND, "unknown service");
@@ -174,11 +180,7 @@ static void h_watch(qrpc_req *req, const uint8_t *payload, size_t len,
   qrpc_health *h = ud;
   const uint8_t *name;
   size_t nlen;
-  if (read_service(payload, len, &name, &nlen) != 0) {
-    qrpc_req_error(req, QRPC_STATUS_INVALID_ARGUMENT,
-                   "not a HealthCheckRequest, or the name is too long");
-    return;
-  }
+  if (request_service(req, payload, len, &name, &nlen) != 0) return;
   watcher *w = calloc(1, sizeof(*w));
   if (!w) {
     qrpc_req_error(req, QRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");

@@ -289,6 +289,10 @@ void qrpci_conn_set_rpc_acceptor(qrpc_conn *c, qrpci_rpc_accept_fn fn,
   c->rpc_accept_ud = ud;
 }
 
+#define PEER_REFUSED_CLIENT_CERT                                               \
+  "the server refused this client's certificate, or requires one"
+#define PEER_REFUSED_SERVER_CERT "the client refused this server's certificate"
+
 /* Fills close_info from the CONNECTION_CLOSE the peer sent. */
 static void info_from_remote(qrpc_conn *c) {
   const ngtcp2_ccerr *cc = ngtcp2_conn_get_ccerr(c->q);
@@ -304,6 +308,14 @@ static void info_from_remote(qrpc_conn *c) {
              cc->error_code == NGTCP2_NO_ERROR ? 0 : QRPC_ETRANSPORT, NULL);
   }
   set_reason(c, cc->reason, cc->reasonlen);
+  /* Under TLS 1.3 a server judges the client's certificate after the client
+   * has finished its handshake: this alert is the only trace of the verdict,
+   * so say what it means when the peer sent no words of its own. */
+  if (c->close_info.error == QRPC_ECERT && !c->close_reason[0]) {
+    const char *why = c->is_server ? PEER_REFUSED_SERVER_CERT
+                                   : PEER_REFUSED_CLIENT_CERT;
+    set_reason(c, (const uint8_t *)why, strlen(why));
+  }
 }
 
 /* Acts on an error ngtcp2 returned from reading, writing or expiry. */
