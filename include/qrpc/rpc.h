@@ -387,7 +387,8 @@ typedef struct qrpc_call_info {
                               outgoing call, what arrived on one served */
   size_t metadata_count;
   int status;           /* after: how the call ended (QRPC_STATUS_*) */
-  uint64_t duration_ns; /* after: from the before hooks to the end */
+  uint64_t duration_ns; /* after: from the arrival of the REQUEST (incoming)
+                          or the before hooks (outgoing) to the end */
 } qrpc_call_info;
 
 /* Handed to before hooks of outgoing calls, to add request metadata. */

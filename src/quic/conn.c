@@ -797,7 +797,8 @@ void qrpci_conn_read(qrpc_conn *c, const ngtcp2_path *path, uint8_t *data,
   ngtcp2_pkt_info pi = {0};
   uint64_t decrypted = decrypted_pkts;
   c->busy++;
-  int rv = ngtcp2_conn_read_pkt(c->q, path, &pi, data, len, qrpci_now_ns());
+  c->rx_ns = qrpci_now_ns();
+  int rv = ngtcp2_conn_read_pkt(c->q, path, &pi, data, len, c->rx_ns);
   c->busy--;
   if (decrypted_pkts != decrypted) peer_heard(c);
   if (rv != 0) {

@@ -73,6 +73,7 @@ struct qrpc_conn {
   int reset_received;        /* a stateless reset with a valid token */
   int awaiting;              /* answers are due (qrpci_conn_set_awaiting) */
   int mute;                  /* sends nothing (qrpci_conn_vanish) */
+  uint64_t rx_ns;            /* when the packet being read was read */
   uint64_t unanswered_since; /* first ack-eliciting packet the peer has
                                 not answered anything since; 0: none */
   uint64_t dead_recheck_at;  /* the dead-peer deadline passed; decide at

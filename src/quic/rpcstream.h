@@ -44,6 +44,10 @@ int qrpci_conn_in_early(qrpc_conn *c);
 /* Inside a stream's on_read: 1 if the bytes delivered came in 0-RTT
  * packets, or before the handshake completed. */
 int qrpci_stream_rx_early(qrpc_stream *s);
+/* Inside a stream's on_read: when the packet that carried the bytes was
+ * read (qrpci_now_ns() time), so the layer above dates arrivals without a
+ * clock read of its own. */
+uint64_t qrpci_stream_rx_ns(qrpc_stream *s);
 
 /* Opens a stream of the RPC kind. Errors as qrpc_stream_open(). */
 int qrpci_stream_open_rpc(qrpc_conn *c, const qrpc_stream_callbacks *cbs,

@@ -368,6 +368,8 @@ void qrpci_stream_transport_closed(qrpc_stream *s, int error) {
 
 int qrpci_stream_rx_early(qrpc_stream *s) { return s->rx_early; }
 
+uint64_t qrpci_stream_rx_ns(qrpc_stream *s) { return s->conn->rx_ns; }
+
 int qrpci_stream_restart(qrpc_stream *s) {
   qrpc_conn *c = s->conn;
   if (s->acked || s->head_off || s->stopped) return QRPC_ESTATE;

@@ -568,8 +568,8 @@ static int run_before(qrpci_core *core, qrpc_icx *cx,
 }
 
 static void run_after(qrpci_core *core, size_t n, qrpc_call_info *info,
-                      uint64_t start_ns) {
-  info->duration_ns = qrpci_now_ns() - start_ns;
+                      uint64_t duration_ns) {
+  info->duration_ns = duration_ns;
   for (size_t i = n; i-- > 0;)
     if (core->icpt[i].after) core->icpt[i].after(info, core->icpt[i].user_data);
 }
@@ -699,7 +699,7 @@ static void call_finish(qrpc_call *call, int status, const char *detail,
                            .outgoing = 1,
                            .peer = call->icpt_peer,
                            .status = status};
-    run_after(call->core, call->nicpt, &info, call->start_ns);
+    run_after(call->core, call->nicpt, &info, qrpci_now_ns() - call->start_ns);
     call->nicpt = 0;
   }
   qrpc_result res = {.status = status,
@@ -979,6 +979,9 @@ static void req_release(qrpc_req *req) {
   if (req->released) return;
   req->released = 1;
   qrpc_peer *peer = req->peer;
+  uint64_t duration_ns = 0;
+  if (req->start_ns && (req->nicpt || peer->core->callstats))
+    duration_ns = qrpci_now_ns() - req->start_ns;
   if (req->nicpt) {
     qrpc_call_info info = {.method = req->method,
                            .shape = req->shape,
@@ -986,12 +989,12 @@ static void req_release(qrpc_req *req) {
                            .metadata = req->md,
                            .metadata_count = req->nmd,
                            .status = req->status};
-    run_after(peer->core, req->nicpt, &info, req->start_ns);
+    run_after(peer->core, req->nicpt, &info, duration_ns);
     req->nicpt = 0;
   }
   if (req->start_ns && peer->core->callstats)
     qrpci_callstats_record(peer->core->callstats, req->method, req->status,
-                           qrpci_now_ns() - req->start_ns);
+                           duration_ns);
   if (req->timer_set) {
     evtimer_del(&req->timer);
     req->timer_set = 0;
@@ -1124,11 +1127,14 @@ static void on_request(qrpci_rstream *rs, const qrpci_frame *f,
     return;
   }
   req->early = rs->frame_early;
-  if (peer->core->callstats) req->start_ns = qrpci_now_ns();
+  /* A call's time starts when the packet that completed its REQUEST was
+   * read: the deadline, the interceptors and the metrics need no clock
+   * read of their own. */
+  req->start_ns = rs->rx_ns ? rs->rx_ns : qrpci_now_ns();
   rs->pending++;
   if (m->shape != QRPC_SHAPE_UNARY && !rs->req) rs->req = req;
   if (f->timeout_ms) {
-    req->deadline_ns = qrpci_now_ns() + f->timeout_ms * QRPCI_NS_PER_MS;
+    req->deadline_ns = req->start_ns + f->timeout_ms * QRPCI_NS_PER_MS;
     arm_timer(peer->core, &req->timer, f->timeout_ms);
     req->timer_set = 1;
   }
@@ -1140,7 +1146,6 @@ static void on_request(qrpci_rstream *rs, const qrpci_frame *f,
                            .metadata = req->md,
                            .metadata_count = req->nmd};
     const char *why = NULL;
-    req->start_ns = qrpci_now_ns();
     int st = run_before(peer->core, &cx, &info, &req->nicpt, &why);
     if (st != 0) {
       qrpc_req_error(req, st, why);
@@ -1436,6 +1441,7 @@ static void rs_on_read(qrpc_stream *s, const uint8_t *data, size_t len,
   if (peer->closed) return;
   peer->busy++;
   rs->rx_early = qrpci_stream_rx_early(s);
+  rs->rx_ns = qrpci_stream_rx_ns(s);
   if (!qrpci_reasm_in_frame(&rs->reasm)) rs->frame_early = rs->rx_early;
   const char *why = NULL;
   int rv = len ? qrpci_reasm_feed(&rs->reasm, data, len, on_frame, rs, &why)

@@ -134,6 +134,7 @@ struct qrpci_rstream {
    * the read being fed, then for frames that start in it. */
   int frame_early;
   int rx_early;
+  uint64_t rx_ns; /* when the read being fed arrived (qrpci_stream_rx_ns) */
   /* A caller's HEADERS waiting for its REQUEST, which must come next. */
   int hdr_pending;
   int hdr_over; /* over max_metadata: the call is refused */
@@ -209,7 +210,7 @@ struct qrpc_req {
   int hdr_sent;
   qrpci_mdbuf trl; /* trailers */
   size_t nicpt;    /* interceptors whose before ran */
-  uint64_t start_ns; /* arrival, for interceptors and callstats */
+  uint64_t start_ns; /* arrival: deadline, interceptors, callstats */
   int status;        /* how it ended, for them */
 };
 
