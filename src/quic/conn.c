@@ -672,6 +672,14 @@ void qrpci_conn_setup_settings(qrpc_conn *c, ngtcp2_settings *s,
   s->initial_ts = qrpci_now_ns();
   s->handshake_timeout = c->opts.handshake_timeout_ms * NGTCP2_MILLISECONDS;
   s->max_stream_window = c->opts.stream_window;
+  /* Every ack-eliciting packet is acknowledged in the next packet sent.
+   * Writes happen once per loop turn, after a whole batch of packets was
+   * read, so this is one ACK per batch at most; and an answer written in
+   * the same turn carries it. With the default (every second packet, or
+   * after min(max_ack_delay, srtt/8)), a reply written a few microseconds
+   * after its request went out without the ACK, and the ACK followed in a
+   * packet of its own: one more send, wake-up and receive per call. */
+  s->ack_thresh = 1;
   s->max_window = c->opts.conn_window;
   /* Packets start at 1200 bytes and grow to a size only once a PMTUD
    * probe of that size is acknowledged on the current path (ngtcp2 shapes
@@ -969,6 +977,8 @@ static ngtcp2_ssize write_one(qrpc_conn *c, ngtcp2_path *path, uint8_t *dst,
   }
 }
 
+static void arm_timer_at(qrpc_conn *c, uint64_t exp, uint64_t now);
+
 void qrpci_conn_write(qrpc_conn *c) {
   if (c->state != QRPCI_CONN_HANDSHAKING && c->state != QRPCI_CONN_ESTABLISHED)
     return;
@@ -986,7 +996,7 @@ void qrpci_conn_write(qrpc_conn *c) {
   ngtcp2_path_storage_zero(&ps);
   uint64_t now = qrpci_now_ns();
   size_t npkts = 0;
-  int rv = 0;
+  int rv = 0, drained = 0;
   c->busy++;
   while (npkts < maxn && !c->sock->blocked) {
     if (!batch_has_room(&b)) batch_flush(c, &b);
@@ -995,7 +1005,10 @@ void qrpci_conn_write(qrpc_conn *c) {
       rv = (int)n;
       break;
     }
-    if (n == 0) break;
+    if (n == 0) {
+      drained = 1;
+      break;
+    }
     batch_add(c, &b, &ps.path, (size_t)n);
     npkts++;
   }
@@ -1005,21 +1018,29 @@ void qrpci_conn_write(qrpc_conn *c) {
     handle_error(c, rv);
     return;
   }
+  /* ngtcp2's expiry includes the pacing time of the next packet, which
+   * update_pkt_tx_time() sets a few microseconds ahead. When ngtcp2 had
+   * nothing more to write, waking up then would find nothing to send: a
+   * loop turn, two timer syscalls and an epoll_wait per answer. A write
+   * that comes before that time is allowed anyway (ngtcp2 paces with a
+   * millisecond of slack), so the timer keeps the other deadlines only. */
+  uint64_t unpaced = drained ? ngtcp2_conn_get_expiry(c->q) : 0;
   ngtcp2_conn_update_pkt_tx_time(c->q, now);
   if (npkts) note_sent(c, now);
   /* More to send than one turn's share: come back next turn, after other
    * connections and incoming packets had theirs. */
   if (npkts == maxn) qrpci_loop_mark_dirty(c->loop, c);
-  qrpci_conn_arm_timer(c);
+  arm_timer_at(c, drained ? unpaced : ngtcp2_conn_get_expiry(c->q), now);
   run_pending_close(c);
 }
 
 /* ---- Timers ----------------------------------------------------------- */
 
-void qrpci_conn_arm_timer(qrpc_conn *c) {
+/* Arms the connection's timer for ngtcp2's expiry exp, or the dead-peer
+ * deadline if sooner; now is a recent qrpci_now_ns(). */
+static void arm_timer_at(qrpc_conn *c, uint64_t exp, uint64_t now) {
   if (c->state != QRPCI_CONN_HANDSHAKING && c->state != QRPCI_CONN_ESTABLISHED)
     return;
-  uint64_t exp = ngtcp2_conn_get_expiry(c->q);
   uint64_t dead = dead_peer_deadline(c);
   if (dead < exp) exp = dead;
   if (exp == c->timer_expiry) return;
@@ -1028,9 +1049,14 @@ void qrpci_conn_arm_timer(qrpc_conn *c) {
     evtimer_del(c->timer);
     return;
   }
-  uint64_t now = qrpci_now_ns();
   struct timeval tv = qrpci_ns_to_tv(exp > now ? exp - now : 0);
   evtimer_add(c->timer, &tv);
+}
+
+void qrpci_conn_arm_timer(qrpc_conn *c) {
+  if (c->state != QRPCI_CONN_HANDSHAKING && c->state != QRPCI_CONN_ESTABLISHED)
+    return;
+  arm_timer_at(c, ngtcp2_conn_get_expiry(c->q), qrpci_now_ns());
 }
 
 static void conn_start(qrpc_conn *c);

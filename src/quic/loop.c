@@ -48,7 +48,9 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg) {
       qrpci_conn_free(c);
       continue;
     }
+    loop->flushing = 1;
     qrpci_conn_write(c);
+    loop->flushing = 0;
   }
   qrpci_loop_flush_txqs(loop);
 }

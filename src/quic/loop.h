@@ -18,6 +18,7 @@ struct qrpc_loop {
   struct event_base *base;
   int own_base;
   struct event *flush_ev;   /* activated when a connection has work */
+  int flushing;             /* inside flush_cb: its end sends the txqs */
   qrpci_list dirty;         /* connections to flush this turn */
   qrpci_list conns;         /* every connection the loop holds */
   size_t nconns;

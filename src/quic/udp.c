@@ -272,7 +272,10 @@ static int txq_add(qrpci_sock *s, const struct sockaddr *to, socklen_t tolen,
   q->used += len;
   if (!qrpci_list_linked(&s->txq_node)) {
     qrpci_list_push_back(&s->loop->txq_socks, &s->txq_node);
-    event_active(s->loop->flush_ev, 0, 0);
+    /* Packets a flush pass writes leave at its end; only packets written
+     * elsewhere (a timer, a read) need a pass of their own. Activating it
+     * from inside would cost a loop turn that sends nothing. */
+    if (!s->loop->flushing) event_active(s->loop->flush_ev, 0, 0);
   }
   return 0;
 }
