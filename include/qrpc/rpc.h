@@ -5,9 +5,10 @@
  *
  * Objects:
  * - qrpc_server: an endpoint that serves registered methods.
- * - qrpc_client: a connection to one server address that survives
- *   connection loss (it reconnects with backoff) and can itself serve
- *   methods the server calls.
+ * - qrpc_client: a connection to one server address, or one to each of
+ *   several (a list, or a DNS name's addresses) with calls spread over
+ *   them, that survives connection loss (it reconnects with backoff) and
+ *   can itself serve methods the server calls.
  * - qrpc_peer: the RPC session on one live connection, on either side. A
  *   server calls its client through the peer, and handlers learn the peer of
  *   each request.

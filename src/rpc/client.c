@@ -512,7 +512,10 @@ static int cli_call_lost(qrpci_core *core, qrpc_call *call, int ran,
   if (cli->freeing) return 0;
   if (call->shape != QRPC_SHAPE_UNARY || !call->kept || call->retried ||
       (ran && !call->idempotent)) {
-    if (ran) *detail = "connection lost; the call may have run";
+    if (ran)
+      *detail = strcmp(*detail, "stream closed") == 0
+                    ? "stream closed; the call may have run"
+                    : "connection lost; the call may have run";
     return 0;
   }
   call->retried = 1;
