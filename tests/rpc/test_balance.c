@@ -211,6 +211,26 @@ START_TEST(test_round_robin_spread) {
     ck_assert_uint_eq(info[i].in_flight, 0);
   }
   ck_assert_int_eq(st.ready, NSRV);
+  /* The metrics endpoint reports the same, labelled by backend. */
+  qrpc_metrics *m = NULL;
+  ck_assert_int_eq(qrpc_metrics_serve(loop, "127.0.0.1:0", NULL, &m), 0);
+  ck_assert_int_eq(qrpc_metrics_add_client(m, cli), 0);
+  ck_assert_int_eq(qrpc_metrics_add_client(m, cli), QRPC_ESTATE);
+  char *text = NULL;
+  ck_assert_int_eq(qrpc_metrics_render(m, &text, NULL), 0);
+  for (int i = 0; i < NSRV; i++) {
+    char line[160];
+    snprintf(line, sizeof(line),
+             "qrpc_client_backend_calls_total{backend=\"%s\"} %d\n", s[i].addr,
+             s[i].served);
+    ck_assert_msg(strstr(text, line) != NULL, "%s not in\n%s", line, text);
+    snprintf(line, sizeof(line), "qrpc_client_backend_up{backend=\"%s\"} 1\n",
+             s[i].addr);
+    ck_assert_msg(strstr(text, line) != NULL, "%s not in\n%s", line, text);
+  }
+  ck_assert_ptr_nonnull(strstr(text, "qrpc_client_resolve_failing 0\n"));
+  free(text);
+  qrpc_metrics_free(m);
   qrpc_client_free(cli);
   for (int i = 0; i < NSRV; i++) srv_free(&s[i]);
   ck_assert(qt_run_until_released(loop, QT_WAIT_MS));
