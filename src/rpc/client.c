@@ -520,6 +520,8 @@ static int cli_call_lost(qrpci_core *core, qrpc_call *call, int ran,
   }
   call->retried = 1;
   call->kept = 0; /* the next attempt frees the payload */
+  /* Interceptors' after hooks must not see the lost peer, which goes. */
+  call->icpt_peer = NULL;
   call->state = QRPCI_CALL_QUEUED;
   qrpci_list_push_back(cli->pending.next, &call->node); /* first */
   cli->npending++;
