@@ -13,6 +13,11 @@
  *   (resumption off: every connection a full handshake) or 0rtt (resumed,
  *   and the call is idempotent, so it travels in 0-RTT).
  *
+ * --target (a list of servers or dns:name:port) replaces --host and
+ * --port: each client then spreads its calls over the target's servers
+ * with the --lb policy, and unary calls are marked idempotent, so a call
+ * lost with a server runs again on another.
+ *
  * The request is a Msg encoded once with protobuf-c; calls send its bytes
  * and echoes are checked by length, so nothing is decoded or allocated
  * per call on this side.
@@ -54,6 +59,9 @@ enum { MODE_UNARY, MODE_STREAM, MODE_CONNECT };
 static const char *const mode_names[] = {"unary", "stream", "connect", NULL};
 enum { HS_RESUME, HS_FULL, HS_0RTT };
 static const char *const handshake_names[] = {"resume", "full", "0rtt", NULL};
+/* --lb: "default" leaves the client's own choice. */
+static const char *const lb_names[] = {"default", "pick_first", "round_robin",
+                                       "least_outstanding", NULL};
 
 typedef struct rpc_opts {
   bench_client_common c;
@@ -64,6 +72,8 @@ typedef struct rpc_opts {
   uint64_t window;
   uint64_t unary_streams;
   int handshake; /* connect: HS_* */
+  const char *target; /* --target: replaces --host and --port */
+  int lb;             /* index in lb_names */
 } rpc_opts;
 
 typedef struct rpc_bench rpc_bench;
@@ -105,6 +115,7 @@ struct rpc_bench {
   bench_client_env env;
   bench_runner run;
   qrpc_client_opts co;
+  qrpc_call_opts unary_opts; /* of every unary-mode call */
   uint8_t *msg; /* the encoded request Msg */
   size_t msg_len;
 
@@ -177,8 +188,8 @@ static const qrpc_call_callbacks unary_cbs = {.on_done = unary_done};
 static void unary_issue(unary_slot *s, uint64_t now) {
   rpc_bench *b = s->conn->b;
   s->t0 = now;
-  int rc = qrpc_client_call(s->conn->cli, ECHO_ID, b->msg, b->msg_len, NULL,
-                            &unary_cbs, s, NULL);
+  int rc = qrpc_client_call(s->conn->cli, ECHO_ID, b->msg, b->msg_len,
+                            &b->unary_opts, &unary_cbs, s, NULL);
   if (rc != 0) {
     char what[120];
     snprintf(what, sizeof(what), "cannot start an Echo call: %s",
@@ -303,6 +314,11 @@ static void on_disconnect(qrpc_client *cli, const qrpc_close_info *info,
   count_error(b, what, NULL);
 }
 
+/* What the clients connect to: --target, or --host and --port. */
+static const char *target_of(const rpc_bench *b) {
+  return b->o.target ? b->o.target : b->env.addr;
+}
+
 static int open_conns(rpc_bench *b) {
   qrpc_client_opts co = b->co;
   co.on_connect = on_connect;
@@ -315,11 +331,12 @@ static int open_conns(rpc_bench *b) {
     c->idx = i;
     co.user_data = c;
     int rc =
-        qrpc_client_new(b->env.loop, b->env.addr, b->env.tls, &co, &c->cli);
+        qrpc_client_new(b->env.loop, target_of(b), b->env.tls, &co, &c->cli);
     if (rc != 0) {
       c->cli = NULL;
+      const char *why = qrpc_client_target_problem(target_of(b), co.lb_policy);
       fprintf(stderr, "%s: cannot create client %zu for %s: %s\n", b->prog,
-              i + 1, b->env.addr, qrpc_strerror(rc));
+              i + 1, target_of(b), why ? why : qrpc_strerror(rc));
       return 1;
     }
   }
@@ -394,11 +411,11 @@ static void chain_start(connect_chain *ch) {
   opts.idempotent = b->o.handshake == HS_0RTT;
   ch->t0 = bench_now_ns();
   int rc =
-      qrpc_client_new(b->env.loop, b->env.addr, b->env.tls, &b->co, &ch->cli);
+      qrpc_client_new(b->env.loop, target_of(b), b->env.tls, &b->co, &ch->cli);
   if (rc != 0) {
     ch->cli = NULL;
-    bench_runner_fail(&b->run, "cannot create a client for %s: %s", b->env.addr,
-                      qrpc_strerror(rc));
+    bench_runner_fail(&b->run, "cannot create a client for %s: %s",
+                      target_of(b), qrpc_strerror(rc));
     return;
   }
   rc = qrpc_client_call(ch->cli, ECHO_ID, b->msg, b->msg_len, &opts, &chain_cbs,
@@ -548,6 +565,10 @@ static void report(rpc_bench *b) {
   bench_report_init(&r);
   bench_report_common(&r, "rpc", &o->c);
   bench_report_param_text(&r, "mode", mode_names[o->mode]);
+  if (o->target) {
+    bench_report_param_text(&r, "target", o->target);
+    bench_report_param_text(&r, "lb", lb_names[o->lb]);
+  }
   bench_report_param_uint(&r, "payload", o->payload);
   bench_report_param_uint(&r, "conns", o->conns);
   if (o->mode != MODE_CONNECT)
@@ -613,6 +634,11 @@ static int parse(rpc_bench *b, int argc, char **argv) {
   o->window = 0;
   o->unary_streams = 4;
   o->handshake = HS_RESUME;
+  o->target = NULL;
+  o->lb = 0;
+  /* --target may stand for --port. */
+  for (size_t i = 0; i < n; i++)
+    if (strcmp(flags[i].name, "--port") == 0) flags[i].required = 0;
   const bench_flag own[] = {
       {"--mode", BENCH_FLAG_CHOICE, &o->mode, 0, 0, mode_names, "MODE",
        "unary, stream or connect", 0, 0},
@@ -635,11 +661,21 @@ static int parse(rpc_bench *b, int argc, char **argv) {
        "connect: resume (from the ticket cache, as clients do by default), "
        "full (no ticket) or 0rtt (resumed, the call in 0-RTT)",
        0, 0},
+      {"--target", BENCH_FLAG_STR, &o->target, 0, 0, NULL, "LIST",
+       "instead of --host and --port: a client target (h1:p1,h2:p2 or "
+       "dns:name:port) whose servers share the calls; unary calls are then "
+       "idempotent, so they survive a server going away",
+       0, 0},
+      {"--lb", BENCH_FLAG_CHOICE, &o->lb, 0, 0, lb_names, "POLICY",
+       "how calls are spread over the target's servers: default, "
+       "pick_first, round_robin or least_outstanding",
+       0, 0},
   };
   for (size_t i = 0; i < sizeof(own) / sizeof(own[0]); i++) flags[n++] = own[i];
   int rc = bench_args_parse(
       b->prog,
-      "--port P --mode unary|stream|connect [--payload B] [--conns N] "
+      "--port P|--target LIST --mode unary|stream|connect [--lb POLICY] "
+      "[--payload B] [--conns N] "
       "[--outstanding N] [flags]",
       "Loads the Echo service of 'qrpc-bench server rpc'. Prints a summary\n"
       "on stderr and, as its last line on stdout, RESULT with ops_per_s,\n"
@@ -648,6 +684,17 @@ static int parse(rpc_bench *b, int argc, char **argv) {
       "cpu_us_per_conn, errors (connect).",
       flags, n, argc, argv);
   if (rc != 0) return rc;
+  if (o->c.port == 0 && o->target == NULL) {
+    fprintf(stderr, "%s: --port or --target is required\n", b->prog);
+    return 2;
+  }
+  const char *why = o->target ? qrpc_client_target_problem(
+                                    o->target, o->lb ? lb_names[o->lb] : NULL)
+                              : NULL;
+  if (why) {
+    fprintf(stderr, "%s: --target %s: %s\n", b->prog, o->target, why);
+    return 2;
+  }
   if (o->conns * o->outstanding > MAX_CONNS * 16) {
     fprintf(stderr,
             "%s: --conns %llu x --outstanding %llu is more than %u slots\n",
@@ -673,6 +720,11 @@ int bench_client_rpc(const char *prog, int argc, char **argv) {
   bench_log_init(prog);
   bench_hist_reset(&b->lat);
   bench_client_opts(&b->o.c, &b->co);
+  if (b->o.lb) b->co.lb_policy = lb_names[b->o.lb];
+  qrpc_call_opts_default(&b->unary_opts);
+  /* Echo may run twice: a balancing client sends it again when its server
+   * goes away. */
+  b->unary_opts.idempotent = b->o.target != NULL;
   int status = 1;
   uint64_t fds = b->o.conns + 64;
   /* Waiting for tickets (0rtt) needs timers finer than a millisecond. */

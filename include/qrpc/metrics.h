@@ -1,6 +1,6 @@
 /*
- * Metrics for Prometheus: a small HTTP endpoint that serves a server's
- * and a broker's counters in the Prometheus text exposition format
+ * Metrics for Prometheus: a small HTTP endpoint that serves a server's,
+ * a broker's and a client's counters in the Prometheus text exposition format
  * (version 0.0.4) at /metrics (docs/api.md, "Metrics").
  *
  * The endpoint runs on the caller's loop, reads the counters when it is
@@ -66,6 +66,14 @@ int qrpc_metrics_add_server(qrpc_metrics *m, qrpc_server *srv);
  * for the broker's server. b is borrowed, as srv above. Errors as
  * qrpc_metrics_add_server(). */
 int qrpc_metrics_add_broker(qrpc_metrics *m, qrpc_broker *b);
+
+/* Reports each backend of cli, labelled backend="host:port": whether it
+ * takes calls (qrpc_client_backend_up), its calls in flight, calls
+ * started, failures and connection attempts, and whether the client's
+ * DNS name fails to resolve (docs/api.md, "Balancing"). cli is borrowed,
+ * as srv above. One client per m. Errors: QRPC_EINVAL, QRPC_ESTATE (m
+ * already has a client). */
+int qrpc_metrics_add_client(qrpc_metrics *m, qrpc_client *cli);
 
 /* Names method for the method label ("hello.Greeter/SayHello"; copied).
  * Unnamed methods are labelled with their decimal id. Names must be

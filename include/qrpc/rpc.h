@@ -5,9 +5,10 @@
  *
  * Objects:
  * - qrpc_server: an endpoint that serves registered methods.
- * - qrpc_client: a connection to one server address that survives
- *   connection loss (it reconnects with backoff) and can itself serve
- *   methods the server calls.
+ * - qrpc_client: a connection to one server address, or one to each of
+ *   several (a list, or a DNS name's addresses) with calls spread over
+ *   them, that survives connection loss (it reconnects with backoff) and
+ *   can itself serve methods the server calls.
  * - qrpc_peer: the RPC session on one live connection, on either side. A
  *   server calls its client through the peer, and handlers learn the peer of
  *   each request.
@@ -507,6 +508,10 @@ typedef struct qrpc_client_state_info {
   int was_ready;        /* FAILED: 1 if the connection had been READY */
   uint64_t retry_in_ms; /* FAILED: the next attempt starts this many
                            milliseconds from now (0: at once) */
+  /* The backend ("host:port") whose connection this is; NULL for a
+   * FAILED that reports a "dns:" target's name not resolving (error
+   * QRPC_ERESOLVE, attempt counting the lookups, retry_in_ms the next). */
+  const char *backend;
 } qrpc_client_state_info;
 
 typedef struct qrpc_client_opts {
@@ -538,6 +543,20 @@ typedef struct qrpc_client_opts {
    * qrpc_client_peer(), but not free the client. NULL: none. */
   void (*on_state)(qrpc_client *cli, const qrpc_client_state_info *info,
                    void *user_data);
+  /* Fields from here on came with balancing (docs/api.md, "Balancing");
+   * a caller built before them passes the smaller size. */
+  /* How calls are spread over the backends: "pick_first" (the first
+   * backend of the target that is ready), "round_robin" (each ready
+   * backend in turn) or "least_outstanding" (the ready backend with the
+   * fewest calls in flight). NULL: pick_first for one address,
+   * round_robin for a list or a name. Read during qrpc_client_new(). */
+  const char *lb_policy;
+  /* The name server ("ip" or "ip:port") that resolves a "dns:" target;
+   * NULL: the system's. Copied. */
+  const char *dns_resolver;
+  /* How often a "dns:" target's name is resolved again, in ms; it is
+   * also resolved again soon after a backend fails. Default 30000. */
+  uint64_t dns_refresh_ms;
 } qrpc_client_opts;
 
 void qrpc_client_opts_default(qrpc_client_opts *o);
@@ -601,12 +620,25 @@ void qrpc_server_free(qrpc_server *srv);
 
 /* ---- Clients ---------------------------------------------------------- */
 
-/* Creates a client for addr ("host:port") and starts connecting. tls is
+/* Creates a client for the target addr and starts connecting. The target
+ * is "host:port" (or "[v6]:port"), a comma-separated list of them
+ * ("h1:p1,h2:p2"), or "dns:name:port", whose A and AAAA records are all
+ * used and looked up again (opts dns_refresh_ms); each address is a
+ * backend with a connection of its own (docs/api.md, "Balancing"). tls is
  * referenced; opts (may be NULL: the defaults) is copied, and may come
  * from a caller built against an older qrpc (its smaller size).
- * Errors: QRPC_EINVAL, QRPC_ENOMEM. */
+ * Errors: QRPC_EINVAL (also a target or lb_policy that
+ * qrpc_client_target_problem() objects to, logged with the reason),
+ * QRPC_ENOMEM. */
 int qrpc_client_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
                     const qrpc_client_opts *opts, qrpc_client **out);
+
+/* What is wrong with target (as qrpc_client_new() takes it) and
+ * lb_policy (NULL: the default), as a static English sentence, or NULL if
+ * nothing is. A name that does not resolve is not found here: the client
+ * reports it through on_state and keeps trying. Any thread. */
+const char *qrpc_client_target_problem(const char *target,
+                                       const char *lb_policy);
 
 /* Registers a method the server may call on this client. */
 int qrpc_client_register(qrpc_client *cli, uint32_t method, qrpc_shape shape,
@@ -616,11 +648,38 @@ int qrpc_client_register(qrpc_client *cli, uint32_t method, qrpc_shape shape,
 int qrpc_client_keep(qrpc_client *cli, const void *data, size_t len,
                      void **out);
 
-/* The current peer, or NULL while not connected (in the 0-RTT phase
+/* The current peer (with several backends: that of the first ready one in
+ * target order), or NULL while not connected (in the 0-RTT phase
  * too) or while the connection drains after the server's GOAWAY (new calls
  * then wait for the next connection, which is made once the draining one
  * has closed). */
 qrpc_peer *qrpc_client_peer(qrpc_client *cli);
+
+/* One backend of a client, as qrpc_client_backends() reports it. */
+typedef struct qrpc_backend_info {
+  const char *addr;        /* "host:port" or "[v6]:port"; borrowed, valid
+                              until the loop runs again */
+  qrpc_client_state state; /* of its connection, as on_state reported it
+                              (FAILED before its first attempt) */
+  int takes_calls;         /* 1: ready, not draining: new calls may go to
+                              it */
+  int retiring;            /* its name no longer lists it: it finishes its
+                              calls and goes */
+  size_t in_flight;        /* its calls awaiting an answer now */
+  uint64_t calls;          /* calls started on it */
+  uint64_t failures;       /* failed attempts and lost connections */
+  uint64_t attempts;       /* connection attempts */
+} qrpc_backend_info;
+
+/* Writes the first cap (out may be NULL when cap is 0) of cli's backends,
+ * in target order, to out, and returns how many there are. Loop thread. */
+size_t qrpc_client_backends(qrpc_client *cli, qrpc_backend_info *out,
+                            size_t cap);
+
+/* For a "dns:" target: QRPC_ERESOLVE while the last lookup of its name
+ * failed or found no address (the client keeps trying, with backoff, and
+ * keeps the backends it had), 0 otherwise. Loop thread. */
+int qrpc_client_resolve_error(qrpc_client *cli);
 
 /* Calls of cli that went out in 0-RTT since it was created: their REQUEST
  * was written before the handshake was done. If the server refused the

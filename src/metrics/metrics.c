@@ -45,6 +45,7 @@ struct qrpc_metrics {
   size_t nconns;
   qrpc_server *srv;
   qrpc_broker *broker;
+  qrpc_client *cli;
   qrpci_callstats *calls;
   method_name *names;
   size_t nnames;
@@ -240,6 +241,44 @@ static void render_broker(qrpc_broker *br, struct evbuffer *b) {
       st.denied);
 }
 
+/* One sample per backend of a client, labelled with its address. */
+static void backend_family(struct evbuffer *b, const qrpc_backend_info *v,
+                           size_t n, const char *name, const char *type,
+                           const char *help, size_t field) {
+  family(b, name, type, help);
+  for (size_t i = 0; i < n; i++) {
+    const qrpc_backend_info *bi = &v[i];
+    uint64_t x = field == 0   ? (uint64_t)(bi->takes_calls != 0)
+                 : field == 1 ? (uint64_t)bi->in_flight
+                 : field == 2 ? bi->calls
+                 : field == 3 ? bi->failures
+                              : bi->attempts;
+    evbuffer_add_printf(b, "%s{backend=\"%s\"} %llu\n", name, bi->addr,
+                        (unsigned long long)x);
+  }
+}
+
+static void render_client(qrpc_client *cli, struct evbuffer *b) {
+  size_t n = qrpc_client_backends(cli, NULL, 0);
+  qrpc_backend_info *v = n ? calloc(n, sizeof(*v)) : NULL;
+  if (n && !v) return;
+  n = qrpc_client_backends(cli, v, n);
+  backend_family(b, v, n, "qrpc_client_backend_up", "gauge",
+                 "1 while the backend takes new calls.", 0);
+  backend_family(b, v, n, "qrpc_client_backend_in_flight", "gauge",
+                 "Calls awaiting an answer from the backend now.", 1);
+  backend_family(b, v, n, "qrpc_client_backend_calls_total", "counter",
+                 "Calls started on the backend.", 2);
+  backend_family(b, v, n, "qrpc_client_backend_failures_total", "counter",
+                 "Failed connection attempts and lost connections.", 3);
+  backend_family(b, v, n, "qrpc_client_backend_attempts_total", "counter",
+                 "Connection attempts.", 4);
+  one(b, "qrpc_client_resolve_failing", "gauge",
+      "1 while the client's DNS name does not resolve.",
+      qrpc_client_resolve_error(cli) != 0);
+  free(v);
+}
+
 static int render(qrpc_metrics *m, struct evbuffer *b) {
   if (m->srv) {
     qrpc_endpoint_stats es;
@@ -251,6 +290,7 @@ static int render(qrpc_metrics *m, struct evbuffer *b) {
     render_calls(m, b);
   }
   if (m->broker) render_broker(m->broker, b);
+  if (m->cli) render_client(m->cli, b);
   return 0;
 }
 
@@ -281,6 +321,13 @@ int qrpc_metrics_add_server(qrpc_metrics *m, qrpc_server *srv) {
   if (m->srv) return QRPC_ESTATE;
   if (!(m->calls = qrpci_server_callstats(srv))) return QRPC_ENOMEM;
   m->srv = srv;
+  return 0;
+}
+
+int qrpc_metrics_add_client(qrpc_metrics *m, qrpc_client *cli) {
+  if (!m || !cli) return QRPC_EINVAL;
+  if (m->cli) return QRPC_ESTATE;
+  m->cli = cli;
   return 0;
 }
 

@@ -1,14 +1,21 @@
 /*
- * qrpc_client: calls to one server address over a connection that is
- * re-established with exponential backoff and jitter whenever it is lost.
+ * qrpc_client: calls to one or more server addresses (backends: a list, or
+ * the addresses a DNS name has), each over a connection that is
+ * re-established with exponential backoff and jitter whenever it is lost,
+ * and a policy that picks the backend of each call.
  */
+#include <event2/dns.h>
+#include <event2/util.h>
+#include <netinet/in.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "dgram/channel.h"
 #include "qrpc/error.h"
 #include "quic/addr.h"
+#include "quic/loop.h"
 #include "quic/rpcstream.h"
 #include "quic/tls.h"
 #include "rpc/engine.h"
@@ -16,20 +23,54 @@
 #include "util/log.h"
 #include "wire/protocol.h"
 
+/* Balancing policies (qrpc_client_opts.lb_policy). */
+enum { LB_PICK_FIRST, LB_ROUND_ROBIN, LB_LEAST_OUTSTANDING };
+
+#define DNS_REFRESH_DEFAULT_MS 30000
+#define DNS_FAILURE_REFRESH_MS 1000
+#define MAX_BACKENDS 256
+
+/* One server address: what the client owned when it knew one address, its
+ * connection, peer, backoff and retry timer. */
+typedef struct backend {
+  qrpc_client *cli;
+  char *addr;      /* "host:port" */
+  qrpc_peer *peer; /* the current connection's peer */
+  struct event *retry_ev;
+  uint64_t backoff_ms;
+  uint64_t attempts; /* started so far; the current one's number */
+  int retiring;      /* the name no longer lists it: no new calls, no
+                        reconnection, freed once its connection closed */
+  qrpc_client_state state;
+  uint64_t calls;    /* calls started on it */
+  uint64_t failures; /* attempts that failed and connections lost */
+} backend;
+
 struct qrpc_client {
   qrpci_core core;
   qrpci_dgram *dg;
-  char *addr;
   qrpc_tls_config *tls;
   qrpc_client_opts opts;
-  qrpc_peer *peer;      /* the current connection's peer */
-  qrpci_list pending;   /* calls waiting for a connection */
+  int policy;
+  backend **b; /* in target order (resolution order for names) */
+  size_t nb;
+  size_t rr;          /* where round_robin looks next */
+  int balancing;      /* a list or a name: calls may move between
+                         backends, so unary calls keep their payload */
+  qrpci_list pending; /* calls waiting for a backend */
   size_t npending;
-  struct event *retry_ev;
-  uint64_t backoff_ms;
+  struct event *flush_ev;
   uint64_t rng;
-  uint64_t attempts; /* started so far; the current one's number */
   int freeing;
+  /* "dns:name:port" targets. */
+  char *dns_host, *dns_port;
+  struct evdns_base *dns_own; /* when opts.dns_resolver names one */
+  struct evdns_getaddrinfo_request *dnsreq;
+  struct event *resolve_ev;
+  uint64_t resolve_backoff_ms;
+  uint64_t next_resolve_ns;
+  int resolve_error; /* the last resolution's QRPC_E*, 0 once it worked */
+  uint64_t resolutions;
 };
 
 void qrpc_client_opts_default(qrpc_client_opts *o) {
@@ -40,6 +81,7 @@ void qrpc_client_opts_default(qrpc_client_opts *o) {
   o->max_pending = 1024;
   o->backoff_initial_ms = 100;
   o->backoff_max_ms = 10000;
+  o->dns_refresh_ms = DNS_REFRESH_DEFAULT_MS;
 }
 
 static void cli_on_established(qrpc_conn *c, void *ud);
@@ -52,23 +94,130 @@ static const qrpc_conn_callbacks cli_conn_cbs = {
     .on_closed = cli_on_closed,
 };
 
-static void connect_now(qrpc_client *cli);
+static void connect_now(backend *b);
+static void schedule_flush(qrpc_client *cli);
+static void schedule_resolve(qrpc_client *cli, uint64_t ms);
 
 static qrpc_client *client_of(qrpci_core *core) {
   return QRPCI_CONTAINER_OF(core, qrpc_client, core);
 }
 
+static backend *backend_of(qrpc_client *cli, const qrpc_peer *peer) {
+  for (size_t i = 0; i < cli->nb; i++)
+    if (cli->b[i]->peer == peer) return cli->b[i];
+  return NULL;
+}
+
+/* ---- Targets ---------------------------------------------------------- */
+
+static const char *const policy_names[] = {"pick_first", "round_robin",
+                                           "least_outstanding"};
+
+static int policy_of(const char *name) {
+  for (size_t i = 0; i < sizeof(policy_names) / sizeof(policy_names[0]); i++)
+    if (strcmp(name, policy_names[i]) == 0) return (int)i;
+  return -1;
+}
+
+/* A target split into addresses, or a name to resolve. */
+typedef struct target {
+  char **addrs;
+  size_t n;
+  char *dns_host, *dns_port;
+} target;
+
+static void target_free(target *t) {
+  for (size_t i = 0; i < t->n; i++) free(t->addrs[i]);
+  free(t->addrs);
+  free(t->dns_host);
+  free(t->dns_port);
+  memset(t, 0, sizeof(*t));
+}
+
+/* Parses a target; on QRPC_EINVAL *why says what is wrong with it. */
+static int target_parse(const char *s, target *t, const char **why) {
+  memset(t, 0, sizeof(*t));
+  *why = NULL;
+  if (!s || !*s) {
+    *why = "the target is empty";
+    return QRPC_EINVAL;
+  }
+  if (strncmp(s, "dns:", 4) == 0) {
+    if (qrpci_parse_addr(s + 4, &t->dns_host, &t->dns_port) != 0) {
+      *why = "a dns: target is dns:name:port";
+      return QRPC_EINVAL;
+    }
+    return 0;
+  }
+  const char *p = s;
+  for (;;) {
+    const char *e = strchr(p, ',');
+    size_t len = e ? (size_t)(e - p) : strlen(p);
+    if (len == 0) {
+      *why = "the target list has an empty entry";
+      goto bad;
+    }
+    if (t->n == MAX_BACKENDS) {
+      *why = "the target list has more than 256 addresses";
+      goto bad;
+    }
+    char *a = strndup(p, len);
+    char **v = a ? realloc(t->addrs, (t->n + 1) * sizeof(*v)) : NULL;
+    if (!v) {
+      free(a);
+      target_free(t);
+      return QRPC_ENOMEM;
+    }
+    t->addrs = v;
+    t->addrs[t->n++] = a;
+    char *host, *port;
+    int rv = qrpci_parse_addr(a, &host, &port);
+    if (rv == QRPC_ENOMEM) {
+      target_free(t);
+      return rv;
+    }
+    if (rv != 0) {
+      *why = "an address of the target is not host:port or [v6]:port";
+      goto bad;
+    }
+    free(host);
+    free(port);
+    if (!e) return 0;
+    p = e + 1;
+  }
+bad:
+  target_free(t);
+  return QRPC_EINVAL;
+}
+
+const char *qrpc_client_target_problem(const char *target_str,
+                                       const char *lb_policy) {
+  target t;
+  const char *why;
+  int rv = target_parse(target_str, &t, &why);
+  if (rv == QRPC_ENOMEM) return "out of memory";
+  if (rv != 0) return why;
+  target_free(&t);
+  if (lb_policy && policy_of(lb_policy) < 0)
+    return "unknown balancing policy (pick_first, round_robin, "
+           "least_outstanding)";
+  return NULL;
+}
+
+/* ---- Backends --------------------------------------------------------- */
+
 /* Delay before the next attempt: half the current backoff plus a random
  * part of the other half, so many clients cut off together do not all
  * come back in the same instant. */
-static uint64_t next_delay(qrpc_client *cli) {
+static uint64_t next_delay(backend *b) {
+  qrpc_client *cli = b->cli;
   cli->rng ^= cli->rng << 13;
   cli->rng ^= cli->rng >> 7;
   cli->rng ^= cli->rng << 17;
-  uint64_t b = cli->backoff_ms;
-  uint64_t delay = b / 2 + (b > 1 ? cli->rng % (b / 2 + 1) : 0);
-  cli->backoff_ms = b * 2 > cli->opts.backoff_max_ms ? cli->opts.backoff_max_ms
-                                                     : b * 2;
+  uint64_t d = b->backoff_ms;
+  uint64_t delay = d / 2 + (d > 1 ? cli->rng % (d / 2 + 1) : 0);
+  b->backoff_ms =
+      d * 2 > cli->opts.backoff_max_ms ? cli->opts.backoff_max_ms : d * 2;
   return delay;
 }
 
@@ -76,44 +225,59 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg) {
   connect_now(arg);
 }
 
-static void schedule_retry_in(qrpc_client *cli, uint64_t ms) {
+static void schedule_retry_in(backend *b, uint64_t ms) {
   struct timeval tv = qrpci_ns_to_tv(ms * QRPCI_NS_PER_MS);
-  evtimer_add(cli->retry_ev, &tv);
+  evtimer_add(b->retry_ev, &tv);
 }
 
-static void report(qrpc_client *cli, qrpc_client_state state, int error,
+static void report(backend *b, qrpc_client_state state, int error,
                    const qrpc_close_info *close, int was_ready,
                    uint64_t retry_in_ms) {
+  qrpc_client *cli = b->cli;
+  if (b->state != state || state == QRPC_CLIENT_FAILED) {
+    if (cli->nb > 1 || cli->dns_host) {
+      if (state == QRPC_CLIENT_READY)
+        QRPCI_INFO("rpc: backend %s is ready", b->addr);
+      else if (state == QRPC_CLIENT_FAILED && b->state != QRPC_CLIENT_FAILED)
+        QRPCI_INFO("rpc: backend %s failed: %s", b->addr, qrpc_strerror(error));
+    }
+  }
+  b->state = state;
   if (!cli->opts.on_state || cli->freeing) return;
   qrpc_client_state_info info = {
       .state = state,
-      .attempt = cli->attempts,
+      .attempt = b->attempts,
       .error = error,
       .close = close,
       .was_ready = was_ready,
       .retry_in_ms = retry_in_ms,
+      .backend = b->addr,
   };
   cli->opts.on_state(cli, &info, cli->opts.user_data);
 }
 
 /* The current attempt failed or its connection was lost: say so with the
  * time of the next one, then wait for it. */
-static void fail_and_retry(qrpc_client *cli, int error,
-                           const qrpc_close_info *close, int was_ready,
-                           uint64_t retry_in_ms) {
-  report(cli, QRPC_CLIENT_FAILED, error, close, was_ready, retry_in_ms);
-  if (!cli->freeing) schedule_retry_in(cli, retry_in_ms);
+static void fail_and_retry(backend *b, int error, const qrpc_close_info *close,
+                           int was_ready, uint64_t retry_in_ms) {
+  b->failures++;
+  report(b, QRPC_CLIENT_FAILED, error, close, was_ready, retry_in_ms);
+  if (!b->cli->freeing && !b->retiring) schedule_retry_in(b, retry_in_ms);
 }
 
-static void connect_now(qrpc_client *cli) {
-  if (cli->freeing || cli->peer) return;
-  cli->attempts++;
-  report(cli, QRPC_CLIENT_CONNECTING, 0, NULL, 0, 0);
-  if (cli->freeing || cli->peer) return;
+static void connect_now(backend *b) {
+  qrpc_client *cli = b->cli;
+  if (cli->freeing || b->peer || b->retiring) return;
+  b->attempts++;
+  report(b, QRPC_CLIENT_CONNECTING, 0, NULL, 0, 0);
+  if (cli->freeing || b->peer) return;
   qrpc_conn *conn;
-  int rv = qrpc_conn_connect(cli->core.loop, cli->addr, cli->opts.server_name,
-                             cli->tls, &cli->opts.conn, &cli_conn_cbs, NULL,
-                             &conn);
+  /* A name's backends are verified as the name, as a list's as their
+   * hosts, unless server_name says otherwise. */
+  const char *sni =
+      cli->opts.server_name ? cli->opts.server_name : cli->dns_host;
+  int rv = qrpc_conn_connect(cli->core.loop, b->addr, sni, cli->tls,
+                             &cli->opts.conn, &cli_conn_cbs, NULL, &conn);
   qrpc_peer *peer = rv == 0 ? qrpci_peer_new(&cli->core, conn) : NULL;
   if (peer && !(peer->dg = qrpci_dgconn_new(cli->dg, conn, peer))) {
     qrpci_peer_closed(peer); /* frees it: it never went out */
@@ -122,14 +286,107 @@ static void connect_now(qrpc_client *cli) {
   if (!peer) {
     /* The connection has no user data yet, so its on_closed is a no-op. */
     if (rv == 0) qrpc_conn_close(conn, QRPCI_ERR_INTERNAL_ERROR, "no memory");
-    QRPCI_WARN("rpc: cannot start a connection to %s: %s", cli->addr,
+    QRPCI_WARN("rpc: cannot start a connection to %s: %s", b->addr,
                qrpc_strerror(rv ? rv : QRPC_ENOMEM));
-    fail_and_retry(cli, rv ? rv : QRPC_ENOMEM, NULL, 0, next_delay(cli));
+    fail_and_retry(b, rv ? rv : QRPC_ENOMEM, NULL, 0, next_delay(b));
     return;
   }
-  cli->peer = peer;
+  b->peer = peer;
   qrpc_conn_set_user_data(conn, peer);
   qrpci_conn_set_early_hook(conn, cli_on_early);
+}
+
+static backend *backend_new(qrpc_client *cli, const char *addr) {
+  backend *b = calloc(1, sizeof(*b));
+  if (!b) return NULL;
+  b->cli = cli;
+  b->addr = strdup(addr);
+  b->backoff_ms = cli->opts.backoff_initial_ms;
+  b->state = QRPC_CLIENT_FAILED;
+  b->retry_ev = evtimer_new(qrpc_loop_base(cli->core.loop), retry_cb, b);
+  if (!b->addr || !b->retry_ev) {
+    if (b->retry_ev) event_free(b->retry_ev);
+    free(b->addr);
+    free(b);
+    return NULL;
+  }
+  return b;
+}
+
+/* Forgets b; its connection is gone or never was. */
+static void backend_free(backend *b) {
+  if (b->retry_ev) event_free(b->retry_ev);
+  free(b->addr);
+  free(b);
+}
+
+static int backend_add(qrpc_client *cli, const char *addr) {
+  backend **v = realloc(cli->b, (cli->nb + 1) * sizeof(*v));
+  if (!v) return QRPC_ENOMEM;
+  cli->b = v;
+  backend *b = backend_new(cli, addr);
+  if (!b) return QRPC_ENOMEM;
+  cli->b[cli->nb++] = b;
+  return 0;
+}
+
+static void backend_remove(qrpc_client *cli, backend *b) {
+  for (size_t i = 0; i < cli->nb; i++) {
+    if (cli->b[i] != b) continue;
+    memmove(&cli->b[i], &cli->b[i + 1], (cli->nb - i - 1) * sizeof(b));
+    cli->nb--;
+    break;
+  }
+  backend_free(b);
+}
+
+/* The name no longer lists b: it takes no new calls, finishes those it
+ * has, and goes once its connection has closed. */
+static void backend_retire(qrpc_client *cli, backend *b) {
+  b->retiring = 1;
+  evtimer_del(b->retry_ev);
+  QRPCI_INFO("rpc: backend %s is no longer listed", b->addr);
+  if (!b->peer) {
+    backend_remove(cli, b);
+    return;
+  }
+  /* Closes the connection once its calls are over. */
+  qrpci_peer_goaway(b->peer);
+}
+
+/* ---- Picking ---------------------------------------------------------- */
+
+static int backend_takes(const backend *b, int idempotent) {
+  return !b->retiring && b->peer && qrpci_peer_takes(b->peer, idempotent);
+}
+
+/* The backend a new call goes to, or NULL while none takes it. */
+static backend *pick(qrpc_client *cli, int idempotent) {
+  size_t n = cli->nb;
+  if (n == 1) return backend_takes(cli->b[0], idempotent) ? cli->b[0] : NULL;
+  if (cli->policy == LB_PICK_FIRST) {
+    for (size_t i = 0; i < n; i++)
+      if (backend_takes(cli->b[i], idempotent)) return cli->b[i];
+    return NULL;
+  }
+  backend *best = NULL;
+  size_t at = 0;
+  for (size_t k = 0; k < n; k++) {
+    size_t i = (cli->rr + k) % n;
+    backend *b = cli->b[i];
+    if (!backend_takes(b, idempotent)) continue;
+    if (cli->policy == LB_ROUND_ROBIN) {
+      best = b;
+      at = i;
+      break;
+    }
+    if (!best || b->peer->calls.size < best->peer->calls.size) {
+      best = b;
+      at = i;
+    }
+  }
+  if (best) cli->rr = at + 1;
+  return best;
 }
 
 static void unqueue(qrpc_client *cli, qrpc_call *call) {
@@ -138,65 +395,85 @@ static void unqueue(qrpc_client *cli, qrpc_call *call) {
   call->state = QRPCI_CALL_ACTIVE;
 }
 
-static void flush_pending(qrpc_client *cli, qrpc_peer *peer) {
-  while (!qrpci_list_empty(&cli->pending) && cli->peer == peer) {
-    qrpc_call *call = QRPCI_CONTAINER_OF(cli->pending.next, qrpc_call, node);
+/* Starts the waiting calls that a backend takes now, in order; calls that
+ * none takes (not idempotent, while backends are only in 0-RTT) keep their
+ * place. */
+static void flush_pending(qrpc_client *cli) {
+  qrpci_list *n = cli->pending.next;
+  while (n != &cli->pending && !cli->freeing) {
+    qrpc_call *call = QRPCI_CONTAINER_OF(n, qrpc_call, node);
+    backend *b = pick(cli, call->idempotent);
+    if (!b) {
+      if (!pick(cli, 1)) return; /* nothing takes any call */
+      n = n->next;
+      continue;
+    }
+    n = n->next;
     unqueue(cli, call);
     qrpci_payload pl = qrpci_bytes(call->payload, call->len);
-    int rv = qrpci_call_start(call, peer, &pl);
+    b->calls++;
+    int rv = qrpci_call_start(call, b->peer, &pl);
     if (rv != 0)
-      qrpci_call_defer_done(call, QRPC_STATUS_UNAVAILABLE,
-                            "could not be sent");
+      qrpci_call_defer_done(call, QRPC_STATUS_UNAVAILABLE, "could not be sent");
   }
 }
 
-/* Idempotent calls that wait go out in 0-RTT; the others keep their
- * place. One that cannot start now (the server's remembered stream limit,
- * say) waits for the handshake with them. */
-static void flush_idempotent(qrpc_client *cli, qrpc_peer *peer) {
-  qrpci_list *n = cli->pending.next;
-  while (n != &cli->pending && cli->peer == peer) {
-    qrpc_call *call = QRPCI_CONTAINER_OF(n, qrpc_call, node);
-    n = n->next;
-    if (!call->idempotent) continue;
-    qrpci_payload pl = qrpci_bytes(call->payload, call->len);
-    if (qrpci_call_start(call, peer, &pl) != 0) continue;
-    qrpci_list_remove(&call->node);
-    cli->npending--;
-  }
+static void flush_cb(evutil_socket_t fd, short what, void *arg) {
+  flush_pending(arg);
+}
+
+static void schedule_flush(qrpc_client *cli) {
+  if (!cli->freeing) event_active(cli->flush_ev, 0, 0);
 }
 
 static void cli_on_early(qrpc_conn *c, void *ud) {
   qrpc_peer *peer = ud;
   if (!peer) return;
   qrpc_client *cli = client_of(peer->core);
-  if (cli->peer != peer || cli->freeing) return;
+  backend *b = backend_of(cli, peer);
+  if (!b || cli->freeing) return;
   qrpci_peer_early(peer);
-  flush_idempotent(cli, peer);
+  flush_pending(cli);
 }
 
 static void cli_on_established(qrpc_conn *c, void *ud) {
   qrpc_peer *peer = ud;
   qrpc_client *cli = client_of(peer->core);
   qrpci_peer_ready(peer);
-  cli->backoff_ms = cli->opts.backoff_initial_ms;
-  report(cli, QRPC_CLIENT_READY, 0, NULL, 0, 0);
-  if (cli->peer != peer || cli->freeing) return;
-  if (cli->opts.on_connect) cli->opts.on_connect(cli, peer, cli->opts.user_data);
-  flush_pending(cli, peer);
+  backend *b = backend_of(cli, peer);
+  if (!b) return;
+  b->backoff_ms = cli->opts.backoff_initial_ms;
+  report(b, QRPC_CLIENT_READY, 0, NULL, 0, 0);
+  if (b->peer != peer || cli->freeing) return;
+  if (cli->opts.on_connect)
+    cli->opts.on_connect(cli, peer, cli->opts.user_data);
+  if (b->peer != peer || cli->freeing) return;
+  flush_pending(cli);
 }
 
-static void cli_on_closed(qrpc_conn *c, const qrpc_close_info *info,
-                          void *ud) {
+/* Resolves the name again soon after a backend failed, unless that is
+ * planned already. */
+static void resolve_soon(qrpc_client *cli) {
+  if (!cli->dns_host || cli->dnsreq || cli->freeing) return;
+  uint64_t soon = qrpci_now_ns() + DNS_FAILURE_REFRESH_MS * QRPCI_NS_PER_MS;
+  if (cli->next_resolve_ns > soon)
+    schedule_resolve(cli, DNS_FAILURE_REFRESH_MS);
+}
+
+static void cli_on_closed(qrpc_conn *c, const qrpc_close_info *info, void *ud) {
   qrpc_peer *peer = ud;
   if (!peer) return;
   qrpc_client *cli = client_of(peer->core);
-  int current = cli->peer == peer;
+  backend *b = backend_of(cli, peer);
   int was_ready = peer->ready;
   qrpci_peer_closed(peer);
-  if (!current || cli->freeing) return;
+  if (!b || cli->freeing) return;
+  if (b->retiring) {
+    backend_remove(cli, b);
+    return;
+  }
   if (!was_ready) {
-    QRPCI_INFO("rpc: connecting to %s failed: %s; retrying", cli->addr,
+    QRPCI_INFO("rpc: connecting to %s failed: %s; retrying", b->addr,
                qrpc_strerror(info->error));
   } else if (cli->opts.on_disconnect) {
     cli->opts.on_disconnect(cli, info, cli->opts.user_data);
@@ -207,65 +484,267 @@ static void cli_on_closed(qrpc_conn *c, const qrpc_close_info *info,
   uint64_t delay = was_ready && (info->kind == QRPC_CLOSE_RESET ||
                                  info->kind == QRPC_CLOSE_DEAD_PEER)
                        ? 0
-                       : next_delay(cli);
-  fail_and_retry(cli, info->error ? info->error : QRPC_ECLOSED, info, was_ready,
+                       : next_delay(b);
+  fail_and_retry(b, info->error ? info->error : QRPC_ECLOSED, info, was_ready,
                  delay);
+  resolve_soon(cli);
+  /* Calls moved off the lost connection may go elsewhere now. */
+  schedule_flush(cli);
 }
 
 static void cli_peer_released(qrpci_core *core, qrpc_peer *peer) {
   qrpc_client *cli = client_of(core);
-  if (cli->peer == peer) cli->peer = NULL;
+  backend *b = backend_of(cli, peer);
+  if (b) b->peer = NULL;
 }
 
 static void cli_call_unqueued(qrpci_core *core, qrpc_call *call) {
   unqueue(client_of(core), call);
 }
 
+/* A call in flight on a connection that is lost (ran 1: its REQUEST may
+ * have been served) or that the server's GOAWAY refused (ran 0). Takes it
+ * back to send again, once, when that is safe: unary, and either not run
+ * or idempotent; otherwise *detail says what the failure means. */
+static int cli_call_lost(qrpci_core *core, qrpc_call *call, int ran,
+                         const char **detail) {
+  qrpc_client *cli = client_of(core);
+  if (cli->freeing) return 0;
+  if (call->shape != QRPC_SHAPE_UNARY || !call->kept || call->retried ||
+      (ran && !call->idempotent)) {
+    if (ran)
+      *detail = strcmp(*detail, "stream closed") == 0
+                    ? "stream closed; the call may have run"
+                    : "connection lost; the call may have run";
+    return 0;
+  }
+  call->retried = 1;
+  call->kept = 0; /* the next attempt frees the payload */
+  /* Interceptors' after hooks must not see the lost peer, which goes. */
+  call->icpt_peer = NULL;
+  call->state = QRPCI_CALL_QUEUED;
+  qrpci_list_push_back(cli->pending.next, &call->node); /* first */
+  cli->npending++;
+  schedule_flush(cli);
+  return 1;
+}
+
 static const qrpci_core_ops cli_core_ops = {
     .peer_released = cli_peer_released,
     .peer_freed = qrpci_peer_free_dgram,
     .call_unqueued = cli_call_unqueued,
+    .call_lost = cli_call_lost,
 };
+
+/* ---- Names ------------------------------------------------------------ */
+
+static void resolve_cb(evutil_socket_t fd, short what, void *arg);
+
+static void schedule_resolve(qrpc_client *cli, uint64_t ms) {
+  struct timeval tv = qrpci_ns_to_tv(ms * QRPCI_NS_PER_MS);
+  cli->next_resolve_ns = qrpci_now_ns() + ms * QRPCI_NS_PER_MS;
+  evtimer_add(cli->resolve_ev, &tv);
+}
+
+static int has_addr(char **v, size_t n, const char *a) {
+  for (size_t i = 0; i < n; i++)
+    if (strcmp(v[i], a) == 0) return 1;
+  return 0;
+}
+
+static void report_resolve_failure(qrpc_client *cli, int error,
+                                   uint64_t retry_in_ms) {
+  if (!cli->opts.on_state) return;
+  qrpc_client_state_info info = {
+      .state = QRPC_CLIENT_FAILED,
+      .attempt = cli->resolutions,
+      .error = error,
+      .retry_in_ms = retry_in_ms,
+      .backend = NULL,
+  };
+  cli->opts.on_state(cli, &info, cli->opts.user_data);
+}
+
+/* Takes the addresses the name has now: new ones become backends, those
+ * gone retire. */
+static void apply_addrs(qrpc_client *cli, char **v, size_t n) {
+  for (size_t i = 0; i < cli->nb;) {
+    backend *b = cli->b[i];
+    if (!b->retiring && !has_addr(v, n, b->addr)) {
+      backend_retire(cli, b);
+      if (i < cli->nb && cli->b[i] == b) i++;
+    } else {
+      i++;
+    }
+  }
+  for (size_t k = 0; k < n; k++) {
+    int known = 0;
+    for (size_t i = 0; i < cli->nb; i++)
+      if (!cli->b[i]->retiring && strcmp(cli->b[i]->addr, v[k]) == 0) known = 1;
+    if (known || cli->nb >= MAX_BACKENDS) continue;
+    if (backend_add(cli, v[k]) != 0) {
+      QRPCI_WARN("rpc: no memory for backend %s", v[k]);
+      continue;
+    }
+    QRPCI_INFO("rpc: %s lists backend %s", cli->dns_host, v[k]);
+    connect_now(cli->b[cli->nb - 1]);
+    if (cli->freeing) return;
+  }
+}
+
+static void dns_done(int result, struct evutil_addrinfo *res, void *arg) {
+  if (result == EVUTIL_EAI_CANCEL) return; /* the client is being freed */
+  qrpc_client *cli = arg;
+  cli->dnsreq = NULL;
+  cli->resolutions++;
+  char **v = NULL;
+  size_t n = 0;
+  for (struct evutil_addrinfo *ai = res; ai && result == 0; ai = ai->ai_next) {
+    char host[64], a[96];
+    const void *ip =
+        ai->ai_family == AF_INET
+            ? (const void *)&((struct sockaddr_in *)ai->ai_addr)->sin_addr
+            : (const void *)&((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr;
+    if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) ||
+        !evutil_inet_ntop(ai->ai_family, ip, host, sizeof(host)))
+      continue;
+    snprintf(a, sizeof(a), ai->ai_family == AF_INET6 ? "[%s]:%s" : "%s:%s",
+             host, cli->dns_port);
+    if (has_addr(v, n, a)) continue;
+    char **nv = realloc(v, (n + 1) * sizeof(*nv));
+    if (!nv) break;
+    v = nv;
+    if ((v[n] = strdup(a))) n++;
+  }
+  if (res) evutil_freeaddrinfo(res);
+  if (n == 0) {
+    uint64_t d = cli->resolve_backoff_ms;
+    cli->resolve_backoff_ms =
+        d * 2 > cli->opts.backoff_max_ms ? cli->opts.backoff_max_ms : d * 2;
+    if (cli->resolve_error == 0)
+      QRPCI_WARN("rpc: %s does not resolve: %s; retrying", cli->dns_host,
+                 result ? evutil_gai_strerror(result) : "no addresses");
+    cli->resolve_error = QRPC_ERESOLVE;
+    schedule_resolve(cli, d);
+    report_resolve_failure(cli, QRPC_ERESOLVE, d);
+    free(v);
+    return;
+  }
+  cli->resolve_error = 0;
+  cli->resolve_backoff_ms = cli->opts.backoff_initial_ms;
+  schedule_resolve(cli, cli->opts.dns_refresh_ms);
+  apply_addrs(cli, v, n);
+  for (size_t i = 0; i < n; i++) free(v[i]);
+  free(v);
+}
+
+static void resolve_cb(evutil_socket_t fd, short what, void *arg) {
+  qrpc_client *cli = arg;
+  if (cli->dnsreq || cli->freeing) return;
+  struct evdns_base *dns =
+      cli->dns_own ? cli->dns_own : qrpci_loop_dns(cli->core.loop);
+  if (!dns) {
+    report_resolve_failure(cli, QRPC_ERESOLVE, cli->resolve_backoff_ms);
+    schedule_resolve(cli, cli->resolve_backoff_ms);
+    return;
+  }
+  struct evutil_addrinfo hints;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_DGRAM;
+  hints.ai_protocol = IPPROTO_UDP;
+  /* May answer before it returns (numeric hosts, the hosts file). */
+  struct evdns_getaddrinfo_request *r = evdns_getaddrinfo(
+      dns, cli->dns_host, cli->dns_port, &hints, dns_done, cli);
+  if (r) cli->dnsreq = r;
+}
+
+/* ---- Creation --------------------------------------------------------- */
+
+/* Creates the resolver of opts.dns_resolver ("ip" or "ip:port"). */
+static int make_resolver(qrpc_client *cli) {
+  cli->dns_own = evdns_base_new(qrpc_loop_base(cli->core.loop), 0);
+  if (!cli->dns_own) return QRPC_ENOMEM;
+  if (evdns_base_nameserver_ip_add(cli->dns_own, cli->opts.dns_resolver) != 0) {
+    QRPCI_WARN("rpc: bad DNS resolver address %s", cli->opts.dns_resolver);
+    return QRPC_EINVAL;
+  }
+  return 0;
+}
 
 int qrpc_client_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
                     const qrpc_client_opts *opts, qrpc_client **out) {
   if (!loop || !addr || !tls || !out) return QRPC_EINVAL;
-  /* Callers built before on_state pass the size of the struct without it. */
+  /* Callers built before on_state, or before the balancing options, pass
+   * the size of the struct without them. */
   if (opts && opts->size != sizeof(*opts) &&
-      opts->size != offsetof(qrpc_client_opts, on_state))
+      opts->size != offsetof(qrpc_client_opts, on_state) &&
+      opts->size != offsetof(qrpc_client_opts, lb_policy))
     return QRPC_EINVAL;
-  if (opts && (opts->backoff_initial_ms == 0 ||
-               opts->backoff_max_ms < opts->backoff_initial_ms))
-    return QRPC_EINVAL;
-  char *host, *port;
-  if (qrpci_parse_addr(addr, &host, &port) != 0) return QRPC_EINVAL;
-  free(host);
-  free(port);
-  qrpc_client *cli = calloc(1, sizeof(*cli));
-  if (!cli) return QRPC_ENOMEM;
-  qrpc_client_opts_default(&cli->opts);
+  qrpc_client_opts o;
+  qrpc_client_opts_default(&o);
   if (opts) {
-    memcpy(&cli->opts, opts, opts->size);
-    cli->opts.size = sizeof(cli->opts);
+    memcpy(&o, opts, opts->size);
+    o.size = sizeof(o);
   }
+  if (o.backoff_initial_ms == 0 || o.backoff_max_ms < o.backoff_initial_ms ||
+      o.dns_refresh_ms == 0)
+    return QRPC_EINVAL;
+  const char *why = qrpc_client_target_problem(addr, o.lb_policy);
+  if (why) {
+    QRPCI_WARN("rpc: client target \"%s\" (policy %s): %s", addr,
+               o.lb_policy ? o.lb_policy : "default", why);
+    return strcmp(why, "out of memory") == 0 ? QRPC_ENOMEM : QRPC_EINVAL;
+  }
+  target t;
+  int rv = target_parse(addr, &t, &why);
+  if (rv != 0) return rv;
+  qrpc_client *cli = calloc(1, sizeof(*cli));
+  if (!cli) {
+    target_free(&t);
+    return QRPC_ENOMEM;
+  }
+  cli->opts = o;
+  cli->opts.lb_policy = NULL; /* not kept: policy says it */
   qrpci_list_init(&cli->pending);
-  cli->backoff_ms = cli->opts.backoff_initial_ms;
   cli->rng = qrpci_now_ns() | 1;
-  int rv = qrpci_core_init(&cli->core, loop, &cli->opts.rpc, &cli_core_ops);
+  cli->balancing = t.dns_host != NULL || t.n > 1;
+  cli->policy = o.lb_policy      ? policy_of(o.lb_policy)
+                : cli->balancing ? LB_ROUND_ROBIN
+                                 : LB_PICK_FIRST;
+  cli->resolve_backoff_ms = cli->opts.backoff_initial_ms;
+  cli->dns_host = t.dns_host;
+  cli->dns_port = t.dns_port;
+  t.dns_host = t.dns_port = NULL;
+  cli->opts.dns_resolver = NULL; /* set below once copied */
+  cli->opts.server_name = NULL;
+  rv = qrpci_core_init(&cli->core, loop, &cli->opts.rpc, &cli_core_ops);
   if (rv == 0 && !(cli->dg = qrpci_dgram_new())) rv = QRPC_ENOMEM;
-  cli->addr = strdup(addr);
-  if (cli->opts.server_name &&
-      !(cli->opts.server_name = strdup(cli->opts.server_name)))
+  if (rv == 0 && o.server_name &&
+      !(cli->opts.server_name = strdup(o.server_name)))
     rv = QRPC_ENOMEM;
-  cli->retry_ev = evtimer_new(qrpc_loop_base(loop), retry_cb, cli);
-  if (rv == 0 && (!cli->addr || !cli->retry_ev)) rv = QRPC_ENOMEM;
+  if (rv == 0 && o.dns_resolver &&
+      !(cli->opts.dns_resolver = strdup(o.dns_resolver)))
+    rv = QRPC_ENOMEM;
+  if (rv == 0 && cli->dns_host && cli->opts.dns_resolver)
+    rv = make_resolver(cli);
+  cli->flush_ev = event_new(qrpc_loop_base(loop), -1, 0, flush_cb, cli);
+  if (rv == 0 && !cli->flush_ev) rv = QRPC_ENOMEM;
+  if (rv == 0 && cli->dns_host &&
+      !(cli->resolve_ev = evtimer_new(qrpc_loop_base(loop), resolve_cb, cli)))
+    rv = QRPC_ENOMEM;
+  for (size_t i = 0; rv == 0 && i < t.n; i++) rv = backend_add(cli, t.addrs[i]);
+  target_free(&t);
   if (rv != 0) {
     qrpc_client_free(cli);
     return rv;
   }
   cli->tls = tls;
   qrpci_tls_config_ref(tls);
-  connect_now(cli);
+  size_t n = cli->nb;
+  for (size_t i = 0; i < n && !cli->freeing; i++) connect_now(cli->b[i]);
+  /* The name is looked up from the loop, never inside this function. */
+  if (cli->dns_host) schedule_resolve(cli, 0);
   *out = cli;
   return 0;
 }
@@ -283,8 +762,35 @@ int qrpc_client_register(qrpc_client *cli, uint32_t method, qrpc_shape shape,
 }
 
 qrpc_peer *qrpc_client_peer(qrpc_client *cli) {
-  qrpc_peer *p = cli->peer;
-  return p && p->ready && !p->goaway_received && !p->closed ? p : NULL;
+  for (size_t i = 0; i < cli->nb; i++) {
+    qrpc_peer *p = cli->b[i]->retiring ? NULL : cli->b[i]->peer;
+    if (p && p->ready && !p->goaway_received && !p->closed) return p;
+  }
+  return NULL;
+}
+
+size_t qrpc_client_backends(qrpc_client *cli, qrpc_backend_info *out,
+                            size_t cap) {
+  if (!cli) return 0;
+  for (size_t i = 0; i < cli->nb && i < cap && out; i++) {
+    const backend *b = cli->b[i];
+    qrpc_peer *p = b->peer;
+    out[i] = (qrpc_backend_info){
+        .addr = b->addr,
+        .state = b->state,
+        .takes_calls = backend_takes(b, 0),
+        .retiring = b->retiring,
+        .in_flight = p && !p->closed ? p->calls.size : 0,
+        .calls = b->calls,
+        .failures = b->failures,
+        .attempts = b->attempts,
+    };
+  }
+  return cli->nb;
+}
+
+int qrpc_client_resolve_error(qrpc_client *cli) {
+  return cli ? cli->resolve_error : QRPC_EINVAL;
 }
 
 uint64_t qrpc_client_early_calls(qrpc_client *cli) {
@@ -306,9 +812,10 @@ static int client_start(qrpc_client *cli, uint32_t method, qrpc_shape shape,
   int rc = qrpci_call_opts_check(&cli->core, &o);
   if (rc != 0) return rc;
   int fail_fast = o.fail_fast >= 0 ? o.fail_fast : cli->opts.fail_fast;
-  /* Established, or in 0-RTT for an idempotent call: it goes out now. */
-  qrpc_peer *peer =
-      cli->peer && qrpci_peer_takes(cli->peer, o.idempotent) ? cli->peer : NULL;
+  /* A backend established, or in 0-RTT for an idempotent call: it goes
+   * out now. */
+  backend *b = pick(cli, o.idempotent);
+  qrpc_peer *peer = b ? b->peer : NULL;
   if (!peer && fail_fast) return QRPC_ECLOSED;
   if (!peer && cli->npending >= cli->opts.max_pending) return QRPC_ENOBUFS;
   qrpc_call *call = qrpci_call_new(&cli->core, method, shape, &o,
@@ -322,7 +829,11 @@ static int client_start(qrpc_client *cli, uint32_t method, qrpc_shape shape,
     return 0;
   }
   int rv = 0;
-  if (peer) {
+  /* A unary call of a balancing client keeps its payload while in flight,
+   * to go to another backend if its own goes away. */
+  int keep = cli->balancing && shape == QRPC_SHAPE_UNARY;
+  if (peer && !keep) {
+    b->calls++;
     rv = qrpci_call_start(call, peer, &pl);
   } else if (len && !(call->payload = malloc(len))) {
     rv = QRPC_ENOMEM;
@@ -330,6 +841,12 @@ static int client_start(qrpc_client *cli, uint32_t method, qrpc_shape shape,
     /* Waiting for a connection: the payload is kept as bytes. */
     rv = len ? qrpci_payload_write(&pl, call->payload) : 0;
     call->len = len;
+    call->kept = keep;
+    if (rv == 0 && peer) {
+      qrpci_payload copy = qrpci_bytes(call->payload, len);
+      b->calls++;
+      rv = qrpci_call_start(call, peer, &copy);
+    }
   }
   if (rv != 0) {
     qrpci_call_release(call);
@@ -375,8 +892,8 @@ int qrpc_client_stream(qrpc_client *cli, uint32_t method, qrpc_shape shape,
                        const qrpc_call_opts *opts,
                        const qrpc_call_callbacks *cbs, void *ud,
                        qrpc_call **out) {
-  return client_stream(cli, method, shape, qrpci_bytes(payload, len), opts,
-                       cbs, ud, out);
+  return client_stream(cli, method, shape, qrpci_bytes(payload, len), opts, cbs,
+                       ud, out);
 }
 
 int qrpc_client_stream_msg(qrpc_client *cli, uint32_t method, qrpc_shape shape,
@@ -388,9 +905,9 @@ int qrpc_client_stream_msg(qrpc_client *cli, uint32_t method, qrpc_shape shape,
 
 static int client_notify(qrpc_client *cli, uint32_t method, qrpci_payload pl) {
   if (!cli || !qrpci_payload_valid(&pl)) return QRPC_EINVAL;
-  qrpc_peer *peer = qrpc_client_peer(cli);
-  if (!peer) return QRPC_ECLOSED;
-  return qrpci_peer_notify(peer, method, pl);
+  backend *b = pick(cli, 0);
+  if (!b || !qrpc_client_peer(cli)) return QRPC_ECLOSED;
+  return qrpci_peer_notify(b->peer, method, pl);
 }
 
 int qrpc_client_notify(qrpc_client *cli, uint32_t method, const void *payload,
@@ -421,13 +938,21 @@ void qrpc_client_free(qrpc_client *cli) {
     unqueue(cli, call);
     qrpci_call_defer_done(call, QRPC_STATUS_CANCELLED, "client closed");
   }
-  if (cli->peer) close_peer(cli->peer);
-  if (cli->retry_ev) event_free(cli->retry_ev);
+  for (size_t i = 0; i < cli->nb; i++)
+    if (cli->b[i]->peer) close_peer(cli->b[i]->peer);
+  for (size_t i = 0; i < cli->nb; i++) backend_free(cli->b[i]);
+  free(cli->b);
+  if (cli->dnsreq) evdns_getaddrinfo_cancel(cli->dnsreq);
+  if (cli->dns_own) evdns_base_free(cli->dns_own, 1);
+  if (cli->resolve_ev) event_free(cli->resolve_ev);
+  if (cli->flush_ev) event_free(cli->flush_ev);
   qrpci_core_cleanup(&cli->core);
   qrpci_dgram_free(cli->dg);
   if (cli->tls) qrpc_tls_config_free(cli->tls);
   free((char *)cli->opts.server_name);
-  free(cli->addr);
+  free((char *)cli->opts.dns_resolver);
+  free(cli->dns_host);
+  free(cli->dns_port);
   free(cli);
 }
 

@@ -100,6 +100,7 @@ static void call_finish(qrpc_call *call, int status, const char *detail,
                         size_t detail_len, const uint8_t *payload, size_t len,
                         int local);
 static void call_fail_local(qrpc_call *call, int status, const char *detail);
+static int call_offer(qrpc_call *call, int ran, const char **detail);
 
 static void done_cb(evutil_socket_t fd, short what, void *arg) {
   qrpci_core *core = arg;
@@ -473,7 +474,9 @@ void qrpci_peer_closed(qrpc_peer *peer) {
   qrpc_call *call;
   while ((call = qrpci_u64map_pop(&peer->calls))) {
     call->msgid = 0; /* already out of the table */
-    call_fail_local(call, QRPC_STATUS_UNAVAILABLE, "connection lost");
+    const char *detail = "connection lost";
+    if (call_offer(call, 1, &detail)) continue;
+    call_fail_local(call, QRPC_STATUS_UNAVAILABLE, detail);
   }
   qrpc_req *req;
   while ((req = qrpci_u64map_pop(&peer->reqs))) {
@@ -664,13 +667,9 @@ void qrpci_call_release(qrpc_call *call) {
 }
 
 /* Takes the call off the wire: out of the MsgId table, its dedicated
- * stream finished. */
-static void call_detach(qrpc_call *call) {
+ * stream finished; its deadline runs on. */
+static void call_unwire(qrpc_call *call) {
   qrpc_peer *peer = call->peer;
-  if (call->timer_set) {
-    evtimer_del(&call->timer);
-    call->timer_set = 0;
-  }
   if (peer && call->msgid) {
     qrpci_u64map_del(&peer->calls, call->msgid);
     if (peer->calls.size == 0 && !peer->closed)
@@ -687,6 +686,23 @@ static void call_detach(qrpc_call *call) {
   }
   call->peer = NULL;
   if (peer) peer_check_drained(peer);
+}
+
+static void call_detach(qrpc_call *call) {
+  if (call->timer_set) {
+    evtimer_del(&call->timer);
+    call->timer_set = 0;
+  }
+  call_unwire(call);
+}
+
+/* Offers a call that is off its peer without an answer to the owner
+ * (qrpci_core_ops.call_lost); 1 if the owner took it. */
+static int call_offer(qrpc_call *call, int ran, const char **detail) {
+  qrpci_core *core = call->core;
+  if (!core->ops->call_lost) return 0;
+  call_unwire(call);
+  return core->ops->call_lost(core, call, ran, detail);
 }
 
 static void call_finish(qrpc_call *call, int status, const char *detail,
@@ -785,9 +801,11 @@ int qrpci_call_start(qrpc_call *call, qrpc_peer *peer,
   if (rs->pool_slot < 0) rs->call = call;
   call->state = QRPCI_CALL_ACTIVE;
   if (!peer->ready) call->core->early_calls++;
-  free(call->payload);
-  call->payload = NULL;
-  qrpci_mdbuf_free(&call->hdr);
+  if (!call->kept) {
+    free(call->payload);
+    call->payload = NULL;
+    qrpci_mdbuf_free(&call->hdr);
+  }
   return 0;
 }
 
@@ -1368,6 +1386,19 @@ static void on_goaway(qrpci_rstream *rs, const qrpci_frame *f) {
   /* The connection finishes the calls it has; a client sends new calls
    * on its next connection. */
   peer->goaway_received = 1;
+  /* Unary calls it will not serve (MsgIds above the one it names) may go
+   * elsewhere now rather than wait for their refusal; the refusal, when
+   * it comes, finds no call. */
+  if (!peer->core->ops->call_lost || f->last_msgid >= peer->last_msgid) return;
+  for (uint64_t id = f->last_msgid + 1; id <= peer->last_msgid && !peer->closed;
+       id++) {
+    qrpc_call *call = qrpci_u64map_get(&peer->calls, id);
+    if (!call || call->shape != QRPC_SHAPE_UNARY) continue;
+    const char *detail = NULL;
+    if (!call_offer(call, 0, &detail))
+      call_fail_local(call, QRPC_STATUS_UNAVAILABLE,
+                      "the server is going away; the call did not run");
+  }
 }
 
 static int on_frame(void *ctx, const uint8_t *body, size_t len) {
@@ -1513,8 +1544,11 @@ static void end_work_on(qrpci_rstream *rs, int req_status) {
   void *v[64];
   size_t n;
   while ((n = collect_on(&rs->peer->calls, rs, 1, v, 64)) > 0)
-    for (size_t i = 0; i < n; i++)
-      call_fail_local(v[i], QRPC_STATUS_UNAVAILABLE, "stream closed");
+    for (size_t i = 0; i < n; i++) {
+      const char *detail = "stream closed";
+      if (!call_offer(v[i], 1, &detail))
+        call_fail_local(v[i], QRPC_STATUS_UNAVAILABLE, detail);
+    }
   while ((n = collect_on(&rs->peer->reqs, rs, 0, v, 64)) > 0)
     for (size_t i = 0; i < n; i++) req_cancel(v[i], req_status);
 }

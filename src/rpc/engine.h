@@ -55,6 +55,14 @@ typedef struct qrpci_core_ops {
    * cancelled: the owner takes it off its queue. NULL for owners that
    * never queue calls. */
   void (*call_unqueued)(qrpci_core *core, qrpc_call *call);
+  /* A call in flight is off its peer without an answer: the connection
+   * was lost (ran 1: the callee may have served it), or the peer's GOAWAY
+   * said it was not served (ran 0). The call is off the wire (no peer, no
+   * MsgId) and its deadline runs on. The owner returns 1 when it took the
+   * call (to send it again), else 0, and may then point *detail at a
+   * static reason for the failure. NULL: calls just fail. */
+  int (*call_lost)(qrpci_core *core, qrpc_call *call, int ran,
+                   const char **detail);
 } qrpci_core_ops;
 
 /* What servers and clients share: the loop, options, registered methods,
@@ -169,8 +177,12 @@ struct qrpc_call {
   int got_end;
   int res_status;           /* for a deferred completion */
   const char *res_detail;
-  uint8_t *payload;         /* copy while queued */
+  uint8_t *payload; /* copy while queued (and while in flight,
+                       when kept) */
   size_t len;
+  int kept;        /* the copy outlives qrpci_call_start(), to
+                      send the call again */
+  int retried;     /* sent again once already */
   int send_hdr;    /* a HEADERS frame precedes the REQUEST */
   qrpci_mdbuf hdr; /* its pairs */
   void (*on_headers)(qrpc_call *call, const qrpc_md *md, size_t n,
