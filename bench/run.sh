@@ -10,7 +10,9 @@
 #         connect-full connect-0rtt (connect resumes each new connection
 #         from the client's ticket cache, as a real client does;
 #         connect-full makes full handshakes, connect-0rtt sends its call
-#         in 0-RTT)
+#         in 0-RTT); unary-128-lb is unary-128 through a balancing
+#         client (two backends, both the run's server, round_robin): its
+#         ratio to unary-128 is what balancing costs
 #   game: game-60 game-120 game-240 game-500 game-1000 game-flood
 #   idle: idle-10000 idle-10000-1452 (the server's packets capped at
 #         1452 bytes, as on an Ethernet path)
@@ -67,7 +69,7 @@ done
   { echo "run.sh: no qrpc-bench at $bench (build it, or give -b)" >&2; exit 2; }
 [ -n "$broker" ] || broker=$(dirname "$(dirname "$bench")")/services/qrpc-broker
 
-rpc_set="unary-1 unary-128 unary-100x10 stream-1m stream-64k connect connect-full connect-0rtt"
+rpc_set="unary-1 unary-128 unary-128-lb unary-100x10 stream-1m stream-64k connect connect-full connect-0rtt"
 game_set="game-60 game-120 game-240 game-500 game-1000 game-flood"
 idle_set="idle-10000 idle-10000-1452"
 pubsub_set="pubsub-100-max pubsub-100-paced pubsub-1000-max pubsub-1000-paced"
@@ -80,6 +82,11 @@ workload_args() {
   case $1 in
   unary-1) client_args=(--mode unary --payload 64 --conns 1 --outstanding 1) ;;
   unary-128) client_args=(--mode unary --payload 64 --conns 1 --outstanding 128) ;;
+  unary-128-lb)
+    # @PORT@ becomes the server's port in run_one.
+    client_args=(--mode unary --payload 64 --conns 1 --outstanding 128
+      --target 127.0.0.1:@PORT@,127.0.0.1:@PORT@ --lb round_robin)
+    ;;
   unary-100x10) client_args=(--mode unary --payload 64 --conns 100 --outstanding 10) ;;
   stream-1m) client_args=(--mode stream --payload 1048576 --conns 1 --outstanding 1) ;;
   stream-64k) client_args=(--mode stream --payload 65536 --conns 1 --outstanding 1) ;;
@@ -222,13 +229,14 @@ run_one() {
     failures=$((failures + 1))
     return
   fi
-  local extra=()
+  local extra=() args=("${client_args[@]}")
   [ "$client_family" != idle ] || extra=(--server-pid "$server_pid")
+  args=("${args[@]//@PORT@/$port}")
   local limit status=0
   limit=$(awk -v w="$warmup" -v d="$duration" 'BEGIN { print int(w + d + 120) }')
   timeout -s KILL "$limit" "${client_pin[@]}" "$bench" client "$client_family" \
     --host 127.0.0.1 --port "$port" --warmup "$warmup" --duration "$duration" \
-    --json "${tls_client[@]}" "${client_args[@]}" "${extra[@]}" \
+    --json "${tls_client[@]}" "${args[@]}" "${extra[@]}" \
     >"$tmp/client.out" 2>"$tmp/client.err" || status=$?
   local server_kv json keys
   server_kv=$(stop_server)

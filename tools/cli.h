@@ -17,7 +17,8 @@
 
 #define CLI_EXIT_OK 0
 #define CLI_EXIT_FAIL 1
-#define CLI_EXIT_USAGE 2
+/* A bad command line: 1 as well, as mosquitto_pub and nats exit. */
+#define CLI_EXIT_USAGE 1
 
 /* The default broker address: qrpc-broker's default --listen. */
 #define CLI_DEFAULT_SERVER "127.0.0.1:7422"

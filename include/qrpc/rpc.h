@@ -557,6 +557,16 @@ typedef struct qrpc_client_opts {
   /* How often a "dns:" target's name is resolved again, in ms; it is
    * also resolved again soon after a backend fails. Default 30000. */
   uint64_t dns_refresh_ms;
+  /* Fields from here on came with health watching; a caller built before
+   * them passes the smaller size. */
+  /* Non-NULL: on each backend's connection the client watches this
+   * service of the standard health service (qrpc/health.h; "" is the
+   * whole server), and the backend takes calls only while its status is
+   * SERVING (docs/api.md, "Balancing"). A server without the health
+   * service (its Watch answers UNIMPLEMENTED) is judged by its connection
+   * alone. At most QRPC_HEALTH_NAME_MAX bytes; copied. NULL (the
+   * default): backends are judged by their connections. */
+  const char *health_service;
 } qrpc_client_opts;
 
 void qrpc_client_opts_default(qrpc_client_opts *o);
@@ -669,6 +679,11 @@ typedef struct qrpc_backend_info {
   uint64_t calls;          /* calls started on it */
   uint64_t failures;       /* failed attempts and lost connections */
   uint64_t attempts;       /* connection attempts */
+  /* With opts.health_service: the status its health service sent last
+   * (a qrpc_health_status: 0 UNKNOWN, also before the first, 1 SERVING,
+   * 2 NOT_SERVING, 3 SERVICE_UNKNOWN); -1 when health is not watched or
+   * the server has no health service. */
+  int health;
 } qrpc_backend_info;
 
 /* Writes the first cap (out may be NULL when cap is 0) of cli's backends,

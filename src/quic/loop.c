@@ -185,6 +185,37 @@ struct evdns_base *qrpci_loop_dns(qrpc_loop *loop) {
   return loop->dns;
 }
 
+static void free_retired_dns(qrpc_loop *loop) {
+  for (size_t i = 0; i < loop->nretired_dns; i++)
+    evdns_base_free(loop->retired_dns[i], 0);
+  free(loop->retired_dns);
+  loop->retired_dns = NULL;
+  loop->nretired_dns = 0;
+}
+
+static void retire_cb(evutil_socket_t fd, short what, void *arg) {
+  free_retired_dns(arg);
+}
+
+void qrpci_loop_retire_dns(qrpc_loop *loop, struct evdns_base *dns) {
+  struct evdns_base **v =
+      realloc(loop->retired_dns, (loop->nretired_dns + 1) * sizeof(*v));
+  if (!loop->retire_ev)
+    loop->retire_ev = evtimer_new(loop->base, retire_cb, loop);
+  if (!v || !loop->retire_ev) {
+    /* Better a resolver kept than one freed under libevent's feet. */
+    if (v) loop->retired_dns = v;
+    QRPCI_WARN("loop: no memory to free a DNS resolver; it is kept");
+    return;
+  }
+  loop->retired_dns = v;
+  loop->retired_dns[loop->nretired_dns++] = dns;
+  /* A timer, not an activation: the cancellation's callbacks, scheduled
+   * already, run first on the next turn. */
+  struct timeval tv = {0, 0};
+  evtimer_add(loop->retire_ev, &tv);
+}
+
 void qrpci_loop_add_conn(qrpc_loop *loop, qrpc_conn *c) {
   qrpci_list_push_back(&loop->conns, &c->loop_node);
   loop->nconns++;
@@ -206,6 +237,8 @@ void qrpc_loop_free(qrpc_loop *loop) {
   }
   qrpci_loop_free_timers(loop);
   if (loop->dns) evdns_base_free(loop->dns, 1);
+  free_retired_dns(loop);
+  if (loop->retire_ev) event_free(loop->retire_ev);
   qrpci_post *p = loop->post_head;
   while (p) {
     qrpci_post *next = p->next;

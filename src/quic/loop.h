@@ -23,6 +23,9 @@ struct qrpc_loop {
   qrpci_list conns;         /* every connection the loop holds */
   size_t nconns;
   struct evdns_base *dns;   /* created on the first name lookup */
+  struct evdns_base **retired_dns; /* freed on a later turn */
+  size_t nretired_dns;
+  struct event *retire_ev;
   struct event *post_ev;    /* activated by qrpc_loop_post() */
   pthread_mutex_t post_mu;
   qrpci_post *post_head, *post_tail;
@@ -36,6 +39,10 @@ struct qrpc_loop {
 
 void qrpci_loop_mark_dirty(qrpc_loop *loop, qrpc_conn *c);
 struct evdns_base *qrpci_loop_dns(qrpc_loop *loop);
+/* Frees dns on a later turn of the loop (or with the loop): for a
+ * resolver whose lookup was just cancelled, since libevent still calls
+ * into it from the loop to report the cancellation. Loop thread. */
+void qrpci_loop_retire_dns(qrpc_loop *loop, struct evdns_base *dns);
 void qrpci_loop_add_conn(qrpc_loop *loop, qrpc_conn *c);
 void qrpci_loop_remove_conn(qrpc_loop *loop, qrpc_conn *c);
 /* Frees the timers and signal watches the user left on the loop (timer.c). */

@@ -14,6 +14,7 @@
 
 #include "dgram/channel.h"
 #include "qrpc/error.h"
+#include "qrpc/health.h"
 #include "quic/addr.h"
 #include "quic/loop.h"
 #include "quic/rpcstream.h"
@@ -21,6 +22,7 @@
 #include "rpc/engine.h"
 #include "util/clock.h"
 #include "util/log.h"
+#include "util/pbwire.h"
 #include "wire/protocol.h"
 
 /* Balancing policies (qrpc_client_opts.lb_policy). */
@@ -44,6 +46,14 @@ typedef struct backend {
   qrpc_client_state state;
   uint64_t calls;    /* calls started on it */
   uint64_t failures; /* attempts that failed and connections lost */
+  /* Health watching (opts.health_service): the Watch call on the current
+   * connection, the status it last sent (UNKNOWN until one came), and
+   * whether the server has no health service at all. */
+  qrpc_call *watch;
+  int health;
+  int no_health;
+  struct event *watch_ev; /* starts the watch again */
+  uint64_t watch_backoff_ms;
 } backend;
 
 struct qrpc_client {
@@ -95,6 +105,8 @@ static const qrpc_conn_callbacks cli_conn_cbs = {
 };
 
 static void connect_now(backend *b);
+static void watch_start(backend *b);
+static void watch_stop(backend *b);
 static void schedule_flush(qrpc_client *cli);
 static void schedule_resolve(qrpc_client *cli, uint64_t ms);
 
@@ -296,6 +308,18 @@ static void connect_now(backend *b) {
   qrpci_conn_set_early_hook(conn, cli_on_early);
 }
 
+/* Forgets b; its connection is gone or never was. */
+static void backend_free(backend *b) {
+  if (b->retry_ev) event_free(b->retry_ev);
+  if (b->watch_ev) event_free(b->watch_ev);
+  free(b->addr);
+  free(b);
+}
+
+static void watch_cb(evutil_socket_t fd, short what, void *arg) {
+  watch_start(arg);
+}
+
 static backend *backend_new(qrpc_client *cli, const char *addr) {
   backend *b = calloc(1, sizeof(*b));
   if (!b) return NULL;
@@ -303,21 +327,14 @@ static backend *backend_new(qrpc_client *cli, const char *addr) {
   b->addr = strdup(addr);
   b->backoff_ms = cli->opts.backoff_initial_ms;
   b->state = QRPC_CLIENT_FAILED;
+  b->health = QRPC_HEALTH_UNKNOWN;
   b->retry_ev = evtimer_new(qrpc_loop_base(cli->core.loop), retry_cb, b);
-  if (!b->addr || !b->retry_ev) {
-    if (b->retry_ev) event_free(b->retry_ev);
-    free(b->addr);
-    free(b);
+  b->watch_ev = evtimer_new(qrpc_loop_base(cli->core.loop), watch_cb, b);
+  if (!b->addr || !b->retry_ev || !b->watch_ev) {
+    backend_free(b);
     return NULL;
   }
   return b;
-}
-
-/* Forgets b; its connection is gone or never was. */
-static void backend_free(backend *b) {
-  if (b->retry_ev) event_free(b->retry_ev);
-  free(b->addr);
-  free(b);
 }
 
 static int backend_add(qrpc_client *cli, const char *addr) {
@@ -345,6 +362,7 @@ static void backend_remove(qrpc_client *cli, backend *b) {
 static void backend_retire(qrpc_client *cli, backend *b) {
   b->retiring = 1;
   evtimer_del(b->retry_ev);
+  watch_stop(b);
   QRPCI_INFO("rpc: backend %s is no longer listed", b->addr);
   if (!b->peer) {
     backend_remove(cli, b);
@@ -357,7 +375,14 @@ static void backend_retire(qrpc_client *cli, backend *b) {
 /* ---- Picking ---------------------------------------------------------- */
 
 static int backend_takes(const backend *b, int idempotent) {
-  return !b->retiring && b->peer && qrpci_peer_takes(b->peer, idempotent);
+  return !b->retiring && b->peer && qrpci_peer_takes(b->peer, idempotent) &&
+         (!b->cli->opts.health_service || b->no_health ||
+          b->health == QRPC_HEALTH_SERVING);
+}
+
+/* The application's calls awaiting an answer on peer. */
+static size_t in_flight(const qrpc_peer *peer) {
+  return peer->calls.size - peer->bg_calls;
 }
 
 /* The backend a new call goes to, or NULL while none takes it. */
@@ -380,7 +405,7 @@ static backend *pick(qrpc_client *cli, int idempotent) {
       at = i;
       break;
     }
-    if (!best || b->peer->calls.size < best->peer->calls.size) {
+    if (!best || in_flight(b->peer) < in_flight(best->peer)) {
       best = b;
       at = i;
     }
@@ -443,8 +468,10 @@ static void cli_on_established(qrpc_conn *c, void *ud) {
   backend *b = backend_of(cli, peer);
   if (!b) return;
   b->backoff_ms = cli->opts.backoff_initial_ms;
+  b->watch_backoff_ms = cli->opts.backoff_initial_ms;
   report(b, QRPC_CLIENT_READY, 0, NULL, 0, 0);
   if (b->peer != peer || cli->freeing) return;
+  if (cli->opts.health_service) watch_start(b);
   if (cli->opts.on_connect)
     cli->opts.on_connect(cli, peer, cli->opts.user_data);
   if (b->peer != peer || cli->freeing) return;
@@ -466,6 +493,13 @@ static void cli_on_closed(qrpc_conn *c, const qrpc_close_info *info, void *ud) {
   qrpc_client *cli = client_of(peer->core);
   backend *b = backend_of(cli, peer);
   int was_ready = peer->ready;
+  if (b) {
+    /* Its call ends with the connection; the next one watches anew. */
+    b->watch = NULL;
+    b->health = QRPC_HEALTH_UNKNOWN;
+    b->no_health = 0;
+    evtimer_del(b->watch_ev);
+  }
   qrpci_peer_closed(peer);
   if (!b || cli->freeing) return;
   if (b->retiring) {
@@ -529,12 +563,143 @@ static int cli_call_lost(qrpci_core *core, qrpc_call *call, int ran,
   return 1;
 }
 
+/* The server's GOAWAY: the backend takes no new calls, and its watch
+ * would keep the server from draining. */
+static void cli_peer_goaway(qrpci_core *core, qrpc_peer *peer) {
+  backend *b = backend_of(client_of(core), peer);
+  if (b) watch_stop(b);
+}
+
 static const qrpci_core_ops cli_core_ops = {
     .peer_released = cli_peer_released,
     .peer_freed = qrpci_peer_free_dgram,
     .call_unqueued = cli_call_unqueued,
     .call_lost = cli_call_lost,
+    .peer_goaway = cli_peer_goaway,
 };
+
+/* ---- Health ----------------------------------------------------------- */
+
+static const char *health_name(int st) {
+  switch (st) {
+  case QRPC_HEALTH_SERVING: return "SERVING";
+  case QRPC_HEALTH_NOT_SERVING: return "NOT_SERVING";
+  case QRPC_HEALTH_SERVICE_UNKNOWN: return "SERVICE_UNKNOWN";
+  default: return "UNKNOWN";
+  }
+}
+
+static backend *backend_watching(qrpc_client *cli, const qrpc_call *call) {
+  for (size_t i = 0; i < cli->nb; i++)
+    if (cli->b[i]->watch == call) return cli->b[i];
+  return NULL;
+}
+
+/* A HealthCheckResponse: the backend goes in or out of rotation. */
+static void watch_on_item(qrpc_call *call, const uint8_t *data, size_t len,
+                          void *ud) {
+  qrpc_client *cli = ud;
+  backend *b = cli->freeing ? NULL : backend_watching(cli, call);
+  if (!b) return;
+  uint64_t st;
+  if (qrpci_pb_field_varint(data, len, 1, &st) != 0 ||
+      st > QRPC_HEALTH_SERVICE_UNKNOWN) {
+    QRPCI_WARN("rpc: backend %s sent a health status that does not decode",
+               b->addr);
+    st = QRPC_HEALTH_UNKNOWN;
+  }
+  if ((int)st == b->health) return;
+  int was_in = b->health == QRPC_HEALTH_SERVING;
+  b->health = (int)st;
+  b->watch_backoff_ms = cli->opts.backoff_initial_ms;
+  if (st == QRPC_HEALTH_SERVING) {
+    QRPCI_INFO("rpc: backend %s is SERVING: in rotation", b->addr);
+    schedule_flush(cli);
+  } else if (was_in || cli->nb > 1 || cli->dns_host) {
+    QRPCI_INFO("rpc: backend %s is %s: out of rotation", b->addr,
+               health_name((int)st));
+  }
+}
+
+/* The watch ended. A server without the health service is judged by its
+ * connection; a watch the server ended while the connection lives is
+ * started again after a backoff, the last status holding meanwhile. */
+static void watch_on_done(qrpc_call *call, const qrpc_result *res, void *ud) {
+  qrpc_client *cli = ud;
+  backend *b = cli->freeing ? NULL : backend_watching(cli, call);
+  if (!b) return;
+  b->watch = NULL;
+  if (res->status == QRPC_STATUS_UNIMPLEMENTED) {
+    QRPCI_INFO("rpc: backend %s has no health service: judged by its "
+               "connection alone",
+               b->addr);
+    b->no_health = 1;
+    schedule_flush(cli);
+    return;
+  }
+  qrpc_peer *p = b->peer;
+  if (!p || p->closed || p->goaway_received || b->retiring) return;
+  uint64_t d = b->watch_backoff_ms;
+  b->watch_backoff_ms =
+      d * 2 > cli->opts.backoff_max_ms ? cli->opts.backoff_max_ms : d * 2;
+  QRPCI_INFO("rpc: backend %s ended its health watch (%s); watching again "
+             "in %llu ms",
+             b->addr, qrpc_status_name(res->status), (unsigned long long)d);
+  struct timeval tv = qrpci_ns_to_tv(d * QRPCI_NS_PER_MS);
+  evtimer_add(b->watch_ev, &tv);
+}
+
+/* Opens Watch(opts.health_service) on b's connection. Its calls are the
+ * client's own: no interceptor sees them, and they do not count as calls
+ * in flight. */
+static void watch_start(backend *b) {
+  qrpc_client *cli = b->cli;
+  qrpc_peer *p = b->peer;
+  if (b->watch || !p || !p->ready || p->closed || p->goaway_received ||
+      b->retiring || cli->freeing)
+    return;
+  const char *name = cli->opts.health_service;
+  size_t nlen = strlen(name);
+  uint8_t req[3 + QRPC_HEALTH_NAME_MAX];
+  size_t len = 0;
+  if (nlen) { /* HealthCheckRequest{service}: proto3 leaves "" out */
+    req[len++] = 0x0a;
+    if (nlen >= 0x80) {
+      req[len++] = (uint8_t)(nlen | 0x80);
+      req[len++] = (uint8_t)(nlen >> 7);
+    } else {
+      req[len++] = (uint8_t)nlen;
+    }
+    memcpy(req + len, name, nlen);
+    len += nlen;
+  }
+  static const qrpc_call_callbacks cbs = {.on_done = watch_on_done,
+                                          .on_item = watch_on_item};
+  qrpc_call_opts o;
+  qrpc_call_opts_default(&o);
+  qrpc_call *call = qrpci_call_new(&cli->core, QRPC_HEALTH_WATCH_METHOD_ID,
+                                   QRPC_SHAPE_SERVER_STREAM, &o, 0, &cbs, cli);
+  if (!call) {
+    QRPCI_WARN("rpc: no memory to watch the health of %s", b->addr);
+    return;
+  }
+  call->background = 1;
+  qrpci_payload pl = qrpci_bytes(req, len);
+  if (qrpci_call_start(call, p, &pl) != 0) {
+    qrpci_call_release(call);
+    QRPCI_WARN("rpc: cannot watch the health of %s", b->addr);
+    return;
+  }
+  b->watch = call;
+}
+
+/* Ends b's watch, if any, without a word from its on_done. */
+static void watch_stop(backend *b) {
+  evtimer_del(b->watch_ev);
+  qrpc_call *call = b->watch;
+  b->watch = NULL;
+  if (call) qrpc_call_cancel(call);
+}
 
 /* ---- Names ------------------------------------------------------------ */
 
@@ -679,7 +844,8 @@ int qrpc_client_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
    * the size of the struct without them. */
   if (opts && opts->size != sizeof(*opts) &&
       opts->size != offsetof(qrpc_client_opts, on_state) &&
-      opts->size != offsetof(qrpc_client_opts, lb_policy))
+      opts->size != offsetof(qrpc_client_opts, lb_policy) &&
+      opts->size != offsetof(qrpc_client_opts, health_service))
     return QRPC_EINVAL;
   qrpc_client_opts o;
   qrpc_client_opts_default(&o);
@@ -688,7 +854,8 @@ int qrpc_client_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
     o.size = sizeof(o);
   }
   if (o.backoff_initial_ms == 0 || o.backoff_max_ms < o.backoff_initial_ms ||
-      o.dns_refresh_ms == 0)
+      o.dns_refresh_ms == 0 ||
+      (o.health_service && strlen(o.health_service) > QRPC_HEALTH_NAME_MAX))
     return QRPC_EINVAL;
   const char *why = qrpc_client_target_problem(addr, o.lb_policy);
   if (why) {
@@ -718,6 +885,7 @@ int qrpc_client_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
   t.dns_host = t.dns_port = NULL;
   cli->opts.dns_resolver = NULL; /* set below once copied */
   cli->opts.server_name = NULL;
+  cli->opts.health_service = NULL;
   rv = qrpci_core_init(&cli->core, loop, &cli->opts.rpc, &cli_core_ops);
   if (rv == 0 && !(cli->dg = qrpci_dgram_new())) rv = QRPC_ENOMEM;
   if (rv == 0 && o.server_name &&
@@ -725,6 +893,9 @@ int qrpc_client_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
     rv = QRPC_ENOMEM;
   if (rv == 0 && o.dns_resolver &&
       !(cli->opts.dns_resolver = strdup(o.dns_resolver)))
+    rv = QRPC_ENOMEM;
+  if (rv == 0 && o.health_service &&
+      !(cli->opts.health_service = strdup(o.health_service)))
     rv = QRPC_ENOMEM;
   if (rv == 0 && cli->dns_host && cli->opts.dns_resolver)
     rv = make_resolver(cli);
@@ -780,7 +951,8 @@ size_t qrpc_client_backends(qrpc_client *cli, qrpc_backend_info *out,
         .state = b->state,
         .takes_calls = backend_takes(b, 0),
         .retiring = b->retiring,
-        .in_flight = p && !p->closed ? p->calls.size : 0,
+        .in_flight = p && !p->closed ? in_flight(p) : 0,
+        .health = !cli->opts.health_service || b->no_health ? -1 : b->health,
         .calls = b->calls,
         .failures = b->failures,
         .attempts = b->attempts,
@@ -923,6 +1095,7 @@ int qrpc_client_notify_msg(qrpc_client *cli, uint32_t method,
 static void close_peer(qrpc_peer *peer) {
   /* Calls in flight end as CANCELLED: it is this side giving up. */
   qrpc_call *call;
+  peer->bg_calls = 0;
   while ((call = qrpci_u64map_pop(&peer->calls))) {
     call->msgid = 0; /* out of the table; the close below tells the peer */
     qrpci_call_defer_done(call, QRPC_STATUS_CANCELLED, "client closed");
@@ -943,7 +1116,11 @@ void qrpc_client_free(qrpc_client *cli) {
   for (size_t i = 0; i < cli->nb; i++) backend_free(cli->b[i]);
   free(cli->b);
   if (cli->dnsreq) evdns_getaddrinfo_cancel(cli->dnsreq);
-  if (cli->dns_own) evdns_base_free(cli->dns_own, 1);
+  /* A cancelled lookup still reports to its resolver from the loop. */
+  if (cli->dns_own && cli->dnsreq)
+    qrpci_loop_retire_dns(cli->core.loop, cli->dns_own);
+  else if (cli->dns_own)
+    evdns_base_free(cli->dns_own, 1);
   if (cli->resolve_ev) event_free(cli->resolve_ev);
   if (cli->flush_ev) event_free(cli->flush_ev);
   qrpci_core_cleanup(&cli->core);
@@ -951,6 +1128,7 @@ void qrpc_client_free(qrpc_client *cli) {
   if (cli->tls) qrpc_tls_config_free(cli->tls);
   free((char *)cli->opts.server_name);
   free((char *)cli->opts.dns_resolver);
+  free((char *)cli->opts.health_service);
   free(cli->dns_host);
   free(cli->dns_port);
   free(cli);

@@ -472,6 +472,7 @@ void qrpci_peer_closed(qrpc_peer *peer) {
   peer->closed = 1;
   peer->busy++;
   qrpc_call *call;
+  peer->bg_calls = 0;
   while ((call = qrpci_u64map_pop(&peer->calls))) {
     call->msgid = 0; /* already out of the table */
     const char *detail = "connection lost";
@@ -489,7 +490,7 @@ void qrpci_peer_closed(qrpc_peer *peer) {
 }
 
 int qrpci_peer_idle(qrpc_peer *peer) {
-  return peer->reqs.size == 0 && peer->calls.size == 0;
+  return peer->reqs.size == 0 && peer->calls.size == peer->bg_calls;
 }
 
 static void peer_check_drained(qrpc_peer *peer) {
@@ -672,7 +673,9 @@ static void call_unwire(qrpc_call *call) {
   qrpc_peer *peer = call->peer;
   if (peer && call->msgid) {
     qrpci_u64map_del(&peer->calls, call->msgid);
-    if (peer->calls.size == 0 && !peer->closed)
+    if (call->background) peer->bg_calls--;
+    if (peer->calls.size == peer->bg_calls && !peer->closed &&
+        !call->background)
       qrpci_conn_set_awaiting(peer->conn, 0);
   }
   call->msgid = 0;
@@ -792,7 +795,10 @@ int qrpci_call_start(qrpc_call *call, qrpc_peer *peer,
     }
     return rv;
   }
-  if (peer->calls.size == 1) qrpci_conn_set_awaiting(peer->conn, 1);
+  if (call->background)
+    peer->bg_calls++;
+  else if (peer->calls.size - peer->bg_calls == 1)
+    qrpci_conn_set_awaiting(peer->conn, 1);
   peer->last_msgid = msgid;
   call->msgid = msgid;
   call->peer = peer;
@@ -1093,6 +1099,10 @@ static void on_request(qrpci_rstream *rs, const qrpci_frame *f,
   rs->last_req_msgid = f->msgid;
   if (f->msgid > peer->peer_max_msgid) peer->peer_max_msgid = f->msgid;
   if (peer->goaway_sent && f->msgid > peer->goaway_last) {
+    /* GOAWAY again, on this stream: the caller reads it before the
+     * refusal, so it knows the call did not run (on another stream the
+     * first GOAWAY may reach it later). */
+    put_id_frame(rs, QRPCI_FRAME_GOAWAY, peer->goaway_last);
     answer_refusal(rs, f->msgid, QRPC_STATUS_UNAVAILABLE, "going away");
     return;
   }
@@ -1386,6 +1396,9 @@ static void on_goaway(qrpci_rstream *rs, const qrpci_frame *f) {
   /* The connection finishes the calls it has; a client sends new calls
    * on its next connection. */
   peer->goaway_received = 1;
+  if (peer->core->ops->peer_goaway)
+    peer->core->ops->peer_goaway(peer->core, peer);
+  if (peer->closed) return;
   /* Unary calls it will not serve (MsgIds above the one it names) may go
    * elsewhere now rather than wait for their refusal; the refusal, when
    * it comes, finds no call. */

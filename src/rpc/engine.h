@@ -63,6 +63,9 @@ typedef struct qrpci_core_ops {
    * static reason for the failure. NULL: calls just fail. */
   int (*call_lost)(qrpci_core *core, qrpc_call *call, int ran,
                    const char **detail);
+  /* The peer's GOAWAY arrived: it takes no new calls. NULL: nothing to
+   * do. */
+  void (*peer_goaway)(qrpci_core *core, qrpc_peer *peer);
 } qrpci_core_ops;
 
 /* What servers and clients share: the loop, options, registered methods,
@@ -109,6 +112,7 @@ struct qrpc_peer {
   uint64_t last_msgid;      /* highest MsgId we issued */
   uint64_t peer_max_msgid;  /* highest REQUEST MsgId the peer sent */
   qrpci_u64map calls;       /* our calls in flight, by MsgId */
+  size_t bg_calls;          /* of those, background ones */
   qrpci_u64map reqs;        /* the peer's calls we serve, by MsgId */
   qrpci_rstream **pool;     /* long-lived streams for unary calls */
   size_t rr;
@@ -168,6 +172,9 @@ struct qrpc_call {
   uint32_t method;
   qrpc_shape shape;
   int idempotent;           /* may go out in 0-RTT */
+  int background;           /* the owner's own (a client's health watch):
+                               it does not make the connection await
+                               answers, nor keep a draining one open */
   qrpc_call_callbacks cbs;
   void *ud;
   struct event timer;

@@ -33,28 +33,57 @@ static size_t value_size(unsigned wt, const uint8_t *p, size_t n,
   }
 }
 
-int qrpci_pb_field_bytes(const uint8_t *msg, size_t len, uint32_t field,
-                         const uint8_t **val, size_t *val_len) {
-  static const uint8_t empty[1];
-  const uint8_t *found = empty;
-  size_t found_len = 0;
+/* Walks msg[0..len) and finds the last field number field: *wt is its
+ * wire type, *val_at where its value starts, *body where a
+ * length-delimited value's bytes start past its length prefix, *size the
+ * value's size, prefix included. Returns 1 when found, 0 when not, -1 when
+ * msg cannot be walked. */
+static int find_field(const uint8_t *msg, size_t len, uint32_t field,
+                      uint64_t *wt, size_t *val_at, size_t *body,
+                      size_t *size) {
+  int found = 0;
   size_t i = 0;
   while (i < len) {
     uint64_t key;
     size_t k = qrpci_pb_varint(msg + i, len - i, &key);
-    size_t body = 0;
+    size_t b = 0;
     size_t n =
-        k ? value_size((unsigned)(key & 7), msg + i + k, len - i - k, &body)
-          : 0;
-    if (!n) return QRPC_EINVAL;
+        k ? value_size((unsigned)(key & 7), msg + i + k, len - i - k, &b) : 0;
+    if (!n) return -1;
     if (key >> 3 == field) {
-      if ((key & 7) != QRPCI_PB_LEN) return QRPC_EINVAL;
-      found = msg + i + k + body;
-      found_len = n - body;
+      found = 1;
+      *wt = key & 7;
+      *val_at = i + k;
+      *body = b;
+      *size = n;
     }
     i += k + n;
   }
-  *val = found;
-  *val_len = found_len;
+  return found;
+}
+
+int qrpci_pb_field_bytes(const uint8_t *msg, size_t len, uint32_t field,
+                         const uint8_t **val, size_t *val_len) {
+  static const uint8_t empty[1];
+  uint64_t wt = 0;
+  size_t at = 0, body = 0, size = 0;
+  int f = find_field(msg, len, field, &wt, &at, &body, &size);
+  if (f < 0 || (f && wt != QRPCI_PB_LEN)) return QRPC_EINVAL;
+  *val = f ? msg + at + body : empty;
+  *val_len = f ? size - body : 0;
+  return 0;
+}
+
+int qrpci_pb_field_varint(const uint8_t *msg, size_t len, uint32_t field,
+                          uint64_t *val) {
+  uint64_t wt = 0;
+  size_t at = 0, body = 0, size = 0;
+  int f = find_field(msg, len, field, &wt, &at, &body, &size);
+  if (f < 0 || (f && wt != QRPCI_PB_VARINT)) return QRPC_EINVAL;
+  if (!f) {
+    *val = 0;
+    return 0;
+  }
+  qrpci_pb_varint(msg + at, size, val);
   return 0;
 }

@@ -45,4 +45,12 @@ size_t qrpci_pb_varint(const uint8_t *p, size_t n, uint64_t *v);
 int qrpci_pb_field_bytes(const uint8_t *msg, size_t len, uint32_t field,
                          const uint8_t **val, size_t *val_len);
 
+/* Finds field number field, a varint, at the top level of msg[0..len), as
+ * qrpci_pb_field_bytes() finds a length-delimited one: the last value, or
+ * 0 (proto3's default) when the message lacks the field. Returns 0 with
+ * *val set, or QRPC_EINVAL when msg cannot be walked or the field is not
+ * a varint. */
+int qrpci_pb_field_varint(const uint8_t *msg, size_t len, uint32_t field,
+                          uint64_t *val);
+
 #endif

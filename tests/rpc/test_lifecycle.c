@@ -431,6 +431,7 @@ typedef struct goaway_seen {
   int errors;
   uint64_t error_msgid;
   uint64_t error_status;
+  int goaways_at_error; /* GOAWAYs seen when the ERROR came */
   int replies;
   uint64_t reply_msgid;
 } goaway_seen;
@@ -447,6 +448,7 @@ static void goaway_on_frame(qt_raw_rpc *r, const qrpci_frame *f, void *ud) {
     g->errors++;
     g->error_msgid = f->msgid;
     g->error_status = f->status;
+    g->goaways_at_error = g->goaways;
     break;
   case QRPCI_FRAME_REPLY:
     g->replies++;
@@ -486,12 +488,15 @@ START_TEST(test_goaway_raw_peer) {
   ck_assert(qt_run_until_count(loop, &g.goaways, 1, QT_WAIT_MS));
   ck_assert_uint_eq(g.last_msgid, 1);
 
-  /* A REQUEST above Last MsgId is answered with UNAVAILABLE, and the
-   * connection stays up for the call still in flight. */
+  /* A REQUEST above Last MsgId is answered with UNAVAILABLE, after
+   * GOAWAY again (the same Last) on its own stream, and the connection
+   * stays up for the call still in flight. */
   ck_assert_int_eq(qt_raw_rpc_send(&a, &late), 0);
   ck_assert(qt_run_until_count(loop, &g.errors, 1, QT_WAIT_MS));
   ck_assert_uint_eq(g.error_msgid, 2);
   ck_assert_uint_eq(g.error_status, QRPC_STATUS_UNAVAILABLE);
+  ck_assert_int_eq(g.goaways_at_error, 2);
+  ck_assert_uint_eq(g.last_msgid, 1);
   ck_assert_int_eq(cl.closed, 0);
   ck_assert_int_eq(e.echoes, 0);
 
@@ -505,7 +510,7 @@ START_TEST(test_goaway_raw_peer) {
   ck_assert(qt_run_until_count(loop, &sd.done, 1, QT_WAIT_MS));
   qt_run_for(loop, 100);
   ck_assert_int_eq(sd.done, 1);
-  ck_assert_int_eq(g.goaways, 1);
+  ck_assert_int_eq(g.goaways, 2);
   ck_assert_int_eq(a.undecodable + acc.undecodable, 0);
   env_finish(&e);
 }

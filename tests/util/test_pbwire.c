@@ -159,6 +159,29 @@ START_TEST(test_malformed) {
 }
 END_TEST
 
+/* Varint fields: the last value, 0 when absent, refused when the field
+ * has another wire type or the message cannot be walked. */
+START_TEST(test_field_varint) {
+  uint64_t v = 7;
+  ck_assert_int_eq(qrpci_pb_field_varint(NULL, 0, 1, &v), 0);
+  ck_assert_uint_eq(v, 0);
+  static const uint8_t one[] = {0x08, 0x02};
+  ck_assert_int_eq(qrpci_pb_field_varint(one, sizeof(one), 1, &v), 0);
+  ck_assert_uint_eq(v, 2);
+  /* Another field first, then field 1 twice: the last wins. */
+  static const uint8_t two[] = {0x12, 0x01, 'x', 0x08, 0x01, 0x08, 0xac, 0x02};
+  ck_assert_int_eq(qrpci_pb_field_varint(two, sizeof(two), 1, &v), 0);
+  ck_assert_uint_eq(v, 300);
+  ck_assert_int_eq(qrpci_pb_field_varint(two, sizeof(two), 3, &v), 0);
+  ck_assert_uint_eq(v, 0);
+  v = 9;
+  ck_assert_int_eq(qrpci_pb_field_varint(two, sizeof(two), 2, &v), QRPC_EINVAL);
+  static const uint8_t cut[] = {0x08, 0x80};
+  ck_assert_int_eq(qrpci_pb_field_varint(cut, sizeof(cut), 1, &v), QRPC_EINVAL);
+  ck_assert_uint_eq(v, 9);
+}
+END_TEST
+
 static Suite *pbwire_suite(void) {
   Suite *s = suite_create("pbwire");
   TCase *tc = tcase_create("read");
@@ -168,6 +191,7 @@ static Suite *pbwire_suite(void) {
   tcase_add_test(tc, test_last_value_wins);
   tcase_add_test(tc, test_skips_every_wire_type);
   tcase_add_test(tc, test_malformed);
+  tcase_add_test(tc, test_field_varint);
   suite_add_tcase(s, tc);
   return s;
 }
