@@ -215,6 +215,38 @@ static qrpc_call_opts idempotent_opts(void) {
   return o;
 }
 
+/* ---- Reconnection ------------------------------------------------------ */
+
+static int peer_conn_resumed(qrpc_peer *peer) {
+  qrpc_conn_stats st;
+  qrpc_conn_get_stats(qrpc_peer_conn(peer), &st);
+  return st.resumed;
+}
+
+/* A client whose connection the server closes reconnects by itself, and
+ * that reconnection resumes with the ticket of the first connection. */
+START_TEST(test_client_resumes_own_reconnect) {
+  start_server();
+  ck_assert_int_eq(qt_rpc_client_start(&fx.resumed, loop, fx.addr, ctls, NULL),
+                   0);
+  ck_assert(qt_rpc_client_wait_connects(&fx.resumed, 1, QT_WAIT_MS));
+  ck_assert_int_eq(peer_conn_resumed(fx.resumed.peer), 0);
+  ck_assert(qt_run_until(loop, has_ticket, ctls, QT_WAIT_MS));
+  ck_assert_ptr_nonnull(fx.peers.last);
+  qrpc_conn_close(qrpc_peer_conn(fx.peers.last), 0, "test");
+  ck_assert(qt_rpc_client_wait_connects(&fx.resumed, 2, QT_WAIT_MS));
+  ck_assert_int_eq(fx.resumed.lost, 1);
+  ck_assert_int_eq(peer_conn_resumed(fx.resumed.peer), 1);
+  /* Calls work on it. */
+  qt_call_rec r;
+  ck_assert_int_eq(
+      qt_call_rec_start(&r, NULL, fx.resumed.cli, M_PLAIN, "r", 1, NULL), 0);
+  ck_assert(qt_run_until_count(loop, &r.done, 1, QT_WAIT_MS));
+  ck_assert_int_eq(r.status, QRPC_STATUS_OK);
+  finish();
+}
+END_TEST
+
 /* ---- Calls in 0-RTT ---------------------------------------------------- */
 
 START_TEST(test_idempotent_call_in_0rtt) {
@@ -500,6 +532,7 @@ static Suite *early_suite(void) {
   tcase_add_test(tc, test_no_ticket_no_early_calls);
   tcase_add_test(tc, test_call_opts_versions);
   tcase_add_test(tc, test_register_flags_and_status_name);
+  tcase_add_test(tc, test_client_resumes_own_reconnect);
   suite_add_tcase(s, tc);
   return s;
 }
