@@ -394,6 +394,8 @@ static int connect_one(qrpci_cluster *cl, const qrpc_broker_opts *o,
     s = natsOptions_SetEventLoop(no, qrpc_loop_base(cl->loop),
                                  natsLibevent_Attach, natsLibevent_Read,
                                  natsLibevent_Write, natsLibevent_Detach);
+  /* The first URL first: a node is placed on a server by its list. */
+  if (s == NATS_OK) s = natsOptions_SetNoRandomize(no, true);
   if (s == NATS_OK) s = natsOptions_UseGlobalMessageDelivery(no, true);
   if (s == NATS_OK) s = natsOptions_SetMaxReconnect(no, -1);
   if (s == NATS_OK) s = natsOptions_SetReconnectWait(no, 250);
