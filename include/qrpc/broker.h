@@ -144,18 +144,18 @@ void qrpc_broker_get_stats(qrpc_broker *b, qrpc_broker_stats *st);
 
 /* The broker's link to NATS (docs/broker.md, "Clustering"). */
 typedef struct qrpc_broker_cluster_stats {
-  int enabled;             /* opts.cluster was given */
-  int connected;           /* to a NATS server now */
-  uint64_t interests;      /* NATS subscriptions open now: one per distinct
-                              pattern (and queue group) of local clients */
-  uint64_t published;      /* local publishes handed to NATS */
-  uint64_t publish_failed; /* not handed (reconnect buffer full, ...):
-                              delivered on this node only */
-  uint64_t received;       /* messages from NATS for local subscriptions */
-  uint64_t malformed;      /* from NATS, dropped: not a valid topic under
-                              the prefix, or a payload over max_payload */
-  uint64_t dropped;        /* from NATS, dropped by nats.c as a slow
-                              consumer */
+  int enabled;               /* opts.cluster was given */
+  int connected;             /* to a NATS server now */
+  uint64_t interests;        /* NATS subscriptions open now: one per distinct
+                                pattern (and queue group) of local clients */
+  uint64_t published;        /* local publishes handed to NATS */
+  uint64_t publish_failed;   /* not handed (reconnect buffer full, ...):
+                                delivered on this node only */
+  uint64_t received;         /* messages from NATS for local subscriptions */
+  uint64_t malformed;        /* from NATS, dropped: not a valid topic under
+                                the prefix, or a payload over max_payload */
+  uint64_t dropped;          /* from NATS, dropped by nats.c as a slow
+                                consumer */
   uint64_t subscribe_failed; /* interests NATS refused or could not take */
   uint64_t reconnects;
 } qrpc_broker_cluster_stats;
@@ -251,9 +251,9 @@ typedef void (*qrpc_broker_publish_fn)(qrpc_broker_client *bc, int status,
 
 /* What is wrong with a topic or a pattern, for a message to the user:
  * a static phrase such as "'>' may only be the last level", or NULL when
- * it is valid (docs/broker.md, "Topics and patterns"). qrpc_broker_publish() and qrpc_broker_subscribe() return
- * QRPC_EINVAL exactly when these are not NULL. Any thread; NULL input is
- * reported as empty. */
+ * it is valid (docs/broker.md, "Topics and patterns"). qrpc_broker_publish()
+ * and qrpc_broker_subscribe() return QRPC_EINVAL exactly when these are not
+ * NULL. Any thread; NULL input is reported as empty. */
 const char *qrpc_broker_topic_problem(const char *topic);
 const char *qrpc_broker_pattern_problem(const char *pattern);
 

@@ -270,9 +270,8 @@ static void print_result(qrpc_broker *b) {
              "cluster_dropped=%llu cluster_interests=%llu",
              (unsigned long long)cs.published,
              (unsigned long long)cs.publish_failed,
-             (unsigned long long)cs.received,
-             (unsigned long long)cs.malformed, (unsigned long long)cs.dropped,
-             (unsigned long long)cs.interests);
+             (unsigned long long)cs.received, (unsigned long long)cs.malformed,
+             (unsigned long long)cs.dropped, (unsigned long long)cs.interests);
   printf("RESULT published=%llu refused=%llu delivered=%llu dropped=%llu "
          "conflated=%llu slow_disconnects=%llu denied=%llu "
          "dead_peers=%llu%s\n",

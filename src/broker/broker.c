@@ -83,10 +83,10 @@ struct bsub {
   qrpc_broker_mode mode;
   qrpci_bpolicy policy;
   qrpci_bqueue q;
-  cpat *cp;          /* clustered: the pattern's interest */
-  qrpci_list cnode;  /* in cp->subs */
-  int blocked;  /* the stream refused a write; on_writable drains */
-  uint64_t gap; /* dropped and not yet reported to the subscriber */
+  cpat *cp;         /* clustered: the pattern's interest */
+  qrpci_list cnode; /* in cp->subs */
+  int blocked;      /* the stream refused a write; on_writable drains */
+  uint64_t gap;     /* dropped and not yet reported to the subscriber */
   uint64_t delivered, dropped, conflated;
   size_t pattern_len;
   char pattern[]; /* pattern_len bytes and a NUL for protobuf-c, which packs
@@ -125,9 +125,9 @@ struct qrpc_broker {
   size_t match_cap, match_len;
   size_t queued_bytes;
   qrpc_health *health;
-  qrpci_cluster *cluster;       /* NULL: alone */
-  qrpci_u64map cpat_by_hash;    /* pattern hash -> chain of cpat */
-  qrpci_u64map cpat_by_id;      /* cpat.id -> cpat */
+  qrpci_cluster *cluster;    /* NULL: alone */
+  qrpci_u64map cpat_by_hash; /* pattern hash -> chain of cpat */
+  qrpci_u64map cpat_by_id;   /* cpat.id -> cpat */
   uint64_t next_cpat_id;
   qrpc_broker_stats st;
   void (*on_shutdown)(qrpc_broker *b, void *user_data);
@@ -169,8 +169,8 @@ static int opts_check(const qrpc_broker_opts *o, char *err, size_t errlen) {
     why = "queue defaults must be positive and within their maximums";
   else if (o->queued_bytes_total < o->queue_bytes)
     why = "queued_bytes_total is below the default queue size";
-  else if (o->cluster &&
-           (o->cluster_buffer_bytes == 0 || o->cluster_buffer_bytes > INT32_MAX))
+  else if (o->cluster && (o->cluster_buffer_bytes == 0 ||
+                          o->cluster_buffer_bytes > INT32_MAX))
     why = "cluster_buffer_bytes must be from 1 to 2147483647";
   if (!why) return 0;
   if (err && errlen)
@@ -652,8 +652,7 @@ static int sub_check(bconn *c, const Qrpc__Broker__SubscribeRequest *r,
 
 /* ---- Interest on NATS ------------------------------------------------- */
 
-static cpat *cpat_find(qrpc_broker *b, const char *p, size_t len,
-                       uint64_t h) {
+static cpat *cpat_find(qrpc_broker *b, const char *p, size_t len, uint64_t h) {
   for (cpat *x = qrpci_u64map_get(&b->cpat_by_hash, h); x;
        x = x->next_same_hash)
     if (x->len == len && memcmp(x->pattern, p, len) == 0) return x;
@@ -685,8 +684,8 @@ static int interest_add(qrpc_broker *b, bsub *s) {
       free(x);
       return -1;
     }
-    x->ns = qrpci_cluster_subscribe(b->cluster, x->pattern, x->len, NULL, 0,
-                                    x->id);
+    x->ns =
+        qrpci_cluster_subscribe(b->cluster, x->pattern, x->len, NULL, 0, x->id);
   }
   s->cp = x;
   qrpci_list_push_back(&x->subs, &s->cnode);
@@ -1191,8 +1190,8 @@ int qrpc_broker_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
   }
   b->opts.acl_path = NULL; /* the caller's string; read already */
   if (opts->cluster &&
-      (rv = qrpci_cluster_new(loop, opts, cluster_deliver, b, &b->cluster,
-                              err, errlen)) != 0) {
+      (rv = qrpci_cluster_new(loop, opts, cluster_deliver, b, &b->cluster, err,
+                              errlen)) != 0) {
     qrpc_broker_free(b);
     return rv;
   }

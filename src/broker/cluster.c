@@ -86,8 +86,8 @@ int qrpci_cluster_check_urls(const char *urls, char *err, size_t errlen) {
   for (const char *s = urls;; k++) {
     const char *comma = strchr(s, ',');
     size_t n = comma ? (size_t)(comma - s) : strlen(s);
-    const char *why = k >= URLS_MAX ? "one URL too many (16 at most)"
-                                    : url_problem(s, n);
+    const char *why =
+        k >= URLS_MAX ? "one URL too many (16 at most)" : url_problem(s, n);
     if (why) {
       if (err && errlen) {
         if (strcmp(why, "credentials") == 0)
@@ -385,9 +385,8 @@ static int connect_one(qrpci_cluster *cl, const qrpc_broker_opts *o,
     s = natsOptions_SetName(no, idx ? "qrpc-broker groups" : "qrpc-broker");
   if (s == NATS_OK && idx == 0) s = natsOptions_SetNoEcho(no, true);
   if (s == NATS_OK && o->cluster_user)
-    s = natsOptions_SetUserInfo(
-        no, o->cluster_user,
-        o->cluster_password ? o->cluster_password : "");
+    s = natsOptions_SetUserInfo(no, o->cluster_user,
+                                o->cluster_password ? o->cluster_password : "");
   if (s == NATS_OK && o->cluster_token)
     s = natsOptions_SetToken(no, o->cluster_token);
   if (s == NATS_OK)
@@ -436,9 +435,8 @@ int qrpci_cluster_new(qrpc_loop *loop, const qrpc_broker_opts *o,
   if (rv != 0) return rv;
   const char *prefix = o->cluster_prefix ? o->cluster_prefix : "qrpc";
   size_t pl = strlen(prefix);
-  if (pl == 0 || pl > PREFIX_MAX ||
-      qrpc_broker_topic_problem(prefix) != NULL || prefix[0] == '$' ||
-      prefix[0] == '_') {
+  if (pl == 0 || pl > PREFIX_MAX || qrpc_broker_topic_problem(prefix) != NULL ||
+      prefix[0] == '$' || prefix[0] == '_') {
     if (err && errlen)
       snprintf(err, errlen,
                "cluster prefix: 1 to %d bytes, a valid topic not starting "
@@ -487,8 +485,8 @@ int qrpci_cluster_new(qrpc_loop *loop, const qrpc_broker_opts *o,
     qrpci_cluster_free(cl);
     return rv;
   }
-  QRPCI_INFO("broker: cluster: NATS servers %s, subjects %s.TOPIC",
-             o->cluster, cl->prefix);
+  QRPCI_INFO("broker: cluster: NATS servers %s, subjects %s.TOPIC", o->cluster,
+             cl->prefix);
   *out = cl;
   return 0;
 }
@@ -496,8 +494,8 @@ int qrpci_cluster_new(qrpc_loop *loop, const qrpc_broker_opts *o,
 /* ---- Publishing and interest ------------------------------------------ */
 
 /* Writes PREFIX.TEXT into out (cap bytes); 0 or -1 when it does not fit. */
-static int subject(const qrpci_cluster *cl, const char *t, size_t n,
-                   char *out, size_t cap) {
+static int subject(const qrpci_cluster *cl, const char *t, size_t n, char *out,
+                   size_t cap) {
   if (cl->prefix_len + 1 + n + 1 > cap) return -1;
   memcpy(out, cl->prefix, cl->prefix_len);
   out[cl->prefix_len] = '.';
@@ -513,8 +511,8 @@ int qrpci_cluster_publish(qrpci_cluster *cl, const char *topic,
   if (subject(cl, topic, topic_len, subj, sizeof(subj)) != 0)
     return QRPC_EINVAL;
   natsStatus s = len > INT32_MAX ? NATS_MAX_PAYLOAD : NATS_OK;
-  if (s == NATS_OK) s =
-      natsConnection_Publish(cl->nc[0], subj, payload, (int)len);
+  if (s == NATS_OK)
+    s = natsConnection_Publish(cl->nc[0], subj, payload, (int)len);
   if (s == NATS_OK) {
     cl->st.published++;
     return 0;
@@ -548,8 +546,8 @@ qrpci_cluster_sub *qrpci_cluster_subscribe(qrpci_cluster *cl,
     if (group_len) {
       memcpy(queue, group, group_len);
       queue[group_len] = '\0';
-      s = natsConnection_QueueSubscribe(&cs->ns, cl->nc[1], subj, queue,
-                                        on_msg, cs);
+      s = natsConnection_QueueSubscribe(&cs->ns, cl->nc[1], subj, queue, on_msg,
+                                        cs);
     } else {
       s = natsConnection_Subscribe(&cs->ns, cl->nc[0], subj, on_msg, cs);
     }

@@ -52,8 +52,7 @@ int qrpci_cluster_new(qrpc_loop *loop, const qrpc_broker_opts *o,
  * (the message could not be handed to nats.c: counted in publish_failed,
  * logged once; it reached local subscribers only). */
 int qrpci_cluster_publish(qrpci_cluster *cl, const char *topic,
-                          size_t topic_len, const uint8_t *payload,
-                          size_t len);
+                          size_t topic_len, const uint8_t *payload, size_t len);
 
 /* Whether a publish of a topic of topic_len bytes and len bytes of payload
  * fits the NATS servers' max_payload (1 while no server has said). */

@@ -291,6 +291,30 @@ wait "$late_pid" || fail "C did not join: $(cat "$tmp/c.err")"
 grep -q 'joined NATS' "$tmp/c.err" || fail "C does not log joining"
 echo "ok: C started without NATS, served alone, joined when n3 came up"
 
+# Credentials: a NATS server requiring a user and password; the password
+# comes from the environment and appears in no log.
+read -r c4 m4 <<<"$(free_ports 2)"
+nats-server -a 127.0.0.1 -p "$c4" -m "$m4" --user qrpc --pass 'pw-s3cret-42' \
+  >"$tmp/n4.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 200); do
+  curl -sf "http://127.0.0.1:$m4/varz" >/dev/null 2>&1 && break
+  sleep 0.05
+done
+QRPC_CLUSTER_PASSWORD=pw-s3cret-42 start_broker d \
+  --cluster "nats://127.0.0.1:$c4" --cluster-user qrpc --log-level debug
+for _ in $(seq 200); do
+  grep -q 'connection joined NATS' "$tmp/d.err" && break
+  sleep 0.05
+done
+grep -q 'connection joined NATS' "$tmp/d.err" ||
+  fail "D did not join a NATS server with a password: $(cat "$tmp/d.err")"
+grep -q 'pw-s3cret-42' "$tmp/d.err" "$tmp/d.out" && fail "D logged the password"
+kill -TERM "$pid_d"
+wait "$pid_d" || fail "broker d: exit status $?"
+grep -q 'pw-s3cret-42' "$tmp/d.out" && fail "D printed the password"
+echo "ok: D joins with a user and a password from the environment, never logged"
+
 # Clean stops: RESULT lines with the cluster's counters.
 for n in a b c; do
   eval "p=\$pid_$n"
