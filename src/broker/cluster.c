@@ -1,15 +1,13 @@
 /*
  * The broker's link to NATS (cluster.h, docs/broker.md "Clustering").
  *
- * Two nats.c connections to the same servers, both attached to the
- * broker's event_base through nats.c's libevent adapter:
- *
- *  - "out" publishes what local clients publish and holds the plain
- *    subscriptions, with no-echo: the server never hands this node its own
- *    publishes back, which it has already delivered locally;
- *  - "group" holds the queue subscriptions, with echo: a queue group's
- *    member on this node must be able to receive a message published on
- *    this node, as NATS picks one member over all nodes.
+ * One nats.c connection ("out", nc[0]), attached to the broker's
+ * event_base through nats.c's libevent adapter. It publishes what local
+ * clients publish and holds the subscriptions, with no-echo: the server
+ * never hands this node its own publishes back, which it has already
+ * delivered locally. Queue groups would need a second connection (nc[1])
+ * with echo, since NATS must be able to pick a member on the publishing
+ * node; connect_one() can open it, nothing asks for it yet.
  *
  * nats.c calls the message and connection callbacks on its own threads
  * (its delivery pool and its callback thread). They append an item to a
@@ -479,8 +477,9 @@ int qrpci_cluster_new(qrpc_loop *loop, const qrpc_broker_opts *o,
     cc[i].cl = cl;
     cc[i].idx = i;
   }
+  /* The queue-group connection (nc[1]) is not opened: no caller asks for
+   * a group yet (docs/broker.md, "Clustering", what is not built). */
   rv = connect_one(cl, o, &cc[0], urls, n, err, errlen);
-  if (rv == 0) rv = connect_one(cl, o, &cc[1], urls, n, err, errlen);
   if (rv != 0) {
     qrpci_cluster_free(cl);
     return rv;
@@ -543,7 +542,9 @@ qrpci_cluster_sub *qrpci_cluster_subscribe(qrpci_cluster *cl,
   natsStatus s = NATS_INVALID_SUBJECT;
   if (subject(cl, pattern, pattern_len, subj, sizeof(subj)) == 0 &&
       group_len < sizeof(queue)) {
-    if (group_len) {
+    if (group_len && !cl->nc[1]) {
+      s = NATS_INVALID_ARG;
+    } else if (group_len) {
       memcpy(queue, group, group_len);
       queue[group_len] = '\0';
       s = natsConnection_QueueSubscribe(&cs->ns, cl->nc[1], subj, queue, on_msg,
