@@ -101,6 +101,19 @@ typedef struct qrpc_broker_opts {
                                   subscription's policy applies; 1 GiB */
   size_t max_retained;         /* topics with a retained message; 100000 */
   size_t max_retained_bytes;   /* their payloads together; 256 MiB */
+  /* Clustering through NATS (docs/broker.md, "Clustering"): the servers,
+   * "nats://HOST:PORT[,nats://HOST:PORT...]" (at most 16, no credentials
+   * in them); NULL: this broker alone. The strings are copied; the
+   * credentials are never logged. */
+  const char *cluster;
+  const char *cluster_user;     /* with cluster_password; NULL: none */
+  const char *cluster_password; /* NULL: empty */
+  const char *cluster_token;    /* NULL: none */
+  const char *cluster_prefix;   /* topic T is NATS subject PREFIX.T;
+                                   NULL: "qrpc" */
+  size_t cluster_buffer_bytes;  /* publishes nats.c holds while it
+                                   reconnects; beyond, dropped and counted
+                                   (publish_failed); 8 MiB */
   /* Note: server.endpoint.conn.keepalive_ms defaults to 10000 here, so a
    * subscriber whose machine vanished is found and its subscriptions and
    * queues freed within keepalive_ms + dead_peer_timeout_ms (3000), not
@@ -128,6 +141,33 @@ qrpc_health *qrpc_broker_health(qrpc_broker *b);
 
 /* Fills st with the broker's counters now. */
 void qrpc_broker_get_stats(qrpc_broker *b, qrpc_broker_stats *st);
+
+/* The broker's link to NATS (docs/broker.md, "Clustering"). */
+typedef struct qrpc_broker_cluster_stats {
+  int enabled;               /* opts.cluster was given */
+  int connected;             /* to a NATS server now */
+  uint64_t interests;        /* NATS subscriptions open now: one per distinct
+                                pattern (and queue group) of local clients */
+  uint64_t published;        /* local publishes handed to NATS */
+  uint64_t publish_failed;   /* not handed (reconnect buffer full, ...):
+                                delivered on this node only */
+  uint64_t received;         /* messages from NATS for local subscriptions */
+  uint64_t malformed;        /* from NATS, dropped: not a valid topic under
+                                the prefix, or a payload over max_payload */
+  uint64_t dropped;          /* from NATS, dropped by nats.c as a slow
+                                consumer */
+  uint64_t subscribe_failed; /* interests NATS refused or could not take */
+  uint64_t reconnects;
+} qrpc_broker_cluster_stats;
+
+/* Fills st (all zero without opts.cluster). Loop thread. */
+void qrpc_broker_get_cluster_stats(qrpc_broker *b,
+                                   qrpc_broker_cluster_stats *st);
+
+/* Checks a list of NATS URLs as opts.cluster takes it. Returns 0, or
+ * QRPC_EINVAL with the reason in err (errlen bytes, NUL-terminated),
+ * which quotes the bad URL unless it holds credentials. Any thread. */
+int qrpc_broker_cluster_check(const char *urls, char *err, size_t errlen);
 
 /* Graceful shutdown, as qrpc_server_shutdown(): GOAWAY to every client,
  * subscriptions end when their connections close. on_done (may be NULL)
@@ -211,9 +251,9 @@ typedef void (*qrpc_broker_publish_fn)(qrpc_broker_client *bc, int status,
 
 /* What is wrong with a topic or a pattern, for a message to the user:
  * a static phrase such as "'>' may only be the last level", or NULL when
- * it is valid (docs/broker.md, "Topics and patterns"). qrpc_broker_publish() and qrpc_broker_subscribe() return
- * QRPC_EINVAL exactly when these are not NULL. Any thread; NULL input is
- * reported as empty. */
+ * it is valid (docs/broker.md, "Topics and patterns"). qrpc_broker_publish()
+ * and qrpc_broker_subscribe() return QRPC_EINVAL exactly when these are not
+ * NULL. Any thread; NULL input is reported as empty. */
 const char *qrpc_broker_topic_problem(const char *topic);
 const char *qrpc_broker_pattern_problem(const char *pattern);
 

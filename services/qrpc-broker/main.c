@@ -27,6 +27,7 @@
 
 typedef struct options {
   const char *listen, *cert, *key, *client_ca, *acl, *server_key, *metrics;
+  const char *cluster, *cluster_user, *cluster_prefix;
   unsigned long long max_payload, max_subs, queue_msgs, queue_bytes;
   unsigned long long max_conns, max_retained, drain_ms, keepalive_ms;
   qrpc_log_level level;
@@ -66,6 +67,13 @@ static void usage(FILE *f) {
       "                          0: off)\n"
       "  --metrics HOST:PORT     serve Prometheus metrics over HTTP at\n"
       "                          /metrics there (docs/broker.md)\n"
+      "  --cluster URL[,URL...]  join the brokers sharing these NATS servers\n"
+      "                          (nats://HOST:PORT each): topics are shared\n"
+      "                          across nodes (docs/broker.md, Clustering)\n"
+      "  --cluster-user USER     NATS user; the password is read from the\n"
+      "                          environment variable QRPC_CLUSTER_PASSWORD,\n"
+      "                          a token from QRPC_CLUSTER_TOKEN\n"
+      "  --cluster-prefix P      topic T is NATS subject P.T (default qrpc)\n"
       "  --log-level LEVEL       error, warn, info (default) or debug\n"
       "  --help                  this text\n"
       "\n"
@@ -163,6 +171,25 @@ static int parse_args(int argc, char **argv, options *o) {
       o->server_key = v;
     } else if (strcmp(a, "--metrics") == 0) {
       o->metrics = v;
+    } else if (strcmp(a, "--cluster") == 0) {
+      char why[256];
+      if (qrpc_broker_cluster_check(v, why, sizeof(why)) != 0) {
+        fprintf(stderr, PROG ": --cluster: %s\n", why);
+        return -1;
+      }
+      o->cluster = v;
+    } else if (strcmp(a, "--cluster-user") == 0) {
+      o->cluster_user = v;
+    } else if (strcmp(a, "--cluster-prefix") == 0) {
+      if (qrpc_broker_topic_problem(v) || v[0] == '$' || v[0] == '_' ||
+          strlen(v) > 64) {
+        fprintf(stderr,
+                PROG ": --cluster-prefix expects a topic of at most 64 "
+                     "bytes not starting with '$' or '_', not '%s'\n",
+                v);
+        return -1;
+      }
+      o->cluster_prefix = v;
     } else if (strcmp(a, "--log-level") == 0) {
       if (parse_level(v, &o->level) != 0) return -1;
     } else {
@@ -176,6 +203,11 @@ static int parse_args(int argc, char **argv, options *o) {
                     (unsigned long long *)((char *)o + nums[k].off)) != 0)
         return -1;
     }
+  }
+  if ((o->cluster_user || o->cluster_prefix) && !o->cluster) {
+    fprintf(stderr, PROG ": --cluster-user and --cluster-prefix need "
+                         "--cluster\n");
+    return -1;
   }
   if (!o->cert || !o->key) {
     fprintf(stderr, PROG ": --cert and --key are required (QUIC always "
@@ -228,14 +260,26 @@ static void log_to_stderr(qrpc_log_level level, const char *msg, void *ud) {
 static void print_result(qrpc_broker *b) {
   qrpc_broker_stats st;
   qrpc_broker_get_stats(b, &st);
+  qrpc_broker_cluster_stats cs;
+  qrpc_broker_get_cluster_stats(b, &cs);
+  char cluster[256] = "";
+  if (cs.enabled)
+    snprintf(cluster, sizeof(cluster),
+             " cluster_published=%llu cluster_publish_failed=%llu "
+             "cluster_received=%llu cluster_malformed=%llu "
+             "cluster_dropped=%llu cluster_interests=%llu",
+             (unsigned long long)cs.published,
+             (unsigned long long)cs.publish_failed,
+             (unsigned long long)cs.received, (unsigned long long)cs.malformed,
+             (unsigned long long)cs.dropped, (unsigned long long)cs.interests);
   printf("RESULT published=%llu refused=%llu delivered=%llu dropped=%llu "
          "conflated=%llu slow_disconnects=%llu denied=%llu "
-         "dead_peers=%llu\n",
+         "dead_peers=%llu%s\n",
          (unsigned long long)st.published, (unsigned long long)st.refused,
          (unsigned long long)st.delivered, (unsigned long long)st.dropped,
          (unsigned long long)st.conflated,
          (unsigned long long)st.slow_disconnects, (unsigned long long)st.denied,
-         (unsigned long long)st.dead_peers);
+         (unsigned long long)st.dead_peers, cluster);
 }
 
 /* The address the broker is bound to, port resolved ("127.0.0.1:7422",
@@ -305,6 +349,15 @@ int main(int argc, char **argv) {
   bo.queue_bytes = o.queue_bytes;
   bo.server.endpoint.max_connections = o.max_conns;
   bo.max_retained = o.max_retained;
+  bo.cluster = o.cluster;
+  bo.cluster_user = o.cluster_user;
+  bo.cluster_prefix = o.cluster_prefix;
+  if (o.cluster) {
+    /* From the environment, so that they show in no process list. */
+    bo.cluster_password = getenv("QRPC_CLUSTER_PASSWORD");
+    bo.cluster_token = getenv("QRPC_CLUSTER_TOKEN");
+    if (bo.cluster_token && !*bo.cluster_token) bo.cluster_token = NULL;
+  }
   char err[512] = "";
   rc = qrpc_broker_new(d.loop, o.listen, tls, &bo, &d.broker, err, sizeof(err));
   if (rc != 0) {

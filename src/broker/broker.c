@@ -33,6 +33,7 @@
 #include "qrpc/version.h"
 
 #include "broker/acl.h"
+#include "broker/cluster.h"
 #include "broker/queue.h"
 #include "broker/topic.h"
 #include "qrpc/broker.qrpc.h"
@@ -61,6 +62,18 @@ typedef struct wstr {
 typedef struct bconn bconn;
 typedef struct bsub bsub;
 
+/* The local subscriptions of one pattern, with the NATS subscription that
+ * brings them the other nodes' messages (clustered brokers only). */
+typedef struct cpat {
+  uint64_t id;   /* in b->cpat_by_id; the NATS messages' key */
+  uint64_t hash; /* of the pattern, in b->cpat_by_hash */
+  struct cpat *next_same_hash;
+  qrpci_list subs; /* bsub.cnode */
+  qrpci_cluster_sub *ns;
+  size_t len;
+  char pattern[];
+} cpat;
+
 struct bsub {
   qrpci_topic_sub link; /* in the broker's tree */
   qrpci_list node;      /* in the connection's list */
@@ -70,8 +83,10 @@ struct bsub {
   qrpc_broker_mode mode;
   qrpci_bpolicy policy;
   qrpci_bqueue q;
-  int blocked;  /* the stream refused a write; on_writable drains */
-  uint64_t gap; /* dropped and not yet reported to the subscriber */
+  cpat *cp;         /* clustered: the pattern's interest */
+  qrpci_list cnode; /* in cp->subs */
+  int blocked;      /* the stream refused a write; on_writable drains */
+  uint64_t gap;     /* dropped and not yet reported to the subscriber */
   uint64_t delivered, dropped, conflated;
   size_t pattern_len;
   char pattern[]; /* pattern_len bytes and a NUL for protobuf-c, which packs
@@ -110,6 +125,10 @@ struct qrpc_broker {
   size_t match_cap, match_len;
   size_t queued_bytes;
   qrpc_health *health;
+  qrpci_cluster *cluster;    /* NULL: alone */
+  qrpci_u64map cpat_by_hash; /* pattern hash -> chain of cpat */
+  qrpci_u64map cpat_by_id;   /* cpat.id -> cpat */
+  uint64_t next_cpat_id;
   qrpc_broker_stats st;
   void (*on_shutdown)(qrpc_broker *b, void *user_data);
   void *shutdown_ud;
@@ -135,6 +154,7 @@ void qrpc_broker_opts_default(qrpc_broker_opts *o) {
   o->queued_bytes_total = (size_t)1 << 30;
   o->max_retained = 100000;
   o->max_retained_bytes = 256u << 20;
+  o->cluster_buffer_bytes = 8u << 20;
 }
 
 static int opts_check(const qrpc_broker_opts *o, char *err, size_t errlen) {
@@ -149,6 +169,9 @@ static int opts_check(const qrpc_broker_opts *o, char *err, size_t errlen) {
     why = "queue defaults must be positive and within their maximums";
   else if (o->queued_bytes_total < o->queue_bytes)
     why = "queued_bytes_total is below the default queue size";
+  else if (o->cluster && (o->cluster_buffer_bytes == 0 ||
+                          o->cluster_buffer_bytes > INT32_MAX))
+    why = "cluster_buffer_bytes must be from 1 to 2147483647";
   if (!why) return 0;
   if (err && errlen)
     snprintf(err, errlen, "%s", why);
@@ -503,6 +526,10 @@ static int publish(bconn *c, const Qrpc__Broker__PublishRequest *r, wstr t,
   } else if (r->payload.len > b->opts.max_payload) {
     *why = "payload over the broker's max_payload";
     status = QRPC_STATUS_RESOURCE_EXHAUSTED;
+  } else if (b->cluster &&
+             !qrpci_cluster_fits(b->cluster, t.len, r->payload.len)) {
+    *why = "payload over the max_payload of the cluster's NATS servers";
+    status = QRPC_STATUS_RESOURCE_EXHAUSTED;
   } else if (r->retain) {
     status = retain_msg(b, t.p, t.len, r->payload.data, r->payload.len, why);
   }
@@ -520,6 +547,11 @@ static int publish(bconn *c, const Qrpc__Broker__PublishRequest *r, wstr t,
   b->st.published++;
   *nsubs = (uint32_t)fanout(b, m);
   qrpci_bmsg_unref(m);
+  /* Delivered here first; a failure to hand it to NATS is counted and
+   * logged by the cluster (it then reached this node's subscribers only). */
+  if (b->cluster)
+    qrpci_cluster_publish(b->cluster, t.p, t.len, r->payload.data,
+                          r->payload.len);
   return QRPC_STATUS_OK;
 }
 
@@ -558,8 +590,11 @@ static void h_publish_oneway(qrpc_req *req,
 
 /* ---- Subscriptions ---------------------------------------------------- */
 
+static void interest_del(qrpc_broker *b, bsub *s);
+
 static void sub_free(bsub *s) {
   bconn *c = s->conn;
+  interest_del(c->b, s);
   qrpci_topic_tree_remove(c->b->tree, &s->link);
   qrpci_list_remove(&s->node);
   c->nsubs--;
@@ -615,6 +650,118 @@ static int sub_check(bconn *c, const Qrpc__Broker__SubscribeRequest *r,
   return QRPC_STATUS_OK;
 }
 
+/* ---- Interest on NATS ------------------------------------------------- */
+
+static cpat *cpat_find(qrpc_broker *b, const char *p, size_t len, uint64_t h) {
+  for (cpat *x = qrpci_u64map_get(&b->cpat_by_hash, h); x;
+       x = x->next_same_hash)
+    if (x->len == len && memcmp(x->pattern, p, len) == 0) return x;
+  return NULL;
+}
+
+/* Links s to its pattern's interest, opening it on NATS for the first
+ * subscriber. A NATS refusal leaves s working on this node (counted by the
+ * cluster); only out of memory fails. */
+static int interest_add(qrpc_broker *b, bsub *s) {
+  qrpci_list_init(&s->cnode);
+  if (!b->cluster) return 0;
+  uint64_t h = qrpci_topic_hash(s->pattern, s->pattern_len);
+  cpat *x = cpat_find(b, s->pattern, s->pattern_len, h);
+  if (!x) {
+    if (!(x = calloc(1, sizeof(*x) + s->pattern_len + 1))) return -1;
+    memcpy(x->pattern, s->pattern, s->pattern_len);
+    x->len = s->pattern_len;
+    x->hash = h;
+    x->id = ++b->next_cpat_id;
+    qrpci_list_init(&x->subs);
+    x->next_same_hash = qrpci_u64map_get(&b->cpat_by_hash, h);
+    if (qrpci_u64map_put(&b->cpat_by_id, x->id, x) != 0) {
+      free(x);
+      return -1;
+    }
+    if (qrpci_u64map_put(&b->cpat_by_hash, h, x) != 0) {
+      qrpci_u64map_del(&b->cpat_by_id, x->id);
+      free(x);
+      return -1;
+    }
+    x->ns =
+        qrpci_cluster_subscribe(b->cluster, x->pattern, x->len, NULL, 0, x->id);
+  }
+  s->cp = x;
+  qrpci_list_push_back(&x->subs, &s->cnode);
+  return 0;
+}
+
+static void interest_del(qrpc_broker *b, bsub *s) {
+  cpat *x = s->cp;
+  if (!x) return;
+  qrpci_list_remove(&s->cnode);
+  s->cp = NULL;
+  if (!qrpci_list_empty(&x->subs)) return;
+  qrpci_cluster_unsubscribe(b->cluster, x->ns);
+  qrpci_u64map_del(&b->cpat_by_id, x->id);
+  cpat *head = qrpci_u64map_get(&b->cpat_by_hash, x->hash);
+  if (head == x) {
+    qrpci_u64map_del(&b->cpat_by_hash, x->hash);
+    if (x->next_same_hash)
+      qrpci_u64map_put(&b->cpat_by_hash, x->hash, x->next_same_hash);
+  } else {
+    for (cpat *p = head; p; p = p->next_same_hash)
+      if (p->next_same_hash == x) {
+        p->next_same_hash = x->next_same_hash;
+        break;
+      }
+  }
+  free(x);
+}
+
+/* A message from another node, for the local subscriptions of one
+ * pattern: checked as a local publish is (the ACL was checked at the
+ * publisher's node), encoded once, offered to each as a local publish's
+ * fan-out does. Only this pattern's subscriptions: a message matching
+ * several patterns comes once through each of their NATS
+ * subscriptions. */
+static void cluster_deliver(void *ctx, uint64_t id, const char *topic,
+                            size_t topic_len, const uint8_t *payload,
+                            size_t len) {
+  qrpc_broker *b = ctx;
+  cpat *x = qrpci_u64map_get(&b->cpat_by_id, id);
+  if (!x) return; /* its last subscriber left meanwhile */
+  const char *why = qrpci_topic_problem(topic, topic_len, 0);
+  if (!why && !qrpci_pattern_match(x->pattern, x->len, topic, topic_len))
+    why = "a subject its subscription's pattern does not match";
+  if (!why && len > b->opts.max_payload) why = "a payload over max_payload";
+  if (why) {
+    qrpci_cluster_malformed(b->cluster, why);
+    return;
+  }
+  qrpci_bmsg *m = encode_delivery(topic, topic_len, payload, len, 0);
+  if (!m) {
+    b->st.dropped++;
+    return;
+  }
+  dgram_cache dc = {.n = 0};
+  for (qrpci_list *n = x->subs.next; n != &x->subs; n = n->next) {
+    bsub *s = QRPCI_CONTAINER_OF(n, bsub, cnode);
+    if (qrpci_list_linked(&s->conn->doomed)) continue;
+    if (s->mode == QRPC_BROKER_REALTIME)
+      realtime_send(s, m, &dc);
+    else
+      sub_offer(s, m);
+  }
+  for (size_t i = 0; i < dc.n; i++) qrpc_dgram_free(dc.e[i].d);
+  qrpci_bmsg_unref(m);
+  close_doomed(b);
+}
+
+void qrpc_broker_get_cluster_stats(qrpc_broker *b,
+                                   qrpc_broker_cluster_stats *st) {
+  if (b->cluster)
+    qrpci_cluster_get_stats(b->cluster, st);
+  else
+    memset(st, 0, sizeof(*st));
+}
+
 static bsub *sub_new(bconn *c, const Qrpc__Broker__SubscribeRequest *r,
                      wstr pat) {
   qrpc_broker *b = c->b;
@@ -623,6 +770,11 @@ static bsub *sub_new(bconn *c, const Qrpc__Broker__SubscribeRequest *r,
   memcpy(s->pattern, pat.p, pat.len);
   s->pattern_len = pat.len;
   if (qrpci_topic_tree_add(b->tree, s->pattern, pat.len, &s->link) != 0) {
+    free(s);
+    return NULL;
+  }
+  if (interest_add(b, s) != 0) {
+    qrpci_topic_tree_remove(b->tree, &s->link);
     free(s);
     return NULL;
   }
@@ -1029,12 +1181,23 @@ int qrpc_broker_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
   qrpci_list_init(&b->conns_doomed);
   qrpci_list_init(&b->retained);
   qrpci_u64map_init(&b->retained_by_hash);
+  qrpci_u64map_init(&b->cpat_by_hash);
+  qrpci_u64map_init(&b->cpat_by_id);
   if ((rv = load_acl(b, opts->acl_path, err, errlen)) != 0 ||
       (rv = qrpci_topic_tree_new(&b->tree)) != 0) {
     qrpc_broker_free(b);
     return rv;
   }
   b->opts.acl_path = NULL; /* the caller's string; read already */
+  if (opts->cluster &&
+      (rv = qrpci_cluster_new(loop, opts, cluster_deliver, b, &b->cluster, err,
+                              errlen)) != 0) {
+    qrpc_broker_free(b);
+    return rv;
+  }
+  /* The caller's strings, copied by the cluster. */
+  b->opts.cluster = b->opts.cluster_user = b->opts.cluster_password = NULL;
+  b->opts.cluster_token = b->opts.cluster_prefix = NULL;
   qrpc_server_opts so = opts->server;
   so.on_peer_open = on_peer_open;
   so.on_peer_close = on_peer_close;
@@ -1083,6 +1246,10 @@ void qrpc_broker_free(qrpc_broker *b) {
   if (!b) return;
   qrpc_server_free(b->srv); /* closes every connection: frees bconns */
   qrpc_health_free(b->health);
+  /* Every subscription is gone, and with them every interest. */
+  qrpci_cluster_free(b->cluster);
+  qrpci_u64map_free(&b->cpat_by_hash);
+  qrpci_u64map_free(&b->cpat_by_id);
   while (!qrpci_list_empty(&b->retained))
     retained_remove(b,
                     QRPCI_CONTAINER_OF(b->retained.next, retained_msg, node));
