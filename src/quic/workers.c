@@ -29,8 +29,8 @@ int qrpci_workers_no_bpf;
 struct qrpci_wgroup {
   size_t n;
   int bpf;
-  qrpci_sock *socks;       /* n, bound in index order */
-  qrpc_endpoint **eps;     /* n; NULL until a worker listens */
+  qrpci_sock *socks;   /* n, bound in index order */
+  qrpc_endpoint **eps; /* n; NULL until a worker listens */
 };
 
 /* The kernel runs this on the UDP payload of each datagram for the group
@@ -99,8 +99,8 @@ int qrpci_wgroup_new(const char *addr, size_t n, int want_bpf,
   for (size_t i = 0; i < n; i++) {
     if ((rv = qrpci_sock_open(&g->socks[i], ss.ss_family)) != 0) goto fail;
     int on = 1;
-    if (setsockopt(g->socks[i].fd, SOL_SOCKET, SO_REUSEPORT, &on,
-                   sizeof(on)) != 0) {
+    if (setsockopt(g->socks[i].fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) !=
+        0) {
       QRPCI_ERROR("workers: SO_REUSEPORT: %s", strerror(errno));
       rv = QRPC_ESYSTEM;
       goto fail;
@@ -158,8 +158,8 @@ int qrpci_wgroup_listen(qrpci_wgroup *g, size_t idx, qrpc_loop *loop,
   int fd = fcntl(g->socks[idx].fd, F_DUPFD_CLOEXEC, 0);
   if (fd < 0) return QRPC_ESYSTEM;
   qrpc_endpoint *ep;
-  int rv = qrpci_endpoint_listen_fd(loop, fd, g->socks[idx].gso, tls, opts,
-                                    cbs, user_data, g, idx, &ep);
+  int rv = qrpci_endpoint_listen_fd(loop, fd, g->socks[idx].gso, tls, opts, cbs,
+                                    user_data, g, idx, &ep);
   if (rv != 0) return rv;
   g->eps[idx] = ep;
   *out = ep;

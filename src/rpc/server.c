@@ -311,9 +311,8 @@ static int worker_init(qrpc_server *srv, size_t idx, const char *addr,
     return rv;
   if (!(w->dg = qrpci_dgram_new())) return QRPC_ENOMEM;
   if (srv->group)
-    rv = qrpci_wgroup_listen(srv->group, idx, w->loop, tls,
-                             &srv->opts.endpoint, &srv_conn_cbs, &w->self,
-                             &w->ep);
+    rv = qrpci_wgroup_listen(srv->group, idx, w->loop, tls, &srv->opts.endpoint,
+                             &srv_conn_cbs, &w->self, &w->ep);
   else
     rv = qrpc_endpoint_listen(w->loop, addr, tls, &srv->opts.endpoint,
                               &srv_conn_cbs, &w->self, &w->ep);
@@ -358,10 +357,8 @@ int qrpc_server_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
   for (size_t i = 0; rv == 0 && i < srv->nworkers; i++)
     rv = worker_init(srv, i, addr, tls);
   for (size_t i = 1; rv == 0 && i < srv->nworkers; i++) {
-    if (pthread_create(&srv->w[i].thread, NULL, worker_main, &srv->w[i]) !=
-        0) {
-      QRPCI_ERROR("server: cannot start worker %zu of %zu", i,
-                  srv->nworkers);
+    if (pthread_create(&srv->w[i].thread, NULL, worker_main, &srv->w[i]) != 0) {
+      QRPCI_ERROR("server: cannot start worker %zu of %zu", i, srv->nworkers);
       rv = QRPC_ESYSTEM;
     } else {
       srv->w[i].has_thread = 1;

@@ -48,10 +48,10 @@ typedef struct srv_state {
   qrpc_server *srv;
   pthread_t thread[NWORKERS];
   atomic_int thread_known[NWORKERS];
-  atomic_int calls[NWORKERS];  /* handler runs, by the peer's worker */
-  atomic_int wrong_thread;     /* a handler ran off its worker's thread */
-  atomic_int unknown_loop;     /* a peer's loop was no worker's */
-  atomic_int opened, closed;   /* on_peer_open / on_peer_close */
+  atomic_int calls[NWORKERS]; /* handler runs, by the peer's worker */
+  atomic_int wrong_thread;    /* a handler ran off its worker's thread */
+  atomic_int unknown_loop;    /* a peer's loop was no worker's */
+  atomic_int opened, closed;  /* on_peer_open / on_peer_close */
   atomic_int open_wrong_thread;
 } srv_state;
 
@@ -128,10 +128,9 @@ static void server_start(char *addr, size_t cap) {
   ck_assert(pthread_equal(st.thread[0], pthread_self()));
   ck_assert(!pthread_equal(st.thread[1], pthread_self()));
   /* Registrations are closed once the workers run. */
-  ck_assert_int_eq(
-      qrpc_server_register(st.srv, M_WHO + 1, QRPC_SHAPE_UNARY, who_handler,
-                           NULL),
-      QRPC_ESTATE);
+  ck_assert_int_eq(qrpc_server_register(st.srv, M_WHO + 1, QRPC_SHAPE_UNARY,
+                                        who_handler, NULL),
+                   QRPC_ESTATE);
 }
 
 static qt_rpc_client clients[NCLIENTS];
@@ -157,8 +156,8 @@ static int call_round(int round) {
     ck_assert_int_eq(
         qt_call_rec_start(r, &tally, clients[i].cli, M_WHO, "x", 1, NULL), 0);
   }
-  ck_assert(qt_run_until_count(loop, &tally.done, before + NCLIENTS,
-                               QT_WAIT_MS));
+  ck_assert(
+      qt_run_until_count(loop, &tally.done, before + NCLIENTS, QT_WAIT_MS));
   int ok = 0;
   for (int i = 0; i < NCLIENTS; i++) {
     qt_call_rec *r = &recs[round * NCLIENTS + i];
