@@ -268,7 +268,7 @@ static int on_every_worker(qrpc_server *srv,
   int rv = 0;
   for (size_t i = 0; i < srv->nworkers; i++) {
     srv_worker *w = &srv->w[i];
-    if (i == 0 || !running || !w->has_thread || w->stop) {
+    if (i == 0 || !running || !w->has_thread) {
       fn(w, ctx);
       continue;
     }
