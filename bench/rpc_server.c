@@ -5,6 +5,7 @@
  * so no message is decoded or allocated per call. Echo is registered
  * idempotent, so it also serves calls that arrive in 0-RTT.
  */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,23 +24,27 @@
  * is failed instead. */
 #define STREAM_QUEUE_MAX ((size_t)BENCH_MAX_FRAME * 4)
 
+/* Counters shared by the server's workers (--workers), so atomic. */
 typedef struct rpc_server {
-  uint64_t calls;
-  uint64_t early_calls; /* Echo calls that arrived in 0-RTT */
-  uint64_t streams;
-  uint64_t stream_items;
-  uint64_t stream_failed;
-  uint64_t queued_max; /* bytes, the most one stream held back */
-  uint64_t conns;
+  atomic_uint_fast64_t calls;
+  atomic_uint_fast64_t early_calls; /* Echo calls that arrived in 0-RTT */
+  atomic_uint_fast64_t streams;
+  atomic_uint_fast64_t stream_items;
+  atomic_uint_fast64_t stream_failed;
+  atomic_uint_fast64_t queued_max; /* bytes, the most one stream held back */
+  atomic_uint_fast64_t conns;
 } rpc_server;
+
+#define COUNT(x) atomic_fetch_add_explicit(&(x), 1, memory_order_relaxed)
+#define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
 
 /* ---- Unary --------------------------------------------------------------- */
 
 static void on_echo(qrpc_req *req, const uint8_t *payload, size_t len,
                     void *user_data) {
   rpc_server *s = user_data;
-  s->calls++;
-  if (qrpc_req_is_early(req)) s->early_calls++;
+  COUNT(s->calls);
+  if (qrpc_req_is_early(req)) COUNT(s->early_calls);
   int rc = qrpc_req_reply(req, payload, len);
   if (rc != 0 && rc != QRPC_ENOMEM) /* ENOMEM answered INTERNAL already */
     qrpc_req_error(req, QRPC_STATUS_INTERNAL, qrpc_strerror(rc));
@@ -77,7 +82,7 @@ static void stream_finish(qrpc_req *req, echo_stream *es) {
 }
 
 static void stream_fail(qrpc_req *req, echo_stream *es, const char *why) {
-  es->srv->stream_failed++;
+  COUNT(es->srv->stream_failed);
   stream_free(es);
   qrpc_req_error(req, QRPC_STATUS_RESOURCE_EXHAUSTED, why);
 }
@@ -104,7 +109,7 @@ static int stream_flush(qrpc_req *req, echo_stream *es) {
 static void stream_on_item(qrpc_req *req, const uint8_t *data, size_t len,
                            void *user_data) {
   echo_stream *es = user_data;
-  es->srv->stream_items++;
+  COUNT(es->srv->stream_items);
   /* Keep qrpc's send buffer full while items wait: qrpc stops reading the
    * stream only while that buffer is full, so this is what bounds the
    * queue below. */
@@ -135,7 +140,9 @@ static void stream_on_item(qrpc_req *req, const uint8_t *data, size_t len,
     es->head = q;
   es->tail = q;
   es->queued += len;
-  if (es->queued > es->srv->queued_max) es->srv->queued_max = es->queued;
+  if (es->queued > LOAD(es->srv->queued_max))
+    atomic_store_explicit(&es->srv->queued_max, es->queued,
+                          memory_order_relaxed);
 }
 
 static void stream_on_writable(qrpc_req *req, void *user_data) {
@@ -172,7 +179,7 @@ static void on_echo_stream(qrpc_req *req, const uint8_t *payload, size_t len,
     return;
   }
   es->srv = s;
-  s->streams++;
+  COUNT(s->streams);
   qrpc_req_set_callbacks(req, &stream_cbs, es);
 }
 
@@ -181,13 +188,20 @@ static void on_echo_stream(qrpc_req *req, const uint8_t *payload, size_t len,
 static void on_peer_open(qrpc_peer *peer, void *user_data) {
   rpc_server *s = user_data;
   (void)peer;
-  s->conns++;
+  COUNT(s->conns);
 }
 
 int bench_server_rpc(const char *prog, int argc, char **argv) {
   bench_server_common c;
   bench_flag flags[BENCH_MAX_FLAGS];
   size_t n = bench_server_common_flags(flags, 0, &c);
+  uint64_t workers = 1;
+  const bench_flag wflag = {
+      "--workers", BENCH_FLAG_UINT, &workers, 0, 256, NULL, "N",
+      "worker threads serving the port (qrpc_server_opts.workers; 0: one "
+      "per online CPU)",
+      0, 0};
+  if (n < BENCH_MAX_FLAGS) flags[n++] = wflag;
   int rc = bench_args_parse(
       prog, "--port P [--tls-cert PEM --tls-key PEM] [flags]",
       "Serves qrpc.bench.Echo (bench.proto): unary Echo and bidi streaming\n"
@@ -201,6 +215,7 @@ int bench_server_rpc(const char *prog, int argc, char **argv) {
   memset(&s, 0, sizeof(s));
   qrpc_server_opts o;
   bench_server_opts(&c, &o);
+  o.workers = (size_t)workers;
   o.on_peer_open = on_peer_open;
   o.user_data = &s;
   qrpc_loop *loop;
@@ -224,13 +239,13 @@ int bench_server_rpc(const char *prog, int argc, char **argv) {
   if (status == 0) {
     bench_report r;
     bench_report_init(&r);
-    bench_report_uint(&r, "server_calls", s.calls);
-    bench_report_uint(&r, "server_early_calls", s.early_calls);
-    bench_report_uint(&r, "server_streams", s.streams);
-    bench_report_uint(&r, "server_stream_items", s.stream_items);
-    bench_report_uint(&r, "server_stream_failed", s.stream_failed);
-    bench_report_uint(&r, "server_stream_queued_max", s.queued_max);
-    bench_report_uint(&r, "server_conns", s.conns);
+    bench_report_uint(&r, "server_calls", LOAD(s.calls));
+    bench_report_uint(&r, "server_early_calls", LOAD(s.early_calls));
+    bench_report_uint(&r, "server_streams", LOAD(s.streams));
+    bench_report_uint(&r, "server_stream_items", LOAD(s.stream_items));
+    bench_report_uint(&r, "server_stream_failed", LOAD(s.stream_failed));
+    bench_report_uint(&r, "server_stream_queued_max", LOAD(s.queued_max));
+    bench_report_uint(&r, "server_conns", LOAD(s.conns));
     bench_report_num(&r, "server_cpu_s", cpu, 2);
     bench_report_print_result(&r);
   }

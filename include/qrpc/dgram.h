@@ -74,7 +74,10 @@ typedef struct qrpc_dgram qrpc_dgram;
 /* Encodes payload for channel with the server's next Seq, for a broadcast
  * to many of its peers with qrpc_peer_send_encoded(). Free with
  * qrpc_dgram_free() once it has been handed to every peer; the queues keep
- * the bytes alive as long as they need them. Errors: QRPC_EINVAL (srv or
+ * the bytes alive as long as they need them. On a server with several
+ * workers, the Seq is the calling worker's (worker 0's from a thread
+ * that is none of them), and the encoding goes only to peers of that
+ * worker. Errors: QRPC_EINVAL (srv or
  * out NULL, payload NULL with len > 0, a message without pack),
  * QRPC_ENOMEM. */
 int qrpc_server_dgram_encode(qrpc_server *srv, uint32_t channel,
@@ -113,7 +116,7 @@ void qrpc_peer_dgram_stats(qrpc_peer *peer, uint32_t channel,
 /* Fills st with the counters of every channel on every connection srv
  * has had, summed since it was created (zeros for a NULL srv; nothing
  * when st is NULL). dropped_unknown and dropped_malformed are summed over
- * the connections too. Loop thread. */
+ * the connections too, and over the workers. Worker 0's loop thread. */
 void qrpc_server_dgram_stats(qrpc_server *srv, qrpc_dgram_stats *st);
 
 /* Counts, in channel's dropped_undecodable on peer, a datagram whose

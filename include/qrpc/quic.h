@@ -259,6 +259,13 @@ typedef struct qrpc_endpoint_stats {
   uint64_t datagrams_lost;
   uint64_t stream_blocked;
   uint64_t flow_blocked;
+  /* Servers with several workers (qrpc_server_opts.workers): packets this
+   * endpoint received for another worker's connection and handed to it,
+   * those it could not hand over (the owner's queue was full), and those
+   * it received from other workers. 0 for a lone endpoint. */
+  uint64_t handed_off;
+  uint64_t handoff_dropped;
+  uint64_t handed_in;
 } qrpc_endpoint_stats;
 
 /* ---- Server endpoint -------------------------------------------------- */

@@ -472,6 +472,14 @@ typedef struct qrpc_server_opts {
   void (*on_peer_open)(qrpc_peer *peer, void *user_data);
   void (*on_peer_close)(qrpc_peer *peer, void *user_data);
   void *user_data;
+  /* Workers: loops, each on a thread and a UDP socket of its own, that
+   * share the address (SO_REUSEPORT) and the connections between them.
+   * 1 (the default) serves on the loop given to qrpc_server_new() alone,
+   * as servers always did; 0 means one per online CPU; at most 256.
+   * With more than one, worker 0 is the loop given to qrpc_server_new()
+   * and the server starts a thread with a loop of its own for each of the
+   * others; see "Threading with workers" below. */
+  size_t workers;
 } qrpc_server_opts;
 
 void qrpc_server_opts_default(qrpc_server_opts *o);
@@ -574,7 +582,30 @@ void qrpc_client_opts_default(qrpc_client_opts *o);
 /* ---- Servers ---------------------------------------------------------- */
 
 /* Creates a server listening on addr (as qrpc_endpoint_listen()). tls is
- * referenced. Errors: as qrpc_endpoint_listen(). */
+ * referenced (and shared by the workers; it is safe to share). With
+ * opts->workers other than 1, it opens every worker's socket, makes their
+ * loops and starts their threads here; they begin serving on the first
+ * turn of loop (worker 0's). If any worker cannot start, nothing is left
+ * behind and the error says why. Errors: as qrpc_endpoint_listen(),
+ * QRPC_EINVAL (workers over 256), QRPC_ESYSTEM (a thread or loop that
+ * could not be made).
+ *
+ * Threading with workers. A connection lives on the worker that accepted
+ * it, and everything about it runs on that worker's thread: handlers,
+ * interceptors, datagram functions, on_peer_open and on_peer_close, the
+ * on_done of calls made on its peer, and every function taking its
+ * qrpc_peer, qrpc_req or qrpc_call, which must be called there too.
+ * qrpc_peer_loop() says which loop that is. Work for another worker (a
+ * message for a peer on another worker) goes to it with qrpc_loop_post()
+ * on qrpc_server_worker_loop() or qrpc_peer_loop(). Handler user_data
+ * and opts.user_data are shared by all workers: state behind them must
+ * be made safe for threads by the application, or kept per worker.
+ * The qrpc_server_* functions themselves are called on worker 0's loop
+ * thread (the loop given here); registrations (qrpc_server_register*,
+ * qrpc_server_add_interceptor, qrpc_server_register_dgram) apply to
+ * every worker and must be made before that loop first runs (after it,
+ * QRPC_ESTATE). qrpc_server_free() stops the worker threads first, so the
+ * on_peer_close of connections it closes run on the caller's thread. */
 int qrpc_server_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
                     const qrpc_server_opts *opts, qrpc_server **out);
 
@@ -611,13 +642,53 @@ int qrpc_server_keep(qrpc_server *srv, const void *data, size_t len,
                      void **out);
 
 uint16_t qrpc_server_port(qrpc_server *srv);
+/* Worker 0's endpoint (the only one with one worker). Its counters are
+ * worker 0's alone: qrpc_server_get_stats() sums all workers. */
 qrpc_endpoint *qrpc_server_endpoint(qrpc_server *srv);
+
+/* The number of workers (qrpc_server_opts.workers, 0 resolved). Any
+ * thread. */
+size_t qrpc_server_workers(const qrpc_server *srv);
+
+/* Worker idx's loop (0: the loop given to qrpc_server_new()), or NULL
+ * past the last: the way to reach a worker with qrpc_loop_post(). Any
+ * thread; the loop lives as long as the server. */
+qrpc_loop *qrpc_server_worker_loop(qrpc_server *srv, size_t idx);
+
+/* The loop the peer's connection runs on: its worker's, on a server.
+ * Any thread while the peer is valid. */
+qrpc_loop *qrpc_peer_loop(qrpc_peer *peer);
+
+/* 1 if the kernel steers packets to their connection's worker by
+ * connection id (a BPF program on the workers' sockets); 0 with one
+ * worker, or where the kernel refused the program (a warning was logged
+ * then), in which case packets that reach the wrong worker are handed to
+ * their owner, at some cost. */
+int qrpc_server_steered(const qrpc_server *srv);
+
+/* One worker's figures. */
+typedef struct qrpc_server_worker_stats {
+  qrpc_endpoint_stats endpoint; /* the worker's endpoint */
+  uint64_t peers;               /* peers on the worker now */
+  uint64_t peers_opened;        /* peers whose handshake completed there */
+} qrpc_server_worker_stats;
+
+/* Fills *total (may be NULL) with every worker's endpoint counters summed,
+ * and per[0..nper) (may be NULL) with each worker's figures (zeros past
+ * the last worker). Asks each running worker on its own thread and waits
+ * for the answers, so the figures are consistent per worker; this costs a
+ * round trip to every worker. Worker 0's loop thread.
+ * Errors: QRPC_EINVAL, QRPC_ENOMEM, QRPC_ESTATE (called on the thread of
+ * another worker, which could not answer while waiting). */
+int qrpc_server_get_stats(qrpc_server *srv, qrpc_endpoint_stats *total,
+                          qrpc_server_worker_stats *per, size_t nper);
 
 /* Graceful shutdown: sends GOAWAY on every connection, refuses new calls
  * (UNAVAILABLE) and new connections, lets calls in flight finish, closes
  * each connection with GOING_AWAY once it is idle, and at deadline_ms
  * closes whatever is left. on_done (may be NULL) fires once after the last
- * connection is closed; the server may then be freed.
+ * connection of every worker is closed, on worker 0's loop thread; the
+ * server may then be freed.
  * Errors: QRPC_ESTATE (already shutting down). */
 int qrpc_server_shutdown(qrpc_server *srv, uint64_t deadline_ms,
                          void (*on_done)(qrpc_server *srv, void *user_data),

@@ -390,7 +390,8 @@ static void rand_cb(uint8_t *dest, size_t destlen, const ngtcp2_rand_ctx *ctx) {
 static int get_new_cid_cb(ngtcp2_conn *q, ngtcp2_cid *cid, uint8_t *token,
                           size_t cidlen, void *ud) {
   qrpc_conn *c = ud;
-  if (qrpci_tls_rand(cid->data, cidlen) != 0) return NGTCP2_ERR_CALLBACK_FAILURE;
+  if (qrpci_endpoint_new_cid(c->ep, cid->data, cidlen) != 0)
+    return NGTCP2_ERR_CALLBACK_FAILURE;
   cid->datalen = cidlen;
   if (c->ep) {
     if (ngtcp2_crypto_generate_stateless_reset_token(

@@ -8,6 +8,7 @@
 #include <netdb.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "qrpc/error.h"
 #include "quic/addr.h"
@@ -17,6 +18,7 @@
 #include "quic/loop.h"
 #include "quic/testing.h"
 #include "quic/tls.h"
+#include "quic/workers.h"
 #include "util/clock.h"
 #include "util/log.h"
 #include "wire/protocol.h"
@@ -56,6 +58,15 @@ int qrpci_endpoint_map_cid(qrpc_endpoint *ep, const ngtcp2_cid *cid,
                            qrpc_conn *c) {
   return qrpci_cidmap_put(ep->cids, cid->data, cid->datalen, c);
 }
+
+int qrpci_endpoint_new_cid(qrpc_endpoint *ep, uint8_t *cid, size_t len) {
+  if (qrpci_tls_rand(cid, len) != 0) return QRPC_ESYSTEM;
+  if (ep && ep->group && len > QRPCI_WORKER_CID_BYTE)
+    cid[QRPCI_WORKER_CID_BYTE] = (uint8_t)ep->widx;
+  return 0;
+}
+
+size_t qrpci_endpoint_worker(const qrpc_endpoint *ep) { return ep->widx; }
 
 void qrpci_endpoint_unmap_cid(qrpc_endpoint *ep, const ngtcp2_cid *cid) {
   qrpc_conn *c = qrpci_cidmap_get(ep->cids, cid->data, cid->datalen);
@@ -154,7 +165,7 @@ static void send_retry(qrpc_endpoint *ep, const ngtcp2_pkt_hd *hd,
   uint8_t buf[NGTCP2_MAX_UDP_PAYLOAD_SIZE];
   ngtcp2_cid scid;
   scid.datalen = QRPCI_SCID_LEN;
-  if (qrpci_tls_rand(scid.data, scid.datalen) != 0) return;
+  if (qrpci_endpoint_new_cid(ep, scid.data, scid.datalen) != 0) return;
   ngtcp2_ssize tl = ngtcp2_crypto_generate_retry_token2(
       token, ep->secret, sizeof(ep->secret), hd->version, path->remote.addr,
       path->remote.addrlen, &scid, &hd->dcid, qrpci_now_ns());
@@ -242,7 +253,7 @@ static qrpc_conn *server_conn_new(qrpc_endpoint *ep, const ngtcp2_pkt_hd *hd,
   c->client_dcid = hd->dcid;
   c->first_scid.datalen = QRPCI_SCID_LEN;
   if (qrpci_conn_init_timer(c) != 0 ||
-      qrpci_tls_rand(c->first_scid.data, QRPCI_SCID_LEN) != 0)
+      qrpci_endpoint_new_cid(ep, c->first_scid.data, QRPCI_SCID_LEN) != 0)
     goto fail;
 
   ngtcp2_callbacks cb;
@@ -325,9 +336,106 @@ static void accept_new(qrpc_endpoint *ep, const ngtcp2_path *path,
   qrpci_conn_read(c, path, data, len);
 }
 
+/* ---- Packets for another worker of the group --------------------------- */
+
+struct qrpci_handoff {
+  qrpci_handoff *next;
+  struct sockaddr_storage from;
+  socklen_t fromlen;
+  size_t len;
+  uint8_t data[];
+};
+
+static void ep_pkt_here(qrpc_endpoint *ep, const struct sockaddr *from,
+                        socklen_t fromlen, uint8_t *data, size_t len);
+
+/* Copies the packet into the inbox of the worker that owns its
+ * connection. Any worker's thread; the owner drains it on its own. */
+static void hand_off(qrpc_endpoint *ep, size_t owner,
+                     const struct sockaddr *from, socklen_t fromlen,
+                     const uint8_t *data, size_t len) {
+  qrpc_endpoint *to = qrpci_wgroup_endpoint(ep->group, owner);
+  qrpci_handoff *h = NULL;
+  if (to && fromlen <= sizeof(h->from)) h = malloc(sizeof(*h) + len);
+  if (!h) {
+    ep->stats.handoff_dropped++;
+    return;
+  }
+  h->next = NULL;
+  memcpy(&h->from, from, fromlen);
+  h->fromlen = fromlen;
+  h->len = len;
+  memcpy(h->data, data, len);
+  pthread_mutex_lock(&to->inbox_mu);
+  int full = to->inbox_len >= QRPCI_INBOX_MAX, was_empty = !to->inbox_head;
+  if (!full) {
+    if (to->inbox_tail)
+      to->inbox_tail->next = h;
+    else
+      to->inbox_head = h;
+    to->inbox_tail = h;
+    to->inbox_len++;
+  }
+  pthread_mutex_unlock(&to->inbox_mu);
+  if (full) {
+    free(h);
+    ep->stats.handoff_dropped++;
+    return;
+  }
+  ep->stats.handed_off++;
+  /* Thread-safe with libevent's locking on (qrpc_loop_new turns it on). */
+  if (was_empty) event_active(to->inbox_ev, 0, 0);
+}
+
+static void inbox_cb(evutil_socket_t fd, short what, void *arg) {
+  qrpc_endpoint *ep = arg;
+  pthread_mutex_lock(&ep->inbox_mu);
+  qrpci_handoff *h = ep->inbox_head;
+  ep->inbox_head = ep->inbox_tail = NULL;
+  ep->inbox_len = 0;
+  pthread_mutex_unlock(&ep->inbox_mu);
+  while (h) {
+    qrpci_handoff *next = h->next;
+    ep->stats.handed_in++;
+    ep_pkt_here(ep, (const struct sockaddr *)&h->from, h->fromlen, h->data,
+                h->len);
+    free(h);
+    h = next;
+  }
+}
+
+static void inbox_free(qrpc_endpoint *ep) {
+  if (!ep->inbox_mu_init) return;
+  qrpci_handoff *h = ep->inbox_head;
+  while (h) {
+    qrpci_handoff *next = h->next;
+    free(h);
+    h = next;
+  }
+  ep->inbox_head = ep->inbox_tail = NULL;
+  pthread_mutex_destroy(&ep->inbox_mu);
+  ep->inbox_mu_init = 0;
+}
+
 static void ep_pkt(void *ctx, const struct sockaddr *from, socklen_t fromlen,
                    uint8_t *data, size_t len) {
   qrpc_endpoint *ep = ctx;
+  /* A short-header packet names its connection's worker in the id; one
+   * the kernel brought here for another worker goes to that worker. Long
+   * headers stay: the kernel's 4-tuple hash keeps a handshake on one
+   * worker, and the client chose the first ids at random. */
+  if (ep->group && len > 1 + QRPCI_WORKER_CID_BYTE && !(data[0] & 0x80)) {
+    size_t owner = data[1 + QRPCI_WORKER_CID_BYTE];
+    if (owner != ep->widx && owner < qrpci_wgroup_size(ep->group)) {
+      hand_off(ep, owner, from, fromlen, data, len);
+      return;
+    }
+  }
+  ep_pkt_here(ep, from, fromlen, data, len);
+}
+
+static void ep_pkt_here(qrpc_endpoint *ep, const struct sockaddr *from,
+                        socklen_t fromlen, uint8_t *data, size_t len) {
   ngtcp2_path path = {
       .local = {.addr = (ngtcp2_sockaddr *)&ep->local, .addrlen = ep->locallen},
       .remote = {.addr = (ngtcp2_sockaddr *)from, .addrlen = fromlen},
@@ -391,19 +499,16 @@ static int bind_socket(qrpc_endpoint *ep, const char *addr) {
     QRPCI_ERROR("endpoint: bind %s: %s", addr, strerror(errno));
   }
   freeaddrinfo(res);
-  if (rv != 0) return rv;
-  ep->locallen = sizeof(ep->local);
-  if (getsockname(ep->sock.fd, (struct sockaddr *)&ep->local, &ep->locallen))
-    return QRPC_ESYSTEM;
-  return 0;
+  return rv;
 }
 
-int qrpc_endpoint_listen(qrpc_loop *loop, const char *addr,
-                         qrpc_tls_config *tls,
-                         const qrpc_endpoint_opts *opts,
-                         const qrpc_conn_callbacks *cbs, void *user_data,
-                         qrpc_endpoint **out) {
-  if (!loop || !addr || !tls || !out) return QRPC_EINVAL;
+/* What every endpoint starts with: checked options, the TLS config and
+ * the secret derived from its server key; no socket yet. */
+static int endpoint_create(qrpc_loop *loop, qrpc_tls_config *tls,
+                           const qrpc_endpoint_opts *opts,
+                           const qrpc_conn_callbacks *cbs, void *user_data,
+                           qrpc_endpoint **out) {
+  if (!loop || !tls || !out) return QRPC_EINVAL;
   if (opts && (opts->size != sizeof(*opts) ||
                !qrpci_conn_opts_valid(&opts->conn) ||
                opts->conn.max_streams_bidi < QRPCI_MIN_PEER_STREAMS_BIDI ||
@@ -427,25 +532,79 @@ int qrpc_endpoint_listen(qrpc_loop *loop, const char *addr,
   qrpci_tls_config_ref(tls);
   int rv = QRPC_ENOMEM;
   if (!(ep->cids = qrpci_cidmap_new())) goto fail;
-  /* From the server key: a restarted server, or a twin with the same key,
-   * makes the same stateless-reset tokens and accepts the same Retry
-   * tokens. */
+  /* From the server key: a restarted server, a twin with the same key, or
+   * another worker of the same server makes the same stateless-reset
+   * tokens and accepts the same Retry tokens. */
   if (qrpci_tls_derive(tls, "qrpc endpoint secret", 0, ep->secret,
                        sizeof(ep->secret)) != 0)
     goto fail;
-  if ((rv = bind_socket(ep, addr)) != 0) goto fail;
-  rv = QRPC_ENOMEM;
-  if (qrpci_sock_watch(&ep->sock, loop->base, ep_writable, ep) != 0 ||
-      qrpci_sock_enable_txq(&ep->sock, loop) != 0)
-    goto fail;
-  ep->read_ev = event_new(loop->base, ep->sock.fd, EV_READ | EV_PERSIST,
-                          ep_read_cb, ep);
-  if (!ep->read_ev || event_add(ep->read_ev, NULL) != 0) goto fail;
   *out = ep;
   return 0;
 fail:
   qrpc_endpoint_free(ep);
   return rv;
+}
+
+/* Starts reading and sending on the endpoint's bound socket. */
+static int endpoint_start(qrpc_endpoint *ep) {
+  qrpc_loop *loop = ep->loop;
+  ep->locallen = sizeof(ep->local);
+  if (getsockname(ep->sock.fd, (struct sockaddr *)&ep->local, &ep->locallen))
+    return QRPC_ESYSTEM;
+  if (qrpci_sock_watch(&ep->sock, loop->base, ep_writable, ep) != 0 ||
+      qrpci_sock_enable_txq(&ep->sock, loop) != 0)
+    return QRPC_ENOMEM;
+  if (ep->group) {
+    ep->inbox_ev = event_new(loop->base, -1, 0, inbox_cb, ep);
+    if (!ep->inbox_ev) return QRPC_ENOMEM;
+  }
+  ep->read_ev = event_new(loop->base, ep->sock.fd, EV_READ | EV_PERSIST,
+                          ep_read_cb, ep);
+  if (!ep->read_ev || event_add(ep->read_ev, NULL) != 0) return QRPC_ENOMEM;
+  return 0;
+}
+
+int qrpc_endpoint_listen(qrpc_loop *loop, const char *addr,
+                         qrpc_tls_config *tls,
+                         const qrpc_endpoint_opts *opts,
+                         const qrpc_conn_callbacks *cbs, void *user_data,
+                         qrpc_endpoint **out) {
+  if (!addr) return QRPC_EINVAL;
+  qrpc_endpoint *ep;
+  int rv = endpoint_create(loop, tls, opts, cbs, user_data, &ep);
+  if (rv != 0) return rv;
+  if ((rv = bind_socket(ep, addr)) != 0 || (rv = endpoint_start(ep)) != 0) {
+    qrpc_endpoint_free(ep);
+    return rv;
+  }
+  *out = ep;
+  return 0;
+}
+
+int qrpci_endpoint_listen_fd(qrpc_loop *loop, int fd, int gso,
+                             qrpc_tls_config *tls,
+                             const qrpc_endpoint_opts *opts,
+                             const qrpc_conn_callbacks *cbs, void *user_data,
+                             qrpci_wgroup *group, size_t widx,
+                             qrpc_endpoint **out) {
+  qrpc_endpoint *ep;
+  int rv = endpoint_create(loop, tls, opts, cbs, user_data, &ep);
+  if (rv != 0) {
+    close(fd);
+    return rv;
+  }
+  ep->sock.fd = fd;
+  ep->sock.gso = gso;
+  ep->group = group;
+  ep->widx = widx;
+  pthread_mutex_init(&ep->inbox_mu, NULL);
+  ep->inbox_mu_init = 1;
+  if ((rv = endpoint_start(ep)) != 0) {
+    qrpc_endpoint_free(ep);
+    return rv;
+  }
+  *out = ep;
+  return 0;
 }
 
 void qrpci_endpoint_set_rpc_acceptor(qrpc_endpoint *ep, qrpci_rpc_accept_fn fn,
@@ -503,6 +662,9 @@ static void endpoint_free(qrpc_endpoint *ep, const char *peer_reason) {
         QRPCI_CONTAINER_OF(ep->conns.next, qrpc_conn, ep_node), peer_reason);
   }
   if (ep->read_ev) event_free(ep->read_ev);
+  if (ep->inbox_ev) event_free(ep->inbox_ev);
+  if (ep->group) qrpci_wgroup_forget(ep->group, ep->widx);
+  inbox_free(ep);
   qrpci_sock_close(&ep->sock);
   qrpci_cidmap_free(ep->cids);
   if (ep->tls) qrpc_tls_config_free(ep->tls);

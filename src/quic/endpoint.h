@@ -6,6 +6,7 @@
 #define QRPCI_QUIC_ENDPOINT_H
 
 #include <ngtcp2/ngtcp2.h>
+#include <pthread.h>
 #include <sys/socket.h>
 
 #include "quic/internal.h"
@@ -17,6 +18,8 @@
 #define QRPCI_STATIC_SECRET_LEN 32
 
 typedef struct qrpci_cidmap qrpci_cidmap;
+typedef struct qrpci_wgroup qrpci_wgroup;
+typedef struct qrpci_handoff qrpci_handoff; /* a packet for another worker */
 
 struct qrpc_endpoint {
   qrpc_loop *loop;
@@ -42,7 +45,34 @@ struct qrpc_endpoint {
   uint64_t reset_ts;
   int reset_started;
   uint8_t secret[QRPCI_STATIC_SECRET_LEN];
+  /* In a worker group (workers.h): the group, this endpoint's index in it,
+   * and its inbox of packets other workers received for its connections.
+   * The inbox is the only part other threads touch, under inbox_mu. */
+  qrpci_wgroup *group;
+  size_t widx;
+  struct event *inbox_ev;
+  pthread_mutex_t inbox_mu;
+  int inbox_mu_init;
+  qrpci_handoff *inbox_head, *inbox_tail;
+  size_t inbox_len;
 };
+
+/* Fills cid with len random bytes, the worker index in a group's
+ * endpoint (workers.h). Errors: QRPC_ESYSTEM. */
+int qrpci_endpoint_new_cid(qrpc_endpoint *ep, uint8_t *cid, size_t len);
+/* Makes an endpoint on fd (already bound; gso: the kernel takes
+ * UDP_SEGMENT on it). The endpoint owns fd from now on and closes it when
+ * freed, even on failure. */
+int qrpci_endpoint_listen_fd(qrpc_loop *loop, int fd, int gso,
+                             qrpc_tls_config *tls,
+                             const qrpc_endpoint_opts *opts,
+                             const qrpc_conn_callbacks *cbs, void *user_data,
+                             qrpci_wgroup *group, size_t widx,
+                             qrpc_endpoint **out);
+/* The group's endpoint idx, or NULL (workers.c). Read by other workers'
+ * threads while the group runs; set before they start. */
+qrpc_endpoint *qrpci_wgroup_endpoint(qrpci_wgroup *g, size_t idx);
+void qrpci_wgroup_forget(qrpci_wgroup *g, size_t idx);
 
 void qrpci_endpoint_conn_gone(qrpc_endpoint *ep, qrpc_conn *c);
 void qrpci_endpoint_conn_closed(qrpc_endpoint *ep, qrpc_conn *c);

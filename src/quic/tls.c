@@ -36,7 +36,7 @@ int qrpc_tls_config_new(qrpc_tls_config **out) {
     free(cfg);
     return rv;
   }
-  cfg->refs = 1;
+  atomic_init(&cfg->refs, 1);
   pthread_mutex_init(&cfg->mu, NULL);
   cfg->created_s = (uint64_t)time(NULL);
   memcpy(cfg->alpn, QRPCI_ALPN, QRPCI_ALPN_LEN);
@@ -46,12 +46,13 @@ int qrpc_tls_config_new(qrpc_tls_config **out) {
 }
 
 void qrpci_tls_config_ref(qrpc_tls_config *cfg) {
-  cfg->refs++;
-  cfg->in_use = 1;
+  atomic_fetch_add(&cfg->refs, 1);
+  /* Written once, before a server's workers start; read by them after. */
+  if (!cfg->in_use) cfg->in_use = 1;
 }
 
 void qrpc_tls_config_free(qrpc_tls_config *cfg) {
-  if (!cfg || --cfg->refs > 0) return;
+  if (!cfg || atomic_fetch_sub(&cfg->refs, 1) > 1) return;
   qrpci_tlsb_free(cfg);
   qrpci_tls_tickets_free(cfg);
   pthread_mutex_destroy(&cfg->mu);

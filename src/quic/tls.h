@@ -11,6 +11,7 @@
 #define QRPCI_QUIC_TLS_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -29,7 +30,7 @@ typedef struct qrpci_replay qrpci_replay;             /* tickets.c */
 #define QRPCI_EARLY_WINDOW_MS 10000
 
 struct qrpc_tls_config {
-  int refs;
+  atomic_int refs; /* the workers of a server share their config */
   int in_use;
   int has_cert;
   int has_ca;
