@@ -29,7 +29,7 @@ PACKAGES=(
   check openssl ca-certificates valgrind procps
   dpkg-dev perl xz-utils libssl-dev
   prometheus
-  nats-server libnats-dev
+  nats-server libnats-dev curl
 )
 NGTCP2_PACKAGES=(libngtcp2-dev libngtcp2-crypto-gnutls-dev)
 
