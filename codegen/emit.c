@@ -88,7 +88,8 @@ static const char *const ids_bidi_stream[] = {
 static const char *const ids_notify[] = {"_FLAGS", "", "_peer", "__serve",
                                          NULL};
 static const char *const ids_datagram[] = {
-    "_LATEST_ONLY", "_MAX_AGE_MS", "_MAX_MESSAGE", "_send", "_encode", "__recv", NULL};
+    "_LATEST_ONLY", "_MAX_AGE_MS", "_MAX_MESSAGE", "_send", "_encode",
+    "__recv",       NULL};
 static const char *const ids_service[] = {"_handlers",
                                           "_register",
                                           "_register_client",

@@ -62,8 +62,8 @@ static int method_kind(const cg_file *f, cg_method *me,
                   f->name, me->full, o->notify ? "notify" : "datagram");
     return -1;
   }
-  if (!o->datagram && (o->has_latest_only || o->has_max_age_ms ||
-                       o->has_max_message_bytes)) {
+  if (!o->datagram &&
+      (o->has_latest_only || o->has_max_age_ms || o->has_max_message_bytes)) {
     cg_buf_printf(errors,
                   "%s: %s: (qrpc.%s) applies only to (qrpc.datagram) "
                   "methods\n",
