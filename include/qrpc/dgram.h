@@ -140,6 +140,12 @@ typedef struct qrpc_dgram_stats {
                                   newer message completed first */
   uint64_t reassembly_held;    /* bytes held in partial messages now */
   uint64_t reassembly_peak;    /* the most ever held at once */
+  uint64_t frags_invalid;      /* of frags_received, dropped as breaking the
+                                  rules: header cut off, past the message's end,
+                                  empty, Total Length over max_message or
+                                  disagreeing, overlapping (the partial message
+                                  contradicted is dropped too, counted in
+                                  dropped_incomplete); the connection stays up */
 } qrpc_dgram_stats;
 
 /* Fills st for channel on peer (zeros for a channel never used, or a NULL

@@ -9,7 +9,6 @@
 #include <string.h>
 
 #include "qrpc/error.h"
-#include "quic/close.h"
 #include "quic/dgqueue.h"
 #include "util/clock.h"
 #include "util/u64map.h"
@@ -329,40 +328,39 @@ static void abandon(qrpci_dgconn *dc, conn_chan *cc, partial *p) {
   dc->dg->total.dropped_incomplete++;
 }
 
+/* Drops a fragment that breaks the rules of docs/protocol.md, "Fragmented
+ * datagrams", counting it; never fatal. */
+static void invalid(qrpci_dgconn *dc, conn_chan *cc) {
+  cc->st.frags_invalid++;
+  dc->dg->total.frags_invalid++;
+}
+
 /* A fragment on a fragmented channel (docs/protocol.md, "Fragmented
- * datagrams"): p and n are what follows Seq. A header that breaks the
- * rules closes the connection; everything else that goes wrong (loss,
- * age, memory) drops partial messages and counts them. */
+ * datagrams"): p and n are what follows Seq. A fragment that breaks the
+ * rules is dropped and counted in frags_invalid, and the partial message
+ * it contradicts is given up; nothing is held for a Total Length over
+ * max_message. Everything else that goes wrong (loss, age, memory) drops
+ * partial messages and counts them. The connection stays up. */
 static void recv_fragment(qrpci_dgconn *dc, chan *ch, conn_chan *cc,
                           uint32_t channel, uint64_t seq, const uint8_t *p,
                           size_t n) {
   uint64_t total, off;
+  cc->st.frags_received++;
+  dc->dg->total.frags_received++;
   size_t a = qrpci_varint_get(p, n, &total);
   size_t b = a ? qrpci_varint_get(p + a, n - a, &off) : 0;
-  if (!a || !b) {
-    qrpci_conn_fail(dc->conn, QRPCI_ERR_PROTOCOL_ERROR,
-                    "DATAGRAM: fragment header cut off");
+  if (!a || !b) { /* header cut off */
+    invalid(dc, cc);
     return;
   }
   const uint8_t *frag = p + a + b;
   size_t flen = n - a - b;
-  if (off > total || flen > total - off) {
-    qrpci_conn_fail(dc->conn, QRPCI_ERR_PROTOCOL_ERROR,
-                    "DATAGRAM: fragment runs past its message");
+  /* Past its message's end, empty, or a message over max_message. */
+  if (off > total || flen > total - off || (flen == 0 && total > 0) ||
+      total > ch->opts.max_message) {
+    invalid(dc, cc);
     return;
   }
-  if (flen == 0 && total > 0) {
-    qrpci_conn_fail(dc->conn, QRPCI_ERR_PROTOCOL_ERROR,
-                    "DATAGRAM: empty fragment");
-    return;
-  }
-  if (total > ch->opts.max_message) {
-    qrpci_conn_fail(dc->conn, QRPCI_ERR_RESOURCE_LIMIT,
-                    "DATAGRAM: message over the channel's max_message");
-    return;
-  }
-  cc->st.frags_received++;
-  dc->dg->total.frags_received++;
   /* Latest-only: a fragment of a message no newer than one delivered. */
   if (ch->opts.latest_only && seq <= cc->last_seq) return;
   uint64_t now = qrpci_now_ns();
@@ -379,12 +377,18 @@ static void recv_fragment(qrpci_dgconn *dc, chan *ch, conn_chan *cc,
     deliver(dc, ch, cc, channel, seq, frag, flen);
     return;
   }
-  if (pt && pt->total != total) {
-    qrpci_conn_fail(dc->conn, QRPCI_ERR_PROTOCOL_ERROR,
-                    "DATAGRAM: fragments disagree on their message's length");
-    return;
-  }
-  if (!pt) {
+  if (pt) {
+    /* Fragments that disagree on the length, or overlap: the message
+     * cannot be trusted, so it goes with the fragment. */
+    int bad = pt->total != total;
+    for (size_t i = (size_t)off; !bad && i < (size_t)off + flen; i++)
+      bad = (pt->bits[i / 8] & (1u << (i % 8))) != 0;
+    if (bad) {
+      invalid(dc, cc);
+      abandon(dc, cc, pt);
+      return;
+    }
+  } else {
     size_t cost = partial_cost((size_t)total);
     while (cc->parts &&
            cc->st.reassembly_held + cost > ch->opts.reassembly_bytes)
@@ -403,14 +407,8 @@ static void recv_fragment(qrpci_dgconn *dc, chan *ch, conn_chan *cc,
     if (cc->st.reassembly_held > cc->st.reassembly_peak)
       cc->st.reassembly_peak = cc->st.reassembly_held;
   }
-  for (size_t i = (size_t)off; i < (size_t)off + flen; i++) {
-    if (pt->bits[i / 8] & (1u << (i % 8))) {
-      qrpci_conn_fail(dc->conn, QRPCI_ERR_PROTOCOL_ERROR,
-                      "DATAGRAM: fragments overlap");
-      return;
-    }
+  for (size_t i = (size_t)off; i < (size_t)off + flen; i++)
     pt->bits[i / 8] |= (uint8_t)(1u << (i % 8));
-  }
   memcpy(pt->data + off, frag, flen);
   pt->have += flen;
   if (pt->have < pt->total) return;
