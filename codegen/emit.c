@@ -88,7 +88,8 @@ static const char *const ids_bidi_stream[] = {
 static const char *const ids_notify[] = {"_FLAGS", "", "_peer", "__serve",
                                          NULL};
 static const char *const ids_datagram[] = {
-    "_LATEST_ONLY", "_MAX_AGE_MS", "_send", "_encode", "__recv", NULL};
+    "_LATEST_ONLY", "_MAX_AGE_MS", "_MAX_MESSAGE", "_send", "_encode",
+    "__recv",       NULL};
 static const char *const ids_service[] = {"_handlers",
                                           "_register",
                                           "_register_client",
@@ -350,15 +351,18 @@ static const char h_notify[] =
 
 static const char h_datagram[] =
     "\n"
-    "/* The channel's options from the IDL ((qrpc.latest_only) and\n"
-    " * (qrpc.max_age_ms), 0: no limit), which $S$_register() and\n"
+    "/* The channel's options from the IDL ((qrpc.latest_only),\n"
+    " * (qrpc.max_age_ms), 0: no limit, and (qrpc.max_message_bytes), 0:\n"
+    " * one datagram per message), which $S$_register() and\n"
     " * $S$_register_client() apply (qrpc_dgram_opts). */\n"
     "#define $PM$_LATEST_ONLY $LATEST_ONLY$\n"
     "#define $PM$_MAX_AGE_MS $MAX_AGE_MS$u\n"
+    "#define $PM$_MAX_MESSAGE $MAX_MESSAGE$u\n"
     "\n"
-    "/* Sends msg as one datagram on the channel to peer, packed straight\n"
-    " * into it (qrpc_peer_send_dgram_msg()). Errors: QRPC_EMSGSIZE (larger\n"
-    " * than qrpc_peer_max_dgram_payload(); never fragmented), QRPC_ENOBUFS\n"
+    "/* Sends msg on the channel to peer, packed straight into its\n"
+    " * datagram, or into its fragments on a fragmented channel\n"
+    " * (qrpc_peer_send_dgram_msg()). Errors: QRPC_EMSGSIZE (larger than\n"
+    " * qrpc_peer_max_dgram_payload()), QRPC_ENOBUFS\n"
     " * (the connection's datagram queue is full), QRPC_ENODGRAM (the peer\n"
     " * did not enable datagrams), QRPC_ECLOSED, QRPC_EINVAL, QRPC_ENOMEM. */\n"
     "int $PM$_send(qrpc_peer *peer, const $IN$ *msg);\n"
@@ -793,8 +797,8 @@ static const char c_register_stream[] =
     "                               $PM$_FLAGS, $PM$__serve, h)) != 0)\n"
     "    return rc;\n";
 static const char c_register_dgram[] =
-    "  if ((rc = qrpc_stub_register_dgram(srv, cli, $PM$_METHOD_ID,\n"
-    "           $PM$_LATEST_ONLY, $PM$_MAX_AGE_MS,\n"
+    "  if ((rc = qrpc_stub_register_dgram_frag(srv, cli, $PM$_METHOD_ID,\n"
+    "           $PM$_LATEST_ONLY, $PM$_MAX_AGE_MS, $PM$_MAX_MESSAGE,\n"
     "           h->$M$ != NULL ? $PM$__recv : NULL, h)) != 0)\n"
     "    return rc;\n";
 static const char c_register_bottom[] = "  return 0;\n"
@@ -841,6 +845,7 @@ typedef struct method_vars {
   cg_vars v;
   char id[16];
   char max_age_ms[16];
+  char max_message[16];
   char in_desc[512];
   char out_desc[512];
 } method_vars;
@@ -861,6 +866,8 @@ static int bind_method(method_vars *mv, const cg_vars *base,
   snprintf(mv->id, sizeof(mv->id), "0x%08x", (unsigned)me->id);
   snprintf(mv->max_age_ms, sizeof(mv->max_age_ms), "%u",
            (unsigned)me->max_age_ms);
+  snprintf(mv->max_message, sizeof(mv->max_message), "%u",
+           (unsigned)me->max_message);
   int a = snprintf(mv->in_desc, sizeof(mv->in_desc), "%s__descriptor",
                    me->in->c_lower);
   int b = snprintf(mv->out_desc, sizeof(mv->out_desc), "%s__descriptor",
@@ -879,6 +886,7 @@ static int bind_method(method_vars *mv, const cg_vars *base,
               me->idempotent ? "QRPC_METHOD_IDEMPOTENT" : "0u");
   cg_vars_set(&mv->v, "LATEST_ONLY", me->latest_only ? "1" : "0");
   cg_vars_set(&mv->v, "MAX_AGE_MS", mv->max_age_ms);
+  cg_vars_set(&mv->v, "MAX_MESSAGE", mv->max_message);
   cg_vars_set(&mv->v, "IN", me->in->c_type);
   cg_vars_set(&mv->v, "IN_FULL", me->in->full);
   cg_vars_set(&mv->v, "IN_DESC", mv->in_desc);

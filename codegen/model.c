@@ -62,12 +62,15 @@ static int method_kind(const cg_file *f, cg_method *me,
                   f->name, me->full, o->notify ? "notify" : "datagram");
     return -1;
   }
-  if (!o->datagram && (o->has_latest_only || o->has_max_age_ms)) {
+  if (!o->datagram &&
+      (o->has_latest_only || o->has_max_age_ms || o->has_max_message_bytes)) {
     cg_buf_printf(errors,
                   "%s: %s: (qrpc.%s) applies only to (qrpc.datagram) "
                   "methods\n",
                   f->name, me->full,
-                  o->has_latest_only ? "latest_only" : "max_age_ms");
+                  o->has_latest_only  ? "latest_only"
+                  : o->has_max_age_ms ? "max_age_ms"
+                                      : "max_message_bytes");
     return -1;
   }
   if (o->notify) me->kind = CG_NOTIFY;
@@ -75,6 +78,7 @@ static int method_kind(const cg_file *f, cg_method *me,
   me->idempotent = o->idempotent;
   me->latest_only = o->latest_only;
   me->max_age_ms = o->max_age_ms;
+  me->max_message = o->max_message_bytes;
   return 0;
 }
 

@@ -35,6 +35,7 @@ typedef struct cg_method {
                           used by datagram stubs */
   int latest_only;     /* datagram: (qrpc.latest_only) */
   uint32_t max_age_ms; /* datagram: (qrpc.max_age_ms), 0 if unset */
+  uint32_t max_message; /* datagram: (qrpc.max_message_bytes), 0 if unset */
   const cg_type *in;
   const cg_type *out; /* not used by datagram and notify stubs */
 } cg_method;

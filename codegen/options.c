@@ -81,6 +81,15 @@ int cg_method_opts_read(const Google__Protobuf__MethodOptions *opts,
     out->has_max_age_ms = 1;
     out->max_age_ms = (uint32_t)v;
   }
+  rc = varint_option(m, CG_OPT_MAX_MESSAGE_BYTES, &v);
+  if (rc < 0 || (rc > 0 && v > UINT32_MAX)) {
+    *why = "(qrpc.max_message_bytes) is not a 32-bit unsigned integer";
+    return -1;
+  }
+  if (rc > 0) {
+    out->has_max_message_bytes = 1;
+    out->max_message_bytes = (uint32_t)v;
+  }
   /* A side-effect-free method is idempotent too. */
   out->idempotent =
       opts->has_idempotency_level &&

@@ -19,6 +19,7 @@
 #define CG_OPT_NOTIFY 51003
 #define CG_OPT_LATEST_ONLY 51004
 #define CG_OPT_MAX_AGE_MS 51005
+#define CG_OPT_MAX_MESSAGE_BYTES 51006
 
 /* extend google.protobuf.FileOptions { ProtobufCFileOptions pb_c_file }
  * (protobuf-c/protobuf-c.proto) and its c_package field, which renames
@@ -36,6 +37,8 @@ typedef struct cg_method_opts {
   int latest_only;
   int has_max_age_ms;
   uint32_t max_age_ms;
+  int has_max_message_bytes;
+  uint32_t max_message_bytes;
   /* protobuf's own idempotency_level is IDEMPOTENT or NO_SIDE_EFFECTS. */
   int idempotent;
 } cg_method_opts;

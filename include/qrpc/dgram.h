@@ -33,7 +33,31 @@ typedef struct qrpc_dgram_opts {
   size_t size;         /* sizeof(qrpc_dgram_opts), set by the default */
   int latest_only;     /* receiving: drop stale or duplicate Seq; default 0 */
   uint64_t max_age_ms; /* sending: drop what waited longer; 0 = no limit */
+  /* Fragmented channels (docs/datagrams.md, "Large messages"): with
+   * max_message > 0 a message of up to max_message bytes spans as many
+   * datagrams as it needs, and the receiver hands it over only once every
+   * fragment has arrived. Both sides must set it (the IDL option
+   * (qrpc.max_message_bytes) does); 0 (the default) keeps one message per
+   * datagram. At most QRPC_DGRAM_MAX_MESSAGE. */
+  size_t max_message;
+  /* Sending: the largest datagram a fragment takes, headers included;
+   * 0 = QRPC_DGRAM_FRAGMENT_SIZE, which fits every path. */
+  size_t fragment_size;
+  /* Receiving: a partial message is dropped this long after its first
+   * fragment arrived; 0 = 1000 ms. */
+  uint64_t reassembly_ms;
+  /* Receiving: bytes one connection may hold in partial messages of this
+   * channel (each counts its length, plus a bitmap and a fixed overhead);
+   * the oldest partial goes first. 0 = 4 * max_message plus overheads; at
+   * least one message's worth. */
+  size_t reassembly_bytes;
 } qrpc_dgram_opts;
+
+/* The default datagram size of a fragment: fits the smallest path QUIC
+ * allows (1200-byte packets) whatever the connection ids' lengths. */
+#define QRPC_DGRAM_FRAGMENT_SIZE 1140
+/* The largest max_message a channel accepts. */
+#define QRPC_DGRAM_MAX_MESSAGE (16u * 1024 * 1024)
 
 void qrpc_dgram_opts_default(qrpc_dgram_opts *o);
 
@@ -55,12 +79,16 @@ int qrpc_client_register_dgram(qrpc_client *cli, uint32_t channel,
 
 /* The largest payload sure to fit a datagram on channel to peer on the
  * current path (whatever its Seq), or 0 if the peer did not enable
- * datagrams, peer is NULL or its connection is closed. */
+ * datagrams, peer is NULL or its connection is closed. On a fragmented
+ * channel: the channel's max_message while the peer takes fragments of
+ * its fragment_size, else 0. */
 size_t qrpc_peer_max_dgram_payload(qrpc_peer *peer, uint32_t channel);
 
-/* Sends payload (copied, or packed in place with _msg) on channel.
- * Errors: QRPC_EMSGSIZE (over qrpc_peer_max_dgram_payload(); never
- * fragmented), QRPC_ENOBUFS (the connection's datagram queue is full),
+/* Sends payload (copied, or packed in place with _msg) on channel; on a
+ * fragmented channel as one datagram per fragment, all or none queued.
+ * Errors: QRPC_EMSGSIZE (over qrpc_peer_max_dgram_payload()),
+ * QRPC_ENOBUFS (the connection's datagram queue is full, or cannot take
+ * every fragment),
  * QRPC_ENODGRAM (the peer did not enable datagrams), QRPC_ECLOSED,
  * QRPC_EINVAL, QRPC_ENOMEM. Each refusal is counted on the channel. */
 int qrpc_peer_send_dgram(qrpc_peer *peer, uint32_t channel, const void *payload,
@@ -72,13 +100,15 @@ int qrpc_peer_send_dgram_msg(qrpc_peer *peer, uint32_t channel,
 typedef struct qrpc_dgram qrpc_dgram;
 
 /* Encodes payload for channel with the server's next Seq, for a broadcast
- * to many of its peers with qrpc_peer_send_encoded(). Free with
- * qrpc_dgram_free() once it has been handed to every peer; the queues keep
- * the bytes alive as long as they need them. On a server with several
- * workers, the Seq is the calling worker's (worker 0's from a thread
- * that is none of them), and the encoding goes only to peers of that
- * worker. Errors: QRPC_EINVAL (srv or
- * out NULL, payload NULL with len > 0, a message without pack),
+ * to many of its peers with qrpc_peer_send_encoded(); on a fragmented
+ * channel, as all its fragments. Free with qrpc_dgram_free() once it has
+ * been handed to every peer; the queues keep the bytes alive as long as
+ * they need them. On a server with several workers, the Seq is the calling
+ * worker's (worker 0's from a thread that is none of them), and the
+ * encoding goes only to peers of that worker. Errors: QRPC_EINVAL (srv or
+ * out NULL, payload NULL with len > 0, a message without pack, a
+ * fragment_size too small for the headers), QRPC_EMSGSIZE (over a
+ * fragmented channel's max_message),
  * QRPC_ENOMEM. */
 int qrpc_server_dgram_encode(qrpc_server *srv, uint32_t channel,
                              const void *payload, size_t len,
@@ -91,7 +121,9 @@ int qrpc_peer_send_encoded(qrpc_peer *peer, const qrpc_dgram *d);
 /* Drops the caller's reference; NULL is ignored. */
 void qrpc_dgram_free(qrpc_dgram *d);
 
-/* Counters of one channel on one connection. */
+/* Counters of one channel on one connection. On a fragmented channel,
+ * sent, lost and dropped_aged count datagrams (fragments); received,
+ * delivered and dropped_stale count whole messages. */
 typedef struct qrpc_dgram_stats {
   uint64_t sent;           /* queued for sending */
   uint64_t lost;           /* declared lost by the peer's acknowledgements */
@@ -104,6 +136,19 @@ typedef struct qrpc_dgram_stats {
   uint64_t dropped_undecodable; /* delivered, but it did not decode */
   uint64_t dropped_unknown; /* this connection, any unregistered channel */
   uint64_t dropped_malformed; /* this connection: no Channel or Seq */
+  /* Fragmented channels, receiving. */
+  uint64_t frags_received;     /* fragments that arrived */
+  uint64_t dropped_incomplete; /* partial messages given up: too old, over
+                                  the memory bound, or (latest-only) a
+                                  newer message completed first */
+  uint64_t reassembly_held;    /* bytes held in partial messages now */
+  uint64_t reassembly_peak;    /* the most ever held at once */
+  uint64_t frags_invalid;      /* of frags_received, dropped as breaking the
+                                  rules: header cut off, past the message's end,
+                                  empty, Total Length over max_message or
+                                  disagreeing, overlapping (the partial message
+                                  contradicted is dropped too, counted in
+                                  dropped_incomplete); the connection stays up */
 } qrpc_dgram_stats;
 
 /* Fills st for channel on peer (zeros for a channel never used, or a NULL
@@ -114,7 +159,8 @@ void qrpc_peer_dgram_stats(qrpc_peer *peer, uint32_t channel,
                            qrpc_dgram_stats *st);
 
 /* Fills st with the counters of every channel on every connection srv
- * has had, summed since it was created (zeros for a NULL srv; nothing
+ * has had, summed since it was created (reassembly_held and
+ * reassembly_peak excepted: those stay 0) (zeros for a NULL srv; nothing
  * when st is NULL). dropped_unknown and dropped_malformed are summed over
  * the connections too, and over the workers. Worker 0's loop thread. */
 void qrpc_server_dgram_stats(qrpc_server *srv, qrpc_dgram_stats *st);

@@ -146,6 +146,12 @@ int qrpc_stub_register_dgram(qrpc_server *srv, qrpc_client *cli,
                              uint32_t channel, int latest_only,
                              uint64_t max_age_ms, qrpc_dgram_fn fn,
                              const void *handlers);
+/* The same with (qrpc.max_message_bytes): max_message > 0 makes the
+ * channel fragmented (qrpc_dgram_opts.max_message). */
+int qrpc_stub_register_dgram_frag(qrpc_server *srv, qrpc_client *cli,
+                                  uint32_t channel, int latest_only,
+                                  uint64_t max_age_ms, size_t max_message,
+                                  qrpc_dgram_fn fn, const void *handlers);
 
 /* Refuses a request whose payload does not decode: it is failed with
  * QRPC_STATUS_INVALID_ARGUMENT and detail (a NUL-terminated string from

@@ -13,6 +13,7 @@
 #include "util/clock.h"
 #include "util/u64map.h"
 #include "util/varint.h"
+#include "wire/protocol.h"
 
 /* Channel (at most 5 bytes for a uint32) and Seq (at most 8). */
 #define DGRAM_HEADER_MAX (5 + 8)
@@ -38,16 +39,37 @@ struct qrpci_dgconn {
   uint64_t malformed;
 };
 
+/* A fragmented message being reassembled: its bytes, and a bitmap of the
+ * bytes that arrived (so overlapping fragments are caught). */
+typedef struct partial {
+  struct partial *next; /* the channel's partials, oldest first */
+  uint64_t seq;
+  uint64_t started_ns;
+  size_t total, have, cost;
+  uint8_t *bits;
+  uint8_t data[];
+} partial;
+
 typedef struct conn_chan {
   uint64_t last_seq; /* latest-only: last accepted */
   qrpc_dgram_stats st;
+  partial *parts; /* fragmented channels: oldest first */
 } conn_chan;
 
 struct qrpc_dgram {
-  qrpci_dgbuf *buf;
   uint32_t channel;
   uint64_t max_age_ns;
+  size_t n; /* datagrams: 1, or the fragments of one message */
+  qrpci_dgbuf *bufs[];
 };
+
+/* What a partial costs besides its bytes and bitmap. */
+#define PARTIAL_OVERHEAD 64
+#define DEFAULT_REASSEMBLY_MS 1000
+
+static size_t partial_cost(size_t total) {
+  return PARTIAL_OVERHEAD + total + (total + 7) / 8;
+}
 
 void qrpc_dgram_opts_default(qrpc_dgram_opts *o) {
   memset(o, 0, sizeof(*o));
@@ -57,6 +79,15 @@ void qrpc_dgram_opts_default(qrpc_dgram_opts *o) {
 /* Keys are channel + 1 so that channel 0 is a valid id; the transport's
  * lost and aged notices carry the same key as the datagram's id. */
 static uint64_t key(uint32_t channel) { return (uint64_t)channel + 1; }
+
+static void free_partials(conn_chan *cc) {
+  while (cc->parts) {
+    partial *p = cc->parts;
+    cc->parts = p->next;
+    free(p);
+  }
+  cc->st.reassembly_held = 0;
+}
 
 static void free_values(qrpci_u64map *m) {
   void *v;
@@ -105,12 +136,25 @@ int qrpci_dgram_register(qrpci_dgram *dg, uint32_t channel,
                          const qrpc_dgram_opts *opts, qrpc_dgram_fn fn,
                          void *ud) {
   if (opts && opts->size != sizeof(*opts)) return QRPC_EINVAL;
+  qrpc_dgram_opts o;
+  if (opts)
+    o = *opts;
+  else
+    qrpc_dgram_opts_default(&o);
+  if (o.max_message > QRPC_DGRAM_MAX_MESSAGE) return QRPC_EINVAL;
+  if (o.max_message) {
+    if (!o.fragment_size) o.fragment_size = QRPC_DGRAM_FRAGMENT_SIZE;
+    if (!o.reassembly_ms) o.reassembly_ms = DEFAULT_REASSEMBLY_MS;
+    if (!o.reassembly_bytes)
+      o.reassembly_bytes = 4 * partial_cost(o.max_message);
+    /* Room for the largest headers and at least one byte of message. */
+    if (o.fragment_size <= DGRAM_HEADER_MAX + 2 * QRPCI_VARINT_MAXLEN ||
+        o.reassembly_bytes < partial_cost(o.max_message))
+      return QRPC_EINVAL;
+  }
   chan *ch = chan_get(dg, channel, 1);
   if (!ch) return QRPC_ENOMEM;
-  if (opts)
-    ch->opts = *opts;
-  else
-    qrpc_dgram_opts_default(&ch->opts);
+  ch->opts = o;
   ch->fn = fn;
   ch->ud = ud;
   return 0;
@@ -121,33 +165,84 @@ static size_t put_header(uint8_t *out, uint32_t channel, uint64_t seq) {
   return n + qrpci_varint_put(out + n, seq);
 }
 
+/* The fragments of a message of total bytes (docs/protocol.md,
+ * "Fragmented datagrams"): Channel, Seq, Total Length, Offset, bytes.
+ * Fills d->bufs (d has room for every fragment) from msg. */
+static int fragment(qrpc_dgram *d, const chan *ch, uint64_t seq,
+                    const uint8_t *msg, size_t total) {
+  size_t off = 0;
+  do {
+    uint8_t hdr[DGRAM_HEADER_MAX + 2 * QRPCI_VARINT_MAXLEN];
+    size_t hl = put_header(hdr, d->channel, seq);
+    hl += qrpci_varint_put(hdr + hl, total);
+    hl += qrpci_varint_put(hdr + hl, off);
+    size_t n = ch->opts.fragment_size - hl;
+    if (n > total - off) n = total - off;
+    qrpci_dgbuf *b = qrpci_dgbuf_new(hl + n);
+    if (!b) return QRPC_ENOMEM;
+    memcpy(b->data, hdr, hl);
+    if (n) memcpy(b->data + hl, msg + off, n);
+    d->bufs[d->n++] = b;
+    off += n;
+  } while (off < total);
+  return 0;
+}
+
+/* Fragments a message of total bytes takes with ch's fragment_size (the
+ * largest headers assumed, so never fewer than fragment() makes). */
+static size_t fragments_for(const chan *ch, uint32_t channel, size_t total) {
+  size_t room = ch->opts.fragment_size - qrpci_varint_len(channel) -
+                QRPCI_VARINT_MAXLEN - 2 * qrpci_varint_len(total);
+  return total ? (total + room - 1) / room : 1;
+}
+
 int qrpci_dgram_encode(qrpci_dgram *dg, uint32_t channel, qrpci_payload pl,
                        qrpc_dgram **out) {
   if (!out || !qrpci_payload_valid(&pl)) return QRPC_EINVAL;
   chan *ch = chan_get(dg, channel, 1);
-  qrpc_dgram *d = ch ? calloc(1, sizeof(*d)) : NULL;
+  if (!ch) return QRPC_ENOMEM;
+  size_t len = qrpci_payload_len(&pl);
+  size_t frag = ch->opts.max_message != 0;
+  if (frag && len > ch->opts.max_message) return QRPC_EMSGSIZE;
+  size_t nmax = frag ? fragments_for(ch, channel, len) : 1;
+  qrpc_dgram *d = calloc(1, sizeof(*d) + nmax * sizeof(d->bufs[0]));
   if (!d) return QRPC_ENOMEM;
-  uint8_t hdr[DGRAM_HEADER_MAX];
-  size_t hl = put_header(hdr, channel, ch->next_seq);
-  if (!(d->buf = qrpci_dgbuf_new(hl + qrpci_payload_len(&pl)))) {
-    free(d);
-    return QRPC_ENOMEM;
-  }
-  memcpy(d->buf->data, hdr, hl);
-  if (qrpci_payload_write(&pl, d->buf->data + hl) != 0) {
-    qrpc_dgram_free(d);
-    return QRPC_EINVAL;
-  }
-  ch->next_seq++;
   d->channel = channel;
   d->max_age_ns = ch->opts.max_age_ms * QRPCI_NS_PER_MS;
+  int rv = 0;
+  if (frag) {
+    uint8_t *msg = malloc(len ? len : 1);
+    if (!msg)
+      rv = QRPC_ENOMEM;
+    else if (qrpci_payload_write(&pl, msg) != 0)
+      rv = QRPC_EINVAL;
+    else
+      rv = fragment(d, ch, ch->next_seq, msg, len);
+    free(msg);
+  } else {
+    uint8_t hdr[DGRAM_HEADER_MAX];
+    size_t hl = put_header(hdr, channel, ch->next_seq);
+    if (!(d->bufs[0] = qrpci_dgbuf_new(hl + len))) {
+      rv = QRPC_ENOMEM;
+    } else {
+      d->n = 1;
+      memcpy(d->bufs[0]->data, hdr, hl);
+      if (qrpci_payload_write(&pl, d->bufs[0]->data + hl) != 0)
+        rv = QRPC_EINVAL;
+    }
+  }
+  if (rv != 0) {
+    qrpc_dgram_free(d);
+    return rv;
+  }
+  ch->next_seq++;
   *out = d;
   return 0;
 }
 
 void qrpc_dgram_free(qrpc_dgram *d) {
   if (!d) return;
-  qrpci_dgbuf_unref(d->buf);
+  for (size_t i = 0; i < d->n; i++) qrpci_dgbuf_unref(d->bufs[i]);
   free(d);
 }
 
@@ -188,8 +283,145 @@ qrpci_dgconn *qrpci_dgconn_new(qrpci_dgram *dg, qrpc_conn *conn,
 
 void qrpci_dgconn_free(qrpci_dgconn *dc) {
   if (!dc) return;
+  conn_chan *cc;
+  while ((cc = qrpci_u64map_pop(&dc->chans))) {
+    free_partials(cc);
+    free(cc);
+  }
   free_values(&dc->chans);
   free(dc);
+}
+
+/* A whole message arrived (in one datagram, or reassembled): latest-only
+ * filtering, counters, and the channel's function. */
+static void deliver(qrpci_dgconn *dc, chan *ch, conn_chan *cc, uint32_t channel,
+                    uint64_t seq, const uint8_t *msg, size_t len) {
+  qrpc_dgram_stats *total = &dc->dg->total;
+  cc->st.received++;
+  total->received++;
+  if (ch->opts.latest_only && seq <= cc->last_seq) {
+    cc->st.dropped_stale++;
+    total->dropped_stale++;
+    return;
+  }
+  if (seq > cc->last_seq) cc->last_seq = seq;
+  cc->st.delivered++;
+  total->delivered++;
+  ch->fn(dc->peer, channel, seq, msg, len, ch->ud);
+}
+
+static void unlink_partial(conn_chan *cc, partial *p) {
+  for (partial **pp = &cc->parts; *pp; pp = &(*pp)->next) {
+    if (*pp == p) {
+      *pp = p->next;
+      break;
+    }
+  }
+  cc->st.reassembly_held -= p->cost;
+}
+
+/* Gives up a partial message, counting it. */
+static void abandon(qrpci_dgconn *dc, conn_chan *cc, partial *p) {
+  unlink_partial(cc, p);
+  free(p);
+  cc->st.dropped_incomplete++;
+  dc->dg->total.dropped_incomplete++;
+}
+
+/* Drops a fragment that breaks the rules of docs/protocol.md, "Fragmented
+ * datagrams", counting it; never fatal. */
+static void invalid(qrpci_dgconn *dc, conn_chan *cc) {
+  cc->st.frags_invalid++;
+  dc->dg->total.frags_invalid++;
+}
+
+/* A fragment on a fragmented channel (docs/protocol.md, "Fragmented
+ * datagrams"): p and n are what follows Seq. A fragment that breaks the
+ * rules is dropped and counted in frags_invalid, and the partial message
+ * it contradicts is given up; nothing is held for a Total Length over
+ * max_message. Everything else that goes wrong (loss, age, memory) drops
+ * partial messages and counts them. The connection stays up. */
+static void recv_fragment(qrpci_dgconn *dc, chan *ch, conn_chan *cc,
+                          uint32_t channel, uint64_t seq, const uint8_t *p,
+                          size_t n) {
+  uint64_t total, off;
+  cc->st.frags_received++;
+  dc->dg->total.frags_received++;
+  size_t a = qrpci_varint_get(p, n, &total);
+  size_t b = a ? qrpci_varint_get(p + a, n - a, &off) : 0;
+  if (!a || !b) { /* header cut off */
+    invalid(dc, cc);
+    return;
+  }
+  const uint8_t *frag = p + a + b;
+  size_t flen = n - a - b;
+  /* Past its message's end, empty, or a message over max_message. */
+  if (off > total || flen > total - off || (flen == 0 && total > 0) ||
+      total > ch->opts.max_message) {
+    invalid(dc, cc);
+    return;
+  }
+  /* Latest-only: a fragment of a message no newer than one delivered. */
+  if (ch->opts.latest_only && seq <= cc->last_seq) return;
+  uint64_t now = qrpci_now_ns();
+  uint64_t max_ns = ch->opts.reassembly_ms * QRPCI_NS_PER_MS;
+  partial *pt = NULL;
+  for (partial *q = cc->parts, *next; q; q = next) {
+    next = q->next;
+    if (now - q->started_ns > max_ns)
+      abandon(dc, cc, q);
+    else if (q->seq == seq)
+      pt = q;
+  }
+  if (!pt && flen == total) {
+    deliver(dc, ch, cc, channel, seq, frag, flen);
+    return;
+  }
+  if (pt) {
+    /* Fragments that disagree on the length, or overlap: the message
+     * cannot be trusted, so it goes with the fragment. */
+    int bad = pt->total != total;
+    for (size_t i = (size_t)off; !bad && i < (size_t)off + flen; i++)
+      bad = (pt->bits[i / 8] & (1u << (i % 8))) != 0;
+    if (bad) {
+      invalid(dc, cc);
+      abandon(dc, cc, pt);
+      return;
+    }
+  } else {
+    size_t cost = partial_cost((size_t)total);
+    while (cc->parts &&
+           cc->st.reassembly_held + cost > ch->opts.reassembly_bytes)
+      abandon(dc, cc, cc->parts);
+    pt = calloc(1, sizeof(*pt) + (size_t)total + ((size_t)total + 7) / 8);
+    if (!pt) return;
+    pt->seq = seq;
+    pt->started_ns = now;
+    pt->total = (size_t)total;
+    pt->cost = cost;
+    pt->bits = pt->data + pt->total;
+    partial **tail = &cc->parts;
+    while (*tail) tail = &(*tail)->next;
+    *tail = pt;
+    cc->st.reassembly_held += cost;
+    if (cc->st.reassembly_held > cc->st.reassembly_peak)
+      cc->st.reassembly_peak = cc->st.reassembly_held;
+  }
+  for (size_t i = (size_t)off; i < (size_t)off + flen; i++)
+    pt->bits[i / 8] |= (uint8_t)(1u << (i % 8));
+  memcpy(pt->data + off, frag, flen);
+  pt->have += flen;
+  if (pt->have < pt->total) return;
+  unlink_partial(cc, pt);
+  /* Latest-only: what is older than a complete message is worth nothing. */
+  if (ch->opts.latest_only) {
+    for (partial *q = cc->parts, *next; q; q = next) {
+      next = q->next;
+      if (q->seq < seq) abandon(dc, cc, q);
+    }
+  }
+  deliver(dc, ch, cc, channel, seq, pt->data, pt->total);
+  free(pt);
 }
 
 void qrpci_dgconn_recv(qrpci_dgconn *dc, const uint8_t *data, size_t len) {
@@ -212,29 +444,32 @@ void qrpci_dgconn_recv(qrpci_dgconn *dc, const uint8_t *data, size_t len) {
   }
   conn_chan *cc = conn_chan_get(dc, (uint32_t)channel);
   if (!cc) return;
-  cc->st.received++;
-  total->received++;
-  if (ch->opts.latest_only && seq <= cc->last_seq) {
-    cc->st.dropped_stale++;
-    total->dropped_stale++;
-    return;
-  }
-  if (seq > cc->last_seq) cc->last_seq = seq;
-  cc->st.delivered++;
-  total->delivered++;
-  ch->fn(dc->peer, (uint32_t)channel, seq, data + a + b, len - a - b, ch->ud);
+  if (ch->opts.max_message)
+    recv_fragment(dc, ch, cc, (uint32_t)channel, seq, data + a + b,
+                  len - a - b);
+  else
+    deliver(dc, ch, cc, (uint32_t)channel, seq, data + a + b, len - a - b);
 }
 
 int qrpci_dgconn_send_encoded(qrpci_dgconn *dc, const qrpc_dgram *d) {
   if (!d) return QRPC_EINVAL;
   conn_chan *cc = conn_chan_get(dc, d->channel);
   if (!cc) return QRPC_ENOMEM;
-  int rv =
-      qrpci_conn_queue_dgram(dc->conn, d->buf, key(d->channel), d->max_age_ns);
+  int rv = 0;
+  /* Several fragments go whole or not at all; the first is the largest. */
+  if (d->n > 1 && qrpci_conn_dgram_room(dc->conn) < d->n &&
+      qrpci_conn_dgram_room(dc->conn) > 0)
+    rv = QRPC_ENOBUFS;
+  size_t queued = 0;
+  while (rv == 0 && queued < d->n) {
+    rv = qrpci_conn_queue_dgram(dc->conn, d->bufs[queued], key(d->channel),
+                                d->max_age_ns);
+    if (rv == 0) queued++;
+  }
   qrpc_dgram_stats *total = &dc->dg->total;
   if (rv == 0) {
-    cc->st.sent++;
-    total->sent++;
+    cc->st.sent += queued;
+    total->sent += queued;
   } else if (rv == QRPC_EMSGSIZE) {
     cc->st.refused_too_large++;
     total->refused_too_large++;
@@ -256,6 +491,9 @@ int qrpci_dgconn_send(qrpci_dgconn *dc, uint32_t channel, qrpci_payload pl) {
 
 size_t qrpci_dgconn_max_payload(const qrpci_dgconn *dc, uint32_t channel) {
   size_t max = qrpc_conn_max_datagram_size(dc->conn);
+  const chan *ch = chan_get(dc->dg, channel, 0);
+  if (ch && ch->opts.max_message)
+    return ch->opts.fragment_size <= max ? ch->opts.max_message : 0;
   /* The largest Seq header keeps the answer valid for the channel's life. */
   size_t hl = qrpci_varint_len(channel) + QRPCI_VARINT_MAXLEN;
   return max > hl ? max - hl : 0;

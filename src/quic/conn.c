@@ -1584,6 +1584,13 @@ int qrpci_conn_queue_dgram(qrpc_conn *c, qrpci_dgbuf *buf, uint64_t id,
   return 0;
 }
 
+size_t qrpci_conn_dgram_room(qrpc_conn *c) {
+  if (c->closed_fired || c->state > QRPCI_CONN_ESTABLISHED ||
+      !c->established_fired)
+    return 0;
+  return c->opts.datagram_queue_len - c->dgq_len;
+}
+
 int qrpc_conn_send_datagram(qrpc_conn *c, const void *data, size_t len) {
   if (!c || (!data && len)) return QRPC_EINVAL;
   qrpci_dgbuf *b = qrpci_dgbuf_new(len);

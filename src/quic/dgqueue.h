@@ -42,4 +42,9 @@ void qrpci_conn_set_dgram_hooks(qrpc_conn *c, const qrpci_dgram_hooks *h);
 int qrpci_conn_queue_dgram(qrpc_conn *c, qrpci_dgbuf *buf, uint64_t id,
                            uint64_t max_age_ns);
 
+/* How many more datagrams c's queue takes now (0 when closed or before
+ * the handshake), so a message of several fragments is queued whole or
+ * not at all. */
+size_t qrpci_conn_dgram_room(qrpc_conn *c);
+
 #endif

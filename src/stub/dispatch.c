@@ -92,10 +92,19 @@ int qrpc_stub_register_dgram(qrpc_server *srv, qrpc_client *cli,
                              uint32_t channel, int latest_only,
                              uint64_t max_age_ms, qrpc_dgram_fn fn,
                              const void *handlers) {
+  return qrpc_stub_register_dgram_frag(srv, cli, channel, latest_only,
+                                       max_age_ms, 0, fn, handlers);
+}
+
+int qrpc_stub_register_dgram_frag(qrpc_server *srv, qrpc_client *cli,
+                                  uint32_t channel, int latest_only,
+                                  uint64_t max_age_ms, size_t max_message,
+                                  qrpc_dgram_fn fn, const void *handlers) {
   qrpc_dgram_opts o;
   qrpc_dgram_opts_default(&o);
   o.latest_only = latest_only;
   o.max_age_ms = max_age_ms;
+  o.max_message = max_message;
   if (srv != NULL)
     return qrpc_server_register_dgram(srv, channel, &o, fn, (void *)handlers);
   if (cli != NULL)

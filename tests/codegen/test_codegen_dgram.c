@@ -23,6 +23,7 @@ typedef Qrpc__Test__Dgram__WorldState State;
 
 #define INPUT_CH qrpc_test_dgram_Sync_Input_METHOD_ID
 #define STATE_CH qrpc_test_dgram_Sync_State_METHOD_ID
+#define SNAPSHOT_CH qrpc_test_dgram_Sync_Snapshot_METHOD_ID
 #define NCLI 2
 #define MAX_SEEN 64
 
@@ -71,6 +72,8 @@ typedef struct client_side {
   uint64_t seqs[MAX_SEEN];
   uint64_t ticks[MAX_SEEN];
   size_t last_blob;
+  int snapshots;
+  size_t snapshot_blob;
   qrpc_test_dgram_Sync_handlers h; /* borrowed by the client until freed */
 } client_side;
 
@@ -85,6 +88,15 @@ static void on_state(qrpc_peer *peer, uint64_t seq, const State *msg,
   }
   c->states++;
   c->last_blob = msg->blob.len;
+}
+
+static void on_snapshot(qrpc_peer *peer, uint64_t seq, const State *msg,
+                        void *ud) {
+  client_side *c = ud;
+  c->snapshots++;
+  c->snapshot_blob = msg->blob.len;
+  for (size_t k = 0; k < msg->blob.len; k++)
+    if (msg->blob.data[k] != (uint8_t)(k * 7)) c->snapshot_blob = 0;
 }
 
 static void on_connect(qrpc_client *cli, qrpc_peer *peer, void *ud) {
@@ -119,6 +131,7 @@ static void setup(void) {
     qrpc_tls_config_free(ctls);
     cl[i].h.user_data = &cl[i];
     cl[i].h.State = on_state;
+    cl[i].h.Snapshot = on_snapshot;
     ck_assert_int_eq(qrpc_test_dgram_Sync_register_client(cl[i].cli, &cl[i].h),
                      0);
   }
@@ -403,6 +416,29 @@ START_TEST(test_latest_only_from_idl) {
 }
 END_TEST
 
+static int snapshot_arrived(void *arg) { return cl[0].snapshots > 0; }
+
+START_TEST(test_fragmented_from_idl) {
+  ck_assert_uint_eq(qrpc_test_dgram_Sync_Snapshot_MAX_MESSAGE, 65536);
+  ck_assert_uint_eq(qrpc_test_dgram_Sync_State_MAX_MESSAGE, 0);
+  qrpc_peer *p = join(0);
+  /* The channel takes up to max_message_bytes whatever the path. */
+  ck_assert_uint_eq(qrpc_peer_max_dgram_payload(p, SNAPSHOT_CH), 65536);
+  static uint8_t blob[40 * 1024];
+  for (size_t k = 0; k < sizeof(blob); k++) blob[k] = (uint8_t)(k * 7);
+  State st = QRPC__TEST__DGRAM__WORLD_STATE__INIT;
+  st.tick = 9;
+  st.blob.data = blob;
+  st.blob.len = sizeof(blob);
+  ck_assert_int_eq(qrpc_test_dgram_Sync_Snapshot_send(p, &st), 0);
+  ck_assert(qt_run_until(loop, snapshot_arrived, NULL, QT_WAIT_MS));
+  ck_assert_uint_eq(cl[0].snapshot_blob, sizeof(blob));
+  qrpc_dgram_stats s;
+  qrpc_peer_dgram_stats(p, SNAPSHOT_CH, &s);
+  ck_assert_uint_gt(s.sent, 1);
+}
+END_TEST
+
 START_TEST(test_max_age_from_idl) {
   ck_assert_uint_eq(qrpc_test_dgram_Sync_State_MAX_AGE_MS, 100);
   ck_assert_uint_eq(qrpc_test_dgram_Sync_Input_MAX_AGE_MS, 0);
@@ -474,6 +510,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_queue_full_distinct);
   tcase_add_test(t, test_latest_only_from_idl);
   tcase_add_test(t, test_max_age_from_idl);
+  tcase_add_test(t, test_fragmented_from_idl);
   tcase_add_test(t, test_mixed_service);
   suite_add_tcase(s, t);
   return s;
