@@ -42,6 +42,8 @@ enum {
   QRPC_EUNREACHABLE = -25, /* nothing answered the handshake but an ICMP
                               error: no server listens at the address, or
                               no route leads to it */
+  QRPC_ENOTSUP = -26,      /* this build of qrpc lacks the feature (for
+                              example clustering without libnats) */
 };
 
 /* Returns a static, human-readable name for a QRPC_E* code (or "unknown

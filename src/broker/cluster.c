@@ -114,9 +114,12 @@ int qrpc_broker_cluster_check(const char *urls, char *err, size_t errlen) {
 
 #ifndef QRPC_HAVE_NATS
 
+/* Without nats.c a broker cannot join a cluster: creating one fails with
+ * QRPC_ENOTSUP and the rest are never reached with a cluster. */
 int qrpci_cluster_new(qrpc_loop *loop, const qrpc_broker_opts *o,
                       qrpci_cluster_deliver_fn deliver, void *ctx,
                       qrpci_cluster **out, char *err, size_t errlen) {
+  *out = NULL;
   if (err && errlen)
     snprintf(err, errlen, "this qrpc was built without nats.c (libnats)");
   return QRPC_ENOTSUP;

@@ -28,6 +28,7 @@ const char *qrpc_strerror(int err) {
   case QRPC_ERESET: return "stream reset by the peer";
   case QRPC_EADDRINUSE: return "address already in use";
   case QRPC_ENOTFOUND: return "not found";
+  case QRPC_ENOTSUP: return "not supported by this build";
   default: return "unknown error";
   }
 }
