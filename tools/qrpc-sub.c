@@ -28,6 +28,7 @@ typedef struct options {
   int realtime;
   int skip_retained;
   qrpc_broker_policy policy;
+  const char *group; /* NULL: none */
   format fmt;
 } options;
 
@@ -49,7 +50,7 @@ static void usage(FILE *f) {
       "PEM]\n"
       "             [--realtime] [--policy POLICY] [--no-retained] [-n "
       "COUNT]\n"
-      "             [-F text|json|raw] PATTERN...\n"
+      "             [--group NAME] [-F text|json|raw] PATTERN...\n"
       "\n"
       "DESCRIPTION\n"
       "    Subscribes to each PATTERN through the qrpc-broker at HOST:PORT\n"
@@ -70,6 +71,12 @@ static void usage(FILE *f) {
       "        disconnect for reliable, drop-newest for realtime)\n"
       "    --no-retained\n"
       "        skip the retained messages\n"
+      "    --group NAME\n"
+      "        join queue group NAME on each pattern: the subscribers of a\n"
+      "        pattern that name the same group share its messages, each\n"
+      "        message going to one of them, across a cluster's nodes too;\n"
+      "        members get no retained messages (1 to 64 ASCII letters,\n"
+      "        digits, _ and -)\n"
       "    -n, --count COUNT\n"
       "        exit after COUNT messages (default: run until interrupted)\n"
       "    -F, --format FORMAT\n"
@@ -98,6 +105,7 @@ static void usage(FILE *f) {
       "    " PROG " --ca certs/ca.pem -n 1 -F raw clock.now\n"
       "    " PROG " --ca certs/ca.pem --realtime --policy conflate "
       "'game.*.state'\n"
+      "    " PROG " --ca certs/ca.pem --group workers 'jobs.>'\n"
       "\n"
       "SEE ALSO\n"
       "    qrpc-pub(1), qrpc-broker --help, docs/broker.md\n",
@@ -155,6 +163,14 @@ static int parse_own_opt(int argc, char **argv, int *i, options *o) {
     o->realtime = 1;
   } else if (strcmp(a, "--no-retained") == 0) {
     o->skip_retained = 1;
+  } else if (strcmp(a, "--group") == 0) {
+    const char *bad;
+    if (!(v = value_of(argc, argv, i))) return -1;
+    if ((bad = qrpc_broker_group_problem(v)) != NULL) {
+      fprintf(stderr, PROG ": invalid --group '%s': %s\n", v, bad);
+      return -1;
+    }
+    o->group = v;
   } else if (strcmp(a, "--policy") == 0) {
     if (!(v = value_of(argc, argv, i)) || parse_policy(v, &o->policy) != 0)
       return -1;
@@ -412,6 +428,7 @@ static int subscribe_all(sub *s) {
   so.mode = s->opt.realtime ? QRPC_BROKER_REALTIME : QRPC_BROKER_RELIABLE;
   so.policy = s->opt.policy;
   so.skip_retained = s->opt.skip_retained;
+  so.group = s->opt.group;
   for (int i = 0; i < s->opt.n_patterns; i++) {
     const char *pattern = s->opt.patterns[i];
     int rc =

@@ -256,6 +256,8 @@ typedef void (*qrpc_broker_publish_fn)(qrpc_broker_client *bc, int status,
  * NULL. Any thread; NULL input is reported as empty. */
 const char *qrpc_broker_topic_problem(const char *topic);
 const char *qrpc_broker_pattern_problem(const char *pattern);
+/* The same for a queue group's name (qrpc_broker_sub_opts.group). */
+const char *qrpc_broker_group_problem(const char *group);
 
 /* Publishes payload (copied) on topic. With done, the broker answers and
  * done fires exactly once (never inside this function); without it the
@@ -280,6 +282,13 @@ typedef struct qrpc_broker_sub_opts {
   int skip_retained;       /* do not receive retained messages first */
   int latest_only;         /* realtime: drop a datagram older than the
                               newest one received (docs/datagrams.md) */
+  /* A queue group (docs/broker.md, "Queue groups"), or NULL: the
+   * subscriptions of one pattern that name the same group share its
+   * messages, each message going to one of them, on every node of a
+   * cluster. 1 to 64 ASCII letters, digits, '_' and '-'; copied. A group's
+   * members get no retained messages. Added after latest_only: a size of
+   * offsetof(qrpc_broker_sub_opts, group) is accepted and means none. */
+  const char *group;
 } qrpc_broker_sub_opts;
 
 void qrpc_broker_sub_opts_default(qrpc_broker_sub_opts *o);
@@ -317,7 +326,7 @@ typedef struct qrpc_broker_sub_callbacks {
  * the client is ready, else once it is, and again after every
  * reconnection. On success *out (may be NULL) is the handle, valid until
  * on_end returns or qrpc_broker_unsubscribe().
- * Errors: QRPC_EINVAL (pattern invalid, options), QRPC_ENOMEM. */
+ * Errors: QRPC_EINVAL (pattern or group invalid, options), QRPC_ENOMEM. */
 int qrpc_broker_subscribe(qrpc_broker_client *bc, const char *pattern,
                           const qrpc_broker_sub_opts *opts,
                           const qrpc_broker_sub_callbacks *cbs, void *user_data,

@@ -62,16 +62,20 @@ typedef struct wstr {
 typedef struct bconn bconn;
 typedef struct bsub bsub;
 
-/* The local subscriptions of one pattern, with the NATS subscription that
- * brings them the other nodes' messages (clustered brokers only). */
+/* The local subscriptions of one pattern and queue group (none: an empty
+ * group), with the NATS subscription that brings them the other nodes'
+ * messages (clustered brokers only). The members of a queue group share
+ * its messages: each goes to the one at the front of subs, which then
+ * moves to the back. */
 typedef struct cpat {
   uint64_t id;   /* in b->cpat_by_id; the NATS messages' key */
-  uint64_t hash; /* of the pattern, in b->cpat_by_hash */
+  uint64_t hash; /* of pattern and group, in b->cpat_by_hash */
   struct cpat *next_same_hash;
   qrpci_list subs; /* bsub.cnode */
   qrpci_cluster_sub *ns;
-  size_t len;
-  char pattern[];
+  uint64_t fanout; /* a queue group: the last fan-out that served it */
+  size_t len, group_len;
+  char pattern[]; /* len bytes, a NUL, then the group and a NUL */
 } cpat;
 
 struct bsub {
@@ -83,7 +87,7 @@ struct bsub {
   qrpc_broker_mode mode;
   qrpci_bpolicy policy;
   qrpci_bqueue q;
-  cpat *cp;         /* clustered: the pattern's interest */
+  cpat *cp;         /* its pattern's (and queue group's) interest */
   qrpci_list cnode; /* in cp->subs */
   int blocked;      /* the stream refused a write; on_writable drains */
   uint64_t gap;     /* dropped and not yet reported to the subscriber */
@@ -126,9 +130,10 @@ struct qrpc_broker {
   size_t queued_bytes;
   qrpc_health *health;
   qrpci_cluster *cluster;    /* NULL: alone */
-  qrpci_u64map cpat_by_hash; /* pattern hash -> chain of cpat */
+  qrpci_u64map cpat_by_hash; /* pattern and group hash -> chain of cpat */
   qrpci_u64map cpat_by_id;   /* cpat.id -> cpat */
   uint64_t next_cpat_id;
+  uint64_t fanouts; /* numbers each fan-out, for queue groups */
   qrpc_broker_stats st;
   void (*on_shutdown)(qrpc_broker *b, void *user_data);
   void *shutdown_ud;
@@ -360,6 +365,40 @@ static void realtime_send(bsub *s, qrpci_bmsg *m, dgram_cache *dc) {
 
 /* ---- Fan-out ---------------------------------------------------------- */
 
+/* Hands m to s by its mode; dc caches realtime encodings for one message. */
+static void offer(bsub *s, qrpci_bmsg *m, dgram_cache *dc) {
+  if (s->mode == QRPC_BROKER_REALTIME)
+    realtime_send(s, m, dc);
+  else
+    sub_offer(s, m);
+}
+
+static void dgram_cache_free(dgram_cache *dc) {
+  for (size_t i = 0; i < dc->n; i++) qrpc_dgram_free(dc->e[i].d);
+}
+
+/* The member of queue group x that takes the next message: the first one
+ * in turn whose queue is empty and whose stream takes writes, else the
+ * first one in turn; it goes to the back. NULL when every member's
+ * connection is closing. */
+static bsub *group_pick(cpat *x) {
+  bsub *pick = NULL;
+  for (qrpci_list *n = x->subs.next; n != &x->subs; n = n->next) {
+    bsub *s = QRPCI_CONTAINER_OF(n, bsub, cnode);
+    if (qrpci_list_linked(&s->conn->doomed)) continue;
+    if (!pick) pick = s;
+    if (!s->blocked && s->q.count == 0) {
+      pick = s;
+      break;
+    }
+  }
+  if (pick) {
+    qrpci_list_remove(&pick->cnode);
+    qrpci_list_push_back(&x->subs, &pick->cnode);
+  }
+  return pick;
+}
+
 static void collect(qrpci_topic_sub *link, void *ctx) {
   qrpc_broker *b = ctx;
   if (b->match_len == b->match_cap) {
@@ -393,22 +432,36 @@ static qrpci_bmsg *encode_delivery(const char *topic, size_t topic_len,
   return m;
 }
 
+/* Offers a local publish to every matching subscription, and to one
+ * member of each matching queue group. Returns the subscriptions it was
+ * handed to, a queue group counting once. A clustered queue group whose
+ * NATS queue subscription is open gets it back from NATS, which picks one
+ * member on this node or another (cluster_deliver()). */
 static size_t fanout(qrpc_broker *b, qrpci_bmsg *m) {
   b->match_len = 0;
   size_t n =
       qrpci_topic_tree_match(b->tree, m->topic, m->topic_len, collect, b);
   if (b->match_len < n) b->st.dropped += n - b->match_len;
+  uint64_t gen = ++b->fanouts;
+  size_t handed = 0;
   dgram_cache dc = {.n = 0};
   for (size_t i = 0; i < b->match_len; i++) {
     bsub *s = b->match[i];
-    if (qrpci_list_linked(&s->conn->doomed)) continue;
-    if (s->mode == QRPC_BROKER_REALTIME)
-      realtime_send(s, m, &dc);
-    else
-      sub_offer(s, m);
+    cpat *x = s->cp;
+    if (x->group_len) {
+      if (x->fanout == gen) continue;
+      x->fanout = gen;
+      handed++;
+      if (x->ns) continue;
+      if (!(s = group_pick(x))) continue;
+    } else {
+      handed++;
+      if (qrpci_list_linked(&s->conn->doomed)) continue;
+    }
+    offer(s, m, &dc);
   }
-  for (size_t i = 0; i < dc.n; i++) qrpc_dgram_free(dc.e[i].d);
-  return b->match_len;
+  dgram_cache_free(&dc);
+  return handed;
 }
 
 /* ---- Retained messages ------------------------------------------------ */
@@ -498,13 +551,9 @@ static void send_retained(qrpc_broker *b, bsub *s) {
     if (!qrpci_pattern_match(s->pattern, s->pattern_len, r->msg->topic,
                              r->msg->topic_len))
       continue;
-    if (s->mode == QRPC_BROKER_REALTIME) {
-      dgram_cache dc = {.n = 0};
-      realtime_send(s, r->msg, &dc);
-      for (size_t i = 0; i < dc.n; i++) qrpc_dgram_free(dc.e[i].d);
-    } else {
-      sub_offer(s, r->msg);
-    }
+    dgram_cache dc = {.n = 0};
+    offer(s, r->msg, &dc);
+    dgram_cache_free(&dc);
     if (qrpci_list_linked(&s->conn->doomed)) return;
   }
 }
@@ -612,12 +661,15 @@ static const qrpc_req_callbacks sub_req_callbacks = {
     .on_writable = sub_on_writable,
 };
 
-/* Checks a Subscribe request r whose pattern is pat; returns a
+/* Checks a Subscribe request r whose pattern is pat and queue group
+ * group (empty: none); returns a
  * QRPC_STATUS_* with *why. */
 static int sub_check(bconn *c, const Qrpc__Broker__SubscribeRequest *r,
-                     wstr pat, const char **why) {
+                     wstr pat, wstr group, const char **why) {
   qrpc_broker *b = c->b;
   if ((*why = qrpci_topic_problem(pat.p, pat.len, 1)) != NULL)
+    return QRPC_STATUS_INVALID_ARGUMENT;
+  if (group.len && (*why = qrpci_group_problem(group.p, group.len)) != NULL)
     return QRPC_STATUS_INVALID_ARGUMENT;
   if ((unsigned)r->mode > (unsigned)QRPC_BROKER_REALTIME ||
       (unsigned)r->policy > (unsigned)QRPC_BROKER_CONFLATE) {
@@ -652,25 +704,36 @@ static int sub_check(bconn *c, const Qrpc__Broker__SubscribeRequest *r,
 
 /* ---- Interest on NATS ------------------------------------------------- */
 
-static cpat *cpat_find(qrpc_broker *b, const char *p, size_t len, uint64_t h) {
+static const char *cpat_group(const cpat *x) {
+  return x->pattern + x->len + 1;
+}
+
+static cpat *cpat_find(qrpc_broker *b, const char *p, size_t len, wstr group,
+                       uint64_t h) {
   for (cpat *x = qrpci_u64map_get(&b->cpat_by_hash, h); x;
        x = x->next_same_hash)
-    if (x->len == len && memcmp(x->pattern, p, len) == 0) return x;
+    if (x->len == len && memcmp(x->pattern, p, len) == 0 &&
+        x->group_len == group.len &&
+        (!group.len || memcmp(cpat_group(x), group.p, group.len) == 0))
+      return x;
   return NULL;
 }
 
-/* Links s to its pattern's interest, opening it on NATS for the first
- * subscriber. A NATS refusal leaves s working on this node (counted by the
- * cluster); only out of memory fails. */
-static int interest_add(qrpc_broker *b, bsub *s) {
-  qrpci_list_init(&s->cnode);
-  if (!b->cluster) return 0;
-  uint64_t h = qrpci_topic_hash(s->pattern, s->pattern_len);
-  cpat *x = cpat_find(b, s->pattern, s->pattern_len, h);
+/* Links s to the interest of its pattern and queue group, opening it on
+ * NATS for the first subscriber when clustered: a NATS queue subscription
+ * for a group. A NATS refusal leaves s working on this node (counted by
+ * the cluster); only out of memory fails. */
+static int interest_add(qrpc_broker *b, bsub *s, wstr group) {
+  uint64_t h = qrpci_topic_hash(s->pattern, s->pattern_len) ^
+               (qrpci_topic_hash(group.p, group.len) * 0x9e3779b97f4a7c15u);
+  cpat *x = cpat_find(b, s->pattern, s->pattern_len, group, h);
   if (!x) {
-    if (!(x = calloc(1, sizeof(*x) + s->pattern_len + 1))) return -1;
+    if (!(x = calloc(1, sizeof(*x) + s->pattern_len + group.len + 2)))
+      return -1;
     memcpy(x->pattern, s->pattern, s->pattern_len);
     x->len = s->pattern_len;
+    if (group.len) memcpy(x->pattern + x->len + 1, group.p, group.len);
+    x->group_len = group.len;
     x->hash = h;
     x->id = ++b->next_cpat_id;
     qrpci_list_init(&x->subs);
@@ -684,8 +747,9 @@ static int interest_add(qrpc_broker *b, bsub *s) {
       free(x);
       return -1;
     }
-    x->ns =
-        qrpci_cluster_subscribe(b->cluster, x->pattern, x->len, NULL, 0, x->id);
+    if (b->cluster)
+      x->ns = qrpci_cluster_subscribe(b->cluster, x->pattern, x->len,
+                                      cpat_group(x), x->group_len, x->id);
   }
   s->cp = x;
   qrpci_list_push_back(&x->subs, &s->cnode);
@@ -698,7 +762,7 @@ static void interest_del(qrpc_broker *b, bsub *s) {
   qrpci_list_remove(&s->cnode);
   s->cp = NULL;
   if (!qrpci_list_empty(&x->subs)) return;
-  qrpci_cluster_unsubscribe(b->cluster, x->ns);
+  if (x->ns) qrpci_cluster_unsubscribe(b->cluster, x->ns);
   qrpci_u64map_del(&b->cpat_by_id, x->id);
   cpat *head = qrpci_u64map_get(&b->cpat_by_hash, x->hash);
   if (head == x) {
@@ -715,12 +779,13 @@ static void interest_del(qrpc_broker *b, bsub *s) {
   free(x);
 }
 
-/* A message from another node, for the local subscriptions of one
- * pattern: checked as a local publish is (the ACL was checked at the
- * publisher's node), encoded once, offered to each as a local publish's
- * fan-out does. Only this pattern's subscriptions: a message matching
- * several patterns comes once through each of their NATS
- * subscriptions. */
+/* A message from NATS, for the local subscriptions of one pattern, or one
+ * member of a queue group: checked as a local publish is (the ACL was
+ * checked at the publisher's node), encoded once, offered as a local
+ * publish's fan-out does. Only this interest's subscriptions: a message
+ * matching several patterns comes once through each of their NATS
+ * subscriptions. A queue group's messages all come this way, this node's
+ * own publishes included, when its queue subscription is open. */
 static void cluster_deliver(void *ctx, uint64_t id, const char *topic,
                             size_t topic_len, const uint8_t *payload,
                             size_t len) {
@@ -741,15 +806,16 @@ static void cluster_deliver(void *ctx, uint64_t id, const char *topic,
     return;
   }
   dgram_cache dc = {.n = 0};
-  for (qrpci_list *n = x->subs.next; n != &x->subs; n = n->next) {
-    bsub *s = QRPCI_CONTAINER_OF(n, bsub, cnode);
-    if (qrpci_list_linked(&s->conn->doomed)) continue;
-    if (s->mode == QRPC_BROKER_REALTIME)
-      realtime_send(s, m, &dc);
-    else
-      sub_offer(s, m);
+  if (x->group_len) {
+    bsub *s = group_pick(x);
+    if (s) offer(s, m, &dc);
+  } else {
+    for (qrpci_list *n = x->subs.next; n != &x->subs; n = n->next) {
+      bsub *s = QRPCI_CONTAINER_OF(n, bsub, cnode);
+      if (!qrpci_list_linked(&s->conn->doomed)) offer(s, m, &dc);
+    }
   }
-  for (size_t i = 0; i < dc.n; i++) qrpc_dgram_free(dc.e[i].d);
+  dgram_cache_free(&dc);
   qrpci_bmsg_unref(m);
   close_doomed(b);
 }
@@ -763,7 +829,7 @@ void qrpc_broker_get_cluster_stats(qrpc_broker *b,
 }
 
 static bsub *sub_new(bconn *c, const Qrpc__Broker__SubscribeRequest *r,
-                     wstr pat) {
+                     wstr pat, wstr group) {
   qrpc_broker *b = c->b;
   bsub *s = calloc(1, sizeof(*s) + pat.len + 1);
   if (!s) return NULL;
@@ -773,7 +839,7 @@ static bsub *sub_new(bconn *c, const Qrpc__Broker__SubscribeRequest *r,
     free(s);
     return NULL;
   }
-  if (interest_add(b, s) != 0) {
+  if (interest_add(b, s, group) != 0) {
     qrpci_topic_tree_remove(b->tree, &s->link);
     free(s);
     return NULL;
@@ -802,12 +868,12 @@ static bsub *sub_new(bconn *c, const Qrpc__Broker__SubscribeRequest *r,
 }
 
 static void h_subscribe(qrpc_req *req, const Qrpc__Broker__SubscribeRequest *r,
-                        wstr pat) {
+                        wstr pat, wstr group) {
   bconn *c = req_conn(req);
   const char *why = NULL;
-  int status = sub_check(c, r, pat, &why);
+  int status = sub_check(c, r, pat, group, &why);
   bsub *s = NULL;
-  if (status == QRPC_STATUS_OK && !(s = sub_new(c, r, pat))) {
+  if (status == QRPC_STATUS_OK && !(s = sub_new(c, r, pat, group))) {
     status = QRPC_STATUS_RESOURCE_EXHAUSTED;
     why = "out of memory";
   }
@@ -828,7 +894,9 @@ static void h_subscribe(qrpc_req *req, const Qrpc__Broker__SubscribeRequest *r,
     sub_free(s);
     return;
   }
-  if (!r->skip_retained) send_retained(c->b, s);
+  /* A queue group's members get no retained messages, as MQTT 5's
+   * shared subscriptions: which member would take them is arbitrary. */
+  if (!r->skip_retained && !group.len) send_retained(c->b, s);
   close_doomed(c->b);
 }
 
@@ -836,6 +904,7 @@ static void fill_sub_stats(const bsub *s, Qrpc__Broker__SubscriptionStats *o) {
   qrpc__broker__subscription_stats__init(o);
   o->subscription_id = s->id;
   o->pattern = (char *)s->pattern;
+  o->group = (char *)cpat_group(s->cp);
   o->mode = (Qrpc__Broker__DeliveryMode)s->mode;
   o->policy = (Qrpc__Broker__SlowConsumerPolicy)s->policy;
   o->delivered = s->delivered;
@@ -1022,13 +1091,14 @@ static void serve_hello(qrpc_req *req, const uint8_t *raw, size_t len,
 static void serve_subscribe(qrpc_req *req, const uint8_t *raw, size_t len,
                             void *ud) {
   static const size_t off[] = {
-      offsetof(Qrpc__Broker__SubscribeRequest, pattern)};
-  wstr pat;
+      offsetof(Qrpc__Broker__SubscribeRequest, pattern),
+      offsetof(Qrpc__Broker__SubscribeRequest, group)};
+  wstr s[2];
   ProtobufCMessage *m =
       decode(req, &qrpc__broker__subscribe_request__descriptor, raw, len, off,
-             &pat, 1);
+             s, 2);
   if (!m) return;
-  h_subscribe(req, (const Qrpc__Broker__SubscribeRequest *)m, pat);
+  h_subscribe(req, (const Qrpc__Broker__SubscribeRequest *)m, s[0], s[1]);
   protobuf_c_message_free_unpacked(m, NULL);
 }
 

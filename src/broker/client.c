@@ -10,6 +10,7 @@
  * current connection; the client remembers which subscription owns each
  * channel, since an old call may end after a new one took its id.
  */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,6 +35,7 @@ struct qrpc_broker_sub {
   void *user_data;
   int dead;   /* unsubscribed: no more callbacks; freed when call ends */
   int in_end; /* inside on_end, which frees it afterwards */
+  char *group; /* opts.group's copy, inside the allocation, or NULL */
   char pattern[];
 };
 
@@ -153,6 +155,13 @@ const char *qrpc_broker_topic_problem(const char *topic) {
 const char *qrpc_broker_pattern_problem(const char *pattern) {
   return qrpci_topic_reason(pattern ? pattern : "",
                             pattern ? strlen(pattern) : 0, 1);
+}
+
+const char *qrpc_broker_group_problem(const char *group) {
+  static const char prefix[] = "invalid queue group: ";
+  const char *p = qrpci_group_problem(
+      group ? group : "", group ? strnlen(group, QRPCI_GROUP_MAX + 1) : 0);
+  return p ? p + sizeof(prefix) - 1 : NULL;
 }
 
 int qrpc_broker_publish(qrpc_broker_client *bc, const char *topic,
@@ -339,6 +348,7 @@ static void sub_start(qrpc_broker_sub *s) {
   r.queue_max_messages = s->opts.queue_messages;
   r.queue_max_bytes = s->opts.queue_bytes;
   r.skip_retained = s->opts.skip_retained != 0;
+  if (s->group) r.group = s->group;
   qrpc_msg m = {&r, qrpc__broker__subscribe_request__get_packed_size(&r),
                 pack_subscribe};
   int rv = qrpc_client_stream_msg(
@@ -356,23 +366,34 @@ int qrpc_broker_subscribe(qrpc_broker_client *bc, const char *pattern,
                           const qrpc_broker_sub_opts *opts,
                           const qrpc_broker_sub_callbacks *cbs, void *user_data,
                           qrpc_broker_sub **out) {
+  const size_t before_group = offsetof(qrpc_broker_sub_opts, group);
   if (!bc || !pattern || !cbs || !cbs->on_message) return QRPC_EINVAL;
-  if (opts && (opts->size != sizeof(*opts) ||
+  if (opts && ((opts->size != sizeof(*opts) && opts->size != before_group) ||
                (unsigned)opts->mode > QRPC_BROKER_REALTIME ||
                (unsigned)opts->policy > QRPC_BROKER_CONFLATE))
     return QRPC_EINVAL;
-  size_t plen = strlen(pattern);
+  size_t plen = strlen(pattern), glen = 0;
   if (qrpci_pattern_check(pattern, plen) != 0) return QRPC_EINVAL;
-  qrpc_broker_sub *s = calloc(1, sizeof(*s) + plen + 1);
+  const char *group =
+      opts && opts->size == sizeof(*opts) ? opts->group : NULL;
+  if (group &&
+      qrpci_group_problem(group, glen = strnlen(group, QRPCI_GROUP_MAX + 1)))
+    return QRPC_EINVAL;
+  qrpc_broker_sub *s =
+      calloc(1, sizeof(*s) + plen + 1 + (group ? glen + 1 : 0));
   if (!s) return QRPC_ENOMEM;
   s->bc = bc;
-  if (opts)
-    s->opts = *opts;
-  else
-    qrpc_broker_sub_opts_default(&s->opts);
+  qrpc_broker_sub_opts_default(&s->opts);
+  if (opts) memcpy(&s->opts, opts, opts->size);
+  s->opts.size = sizeof(s->opts);
   s->cbs = *cbs;
   s->user_data = user_data;
   memcpy(s->pattern, pattern, plen + 1);
+  if (group) {
+    s->group = s->pattern + plen + 1;
+    memcpy(s->group, group, glen + 1);
+  }
+  s->opts.group = s->group;
   qrpci_list_push_back(&bc->subs, &s->node);
   if (bc->ready) sub_start(s);
   if (out) *out = s;

@@ -5,9 +5,13 @@
  * event_base through nats.c's libevent adapter. It publishes what local
  * clients publish and holds the subscriptions, with no-echo: the server
  * never hands this node its own publishes back, which it has already
- * delivered locally. Queue groups would need a second connection (nc[1])
- * with echo, since NATS must be able to pick a member on the publishing
- * node; connect_one() can open it, nothing asks for it yet.
+ * delivered locally. Queue groups subscribe on a second connection
+ * ("groups", nc[1]), with echo: NATS picks one member among the queue
+ * subscriptions of every node, the publishing node's own included, so a
+ * queue group's messages reach it through NATS only. The NATS queue name
+ * is the group and a hash of the pattern, "GROUP-HHHHHHHHHHHHHHHH": two
+ * groups of one name on different patterns stay apart, as they do on one
+ * node.
  *
  * nats.c calls the message and connection callbacks on its own threads
  * (its delivery pool and its callback thread). They append an item to a
@@ -26,6 +30,8 @@
 #include <string.h>
 
 #include "broker/cluster.h"
+#include "broker/queue.h"
+#include "broker/topic.h"
 #include "qrpc/error.h"
 #include "util/log.h"
 
@@ -480,9 +486,8 @@ int qrpci_cluster_new(qrpc_loop *loop, const qrpc_broker_opts *o,
     cc[i].cl = cl;
     cc[i].idx = i;
   }
-  /* The queue-group connection (nc[1]) is not opened: no caller asks for
-   * a group yet (docs/broker.md, "Clustering", what is not built). */
   rv = connect_one(cl, o, &cc[0], urls, n, err, errlen);
+  if (rv == 0) rv = connect_one(cl, o, &cc[1], urls, n, err, errlen);
   if (rv != 0) {
     qrpci_cluster_free(cl);
     return rv;
@@ -537,19 +542,19 @@ qrpci_cluster_sub *qrpci_cluster_subscribe(qrpci_cluster *cl,
                                            size_t pattern_len,
                                            const char *group, size_t group_len,
                                            uint64_t id) {
-  char subj[PREFIX_MAX + 1 + 256 + 1], queue[256 + 1];
+  char subj[PREFIX_MAX + 1 + 256 + 1], queue[QRPCI_GROUP_MAX + 18];
   qrpci_cluster_sub *cs = calloc(1, sizeof(*cs));
   if (!cs) return NULL;
   cs->cl = cl;
   cs->id = id;
   natsStatus s = NATS_INVALID_SUBJECT;
   if (subject(cl, pattern, pattern_len, subj, sizeof(subj)) == 0 &&
-      group_len < sizeof(queue)) {
+      group_len <= QRPCI_GROUP_MAX) {
     if (group_len && !cl->nc[1]) {
       s = NATS_INVALID_ARG;
     } else if (group_len) {
-      memcpy(queue, group, group_len);
-      queue[group_len] = '\0';
+      snprintf(queue, sizeof(queue), "%.*s-%016llx", (int)group_len, group,
+               (unsigned long long)qrpci_topic_hash(pattern, pattern_len));
       s = natsConnection_QueueSubscribe(&cs->ns, cl->nc[1], subj, queue, on_msg,
                                         cs);
     } else {

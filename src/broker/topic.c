@@ -107,6 +107,19 @@ const char *qrpci_topic_reason(const char *s, size_t len, int wildcards) {
            : NULL;
 }
 
+const char *qrpci_group_problem(const char *g, size_t len) {
+  if (len == 0) return "invalid queue group: it is empty";
+  if (len > QRPCI_GROUP_MAX)
+    return "invalid queue group: it is longer than 64 bytes";
+  for (size_t i = 0; i < len; i++) {
+    char c = g[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+          (c >= '0' && c <= '9') || c == '_' || c == '-'))
+      return "invalid queue group: only ASCII letters, digits, '_' and '-'";
+  }
+  return NULL;
+}
+
 int qrpci_topic_check(const char *topic, size_t len) {
   return qrpci_topic_problem(topic, len, 0) ? QRPC_EINVAL : 0;
 }

@@ -36,6 +36,13 @@ const char *qrpci_topic_problem(const char *s, size_t len, int wildcards);
 /* The same without the "invalid topic: " or "invalid pattern: " prefix. */
 const char *qrpci_topic_reason(const char *s, size_t len, int wildcards);
 
+/* A queue group's name (docs/broker.md, "Queue groups"): 1 to
+ * QRPCI_GROUP_MAX bytes of ASCII letters, digits, '_' and '-'. Returns a
+ * static sentence starting "invalid queue group: ", or NULL when g[0..len)
+ * is valid. */
+#define QRPCI_GROUP_MAX 64
+const char *qrpci_group_problem(const char *g, size_t len);
+
 /* Returns 0 if topic[0..len) is a valid topic, else QRPC_EINVAL. */
 int qrpci_topic_check(const char *topic, size_t len);
 

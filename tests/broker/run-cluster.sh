@@ -7,7 +7,8 @@
 # wildcards, one counted NATS interest per pattern that ends with its last
 # subscriber (seen in nats-server's /subsz), the ACL on both sides, a NATS
 # server killed (cross-node traffic resumes through the other), NATS
-# unreachable at a broker's start (it serves alone, then joins), and bad
+# unreachable at a broker's start (it serves alone, then joins), a queue
+# group spread over both nodes, and bad
 # --cluster values. Every process started is killed on exit, failure
 # included. A missing nats-server is a failure: scripts/setup.sh installs
 # it.
@@ -118,7 +119,7 @@ publish() { # PORT TOKEN ARGS...
 # clients hold on exactly SUBJECT.
 interest() {
   curl -s "http://127.0.0.1:$1/connz?subs=1" |
-    grep -o "\"$2\"" | wc -l
+    grep -oF "\"$2\"" | wc -l
 }
 wait_interest() { # MONITOR SUBJECT COUNT
   for _ in $(seq 200); do
@@ -195,6 +196,48 @@ wait "$wild_pid" || fail "the wildcard subscriber on A"
   fail "w.*.t on A got: $(cat "$tmp/wild.sub")"
 grep -qx 'w.a.t one' "$tmp/wild2.sub" || fail "w.> on B got: $(cat "$tmp/wild2.sub")"
 echo "ok: w.*.t on A gets w.b.t, w.c.t, w.z.t from B, not w.a.b.t or w.t; w.> on B gets A's w.a.t"
+
+# A queue group of 3 members over both nodes (2 on A, 1 on B): each message
+# reaches one member in all, published on A or on B; a plain subscriber
+# gets every message.
+subscribe qplain "$port_a" all 'jobs.*'
+qplain_pid=$sub_pid
+qpids=()
+for m in qa1:"$port_a" qa2:"$port_a" qb1:"$port_b"; do
+  subscribe "${m%%:*}" "${m#*:}" all --group workers 'jobs.*'
+  qpids+=("$sub_pid")
+done
+wait_interest "$m1" 'qrpc.jobs.*' 2 # A: the plain and the group's queue subscription
+wait_interest "$m2" 'qrpc.jobs.*' 1
+for i in $(seq 10); do
+  publish "$port_a" all -n 15 "jobs.a$i" x
+  publish "$port_b" all -n 15 "jobs.b$i" x
+done
+qlines() { cat "$tmp"/qa1.sub "$tmp"/qa2.sub "$tmp"/qb1.sub | wc -l; }
+for _ in $(seq 200); do
+  [ "$(qlines)" -ge 300 ] && [ "$(wc -l <"$tmp/qplain.sub")" -ge 300 ] && break
+  sleep 0.05
+done
+sleep 0.3 # nothing more may come
+# SIGTERM to each qrpc-sub itself (the child of its timeout), which exits 0.
+for p in "${qpids[@]}" "$qplain_pid"; do pkill -TERM -P "$p"; done
+for p in "${qpids[@]}" "$qplain_pid"; do
+  st=0
+  wait "$p" || st=$?
+  [ "$st" -eq 0 ] || fail "a queue group subscriber exited $st: $(cat "$tmp"/q*.suberr)"
+done
+[ "$(qlines)" -eq 300 ] || fail "the group got $(qlines) messages, not 300"
+[ "$(wc -l <"$tmp/qplain.sub")" -eq 300 ] || fail "the plain subscriber got $(wc -l <"$tmp/qplain.sub")"
+for i in $(seq 10); do
+  for n in a b; do
+    got=$(cat "$tmp"/qa1.sub "$tmp"/qa2.sub "$tmp"/qb1.sub | grep -c "^jobs.$n$i x$" || true)
+    [ "$got" -eq 15 ] || fail "jobs.$n$i reached the group $got times, not 15"
+  done
+done
+for m in qa1 qa2 qb1; do
+  [ -s "$tmp/$m.sub" ] || fail "member $m got nothing: the group did not share"
+done
+echo "ok: a queue group of 3 over A and B got each of 300 messages once ($(wc -l <"$tmp/qa1.sub"), $(wc -l <"$tmp/qa2.sub") on A, $(wc -l <"$tmp/qb1.sub") on B)"
 
 # One NATS interest per distinct pattern, closed with its last subscriber.
 wait_interest "$m1" qrpc.i.one 0

@@ -9,6 +9,7 @@
  * NUL bytes, sent as raw requests.
  */
 #include <check.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -975,6 +976,199 @@ START_TEST(test_nul_in_pattern_refused) {
 }
 END_TEST
 
+/* ---- Queue groups ------------------------------------------------------ */
+
+#define GROUP_MSGS 300
+
+/* One member of a queue group; counts[] is shared by all members. */
+typedef struct member {
+  sub s;
+  uint8_t *counts; /* per sequence number */
+  uint64_t got;
+} member;
+
+static void m_on_message(qrpc_broker_sub *h, const qrpc_broker_msg *m,
+                         void *ud) {
+  member *mb = ud;
+  ck_assert_uint_eq(m->len, 16);
+  uint64_t seq = qt_get_be64(m->payload);
+  ck_assert_uint_lt(seq, GROUP_MSGS + 100);
+  mb->counts[seq]++;
+  mb->got++;
+  s_on_message(h, m, &mb->s);
+}
+
+static void m_on_subscribed(qrpc_broker_sub *h, uint64_t id, void *ud) {
+  ((member *)ud)->s.subscribed++;
+}
+
+static const qrpc_broker_sub_callbacks member_cbs = {
+    .on_message = m_on_message,
+    .on_subscribed = m_on_subscribed,
+};
+
+static void join(client *c, member *mb, const char *pattern, const char *group,
+                 uint8_t *counts) {
+  qrpc_broker_sub_opts o;
+  qrpc_broker_sub_opts_default(&o);
+  o.group = group;
+  memset(mb, 0, sizeof(*mb));
+  mb->counts = counts;
+  ck_assert_int_eq(
+      qrpc_broker_subscribe(c->bc, pattern, &o, &member_cbs, mb, &mb->s.h), 0);
+  ck_assert(qt_run_until_count(loop, &mb->s.subscribed, 1, QT_WAIT_MS));
+}
+
+static uint64_t members_got(const member *m, int n) {
+  uint64_t t = 0;
+  for (int i = 0; i < n; i++) t += m[i].got;
+  return t;
+}
+
+/* Runs the loop until the n members together got total messages. */
+static void wait_members(const member *m, int n, uint64_t total) {
+  uint64_t end = qt_now_ms() + QT_WAIT_MS;
+  while (members_got(m, n) < total && qt_now_ms() < end)
+    qrpc_loop_run_for(loop, 5);
+}
+
+/* Three members of group "w" on "jobs.*", each on its own connection,
+ * share the messages: each message reaches exactly one of them, in turns,
+ * while an ordinary subscriber of the pattern and a group of the same name
+ * on another pattern get every message. Members get no retained message.
+ * When one member leaves, the other two share what follows. */
+START_TEST(test_queue_group_shares_messages) {
+  char addr[64];
+  qrpc_broker *b = broker_start(NULL, addr, sizeof(addr), NULL);
+  client pc, mc[3], oc;
+  client_start(&pc, addr, NULL);
+  for (int i = 0; i < 3; i++) client_start(&mc[i], addr, NULL);
+  client_start(&oc, addr, NULL);
+  pubs p = {0};
+  publish_seq(&pc, &p, "jobs.r", GROUP_MSGS + 99, 16, QRPC_BROKER_RETAIN);
+  ck_assert(qt_run_until_count(loop, &p.acked, 1, QT_WAIT_MS));
+
+  static uint8_t counts[GROUP_MSGS + 100], other_counts[GROUP_MSGS + 100];
+  memset(counts, 0, sizeof(counts));
+  memset(other_counts, 0, sizeof(other_counts));
+  member m[3], other;
+  for (int i = 0; i < 3; i++) join(&mc[i], &m[i], "jobs.*", "w", counts);
+  join(&oc, &other, "jobs.>", "w", other_counts);
+  sub plain;
+  subscribe(&oc, &plain, "jobs.*", NULL);
+  ck_assert(qt_run_until_count(loop, &plain.retained, 1, QT_WAIT_MS));
+
+  for (uint64_t i = 0; i < GROUP_MSGS; i++)
+    publish_seq(&pc, &p, "jobs.a", i, 16, 0);
+  ck_assert(qt_run_until_count(loop, &p.acked, 1 + GROUP_MSGS, QT_WAIT_MS));
+  /* The plain subscriber and the two groups. */
+  ck_assert_uint_eq(p.last_subscribers, 3);
+  wait_members(m, 3, GROUP_MSGS);
+  wait_members(&other, 1, GROUP_MSGS);
+  wait_received(&plain, 1 + GROUP_MSGS);
+  qt_run_for(loop, 50); /* nothing more may come */
+  ck_assert_uint_eq(members_got(m, 3), GROUP_MSGS);
+  ck_assert_uint_eq(other.got, GROUP_MSGS);
+  ck_assert_uint_eq(plain.received, 1 + GROUP_MSGS);
+  for (int i = 0; i < GROUP_MSGS; i++) {
+    ck_assert_msg(counts[i] == 1, "message %d reached the group %d times", i,
+                  counts[i]);
+    ck_assert_uint_eq(other_counts[i], 1);
+  }
+  /* In turns: with every member keeping up, each takes a third. */
+  for (int i = 0; i < 3; i++) {
+    ck_assert_uint_eq(m[i].got, GROUP_MSGS / 3);
+    ck_assert_int_eq(m[i].s.retained, 0);
+    ck_assert_uint_eq(m[i].s.out_of_order, 0);
+  }
+
+  /* One member leaves; the other two share the next 60. */
+  qrpc_broker_unsubscribe(m[2].s.h);
+  qrpc_broker_stats st;
+  uint64_t end = qt_now_ms() + QT_WAIT_MS;
+  do {
+    qrpc_loop_run_for(loop, 5);
+    qrpc_broker_get_stats(b, &st);
+  } while (st.subscriptions > 4 && qt_now_ms() < end);
+  ck_assert_uint_eq(st.subscriptions, 4);
+  uint64_t before[2] = {m[0].got, m[1].got};
+  for (uint64_t i = GROUP_MSGS; i < GROUP_MSGS + 60; i++)
+    publish_seq(&pc, &p, "jobs.a", i, 16, 0);
+  wait_members(m, 2, GROUP_MSGS + 60 - m[2].got);
+  qt_run_for(loop, 50);
+  ck_assert_uint_eq(m[0].got - before[0], 30);
+  ck_assert_uint_eq(m[1].got - before[1], 30);
+  for (int i = GROUP_MSGS; i < GROUP_MSGS + 60; i++)
+    ck_assert_uint_eq(counts[i], 1);
+
+  for (int i = 0; i < 3; i++) qrpc_broker_client_free(mc[i].bc);
+  qrpc_broker_client_free(oc.bc);
+  qrpc_broker_client_free(pc.bc);
+  qrpc_broker_free(b);
+}
+END_TEST
+
+/* A queue group's name is checked by the client library and by the
+ * broker: a raw Subscribe with a bad one is refused with INVALID_ARGUMENT
+ * and never confirmed. */
+START_TEST(test_queue_group_bad_names) {
+  char addr[64];
+  qrpc_broker *b = broker_start(NULL, addr, sizeof(addr), NULL);
+  client c;
+  client_start(&c, addr, NULL);
+  qrpc_broker_sub_opts o;
+  qrpc_broker_sub_opts_default(&o);
+  sub s;
+  static const char *const bad[] = {
+      "", "a b", "a.b", "w*", "\xc3\xa9",
+      "a123456789b123456789c123456789d123456789e123456789f123456789g1234"};
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    o.group = bad[i];
+    ck_assert_int_eq(qrpc_broker_subscribe(c.bc, "a", &o, &sub_cbs, &s, NULL),
+                     QRPC_EINVAL);
+    ck_assert_ptr_nonnull(qrpc_broker_group_problem(bad[i]));
+  }
+  ck_assert_ptr_null(qrpc_broker_group_problem("workers_2-b"));
+  /* Options of the size before the group field mean no group. */
+  o.group = "not read";
+  o.size = offsetof(qrpc_broker_sub_opts, group);
+  subscribe(&c, &s, "a", &o);
+  ck_assert(qt_run_until_count(loop, &s.subscribed, 1, QT_WAIT_MS));
+
+  qrpc_client *cli = raw_client(addr);
+  static const struct {
+    const char *g;
+    size_t len;
+  } raw_bad[] = {{"a\0b", 3}, {"a b", 3}, {"x.y", 3},
+                 {"a123456789b123456789c123456789d123456789e123456789f1234567"
+                  "89g1234",
+                  65}};
+  raw_call r[4] = {{0}};
+  for (size_t i = 0; i < 4; i++) {
+    pbuf m = subscribe_req("a", 1);
+    pb_bytes(&m, &qrpc__broker__subscribe_request__descriptor, "group",
+             raw_bad[i].g, raw_bad[i].len);
+    ck_assert_int_eq(qrpc_client_stream(cli,
+                                        qrpc_broker_Broker_Subscribe_METHOD_ID,
+                                        QRPC_SHAPE_SERVER_STREAM, m.b, m.n,
+                                        NULL, &raw_cbs, &r[i], NULL),
+                     0);
+  }
+  for (size_t i = 0; i < 4; i++) {
+    ck_assert_msg(qt_run_until_count(loop, &r[i].done, 1, QT_WAIT_MS),
+                  "subscription %zu was not refused", i);
+    ck_assert_int_eq(r[i].status, QRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_int_eq(r[i].items, 0);
+  }
+  qrpc_broker_stats st;
+  qrpc_broker_get_stats(b, &st);
+  ck_assert_uint_eq(st.subscriptions, 1);
+  qrpc_client_free(cli);
+  qrpc_broker_client_free(c.bc);
+  qrpc_broker_free(b);
+}
+END_TEST
+
 typedef struct log_rec {
   int unknown_token;
   char line[512];
@@ -1203,6 +1397,8 @@ static Suite *suite(void) {
   tcase_add_test(t, test_held_publishes_and_shutdown);
   tcase_add_test(t, test_nul_in_topic_refused);
   tcase_add_test(t, test_nul_in_pattern_refused);
+  tcase_add_test(t, test_queue_group_shares_messages);
+  tcase_add_test(t, test_queue_group_bad_names);
   tcase_add_test(t, test_nul_in_token_unauthenticated);
   suite_add_tcase(s, t);
   return s;
