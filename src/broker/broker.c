@@ -704,9 +704,7 @@ static int sub_check(bconn *c, const Qrpc__Broker__SubscribeRequest *r,
 
 /* ---- Interest on NATS ------------------------------------------------- */
 
-static const char *cpat_group(const cpat *x) {
-  return x->pattern + x->len + 1;
-}
+static const char *cpat_group(const cpat *x) { return x->pattern + x->len + 1; }
 
 static cpat *cpat_find(qrpc_broker *b, const char *p, size_t len, wstr group,
                        uint64_t h) {
@@ -1094,9 +1092,8 @@ static void serve_subscribe(qrpc_req *req, const uint8_t *raw, size_t len,
       offsetof(Qrpc__Broker__SubscribeRequest, pattern),
       offsetof(Qrpc__Broker__SubscribeRequest, group)};
   wstr s[2];
-  ProtobufCMessage *m =
-      decode(req, &qrpc__broker__subscribe_request__descriptor, raw, len, off,
-             s, 2);
+  ProtobufCMessage *m = decode(
+      req, &qrpc__broker__subscribe_request__descriptor, raw, len, off, s, 2);
   if (!m) return;
   h_subscribe(req, (const Qrpc__Broker__SubscribeRequest *)m, s[0], s[1]);
   protobuf_c_message_free_unpacked(m, NULL);

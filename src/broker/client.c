@@ -374,8 +374,7 @@ int qrpc_broker_subscribe(qrpc_broker_client *bc, const char *pattern,
     return QRPC_EINVAL;
   size_t plen = strlen(pattern), glen = 0;
   if (qrpci_pattern_check(pattern, plen) != 0) return QRPC_EINVAL;
-  const char *group =
-      opts && opts->size == sizeof(*opts) ? opts->group : NULL;
+  const char *group = opts && opts->size == sizeof(*opts) ? opts->group : NULL;
   if (group &&
       qrpci_group_problem(group, glen = strnlen(group, QRPCI_GROUP_MAX + 1)))
     return QRPC_EINVAL;

@@ -1120,7 +1120,11 @@ START_TEST(test_queue_group_bad_names) {
   qrpc_broker_sub_opts_default(&o);
   sub s;
   static const char *const bad[] = {
-      "", "a b", "a.b", "w*", "\xc3\xa9",
+      "",
+      "a b",
+      "a.b",
+      "w*",
+      "\xc3\xa9",
       "a123456789b123456789c123456789d123456789e123456789f123456789g1234"};
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
     o.group = bad[i];
@@ -1139,7 +1143,9 @@ START_TEST(test_queue_group_bad_names) {
   static const struct {
     const char *g;
     size_t len;
-  } raw_bad[] = {{"a\0b", 3}, {"a b", 3}, {"x.y", 3},
+  } raw_bad[] = {{"a\0b", 3},
+                 {"a b", 3},
+                 {"x.y", 3},
                  {"a123456789b123456789c123456789d123456789e123456789f1234567"
                   "89g1234",
                   65}};
