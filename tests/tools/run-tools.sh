@@ -41,7 +41,7 @@ for tool in "$pub" "$sub"; do
   done
 done
 grep -qF -- --retain <<<"$("$pub" --help)" || fail "qrpc-pub --help lacks --retain"
-for word in --realtime --policy --format json raw; do
+for word in --realtime --policy --group --format json raw; do
   grep -qF -- "$word" <<<"$("$sub" --help)" || fail "qrpc-sub --help lacks '$word'"
 done
 echo "ok: --help of both"
@@ -68,6 +68,8 @@ expect 1 "invalid topic 'a.*'" "$pub" --ca "$ca" 'a.*' m
 expect 1 "at least one PATTERN" "$sub"
 expect 1 "--format expects text, json or raw, not 'xml'" "$sub" -F xml a
 expect 1 "--policy expects disconnect" "$sub" --policy never a
+expect 1 "invalid --group 'a b': only ASCII letters, digits" "$sub" --group 'a b' a
+expect 1 "--group expects a value" "$sub" --group
 expect 1 "invalid pattern 'a.>.b'" "$sub" --ca "$ca" 'a.>.b'
 expect 1 "--connect-timeout expects a whole number" "$sub" --connect-timeout x a
 
