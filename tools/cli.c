@@ -13,8 +13,10 @@
 
 const char cli_conn_help[] =
     "CONNECTION OPTIONS\n"
-    "    -s, --server HOST:PORT\n"
-    "        the broker (default " CLI_DEFAULT_SERVER ")\n"
+    "    -s, --server HOST:PORT[,HOST:PORT...]\n"
+    "        the broker (default " CLI_DEFAULT_SERVER "); with several,\n"
+    "        the nodes of a cluster, tried in turn: when one fails or is\n"
+    "        lost the next is tried and the subscriptions made again\n"
     "    -t, --token TOKEN\n"
     "        access token for the broker's ACL (default: anonymous)\n"
     "    --ca PEM\n"

@@ -216,7 +216,14 @@ typedef struct qrpc_broker_client_opts {
 void qrpc_broker_client_opts_default(qrpc_broker_client_opts *o);
 
 /* Creates a client of the broker at addr ("host:port") and starts
- * connecting. tls is referenced. Errors: as qrpc_client_new(). */
+ * connecting. addr may also list the nodes of a broker cluster,
+ * "host:port,host:port,...": the client holds one connection, to the
+ * first node; when an attempt fails or the connection is lost it moves to
+ * the next node in turn (at once for one pass over the list, then with
+ * client.backoff_*), says Hello there and renews every subscription
+ * (docs/broker.md, "Failover"). A "dns:" target is passed to
+ * qrpc_client_new() whole. tls is referenced. Errors: QRPC_EINVAL (an
+ * empty entry in the list), else as qrpc_client_new(). */
 int qrpc_broker_client_new(qrpc_loop *loop, const char *addr,
                            qrpc_tls_config *tls,
                            const qrpc_broker_client_opts *opts,
@@ -232,7 +239,10 @@ void qrpc_broker_client_free(qrpc_broker_client *bc);
 int qrpc_broker_client_ready(qrpc_broker_client *bc);
 
 /* The qrpc client underneath, for its statistics and the connection.
- * Owned by bc; do not register methods or free it. */
+ * Owned by bc; do not register methods or free it. With several broker
+ * addresses it is replaced on each move to another node: do not keep it
+ * past the callback or call it was read in. NULL while a move failed to
+ * start a client (retried after client.backoff_max_ms). */
 qrpc_client *qrpc_broker_client_rpc(qrpc_broker_client *bc);
 
 /* ---- Publishing ------------------------------------------------------- */

@@ -14,12 +14,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/event.h>
+
 #include "qrpc/broker.h"
 #include "qrpc/dgram.h"
 #include "qrpc/error.h"
 
 #include "broker/topic.h"
 #include "qrpc/broker.qrpc.h"
+#include "quic/tls.h"
 #include "util/list.h"
 #include "util/log.h"
 #include "util/pbwire.h"
@@ -49,10 +52,22 @@ typedef struct held {
   char topic[];
 } held;
 
+/* Failover: with several broker addresses the client holds one
+ * connection, to addrs[cur]. When an attempt fails or the connection is
+ * lost, switch_ev frees that qrpc_client (its calls end as on a lost
+ * connection) and starts one for the next address, at once while the
+ * failures since the last ready connection are fewer than the addresses,
+ * then after the client's own backoff. */
 struct qrpc_broker_client {
   qrpc_loop *loop;
   qrpc_client *cli;
+  qrpc_tls_config *tls;
   qrpc_broker_client_opts opts;
+  char **addrs;
+  size_t naddrs, cur;
+  struct event *switch_ev;
+  uint64_t fails; /* failed attempts since the last ready connection */
+  int switching;  /* inside the switch: the old client's calls end */
   char *token;
   char *name;
   int ready;
@@ -197,7 +212,7 @@ static void channel_release(qrpc_broker_sub *s) {
       qrpci_u64map_get(&bc->channels, s->id) != s)
     return;
   qrpci_u64map_del(&bc->channels, s->id);
-  if (!bc->freeing)
+  if (!bc->freeing && !bc->switching)
     qrpc_client_register_dgram(bc->cli, (uint32_t)s->id, NULL, NULL, NULL);
 }
 
@@ -431,6 +446,7 @@ static void hello_done(qrpc_call *call, const Qrpc__Broker__HelloReply *rep,
     return;
   }
   bc->ready = 1;
+  bc->fails = 0;
   bc->max_payload = rep->max_payload;
   for (qrpci_list *n = bc->subs.next; n != &bc->subs; n = n->next) {
     qrpc_broker_sub *s = QRPCI_CONTAINER_OF(n, qrpc_broker_sub, node);
@@ -474,10 +490,73 @@ static void on_disconnect(qrpc_client *cli, const qrpc_close_info *info,
 static void on_state(qrpc_client *cli, const qrpc_client_state_info *info,
                      void *ud) {
   qrpc_broker_client *bc = ud;
-  bc->opts.client.on_state(cli, info, bc->opts.user_data);
+  if (bc->opts.client.on_state)
+    bc->opts.client.on_state(cli, info, bc->opts.user_data);
+  if (bc->naddrs < 2 || info->state != QRPC_CLIENT_FAILED || bc->freeing ||
+      event_pending(bc->switch_ev, EV_TIMEOUT, NULL))
+    return;
+  /* Another node: at once for a first pass over the list, then after the
+   * backoff the client would have waited for this node. */
+  uint64_t ms = ++bc->fails < bc->naddrs ? 0 : info->retry_in_ms;
+  struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+  evtimer_add(bc->switch_ev, &tv);
 }
 
 static char *dup_or_null(const char *s) { return s && *s ? strdup(s) : NULL; }
+
+/* Starts the qrpc client of addrs[cur]. */
+static int client_start(qrpc_broker_client *bc) {
+  qrpc_client_opts co = bc->opts.client;
+  co.on_connect = on_connect;
+  co.on_disconnect = on_disconnect;
+  co.on_state = bc->opts.client.on_state || bc->naddrs > 1 ? on_state : NULL;
+  co.user_data = bc;
+  co.rpc.unary_streams = 1;
+  return qrpc_client_new(bc->loop, bc->addrs[bc->cur], bc->tls, &co, &bc->cli);
+}
+
+static void on_switch(evutil_socket_t fd, short what, void *arg) {
+  qrpc_broker_client *bc = arg;
+  bc->switching = 1;
+  bc->ready = 0;
+  bc->hello_sent = 0;
+  qrpc_client_free(bc->cli); /* subscriptions' calls end, kept for renewal */
+  bc->cli = NULL;
+  bc->switching = 0;
+  bc->cur = (bc->cur + 1) % bc->naddrs;
+  QRPCI_INFO("broker client: trying the next broker, %s", bc->addrs[bc->cur]);
+  int rv = client_start(bc);
+  if (rv != 0) {
+    /* Only out of memory or a bad address fails here: try the next one
+     * after the longest backoff. */
+    QRPCI_WARN("broker client: cannot start a client of %s: %s",
+               bc->addrs[bc->cur], qrpc_strerror(rv));
+    bc->cli = NULL;
+    uint64_t ms = bc->opts.client.backoff_max_ms;
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    evtimer_add(bc->switch_ev, &tv);
+  }
+}
+
+/* Splits addr at its commas into bc->addrs: "dns:" targets and single
+ * addresses stay whole. */
+static int split_addrs(qrpc_broker_client *bc, const char *addr) {
+  size_t n = 1;
+  int list = strncmp(addr, "dns:", 4) != 0;
+  if (list)
+    for (const char *p = addr; *p; p++) n += *p == ',';
+  if (!(bc->addrs = calloc(n, sizeof(*bc->addrs)))) return QRPC_ENOMEM;
+  const char *p = addr;
+  for (size_t i = 0; i < n; i++) {
+    const char *end = list ? strchr(p, ',') : NULL;
+    size_t len = end ? (size_t)(end - p) : strlen(p);
+    if (len == 0) return QRPC_EINVAL;
+    if (!(bc->addrs[i] = strndup(p, len))) return QRPC_ENOMEM;
+    bc->naddrs++;
+    p = end ? end + 1 : p + len;
+  }
+  return 0;
+}
 
 int qrpc_broker_client_new(qrpc_loop *loop, const char *addr,
                            qrpc_tls_config *tls,
@@ -502,13 +581,13 @@ int qrpc_broker_client_new(qrpc_loop *loop, const char *addr,
     qrpc_broker_client_free(bc);
     return QRPC_ENOMEM;
   }
-  qrpc_client_opts co = bc->opts.client;
-  co.on_connect = on_connect;
-  co.on_disconnect = on_disconnect;
-  co.on_state = bc->opts.client.on_state ? on_state : NULL;
-  co.user_data = bc;
-  co.rpc.unary_streams = 1;
-  int rv = qrpc_client_new(loop, addr, tls, &co, &bc->cli);
+  qrpci_tls_config_ref(tls); /* for the clients of failovers */
+  bc->tls = tls;
+  int rv = split_addrs(bc, addr);
+  if (rv == 0 && bc->naddrs > 1 &&
+      !(bc->switch_ev = evtimer_new(qrpc_loop_base(loop), on_switch, bc)))
+    rv = QRPC_ENOMEM;
+  if (rv == 0) rv = client_start(bc);
   if (rv != 0) {
     qrpc_broker_client_free(bc);
     return rv;
@@ -521,6 +600,7 @@ void qrpc_broker_client_free(qrpc_broker_client *bc) {
   if (!bc) return;
   bc->freeing = 1;
   bc->ready = 0;
+  if (bc->switch_ev) event_free(bc->switch_ev);
   qrpc_client_free(bc->cli); /* ends every call: their on_done run now */
   bc->cli = NULL;
   held_fail(bc, QRPC_STATUS_CANCELLED, "the client was freed");
@@ -531,6 +611,9 @@ void qrpc_broker_client_free(qrpc_broker_client *bc) {
     free(s);
   }
   qrpci_u64map_free(&bc->channels);
+  for (size_t i = 0; i < bc->naddrs; i++) free(bc->addrs[i]);
+  free(bc->addrs);
+  qrpc_tls_config_free(bc->tls);
   free(bc->token);
   free(bc->name);
   free(bc);

@@ -334,6 +334,32 @@ wait "$late_pid" || fail "C did not join: $(cat "$tmp/c.err")"
 grep -q 'joined NATS' "$tmp/c.err" || fail "C does not log joining"
 echo "ok: C started without NATS, served alone, joined when n3 came up"
 
+# A broker node dies: its client, given two nodes, fails over to the other
+# one, subscribes again there, and gets what is published afterwards.
+start_broker e --acl "$tmp/acl" --cluster "nats://127.0.0.1:$c3"
+subscribe fo "$port_e" all -s "127.0.0.1:$port_e,127.0.0.1:$port_b" 'fo.>'
+fo_pid=$sub_pid
+for _ in $(seq 100); do
+  [ -s "$tmp/fo.sub" ] && break
+  publish "$port_b" all fo.x before >/dev/null 2>&1 || true
+  sleep 0.1
+done
+grep -qx 'fo.x before' "$tmp/fo.sub" || fail "the subscriber on E got nothing from B"
+kill -KILL "$pid_e"
+wait "$pid_e" 2>/dev/null || true
+for _ in $(seq 100); do
+  grep -qx 'fo.x after' "$tmp/fo.sub" && break
+  publish "$port_b" all fo.x after >/dev/null 2>&1 || true
+  sleep 0.2
+done
+grep -qx 'fo.x after' "$tmp/fo.sub" ||
+  fail "the subscriber did not fail over from E to B: $(cat "$tmp/fo.suberr")"
+pkill -TERM -P "$fo_pid"
+wait "$fo_pid" || fail "the failed-over subscriber exited $?"
+[ "$(grep -c 'subscribed to' "$tmp/fo.suberr")" -ge 2 ] ||
+  fail "the subscriber did not subscribe again: $(cat "$tmp/fo.suberr")"
+echo "ok: broker E killed: its subscriber failed over to B and receives there"
+
 # Credentials: a NATS server requiring a user and password; the password
 # comes from the environment and appears in no log.
 read -r c4 m4 <<<"$(free_ports 2)"

@@ -976,6 +976,69 @@ START_TEST(test_nul_in_pattern_refused) {
 }
 END_TEST
 
+/* ---- Failover between brokers ----------------------------------------- */
+
+/* A client given two brokers ("A,B") connects to A; when A goes away it
+ * moves to B by itself, says hello, renews its subscription there, and
+ * receives what is published on B. Its held publishes wait for B. */
+START_TEST(test_failover_to_next_broker) {
+  char addr_a[64], addr_b[64], both[160];
+  qrpc_broker *ba = broker_start(NULL, addr_a, sizeof(addr_a), NULL);
+  qrpc_broker *bb = broker_start(NULL, addr_b, sizeof(addr_b), NULL);
+  snprintf(both, sizeof(both), "%s,%s", addr_a, addr_b);
+  client c, pb;
+  client_start(&c, both, NULL);
+  client_start(&pb, addr_b, NULL);
+  sub s;
+  subscribe(&c, &s, "f.>", NULL);
+  ck_assert(qt_run_until_count(loop, &s.subscribed, 1, QT_WAIT_MS));
+  pubs p = {0};
+  publish_seq(&c, &p, "f.a", 1, 16, 0);
+  ck_assert(qt_run_until_count(loop, &p.acked, 1, QT_WAIT_MS));
+  ck_assert_uint_eq(p.last_subscribers, 1); /* on A: its own subscription */
+  wait_received(&s, 1);
+  qrpc_broker_stats st;
+  qrpc_broker_get_stats(ba, &st);
+  ck_assert_uint_eq(st.subscriptions, 1);
+
+  qrpc_broker_free(ba);
+  ck_assert(qt_run_until_count(loop, &c.ready, 2, QT_WAIT_MS));
+  ck_assert_int_eq(c.disconnects, 1);
+  ck_assert(qt_run_until_count(loop, &s.subscribed, 2, QT_WAIT_MS));
+  ck_assert_int_eq(s.ended, 0);
+  publish_seq(&pb, &p, "f.b", 2, 16, 0);
+  ck_assert(qt_run_until_count(loop, &p.acked, 2, QT_WAIT_MS));
+  ck_assert_uint_eq(p.last_subscribers, 1);
+  wait_received(&s, 2);
+  ck_assert_uint_eq(s.received, 2);
+  ck_assert_uint_eq(s.last_seq, 2);
+  /* The client's own publishes now go to B. */
+  publish_seq(&c, &p, "f.c", 3, 16, 0);
+  ck_assert(qt_run_until_count(loop, &p.acked, 3, QT_WAIT_MS));
+  wait_received(&s, 3);
+  ck_assert_uint_eq(s.last_seq, 3);
+  qrpc_broker_get_stats(bb, &st);
+  ck_assert_uint_eq(st.subscriptions, 1);
+  ck_assert_uint_eq(st.published, 2);
+  qrpc_broker_client_free(c.bc);
+  qrpc_broker_client_free(pb.bc);
+  qrpc_broker_free(bb);
+}
+END_TEST
+
+/* An address list with an empty entry is refused. */
+START_TEST(test_failover_list_checked) {
+  qrpc_broker_client *bc = NULL;
+  ck_assert_int_eq(
+      qrpc_broker_client_new(loop, "127.0.0.1:1,,127.0.0.1:2", ctls, NULL, &bc),
+      QRPC_EINVAL);
+  ck_assert_int_eq(
+      qrpc_broker_client_new(loop, "127.0.0.1:1,", ctls, NULL, &bc),
+      QRPC_EINVAL);
+  ck_assert_ptr_null(bc);
+}
+END_TEST
+
 /* ---- Queue groups ------------------------------------------------------ */
 
 #define GROUP_MSGS 300
@@ -1404,6 +1467,8 @@ static Suite *suite(void) {
   tcase_add_test(t, test_nul_in_topic_refused);
   tcase_add_test(t, test_nul_in_pattern_refused);
   tcase_add_test(t, test_queue_group_shares_messages);
+  tcase_add_test(t, test_failover_to_next_broker);
+  tcase_add_test(t, test_failover_list_checked);
   tcase_add_test(t, test_queue_group_bad_names);
   tcase_add_test(t, test_nul_in_token_unauthenticated);
   suite_add_tcase(s, t);
