@@ -1,5 +1,7 @@
 #include "args.h"
 
+#include "qrpc/quic.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -220,5 +222,33 @@ size_t bench_client_common_flags(bench_flag *flags, size_t n,
   };
   for (size_t i = 0; i < sizeof(common) / sizeof(common[0]); i++)
     if (n < BENCH_MAX_FLAGS) flags[n++] = common[i];
+  return bench_sim_flags(flags, n, &c->sim);
+}
+
+size_t bench_sim_flags(bench_flag *flags, size_t n, bench_sim *s) {
+  memset(s, 0, sizeof(*s));
+  const bench_flag sim[] = {
+      {"--loss", BENCH_FLAG_UINT, &s->loss_pct, 0, 100, NULL, "PCT",
+       "link conditioner: drop this share of our outgoing packets "
+       "(development; qrpc_conn_opts.sim_loss_pct)",
+       0, 0},
+      {"--delay", BENCH_FLAG_UINT, &s->delay_ms, 0, 10000, NULL, "MS",
+       "link conditioner: hold our outgoing packets this long", 0, 0},
+      {"--jitter", BENCH_FLAG_UINT, &s->jitter_ms, 0, 10000, NULL, "MS",
+       "link conditioner: and up to this much longer, at random", 0, 0},
+      {"--reorder", BENCH_FLAG_UINT, &s->reorder_pct, 0, 100, NULL, "PCT",
+       "link conditioner: hold this share 10 ms longer, so later packets "
+       "overtake them",
+       0, 0},
+  };
+  for (size_t i = 0; i < sizeof(sim) / sizeof(sim[0]); i++)
+    if (n < BENCH_MAX_FLAGS) flags[n++] = sim[i];
   return n;
+}
+
+void bench_sim_apply(const bench_sim *s, qrpc_conn_opts *o) {
+  o->sim_loss_pct = (double)s->loss_pct;
+  o->sim_reorder_pct = (double)s->reorder_pct;
+  o->sim_delay_ms = (uint32_t)s->delay_ms;
+  o->sim_jitter_ms = (uint32_t)s->jitter_ms;
 }

@@ -29,6 +29,15 @@ typedef struct bench_flag {
   int seen; /* set by bench_args_parse() */
 } bench_flag;
 
+/* The link conditioner's flags (qrpc_conn_opts.sim_*), for a client's or
+ * a server's outgoing packets; all 0: off. */
+typedef struct bench_sim {
+  uint64_t loss_pct;
+  uint64_t reorder_pct;
+  uint64_t delay_ms;
+  uint64_t jitter_ms;
+} bench_sim;
+
 /* The flags every client takes, into their own fields. */
 typedef struct bench_client_common {
   const char *host;
@@ -41,10 +50,19 @@ typedef struct bench_client_common {
   double duration_s;
   int json;
   const char *qlog_dir;
+  bench_sim sim;
 } bench_client_common;
 
 /* The most flags one subcommand has. */
-#define BENCH_MAX_FLAGS 24
+#define BENCH_MAX_FLAGS 40
+
+/* Appends the conditioner's flags (--loss, --delay, --jitter, --reorder)
+ * to flags after n entries; returns the new count. Sets s to 0. */
+size_t bench_sim_flags(bench_flag *flags, size_t n, bench_sim *s);
+
+struct qrpc_conn_opts;
+/* Applies s to o. */
+void bench_sim_apply(const bench_sim *s, struct qrpc_conn_opts *o);
 
 /* Appends the client flags shared by every family to flags (which has
  * room for BENCH_MAX_FLAGS) after n entries; returns the new count. Sets

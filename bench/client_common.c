@@ -59,6 +59,7 @@ void bench_client_opts(const bench_client_common *c, qrpc_client_opts *o) {
    * the run's setup timeout. */
   o->conn.handshake_timeout_ms = HANDSHAKE_TIMEOUT_MS;
   o->conn.qlog_dir = c->qlog_dir;
+  bench_sim_apply(&c->sim, &o->conn);
   o->rpc.max_frame = BENCH_MAX_FRAME;
   if (o->rpc.max_buffered < 2 * (size_t)BENCH_MAX_FRAME)
     o->rpc.max_buffered = 2 * (size_t)BENCH_MAX_FRAME;

@@ -40,7 +40,7 @@ size_t bench_server_common_flags(bench_flag *flags, size_t n,
   };
   for (size_t i = 0; i < sizeof(common) / sizeof(common[0]); i++)
     if (n < BENCH_MAX_FLAGS) flags[n++] = common[i];
-  return n;
+  return bench_sim_flags(flags, n, &c->sim);
 }
 
 void bench_server_opts(const bench_server_common *c, qrpc_server_opts *o) {
@@ -52,6 +52,7 @@ void bench_server_opts(const bench_server_common *c, qrpc_server_opts *o) {
   o->endpoint.conn.idle_timeout_ms = BENCH_SERVER_IDLE_TIMEOUT_MS;
   if (c->max_udp_payload)
     o->endpoint.conn.max_udp_payload = (size_t)c->max_udp_payload;
+  bench_sim_apply(&c->sim, &o->endpoint.conn);
   o->rpc.max_frame = BENCH_MAX_FRAME;
   if (o->rpc.max_buffered < 2 * (size_t)BENCH_MAX_FRAME)
     o->rpc.max_buffered = 2 * (size_t)BENCH_MAX_FRAME;

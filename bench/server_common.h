@@ -19,6 +19,7 @@ typedef struct bench_server_common {
   int precise_timers;       /* set by the family before bench_server_start() */
   struct event_base *base;  /* the loop's, when precise_timers */
   const char *metrics;      /* --metrics HOST:PORT, or NULL */
+  bench_sim sim;            /* --loss, --delay, ... */
 } bench_server_common;
 
 /* Appends the server flags to flags after n entries; returns the count. */

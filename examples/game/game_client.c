@@ -57,6 +57,7 @@ typedef struct options {
   unsigned long clients; /* 0: interactive, one client */
   unsigned long seconds; /* 0: until a signal (interactive only) */
   unsigned long timeout_s;
+  unsigned long loss_pct, delay_ms; /* link conditioner; 0: off */
   int verbose;
 } options;
 
@@ -110,7 +111,8 @@ static void usage(FILE *f) {
           "usage: " PROG " [--connect HOST:PORT] [--ca PEM] [--servername "
           "NAME]\n"
           "                   [--cert PEM --key PEM] [--hz N] [--clients N]\n"
-          "                   [--seconds S] [--timeout S] [--verbose]\n"
+          "                   [--seconds S] [--timeout S] [--loss PCT]\n"
+          "                   [--delay MS] [--verbose]\n"
           "\n"
           "  --connect HOST:PORT  the server (default 127.0.0.1:4433)\n"
           "  --ca PEM             CA to trust (default build/certs/ca.pem)\n"
@@ -127,6 +129,10 @@ static void usage(FILE *f) {
           "                       until SIGINT)\n"
           "  --timeout S          give up when not all joined within S\n"
           "                       seconds, 1..3600 (default 5)\n"
+          "  --loss PCT           drop PCT%% of the packets sent, 0..100, and\n"
+          "  --delay MS           hold them MS ms, 0..10000: the link\n"
+          "                       conditioner, for trying the game on a bad\n"
+          "                       network (development only)\n"
           "  --verbose            log qrpc debug messages to stderr\n",
           MAX_CLIENTS);
 }
@@ -151,7 +157,7 @@ static int parse_args(int argc, char **argv, options *o) {
       continue;
     }
     const char **str = NULL;
-    unsigned long *num = NULL, max = 3600;
+    unsigned long *num = NULL, min = 1, max = 3600;
     if (strcmp(a, "--connect") == 0) {
       str = &o->connect;
     } else if (strcmp(a, "--ca") == 0) {
@@ -172,6 +178,14 @@ static int parse_args(int argc, char **argv, options *o) {
       num = &o->seconds;
     } else if (strcmp(a, "--timeout") == 0) {
       num = &o->timeout_s;
+    } else if (strcmp(a, "--loss") == 0) {
+      num = &o->loss_pct;
+      min = 0;
+      max = 100;
+    } else if (strcmp(a, "--delay") == 0) {
+      num = &o->delay_ms;
+      min = 0;
+      max = 10000;
     } else {
       fprintf(stderr, PROG ": unknown argument '%s'\n", a);
       usage(stderr);
@@ -184,11 +198,11 @@ static int parse_args(int argc, char **argv, options *o) {
     const char *v = argv[++i];
     if (str != NULL) {
       *str = v;
-    } else if (game_parse_ulong(v, 1, max, num) != 0) {
+    } else if (game_parse_ulong(v, min, max, num) != 0) {
       fprintf(stderr,
-              PROG ": %s expects a whole number from 1 to %lu, not "
+              PROG ": %s expects a whole number from %lu to %lu, not "
                    "'%s'\n",
-              a, max, v);
+              a, min, max, v);
       return -1;
     }
   }
@@ -341,6 +355,8 @@ static int sim_start(game *g, sim *c, qrpc_tls_config *tls) {
   co.user_data = c;
   /* Attempts fail (and say why) well before the overall timeout. */
   co.conn.handshake_timeout_ms = g->opt.timeout_s * 1000 / 2;
+  co.conn.sim_loss_pct = (double)g->opt.loss_pct;
+  co.conn.sim_delay_ms = (uint32_t)g->opt.delay_ms;
   int rc = qrpc_client_new(g->loop, g->opt.connect, tls, &co, &c->cli);
   if (rc != 0) {
     c->cli = NULL;

@@ -54,6 +54,7 @@ typedef struct options {
   const char *metrics;
   unsigned long tick_hz;
   unsigned long bots;
+  unsigned long loss_pct, delay_ms; /* link conditioner; 0: off */
   int verbose;
 } options;
 
@@ -114,7 +115,8 @@ static void usage(FILE *f) {
   fprintf(f,
           "usage: " PROG " [--listen HOST:PORT] [--cert PEM] [--key PEM]\n"
           "                   [--client-ca PEM] [--tick-hz N] [--bots N]\n"
-          "                   [--metrics HOST:PORT] [--verbose]\n"
+          "                   [--metrics HOST:PORT] [--loss PCT] [--delay MS]\n"
+          "                   [--verbose]\n"
           "\n"
           "  --listen HOST:PORT  address (default 127.0.0.1:4433; port 0\n"
           "                      picks a free port)\n"
@@ -132,6 +134,10 @@ static void usage(FILE *f) {
           "                      (default 200: the world then takes two\n"
           "                      datagrams per tick)\n"
           "  --metrics HOST:PORT serve Prometheus metrics at /metrics\n"
+          "  --loss PCT          drop PCT%% of the packets sent, 0..100, and\n"
+          "  --delay MS          hold them MS ms, 0..10000: the link\n"
+          "                      conditioner, for trying the game on a bad\n"
+          "                      network (development only)\n"
           "  --verbose           log joins and qrpc debug messages\n"
           "\n"
           "Serves qrpc.examples.game.Game and the health service. Prints\n"
@@ -211,6 +217,12 @@ static int parse_args(int argc, char **argv, options *o) {
     } else if (strcmp(a, "--bots") == 0) {
       num = &o->bots;
       max = MAX_PLAYERS;
+    } else if (strcmp(a, "--loss") == 0) {
+      num = &o->loss_pct;
+      max = 100;
+    } else if (strcmp(a, "--delay") == 0) {
+      num = &o->delay_ms;
+      max = 10000;
     } else {
       fprintf(stderr, PROG ": unknown argument '%s'\n", a);
       usage(stderr);
@@ -641,6 +653,9 @@ int main(int argc, char **argv) {
   }
   qrpc_server_opts so;
   qrpc_server_opts_default(&so);
+  /* Development only: the link conditioner on what the server sends. */
+  so.endpoint.conn.sim_loss_pct = (double)s->opt.loss_pct;
+  so.endpoint.conn.sim_delay_ms = (uint32_t)s->opt.delay_ms;
   so.on_peer_close = on_peer_close;
   so.user_data = s;
   rc = qrpc_server_new(s->loop, s->opt.listen, tls, &so, &s->srv);

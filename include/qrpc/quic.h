@@ -110,6 +110,8 @@ typedef struct qrpc_conn_stats {
                               write returned QRPC_EAGAIN) */
   uint64_t flow_blocked;   /* times a stream waited for the peer's flow
                               control credit (MAX_STREAM_DATA) */
+  uint64_t sim_dropped;    /* packets the link conditioner dropped
+                              (qrpc_conn_opts.sim_loss_pct) */
 } qrpc_conn_stats;
 
 /* 0-RTT on a connection (qrpc_conn_stats.early_data). */
@@ -215,6 +217,22 @@ typedef struct qrpc_conn_opts {
    * second regardless (NAT rebinding). Values at or above idle_timeout_ms
    * are lowered to half of it. */
   uint64_t keepalive_ms;
+  /* Link conditioner, for development only (docs/datagrams.md, "Link
+   * conditioner"), like other game stacks' fake lag and loss: this side's
+   * outgoing packets are dropped with probability sim_loss_pct percent;
+   * the others are held sim_delay_ms plus a uniform 0..sim_jitter_ms, and
+   * a sim_reorder_pct percent share of them sim_reorder_ms (default 10)
+   * more, so that later packets overtake them. All 0, the default: off,
+   * and packets leave as without it. The first connection of the
+   * process with it on logs a warning that says so. sim_seed seeds the
+   * connection's draws (0: a random seed); set it for repeatable runs. Set it
+   * on both sides to condition both directions. */
+  double sim_loss_pct;
+  double sim_reorder_pct;
+  uint32_t sim_delay_ms;
+  uint32_t sim_jitter_ms;
+  uint32_t sim_reorder_ms;
+  uint64_t sim_seed;
 } qrpc_conn_opts;
 
 void qrpc_conn_opts_default(qrpc_conn_opts *o);

@@ -14,6 +14,7 @@
 #include "qrpc/error.h"
 #include "quic/addr.h"
 #include "quic/close.h"
+#include "quic/conditioner.h"
 #include "quic/endpoint.h"
 #include "quic/loop.h"
 #include "quic/stream.h"
@@ -122,6 +123,8 @@ void qrpci_conn_free(qrpc_conn *c) {
     c->dnsreq = NULL;
   }
   if (c->ep) qrpci_endpoint_conn_gone(c->ep, c);
+  qrpci_sim_free(c->sim); /* what it holds leaves now */
+  c->sim = NULL;
   qrpci_loop_remove_conn(c->loop, c);
   if (c->timer) event_free(c->timer);
   if (c->shutdown_ev) event_free(c->shutdown_ev);
@@ -212,7 +215,16 @@ static void send_packets(qrpc_conn *c, const ngtcp2_path *path,
   const struct sockaddr *to = path ? (const struct sockaddr *)path->remote.addr
                                    : (const struct sockaddr *)&c->remote;
   socklen_t tolen = path ? (socklen_t)path->remote.addrlen : c->remotelen;
-  qrpci_sock_send(c->sock, to, tolen, data, len, seg);
+  if (!c->sim_started && qrpci_sim_wanted(&c->opts)) {
+    c->sim_started = 1;
+    c->sim = qrpci_sim_new(c->loop->base, c->sock, &c->opts,
+                           c->is_server ? "a server's connection"
+                                        : "a client's connection");
+  }
+  if (c->sim)
+    qrpci_sim_send(c->sim, to, tolen, data, len, seg);
+  else
+    qrpci_sock_send(c->sock, to, tolen, data, len, seg);
   c->stats.bytes_sent += len;
   c->stats.pkts_sent += seg ? (len + seg - 1) / seg : 1;
 }
@@ -1429,6 +1441,7 @@ void qrpci_conn_keep_chain(qrpc_conn *c, const qrpc_cert *chain, size_t n) {
 
 void qrpc_conn_get_stats(qrpc_conn *c, qrpc_conn_stats *st) {
   *st = c->stats;
+  st->sim_dropped = qrpci_sim_dropped(c->sim);
   if (!c->q) return;
   ngtcp2_conn_info ci;
   ngtcp2_conn_get_conn_info(c->q, &ci);

@@ -93,6 +93,8 @@ struct qrpc_conn {
 
   qrpci_sock own_sock;       /* client: its own connected socket */
   qrpci_sock *sock;          /* the socket packets go out on */
+  struct qrpci_sim *sim;     /* link conditioner (opts.sim_*), or NULL */
+  int sim_started;           /* it was created, or tried */
   struct event *read_ev;     /* client only */
   struct event *timer;       /* ngtcp2 expiry, closing period, start */
   struct event *shutdown_ev; /* graceful shutdown deadline */
