@@ -38,6 +38,7 @@ typedef struct ps_opts {
   uint64_t rate;
   uint64_t window;
   const char *topic;
+  uint64_t sub_port; /* 0, or every other subscriber's broker (a node) */
 } ps_opts;
 
 typedef struct ps_bench ps_bench;
@@ -240,12 +241,18 @@ static int open_clients(ps_bench *b, ps_sub *pub_state) {
   bench_client_opts(&b->o.c, &o.client);
   o.on_ready = on_ready;
   o.on_disconnect = on_disconnect;
+  char other[300];
+  if (b->o.sub_port &&
+      bench_join_addr(other, sizeof(other), b->o.c.host, b->o.sub_port) != 0) {
+    fprintf(stderr, "%s: --host %s is too long\n", b->prog, b->o.c.host);
+    return 1;
+  }
   for (size_t i = 0; i < b->o.subs; i++) {
     ps_sub *s = &b->subs[i];
     s->b = b;
     o.user_data = s;
-    int rc = qrpc_broker_client_new(b->env.loop, b->env.addr, b->env.tls, &o,
-                                    &s->bc);
+    const char *addr = b->o.sub_port && i % 2 ? other : b->env.addr;
+    int rc = qrpc_broker_client_new(b->env.loop, addr, b->env.tls, &o, &s->bc);
     if (rc == 0)
       rc = qrpc_broker_subscribe(s->bc, b->o.topic, NULL, &sub_cbs, s, NULL);
     if (rc != 0) {
@@ -300,6 +307,7 @@ static void report(ps_bench *b) {
   bench_report_param_uint(&r, "size", b->o.size);
   bench_report_param_uint(&r, "rate", b->o.rate);
   bench_report_param_uint(&r, "window", b->o.window);
+  bench_report_param_uint(&r, "sub_port", b->o.sub_port);
   bench_report_param_num(&r, "measured_s", secs);
   bench_report_param_num(&r, "client_cpu_s", bench_cpu_s());
   bench_report_num(&r, "delivered_per_s", dps, 1);
@@ -330,6 +338,7 @@ static int parse(ps_bench *b, int argc, char **argv) {
   o->rate = 0;
   o->window = 1000;
   o->topic = "bench.fanout";
+  o->sub_port = 0;
   const bench_flag own[] = {
       {"--subs", BENCH_FLAG_UINT, &o->subs, 1, MAX_SUBS, NULL, "N",
        "subscriber connections", 0, 0},
@@ -343,6 +352,10 @@ static int parse(ps_bench *b, int argc, char **argv) {
        0, 0},
       {"--topic", BENCH_FLAG_STR, &o->topic, 0, 0, NULL, "TOPIC",
        "the topic published and subscribed", 0, 0},
+      {"--sub-port", BENCH_FLAG_UINT, &o->sub_port, 0, 65535, NULL, "P",
+       "every other subscriber connects to the broker at this port, "
+       "another node of a cluster (the publisher stays on --port)",
+       0, 0},
   };
   for (size_t i = 0; i < sizeof(own) / sizeof(own[0]); i++) flags[n++] = own[i];
   return bench_args_parse(
