@@ -158,6 +158,8 @@ typedef struct qrpc_broker_cluster_stats {
                                 consumer */
   uint64_t subscribe_failed; /* interests NATS refused or could not take */
   uint64_t reconnects;
+  uint64_t retained_received; /* retained messages from the JetStream
+                                 stream, every node's own included */
 } qrpc_broker_cluster_stats;
 
 /* Fills st (all zero without opts.cluster). Loop thread. */

@@ -597,10 +597,16 @@ static int publish(bconn *c, const Qrpc__Broker__PublishRequest *r, wstr t,
   *nsubs = (uint32_t)fanout(b, m);
   qrpci_bmsg_unref(m);
   /* Delivered here first; a failure to hand it to NATS is counted and
-   * logged by the cluster (it then reached this node's subscribers only). */
-  if (b->cluster)
+   * logged by the cluster (it then reached this node's subscribers only).
+   * A retained one is also stored in the cluster's JetStream stream, for
+   * late subscribers on every node. */
+  if (b->cluster) {
     qrpci_cluster_publish(b->cluster, t.p, t.len, r->payload.data,
                           r->payload.len);
+    if (r->retain)
+      qrpci_cluster_retain(b->cluster, t.p, t.len, r->payload.data,
+                           r->payload.len);
+  }
   return QRPC_STATUS_OK;
 }
 
@@ -784,10 +790,35 @@ static void interest_del(qrpc_broker *b, bsub *s) {
  * matching several patterns comes once through each of their NATS
  * subscriptions. A queue group's messages all come this way, this node's
  * own publishes included, when its queue subscription is open. */
+/* A retained message from the cluster's JetStream stream, published on
+ * any node (this one's own come back too): stored as a local retained
+ * publish would be, not delivered (it travelled live as any publish). A
+ * message that does not fit the store is dropped, as a refused publish
+ * would be. */
+static void cluster_retained(qrpc_broker *b, const char *topic,
+                             size_t topic_len, const uint8_t *payload,
+                             size_t len) {
+  const char *why = qrpci_topic_problem(topic, topic_len, 0);
+  if (!why && len > b->opts.max_payload) why = "a payload over max_payload";
+  if (why) {
+    qrpci_cluster_malformed(b->cluster, why);
+    return;
+  }
+  if (retain_msg(b, topic, topic_len, payload, len, &why) != QRPC_STATUS_OK) {
+    logstr ls;
+    QRPCI_DEBUG("broker: cluster: retained message on '%s' not kept: %s",
+                log_strn(&ls, (wstr){topic, topic_len}, 64), why);
+  }
+}
+
 static void cluster_deliver(void *ctx, uint64_t id, const char *topic,
                             size_t topic_len, const uint8_t *payload,
                             size_t len) {
   qrpc_broker *b = ctx;
+  if (id == 0) {
+    cluster_retained(b, topic, topic_len, payload, len);
+    return;
+  }
   cpat *x = qrpci_u64map_get(&b->cpat_by_id, id);
   if (!x) return; /* its last subscriber left meanwhile */
   const char *why = qrpci_topic_problem(topic, topic_len, 0);

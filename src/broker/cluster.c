@@ -151,6 +151,9 @@ void qrpci_cluster_get_stats(qrpci_cluster *cl, qrpc_broker_cluster_stats *st) {
   memset(st, 0, sizeof(*st));
 }
 void qrpci_cluster_free(qrpci_cluster *cl) {}
+void qrpci_cluster_retain(qrpci_cluster *cl, const char *topic,
+                          size_t topic_len, const uint8_t *payload,
+                          size_t len) {}
 
 #else
 
@@ -195,7 +198,30 @@ struct qrpci_cluster_sub {
   uint64_t id;
 };
 
+/* Retained messages in JetStream: a stream holding the last message of
+ * each subject PREFIX-retained.TOPIC, and an ordered consumer of it on
+ * every node that replays the last of each subject and then follows. Set
+ * up by a thread of its own on a connection of its own (nats.c's threads,
+ * not the loop), since JetStream's management calls block. */
+typedef struct retained_js {
+  natsConnection *nc; /* under cl->mu until the thread is joined */
+  jsCtx *js;
+  natsSubscription *sub;
+  pthread_t thread;
+  int thread_started;
+  atomic_int stop;
+  atomic_int closed;
+  char root[PREFIX_MAX + 10]; /* "PREFIX-retained" */
+  size_t root_len;
+  char stream[PREFIX_MAX + 16];
+  char urlbuf[URLS_MAX * (URL_MAX + 1)];
+  const char *urls[URLS_MAX];
+  int nurls;
+  char *user, *password, *token;
+} retained_js;
+
 struct qrpci_cluster {
+  retained_js rjs;
   qrpc_loop *loop;
   qrpci_cluster_deliver_fn deliver;
   void *ctx;
@@ -308,15 +334,19 @@ static void handle(qrpci_cluster *cl, item *it) {
     size_t sl = subj ? strlen(subj) : 0;
     const uint8_t *data = (const uint8_t *)natsMsg_GetData(it->msg);
     int len = natsMsg_GetDataLength(it->msg);
-    if (sl <= cl->prefix_len + 1 ||
-        memcmp(subj, cl->prefix, cl->prefix_len) != 0 ||
-        subj[cl->prefix_len] != '.' || len < 0) {
+    /* Interest 0 is the retained stream's consumer. */
+    const char *root = it->id ? cl->prefix : cl->rjs.root;
+    size_t rl = it->id ? cl->prefix_len : cl->rjs.root_len;
+    if (sl <= rl + 1 || memcmp(subj, root, rl) != 0 || subj[rl] != '.' ||
+        len < 0) {
       qrpci_cluster_malformed(cl, "a subject outside the broker's prefix");
     } else {
-      cl->st.received++;
-      cl->deliver(cl->ctx, it->id, subj + cl->prefix_len + 1,
-                  sl - cl->prefix_len - 1, data ? data : (const uint8_t *)"",
-                  (size_t)len);
+      if (it->id)
+        cl->st.received++;
+      else
+        cl->st.retained_received++;
+      cl->deliver(cl->ctx, it->id, subj + rl + 1, sl - rl - 1,
+                  data ? data : (const uint8_t *)"", (size_t)len);
     }
     natsMsg_Destroy(it->msg);
     break;
@@ -371,6 +401,170 @@ static void on_wake(evutil_socket_t fd, short what, void *arg) {
     handle(cl, it);
     it = next;
   }
+}
+
+/* ---- Retained messages in JetStream ---------------------------------- */
+
+static void on_rclosed(natsConnection *nc, void *closure) {
+  qrpci_cluster *cl = closure;
+  atomic_store(&cl->rjs.closed, 1);
+}
+
+/* Sleeps up to ms, in steps, unless asked to stop; returns 1 to stop. */
+static int rjs_pause(retained_js *r, int ms) {
+  for (int i = 0; i < ms / 50; i++) {
+    if (atomic_load(&r->stop)) return 1;
+    struct timespec ts = {0, 50 * 1000000};
+    nanosleep(&ts, NULL);
+  }
+  return atomic_load(&r->stop);
+}
+
+static void *rjs_main(void *arg) {
+  qrpci_cluster *cl = arg;
+  retained_js *r = &cl->rjs;
+  natsOptions *no = NULL;
+  natsConnection *nc = NULL;
+  natsStatus s = natsOptions_Create(&no);
+  if (s == NATS_OK) s = natsOptions_SetServers(no, r->urls, r->nurls);
+  if (s == NATS_OK) s = natsOptions_SetName(no, "qrpc-broker retained");
+  if (s == NATS_OK && r->user)
+    s = natsOptions_SetUserInfo(no, r->user, r->password ? r->password : "");
+  if (s == NATS_OK && r->token) s = natsOptions_SetToken(no, r->token);
+  if (s == NATS_OK) s = natsOptions_SetNoRandomize(no, true);
+  if (s == NATS_OK) s = natsOptions_SetMaxReconnect(no, -1);
+  if (s == NATS_OK) s = natsOptions_SetReconnectWait(no, 250);
+  if (s == NATS_OK) s = natsOptions_SetTimeout(no, 1000);
+  if (s == NATS_OK)
+    s = natsOptions_SetRetryOnFailedConnect(no, true, NULL, NULL);
+  if (s == NATS_OK) s = natsOptions_SetClosedCB(no, on_rclosed, cl);
+  if (s == NATS_OK) {
+    s = natsConnection_Connect(&nc, no);
+    if (s == NATS_NOT_YET_CONNECTED) s = NATS_OK;
+  }
+  natsOptions_Destroy(no);
+  if (s != NATS_OK) {
+    QRPCI_WARN("broker: cluster: retained messages stay on each node: no "
+               "NATS connection for JetStream (%s)",
+               natsStatus_GetText(s));
+    return NULL;
+  }
+  pthread_mutex_lock(&cl->mu);
+  r->nc = nc;
+  pthread_mutex_unlock(&cl->mu);
+
+  jsOptions jo;
+  jsOptions_Init(&jo);
+  jo.Wait = 2000;
+  if ((s = natsConnection_JetStream(&r->js, nc, &jo)) != NATS_OK) return NULL;
+  char subjects[PREFIX_MAX + 16];
+  snprintf(subjects, sizeof(subjects), "%s.>", r->root);
+  const char *subj[1] = {subjects};
+  int logged = 0;
+  for (;;) {
+    jsStreamConfig sc;
+    jsStreamConfig_Init(&sc);
+    sc.Name = r->stream;
+    sc.Subjects = subj;
+    sc.SubjectsLen = 1;
+    sc.MaxMsgsPerSubject = 1;
+    jsErrCode jerr = 0;
+    jsStreamInfo *si = NULL;
+    s = js_AddStream(&si, r->js, &sc, NULL, &jerr);
+    jsStreamInfo_Destroy(si);
+    if (s == NATS_OK || jerr == JSStreamNameExistErr) {
+      qrpci_cluster_sub *cs = calloc(1, sizeof(*cs));
+      jsSubOptions so;
+      jsSubOptions_Init(&so);
+      so.Stream = r->stream;
+      so.Ordered = true;
+      so.Config.DeliverPolicy = js_DeliverLastPerSubject;
+      s = cs ? js_Subscribe(&r->sub, r->js, subjects, on_msg, cs, NULL, &so,
+                            &jerr)
+             : NATS_NO_MEMORY;
+      if (s == NATS_OK) {
+        cs->cl = cl; /* id 0: the retained stream */
+        atomic_fetch_add(&cl->live_subs, 1);
+        if (natsSubscription_SetOnCompleteCB(r->sub, on_sub_complete, cs) !=
+            NATS_OK)
+          atomic_fetch_sub(&cl->live_subs, 1); /* cs is kept, as above */
+        QRPCI_INFO("broker: cluster: retained messages shared through "
+                   "JetStream stream %s",
+                   r->stream);
+        return NULL;
+      }
+      free(cs);
+    }
+    if (!logged++)
+      QRPCI_WARN("broker: cluster: retained messages stay on each node until "
+                 "JetStream answers (%s%s); retrying",
+                 natsStatus_GetText(s),
+                 jerr == JSNotEnabledErr ? ": JetStream is not enabled" : "");
+    if (rjs_pause(r, 500)) return NULL;
+  }
+}
+
+/* Starts the JetStream side (the thread connects and retries on its own).
+ * Returns 0 or QRPC_ENOMEM. */
+static int rjs_start(qrpci_cluster *cl, const qrpc_broker_opts *o,
+                     const char *urls) {
+  retained_js *r = &cl->rjs;
+  atomic_init(&r->stop, 0);
+  atomic_init(&r->closed, 0);
+  r->root_len =
+      (size_t)snprintf(r->root, sizeof(r->root), "%s-retained", cl->prefix);
+  /* A stream's name allows no '.', '*', '>' or space. */
+  snprintf(r->stream, sizeof(r->stream), "%s_RETAINED", cl->prefix);
+  for (char *p = r->stream; *p; p++)
+    if (*p == '.' || *p == '*' || *p == '>') *p = '_';
+  snprintf(r->urlbuf, sizeof(r->urlbuf), "%s", urls);
+  for (char *t = r->urlbuf, *save = NULL; r->nurls < URLS_MAX; t = NULL) {
+    char *u = strtok_r(t, ",", &save);
+    if (!u) break;
+    r->urls[r->nurls++] = u;
+  }
+  if ((o->cluster_user && !(r->user = strdup(o->cluster_user))) ||
+      (o->cluster_password && !(r->password = strdup(o->cluster_password))) ||
+      (o->cluster_token && !(r->token = strdup(o->cluster_token))))
+    return QRPC_ENOMEM;
+  if (pthread_create(&r->thread, NULL, rjs_main, cl) != 0) return QRPC_ENOMEM;
+  r->thread_started = 1;
+  return 0;
+}
+
+/* Stops the thread and closes what it opened; the caller waits for
+ * rjs.closed and live_subs. */
+static void rjs_stop(qrpci_cluster *cl) {
+  retained_js *r = &cl->rjs;
+  atomic_store(&r->stop, 1);
+  if (r->thread_started) pthread_join(r->thread, NULL);
+  r->thread_started = 0;
+  if (r->sub) {
+    natsSubscription_Unsubscribe(r->sub);
+    natsSubscription_Destroy(r->sub);
+    r->sub = NULL;
+  }
+  if (r->js) jsCtx_Destroy(r->js);
+  r->js = NULL;
+  if (r->nc) natsConnection_Close(r->nc);
+}
+
+void qrpci_cluster_retain(qrpci_cluster *cl, const char *topic,
+                          size_t topic_len, const uint8_t *payload,
+                          size_t len) {
+  char subj[PREFIX_MAX + 10 + 1 + 256 + 1];
+  pthread_mutex_lock(&cl->mu);
+  natsConnection *nc = cl->rjs.nc;
+  pthread_mutex_unlock(&cl->mu);
+  if (!nc || cl->rjs.root_len + 1 + topic_len + 1 > sizeof(subj) ||
+      len > INT32_MAX)
+    return;
+  memcpy(subj, cl->rjs.root, cl->rjs.root_len);
+  subj[cl->rjs.root_len] = '.';
+  memcpy(subj + cl->rjs.root_len + 1, topic, topic_len);
+  subj[cl->rjs.root_len + 1 + topic_len] = '\0';
+  if (natsConnection_Publish(nc, subj, payload, (int)len) != NATS_OK)
+    cl->st.publish_failed++;
 }
 
 /* ---- Setting up ------------------------------------------------------- */
@@ -488,6 +682,7 @@ int qrpci_cluster_new(qrpc_loop *loop, const qrpc_broker_opts *o,
   }
   rv = connect_one(cl, o, &cc[0], urls, n, err, errlen);
   if (rv == 0) rv = connect_one(cl, o, &cc[1], urls, n, err, errlen);
+  if (rv == 0) rv = rjs_start(cl, o, o->cluster);
   if (rv != 0) {
     qrpci_cluster_free(cl);
     return rv;
@@ -608,6 +803,7 @@ void qrpci_cluster_get_stats(qrpci_cluster *cl, qrpc_broker_cluster_stats *st) {
 
 void qrpci_cluster_free(qrpci_cluster *cl) {
   if (!cl) return;
+  rjs_stop(cl);
   for (int i = 0; i < 2; i++)
     if (cl->nc[i]) natsConnection_Close(cl->nc[i]);
   /* nats.c's threads run their last callbacks (closed, completion of every
@@ -615,16 +811,25 @@ void qrpci_cluster_free(qrpci_cluster *cl) {
   for (int ms = 0; ms < 2000; ms++) {
     if (atomic_load(&cl->live_subs) == 0 &&
         (!cl->nc[0] || atomic_load(&cl->closed[0])) &&
-        (!cl->nc[1] || atomic_load(&cl->closed[1])))
+        (!cl->nc[1] || atomic_load(&cl->closed[1])) &&
+        (!cl->rjs.nc || atomic_load(&cl->rjs.closed)))
       break;
     struct timespec ts = {0, 1000000};
     nanosleep(&ts, NULL);
   }
   int done = atomic_load(&cl->live_subs) == 0 &&
              (!cl->nc[0] || atomic_load(&cl->closed[0])) &&
-             (!cl->nc[1] || atomic_load(&cl->closed[1]));
+             (!cl->nc[1] || atomic_load(&cl->closed[1])) &&
+             (!cl->rjs.nc || atomic_load(&cl->rjs.closed));
   for (int i = 0; i < 2; i++)
     if (cl->nc[i]) natsConnection_Destroy(cl->nc[i]);
+  if (cl->rjs.nc) natsConnection_Destroy(cl->rjs.nc);
+  free(cl->rjs.user);
+  if (cl->rjs.password)
+    explicit_bzero(cl->rjs.password, strlen(cl->rjs.password));
+  free(cl->rjs.password);
+  if (cl->rjs.token) explicit_bzero(cl->rjs.token, strlen(cl->rjs.token));
+  free(cl->rjs.token);
   if (!done) {
     /* A callback may still come: leave what it touches allocated. */
     QRPCI_WARN("broker: cluster: nats.c did not finish closing in 2 s");

@@ -28,7 +28,9 @@ typedef struct qrpci_cluster qrpci_cluster;
 typedef struct qrpci_cluster_sub qrpci_cluster_sub;
 
 /* A message from NATS for the local subscriptions of interest id (the id
- * given to qrpci_cluster_subscribe()); topic and payload are borrowed for
+ * given to qrpci_cluster_subscribe()), or with id 0 a retained message
+ * from the JetStream stream (qrpci_cluster_retain()); topic and payload
+ * are borrowed for
  * the call. topic is the subject without the prefix, unchecked: the
  * broker checks it as it checks a publisher's. Loop thread. */
 typedef void (*qrpci_cluster_deliver_fn)(void *ctx, uint64_t id,
@@ -52,6 +54,13 @@ int qrpci_cluster_new(qrpc_loop *loop, const qrpc_broker_opts *o,
  * (the message could not be handed to nats.c: counted in publish_failed,
  * logged once; it reached local subscribers only). */
 int qrpci_cluster_publish(qrpci_cluster *cl, const char *topic,
+                          size_t topic_len, const uint8_t *payload, size_t len);
+
+/* Stores a local retained publish (an empty payload clears) in the
+ * cluster's JetStream stream, whose consumers on every node, this one
+ * included, hand it back through deliver with interest id 0. Dropped
+ * (counted in publish_failed) while JetStream is not set up. */
+void qrpci_cluster_retain(qrpci_cluster *cl, const char *topic,
                           size_t topic_len, const uint8_t *payload, size_t len);
 
 /* Whether a publish of a topic of topic_len bytes and len bytes of payload

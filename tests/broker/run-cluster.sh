@@ -8,7 +8,8 @@
 # subscriber (seen in nats-server's /subsz), the ACL on both sides, a NATS
 # server killed (cross-node traffic resumes through the other), NATS
 # unreachable at a broker's start (it serves alone, then joins), a queue
-# group spread over both nodes, and bad
+# group spread over both nodes, retained messages through JetStream, a
+# killed broker node whose subscriber fails over, and bad
 # --cluster values. Every process started is killed on exit, failure
 # included. A missing nats-server is a failure: scripts/setup.sh installs
 # it.
@@ -238,6 +239,37 @@ for m in qa1 qa2 qb1; do
   [ -s "$tmp/$m.sub" ] || fail "member $m got nothing: the group did not share"
 done
 echo "ok: a queue group of 3 over A and B got each of 300 messages once ($(wc -l <"$tmp/qa1.sub"), $(wc -l <"$tmp/qa2.sub") on A, $(wc -l <"$tmp/qb1.sub") on B)"
+
+# Retained messages live in JetStream: one published on B reaches a late
+# subscriber on A; a newer one replaces it; an empty one clears it.
+for _ in $(seq 200); do
+  grep -q 'retained messages shared through JetStream' "$tmp/a.err" &&
+    grep -q 'retained messages shared through JetStream' "$tmp/b.err" && break
+  sleep 0.05
+done
+grep -q 'retained messages shared through JetStream' "$tmp/a.err" ||
+  fail "A did not set up JetStream: $(cat "$tmp/a.err")"
+publish "$port_b" all -r ret.x first
+publish "$port_b" all -r ret.x second
+publish "$port_b" all -r ret.y kept
+publish "$port_b" all -r ret.z gone
+publish "$port_b" all -r ret.z </dev/null
+# late_retained PORT PATTERN WANT: a late subscriber gets WANT (sorted).
+late_retained() {
+  for _ in $(seq 100); do
+    timeout 10 "$sub" -s "127.0.0.1:$1" -t all "${cli[@]}" -F json \
+      --connect-timeout 5 "$2" >"$tmp/late.sub" 2>"$tmp/late.err" &
+    local lp=$!
+    sleep 0.3
+    kill -TERM "$lp" 2>/dev/null || true
+    wait "$lp" 2>/dev/null || true
+    [ "$(grep -o '"topic": *"[^"]*", *"payload": *"[^"]*"' "$tmp/late.sub" | tr -d ' ' | sort | tr '\n' ' ')" = "$3" ] && return 0
+    sleep 0.1
+  done
+  fail "a late subscriber on $1 to $2 got: $(cat "$tmp/late.sub")"
+}
+late_retained "$port_a" 'ret.>' '"topic":"ret.x","payload":"second" "topic":"ret.y","payload":"kept" '
+echo "ok: retained messages published on B reach a late subscriber on A (JetStream), the newest, cleared ones gone"
 
 # One NATS interest per distinct pattern, closed with its last subscriber.
 wait_interest "$m1" qrpc.i.one 0
