@@ -271,6 +271,20 @@ late_retained() {
 late_retained "$port_a" 'ret.>' '"topic":"ret.x","payload":"second" "topic":"ret.y","payload":"kept" '
 echo "ok: retained messages published on B reach a late subscriber on A (JetStream), the newest, cleared ones gone"
 
+# Realtime (datagram) subscriptions get cross-node publishes too, best
+# effort: a few publishes on B, one of which reaches a realtime subscriber
+# on A.
+subscribe rt "$port_a" all --realtime -n 1 'rt.>'
+rt_pid=$sub_pid
+for _ in $(seq 50); do
+  kill -0 "$rt_pid" 2>/dev/null || break
+  publish "$port_b" all rt.x live >/dev/null 2>&1 || true
+  sleep 0.1
+done
+wait "$rt_pid" || fail "the realtime subscriber on A got nothing from B"
+grep -qx 'rt.x live' "$tmp/rt.sub" || fail "realtime on A got: $(cat "$tmp/rt.sub")"
+echo "ok: a realtime subscriber on A receives publishes from B as datagrams"
+
 # One NATS interest per distinct pattern, closed with its last subscriber.
 wait_interest "$m1" qrpc.i.one 0
 subscribe i1 "$port_a" all -n 1 i.one
