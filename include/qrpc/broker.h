@@ -123,7 +123,10 @@ typedef struct qrpc_broker_opts {
 void qrpc_broker_opts_default(qrpc_broker_opts *o);
 
 /* Starts a broker listening on addr (as qrpc_server_new()). tls is
- * referenced. The ACL file, if any, is read now.
+ * referenced. The ACL file, if any, is read now. With opts.cluster, nats.c
+ * keeps events of its own on the loop while the broker lives, so
+ * qrpc_loop_run() does not return for lack of events: end it with
+ * qrpc_loop_stop() (after qrpc_broker_shutdown()'s on_done, say).
  * Errors: as qrpc_server_new(); QRPC_EINVAL (bad options or ACL file: the
  * reason is written to err, errlen bytes, NUL-terminated, or logged at
  * error level when err is NULL). */
@@ -180,7 +183,9 @@ int qrpc_broker_shutdown(qrpc_broker *b, uint64_t deadline_ms,
                          void *user_data);
 
 /* Closes every connection now and frees the broker. Not from inside one of
- * its callbacks. NULL is ignored. */
+ * its callbacks. NULL is ignored. With opts.cluster it also closes the
+ * NATS connections and waits, at most 2 s, for nats.c's threads to run
+ * their last callbacks. */
 void qrpc_broker_free(qrpc_broker *b);
 
 /* ==== The client ======================================================= */
