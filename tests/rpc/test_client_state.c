@@ -301,6 +301,60 @@ START_TEST(test_ready_lost_ready) {
 }
 END_TEST
 
+/* ---- A server that vanishes and stays down ------------------------------ */
+
+/* The server's process is killed (no word to the client) and nothing
+ * comes back: with a call waiting, dead-peer detection fails the READY
+ * connection with QRPC_EDEADPEER (was_ready set) well before the idle
+ * timeout, the call fails, and the client then keeps trying with backoff:
+ * each attempt fails (the closed port answers with ICMP) and the retry
+ * times grow to the cap. */
+START_TEST(test_server_vanishes_stays_down) {
+  qt_server srv;
+  state_rec r;
+  ck_assert_int_eq(qt_server_start(&srv, loop, "127.0.0.1:0", stls, NULL), 0);
+  qrpc_client *cli = client_new(&r, srv.addr, ctls, 5000);
+  ck_assert(qt_run_until_count(loop, &r.ready, 1, QT_WAIT_MS));
+  ck_assert_str_eq(r.seq, "CR");
+
+  qrpci_endpoint_vanish(srv.ep);
+  srv.ep = NULL;
+  uint64_t t0 = qt_now_ms();
+  qrpc_call_opts o = qt_call_opts(30000, -1);
+  qt_call_rec c;
+  ck_assert_int_eq(qt_call_rec_start(&c, NULL, cli, M_ECHO, "hi", 2, &o), 0);
+  ck_assert(qt_run_until_count(loop, &r.failed, 1, QT_WAIT_MS));
+  uint64_t took = qt_now_ms() - t0;
+  ck_assert_int_eq(r.seq[2], 'F');
+  ck_assert_int_eq(r.was_ready[2], 1);
+  ck_assert_msg(r.error[2] == QRPC_EDEADPEER, "lost with %s",
+                qrpc_strerror(r.error[2]));
+  ck_assert_int_eq(r.has_close[2], 1);
+  ck_assert_int_eq(r.close[2].kind, QRPC_CLOSE_DEAD_PEER);
+  /* Found by dead-peer detection, not by the 30 s idle timeout. */
+  ck_assert_msg(took < 10000, "took %llu ms", (unsigned long long)took);
+  ck_assert(qt_run_until_count(loop, &c.done, 1, QT_WAIT_MS));
+  ck_assert_int_eq(c.status, QRPC_STATUS_UNAVAILABLE);
+
+  /* It stays down: attempts keep failing, with backoff up to the cap. */
+  ck_assert(qt_run_until_count(loop, &r.failed, 6, QT_WAIT_MS));
+  check_failed_attempts(&r, 3, 11, 2, QRPC_EUNREACHABLE); /* 4 attempts */
+  /* At once after the loss, then half to all of a backoff that doubles
+   * from 50 ms up to the 200 ms cap. */
+  ck_assert_uint_eq(r.retry_in_ms[2], 0);
+  uint64_t d = 50;
+  for (size_t i = 4; i<11; i += 2, d = d * 2> 200 ? 200 : d * 2)
+    ck_assert_msg(r.retry_in_ms[i] >= d / 2 && r.retry_in_ms[i] <= d,
+                  "attempt %zu: retry in %llu ms, backoff %llu", i / 2,
+                  (unsigned long long)r.retry_in_ms[i], (unsigned long long)d);
+  ck_assert_int_eq(r.ready, 1);
+  ck_assert_int_eq(r.bad_info, 0);
+  qrpc_client_free(cli);
+  qt_server_stop(&srv);
+  ck_assert(qt_run_until_released(loop, QT_WAIT_MS));
+}
+END_TEST
+
 /* ---- Older callers ---------------------------------------------------- */
 
 /* A caller built before on_state passes the smaller size: accepted, and
@@ -328,6 +382,7 @@ static Suite *state_suite(void) {
   tcase_add_test(tc, test_silent_server);
   tcase_add_test(tc, test_wrong_ca);
   tcase_add_test(tc, test_ready_lost_ready);
+  tcase_add_test(tc, test_server_vanishes_stays_down);
   tcase_add_test(tc, test_old_opts_size);
   suite_add_tcase(s, tc);
   return s;
