@@ -42,25 +42,27 @@ for i in 1 2; do
   pids+=($!)
 done
 
-# start_broker N NATS_PORT: prints the broker's UDP port.
+# start_broker N NATS_PORT: starts broker N and sets b1 or b2 to its UDP
+# port (run in this shell, so that cleanup knows its pid).
 start_broker() {
   "$build/services/qrpc-broker" --listen 127.0.0.1:0 \
     --cert "$tmp/certs/server.pem" --key "$tmp/certs/server-key.pem" \
     --cluster "nats://127.0.0.1:$2" >"$tmp/b$1.out" 2>"$tmp/b$1.err" &
   pids+=($!)
+  local p=
   for _ in $(seq 200); do
     p=$(sed -n 's/^READY \([0-9][0-9]*\)$/\1/p' "$tmp/b$1.out")
     [ -n "$p" ] && grep -q 'connection joined NATS' "$tmp/b$1.err" &&
       grep -q 'queue-group connection joined NATS' "$tmp/b$1.err" &&
-      { echo "$p"; return 0; }
+      { eval "b$1=$p"; return 0; }
     sleep 0.05
   done
   echo "run-cluster: broker $1 did not start and join NATS:" >&2
   cat "$tmp/b$1.err" >&2
   return 1
 }
-b1=$(start_broker 1 "$c1")
-b2=$(start_broker 2 "$c2")
+start_broker 1 "$c1"
+start_broker 2 "$c2"
 echo "run-cluster: brokers on udp ports $b1 (NATS n1) and $b2 (NATS n2)"
 "$build/examples/chat" --demo "$users" --ca "$tmp/certs/ca.pem" \
   --connect "127.0.0.1:$b1,127.0.0.1:$b2"
