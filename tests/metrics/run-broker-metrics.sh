@@ -25,7 +25,7 @@ cert=$tmp/certs/server.pem
 key=$tmp/certs/server-key.pem
 ca=$tmp/certs/ca.pem
 
-"$broker" --help | grep -q -- '--metrics' || fail "--help does not list --metrics"
+grep -q -- '--metrics' <<<"$("$broker" --help)" || fail "--help does not list --metrics"
 
 "$broker" --listen 127.0.0.1:0 --cert "$cert" --key "$key" \
   --metrics 127.0.0.1:0 >"$tmp/out" 2>"$tmp/err" &
@@ -55,7 +55,7 @@ grep -q '^qrpc_broker_subscriptions 0$' "$tmp/scrape0" || fail "no subscriptions
 grep -q '^qrpc_broker_published_total 0$' "$tmp/scrape0" || fail "published not 0"
 echo "ok: scrape before traffic"
 
-http /other | head -1 | grep -q '^HTTP/1.1 404 ' || fail "/other did not get 404"
+grep -q '^HTTP/1.1 404 ' <<<"$(http /other)" || fail "/other did not get 404"
 echo "ok: other paths get 404"
 
 # Five chat users, three lines each: 15 publishes, each delivered to 5.

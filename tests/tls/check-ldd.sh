@@ -11,7 +11,10 @@ status=0
 mode=none
 for f in "$@"; do
   if [ "$f" = -- ]; then mode=one; continue; fi
-  libs=$(ldd "$f" | awk '$1 ~ /^lib(ssl|crypto)\.so/ {print $1 " " $3}' | sort || true)
+  # ldd's output is read whole first: a grep -q on a pipe from ldd can
+  # stop reading early, and under pipefail ldd's SIGPIPE fails the test.
+  deps=$(ldd "$f")
+  libs=$(awk '$1 ~ /^lib(ssl|crypto)\.so/ {print $1 " " $3}' <<<"$deps" | sort || true)
   n=$(printf '%s' "$libs" | grep -c . || true)
   names=$(printf '%s\n' "$libs" | awk 'NF {print $1}' | sort -u | grep -c . || true)
   foreign=$(printf '%s\n' "$libs" | awk 'NF && $2 !~ /^\/(usr\/)?lib(64)?\/(x86_64-linux-gnu\/)?lib(ssl|crypto)/' || true)
@@ -19,7 +22,7 @@ for f in "$@"; do
     echo "check-ldd: $f loads a libssl or libcrypto that is not the system's: $foreign"; status=1
   elif [ "$n" -ne "$names" ]; then
     echo "check-ldd: $f loads a libssl or libcrypto twice: $libs"; status=1
-  elif [ "$mode" = none ] && [ "$n" -ne 0 ] && ! ldd "$f" | grep -q 'libnats'; then
+  elif [ "$mode" = none ] && [ "$n" -ne 0 ] && ! grep -q 'libnats' <<<"$deps"; then
     echo "check-ldd: $f loads $libs without libnats needing it"; status=1
   elif [ "$mode" = one ] && [ "$n" -ne 2 ]; then
     echo "check-ldd: $f should load the system's libssl and libcrypto once each, loads: $libs"; status=1
