@@ -23,6 +23,7 @@
 #include "broker/topic.h"
 #include "qrpc/broker.qrpc.h"
 #include "quic/tls.h"
+#include "util/clock.h"
 #include "util/list.h"
 #include "util/log.h"
 #include "util/pbwire.h"
@@ -498,7 +499,7 @@ static void on_state(qrpc_client *cli, const qrpc_client_state_info *info,
   /* Another node: at once for a first pass over the list, then after the
    * backoff the client would have waited for this node. */
   uint64_t ms = ++bc->fails < bc->naddrs ? 0 : info->retry_in_ms;
-  struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+  struct timeval tv = qrpci_ns_to_tv(ms * 1000000u);
   evtimer_add(bc->switch_ev, &tv);
 }
 
@@ -533,7 +534,7 @@ static void on_switch(evutil_socket_t fd, short what, void *arg) {
                bc->addrs[bc->cur], qrpc_strerror(rv));
     bc->cli = NULL;
     uint64_t ms = bc->opts.client.backoff_max_ms;
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    struct timeval tv = qrpci_ns_to_tv(ms * 1000000u);
     evtimer_add(bc->switch_ev, &tv);
   }
 }

@@ -58,8 +58,7 @@ static void arm(qrpci_sim *s, uint64_t now) {
   if (qrpci_list_empty(&s->held)) return;
   held_pkt *h = QRPCI_CONTAINER_OF(s->held.next, held_pkt, node);
   uint64_t wait = h->due_ns > now ? h->due_ns - now : 0;
-  struct timeval tv = {(time_t)(wait / 1000000000u),
-                       (suseconds_t)(wait % 1000000000u / 1000u)};
+  struct timeval tv = qrpci_ns_to_tv(wait);
   evtimer_add(s->timer, &tv);
 }
 
