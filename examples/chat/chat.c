@@ -75,6 +75,9 @@
 /* After the last expected message, how long the demo waits for a
  * duplicate before it declares success. */
 #define DEMO_GRACE_MS 300
+/* With --connect A,B,... (a cluster), how long the demo lets the users'
+ * subscriptions spread through NATS before anyone sends. */
+#define DEMO_SETTLE_US 500000
 /* Problems the demo prints one by one before it only counts them. */
 #define DEMO_REPORT_MAX 20
 
@@ -818,13 +821,28 @@ static void demo_send(chat *c) {
     }
 }
 
+static void demo_send_cb(evutil_socket_t fd, short what, void *arg) {
+  (void)fd, (void)what;
+  demo_send(arg);
+}
+
 static void demo_on_subscribed(user *u) {
   chat *c = u->c;
   if (u->sub_confirmed) {
     fail(c, "%s was subscribed again: its connection was renewed", u->nick);
     return;
   }
-  if (++c->subscribed == c->n) demo_send(c);
+  if (++c->subscribed < c->n) return;
+  /* Across the nodes of a cluster a subscription reaches the other nodes
+   * through NATS a little after it is confirmed here (NATS delivers at
+   * most once to the interest it has): let it spread first. */
+  if (strchr(c->opt.connect, ',')) {
+    struct timeval settle = {0, DEMO_SETTLE_US};
+    event_base_once(qrpc_loop_base(c->loop), -1, EV_TIMEOUT, demo_send_cb, c,
+                    &settle);
+    return;
+  }
+  demo_send(c);
 }
 
 /* How many users share u's broker node (all of them on one broker): a

@@ -27,19 +27,30 @@ cleanup() {
 trap cleanup EXIT
 bash "$here/../../scripts/gen-certs.sh" "$tmp/certs" >/dev/null
 
-read -r c1 c2 r1 r2 <<<"$(python3 -c '
+read -r c1 c2 r1 r2 m1 m2 <<<"$(python3 -c '
 import socket
-s = [socket.socket() for _ in range(4)]
+s = [socket.socket() for _ in range(6)]
 for x in s: x.bind(("127.0.0.1", 0))
 print(" ".join(str(x.getsockname()[1]) for x in s))')"
 
 for i in 1 2; do
-  eval "port=\$c$i route=\$r$i"
+  eval "port=\$c$i route=\$r$i mon=\$m$i"
   other=$([ "$i" = 1 ] && echo "$r2" || echo "$r1")
-  nats-server -a 127.0.0.1 -p "$port" -n "n$i" --cluster_name chat \
+  nats-server -a 127.0.0.1 -p "$port" -m "$mon" -n "n$i" --cluster_name chat \
     --cluster "nats://127.0.0.1:$route" --routes "nats://127.0.0.1:$other" \
     >"$tmp/n$i.log" 2>&1 &
   pids+=($!)
+done
+
+# The two servers route to each other before any broker subscribes.
+for mon in "$m1" "$m2"; do
+  for _ in $(seq 200); do
+    curl -s "http://127.0.0.1:$mon/routez" 2>/dev/null >"$tmp/routez" || true
+    grep -q '"num_routes": *[1-9]' "$tmp/routez" && break
+    sleep 0.05
+  done
+  grep -q '"num_routes": *[1-9]' "$tmp/routez" ||
+    { echo "run-cluster: the NATS servers did not route to each other" >&2; exit 1; }
 done
 
 # start_broker N NATS_PORT: starts broker N and sets b1 or b2 to its UDP
