@@ -51,7 +51,27 @@ typedef struct qrpc_dgram_opts {
    * the oldest partial goes first. 0 = 4 * max_message plus overheads; at
    * least one message's worth. */
   size_t reassembly_bytes;
+  /* Snapshot channels (docs/datagrams.md, "Snapshots"): with
+   * snapshot_ring > 0 the channel carries a server's state tick by tick
+   * (qrpc_server_snapshot_new()), each as the difference from the last
+   * state that client acknowledged, and the client's function gets the
+   * full state. Each side keeps the last snapshot_ring states (at most
+   * QRPC_DGRAM_MAX_RING) as baselines. A snapshot channel is fragmented:
+   * max_message 0 means 64 KiB. Both sides must set the same options (the
+   * IDL options (qrpc.snapshot_ring) and (qrpc.snapshot_key) do). */
+  size_t snapshot_ring;
+  /* The field number of the state's repeated message field whose entries
+   * are matched by key, so only the entries that changed travel; 0: none,
+   * every top-level field is compared whole. */
+  uint32_t snapshot_entities;
+  /* The field number of the varint that keys an entry; 0 means 1. */
+  uint32_t snapshot_key;
 } qrpc_dgram_opts;
+
+/* The largest snapshot_ring. */
+#define QRPC_DGRAM_MAX_RING 64
+/* max_message of a snapshot channel that does not set it. */
+#define QRPC_DGRAM_SNAPSHOT_MESSAGE (64u * 1024)
 
 /* The default datagram size of a fragment: fits the smallest path QUIC
  * allows (1200-byte packets) whatever the connection ids' lengths. */
@@ -62,7 +82,9 @@ typedef struct qrpc_dgram_opts {
 void qrpc_dgram_opts_default(qrpc_dgram_opts *o);
 
 /* A datagram arrived on a registered channel. payload is borrowed for the
- * duration of the call. */
+ * duration of the call. On a snapshot channel, seq is the state's tick
+ * and payload the whole state, rebuilt from its delta; ticks only move
+ * forward. */
 typedef void (*qrpc_dgram_fn)(qrpc_peer *peer, uint32_t channel, uint64_t seq,
                               const uint8_t *payload, size_t len,
                               void *user_data);
@@ -121,6 +143,56 @@ int qrpc_peer_send_encoded(qrpc_peer *peer, const qrpc_dgram *d);
 /* Drops the caller's reference; NULL is ignored. */
 void qrpc_dgram_free(qrpc_dgram *d);
 
+/* One tick of a server's state on a snapshot channel, encoded at most
+ * once for each baseline its peers acknowledged, and once whole. */
+typedef struct qrpc_snapshot qrpc_snapshot;
+
+/* Makes state (copied; or packed with _msg) the server's state at tick on
+ * snapshot channel, and the newest baseline of the channel's ring. Ticks
+ * must increase from one call to the next. The snapshot carries the
+ * server's clock (CLOCK_MONOTONIC, in microseconds) of this call. Send it
+ * to peers with qrpc_peer_send_snapshot(), then free it; it must be freed
+ * before srv. On a server with several workers, the state and ring are the
+ * calling worker's (worker 0's from a thread that is none of them), for
+ * that worker's peers. Errors: QRPC_EINVAL (srv, out or state NULL, not a
+ * snapshot channel, tick 0 or not above the last), QRPC_EMSGSIZE (over the
+ * channel's max_message), QRPC_ENOMEM. */
+int qrpc_server_snapshot_new(qrpc_server *srv, uint32_t channel, uint64_t tick,
+                             const void *state, size_t len,
+                             qrpc_snapshot **out);
+int qrpc_server_snapshot_new_msg(qrpc_server *srv, uint32_t channel,
+                                 uint64_t tick, const qrpc_msg *m,
+                                 qrpc_snapshot **out);
+
+/* Queues s to peer: the difference from the newest state peer's QUIC
+ * stack acknowledged every fragment of while that state is still in the
+ * ring, else the whole state. Peers with the same baseline share one
+ * encoding. Errors as qrpc_peer_send_encoded(). */
+int qrpc_peer_send_snapshot(qrpc_peer *peer, qrpc_snapshot *s);
+
+/* Frees s; the queues keep what they still need. NULL is ignored. */
+void qrpc_snapshot_free(qrpc_snapshot *s);
+
+/* The receiving side's view of the server's time on a snapshot channel. */
+typedef struct qrpc_snapshot_clock {
+  uint64_t tick;           /* the newest tick handed over; 0 before any */
+  uint64_t tick_server_us; /* the server's clock when tick was made */
+  /* The server's clock minus this process's CLOCK_MONOTONIC, in
+   * microseconds: from the snapshot that arrived soonest after it was
+   * made among the last 64 (the least queueing), plus half the smoothed
+   * RTT for its one-way trip. */
+  int64_t offset_us;
+  /* Half the smoothed RTT: the error of offset_us when that snapshot met
+   * no queue and the path is symmetric. */
+  uint64_t error_us;
+  uint64_t server_now_us; /* the server's clock now, estimated */
+} qrpc_snapshot_clock;
+
+/* Fills c for snapshot channel on peer. Errors: QRPC_EINVAL (peer or c
+ * NULL), QRPC_EAGAIN (no snapshot yet). Loop thread of peer. */
+int qrpc_peer_snapshot_clock(qrpc_peer *peer, uint32_t channel,
+                             qrpc_snapshot_clock *c);
+
 /* Counters of one channel on one connection. On a fragmented channel,
  * sent, lost and dropped_aged count datagrams (fragments); received,
  * delivered and dropped_stale count whole messages. */
@@ -149,6 +221,16 @@ typedef struct qrpc_dgram_stats {
                                   disagreeing, overlapping (the partial message
                                   contradicted is dropped too, counted in
                                   dropped_incomplete); the connection stays up */
+  uint64_t bytes_sent;     /* datagram bytes queued, headers included */
+  uint64_t bytes_received; /* datagram bytes that arrived on the channel */
+  /* Snapshot channels. Sending: states sent whole and as deltas.
+   * Receiving: deltas against a baseline this side does not hold, and
+   * deltas (or states) that do not apply, both dropped and not in
+   * received. */
+  uint64_t snap_full_sent;
+  uint64_t snap_delta_sent;
+  uint64_t snap_no_baseline;
+  uint64_t snap_bad_delta;
 } qrpc_dgram_stats;
 
 /* Fills st for channel on peer (zeros for a channel never used, or a NULL

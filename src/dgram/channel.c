@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dgram/delta.h"
 #include "qrpc/error.h"
 #include "quic/dgqueue.h"
 #include "util/clock.h"
@@ -23,11 +24,25 @@ struct qrpci_dgram {
   qrpc_dgram_stats total; /* all channels of all connections */
 };
 
+/* A state of a snapshot channel: in the sender's ring (shared by the
+ * snapshots that use it), or in a receiver's. */
+typedef struct snap_state {
+  size_t refs;
+  uint64_t tick, server_us;
+  size_t len;
+  uint8_t data[];
+} snap_state;
+
 typedef struct chan {
   qrpc_dgram_opts opts;
   qrpc_dgram_fn fn;
   void *ud;
   uint64_t next_seq; /* the sender's counter, shared by all connections */
+  /* Snapshot channels, sending: the last opts.snapshot_ring states. */
+  snap_state **ring;
+  size_t ring_next; /* the slot the next state takes */
+  uint64_t last_tick;
+  qrpci_delta_keys keys;
 } chan;
 
 struct qrpci_dgconn {
@@ -50,18 +65,73 @@ typedef struct partial {
   uint8_t data[];
 } partial;
 
+/* A snapshot sent on a connection, until its fragments are all
+ * acknowledged or one is lost. */
+typedef struct snap_sent {
+  uint64_t seq, tick;
+  size_t frags, acked;
+  int lost;
+} snap_sent;
+
+/* Snapshots tracked per connection: enough for every state of the
+ * largest ring to be in flight twice over. */
+#define SNAP_SENT_SLOTS (2 * QRPC_DGRAM_MAX_RING)
+/* Snapshots in the clock estimate's window. */
+#define CLOCK_WINDOW 64
+
+typedef struct snap_conn {
+  /* Sending. */
+  snap_sent sent[SNAP_SENT_SLOTS];
+  size_t sent_next;
+  uint64_t acked_tick; /* the newest tick acknowledged whole; 0: none */
+  /* Receiving: the last states rebuilt, by tick (NULL: free slot). */
+  snap_state **ring;
+  uint64_t tick, tick_server_us; /* the newest handed over */
+  /* The largest (server clock - local clock) of this window and the
+   * last: the snapshot that waited least. */
+  int64_t best, best_prev;
+  size_t window_n;
+  int have_clock;
+} snap_conn;
+
 typedef struct conn_chan {
   uint64_t last_seq; /* latest-only: last accepted */
   qrpc_dgram_stats st;
   partial *parts; /* fragmented channels: oldest first */
+  snap_conn *snap; /* snapshot channels, once used */
 } conn_chan;
 
 struct qrpc_dgram {
   uint32_t channel;
   uint64_t max_age_ns;
+  uint64_t seq;
+  int snapshot; /* its fragments' acknowledgements are tracked */
   size_t n; /* datagrams: 1, or the fragments of one message */
   qrpci_dgbuf *bufs[];
 };
+
+/* A snapshot's encodings: whole, and against each baseline used. */
+typedef struct snap_enc {
+  uint64_t base; /* 0: the whole state */
+  qrpc_dgram *d; /* shared with the whole encoding when a delta gains
+                    nothing (delta 0) */
+  int delta;
+} snap_enc;
+
+struct qrpc_snapshot {
+  qrpci_dgram *dg;
+  uint32_t channel;
+  snap_state *st;
+  size_t n;
+  snap_enc enc[QRPC_DGRAM_MAX_RING + 1];
+};
+
+/* A datagram's id on its connection: the channel's key, and for a
+ * snapshot the low bits of its Seq above it, so acknowledgements find the
+ * snapshot they are about. */
+#define ID_KEY_BITS 33
+#define ID_KEY_MASK ((UINT64_C(1) << ID_KEY_BITS) - 1)
+#define ID_SEQ_MASK ((UINT64_C(1) << (64 - ID_KEY_BITS)) - 1)
 
 /* What a partial costs besides its bytes and bitmap. */
 #define PARTIAL_OVERHEAD 64
@@ -80,6 +150,35 @@ void qrpc_dgram_opts_default(qrpc_dgram_opts *o) {
  * lost and aged notices carry the same key as the datagram's id. */
 static uint64_t key(uint32_t channel) { return (uint64_t)channel + 1; }
 
+static void state_unref(snap_state *st) {
+  if (st && --st->refs == 0) free(st);
+}
+
+static snap_state *state_new(uint64_t tick, uint64_t server_us,
+                             const uint8_t *data, size_t len) {
+  snap_state *st = malloc(sizeof(*st) + (len ? len : 1));
+  if (!st) return NULL;
+  st->refs = 1;
+  st->tick = tick;
+  st->server_us = server_us;
+  st->len = len;
+  if (len) memcpy(st->data, data, len);
+  return st;
+}
+
+static void free_ring(snap_state **ring, size_t n) {
+  if (!ring) return;
+  for (size_t i = 0; i < n; i++) state_unref(ring[i]);
+  free(ring);
+}
+
+/* The state of tick in ring, or NULL. */
+static snap_state *ring_find(snap_state **ring, size_t n, uint64_t tick) {
+  for (size_t i = 0; ring && tick && i < n; i++)
+    if (ring[i] && ring[i]->tick == tick) return ring[i];
+  return NULL;
+}
+
 static void free_partials(conn_chan *cc) {
   while (cc->parts) {
     partial *p = cc->parts;
@@ -92,6 +191,15 @@ static void free_partials(conn_chan *cc) {
 static void free_values(qrpci_u64map *m) {
   void *v;
   while ((v = qrpci_u64map_pop(m))) free(v);
+  qrpci_u64map_free(m);
+}
+
+static void free_chans(qrpci_u64map *m) {
+  chan *ch;
+  while ((ch = qrpci_u64map_pop(m))) {
+    free_ring(ch->ring, ch->opts.snapshot_ring);
+    free(ch);
+  }
   qrpci_u64map_free(m);
 }
 
@@ -128,7 +236,7 @@ qrpci_dgram *qrpci_dgram_new(void) {
 
 void qrpci_dgram_free(qrpci_dgram *dg) {
   if (!dg) return;
-  free_values(&dg->chans);
+  free_chans(&dg->chans);
   free(dg);
 }
 
@@ -141,7 +249,16 @@ int qrpci_dgram_register(qrpci_dgram *dg, uint32_t channel,
     o = *opts;
   else
     qrpc_dgram_opts_default(&o);
-  if (o.max_message > QRPC_DGRAM_MAX_MESSAGE) return QRPC_EINVAL;
+  if (o.max_message > QRPC_DGRAM_MAX_MESSAGE ||
+      o.snapshot_ring > QRPC_DGRAM_MAX_RING)
+    return QRPC_EINVAL;
+  if (o.snapshot_ring) {
+    if (!o.max_message) o.max_message = QRPC_DGRAM_SNAPSHOT_MESSAGE;
+    if (!o.snapshot_key) o.snapshot_key = 1;
+    /* Ticks order a snapshot channel; a complete message older than the
+     * newest is still a baseline the sender may use. */
+    o.latest_only = 0;
+  }
   if (o.max_message) {
     if (!o.fragment_size) o.fragment_size = QRPC_DGRAM_FRAGMENT_SIZE;
     if (!o.reassembly_ms) o.reassembly_ms = DEFAULT_REASSEMBLY_MS;
@@ -154,6 +271,15 @@ int qrpci_dgram_register(qrpci_dgram *dg, uint32_t channel,
   }
   chan *ch = chan_get(dg, channel, 1);
   if (!ch) return QRPC_ENOMEM;
+  snap_state **ring = NULL;
+  if (o.snapshot_ring && !(ring = calloc(o.snapshot_ring, sizeof(*ring))))
+    return QRPC_ENOMEM;
+  free_ring(ch->ring, ch->opts.snapshot_ring);
+  ch->ring = ring;
+  ch->ring_next = 0;
+  ch->last_tick = 0;
+  ch->keys.entities = o.snapshot_entities;
+  ch->keys.key = o.snapshot_key;
   ch->opts = o;
   ch->fn = fn;
   ch->ud = ud;
@@ -209,6 +335,8 @@ int qrpci_dgram_encode(qrpci_dgram *dg, uint32_t channel, qrpci_payload pl,
   if (!d) return QRPC_ENOMEM;
   d->channel = channel;
   d->max_age_ns = ch->opts.max_age_ms * QRPCI_NS_PER_MS;
+  d->seq = ch->next_seq;
+  d->snapshot = ch->opts.snapshot_ring != 0;
   int rv = 0;
   if (frag) {
     uint8_t *msg = malloc(len ? len : 1);
@@ -246,26 +374,54 @@ void qrpc_dgram_free(qrpc_dgram *d) {
   free(d);
 }
 
-/* The counters a lost or aged notice is about: its id is the channel's
- * key. */
-static qrpc_dgram_stats *noticed(void *ud, uint64_t id) {
-  conn_chan *cc = id ? qrpci_u64map_get(&((qrpci_dgconn *)ud)->chans, id)
-                     : NULL;
-  return cc ? &cc->st : NULL;
+/* The channel a notice is about: its id holds the channel's key. */
+static conn_chan *noticed(void *ud, uint64_t id) {
+  id &= ID_KEY_MASK;
+  return id ? qrpci_u64map_get(&((qrpci_dgconn *)ud)->chans, id) : NULL;
+}
+
+/* The snapshot a fragment's id names, while it is tracked. */
+static snap_sent *noticed_snapshot(conn_chan *cc, uint64_t id) {
+  uint64_t seq = id >> ID_KEY_BITS;
+  if (!cc || !cc->snap || !seq) return NULL;
+  for (size_t i = 0; i < SNAP_SENT_SLOTS; i++) {
+    snap_sent *ss = &cc->snap->sent[i];
+    if (ss->seq && (ss->seq & ID_SEQ_MASK) == seq) return ss;
+  }
+  return NULL;
+}
+
+/* A fragment was lost or never sent: its snapshot cannot be a baseline. */
+static void snapshot_missed(conn_chan *cc, uint64_t id) {
+  snap_sent *ss = noticed_snapshot(cc, id);
+  if (ss) ss->lost = 1;
 }
 
 static void on_lost(qrpc_conn *c, uint64_t id, void *ud) {
-  qrpc_dgram_stats *st = noticed(ud, id);
-  if (!st) return;
-  st->lost++;
+  conn_chan *cc = noticed(ud, id);
+  if (!cc) return;
+  cc->st.lost++;
   ((qrpci_dgconn *)ud)->dg->total.lost++;
+  snapshot_missed(cc, id);
 }
 
 static void on_aged(qrpc_conn *c, uint64_t id, void *ud) {
-  qrpc_dgram_stats *st = noticed(ud, id);
-  if (!st) return;
-  st->dropped_aged++;
+  conn_chan *cc = noticed(ud, id);
+  if (!cc) return;
+  cc->st.dropped_aged++;
   ((qrpci_dgconn *)ud)->dg->total.dropped_aged++;
+  snapshot_missed(cc, id);
+}
+
+/* The peer's QUIC stack has a fragment: once it has every fragment of a
+ * snapshot, that state is the connection's baseline, unless a newer one
+ * is. */
+static void on_acked(qrpc_conn *c, uint64_t id, void *ud) {
+  if (!(id >> ID_KEY_BITS)) return;
+  conn_chan *cc = noticed(ud, id);
+  snap_sent *ss = noticed_snapshot(cc, id);
+  if (!ss || ss->lost || ++ss->acked < ss->frags) return;
+  if (ss->tick > cc->snap->acked_tick) cc->snap->acked_tick = ss->tick;
 }
 
 qrpci_dgconn *qrpci_dgconn_new(qrpci_dgram *dg, qrpc_conn *conn,
@@ -276,8 +432,9 @@ qrpci_dgconn *qrpci_dgconn_new(qrpci_dgram *dg, qrpc_conn *conn,
   dc->conn = conn;
   dc->peer = peer;
   qrpci_u64map_init(&dc->chans);
-  qrpci_dgram_hooks h = {.lost = on_lost, .aged = on_aged, .ud = dc};
-  qrpci_conn_set_dgram_hooks(conn, &h);
+  qrpci_dgram_hooks h = {
+      .lost = on_lost, .acked = on_acked, .aged = on_aged, .ud = dc};
+  if (conn) qrpci_conn_set_dgram_hooks(conn, &h);
   return dc;
 }
 
@@ -286,16 +443,147 @@ void qrpci_dgconn_free(qrpci_dgconn *dc) {
   conn_chan *cc;
   while ((cc = qrpci_u64map_pop(&dc->chans))) {
     free_partials(cc);
+    if (cc->snap) {
+      free_ring(cc->snap->ring, QRPC_DGRAM_MAX_RING);
+      free(cc->snap);
+    }
     free(cc);
   }
   free_values(&dc->chans);
   free(dc);
 }
 
+/* The snapshot state of a connection's channel, made on first use. */
+static snap_conn *snap_conn_get(conn_chan *cc) {
+  if (cc->snap) return cc->snap;
+  snap_conn *sc = calloc(1, sizeof(*sc));
+  if (sc && !(sc->ring = calloc(QRPC_DGRAM_MAX_RING, sizeof(*sc->ring)))) {
+    free(sc);
+    sc = NULL;
+  }
+  return cc->snap = sc;
+}
+
+/* Keeps st in a receiver's ring of n slots: a free slot, else the oldest
+ * tick's if st is newer. Takes st's reference either way. */
+static void rx_keep(snap_state **ring, size_t n, snap_state *st) {
+  size_t slot = n;
+  for (size_t i = 0; i < n; i++) {
+    if (!ring[i]) {
+      slot = i;
+      break;
+    }
+    if (slot == n || ring[i]->tick < ring[slot]->tick) slot = i;
+  }
+  if (ring[slot] && ring[slot]->tick > st->tick) {
+    state_unref(st);
+    return;
+  }
+  state_unref(ring[slot]);
+  ring[slot] = st;
+}
+
+/* One clock sample: the server's clock when it made a state, against
+ * this side's when the state arrived whole. */
+static void clock_sample(snap_conn *sc, uint64_t server_us) {
+  int64_t v = (int64_t)server_us - (int64_t)(qrpci_now_ns() / 1000);
+  if (!sc->have_clock || sc->window_n == 0 || v > sc->best) sc->best = v;
+  if (!sc->have_clock) sc->best_prev = v;
+  sc->have_clock = 1;
+  if (++sc->window_n == CLOCK_WINDOW) {
+    sc->best_prev = sc->best;
+    sc->window_n = 0;
+  }
+}
+
+static void snapshot_dropped(qrpci_dgconn *dc, conn_chan *cc, int no_base) {
+  if (no_base) {
+    cc->st.snap_no_baseline++;
+    dc->dg->total.snap_no_baseline++;
+  } else {
+    cc->st.snap_bad_delta++;
+    dc->dg->total.snap_bad_delta++;
+  }
+}
+
+/* The state a snapshot message carries (docs/protocol.md, "Snapshot
+ * channels"): whole, or rebuilt from a baseline of the ring. NULL, counted,
+ * when it cannot be had. */
+static snap_state *snapshot_state(qrpci_dgconn *dc, chan *ch, conn_chan *cc,
+                                  uint64_t tick, uint64_t base,
+                                  uint64_t server_us, const uint8_t *body,
+                                  size_t n) {
+  if (!base) return state_new(tick, server_us, body, n);
+  snap_state *b = ring_find(cc->snap->ring, ch->opts.snapshot_ring, base);
+  if (!b) {
+    snapshot_dropped(dc, cc, 1);
+    return NULL;
+  }
+  qrpci_delta_buf out = {0};
+  snap_state *st = NULL;
+  if (qrpci_delta_apply(&ch->keys, b->data, b->len, body, n,
+                        ch->opts.max_message, &out) == 0)
+    st = state_new(tick, server_us, out.data, out.len);
+  else
+    snapshot_dropped(dc, cc, 0);
+  qrpci_delta_buf_free(&out);
+  return st;
+}
+
+/* A whole snapshot message: its state rebuilt, kept as a baseline, and
+ * handed over if it is the newest. */
+static void snapshot_recv(qrpci_dgconn *dc, chan *ch, conn_chan *cc,
+                          uint32_t channel, const uint8_t *msg, size_t len) {
+  uint64_t tick, base, server_us;
+  size_t a = qrpci_varint_get(msg, len, &tick);
+  size_t b = a ? qrpci_varint_get(msg + a, len - a, &base) : 0;
+  size_t c = b ? qrpci_varint_get(msg + a + b, len - a - b, &server_us) : 0;
+  snap_conn *sc = snap_conn_get(cc);
+  if (!sc) return;
+  if (!c || tick == 0 || base >= tick) {
+    snapshot_dropped(dc, cc, 0);
+    return;
+  }
+  qrpc_dgram_stats *total = &dc->dg->total;
+  cc->st.received++;
+  total->received++;
+  if (ring_find(sc->ring, ch->opts.snapshot_ring, tick)) {
+    cc->st.dropped_stale++; /* a duplicate */
+    total->dropped_stale++;
+    return;
+  }
+  size_t hl = a + b + c;
+  snap_state *st =
+      snapshot_state(dc, ch, cc, tick, base, server_us, msg + hl, len - hl);
+  if (!st) {
+    cc->st.received--;
+    total->received--;
+    return;
+  }
+  clock_sample(sc, server_us);
+  st->refs++;
+  rx_keep(sc->ring, ch->opts.snapshot_ring, st);
+  if (tick <= sc->tick) {
+    cc->st.dropped_stale++;
+    total->dropped_stale++;
+  } else {
+    sc->tick = tick;
+    sc->tick_server_us = server_us;
+    cc->st.delivered++;
+    total->delivered++;
+    ch->fn(dc->peer, channel, tick, st->data, st->len, ch->ud);
+  }
+  state_unref(st);
+}
+
 /* A whole message arrived (in one datagram, or reassembled): latest-only
  * filtering, counters, and the channel's function. */
 static void deliver(qrpci_dgconn *dc, chan *ch, conn_chan *cc, uint32_t channel,
                     uint64_t seq, const uint8_t *msg, size_t len) {
+  if (ch->opts.snapshot_ring) {
+    snapshot_recv(dc, ch, cc, channel, msg, len);
+    return;
+  }
   qrpc_dgram_stats *total = &dc->dg->total;
   cc->st.received++;
   total->received++;
@@ -444,6 +732,8 @@ void qrpci_dgconn_recv(qrpci_dgconn *dc, const uint8_t *data, size_t len) {
   }
   conn_chan *cc = conn_chan_get(dc, (uint32_t)channel);
   if (!cc) return;
+  cc->st.bytes_received += len;
+  total->bytes_received += len;
   if (ch->opts.max_message)
     recv_fragment(dc, ch, cc, (uint32_t)channel, seq, data + a + b,
                   len - a - b);
@@ -453,6 +743,7 @@ void qrpci_dgconn_recv(qrpci_dgconn *dc, const uint8_t *data, size_t len) {
 
 int qrpci_dgconn_send_encoded(qrpci_dgconn *dc, const qrpc_dgram *d) {
   if (!d) return QRPC_EINVAL;
+  if (!dc->conn) return QRPC_ECLOSED;
   conn_chan *cc = conn_chan_get(dc, d->channel);
   if (!cc) return QRPC_ENOMEM;
   int rv = 0;
@@ -460,16 +751,19 @@ int qrpci_dgconn_send_encoded(qrpci_dgconn *dc, const qrpc_dgram *d) {
   if (d->n > 1 && qrpci_conn_dgram_room(dc->conn) < d->n &&
       qrpci_conn_dgram_room(dc->conn) > 0)
     rv = QRPC_ENOBUFS;
-  size_t queued = 0;
+  size_t queued = 0, bytes = 0;
+  uint64_t id = key(d->channel);
+  if (d->snapshot) id |= (d->seq & ID_SEQ_MASK) << ID_KEY_BITS;
   while (rv == 0 && queued < d->n) {
-    rv = qrpci_conn_queue_dgram(dc->conn, d->bufs[queued], key(d->channel),
-                                d->max_age_ns);
-    if (rv == 0) queued++;
+    rv = qrpci_conn_queue_dgram(dc->conn, d->bufs[queued], id, d->max_age_ns);
+    if (rv == 0) bytes += d->bufs[queued++]->len;
   }
   qrpc_dgram_stats *total = &dc->dg->total;
   if (rv == 0) {
     cc->st.sent += queued;
     total->sent += queued;
+    cc->st.bytes_sent += bytes;
+    total->bytes_sent += bytes;
   } else if (rv == QRPC_EMSGSIZE) {
     cc->st.refused_too_large++;
     total->refused_too_large++;
@@ -490,7 +784,7 @@ int qrpci_dgconn_send(qrpci_dgconn *dc, uint32_t channel, qrpci_payload pl) {
 }
 
 size_t qrpci_dgconn_max_payload(const qrpci_dgconn *dc, uint32_t channel) {
-  size_t max = qrpc_conn_max_datagram_size(dc->conn);
+  size_t max = dc->conn ? qrpc_conn_max_datagram_size(dc->conn) : 0;
   const chan *ch = chan_get(dc->dg, channel, 0);
   if (ch && ch->opts.max_message)
     return ch->opts.fragment_size <= max ? ch->opts.max_message : 0;
@@ -521,4 +815,158 @@ void qrpci_dgconn_stats(const qrpci_dgconn *dc, uint32_t channel,
 
 void qrpci_dgram_totals(const qrpci_dgram *dg, qrpc_dgram_stats *st) {
   *st = dg->total;
+}
+
+/* The server's clock, as snapshots carry it. */
+static uint64_t server_clock_us(void) { return qrpci_now_ns() / 1000; }
+
+int qrpci_snapshot_new(qrpci_dgram *dg, uint32_t channel, uint64_t tick,
+                       qrpci_payload pl, qrpc_snapshot **out) {
+  if (!out || !qrpci_payload_valid(&pl)) return QRPC_EINVAL;
+  chan *ch = chan_get(dg, channel, 0);
+  if (!ch || !ch->opts.snapshot_ring || tick == 0 || tick <= ch->last_tick ||
+      tick > QRPCI_VARINT_MAX)
+    return QRPC_EINVAL;
+  size_t len = qrpci_payload_len(&pl);
+  if (len > ch->opts.max_message) return QRPC_EMSGSIZE;
+  qrpc_snapshot *s = calloc(1, sizeof(*s));
+  snap_state *st = malloc(sizeof(*st) + (len ? len : 1));
+  if (!s || !st) {
+    free(s);
+    free(st);
+    return QRPC_ENOMEM;
+  }
+  st->refs = 1;
+  st->tick = tick;
+  st->server_us = server_clock_us();
+  st->len = len;
+  if (qrpci_payload_write(&pl, st->data) != 0) {
+    free(s);
+    free(st);
+    return QRPC_EINVAL;
+  }
+  s->dg = dg;
+  s->channel = channel;
+  s->st = st;
+  /* The newest state becomes a baseline; the ring's reference and the
+   * snapshot's are separate. */
+  st->refs++;
+  state_unref(ch->ring[ch->ring_next]);
+  ch->ring[ch->ring_next] = st;
+  ch->ring_next = (ch->ring_next + 1) % ch->opts.snapshot_ring;
+  ch->last_tick = tick;
+  *out = s;
+  return 0;
+}
+
+void qrpc_snapshot_free(qrpc_snapshot *s) {
+  if (!s) return;
+  for (size_t i = 0; i < s->n; i++)
+    if (s->enc[i].delta || s->enc[i].base == 0) qrpc_dgram_free(s->enc[i].d);
+  state_unref(s->st);
+  free(s);
+}
+
+/* Encodes Tick, Baseline, Server Time and body as one channel message. */
+static int snapshot_encode(qrpc_snapshot *s, uint64_t base, const uint8_t *body,
+                           size_t n, qrpc_dgram **out) {
+  uint8_t *msg = malloc(3 * QRPCI_VARINT_MAXLEN + n);
+  if (!msg) return QRPC_ENOMEM;
+  size_t hl = qrpci_varint_put(msg, s->st->tick);
+  hl += qrpci_varint_put(msg + hl, base);
+  hl += qrpci_varint_put(msg + hl, s->st->server_us & QRPCI_VARINT_MAX);
+  if (n) memcpy(msg + hl, body, n);
+  int rv = qrpci_dgram_encode(s->dg, s->channel, qrpci_bytes(msg, hl + n), out);
+  free(msg);
+  return rv;
+}
+
+/* s's encoding against base (0: whole), made on first use. */
+static snap_enc *snapshot_encoding(qrpc_snapshot *s, const chan *ch,
+                                   const snap_state *base, int *err) {
+  uint64_t bt = base ? base->tick : 0;
+  for (size_t i = 0; i < s->n; i++)
+    if (s->enc[i].base == bt) return &s->enc[i];
+  snap_enc *full = NULL;
+  if (bt) {
+    qrpci_delta_buf d = {0};
+    int rv = qrpci_delta_diff(&ch->keys, base->data, base->len, s->st->data,
+                              s->st->len, &d);
+    if (rv == 0) {
+      snap_enc *e = &s->enc[s->n];
+      if ((*err = snapshot_encode(s, bt, d.data, d.len, &e->d)) == 0) {
+        e->base = bt;
+        e->delta = 1;
+        s->n++;
+      }
+      qrpci_delta_buf_free(&d);
+      return *err ? NULL : e;
+    }
+    qrpci_delta_buf_free(&d);
+    if (rv < 0) {
+      *err = rv;
+      return NULL;
+    }
+  }
+  full = bt ? snapshot_encoding(s, ch, NULL, err) : NULL;
+  if (bt && !full) return NULL;
+  snap_enc *e = &s->enc[s->n];
+  if (full) {
+    /* The delta gains nothing: this baseline takes the whole encoding. */
+    *e = (snap_enc){.base = bt, .d = full->d, .delta = 0};
+  } else if ((*err = snapshot_encode(s, 0, s->st->data, s->st->len, &e->d)) ==
+             0) {
+    e->base = 0;
+    e->delta = 0;
+  } else {
+    return NULL;
+  }
+  s->n++;
+  return e;
+}
+
+int qrpci_dgconn_send_snapshot(qrpci_dgconn *dc, qrpc_snapshot *s) {
+  if (!s || s->dg != dc->dg) return QRPC_EINVAL;
+  chan *ch = chan_get(dc->dg, s->channel, 0);
+  conn_chan *cc = conn_chan_get(dc, s->channel);
+  snap_conn *sc = cc ? snap_conn_get(cc) : NULL;
+  if (!ch || !ch->opts.snapshot_ring) return QRPC_EINVAL;
+  if (!sc) return QRPC_ENOMEM;
+  const snap_state *base =
+      ring_find(ch->ring, ch->opts.snapshot_ring, sc->acked_tick);
+  /* A baseline is older than the state, whatever was acknowledged. */
+  if (base && base->tick >= s->st->tick) base = NULL;
+  int err = 0;
+  snap_enc *e = snapshot_encoding(s, ch, base, &err);
+  if (!e) return err;
+  int rv = qrpci_dgconn_send_encoded(dc, e->d);
+  if (rv != 0) return rv;
+  snap_sent *ss = &sc->sent[sc->sent_next];
+  sc->sent_next = (sc->sent_next + 1) % SNAP_SENT_SLOTS;
+  *ss = (snap_sent){.seq = e->d->seq, .tick = s->st->tick, .frags = e->d->n};
+  if (e->delta) {
+    cc->st.snap_delta_sent++;
+    dc->dg->total.snap_delta_sent++;
+  } else {
+    cc->st.snap_full_sent++;
+    dc->dg->total.snap_full_sent++;
+  }
+  return 0;
+}
+
+int qrpci_dgconn_snapshot_clock(qrpci_dgconn *dc, uint32_t channel,
+                                qrpc_snapshot_clock *c) {
+  const conn_chan *cc = qrpci_u64map_get(&dc->chans, key(channel));
+  const snap_conn *sc = cc ? cc->snap : NULL;
+  if (!sc || !sc->have_clock) return QRPC_EAGAIN;
+  qrpc_conn_stats st = {0};
+  if (dc->conn) qrpc_conn_get_stats(dc->conn, &st);
+  int64_t best = sc->best > sc->best_prev ? sc->best : sc->best_prev;
+  c->tick = sc->tick;
+  c->tick_server_us = sc->tick_server_us;
+  c->error_us = st.smoothed_rtt_ns / 2000;
+  c->offset_us = best + (int64_t)c->error_us;
+  c->server_now_us =
+      (uint64_t)((int64_t)(qrpci_now_ns() / 1000) + c->offset_us);
+  return 0;
 }

@@ -47,8 +47,10 @@ int qrpci_dgram_encode(qrpci_dgram *dg, uint32_t channel, qrpci_payload pl,
                        qrpc_dgram **out);
 
 /* The datagram state of one connection of dg. peer is what the channels'
- * functions receive. The connection's lost and aged notices now reach it.
- * NULL when out of memory. */
+ * functions receive. The connection's lost, acknowledged and aged notices
+ * now reach it. With conn NULL it only receives (what a fuzzer or a test
+ * of this layer feeds it), and every send fails with QRPC_ECLOSED. NULL
+ * when out of memory. */
 qrpci_dgconn *qrpci_dgconn_new(qrpci_dgram *dg, qrpc_conn *conn,
                                qrpc_peer *peer);
 /* Frees dc; call it before the connection is freed or once it is closed.
@@ -63,6 +65,19 @@ void qrpci_dgconn_recv(qrpci_dgconn *dc, const uint8_t *data, size_t len);
 int qrpci_dgconn_send(qrpci_dgconn *dc, uint32_t channel, qrpci_payload pl);
 /* Queues an encoded datagram. Errors as qrpc_peer_send_encoded(). */
 int qrpci_dgconn_send_encoded(qrpci_dgconn *dc, const qrpc_dgram *d);
+
+/* Makes the state of tick on a snapshot channel of dg (see
+ * qrpc_server_snapshot_new()). Errors: QRPC_EINVAL, QRPC_EMSGSIZE,
+ * QRPC_ENOMEM. */
+int qrpci_snapshot_new(qrpci_dgram *dg, uint32_t channel, uint64_t tick,
+                       qrpci_payload pl, qrpc_snapshot **out);
+/* Queues s (made on dc's qrpci_dgram) to dc. Errors as
+ * qrpc_peer_send_snapshot(), and QRPC_EINVAL for a snapshot of another
+ * server or worker. */
+int qrpci_dgconn_send_snapshot(qrpci_dgconn *dc, qrpc_snapshot *s);
+/* See qrpc_peer_snapshot_clock(). */
+int qrpci_dgconn_snapshot_clock(qrpci_dgconn *dc, uint32_t channel,
+                                qrpc_snapshot_clock *c);
 
 /* See qrpc_peer_max_dgram_payload(), qrpc_peer_dgram_count_undecodable()
  * and qrpc_peer_dgram_stats(). */

@@ -598,6 +598,13 @@ static int lost_datagram_cb(ngtcp2_conn *q, uint64_t id, void *ud) {
   return 0;
 }
 
+static int ack_datagram_cb(ngtcp2_conn *q, uint64_t id, void *ud) {
+  qrpc_conn *c = ud;
+  if (c->dghooks.acked && !c->closed_fired)
+    c->dghooks.acked(c, id, c->dghooks.ud);
+  return 0;
+}
+
 void qrpci_conn_setup_callbacks(ngtcp2_callbacks *cb, int server) {
   memset(cb, 0, sizeof(*cb));
   if (server) {
@@ -630,6 +637,7 @@ void qrpci_conn_setup_callbacks(ngtcp2_callbacks *cb, int server) {
   cb->extend_max_stream_data = extend_stream_data_cb;
   cb->recv_datagram = recv_datagram_cb;
   cb->lost_datagram = lost_datagram_cb;
+  cb->ack_datagram = ack_datagram_cb;
   cb->recv_stateless_reset = recv_stateless_reset_cb;
 }
 

@@ -56,3 +56,15 @@ void qrpc_peer_dgram_stats(qrpc_peer *peer, uint32_t channel,
   else
     memset(st, 0, sizeof(*st));
 }
+
+int qrpc_peer_send_snapshot(qrpc_peer *peer, qrpc_snapshot *s) {
+  if (!peer) return QRPC_EINVAL;
+  if (peer->closed) return QRPC_ECLOSED;
+  return qrpci_dgconn_send_snapshot(peer->dg, s);
+}
+
+int qrpc_peer_snapshot_clock(qrpc_peer *peer, uint32_t channel,
+                             qrpc_snapshot_clock *c) {
+  if (!peer || !c) return QRPC_EINVAL;
+  return qrpci_dgconn_snapshot_clock(peer->dg, channel, c);
+}

@@ -623,6 +623,21 @@ int qrpc_server_dgram_encode_msg(qrpc_server *srv, uint32_t channel,
   return qrpci_dgram_encode(cur_dg(srv), channel, qrpci_msg(m), out);
 }
 
+int qrpc_server_snapshot_new(qrpc_server *srv, uint32_t channel, uint64_t tick,
+                             const void *state, size_t len,
+                             qrpc_snapshot **out) {
+  if (!srv || !state) return QRPC_EINVAL;
+  return qrpci_snapshot_new(cur_dg(srv), channel, tick,
+                            qrpci_bytes(state, len), out);
+}
+
+int qrpc_server_snapshot_new_msg(qrpc_server *srv, uint32_t channel,
+                                 uint64_t tick, const qrpc_msg *m,
+                                 qrpc_snapshot **out) {
+  if (!srv) return QRPC_EINVAL;
+  return qrpci_snapshot_new(cur_dg(srv), channel, tick, qrpci_msg(m), out);
+}
+
 int qrpc_server_keep(qrpc_server *srv, const void *data, size_t len,
                      void **out) {
   if (!srv) return QRPC_EINVAL;

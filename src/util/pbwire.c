@@ -62,6 +62,20 @@ static int find_field(const uint8_t *msg, size_t len, uint32_t field,
   return found;
 }
 
+size_t qrpci_pb_field_next(const uint8_t *p, size_t n, uint32_t *field,
+                           unsigned *wt, size_t *body) {
+  uint64_t key;
+  size_t b = 0;
+  size_t k = qrpci_pb_varint(p, n, &key);
+  if (!k || key >> 3 == 0 || key >> 3 > 0x1fffffff) return 0;
+  size_t v = value_size((unsigned)(key & 7), p + k, n - k, &b);
+  if (!v) return 0;
+  *field = (uint32_t)(key >> 3);
+  *wt = (unsigned)(key & 7);
+  *body = k + b;
+  return k + v;
+}
+
 int qrpci_pb_field_bytes(const uint8_t *msg, size_t len, uint32_t field,
                          const uint8_t **val, size_t *val_len) {
   static const uint8_t empty[1];

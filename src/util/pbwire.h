@@ -50,6 +50,14 @@ int qrpci_pb_field_bytes(const uint8_t *msg, size_t len, uint32_t field,
  * 0 (proto3's default) when the message lacks the field. Returns 0 with
  * *val set, or QRPC_EINVAL when msg cannot be walked or the field is not
  * a varint. */
+/* One field at the start of p[0..n): *field its number, *wt its wire
+ * type, *body where its value's bytes start (past the key, and past the
+ * length prefix of a length-delimited value). Returns the bytes the whole
+ * field takes, key included, or 0 when it is cut short, its wire type is a
+ * group or unknown, or its number is 0 or over 2^29 - 1. */
+size_t qrpci_pb_field_next(const uint8_t *p, size_t n, uint32_t *field,
+                           unsigned *wt, size_t *body);
+
 int qrpci_pb_field_varint(const uint8_t *msg, size_t len, uint32_t field,
                           uint64_t *val);
 
