@@ -170,6 +170,10 @@ int qrpc_server_snapshot_new_msg(qrpc_server *srv, uint32_t channel,
  * encoding. Errors as qrpc_peer_send_encoded(). */
 int qrpc_peer_send_snapshot(qrpc_peer *peer, qrpc_snapshot *s);
 
+/* How many encodings s has made so far: 1 when every peer it went to
+ * shared one baseline (or none). 0 for NULL. */
+size_t qrpc_snapshot_encodings(const qrpc_snapshot *s);
+
 /* Frees s; the queues keep what they still need. NULL is ignored. */
 void qrpc_snapshot_free(qrpc_snapshot *s);
 

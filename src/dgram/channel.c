@@ -859,6 +859,12 @@ int qrpci_snapshot_new(qrpci_dgram *dg, uint32_t channel, uint64_t tick,
   return 0;
 }
 
+size_t qrpc_snapshot_encodings(const qrpc_snapshot *s) {
+  size_t n = 0;
+  for (size_t i = 0; s && i < s->n; i++) n += s->enc[i].delta || !s->enc[i].base;
+  return n;
+}
+
 void qrpc_snapshot_free(qrpc_snapshot *s) {
   if (!s) return;
   for (size_t i = 0; i < s->n; i++)

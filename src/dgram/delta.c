@@ -90,8 +90,7 @@ static int parse(const uint8_t *msg, size_t len, fields *out) {
   for (size_t i = 0; i < len;) {
     span *s = &out->f[out->n];
     s->off = i;
-    s->len = qrpci_pb_field_next(msg + i, len - i, &s->field, &s->wt,
-                                 &s->body);
+    s->len = qrpci_pb_field_next(msg + i, len - i, &s->field, &s->wt, &s->body);
     if (out->n && s->field < out->f[out->n - 1].field) return 1;
     out->n++;
     i += s->len;
@@ -180,15 +179,15 @@ static int diff_entities(const qrpci_delta_keys *k, const uint8_t *base,
 
 /* The records of the delta from base to cur, without the final check. */
 static int diff_records(const qrpci_delta_keys *k, const uint8_t *base,
-                        const fields *pb, const uint8_t *cur,
-                        const fields *pc, qrpci_delta_buf *out) {
+                        const fields *pb, const uint8_t *cur, const fields *pc,
+                        qrpci_delta_buf *out) {
   size_t bi = 0, ci = 0;
   int rv = 0;
   while (rv == 0 && (bi < pb->n || ci < pc->n)) {
-    uint32_t f = bi == pb->n                     ? pc->f[ci].field
-                 : ci == pc->n                   ? pb->f[bi].field
+    uint32_t f = bi == pb->n                         ? pc->f[ci].field
+                 : ci == pc->n                       ? pb->f[bi].field
                  : pb->f[bi].field < pc->f[ci].field ? pb->f[bi].field
-                                                      : pc->f[ci].field;
+                                                     : pc->f[ci].field;
     size_t bj = bi < pb->n && pb->f[bi].field == f ? run_end(pb, bi) : bi;
     size_t cj = ci < pc->n && pc->f[ci].field == f ? run_end(pc, ci) : ci;
     if (k->entities && f == k->entities) {
@@ -241,7 +240,7 @@ typedef struct records {
   size_t nf;
   entity *ups;
   size_t nups;
-  qrpci_u64map upkeys; /* key + 1 -> upsert index + 1 */
+  qrpci_u64map upkeys;  /* key + 1 -> upsert index + 1 */
   qrpci_u64map delkeys; /* key + 1 -> 1 */
 } records;
 
@@ -286,7 +285,8 @@ static int read_records(const qrpci_delta_keys *k, const uint8_t *d,
     if (op == OP_FIELD) {
       if (!(n = qrpci_pb_varint(d + i, dlen - i, &b)) || b > dlen - i - n ||
           a == 0 || a > 0x1fffffff || (k->entities && a == k->entities) ||
-          (r->nf && a <= r->fnum[r->nf - 1]) || !only_field(d + i + n, b, (uint32_t)a))
+          (r->nf && a <= r->fnum[r->nf - 1]) ||
+          !only_field(d + i + n, b, (uint32_t)a))
         return QRPC_EINVAL;
       r->fnum[r->nf] = (uint32_t)a;
       r->fbytes[r->nf] = d + i + n;
