@@ -24,6 +24,7 @@
 
 #include "client_common.h"
 #include "game_wire.h"
+#include "world.h"
 #include "hist.h"
 #include "runner.h"
 
@@ -376,6 +377,7 @@ static void teardown(game_bench *g) {
 }
 
 int bench_client_game(const char *prog, int argc, char **argv) {
+  if (bench_world_wanted(argc, argv)) return bench_client_world(prog, argc, argv);
   game_bench *g = calloc(1, sizeof(*g));
   if (g == NULL) {
     fprintf(stderr, "%s: out of memory\n", prog);

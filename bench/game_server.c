@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "game_wire.h"
+#include "world.h"
 #include "hist.h"
 #include "report.h"
 #include "server_common.h"
@@ -264,6 +265,7 @@ static int start_ticks(game_server *s, qrpc_loop *loop) {
 }
 
 int bench_server_game(const char *prog, int argc, char **argv) {
+  if (bench_world_wanted(argc, argv)) return bench_server_world(prog, argc, argv);
   game_server *s = calloc(1, sizeof(*s));
   if (s == NULL) {
     fprintf(stderr, "%s: out of memory\n", prog);

@@ -167,7 +167,10 @@ int qrpc_server_snapshot_new_msg(qrpc_server *srv, uint32_t channel,
 /* Queues s to peer: the difference from the newest state peer's QUIC
  * stack acknowledged every fragment of while that state is still in the
  * ring, else the whole state. Peers with the same baseline share one
- * encoding. Errors as qrpc_peer_send_encoded(). */
+ * encoding. Errors as qrpc_peer_send_encoded(), and QRPC_EAGAIN (counted
+ * in snap_deferred): peer needs a whole state and one is still on its way
+ * (neither acknowledged nor lost, for at most 500 ms); a later tick goes
+ * as a delta once it is acknowledged. */
 int qrpc_peer_send_snapshot(qrpc_peer *peer, qrpc_snapshot *s);
 
 /* How many encodings s has made so far: 1 when every peer it went to
@@ -235,6 +238,8 @@ typedef struct qrpc_dgram_stats {
   uint64_t snap_delta_sent;
   uint64_t snap_no_baseline;
   uint64_t snap_bad_delta;
+  uint64_t snap_deferred; /* sending: QRPC_EAGAIN from
+                             qrpc_peer_send_snapshot() */
 } qrpc_dgram_stats;
 
 /* Fills st for channel on peer (zeros for a channel never used, or a NULL

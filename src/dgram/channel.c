@@ -20,7 +20,7 @@
 #define DGRAM_HEADER_MAX (5 + 8)
 
 struct qrpci_dgram {
-  qrpci_u64map chans; /* channel + 1 -> chan */
+  qrpci_u64map chans;     /* channel + 1 -> chan */
   qrpc_dgram_stats total; /* all channels of all connections */
 };
 
@@ -69,9 +69,16 @@ typedef struct partial {
  * acknowledged or one is lost. */
 typedef struct snap_sent {
   uint64_t seq, tick;
+  uint64_t sent_ns;
   size_t frags, acked;
   int lost;
+  int whole;
 } snap_sent;
+
+/* How long a whole state in flight holds back the next whole state to
+ * the same connection, at most: its fate is normally known within an RTT
+ * or so (acknowledged, or declared lost). */
+#define WHOLE_IN_FLIGHT_NS (500 * QRPCI_NS_PER_MS)
 
 /* Snapshots tracked per connection: enough for every state of the
  * largest ring to be in flight twice over. */
@@ -97,7 +104,7 @@ typedef struct snap_conn {
 typedef struct conn_chan {
   uint64_t last_seq; /* latest-only: last accepted */
   qrpc_dgram_stats st;
-  partial *parts; /* fragmented channels: oldest first */
+  partial *parts;  /* fragmented channels: oldest first */
   snap_conn *snap; /* snapshot channels, once used */
 } conn_chan;
 
@@ -106,7 +113,7 @@ struct qrpc_dgram {
   uint64_t max_age_ns;
   uint64_t seq;
   int snapshot; /* its fragments' acknowledgements are tracked */
-  size_t n; /* datagrams: 1, or the fragments of one message */
+  size_t n;     /* datagrams: 1, or the fragments of one message */
   qrpci_dgbuf *bufs[];
 };
 
@@ -861,7 +868,8 @@ int qrpci_snapshot_new(qrpci_dgram *dg, uint32_t channel, uint64_t tick,
 
 size_t qrpc_snapshot_encodings(const qrpc_snapshot *s) {
   size_t n = 0;
-  for (size_t i = 0; s && i < s->n; i++) n += s->enc[i].delta || !s->enc[i].base;
+  for (size_t i = 0; s && i < s->n; i++)
+    n += s->enc[i].delta || !s->enc[i].base;
   return n;
 }
 
@@ -942,6 +950,21 @@ int qrpci_dgconn_send_snapshot(qrpci_dgconn *dc, qrpc_snapshot *s) {
       ring_find(ch->ring, ch->opts.snapshot_ring, sc->acked_tick);
   /* A baseline is older than the state, whatever was acknowledged. */
   if (base && base->tick >= s->st->tick) base = NULL;
+  /* Without a baseline a connection needs a whole state; while one is on
+   * its way, another would only queue behind it and take the path's room
+   * (and a client joining a busy server would never catch up). */
+  uint64_t now = qrpci_now_ns();
+  if (!base) {
+    for (size_t i = 0; i < SNAP_SENT_SLOTS; i++) {
+      const snap_sent *p = &sc->sent[i];
+      if (p->seq && p->whole && !p->lost && p->acked < p->frags &&
+          now - p->sent_ns < WHOLE_IN_FLIGHT_NS) {
+        cc->st.snap_deferred++;
+        dc->dg->total.snap_deferred++;
+        return QRPC_EAGAIN;
+      }
+    }
+  }
   int err = 0;
   snap_enc *e = snapshot_encoding(s, ch, base, &err);
   if (!e) return err;
@@ -949,7 +972,11 @@ int qrpci_dgconn_send_snapshot(qrpci_dgconn *dc, qrpc_snapshot *s) {
   if (rv != 0) return rv;
   snap_sent *ss = &sc->sent[sc->sent_next];
   sc->sent_next = (sc->sent_next + 1) % SNAP_SENT_SLOTS;
-  *ss = (snap_sent){.seq = e->d->seq, .tick = s->st->tick, .frags = e->d->n};
+  *ss = (snap_sent){.seq = e->d->seq,
+                    .tick = s->st->tick,
+                    .sent_ns = now,
+                    .frags = e->d->n,
+                    .whole = !e->delta};
   if (e->delta) {
     cc->st.snap_delta_sent++;
     dc->dg->total.snap_delta_sent++;

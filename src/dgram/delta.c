@@ -330,20 +330,22 @@ static int put_entity(qrpci_delta_buf *out, uint32_t field, const entity *e) {
 }
 
 /* Writes the entity field: base's entities [bi, bj) updated in place or
- * dropped, then the new ones. */
+ * dropped, then the new ones. Only the delta's keys are indexed, so a
+ * receiver's work grows with what changed plus one pass over base. */
 static int apply_entities(const qrpci_delta_keys *k, const uint8_t *base,
                           const fields *pb, size_t bi, size_t bj, records *r,
                           qrpci_delta_buf *out) {
-  qrpci_u64map seen;
-  qrpci_u64map_init(&seen);
-  int rv = index_entities(k, base, pb, bi, bj, &seen);
-  if (rv == 1) rv = QRPC_EINVAL;
+  int rv = 0;
   size_t deleted = 0;
   for (size_t i = bi; rv == 0 && i < bj; i++) {
     const span *s = &pb->f[i];
     uint64_t key = 0;
-    entity_key(k, base + s->off + s->body, s->len - s->body, &key);
+    if (s->wt != QRPCI_PB_LEN ||
+        entity_key(k, base + s->off + s->body, s->len - s->body, &key) != 0)
+      return QRPC_EINVAL;
     uintptr_t u = (uintptr_t)qrpci_u64map_get(&r->upkeys, key);
+    /* A key base repeats would take one upsert twice. */
+    if (u && r->ups[u - 1].used) return QRPC_EINVAL;
     if (qrpci_u64map_get(&r->delkeys, key)) {
       deleted++;
     } else if (u) {
@@ -357,7 +359,6 @@ static int apply_entities(const qrpci_delta_keys *k, const uint8_t *base,
   if (rv == 0 && deleted != r->delkeys.size) rv = QRPC_EINVAL;
   for (size_t j = 0; rv == 0 && j < r->nups; j++)
     if (!r->ups[j].used) rv = put_entity(out, k->entities, &r->ups[j]);
-  qrpci_u64map_free(&seen);
   return rv;
 }
 
@@ -396,6 +397,8 @@ int qrpci_delta_apply(const qrpci_delta_keys *k, const uint8_t *base,
   out->len = 0;
   int rv = parse(base, blen, &pb);
   if (rv == 1) rv = QRPC_EINVAL;
+  /* Most states keep their size from tick to tick. */
+  if (rv == 0 && blen + dlen <= max) rv = reserve(out, blen + dlen);
   if (rv == 0) rv = read_records(k, d, dlen, &r);
   if (rv == 0) rv = apply_records(k, base, &pb, &r, out);
   if (rv == 0 && out->len > max) rv = QRPC_EMSGSIZE;

@@ -53,8 +53,9 @@ int qrpci_delta_diff(const qrpci_delta_keys *k, const uint8_t *base,
  * bytes. Returns 0; QRPC_EINVAL when base does not parse, or d is
  * malformed or does not apply to base (a record cut short, an unknown Op,
  * a field listed twice or whose bytes are not that field, an entity
- * without a key, a key upserted twice, a DELETE of a key base lacks, a
- * base whose entities repeat a key); QRPC_EMSGSIZE when the result would
+ * without a key, a key upserted twice, a DELETE of a key base lacks, an
+ * entity of base that is not a message with a key, a key the delta names
+ * that base repeats); QRPC_EMSGSIZE when the result would
  * exceed max; QRPC_ENOMEM. */
 int qrpci_delta_apply(const qrpci_delta_keys *k, const uint8_t *base,
                       size_t blen, const uint8_t *d, size_t dlen, size_t max,
