@@ -87,9 +87,27 @@ static const char *const ids_bidi_stream[] = {
     "__serve_item", NULL};
 static const char *const ids_notify[] = {"_FLAGS", "", "_peer", "__serve",
                                          NULL};
-static const char *const ids_datagram[] = {
-    "_LATEST_ONLY", "_MAX_AGE_MS", "_MAX_MESSAGE", "_send", "_encode",
-    "__recv",       NULL};
+static const char *const ids_datagram[] = {"_LATEST_ONLY",
+                                           "_MAX_AGE_MS",
+                                           "_MAX_MESSAGE",
+                                           "_SNAPSHOT_RING",
+                                           "_SNAPSHOT_ENTITIES",
+                                           "_SNAPSHOT_KEY",
+                                           "_send",
+                                           "_encode",
+                                           "__recv",
+                                           NULL};
+/* A snapshot channel sends only from a server's snapshots, so it has no
+ * _send or _encode. */
+static const char *const ids_snapshot[] = {"_LATEST_ONLY",
+                                           "_MAX_AGE_MS",
+                                           "_MAX_MESSAGE",
+                                           "_SNAPSHOT_RING",
+                                           "_SNAPSHOT_ENTITIES",
+                                           "_SNAPSHOT_KEY",
+                                           "_snapshot_new",
+                                           "__recv",
+                                           NULL};
 static const char *const ids_service[] = {"_handlers",
                                           "_register",
                                           "_register_client",
@@ -98,14 +116,14 @@ static const char *const ids_service[] = {"_handlers",
                                           "__register_all",
                                           "__register_copy",
                                           NULL};
-static const char *const *method_ids(cg_kind k) {
-  switch (k) {
+static const char *const *method_ids(const cg_method *me) {
+  switch (me->kind) {
   case CG_UNARY: return ids_unary;
   case CG_SERVER_STREAM: return ids_server_stream;
   case CG_CLIENT_STREAM: return ids_client_stream;
   case CG_BIDI_STREAM: return ids_bidi_stream;
   case CG_NOTIFY: return ids_notify;
-  case CG_DATAGRAM: return ids_datagram;
+  case CG_DATAGRAM: return me->snapshot_ring ? ids_snapshot : ids_datagram;
   }
   return NULL;
 }
@@ -153,6 +171,9 @@ static const char h_top[] =
     " *   p_q_S_M_send() sends on a qrpc_peer, p_q_S_M_encode() encodes once\n"
     " *   for qrpc_peer_send_encoded() to many peers, and a member of\n"
     " *   p_q_S_handlers receives, on either side.\n"
+    " * - Snapshot channels ((qrpc.snapshot_ring)): only a server sends,\n"
+    " *   with p_q_S_M_snapshot_new() and qrpc_peer_send_snapshot(); the\n"
+    " *   member gets each tick's whole state, seq being the tick.\n"
     " *\n"
     " * Rules:\n"
     " * - Functions return 0 or a negative QRPC_E* code like the qrpc_*\n"
@@ -349,15 +370,22 @@ static const char h_notify[] =
     "int $PM$(qrpc_client *cli, const $IN$ *request);\n"
     "int $PM$_peer(qrpc_peer *peer, const $IN$ *request);\n";
 
-static const char h_datagram[] =
+static const char h_datagram_opts[] =
     "\n"
-    "/* The channel's options from the IDL ((qrpc.latest_only),\n"
-    " * (qrpc.max_age_ms), 0: no limit, and (qrpc.max_message_bytes), 0:\n"
-    " * one datagram per message), which $S$_register() and\n"
-    " * $S$_register_client() apply (qrpc_dgram_opts). */\n"
+    "/* The channel's options from the IDL, which $S$_register() and\n"
+    " * $S$_register_client() apply (qrpc_dgram_opts): (qrpc.latest_only);\n"
+    " * (qrpc.max_age_ms), 0: no limit; (qrpc.max_message_bytes), 0: one\n"
+    " * datagram per message (64 KiB on a snapshot channel);\n"
+    " * (qrpc.snapshot_ring), 0: not a snapshot channel; and the field\n"
+    " * numbers (qrpc.snapshot_key) names, 0 if unset. */\n"
     "#define $PM$_LATEST_ONLY $LATEST_ONLY$\n"
     "#define $PM$_MAX_AGE_MS $MAX_AGE_MS$u\n"
     "#define $PM$_MAX_MESSAGE $MAX_MESSAGE$u\n"
+    "#define $PM$_SNAPSHOT_RING $SNAPSHOT_RING$u\n"
+    "#define $PM$_SNAPSHOT_ENTITIES $SNAPSHOT_ENTITIES$u\n"
+    "#define $PM$_SNAPSHOT_KEY $SNAPSHOT_KEY$u\n";
+
+static const char h_datagram[] =
     "\n"
     "/* Sends msg on the channel to peer, packed straight into its\n"
     " * datagram, or into its fragments on a fragmented channel\n"
@@ -373,6 +401,18 @@ static const char h_datagram[] =
     " * QRPC_ENOMEM. */\n"
     "int $PM$_encode(qrpc_server *srv, const $IN$ *msg, qrpc_dgram **out);\n";
 
+static const char h_snapshot[] =
+    "\n"
+    "/* Makes msg (packed before this returns) srv's state at tick on the\n"
+    " * snapshot channel (qrpc_server_snapshot_new_msg()): ticks increase\n"
+    " * from call to call. Send *out to each peer with\n"
+    " * qrpc_peer_send_snapshot(), which sends what that peer lacks, then\n"
+    " * free it with qrpc_snapshot_free() (before srv). Errors: QRPC_EINVAL\n"
+    " * (also tick 0 or not above the last), QRPC_EMSGSIZE (over\n"
+    " * $PM$_MAX_MESSAGE, or 64 KiB when that is 0), QRPC_ENOMEM. */\n"
+    "int $PM$_snapshot_new(qrpc_server *srv, uint64_t tick, const $IN$ *msg,\n"
+    "    qrpc_snapshot **out);\n";
+
 static const char h_handlers_top[] =
     "\n"
     "/* ---- Serving $SFULL$ ---- */\n"
@@ -384,8 +424,9 @@ static const char h_handlers_top[] =
     " * qrpc_req_set_callbacks()); notify handlers answer nothing, and req\n"
     " * lives only while they run. Datagram channels are always registered,\n"
     " * with their IDL options: a datagram member gets each datagram that\n"
-    " * arrives on the channel (seq is its Seq; msg is borrowed until it\n"
-    " * returns), and one left NULL makes the channel send-only here. */\n"
+    " * arrives on the channel (seq is its Seq, or on a snapshot channel the\n"
+    " * tick of the whole state msg is; msg is borrowed until it returns),\n"
+    " * and one left NULL makes the channel send-only here. */\n"
     "typedef struct $S$_handlers {\n"
     "  void *user_data; /* passed to every handler */\n";
 
@@ -756,7 +797,24 @@ static const char c_datagram[] =
     "  if (rc != 0) return rc;\n"
     "  if (srv == NULL || out == NULL) return QRPC_EINVAL;\n"
     "  return qrpc_server_dgram_encode_msg(srv, $PM$_METHOD_ID, &m, out);\n"
-    "}\n"
+    "}\n";
+
+static const char c_snapshot[] =
+    "\n"
+    "int $PM$_snapshot_new(qrpc_server *srv, uint64_t tick, const $IN$ *msg,\n"
+    "    qrpc_snapshot **out) {\n"
+    "  qrpc_msg m;\n"
+    "  int rc = qrpc_stub_msg(&m, (const ProtobufCMessage *)msg,\n"
+    "                         &$IN_DESC$);\n"
+    "  if (rc != 0) return rc;\n"
+    "  if (srv == NULL || out == NULL) return QRPC_EINVAL;\n"
+    "  return qrpc_server_snapshot_new_msg(srv, $PM$_METHOD_ID, tick, &m,\n"
+    "                                      out);\n"
+    "}\n";
+
+/* The receiving side of every datagram channel: on a snapshot channel seq
+ * is the tick and the payload the whole state, so nothing differs. */
+static const char c_datagram_recv[] =
     "\n"
     "/* Registered only while the handler is set. */\n"
     "static void $PM$__recv(qrpc_peer *peer, uint32_t channel, uint64_t seq,\n"
@@ -799,6 +857,13 @@ static const char c_register_stream[] =
 static const char c_register_dgram[] =
     "  if ((rc = qrpc_stub_register_dgram_frag(srv, cli, $PM$_METHOD_ID,\n"
     "           $PM$_LATEST_ONLY, $PM$_MAX_AGE_MS, $PM$_MAX_MESSAGE,\n"
+    "           h->$M$ != NULL ? $PM$__recv : NULL, h)) != 0)\n"
+    "    return rc;\n";
+static const char c_register_snapshot[] =
+    "  if ((rc = qrpc_stub_register_dgram_snapshot(srv, cli, $PM$_METHOD_ID,\n"
+    "           $PM$_LATEST_ONLY, $PM$_MAX_AGE_MS, $PM$_MAX_MESSAGE,\n"
+    "           $PM$_SNAPSHOT_RING, $PM$_SNAPSHOT_ENTITIES, "
+    "$PM$_SNAPSHOT_KEY,\n"
     "           h->$M$ != NULL ? $PM$__recv : NULL, h)) != 0)\n"
     "    return rc;\n";
 static const char c_register_bottom[] = "  return 0;\n"
@@ -846,6 +911,9 @@ typedef struct method_vars {
   char id[16];
   char max_age_ms[16];
   char max_message[16];
+  char snapshot_ring[16];
+  char snapshot_entities[16];
+  char snapshot_key[16];
   char in_desc[512];
   char out_desc[512];
 } method_vars;
@@ -868,6 +936,12 @@ static int bind_method(method_vars *mv, const cg_vars *base,
            (unsigned)me->max_age_ms);
   snprintf(mv->max_message, sizeof(mv->max_message), "%u",
            (unsigned)me->max_message);
+  snprintf(mv->snapshot_ring, sizeof(mv->snapshot_ring), "%u",
+           (unsigned)me->snapshot_ring);
+  snprintf(mv->snapshot_entities, sizeof(mv->snapshot_entities), "%u",
+           (unsigned)me->snapshot_entities);
+  snprintf(mv->snapshot_key, sizeof(mv->snapshot_key), "%u",
+           (unsigned)me->snapshot_key);
   int a = snprintf(mv->in_desc, sizeof(mv->in_desc), "%s__descriptor",
                    me->in->c_lower);
   int b = snprintf(mv->out_desc, sizeof(mv->out_desc), "%s__descriptor",
@@ -878,7 +952,8 @@ static int bind_method(method_vars *mv, const cg_vars *base,
   cg_vars_set(&mv->v, "PM", me->prefix);
   cg_vars_set(&mv->v, "M", me->c_name);
   cg_vars_set(&mv->v, "FULL", me->full);
-  cg_vars_set(&mv->v, "KIND", cg_kind_name(me->kind));
+  cg_vars_set(&mv->v, "KIND",
+              me->snapshot_ring ? "snapshot datagram" : cg_kind_name(me->kind));
   cg_vars_set(&mv->v, "ID", mv->id);
   cg_vars_set(&mv->v, "PINNED", me->pinned ? " /* pinned */" : "");
   cg_vars_set(&mv->v, "SHAPE", shape_name(me->kind));
@@ -887,6 +962,9 @@ static int bind_method(method_vars *mv, const cg_vars *base,
   cg_vars_set(&mv->v, "LATEST_ONLY", me->latest_only ? "1" : "0");
   cg_vars_set(&mv->v, "MAX_AGE_MS", mv->max_age_ms);
   cg_vars_set(&mv->v, "MAX_MESSAGE", mv->max_message);
+  cg_vars_set(&mv->v, "SNAPSHOT_RING", mv->snapshot_ring);
+  cg_vars_set(&mv->v, "SNAPSHOT_ENTITIES", mv->snapshot_entities);
+  cg_vars_set(&mv->v, "SNAPSHOT_KEY", mv->snapshot_key);
   cg_vars_set(&mv->v, "IN", me->in->c_type);
   cg_vars_set(&mv->v, "IN_FULL", me->in->full);
   cg_vars_set(&mv->v, "IN_DESC", mv->in_desc);
@@ -911,7 +989,9 @@ static void ec(emitter *e, const cg_vars *v, const char *t) {
   if (cg_emit(e->c, v, t) != 0) e->bad_template = 1;
 }
 
-static void emit_method_header(emitter *e, const cg_vars *base, cg_kind k) {
+static void emit_method_header(emitter *e, const cg_vars *base,
+                               const cg_method *me) {
+  cg_kind k = me->kind;
   cg_vars wv = *base;
   const cg_vars *v = base;
   cg_vars_set(&wv, "WRITABLE",
@@ -934,7 +1014,10 @@ static void emit_method_header(emitter *e, const cg_vars *base, cg_kind k) {
     eh(e, v, h_bidi_stream_answer);
     break;
   case CG_NOTIFY: eh(e, v, h_notify); break;
-  case CG_DATAGRAM: eh(e, v, h_datagram); break;
+  case CG_DATAGRAM:
+    eh(e, v, h_datagram_opts);
+    eh(e, v, me->snapshot_ring ? h_snapshot : h_datagram);
+    break;
   }
 }
 
@@ -970,7 +1053,9 @@ static void emit_stream_start(emitter *e, const cg_vars *base, cg_kind k) {
   free(once);
 }
 
-static void emit_method_source(emitter *e, const cg_vars *v, cg_kind k) {
+static void emit_method_source(emitter *e, const cg_vars *v,
+                               const cg_method *me) {
+  cg_kind k = me->kind;
   cg_vars sv = *v;
   ec(e, v, c_method_top);
   switch (k) {
@@ -1030,7 +1115,10 @@ static void emit_method_source(emitter *e, const cg_vars *v, cg_kind k) {
     cg_vars_set(&sv, "NOTIFY_ACK", c_notify_ack);
     ec(e, &sv, c_serve_plain);
     break;
-  case CG_DATAGRAM: ec(e, v, c_datagram); break;
+  case CG_DATAGRAM:
+    ec(e, v, me->snapshot_ring ? c_snapshot : c_datagram);
+    ec(e, v, c_datagram_recv);
+    break;
   }
 }
 
@@ -1045,11 +1133,12 @@ static const char *member_template(cg_kind k) {
 }
 
 /* The template registering a method in $S$__register_all. */
-static const char *register_template(cg_kind k) {
-  switch (k) {
+static const char *register_template(const cg_method *me) {
+  switch (me->kind) {
   case CG_CLIENT_STREAM:
   case CG_BIDI_STREAM: return c_register_stream;
-  case CG_DATAGRAM: return c_register_dgram;
+  case CG_DATAGRAM:
+    return me->snapshot_ring ? c_register_snapshot : c_register_dgram;
   default: return c_register_plain;
   }
 }
@@ -1067,7 +1156,7 @@ static void emit_handlers(emitter *e, const cg_vars *sv, const cg_service *s,
   } else {
     ec(e, sv, c_register_vars);
     for (size_t i = 0; i < s->n_methods; i++)
-      ec(e, &mvs[i].v, register_template(s->methods[i].kind));
+      ec(e, &mvs[i].v, register_template(&s->methods[i]));
     ec(e, sv, c_register_bottom);
   }
   ec(e, sv, c_register_public);
@@ -1137,10 +1226,10 @@ static void emit_service(emitter *e, const cg_vars *fv, const cg_file *f,
       break;
     }
     decl_list(d, me->prefix, ids_all, mowner);
-    decl_list(d, me->prefix, method_ids(me->kind), mowner);
+    decl_list(d, me->prefix, method_ids(me), mowner);
     free(mowner);
-    emit_method_header(e, &mvs[i].v, me->kind);
-    emit_method_source(e, &mvs[i].v, me->kind);
+    emit_method_header(e, &mvs[i].v, me);
+    emit_method_source(e, &mvs[i].v, me);
   }
   if (!e->h->failed) emit_handlers(e, &sv, s, mvs);
   free(mvs);

@@ -1,10 +1,12 @@
 #include "model.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "names.h"
 #include "options.h"
+#include "qrpc/dgram.h"
 
 const char *cg_kind_name(cg_kind k) {
   switch (k) {
@@ -63,14 +65,32 @@ static int method_kind(const cg_file *f, cg_method *me,
     return -1;
   }
   if (!o->datagram &&
-      (o->has_latest_only || o->has_max_age_ms || o->has_max_message_bytes)) {
+      (o->has_latest_only || o->has_max_age_ms || o->has_max_message_bytes ||
+       o->has_snapshot_ring || o->has_snapshot_key)) {
     cg_buf_printf(errors,
                   "%s: %s: (qrpc.%s) applies only to (qrpc.datagram) "
                   "methods\n",
                   f->name, me->full,
-                  o->has_latest_only  ? "latest_only"
-                  : o->has_max_age_ms ? "max_age_ms"
-                                      : "max_message_bytes");
+                  o->has_latest_only         ? "latest_only"
+                  : o->has_max_age_ms        ? "max_age_ms"
+                  : o->has_max_message_bytes ? "max_message_bytes"
+                  : o->has_snapshot_ring     ? "snapshot_ring"
+                                             : "snapshot_key");
+    return -1;
+  }
+  if (o->has_snapshot_key && o->snapshot_ring == 0) {
+    cg_buf_printf(errors,
+                  "%s: %s: (qrpc.snapshot_key) needs (qrpc.snapshot_ring) "
+                  "of 1 to %d\n",
+                  f->name, me->full, QRPC_DGRAM_MAX_RING);
+    return -1;
+  }
+  if (o->snapshot_ring > QRPC_DGRAM_MAX_RING) {
+    cg_buf_printf(errors,
+                  "%s: %s: (qrpc.snapshot_ring) is %u; a channel keeps at "
+                  "most %d baselines\n",
+                  f->name, me->full, (unsigned)o->snapshot_ring,
+                  QRPC_DGRAM_MAX_RING);
     return -1;
   }
   if (o->notify) me->kind = CG_NOTIFY;
@@ -79,6 +99,128 @@ static int method_kind(const cg_file *f, cg_method *me,
   me->latest_only = o->latest_only;
   me->max_age_ms = o->max_age_ms;
   me->max_message = o->max_message_bytes;
+  me->snapshot_ring = o->snapshot_ring;
+  return 0;
+}
+
+/* How a field's type reads in a message. */
+static const char *
+field_type_name(Google__Protobuf__FieldDescriptorProto__Type t) {
+  switch (t) {
+  case GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_DOUBLE:
+    return "double";
+  case GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_FLOAT:
+    return "float";
+  case GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_FIXED64:
+    return "fixed64";
+  case GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_FIXED32:
+    return "fixed32";
+  case GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_SFIXED32:
+    return "sfixed32";
+  case GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_SFIXED64:
+    return "sfixed64";
+  case GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_STRING:
+    return "string";
+  case GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_BYTES:
+    return "bytes";
+  case GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_GROUP:
+    return "group";
+  case GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_MESSAGE:
+    return "message";
+  default: return "varint";
+  }
+}
+
+/* The entity key is read from the wire as a varint (src/dgram/delta.h),
+ * so only the types encoded as one qualify. */
+static int is_varint_type(Google__Protobuf__FieldDescriptorProto__Type t) {
+  switch (t) {
+  case GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_INT32:
+  case GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_INT64:
+  case GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_UINT32:
+  case GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_UINT64:
+  case GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_SINT32:
+  case GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_SINT64:
+  case GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_BOOL:
+  case GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_ENUM: return 1;
+  default: return 0;
+  }
+}
+
+static int is_repeated(const Google__Protobuf__FieldDescriptorProto *fd) {
+  return fd->has_label &&
+         fd->label ==
+             GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__LABEL__LABEL_REPEATED;
+}
+
+/* Resolves (qrpc.snapshot_key) "FIELD.KEY" against the request type to
+ * the field numbers the library's delta works with, since the runtime
+ * sees only bytes and cannot check names itself. */
+static int snapshot_key(const cg_model *m, const cg_file *f, cg_method *me,
+                        const cg_method_opts *o, cg_buf *errors) {
+  const char *s = o->snapshot_key;
+  size_t n = o->snapshot_key_len;
+  const char *dot = n > 0 ? memchr(s, '.', n) : NULL;
+  size_t flen = dot ? (size_t)(dot - s) : 0;
+  size_t klen = dot ? n - flen - 1 : 0;
+  if (dot == NULL || flen == 0 || klen == 0 ||
+      memchr(dot + 1, '.', klen) != NULL || memchr(s, '\0', n) != NULL) {
+    cg_buf_printf(errors,
+                  "%s: %s: (qrpc.snapshot_key) \"%.*s\" is not FIELD.KEY "
+                  "(a repeated message field of %s, and a varint field of "
+                  "that message)\n",
+                  f->name, me->full, (int)n, s, me->in->full);
+    return -1;
+  }
+  const Google__Protobuf__FieldDescriptorProto *ef =
+      cg_type_field(me->in, s, flen);
+  const char *bad = NULL;
+  if (ef == NULL)
+    bad = "does not exist";
+  else if (!is_repeated(ef))
+    bad = "is not repeated";
+  else if (!ef->has_type ||
+           ef->type !=
+               GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_MESSAGE)
+    bad = "is not a message field";
+  if (bad != NULL) {
+    cg_buf_printf(errors,
+                  "%s: %s: (qrpc.snapshot_key) \"%.*s\": field %.*s of %s %s; "
+                  "FIELD must be a repeated message field\n",
+                  f->name, me->full, (int)n, s, (int)flen, s, me->in->full,
+                  bad);
+    return -1;
+  }
+  const cg_type *et = cg_symtab_find(&m->types, ef->type_name);
+  if (et == NULL || et->is_enum) {
+    cg_buf_printf(errors,
+                  "%s: %s: (qrpc.snapshot_key) \"%.*s\": type %s of field "
+                  "%.*s is not a known message\n",
+                  f->name, me->full, (int)n, s,
+                  ef->type_name ? ef->type_name : "(none)", (int)flen, s);
+    return -1;
+  }
+  const Google__Protobuf__FieldDescriptorProto *kf =
+      cg_type_field(et, dot + 1, klen);
+  char why[64] = "";
+  if (kf == NULL)
+    snprintf(why, sizeof(why), "does not exist");
+  else if (is_repeated(kf))
+    snprintf(why, sizeof(why), "is repeated");
+  else if (!kf->has_type || !is_varint_type(kf->type))
+    snprintf(why, sizeof(why), "is a %s field",
+             kf->has_type ? field_type_name(kf->type) : "typeless");
+  if (why[0] != '\0') {
+    cg_buf_printf(errors,
+                  "%s: %s: (qrpc.snapshot_key) \"%.*s\": field %.*s of %s "
+                  "%s; KEY must be a single uint32, uint64, int32, int64, "
+                  "sint32, sint64, bool or enum field\n",
+                  f->name, me->full, (int)n, s, (int)klen, dot + 1, et->full,
+                  why);
+    return -1;
+  }
+  me->snapshot_entities = (uint32_t)ef->number;
+  me->snapshot_key = (uint32_t)kf->number;
   return 0;
 }
 
@@ -105,6 +247,9 @@ static int build_method(cg_model *m, cg_file *f, cg_service *s, cg_method *me,
   int rc = method_kind(f, me, md, &o, errors);
   me->in = method_type(m, f, me, md->input_type, "request", errors);
   me->out = method_type(m, f, me, md->output_type, "reply", errors);
+  if (rc == 0 && me->in != NULL && o.has_snapshot_key &&
+      snapshot_key(m, f, me, &o, errors) != 0)
+    rc = -1;
   return rc == 0 && me->in && me->out ? 0 : -1;
 }
 

@@ -31,11 +31,16 @@ typedef struct cg_method {
   uint32_t id;
   int pinned; /* the id comes from (qrpc.method_id) */
   cg_kind kind;
-  int idempotent;      /* idempotency_level says it may run twice; not
-                          used by datagram stubs */
-  int latest_only;     /* datagram: (qrpc.latest_only) */
-  uint32_t max_age_ms; /* datagram: (qrpc.max_age_ms), 0 if unset */
+  int idempotent;       /* idempotency_level says it may run twice; not
+                           used by datagram stubs */
+  int latest_only;      /* datagram: (qrpc.latest_only) */
+  uint32_t max_age_ms;  /* datagram: (qrpc.max_age_ms), 0 if unset */
   uint32_t max_message; /* datagram: (qrpc.max_message_bytes), 0 if unset */
+  /* Snapshot channels: (qrpc.snapshot_ring), 0 for another datagram
+   * method; the field numbers (qrpc.snapshot_key) names, 0 if unset. */
+  uint32_t snapshot_ring;
+  uint32_t snapshot_entities;
+  uint32_t snapshot_key;
   const cg_type *in;
   const cg_type *out; /* not used by datagram and notify stubs */
 } cg_method;

@@ -41,6 +41,22 @@ static int varint_option(const ProtobufCMessage *m, uint32_t tag, uint64_t *v) {
   return 1;
 }
 
+/* Reads a length-delimited option (a string) into *data, *len (borrowed
+ * from m). Returns 1 if present, 0 if absent, -1 if malformed. */
+static int bytes_option(const ProtobufCMessage *m, uint32_t tag,
+                        const char **data, size_t *len) {
+  const ProtobufCMessageUnknownField *f = last_unknown(m, tag);
+  if (f == NULL) return 0;
+  if (f->wire_type != PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED) return -1;
+  /* protobuf-c keeps a length-prefixed unknown field with its prefix. */
+  const uint8_t *p = f->data, *end = f->data + f->len;
+  uint64_t n;
+  if (read_varint(&p, end, &n) != 0 || n != (uint64_t)(end - p)) return -1;
+  *data = (const char *)p;
+  *len = (size_t)n;
+  return 1;
+}
+
 int cg_method_opts_read(const Google__Protobuf__MethodOptions *opts,
                         cg_method_opts *out, const char **why) {
   memset(out, 0, sizeof(*out));
@@ -90,6 +106,22 @@ int cg_method_opts_read(const Google__Protobuf__MethodOptions *opts,
     out->has_max_message_bytes = 1;
     out->max_message_bytes = (uint32_t)v;
   }
+  rc = varint_option(m, CG_OPT_SNAPSHOT_RING, &v);
+  if (rc < 0 || (rc > 0 && v > UINT32_MAX)) {
+    *why = "(qrpc.snapshot_ring) is not a 32-bit unsigned integer";
+    return -1;
+  }
+  if (rc > 0) {
+    out->has_snapshot_ring = 1;
+    out->snapshot_ring = (uint32_t)v;
+  }
+  rc = bytes_option(m, CG_OPT_SNAPSHOT_KEY, &out->snapshot_key,
+                    &out->snapshot_key_len);
+  if (rc < 0) {
+    *why = "(qrpc.snapshot_key) is not a string";
+    return -1;
+  }
+  out->has_snapshot_key = rc > 0;
   /* A side-effect-free method is idempotent too. */
   out->idempotent =
       opts->has_idempotency_level &&

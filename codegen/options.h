@@ -9,6 +9,7 @@
 #ifndef CG_OPTIONS_H
 #define CG_OPTIONS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "google/protobuf/descriptor.pb-c.h"
@@ -20,6 +21,8 @@
 #define CG_OPT_LATEST_ONLY 51004
 #define CG_OPT_MAX_AGE_MS 51005
 #define CG_OPT_MAX_MESSAGE_BYTES 51006
+#define CG_OPT_SNAPSHOT_RING 51007
+#define CG_OPT_SNAPSHOT_KEY 51008
 
 /* extend google.protobuf.FileOptions { ProtobufCFileOptions pb_c_file }
  * (protobuf-c/protobuf-c.proto) and its c_package field, which renames
@@ -39,13 +42,21 @@ typedef struct cg_method_opts {
   uint32_t max_age_ms;
   int has_max_message_bytes;
   uint32_t max_message_bytes;
+  int has_snapshot_ring;
+  uint32_t snapshot_ring;
+  /* (qrpc.snapshot_key): its bytes, borrowed from opts, not
+   * NUL-terminated. */
+  int has_snapshot_key;
+  const char *snapshot_key;
+  size_t snapshot_key_len;
   /* protobuf's own idempotency_level is IDEMPOTENT or NO_SIDE_EFFECTS. */
   int idempotent;
 } cg_method_opts;
 
 /* Reads the options of a method (opts may be NULL: no options).
  * Returns 0, or -1 with *why set to a static description when an option
- * is malformed (wrong wire type, or a method_id or max_age_ms beyond 32
+ * is malformed (wrong wire type, a length that does not fit, or a
+ * method_id, max_age_ms, max_message_bytes or snapshot_ring beyond 32
  * bits). */
 int cg_method_opts_read(const Google__Protobuf__MethodOptions *opts,
                         cg_method_opts *out, const char **why);

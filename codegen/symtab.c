@@ -17,7 +17,8 @@ typedef struct walk {
 } walk;
 
 /* Adds the type whose name relative to the package is rel. */
-static int add_type(walk *w, const char *rel, int is_enum) {
+static int add_type(walk *w, const char *rel,
+                    const Google__Protobuf__DescriptorProto *msg) {
   cg_symtab *t = w->t;
   if (t->n == t->cap) {
     size_t cap = t->cap ? t->cap * 2 : 64;
@@ -37,7 +38,8 @@ static int add_type(walk *w, const char *rel, int is_enum) {
   free(c_full);
   ty->file = w->file;
   ty->file_index = w->file_index;
-  ty->is_enum = is_enum;
+  ty->is_enum = msg == NULL;
+  ty->msg = msg;
   t->n++;
   return ty->full && ty->c_type && ty->c_lower ? 0 : -1;
 }
@@ -48,7 +50,7 @@ static int add_enums(walk *w, const char *scope,
   for (size_t i = 0; i < n; i++) {
     char *rel =
         cg_strdup_printf("%s%s%s", scope, scope[0] ? "." : "", enums[i]->name);
-    int rc = rel ? add_type(w, rel, 1) : -1;
+    int rc = rel ? add_type(w, rel, NULL) : -1;
     free(rel);
     if (rc != 0) return -1;
   }
@@ -61,7 +63,7 @@ static int add_messages(walk *w, const char *scope,
   for (size_t i = 0; i < n; i++) {
     const Google__Protobuf__DescriptorProto *m = msgs[i];
     char *rel = cg_strdup_printf("%s%s%s", scope, scope[0] ? "." : "", m->name);
-    int rc = rel ? add_type(w, rel, 0) : -1;
+    int rc = rel ? add_type(w, rel, m) : -1;
     if (rc == 0) rc = add_messages(w, rel, m->nested_type, m->n_nested_type);
     if (rc == 0) rc = add_enums(w, rel, m->enum_type, m->n_enum_type);
     free(rel);
@@ -112,5 +114,17 @@ const cg_type *cg_symtab_find(const cg_symtab *t, const char *name) {
   if (name[0] == '.') name++;
   for (size_t i = 0; i < t->n; i++)
     if (strcmp(t->types[i].full, name) == 0) return &t->types[i];
+  return NULL;
+}
+
+const Google__Protobuf__FieldDescriptorProto *
+cg_type_field(const cg_type *t, const char *name, size_t len) {
+  if (t == NULL || t->msg == NULL) return NULL;
+  for (size_t i = 0; i < t->msg->n_field; i++) {
+    const Google__Protobuf__FieldDescriptorProto *f = t->msg->field[i];
+    if (f->name != NULL && strlen(f->name) == len &&
+        memcmp(f->name, name, len) == 0)
+      return f;
+  }
   return NULL;
 }

@@ -17,6 +17,9 @@ typedef struct cg_type {
   const char *file;  /* the .proto defining it (borrowed) */
   size_t file_index; /* its index in the set given to cg_symtab_build */
   int is_enum;
+  /* The message's descriptor (borrowed from the request), for its
+   * fields; NULL for an enum. */
+  const Google__Protobuf__DescriptorProto *msg;
 } cg_type;
 
 typedef struct cg_symtab {
@@ -36,5 +39,10 @@ void cg_symtab_free(cg_symtab *t);
 
 /* The type named name (with or without the leading dot), or NULL. */
 const cg_type *cg_symtab_find(const cg_symtab *t, const char *name);
+
+/* The field of message type t whose name is the len bytes at name, or
+ * NULL (also for an enum). */
+const Google__Protobuf__FieldDescriptorProto *
+cg_type_field(const cg_type *t, const char *name, size_t len);
 
 #endif

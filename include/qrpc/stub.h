@@ -152,6 +152,19 @@ int qrpc_stub_register_dgram_frag(qrpc_server *srv, qrpc_client *cli,
                                   uint32_t channel, int latest_only,
                                   uint64_t max_age_ms, size_t max_message,
                                   qrpc_dgram_fn fn, const void *handlers);
+/* The same with (qrpc.snapshot_ring) and the field numbers
+ * (qrpc.snapshot_key) resolved to: snapshot_ring > 0 makes the channel a
+ * snapshot channel (qrpc_dgram_opts.snapshot_ring, snapshot_entities and
+ * snapshot_key; max_message 0 then means QRPC_DGRAM_SNAPSHOT_MESSAGE).
+ * Errors: as qrpc_stub_register_dgram(), QRPC_EINVAL also for a
+ * snapshot_ring over QRPC_DGRAM_MAX_RING. */
+int qrpc_stub_register_dgram_snapshot(qrpc_server *srv, qrpc_client *cli,
+                                      uint32_t channel, int latest_only,
+                                      uint64_t max_age_ms, size_t max_message,
+                                      size_t snapshot_ring,
+                                      uint32_t snapshot_entities,
+                                      uint32_t snapshot_key, qrpc_dgram_fn fn,
+                                      const void *handlers);
 
 /* Refuses a request whose payload does not decode: it is failed with
  * QRPC_STATUS_INVALID_ARGUMENT and detail (a NUL-terminated string from

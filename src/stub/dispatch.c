@@ -100,11 +100,26 @@ int qrpc_stub_register_dgram_frag(qrpc_server *srv, qrpc_client *cli,
                                   uint32_t channel, int latest_only,
                                   uint64_t max_age_ms, size_t max_message,
                                   qrpc_dgram_fn fn, const void *handlers) {
+  return qrpc_stub_register_dgram_snapshot(srv, cli, channel, latest_only,
+                                           max_age_ms, max_message, 0, 0, 0, fn,
+                                           handlers);
+}
+
+int qrpc_stub_register_dgram_snapshot(qrpc_server *srv, qrpc_client *cli,
+                                      uint32_t channel, int latest_only,
+                                      uint64_t max_age_ms, size_t max_message,
+                                      size_t snapshot_ring,
+                                      uint32_t snapshot_entities,
+                                      uint32_t snapshot_key, qrpc_dgram_fn fn,
+                                      const void *handlers) {
   qrpc_dgram_opts o;
   qrpc_dgram_opts_default(&o);
   o.latest_only = latest_only;
   o.max_age_ms = max_age_ms;
   o.max_message = max_message;
+  o.snapshot_ring = snapshot_ring;
+  o.snapshot_entities = snapshot_entities;
+  o.snapshot_key = snapshot_key;
   if (srv != NULL)
     return qrpc_server_register_dgram(srv, channel, &o, fn, (void *)handlers);
   if (cli != NULL)

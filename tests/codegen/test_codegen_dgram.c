@@ -4,7 +4,9 @@
  * QUIC: typed send in both directions, encode-once broadcast, the channel
  * options the IDL sets ((qrpc.latest_only), (qrpc.max_age_ms)), the size
  * and queue refusals, and payloads that do not decode (dropped, counted,
- * the connection unharmed).
+ * the connection unharmed); snapshot channels ((qrpc.snapshot_ring),
+ * (qrpc.snapshot_key)): a server's world tick by tick, mostly as deltas,
+ * arriving whole and equal to what was sent.
  */
 #include <check.h>
 #include <stdio.h>
@@ -20,10 +22,15 @@
 
 typedef Qrpc__Test__Dgram__PlayerInput Input;
 typedef Qrpc__Test__Dgram__WorldState State;
+typedef Qrpc__Test__Dgram__World World;
+typedef Qrpc__Test__Dgram__Entity Entity;
 
 #define INPUT_CH qrpc_test_dgram_Sync_Input_METHOD_ID
 #define STATE_CH qrpc_test_dgram_Sync_State_METHOD_ID
 #define SNAPSHOT_CH qrpc_test_dgram_Sync_Snapshot_METHOD_ID
+#define FRAME_CH qrpc_test_dgram_Sync_Frame_METHOD_ID
+#define SCORES_CH qrpc_test_dgram_Sync_Scores_METHOD_ID
+#define TOTALS_CH qrpc_test_dgram_Sync_Totals_METHOD_ID
 #define NCLI 2
 #define MAX_SEEN 64
 
@@ -74,6 +81,9 @@ typedef struct client_side {
   size_t last_blob;
   int snapshots;
   size_t snapshot_blob;
+  int frames;       /* snapshot channel Frame: states handed over */
+  int frames_wrong; /* of them, not the world the server made at seq */
+  uint64_t frame_tick;
   qrpc_test_dgram_Sync_handlers h; /* borrowed by the client until freed */
 } client_side;
 
@@ -97,6 +107,70 @@ static void on_snapshot(qrpc_peer *peer, uint64_t seq, const State *msg,
   c->snapshot_blob = msg->blob.len;
   for (size_t k = 0; k < msg->blob.len; k++)
     if (msg->blob.data[k] != (uint8_t)(k * 7)) c->snapshot_blob = 0;
+}
+
+/* The world of the snapshot channel at a tick, built the same way on both
+ * sides: 60 entities, three moving each tick, one added at tick 6
+ * (after the others, where a delta appends it) and one gone from tick 9,
+ * and the map renamed at tick 11. x repeats across entities, so only
+ * keying by id (the IDL's "entities.id") tells them apart. */
+#define WORLD_MAX 64
+
+typedef struct world_buf {
+  World w;
+  Entity e[WORLD_MAX];
+  Entity *pe[WORLD_MAX];
+  char names[WORLD_MAX][16];
+} world_buf;
+
+static void world_at(uint64_t tick, world_buf *b) {
+  b->w = (World)QRPC__TEST__DGRAM__WORLD__INIT;
+  b->w.tick = tick;
+  b->w.map = tick >= 11 ? "arena-2" : "arena";
+  size_t n = 0;
+  for (uint32_t id = 1; id <= 61; id++) {
+    uint32_t eid = id == 61 ? 1000 : id;
+    if ((id == 61 && tick < 6) || (id == 30 && tick >= 9)) continue;
+    Entity *e = &b->e[n];
+    *e = (Entity)QRPC__TEST__DGRAM__ENTITY__INIT;
+    e->id = eid;
+    e->x = (int32_t)(id % 3);
+    /* y counts the ticks that moved the entity: those equal to its id
+     * modulo 20, three entities a tick. */
+    int32_t moves = 0;
+    for (uint64_t t = 1; t <= tick; t++)
+      if (t % 20 == id % 20) moves++;
+    e->y = moves - 1;
+    snprintf(b->names[n], sizeof(b->names[n]), "e%u", (unsigned)eid);
+    e->name = b->names[n];
+    b->pe[n] = e;
+    n++;
+  }
+  b->w.n_entities = n;
+  b->w.entities = b->pe;
+}
+
+static int worlds_equal(const World *a, const World *b) {
+  if (a->tick != b->tick || strcmp(a->map, b->map) != 0 ||
+      a->n_entities != b->n_entities)
+    return 0;
+  for (size_t i = 0; i < a->n_entities; i++) {
+    const Entity *x = a->entities[i], *y = b->entities[i];
+    if (x->id != y->id || x->x != y->x || x->y != y->y ||
+        strcmp(x->name, y->name) != 0)
+      return 0;
+  }
+  return 1;
+}
+
+static void on_frame(qrpc_peer *peer, uint64_t seq, const World *msg,
+                     void *ud) {
+  client_side *c = ud;
+  static world_buf want;
+  world_at(seq, &want);
+  if (!worlds_equal(msg, &want.w) || seq <= c->frame_tick) c->frames_wrong++;
+  c->frame_tick = seq;
+  c->frames++;
 }
 
 static void on_connect(qrpc_client *cli, qrpc_peer *peer, void *ud) {
@@ -132,6 +206,7 @@ static void setup(void) {
     cl[i].h.user_data = &cl[i];
     cl[i].h.State = on_state;
     cl[i].h.Snapshot = on_snapshot;
+    cl[i].h.Frame = on_frame;
     ck_assert_int_eq(qrpc_test_dgram_Sync_register_client(cl[i].cli, &cl[i].h),
                      0);
   }
@@ -467,6 +542,156 @@ START_TEST(test_max_age_from_idl) {
 }
 END_TEST
 
+/* ---- Snapshot channels -------------------------------------------------- */
+
+START_TEST(test_snapshot_options_from_idl) {
+  /* "entities.id" resolved to the field numbers of World and Entity. */
+  ck_assert_uint_eq(qrpc_test_dgram_Sync_Frame_SNAPSHOT_RING, 8);
+  ck_assert_uint_eq(qrpc_test_dgram_Sync_Frame_SNAPSHOT_ENTITIES, 5);
+  ck_assert_uint_eq(qrpc_test_dgram_Sync_Frame_SNAPSHOT_KEY, 4);
+  ck_assert_uint_eq(qrpc_test_dgram_Sync_Frame_MAX_MESSAGE, 0);
+  ck_assert_uint_eq(qrpc_test_dgram_Sync_Scores_SNAPSHOT_RING, 2);
+  ck_assert_uint_eq(qrpc_test_dgram_Sync_Scores_SNAPSHOT_ENTITIES, 3);
+  ck_assert_uint_eq(qrpc_test_dgram_Sync_Scores_SNAPSHOT_KEY, 1);
+  ck_assert_uint_eq(qrpc_test_dgram_Sync_Scores_MAX_MESSAGE, 4096);
+  ck_assert_uint_eq(qrpc_test_dgram_Sync_Totals_SNAPSHOT_RING,
+                    QRPC_DGRAM_MAX_RING);
+  ck_assert_uint_eq(qrpc_test_dgram_Sync_Totals_SNAPSHOT_ENTITIES, 0);
+  ck_assert_uint_eq(qrpc_test_dgram_Sync_Totals_SNAPSHOT_KEY, 0);
+  ck_assert_uint_eq(qrpc_test_dgram_Sync_State_SNAPSHOT_RING, 0);
+  ck_assert_uint_eq(qrpc_test_dgram_Sync_State_SNAPSHOT_ENTITIES, 0);
+  ck_assert_uint_eq(qrpc_test_dgram_Sync_State_SNAPSHOT_KEY, 0);
+
+  /* Registered as snapshot channels, so fragmented: 64 KiB without
+   * (qrpc.max_message_bytes), else its value. */
+  qrpc_peer *p = join(0);
+  ck_assert_uint_eq(qrpc_peer_max_dgram_payload(p, FRAME_CH),
+                    QRPC_DGRAM_SNAPSHOT_MESSAGE);
+  ck_assert_uint_eq(qrpc_peer_max_dgram_payload(p, TOTALS_CH),
+                    QRPC_DGRAM_SNAPSHOT_MESSAGE);
+  ck_assert_uint_eq(qrpc_peer_max_dgram_payload(p, SCORES_CH), 4096);
+  ck_assert_uint_eq(qrpc_peer_max_dgram_payload(peer_of(0), FRAME_CH),
+                    QRPC_DGRAM_SNAPSHOT_MESSAGE);
+
+  /* Only a snapshot channel takes snapshots; Scores refuses a state over
+   * its 4096 bytes. */
+  qrpc_snapshot *snap = NULL;
+  State st = QRPC__TEST__DGRAM__WORLD_STATE__INIT;
+  qrpc_msg m;
+  ck_assert_int_eq(qrpc_stub_msg(&m, &st.base, st.base.descriptor), 0);
+  ck_assert_int_eq(qrpc_server_snapshot_new_msg(srv, STATE_CH, 1, &m, &snap),
+                   QRPC_EINVAL);
+  ck_assert_int_eq(qrpc_test_dgram_Sync_Totals_snapshot_new(srv, 1, &st, &snap),
+                   0);
+  qrpc_snapshot_free(snap);
+  Qrpc__Test__Dgram__Board board = QRPC__TEST__DGRAM__BOARD__INIT;
+  static Qrpc__Test__Dgram__Score scores[600];
+  static Qrpc__Test__Dgram__Score *ps[600];
+  for (size_t k = 0; k < 600; k++) {
+    scores[k] = (Qrpc__Test__Dgram__Score)QRPC__TEST__DGRAM__SCORE__INIT;
+    scores[k].player = -(int64_t)k;
+    scores[k].points = 1000;
+    ps[k] = &scores[k];
+  }
+  board.scores = ps;
+  board.n_scores = 600;
+  ck_assert_uint_gt(protobuf_c_message_get_packed_size(&board.base), 4096);
+  snap = NULL;
+  ck_assert_int_eq(
+      qrpc_test_dgram_Sync_Scores_snapshot_new(srv, 1, &board, &snap),
+      QRPC_EMSGSIZE);
+  board.n_scores = 100;
+  ck_assert_int_eq(
+      qrpc_test_dgram_Sync_Scores_snapshot_new(srv, 1, &board, &snap), 0);
+  qrpc_snapshot_free(snap);
+}
+END_TEST
+
+START_TEST(test_snapshot_argument_checks) {
+  static world_buf b;
+  world_at(1, &b);
+  State st = QRPC__TEST__DGRAM__WORLD_STATE__INIT;
+  qrpc_snapshot *snap = NULL;
+  ck_assert_int_eq(
+      qrpc_test_dgram_Sync_Frame_snapshot_new(NULL, 1, &b.w, &snap),
+      QRPC_EINVAL);
+  ck_assert_int_eq(qrpc_test_dgram_Sync_Frame_snapshot_new(srv, 1, &b.w, NULL),
+                   QRPC_EINVAL);
+  ck_assert_int_eq(qrpc_test_dgram_Sync_Frame_snapshot_new(srv, 1, NULL, &snap),
+                   QRPC_EINVAL);
+  /* A message of another type, by its descriptor. */
+  ck_assert_int_eq(qrpc_test_dgram_Sync_Frame_snapshot_new(
+                       srv, 1, (const World *)&st, &snap),
+                   QRPC_EINVAL);
+  /* Ticks start at 1 and only increase. */
+  ck_assert_int_eq(qrpc_test_dgram_Sync_Frame_snapshot_new(srv, 0, &b.w, &snap),
+                   QRPC_EINVAL);
+  ck_assert_ptr_null(snap);
+  ck_assert_int_eq(qrpc_test_dgram_Sync_Frame_snapshot_new(srv, 5, &b.w, &snap),
+                   0);
+  qrpc_snapshot_free(snap);
+  snap = NULL;
+  ck_assert_int_eq(qrpc_test_dgram_Sync_Frame_snapshot_new(srv, 5, &b.w, &snap),
+                   QRPC_EINVAL);
+  ck_assert_ptr_null(snap);
+}
+END_TEST
+
+typedef struct frame_wait {
+  int client;
+  uint64_t tick;
+} frame_wait;
+
+static int frame_arrived(void *arg) {
+  const frame_wait *w = arg;
+  return cl[w->client].frame_tick >= w->tick;
+}
+
+START_TEST(test_snapshot_ticks_e2e) {
+  enum { TICKS = 16 };
+  qrpc_peer *p = join(0);
+  static world_buf b;
+  size_t whole = 0;
+  for (uint64_t tick = 1; tick <= TICKS; tick++) {
+    world_at(tick, &b);
+    whole += protobuf_c_message_get_packed_size(&b.w.base);
+    qrpc_snapshot *snap = NULL;
+    ck_assert_int_eq(
+        qrpc_test_dgram_Sync_Frame_snapshot_new(srv, tick, &b.w, &snap), 0);
+    ck_assert_int_eq(qrpc_peer_send_snapshot(p, snap), 0);
+    qrpc_snapshot_free(snap);
+    frame_wait w = {0, tick};
+    ck_assert_msg(qt_run_until(loop, frame_arrived, &w, QT_WAIT_MS),
+                  "tick %u did not arrive (client at %u)", (unsigned)tick,
+                  (unsigned)cl[0].frame_tick);
+    /* Time for the acknowledgement, so the next tick can be a delta. */
+    qt_run_for(loop, 10);
+  }
+  /* Every tick arrived whole, equal to the world sent, in order. */
+  ck_assert_int_eq(cl[0].frames, TICKS);
+  ck_assert_int_eq(cl[0].frames_wrong, 0);
+  ck_assert_int_eq(cl[1].frames, 0);
+
+  qrpc_dgram_stats s;
+  qrpc_peer_dgram_stats(p, FRAME_CH, &s);
+  ck_assert_uint_eq(s.snap_full_sent + s.snap_delta_sent, TICKS);
+  ck_assert_uint_gt(s.snap_delta_sent, 0);
+  ck_assert_uint_ge(s.snap_delta_sent, TICKS / 2);
+  /* Entities are keyed by id, so a delta carries the few that changed:
+   * far less than whole states (x alone would key them ambiguously and
+   * force whole states). */
+  ck_assert_uint_lt(s.bytes_sent, whole / 2);
+  qrpc_peer_dgram_stats(peer_of(0), FRAME_CH, &s);
+  ck_assert_uint_eq(s.snap_no_baseline + s.snap_bad_delta, 0);
+  ck_assert_uint_eq(s.dropped_undecodable, 0);
+
+  /* The client's view of the server's clock follows the ticks. */
+  qrpc_snapshot_clock clk;
+  ck_assert_int_eq(qrpc_peer_snapshot_clock(peer_of(0), FRAME_CH, &clk), 0);
+  ck_assert_uint_eq(clk.tick, TICKS);
+}
+END_TEST
+
 /* ---- A datagram method next to RPC methods ------------------------------- */
 
 typedef struct calc_seen {
@@ -512,6 +737,9 @@ static Suite *suite(void) {
   tcase_add_test(t, test_max_age_from_idl);
   tcase_add_test(t, test_fragmented_from_idl);
   tcase_add_test(t, test_mixed_service);
+  tcase_add_test(t, test_snapshot_options_from_idl);
+  tcase_add_test(t, test_snapshot_argument_checks);
+  tcase_add_test(t, test_snapshot_ticks_e2e);
   suite_add_tcase(s, t);
   return s;
 }
