@@ -70,14 +70,14 @@ typedef struct partial {
 typedef struct snap_sent {
   uint64_t seq, tick;
   uint64_t sent_ns;
-  size_t frags, acked;
+  size_t frags, written, acked;
   int lost;
   int whole;
 } snap_sent;
 
-/* How long a whole state in flight holds back the next whole state to
- * the same connection, at most: its fate is normally known within an RTT
- * or so (acknowledged, or declared lost). */
+/* How long a state in the queue, or a whole state in flight, holds back
+ * the next state to the same connection, at most: its fate is normally
+ * known within an RTT or so (sent, acknowledged or declared lost). */
 #define WHOLE_IN_FLIGHT_NS (500 * QRPCI_NS_PER_MS)
 
 /* Snapshots tracked per connection: enough for every state of the
@@ -420,6 +420,13 @@ static void on_aged(qrpc_conn *c, uint64_t id, void *ud) {
   snapshot_missed(cc, id);
 }
 
+/* A fragment left the connection's queue for a packet. */
+static void on_sent(qrpc_conn *c, uint64_t id, void *ud) {
+  if (!(id >> ID_KEY_BITS)) return;
+  snap_sent *ss = noticed_snapshot(noticed(ud, id), id);
+  if (ss) ss->written++;
+}
+
 /* The peer's QUIC stack has a fragment: once it has every fragment of a
  * snapshot, that state is the connection's baseline, unless a newer one
  * is. */
@@ -439,8 +446,11 @@ qrpci_dgconn *qrpci_dgconn_new(qrpci_dgram *dg, qrpc_conn *conn,
   dc->conn = conn;
   dc->peer = peer;
   qrpci_u64map_init(&dc->chans);
-  qrpci_dgram_hooks h = {
-      .lost = on_lost, .acked = on_acked, .aged = on_aged, .ud = dc};
+  qrpci_dgram_hooks h = {.sent = on_sent,
+                         .lost = on_lost,
+                         .acked = on_acked,
+                         .aged = on_aged,
+                         .ud = dc};
   if (conn) qrpci_conn_set_dgram_hooks(conn, &h);
   return dc;
 }
@@ -939,6 +949,29 @@ static snap_enc *snapshot_encoding(qrpc_snapshot *s, const chan *ch,
   return e;
 }
 
+/* Whether a connection's next state must wait: the last one has not yet
+ * left its queue (the path takes fewer states than the server makes, and
+ * a state queued behind another would arrive late and stale: it gets the
+ * newest state once there is room instead); or it needs a whole state and
+ * one is still on its way, neither acknowledged nor lost, so another
+ * would only take the path's room (and a client joining a busy server
+ * would never catch up). */
+static int snapshot_must_wait(const snap_conn *sc, int have_base,
+                              uint64_t now) {
+  const snap_sent *last =
+      &sc->sent[(sc->sent_next + SNAP_SENT_SLOTS - 1) % SNAP_SENT_SLOTS];
+  if (last->seq && !last->lost && last->written < last->frags &&
+      now - last->sent_ns < WHOLE_IN_FLIGHT_NS)
+    return 1;
+  for (size_t i = 0; !have_base && i < SNAP_SENT_SLOTS; i++) {
+    const snap_sent *p = &sc->sent[i];
+    if (p->seq && p->whole && !p->lost && p->acked < p->frags &&
+        now - p->sent_ns < WHOLE_IN_FLIGHT_NS)
+      return 1;
+  }
+  return 0;
+}
+
 int qrpci_dgconn_send_snapshot(qrpci_dgconn *dc, qrpc_snapshot *s) {
   if (!s || s->dg != dc->dg) return QRPC_EINVAL;
   chan *ch = chan_get(dc->dg, s->channel, 0);
@@ -950,20 +983,11 @@ int qrpci_dgconn_send_snapshot(qrpci_dgconn *dc, qrpc_snapshot *s) {
       ring_find(ch->ring, ch->opts.snapshot_ring, sc->acked_tick);
   /* A baseline is older than the state, whatever was acknowledged. */
   if (base && base->tick >= s->st->tick) base = NULL;
-  /* Without a baseline a connection needs a whole state; while one is on
-   * its way, another would only queue behind it and take the path's room
-   * (and a client joining a busy server would never catch up). */
   uint64_t now = qrpci_now_ns();
-  if (!base) {
-    for (size_t i = 0; i < SNAP_SENT_SLOTS; i++) {
-      const snap_sent *p = &sc->sent[i];
-      if (p->seq && p->whole && !p->lost && p->acked < p->frags &&
-          now - p->sent_ns < WHOLE_IN_FLIGHT_NS) {
-        cc->st.snap_deferred++;
-        dc->dg->total.snap_deferred++;
-        return QRPC_EAGAIN;
-      }
-    }
+  if (snapshot_must_wait(sc, base != NULL, now)) {
+    cc->st.snap_deferred++;
+    dc->dg->total.snap_deferred++;
+    return QRPC_EAGAIN;
   }
   int err = 0;
   snap_enc *e = snapshot_encoding(s, ch, base, &err);

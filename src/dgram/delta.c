@@ -346,7 +346,13 @@ static int apply_entities(const qrpci_delta_keys *k, const uint8_t *base,
     uintptr_t u = (uintptr_t)qrpci_u64map_get(&r->upkeys, key);
     /* A key base repeats would take one upsert twice. */
     if (u && r->ups[u - 1].used) return QRPC_EINVAL;
-    if (qrpci_u64map_get(&r->delkeys, key)) {
+    void *dv = qrpci_u64map_get(&r->delkeys, key);
+    if (dv) {
+      /* A key base repeats would take one DELETE twice, and stand in for
+       * a DELETE of a key base lacks. */
+      if ((uintptr_t)dv == 2) return QRPC_EINVAL;
+      if (qrpci_u64map_put(&r->delkeys, key, (void *)(uintptr_t)2) != 0)
+        return QRPC_ENOMEM;
       deleted++;
     } else if (u) {
       r->ups[u - 1].used = 1;

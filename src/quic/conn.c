@@ -945,8 +945,10 @@ static ngtcp2_ssize write_one(qrpc_conn *c, ngtcp2_path *path, uint8_t *dst,
       /* Not accepted but a packet was written: the packet was already
        * partly full, so the datagram goes into the next one. */
       if (accepted) {
+        uint64_t id = e->id;
         drop_datagram(c);
         c->stats.datagrams_sent++;
+        if (c->dghooks.sent) c->dghooks.sent(c, id, c->dghooks.ud);
       }
       if (nw == NGTCP2_ERR_WRITE_MORE) continue;
       if (nw == NGTCP2_ERR_INVALID_STATE) {

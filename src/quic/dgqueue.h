@@ -25,10 +25,12 @@ qrpci_dgbuf *qrpci_dgbuf_new(size_t len);
 void qrpci_dgbuf_unref(qrpci_dgbuf *b);
 
 /* Notices about queued datagrams, by the id they were queued with:
- * declared lost by the peer's acknowledgements, dropped unsent because
- * they outlived their max age, or acknowledged by the peer (its QUIC
- * stack received the packet). Any of them may be NULL. */
+ * written into a packet (it left the queue), declared lost by the peer's
+ * acknowledgements, dropped unsent because they outlived their max age,
+ * or acknowledged by the peer (its QUIC stack received the packet). Any
+ * of them may be NULL. */
 typedef struct qrpci_dgram_hooks {
+  void (*sent)(qrpc_conn *c, uint64_t id, void *ud);
   void (*lost)(qrpc_conn *c, uint64_t id, void *ud);
   void (*acked)(qrpc_conn *c, uint64_t id, void *ud);
   void (*aged)(qrpc_conn *c, uint64_t id, void *ud);

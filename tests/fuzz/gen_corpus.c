@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 
 #include "certs.h"
+#include "dgram/delta.h"
 #include "qrpc/broker.pb-c.h"
 #include "util/varint.h"
 #include "wire/frame.h"
@@ -548,6 +549,289 @@ static void pbwire_seeds(void) {
   write_seed(t, "topic-as-varint", &b);
 }
 
+/* ---- Snapshot deltas ----------------------------------------------------- */
+
+/* A World { uint32 tick = 1; repeated Entity entities = 2; string name =
+ * 3; } with Entity { uint32 id = 1; bytes data = 2; }: entities ids[i]
+ * (0: no key field, as proto3 writes 0), the one numbered changed with
+ * other data. */
+static void put_world(buf *b, uint64_t tick, const uint32_t *ids, size_t n,
+                      uint32_t changed, const char *name) {
+  if (tick) {
+    put_pb_varint(b, 1 << 3);
+    put_pb_varint(b, tick);
+  }
+  for (size_t i = 0; i < n; i++) {
+    buf e = {.len = 0};
+    if (ids[i]) {
+      put_pb_varint(&e, 1 << 3);
+      put_pb_varint(&e, ids[i]);
+    }
+    char data[13];
+    snprintf(data, sizeof(data), "entity-%05u",
+             ids[i] * 7 + (ids[i] == changed));
+    put_pb_varint(&e, 2 << 3 | 2);
+    put_pb_varint(&e, 12);
+    put(&e, data, 12);
+    put_pb_varint(b, 2 << 3 | 2);
+    put_pb_varint(b, e.len);
+    put(b, e.data, e.len);
+  }
+  if (name) {
+    put_pb_varint(b, 3 << 3 | 2);
+    put_pb_varint(b, strlen(name));
+    put(b, name, strlen(name));
+  }
+}
+
+/* The delta from base to cur, which must be worth sending. */
+static void put_delta(buf *b, const qrpci_delta_keys *k, const buf *base,
+                      const buf *cur) {
+  qrpci_delta_buf d = {0};
+  if (qrpci_delta_diff(k, base->data, base->len, cur->data, cur->len, &d) !=
+      0) {
+    fprintf(stderr, "seed delta not worth sending\n");
+    exit(1);
+  }
+  put(b, d.data, d.len);
+  qrpci_delta_buf_free(&d);
+}
+
+/* Control bytes of fuzz_delta: keys (entity field, key field - 1 above
+ * it), limit index (0: none, 4: 16 bytes), length of the first part. */
+static void delta_head(buf *b, uint8_t entities, uint8_t limit, size_t first) {
+  put_u8(b, entities);
+  put_u8(b, limit);
+  put_u8(b, (uint8_t)(first >> 8));
+  put_u8(b, (uint8_t)first);
+}
+
+static void delta_seed(const char *name, uint8_t entities, uint8_t limit,
+                       const buf *first, const buf *rest) {
+  buf b = {.len = 0};
+  delta_head(&b, entities, limit, first->len);
+  put(&b, first->data, first->len);
+  put(&b, rest->data, rest->len);
+  write_seed("fuzz_delta", name, &b);
+}
+
+static const uint32_t ids8[] = {1, 2, 3, 4, 5, 6, 7, 8};
+/* Long enough that a delta sending every entity still gains something. */
+static const char arena[] = "the arena of the seed corpus";
+
+static void delta_seeds(void) {
+  const qrpci_delta_keys keys = {2, 1}, none = {0, 1};
+  buf a = {.len = 0}, b = {.len = 0}, d = {.len = 0};
+  /* Entity 3 changed, 5 gone, 9 new, the tick moved. */
+  static const uint32_t next[] = {1, 2, 3, 4, 6, 7, 8, 9};
+  put_world(&a, 10, ids8, 8, 0, arena);
+  put_world(&b, 11, next, 8, 3, arena);
+  put_delta(&d, &keys, &a, &b);
+  delta_seed("apply-world", 2, 0, &a, &d);
+  delta_seed("apply-over-limit", 2, 4, &a, &d);
+  delta_seed("diff-world", 2, 0, &a, &b);
+
+  d.len = 0;
+  put_delta(&d, &none, &a, &b);
+  delta_seed("apply-no-entities", 0, 0, &a, &d);
+
+  /* Entities without a key field have key 0. */
+  static const uint32_t zero[] = {0, 1, 2, 3, 4};
+  a.len = b.len = d.len = 0;
+  put_world(&a, 1, zero, 5, 0, NULL);
+  put_world(&b, 1, zero, 5, 0, NULL);
+  b.data[b.len - 1] ^= 1; /* the data of entity 4 */
+  put_delta(&d, &keys, &a, &b);
+  delta_seed("apply-key-zero", 2, 0, &a, &d);
+  a.len = b.len = d.len = 0;
+  put_world(&a, 1, zero, 5, 0, "keyless");
+  put_world(&b, 2, zero + 1, 4, 0, "keyless");
+  put_delta(&d, &keys, &a, &b);
+  delta_seed("apply-delete-key-zero", 2, 0, &a, &d);
+
+  /* A baseline that repeats a key: a delta may change the rest. */
+  static const uint32_t repeated[] = {1, 2, 1, 3};
+  a.len = d.len = 0;
+  put_world(&a, 1, repeated, 4, 0, "w");
+  static const uint8_t tick2[] = {1, 1, 2, 0x08, 0x02};
+  put(&d, tick2, sizeof(tick2));
+  delta_seed("apply-repeated-key", 2, 0, &a, &d);
+  /* Which apply must refuse: the two entities of key 1 gone for one
+   * DELETE count as much as that DELETE and one of a key base lacks. */
+  static const uint8_t del_repeated[] = {3, 1, 3, 9};
+  d.len = 0;
+  put(&d, del_repeated, sizeof(del_repeated));
+  delta_seed("apply-delete-repeated-key", 2, 0, &a, &d);
+
+  /* Moved entities: diff must send the whole state. */
+  static const uint32_t moved[] = {2, 1, 3, 4, 5, 6, 7, 8};
+  a.len = b.len = 0;
+  put_world(&a, 1, ids8, 8, 0, "w");
+  put_world(&b, 1, moved, 8, 0, "w");
+  delta_seed("diff-moved", 2, 0, &a, &b);
+
+  /* Records written by hand: FIELD 1 (tick 5), UPSERT of entity 9,
+   * DELETE 2, FIELD 3 empty (the name gone). Keyed by field 1 of
+   * entity field 2. */
+  static const uint8_t hand[] = {
+      1, 1, 2,    0x08, 0x05,       /* FIELD 1: tick 5 */
+      2, 4, 0x08, 0x09, 0x12, 0x00, /* UPSERT: id 9, no data */
+      3, 2,                         /* DELETE 2 */
+      1, 3, 0,                      /* FIELD 3: gone */
+  };
+  d.len = 0;
+  put(&d, hand, sizeof(hand));
+  delta_seed("apply-hand-records", 2, 0, &a, &d);
+}
+
+/* ---- Datagram receive path ----------------------------------------------- */
+
+/* Channels of fuzz_dgram_recv and its control bits. */
+enum { DG_FRAG = 1, DG_SNAP = 2, DG_PLAIN = 3 };
+enum { DG_LATEST_ONLY = 1, DG_NO_ENTITIES = 2 };
+
+/* One datagram of fuzz_dgram_recv: a two-byte length, then the bytes. */
+static void put_dgram16(buf *b, const buf *d) {
+  put_u8(b, (uint8_t)(d->len >> 8));
+  put_u8(b, (uint8_t)d->len);
+  put(b, d->data, d->len);
+}
+
+/* One fragment (docs/protocol.md, "Fragmented datagrams"): Channel, Seq,
+ * Total Length, Offset, bytes. */
+static void put_fragment(buf *b, uint64_t ch, uint64_t seq, size_t total,
+                         size_t off, const uint8_t *p, size_t n) {
+  buf d = {.len = 0};
+  put_varint(&d, ch);
+  put_varint(&d, seq);
+  put_varint(&d, total);
+  put_varint(&d, off);
+  put(&d, p, n);
+  put_dgram16(b, &d);
+}
+
+/* msg in fragments of room bytes, in order, or last to first. */
+static void put_message(buf *b, uint64_t ch, uint64_t seq, const buf *msg,
+                        size_t room, int reversed) {
+  size_t n = (msg->len + room - 1) / room;
+  for (size_t k = 0; k < n; k++) {
+    size_t i = reversed ? n - 1 - k : k;
+    size_t off = i * room, len = msg->len - off < room ? msg->len - off : room;
+    put_fragment(b, ch, seq, msg->len, off, msg->data + off, len);
+  }
+}
+
+/* A snapshot message: Tick, Baseline, Server Time, then the state or the
+ * delta. */
+static void put_snapshot(buf *m, uint64_t tick, uint64_t base,
+                         const buf *body) {
+  m->len = 0;
+  put_varint(m, tick);
+  put_varint(m, base);
+  put_varint(m, 1000000 + tick * 16000);
+  put(m, body->data, body->len);
+}
+
+static void dgram_recv_seeds(void) {
+  const char *t = "fuzz_dgram_recv";
+  const qrpci_delta_keys keys = {2, 1}, none = {0, 1};
+  buf b = {.len = 0}, msg = {.len = 0}, m = {.len = 0};
+  for (size_t i = 0; i < 150; i++) put_u8(&msg, (uint8_t)('a' + i % 26));
+
+  put_u8(&b, 0);
+  put_message(&b, DG_FRAG, 1, &msg, 50, 0);
+  write_seed(t, "fragments-3", &b);
+
+  /* Out of order and a duplicate on a latest-only channel, then a stale
+   * message, and fragments that break the rules: past the end, over
+   * max_message, empty, and a header cut short. */
+  b.len = 0;
+  put_u8(&b, DG_LATEST_ONLY);
+  put_message(&b, DG_FRAG, 2, &msg, 50, 1);
+  put_fragment(&b, DG_FRAG, 2, msg.len, 0, msg.data, 50);
+  put_fragment(&b, DG_FRAG, 1, 3, 0, (const uint8_t *)"old", 3);
+  put_fragment(&b, DG_FRAG, 3, 10, 8, (const uint8_t *)"abc", 3);
+  put_fragment(&b, DG_FRAG, 4, 5000, 0, msg.data, 50);
+  put_fragment(&b, DG_FRAG, 5, 10, 0, (const uint8_t *)"", 0);
+  put_message(&b, DG_FRAG, 6, &msg, 64, 0);
+  static const uint8_t cut[] = {0x00, 0x03, DG_FRAG, 0x07, 0x40};
+  put(&b, cut, sizeof(cut));
+  write_seed(t, "fragments-latest-only-and-bad", &b);
+
+  /* A full state, a delta against it, one against that, the last again,
+   * a delta against a tick never received, and the first state again. */
+  buf s1 = {.len = 0}, s2 = {.len = 0}, s3 = {.len = 0}, d = {.len = 0};
+  static const uint32_t ids2[] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+  put_world(&s1, 1, ids8, 8, 0, arena);
+  put_world(&s2, 2, ids8, 8, 4, arena);
+  put_world(&s3, 3, ids2 + 1, 8, 4, arena);
+  b.len = 0;
+  put_u8(&b, 0);
+  put_snapshot(&m, 1, 0, &s1);
+  put_message(&b, DG_SNAP, 1, &m, 60, 0);
+  put_delta(&d, &keys, &s1, &s2);
+  put_snapshot(&m, 2, 1, &d);
+  put_message(&b, DG_SNAP, 2, &m, 60, 0);
+  d.len = 0;
+  put_delta(&d, &keys, &s2, &s3);
+  put_snapshot(&m, 3, 2, &d);
+  put_message(&b, DG_SNAP, 3, &m, 60, 1);
+  put_message(&b, DG_SNAP, 4, &m, 60, 0);
+  put_snapshot(&m, 9, 7, &d);
+  put_message(&b, DG_SNAP, 5, &m, 60, 0);
+  put_snapshot(&m, 1, 0, &s1);
+  put_message(&b, DG_SNAP, 6, &m, 60, 0);
+  write_seed(t, "snapshot-full-then-deltas", &b);
+
+  /* Without an entity field: the entities go whole as a field. */
+  b.len = d.len = 0;
+  put_u8(&b, DG_NO_ENTITIES);
+  put_snapshot(&m, 5, 0, &s1);
+  put_message(&b, DG_SNAP, 1, &m, 60, 0);
+  put_delta(&d, &none, &s1, &s2);
+  put_snapshot(&m, 6, 5, &d);
+  put_message(&b, DG_SNAP, 2, &m, 60, 0);
+  write_seed(t, "snapshot-no-entities", &b);
+
+  /* Both fragmented channels at once, their fragments interleaved. */
+  b.len = d.len = 0;
+  put_u8(&b, 0);
+  buf fr = {.len = 0}, sn = {.len = 0};
+  put_message(&fr, DG_FRAG, 1, &msg, 40, 0);
+  put_snapshot(&m, 1, 0, &s1);
+  put_message(&sn, DG_SNAP, 1, &m, 40, 0);
+  const buf *from[2] = {&fr, &sn};
+  size_t at[2] = {0, 0};
+  for (int k = 0; at[0] < fr.len || at[1] < sn.len; k ^= 1) {
+    const buf *f = from[k];
+    if (at[k] == f->len) continue;
+    size_t n = 2 + ((size_t)f->data[at[k]] << 8 | f->data[at[k] + 1]);
+    put(&b, f->data + at[k], n);
+    at[k] += n;
+  }
+  write_seed(t, "two-channels", &b);
+
+  /* Plain latest-only datagrams: in order, stale, a duplicate, an unknown
+   * channel, Seq 0, and a header cut short. */
+  b.len = 0;
+  put_u8(&b, 0);
+  static const struct {
+    uint64_t ch, seq;
+    const char *p;
+  } plain[] = {{DG_PLAIN, 1, "a"}, {DG_PLAIN, 3, "c"}, {DG_PLAIN, 2, "b"},
+               {DG_PLAIN, 3, "c"}, {9, 1, "?"},        {DG_PLAIN, 0, "0"}};
+  for (size_t i = 0; i < sizeof(plain) / sizeof(plain[0]); i++) {
+    buf dg = {.len = 0};
+    put_varint(&dg, plain[i].ch);
+    put_varint(&dg, plain[i].seq);
+    put(&dg, plain[i].p, strlen(plain[i].p));
+    put_dgram16(&b, &dg);
+  }
+  static const uint8_t short_dg[] = {0x00, 0x01, DG_PLAIN};
+  put(&b, short_dg, sizeof(short_dg));
+  write_seed(t, "plain-latest-only", &b);
+}
+
 /* ---- PEM ----------------------------------------------------------------- */
 
 /* Modes of fuzz_tls_pem. */
@@ -616,6 +900,8 @@ int main(int argc, char **argv) {
   varint_seeds();
   rpc_seeds();
   pbwire_seeds();
+  delta_seeds();
+  dgram_recv_seeds();
   pem_seeds();
   return 0;
 }
