@@ -1,10 +1,13 @@
 /*
  * game_client: plays game.proto against game_server. Each client joins
  * with a reliable call, sends its inputs as datagrams at a fixed rate and
- * receives the world state the server broadcasts every tick, measuring
- * the state rate, its loss (gaps in the channel's Seq) and its one-way
- * delay (the server's CLOCK_MONOTONIC stamp against ours: both programs
- * must run on one machine for that number to mean anything).
+ * receives the world the server sends every tick (a snapshot channel: the
+ * library rebuilds the whole world from the difference the server sent),
+ * measuring the state rate, its loss (ticks that never arrived whole) and
+ * its one-way delay (the server's CLOCK_MONOTONIC stamp against ours: both
+ * programs must run on one machine for that number to mean anything).
+ * The status line also shows the library's estimate of the server's
+ * clock, which on one machine should be the same as ours.
  *
  *   game_client [--connect HOST:PORT] [--ca PEM] [--servername NAME]
  *               [--cert PEM --key PEM] [--hz N] [--clients N] [--seconds S]
@@ -289,6 +292,8 @@ static void on_join_done(qrpc_call *call, const JoinReply *reply,
          res->detail ? res->detail : "");
 }
 
+/* seq is the world's tick: a snapshot channel hands over only newer
+ * ticks, each the whole world. */
 static void on_state(qrpc_peer *peer, uint64_t seq, const WorldState *ws,
                      void *user_data) {
   sim *c = user_data;
@@ -303,7 +308,7 @@ static void on_state(qrpc_peer *peer, uint64_t seq, const WorldState *ws,
   if (!g->measuring) return;
   c->dgrams++;
   if (c->first_seq == 0) c->first_seq = seq;
-  c->last_seq = seq; /* latest-only: always greater than the last */
+  c->last_seq = seq; /* always greater than the last */
   if (ws->sent_ns != 0 && ws->sent_ns <= now)
     game_hist_add(&c->delay_us, (now - ws->sent_ns) / 1000);
   if (ws->tick != c->last_tick) {
@@ -431,14 +436,19 @@ static void print_status(game *g, uint64_t now) {
   const sim *c = &g->sims[0];
   double secs = (double)(now - g->window_start_ns) / 1e9;
   uint64_t expected = c->last_seq ? c->last_seq - c->first_seq + 1 : 0;
+  qrpc_snapshot_clock clk = {0};
+  qrpc_peer *peer = qrpc_client_peer(c->cli);
+  if (peer != NULL) qrpc_peer_snapshot_clock(peer, STATE_CH, &clk);
   printf(PROG ": %4.0f s  states %3llu/s  loss %5.2f %%  delay p50 %.3f ms "
-              "p99 %.3f ms  player %u at (%d, %d)\n",
+              "p99 %.3f ms  server clock %+.3f ms (+-%.3f)  player %u at "
+              "(%d, %d)\n",
          secs, (unsigned long long)(c->ticks - g->status_ticks),
          expected ? 100.0 * (double)(expected - c->dgrams) / (double)expected
                   : 0.0,
          (double)game_hist_percentile(&c->delay_us, 0.50) / 1e3,
-         (double)game_hist_percentile(&c->delay_us, 0.99) / 1e3, c->player_id,
-         c->x, c->y);
+         (double)game_hist_percentile(&c->delay_us, 0.99) / 1e3,
+         (double)clk.offset_us / 1e3, (double)clk.error_us / 1e3,
+         c->player_id, c->x, c->y);
   g->status_ticks = c->ticks;
 }
 

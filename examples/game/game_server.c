@@ -1,9 +1,10 @@
 /*
  * game_server: the authoritative server of game.proto. Players join with
  * a reliable call, then send their inputs as datagrams; the server moves
- * everyone (players and wandering bots) once per tick and broadcasts the
- * world to every player as datagrams, encoded once per tick and shared by
- * all connections, split into parts when it does not fit one datagram.
+ * everyone (players and wandering bots) once per tick and sends the world
+ * to every player as a snapshot: the difference from the last state that
+ * player acknowledged, encoded once for all the players that acknowledged
+ * the same one, in as many datagrams as it takes.
  *
  *   game_server [--listen HOST:PORT] [--cert PEM] [--key PEM]
  *               [--client-ca PEM] [--tick-hz N] [--bots N] [--verbose]
@@ -88,23 +89,19 @@ typedef struct server {
   /* The messages of one tick, reused: no allocation per tick once grown. */
   Player *msgs;
   Player **msg_ptrs;
-  size_t *msg_sizes;
   size_t cap_msgs;
-  qrpc_peer **receivers;
-  size_t cap_receivers;
 
   /* What happened, for the report at exit. */
   unsigned long joined;
   uint64_t inputs, inputs_unjoined, inputs_expected;
   game_hist input_delay_us;
-  uint64_t state_dgrams;  /* encoded */
-  uint64_t state_sends;   /* queued to a peer */
-  uint64_t refused_full;  /* QRPC_ENOBUFS: a slow client's queue */
-  uint64_t refused_large; /* QRPC_EMSGSIZE */
-  uint64_t send_errors;   /* anything else */
-  uint64_t lost, aged;    /* of closed connections' state datagrams */
-  unsigned max_parts;
-  size_t min_room;
+  uint64_t encodings;    /* of the ticks' snapshots */
+  uint64_t state_sends;  /* queued to a peer */
+  uint64_t deferred;     /* QRPC_EAGAIN: the last state still on its way */
+  uint64_t refused_full; /* QRPC_ENOBUFS: a slow client's queue */
+  uint64_t send_errors;  /* anything else */
+  uint64_t full, delta;  /* of closed connections: states sent whole */
+  uint64_t lost, aged;   /* ... and their state datagrams */
 } server;
 
 static server S;
@@ -131,8 +128,8 @@ static void usage(FILE *f) {
           "  --tick-hz N         world updates per second, 1..1000 (default "
           "60)\n"
           "  --bots N            wandering bots besides the players, 0..%d\n"
-          "                      (default 200: the world then takes two\n"
-          "                      datagrams per tick)\n"
+          "                      (default 200: a whole world then takes\n"
+          "                      three datagrams, a tick's changes one)\n"
           "  --metrics HOST:PORT serve Prometheus metrics at /metrics\n"
           "  --loss PCT          drop PCT%% of the packets sent, 0..100, and\n"
           "  --delay MS          hold them MS ms, 0..10000: the link\n"
@@ -308,98 +305,41 @@ static void move_all(server *s) {
 
 /* ---- Broadcasting the world ---------------------------------------------- */
 
-static size_t varint_len(size_t v) {
-  size_t n = 1;
-  while (v >= 0x80) {
-    v >>= 7;
-    n++;
-  }
-  return n;
-}
-
-/* Makes room for n player messages and n receivers. */
+/* Makes room for n player messages. */
 static int reserve(server *s, size_t n) {
   if (n > s->cap_msgs) {
     Player *m = realloc(s->msgs, n * sizeof(*m));
     if (m != NULL) s->msgs = m;
     Player **p = realloc(s->msg_ptrs, n * sizeof(*p));
     if (p != NULL) s->msg_ptrs = p;
-    size_t *z = realloc(s->msg_sizes, n * sizeof(*z));
-    if (z != NULL) s->msg_sizes = z;
-    if (m == NULL || p == NULL || z == NULL) return -1;
+    if (m == NULL || p == NULL) return -1;
     s->cap_msgs = n;
   }
-  if (n > s->cap_receivers) {
-    qrpc_peer **r = realloc(s->receivers, n * sizeof(*r));
-    if (r == NULL) return -1;
-    s->receivers = r;
-    s->cap_receivers = n;
-  }
   return 0;
-}
-
-/* The joined players that can take datagrams, and the smallest datagram
- * room among them: every part must fit every receiver, since one encoding
- * goes to all. */
-static size_t gather_receivers(server *s, size_t *room) {
-  size_t n = 0;
-  *room = SIZE_MAX;
-  for (size_t i = 0; i < s->n_ents; i++) {
-    qrpc_peer *p = s->ents[i]->peer;
-    if (p == NULL) continue;
-    size_t r = qrpc_peer_max_dgram_payload(p, STATE_CH);
-    if (r == 0) continue;
-    s->receivers[n++] = p;
-    if (r < *room) *room = r;
-  }
-  return n;
 }
 
 static void count_send(server *s, int rc) {
   if (rc == 0)
     s->state_sends++;
+  else if (rc == QRPC_EAGAIN)
+    s->deferred++;
   else if (rc == QRPC_ENOBUFS)
     s->refused_full++;
-  else if (rc == QRPC_EMSGSIZE)
-    s->refused_large++;
   else
     s->send_errors++;
 }
 
-/* Encodes one part (players [from, to)) once and queues it to every
- * receiver. */
-static void send_part(server *s, WorldState *ws, size_t from, size_t to,
-                      size_t n_receivers) {
-  ws->players = s->msg_ptrs + from;
-  ws->n_players = to - from;
-  qrpc_dgram *d = NULL;
-  int rc = qrpc_examples_game_Game_State_encode(s->srv, ws, &d);
-  if (rc != 0) {
-    fprintf(stderr, PROG ": cannot encode the world: %s\n", qrpc_strerror(rc));
-    return;
-  }
-  s->state_dgrams++;
-  for (size_t i = 0; i < n_receivers; i++)
-    count_send(s, qrpc_peer_send_encoded(s->receivers[i], d));
-  qrpc_dgram_free(d);
-}
-
+/* The tick's world as one snapshot: each player gets the difference from
+ * the last state it acknowledged, players that acknowledged the same one
+ * share the bytes. */
 static void broadcast(server *s) {
   if (reserve(s, s->n_ents) != 0) {
     fprintf(stderr, PROG ": out of memory for the world state\n");
     return;
   }
-  size_t room;
-  size_t n_receivers = gather_receivers(s, &room);
-  if (n_receivers == 0) return;
-  if (room < s->min_room || s->min_room == 0) s->min_room = room;
-
   WorldState ws = QRPC__EXAMPLES__GAME__WORLD_STATE__INIT;
   ws.tick = s->tick;
   ws.sent_ns = game_now_ns();
-  /* The header's size with part and parts at their widest. */
-  ws.part = ws.parts = UINT16_MAX;
-  size_t header = protobuf_c_message_get_packed_size(&ws.base);
   for (size_t i = 0; i < s->n_ents; i++) {
     const entity *e = s->ents[i];
     Player *p = &s->msgs[i];
@@ -409,32 +349,22 @@ static void broadcast(server *s) {
     p->y = e->y;
     p->last_input = e->last_input;
     s->msg_ptrs[i] = p;
-    size_t len = protobuf_c_message_get_packed_size(&p->base);
-    s->msg_sizes[i] = 1 + varint_len(len) + len; /* tag, length, body */
   }
-  /* Count the parts first: each carries how many there are. */
-  unsigned parts = 1;
-  for (size_t i = 0, used = header; i < s->n_ents; i++) {
-    if (used + s->msg_sizes[i] > room && used > header) {
-      parts++;
-      used = header;
-    }
-    used += s->msg_sizes[i];
+  ws.players = s->msg_ptrs;
+  ws.n_players = s->n_ents;
+  qrpc_snapshot *snap = NULL;
+  int rc = qrpc_examples_game_Game_State_snapshot_new(s->srv, s->tick, &ws,
+                                                      &snap);
+  if (rc != 0) {
+    fprintf(stderr, PROG ": cannot make the world's snapshot: %s\n",
+            qrpc_strerror(rc));
+    return;
   }
-  if (parts > s->max_parts) s->max_parts = parts;
-  ws.parts = parts;
-  ws.part = 0;
-  size_t from = 0, used = header;
-  for (size_t i = 0; i < s->n_ents; i++) {
-    if (used + s->msg_sizes[i] > room && used > header) {
-      send_part(s, &ws, from, i, n_receivers);
-      ws.part++;
-      from = i;
-      used = header;
-    }
-    used += s->msg_sizes[i];
-  }
-  send_part(s, &ws, from, s->n_ents, n_receivers);
+  for (size_t i = 0; i < s->n_ents; i++)
+    if (s->ents[i]->peer != NULL)
+      count_send(s, qrpc_peer_send_snapshot(s->ents[i]->peer, snap));
+  s->encodings += qrpc_snapshot_encodings(snap);
+  qrpc_snapshot_free(snap);
 }
 
 static void on_tick(qrpc_timer *timer, void *arg) {
@@ -524,6 +454,8 @@ static void on_peer_close(qrpc_peer *peer, void *ud) {
   qrpc_peer_dgram_stats(peer, STATE_CH, &st);
   s->lost += st.lost;
   s->aged += st.dropped_aged;
+  s->full += st.snap_full_sent;
+  s->delta += st.snap_delta_sent;
   if (s->opt.verbose) printf(PROG ": player %u \"%s\" left\n", e->id, e->name);
   qrpc_peer_set_user_data(peer, NULL);
   entity_remove(s, e);
@@ -559,19 +491,18 @@ static void report(const server *s) {
   double loss = expected > 0 && expected >= s->inputs
                     ? 100.0 * (double)(expected - s->inputs) / (double)expected
                     : 0.0;
-  printf(PROG ": %llu ticks at %lu Hz; %lu player%s joined, %lu bots; "
-              "world state in up to %u datagram%s per tick (room %zu "
-              "bytes)\n",
+  printf(PROG ": %llu ticks at %lu Hz; %lu player%s joined, %lu bots\n",
          (unsigned long long)s->tick, s->opt.tick_hz, s->joined,
-         s->joined == 1 ? "" : "s", s->opt.bots, s->max_parts,
-         s->max_parts == 1 ? "" : "s", s->min_room);
-  printf(
-      PROG ": state: %llu datagrams encoded, %llu sends queued, refused "
-           "%llu (queue full) %llu (too large), %llu lost, %llu too old "
-           "to send\n",
-      (unsigned long long)s->state_dgrams, (unsigned long long)s->state_sends,
-      (unsigned long long)s->refused_full, (unsigned long long)s->refused_large,
-      (unsigned long long)s->lost, (unsigned long long)s->aged);
+         s->joined == 1 ? "" : "s", s->opt.bots);
+  printf(PROG ": state: %llu snapshots queued (%llu whole, %llu deltas; "
+              "%.2f encodings per tick), %llu held back while the last was "
+              "on its way, refused %llu (queue full), %llu datagrams lost, "
+              "%llu too old to send\n",
+         (unsigned long long)s->state_sends, (unsigned long long)s->full,
+         (unsigned long long)s->delta,
+         s->tick ? (double)s->encodings / (double)s->tick : 0.0,
+         (unsigned long long)s->deferred, (unsigned long long)s->refused_full,
+         (unsigned long long)s->lost, (unsigned long long)s->aged);
   printf(PROG ": inputs: %llu received (loss %.2f %%), one-way delay p50 "
               "%.3f ms, p99 %.3f ms\n",
          (unsigned long long)s->inputs, loss,
@@ -706,7 +637,5 @@ out:
   free(s->ents);
   free(s->msgs);
   free(s->msg_ptrs);
-  free(s->msg_sizes);
-  free(s->receivers);
   return status;
 }

@@ -66,10 +66,20 @@ typedef struct qrpc_dgram_opts {
   uint32_t snapshot_entities;
   /* The field number of the varint that keys an entry; 0 means 1. */
   uint32_t snapshot_key;
+  /* Sending, with snapshot_ring > 1: how many peers one snapshot goes to
+   * whole at most (peers without a baseline: new, or cut off for longer
+   * than the ring); the others get QRPC_EAGAIN and a later tick. Whole
+   * states are many times a delta's size: a crowd joining at once, or a
+   * stall that cost many peers their baselines, is served a few a tick
+   * instead of flooding every path at once. 0 means
+   * QRPC_DGRAM_WHOLE_PER_TICK. */
+  size_t snapshot_whole_per_tick;
 } qrpc_dgram_opts;
 
 /* The largest snapshot_ring. */
 #define QRPC_DGRAM_MAX_RING 64
+/* snapshot_whole_per_tick of a channel that does not set it. */
+#define QRPC_DGRAM_WHOLE_PER_TICK 8
 /* max_message of a snapshot channel that does not set it. */
 #define QRPC_DGRAM_SNAPSHOT_MESSAGE (64u * 1024)
 
@@ -168,9 +178,12 @@ int qrpc_server_snapshot_new_msg(qrpc_server *srv, uint32_t channel,
  * stack acknowledged every fragment of while that state is still in the
  * ring, else the whole state. Peers with the same baseline share one
  * encoding. Errors as qrpc_peer_send_encoded(), and QRPC_EAGAIN (counted
- * in snap_deferred): peer needs a whole state and one is still on its way
- * (neither acknowledged nor lost, for at most 500 ms); a later tick goes
- * as a delta once it is acknowledged. */
+ * in snap_deferred, nothing queued): the connection's queue still holds
+ * part of the state before the last one sent to it (its path takes fewer
+ * states than the server makes: it gets a newer one once there is room),
+ * or peer needs a whole state and one is still on its way (neither
+ * acknowledged nor lost), or s already went whole to the channel's
+ * snapshot_whole_per_tick peers; a held state waits at most 500 ms. */
 int qrpc_peer_send_snapshot(qrpc_peer *peer, qrpc_snapshot *s);
 
 /* How many encodings s has made so far: 1 when every peer it went to

@@ -128,6 +128,7 @@ typedef struct snap_enc {
 struct qrpc_snapshot {
   qrpci_dgram *dg;
   uint32_t channel;
+  size_t whole_sent; /* peers it went to whole */
   snap_state *st;
   size_t n;
   snap_enc enc[QRPC_DGRAM_MAX_RING + 1];
@@ -262,6 +263,8 @@ int qrpci_dgram_register(qrpci_dgram *dg, uint32_t channel,
   if (o.snapshot_ring) {
     if (!o.max_message) o.max_message = QRPC_DGRAM_SNAPSHOT_MESSAGE;
     if (!o.snapshot_key) o.snapshot_key = 1;
+    if (!o.snapshot_whole_per_tick)
+      o.snapshot_whole_per_tick = QRPC_DGRAM_WHOLE_PER_TICK;
     /* Ticks order a snapshot channel; a complete message older than the
      * newest is still a baseline the sender may use. */
     o.latest_only = 0;
@@ -949,19 +952,21 @@ static snap_enc *snapshot_encoding(qrpc_snapshot *s, const chan *ch,
   return e;
 }
 
-/* Whether a connection's next state must wait: the last one has not yet
- * left its queue (the path takes fewer states than the server makes, and
- * a state queued behind another would arrive late and stale: it gets the
- * newest state once there is room instead); or it needs a whole state and
+/* Whether a connection's next state must wait: the one before the last
+ * has not yet left its queue (the path takes fewer states than the server
+ * makes, and a state queued behind two others would arrive late and
+ * stale: it gets the newest state once there is room instead; one state
+ * may wait behind another, which a path that takes a whole state in
+ * about a tick needs); or it needs a whole state and
  * one is still on its way, neither acknowledged nor lost, so another
  * would only take the path's room (and a client joining a busy server
  * would never catch up). */
 static int snapshot_must_wait(const snap_conn *sc, int have_base,
                               uint64_t now) {
-  const snap_sent *last =
-      &sc->sent[(sc->sent_next + SNAP_SENT_SLOTS - 1) % SNAP_SENT_SLOTS];
-  if (last->seq && !last->lost && last->written < last->frags &&
-      now - last->sent_ns < WHOLE_IN_FLIGHT_NS)
+  const snap_sent *prev =
+      &sc->sent[(sc->sent_next + SNAP_SENT_SLOTS - 2) % SNAP_SENT_SLOTS];
+  if (prev->seq && !prev->lost && prev->written < prev->frags &&
+      now - prev->sent_ns < WHOLE_IN_FLIGHT_NS)
     return 1;
   for (size_t i = 0; !have_base && i < SNAP_SENT_SLOTS; i++) {
     const snap_sent *p = &sc->sent[i];
@@ -984,7 +989,10 @@ int qrpci_dgconn_send_snapshot(qrpci_dgconn *dc, qrpc_snapshot *s) {
   /* A baseline is older than the state, whatever was acknowledged. */
   if (base && base->tick >= s->st->tick) base = NULL;
   uint64_t now = qrpci_now_ns();
-  if (snapshot_must_wait(sc, base != NULL, now)) {
+  /* With a ring of one state every state goes whole: no limit. */
+  int whole_capped = !base && ch->opts.snapshot_ring > 1 &&
+                     s->whole_sent >= ch->opts.snapshot_whole_per_tick;
+  if (whole_capped || snapshot_must_wait(sc, base != NULL, now)) {
     cc->st.snap_deferred++;
     dc->dg->total.snap_deferred++;
     return QRPC_EAGAIN;
@@ -1001,6 +1009,7 @@ int qrpci_dgconn_send_snapshot(qrpci_dgconn *dc, qrpc_snapshot *s) {
                     .sent_ns = now,
                     .frags = e->d->n,
                     .whole = !e->delta};
+  if (!e->delta) s->whole_sent++;
   if (e->delta) {
     cc->st.snap_delta_sent++;
     dc->dg->total.snap_delta_sent++;

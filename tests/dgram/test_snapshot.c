@@ -107,8 +107,12 @@ static void on_connect(qrpc_client *cli, qrpc_peer *peer, void *ud) {
   ((client_side *)ud)->peer = peer;
 }
 
+/* The server's snapshot_whole_per_tick (0: the default). */
+static size_t whole_cap;
+
 static void world_opts(qrpc_dgram_opts *o) {
   qrpc_dgram_opts_default(o);
+  o->snapshot_whole_per_tick = whole_cap;
   o->snapshot_ring = RING;
   o->snapshot_entities = 2;
   o->snapshot_key = 1;
@@ -304,6 +308,40 @@ START_TEST(test_shared_baseline_encoded_once) {
 }
 END_TEST
 
+/* A crowd without baselines is served whole states a few per tick. */
+START_TEST(test_whole_states_capped_per_tick) {
+  server_side s;
+  client_side c[MAX_CLIENTS];
+  group g;
+  whole_cap = 1;
+  start(&g, &s, c, MAX_CLIENTS, 0);
+  whole_cap = 0;
+  world w;
+  world_at(1, &w);
+  qrpc_snapshot *snap;
+  ck_assert_int_eq(
+      qrpc_server_snapshot_new(g.s->srv, CH_WORLD, 1, w.buf, w.len, &snap), 0);
+  ck_assert_int_eq(qrpc_peer_send_snapshot(s.peers[0], snap), 0);
+  ck_assert_int_eq(qrpc_peer_send_snapshot(s.peers[1], snap), QRPC_EAGAIN);
+  ck_assert_int_eq(qrpc_peer_send_snapshot(s.peers[2], snap), QRPC_EAGAIN);
+  qrpc_snapshot_free(snap);
+  qrpc_dgram_stats st;
+  qrpc_peer_dgram_stats(s.peers[1], CH_WORLD, &st);
+  ck_assert_uint_eq(st.snap_deferred, 1);
+  ck_assert_uint_eq(st.bytes_sent, 0);
+  /* Every client gets its state within a few ticks all the same. */
+  uint64_t t = 1;
+  g.tick = 1;
+  while (!all_at_tick(&g) && t < 40) {
+    send_tick(&g, ++t);
+    qt_run_for(loop, 10);
+  }
+  ck_assert(all_at_tick(&g));
+  for (size_t i = 0; i < MAX_CLIENTS; i++) ck_assert_uint_eq(c[i].wrong, 0);
+  stop(&g);
+}
+END_TEST
+
 START_TEST(test_clock_estimate) {
   server_side s;
   client_side c[1];
@@ -430,6 +468,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_deltas_rebuild_the_world);
   tcase_add_test(tc, test_loss_only_delays_and_converges);
   tcase_add_test(tc, test_shared_baseline_encoded_once);
+  tcase_add_test(tc, test_whole_states_capped_per_tick);
   tcase_add_test(tc, test_clock_estimate);
   tcase_add_test(tc, test_bad_deltas_dropped_and_counted);
   tcase_add_test(tc, test_snapshot_api_checks);
