@@ -158,6 +158,16 @@ stop_server
 grep -q '^RESULT server_recv_per_s=[0-9]' "$tmp/server.out" ||
   fail "game server: no server_recv_per_s"
 
+# The world workload: snapshots with deltas, every state checked.
+start_server game --tick-hz 60 --entities 300 --entity-bytes 24 --delta
+run_client world game --clients 5 --entities 300 --entity-bytes 24
+positive world down_bytes_per_s && positive world down_p50_us &&
+  zero world wrong_states
+stop_server
+grep -q '^RESULT server_ticks=[0-9]' "$tmp/server.out" &&
+  grep -q 'server_snap_delta=[1-9]' "$tmp/server.out" ||
+  fail "world server: no deltas sent"
+
 # The pub/sub family goes through the real broker, which needs
 # certificate files.
 bash "$gen_certs" "$tmp/certs" >/dev/null

@@ -233,7 +233,6 @@ static void report(world_bench *g) {
   bench_report_param_uint(&r, "change_pct", g->w.change_pct);
   bench_report_param_uint(&r, "ticks_expected", expected);
   bench_report_param_uint(&r, "ticks_got", got);
-  bench_report_param_uint(&r, "wrong_states", g->wrong);
   bench_report_param_uint(&r, "errors", g->errors);
   bench_report_param_num(&r, "measured_s", secs);
   bench_report_param_num(&r, "client_cpu_s", bench_cpu_s());
@@ -244,6 +243,7 @@ static void report(world_bench *g) {
   bench_report_num(&r, "down_p99_us", dn99, 1);
   bench_report_num(&r, "clock_err_p50_us", ce50, 1);
   bench_report_num(&r, "clock_err_p99_us", ce99, 1);
+  bench_report_uint(&r, "wrong_states", g->wrong);
   fprintf(stderr,
           "%s: %llu clients, %llu entities of %llu B, %llu%% changing: %.0f "
           "B/s down per client, loss %.3f %%, diverged %.3f %%, %llu wrong, "
@@ -279,7 +279,7 @@ static int parse(world_bench *g, int argc, char **argv) {
       "(the same --entities, --entity-bytes and --change-pct). Prints a\n"
       "summary on stderr and, as its last line on stdout, RESULT with\n"
       "down_bytes_per_s, down_loss_pct, diverged_pct, down_p50_us,\n"
-      "down_p99_us, clock_err_p50_us and clock_err_p99_us.",
+      "down_p99_us, clock_err_p50_us, clock_err_p99_us and wrong_states.",
       flags, n, argc, argv);
 }
 
