@@ -24,9 +24,9 @@
 
 #include "client_common.h"
 #include "game_wire.h"
-#include "world.h"
 #include "hist.h"
 #include "runner.h"
+#include "world.h"
 
 #define MAX_CLIENTS 10000
 #define MAX_HZ 10000
@@ -377,7 +377,8 @@ static void teardown(game_bench *g) {
 }
 
 int bench_client_game(const char *prog, int argc, char **argv) {
-  if (bench_world_wanted(argc, argv)) return bench_client_world(prog, argc, argv);
+  if (bench_world_wanted(argc, argv))
+    return bench_client_world(prog, argc, argv);
   game_bench *g = calloc(1, sizeof(*g));
   if (g == NULL) {
     fprintf(stderr, "%s: out of memory\n", prog);

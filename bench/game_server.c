@@ -16,10 +16,10 @@
 #include <string.h>
 
 #include "game_wire.h"
-#include "world.h"
 #include "hist.h"
 #include "report.h"
 #include "server_common.h"
+#include "world.h"
 
 #define MAX_TICK_HZ 10000
 /* A tick older than this waits no longer in a client's queue: state that
@@ -265,7 +265,8 @@ static int start_ticks(game_server *s, qrpc_loop *loop) {
 }
 
 int bench_server_game(const char *prog, int argc, char **argv) {
-  if (bench_world_wanted(argc, argv)) return bench_server_world(prog, argc, argv);
+  if (bench_world_wanted(argc, argv))
+    return bench_server_world(prog, argc, argv);
   game_server *s = calloc(1, sizeof(*s));
   if (s == NULL) {
     fprintf(stderr, "%s: out of memory\n", prog);

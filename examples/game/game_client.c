@@ -447,8 +447,8 @@ static void print_status(game *g, uint64_t now) {
                   : 0.0,
          (double)game_hist_percentile(&c->delay_us, 0.50) / 1e3,
          (double)game_hist_percentile(&c->delay_us, 0.99) / 1e3,
-         (double)clk.offset_us / 1e3, (double)clk.error_us / 1e3,
-         c->player_id, c->x, c->y);
+         (double)clk.offset_us / 1e3, (double)clk.error_us / 1e3, c->player_id,
+         c->x, c->y);
   g->status_ticks = c->ticks;
 }
 

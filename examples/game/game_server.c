@@ -353,8 +353,8 @@ static void broadcast(server *s) {
   ws.players = s->msg_ptrs;
   ws.n_players = s->n_ents;
   qrpc_snapshot *snap = NULL;
-  int rc = qrpc_examples_game_Game_State_snapshot_new(s->srv, s->tick, &ws,
-                                                      &snap);
+  int rc =
+      qrpc_examples_game_Game_State_snapshot_new(s->srv, s->tick, &ws, &snap);
   if (rc != 0) {
     fprintf(stderr, PROG ": cannot make the world's snapshot: %s\n",
             qrpc_strerror(rc));
