@@ -1,13 +1,14 @@
 /*
  * Servers on several workers (qrpc_server_opts.workers): many real
- * connections over loopback spread over two workers, every call served on
+ * connections over loopback spread over two workers (and four, with a
+ * server stream and datagrams besides calls), every call served on
  * the thread of its connection's worker, packets that reach the wrong
  * worker handed to their owner (the steering program deliberately left
  * off), clients that change their address mid-run staying on their
  * worker, graceful shutdown across workers, and bad worker counts.
  *
- * The test's loop is worker 0 and runs every client; worker 1 runs on the
- * server's own thread, so what handlers count is atomic.
+ * The test's loop is worker 0 and runs every client; the other workers
+ * run on the server's own threads, so what handlers count is atomic.
  */
 #include <check.h>
 #include <pthread.h>
@@ -24,18 +25,25 @@
 #include "rpc_harness.h"
 
 #define M_WHO 1
-#define NWORKERS 2
+#define M_TICKS 2 /* server streaming: TICK_ITEMS items, then the end */
+#define CH_ECHO 3 /* a datagram channel: the server echoes each datagram */
+#define TICK_ITEMS 5
+#define DGRAMS_PER_CLIENT 3
+#define MAXW 4
 #define NCLIENTS 40
 #define CALLS_PER_CLIENT 3
 
 static qt_certs certs;
 static qrpc_loop *loop;
+/* Workers of the server under test: 2, or 4 in the test that says so. */
+static int nworkers = 2;
 static qrpc_tls_config *stls;
 static qrpc_tls_config *ctls;
 
 static void setup(void) {
   ck_assert_int_eq(qt_env_setup(&certs, &loop, &stls, &ctls), 0);
   qrpci_workers_no_bpf = 0;
+  nworkers = 2;
 }
 
 static void teardown(void) {
@@ -46,19 +54,21 @@ static void teardown(void) {
 /* What the server saw, from any worker's thread. */
 typedef struct srv_state {
   qrpc_server *srv;
-  pthread_t thread[NWORKERS];
-  atomic_int thread_known[NWORKERS];
-  atomic_int calls[NWORKERS]; /* handler runs, by the peer's worker */
-  atomic_int wrong_thread;    /* a handler ran off its worker's thread */
-  atomic_int unknown_loop;    /* a peer's loop was no worker's */
-  atomic_int opened, closed;  /* on_peer_open / on_peer_close */
+  pthread_t thread[MAXW];
+  atomic_int thread_known[MAXW];
+  atomic_int calls[MAXW];    /* handler runs, by the peer's worker */
+  atomic_int streams[MAXW];  /* streaming handler runs */
+  atomic_int dgrams[MAXW];   /* datagrams echoed */
+  atomic_int wrong_thread;   /* a handler ran off its worker's thread */
+  atomic_int unknown_loop;   /* a peer's loop was no worker's */
+  atomic_int opened, closed; /* on_peer_open / on_peer_close */
   atomic_int open_wrong_thread;
 } srv_state;
 
 static srv_state st;
 
 static int worker_of_loop(qrpc_loop *l) {
-  for (int i = 0; i < NWORKERS; i++)
+  for (int i = 0; i < nworkers; i++)
     if (qrpc_server_worker_loop(st.srv, (size_t)i) == l) return i;
   return -1;
 }
@@ -83,6 +93,37 @@ static void who_handler(qrpc_req *req, const uint8_t *payload, size_t len,
   qrpc_req_reply(req, &b, 1);
 }
 
+/* Sends TICK_ITEMS items, each the index of the worker it runs on. */
+static void ticks_handler(qrpc_req *req, const uint8_t *payload, size_t len,
+                          void *ud) {
+  int w = worker_of_loop(qrpc_peer_loop(qrpc_req_peer(req)));
+  if (w < 0 || !on_worker_thread(w)) {
+    atomic_fetch_add(&st.wrong_thread, 1);
+    qrpc_req_error(req, QRPC_STATUS_INTERNAL, "off its worker");
+    return;
+  }
+  atomic_fetch_add(&st.streams[w], 1);
+  uint8_t b = (uint8_t)w;
+  for (int i = 0; i < TICK_ITEMS; i++) qrpc_req_send(req, &b, 1);
+  qrpc_req_end(req);
+}
+
+/* Echoes a datagram with the index of the worker it arrived on. */
+static void echo_dgram(qrpc_peer *peer, uint32_t ch, uint64_t seq,
+                       const uint8_t *p, size_t n, void *ud) {
+  int w = worker_of_loop(qrpc_peer_loop(peer));
+  if (w < 0 || !on_worker_thread(w)) {
+    atomic_fetch_add(&st.wrong_thread, 1);
+    return;
+  }
+  atomic_fetch_add(&st.dgrams[w], 1);
+  uint8_t b[2] = {n ? p[0] : 0, (uint8_t)w};
+  qrpc_peer_send_dgram(peer, CH_ECHO, b, sizeof(b));
+}
+
+/* Whether server_start() also registers M_TICKS and CH_ECHO. */
+static int with_streams_and_dgrams;
+
 static void peer_open(qrpc_peer *peer, void *ud) {
   int w = worker_of_loop(qrpc_peer_loop(peer));
   if (!on_worker_thread(w)) atomic_fetch_add(&st.open_wrong_thread, 1);
@@ -100,7 +141,7 @@ static void note_thread(qrpc_loop *l, void *arg) {
 }
 
 static int threads_known(void *arg) {
-  for (int i = 0; i < NWORKERS; i++)
+  for (int i = 0; i < nworkers; i++)
     if (!atomic_load(&st.thread_known[i])) return 0;
   return 1;
 }
@@ -109,18 +150,26 @@ static void server_start(char *addr, size_t cap) {
   memset(&st, 0, sizeof(st));
   qrpc_server_opts so;
   qrpc_server_opts_default(&so);
-  so.workers = NWORKERS;
+  so.workers = (size_t)nworkers;
   so.on_peer_open = peer_open;
   so.on_peer_close = peer_close;
   ck_assert_int_eq(
       qt_rpc_server_start(loop, "127.0.0.1:0", stls, &so, &st.srv, addr, cap),
       0);
-  ck_assert_uint_eq(qrpc_server_workers(st.srv), NWORKERS);
+  ck_assert_uint_eq(qrpc_server_workers(st.srv), (size_t)nworkers);
   ck_assert_int_eq(
       qrpc_server_register(st.srv, M_WHO, QRPC_SHAPE_UNARY, who_handler, NULL),
       0);
+  if (with_streams_and_dgrams) {
+    ck_assert_int_eq(qrpc_server_register(st.srv, M_TICKS,
+                                          QRPC_SHAPE_SERVER_STREAM,
+                                          ticks_handler, NULL),
+                     0);
+    ck_assert_int_eq(
+        qrpc_server_register_dgram(st.srv, CH_ECHO, NULL, echo_dgram, NULL), 0);
+  }
   /* Each worker says which thread it is; worker 0 is this one. */
-  for (int i = 0; i < NWORKERS; i++)
+  for (int i = 0; i < nworkers; i++)
     ck_assert_int_eq(qrpc_loop_post(qrpc_server_worker_loop(st.srv, (size_t)i),
                                     note_thread, (void *)(intptr_t)i),
                      0);
@@ -162,7 +211,7 @@ static int call_round(int round) {
   for (int i = 0; i < NCLIENTS; i++) {
     qt_call_rec *r = &recs[round * NCLIENTS + i];
     if (r->status == QRPC_STATUS_OK && r->reply_len == 1 &&
-        r->reply[0] < NWORKERS)
+        r->reply[0] < nworkers)
       ok++;
   }
   return ok;
@@ -186,7 +235,8 @@ static void server_free_all(void) {
 
 static void get_stats(qrpc_endpoint_stats *total,
                       qrpc_server_worker_stats *per) {
-  ck_assert_int_eq(qrpc_server_get_stats(st.srv, total, per, NWORKERS), 0);
+  ck_assert_int_eq(qrpc_server_get_stats(st.srv, total, per, (size_t)nworkers),
+                   0);
 }
 
 /* ---- Tests ------------------------------------------------------------ */
@@ -200,7 +250,7 @@ START_TEST(test_many_clients_spread) {
     ck_assert_int_eq(call_round(round), NCLIENTS);
 
   qrpc_endpoint_stats total;
-  qrpc_server_worker_stats per[NWORKERS];
+  qrpc_server_worker_stats per[MAXW];
   get_stats(&total, per);
   ck_assert_uint_eq(total.accepted, NCLIENTS);
   ck_assert_uint_eq(per[0].peers + per[1].peers, NCLIENTS);
@@ -210,7 +260,7 @@ START_TEST(test_many_clients_spread) {
   ck_assert_uint_ge(per[0].peers_opened, 4);
   ck_assert_uint_ge(per[1].peers_opened, 4);
   /* Each worker served exactly the calls of its own connections. */
-  for (int w = 0; w < NWORKERS; w++) {
+  for (int w = 0; w < nworkers; w++) {
     ck_assert_int_eq(atomic_load(&st.calls[w]),
                      (int)per[w].peers_opened * CALLS_PER_CLIENT);
     ck_assert_uint_eq(per[w].endpoint.accepted, per[w].peers_opened);
@@ -227,6 +277,107 @@ START_TEST(test_many_clients_spread) {
    * over then, as no client changed its address. */
   if (qrpc_server_steered(st.srv)) ck_assert_uint_eq(total.handed_off, 0);
   server_free_all();
+}
+END_TEST
+
+/* What each client saw of its stream and its datagrams. */
+typedef struct client_seen {
+  int items, bad_items, done, status;
+  int echoes, echo_worker, echo_mixed;
+} client_seen;
+
+static client_seen seen[NCLIENTS];
+static int streams_done;
+
+static void on_tick_item(qrpc_call *call, const uint8_t *data, size_t len,
+                         void *ud) {
+  client_seen *c = ud;
+  int i = (int)(c - seen);
+  if (len == 1 && data[0] == recs[i].reply[0])
+    c->items++;
+  else
+    c->bad_items++;
+}
+
+static void on_ticks_done(qrpc_call *call, const qrpc_result *res, void *ud) {
+  client_seen *c = ud;
+  c->done = 1;
+  c->status = res->status;
+  streams_done++;
+}
+
+static void on_echo(qrpc_peer *peer, uint32_t ch, uint64_t seq,
+                    const uint8_t *p, size_t n, void *ud) {
+  client_seen *c = ud;
+  if (n != 2) return;
+  if (c->echoes++ == 0) c->echo_worker = p[1];
+  if (p[1] != c->echo_worker) c->echo_mixed++;
+}
+
+static int all_echoed(void *arg) {
+  for (int i = 0; i < NCLIENTS; i++)
+    if (seen[i].echoes == 0) return 0;
+  return 1;
+}
+
+/* Four workers: calls, a server stream and datagrams on every connection,
+ * each served on its connection's worker and thread. */
+START_TEST(test_four_workers_calls_streams_datagrams) {
+  char addr[64];
+  nworkers = 4;
+  with_streams_and_dgrams = 1;
+  server_start(addr, sizeof(addr));
+  memset(&tally, 0, sizeof(tally));
+  memset(seen, 0, sizeof(seen));
+  streams_done = 0;
+  clients_start(addr);
+  for (int i = 0; i < NCLIENTS; i++)
+    ck_assert_int_eq(qrpc_client_register_dgram(clients[i].cli, CH_ECHO, NULL,
+                                                on_echo, &seen[i]),
+                     0);
+  ck_assert_int_eq(call_round(0), NCLIENTS);
+  qrpc_call_callbacks cbs = {.on_done = on_ticks_done, .on_item = on_tick_item};
+  for (int i = 0; i < NCLIENTS; i++)
+    ck_assert_int_eq(qrpc_client_stream(clients[i].cli, M_TICKS,
+                                        QRPC_SHAPE_SERVER_STREAM, "t", 1, NULL,
+                                        &cbs, &seen[i], NULL),
+                     0);
+  ck_assert(qt_run_until_count(loop, &streams_done, NCLIENTS, QT_WAIT_MS));
+  /* Datagrams may be lost, even on loopback: a few per client, and each
+   * client must hear back at least once. */
+  for (int k = 0; k < DGRAMS_PER_CLIENT; k++) {
+    for (int i = 0; i < NCLIENTS; i++) {
+      uint8_t b = (uint8_t)i;
+      qrpc_peer *peer = qrpc_client_peer(clients[i].cli);
+      ck_assert_ptr_nonnull(peer);
+      ck_assert_int_eq(qrpc_peer_send_dgram(peer, CH_ECHO, &b, 1), 0);
+    }
+    qt_run_for(loop, 20);
+  }
+  ck_assert(qt_run_until(loop, all_echoed, NULL, QT_WAIT_MS));
+  qrpc_server_worker_stats per[MAXW];
+  get_stats(NULL, per);
+  int spread = 0, dg = 0;
+  for (int w = 0; w < nworkers; w++) {
+    spread += per[w].peers_opened > 0;
+    ck_assert_int_eq(atomic_load(&st.streams[w]), (int)per[w].peers_opened);
+    dg += atomic_load(&st.dgrams[w]);
+  }
+  /* 40 client ports over 4 workers: each gets some (the chance that one
+   * gets none is about 1 in 100,000). */
+  ck_assert_int_eq(spread, nworkers);
+  ck_assert_int_le(dg, NCLIENTS * DGRAMS_PER_CLIENT);
+  for (int i = 0; i < NCLIENTS; i++) {
+    ck_assert_int_eq(seen[i].status, QRPC_STATUS_OK);
+    ck_assert_int_eq(seen[i].items, TICK_ITEMS);
+    ck_assert_int_eq(seen[i].bad_items, 0);
+    /* The datagrams came back from the worker that answers its calls. */
+    ck_assert_int_eq(seen[i].echo_mixed, 0);
+    ck_assert_int_eq(seen[i].echo_worker, recs[i].reply[0]);
+  }
+  ck_assert_int_eq(atomic_load(&st.wrong_thread), 0);
+  server_free_all();
+  with_streams_and_dgrams = 0;
 }
 END_TEST
 
@@ -299,7 +450,7 @@ START_TEST(test_no_bpf_hands_off) {
   check_same_worker_after_move(2);
   ck_assert_int_eq(atomic_load(&st.wrong_thread), 0);
   qrpc_endpoint_stats total;
-  qrpc_server_worker_stats per[NWORKERS];
+  qrpc_server_worker_stats per[MAXW];
   get_stats(&total, per);
   /* 40 moved clients, each to a fresh hash: some land on the other
    * worker (all 40 staying put has a chance of 2^-40). */
@@ -331,7 +482,7 @@ START_TEST(test_shutdown_drains_every_worker) {
   memset(&tally, 0, sizeof(tally));
   clients_start(addr);
   ck_assert_int_eq(call_round(0), NCLIENTS);
-  qrpc_server_worker_stats per[NWORKERS];
+  qrpc_server_worker_stats per[MAXW];
   get_stats(NULL, per);
   ck_assert_uint_gt(per[1].peers, 0);
   shutdown_done = 0;
@@ -360,7 +511,7 @@ START_TEST(test_free_live_and_unstarted) {
 
   qrpc_server_opts so;
   qrpc_server_opts_default(&so);
-  so.workers = NWORKERS;
+  so.workers = (size_t)nworkers;
   qrpc_server *srv;
   ck_assert_int_eq(qrpc_server_new(loop, "127.0.0.1:0", stls, &so, &srv), 0);
   ck_assert_uint_ne(qrpc_server_port(srv), 0);
@@ -402,6 +553,7 @@ static Suite *suite(void) {
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, test_many_clients_spread);
+  tcase_add_test(tc, test_four_workers_calls_streams_datagrams);
   tcase_add_test(tc, test_rebind_stays_on_worker);
   tcase_add_test(tc, test_no_bpf_hands_off);
   tcase_add_test(tc, test_shutdown_drains_every_worker);
