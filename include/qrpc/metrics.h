@@ -54,9 +54,11 @@ int qrpc_metrics_serve(qrpc_loop *loop, const char *addr,
 uint16_t qrpc_metrics_port(qrpc_metrics *m);
 
 /* Reports srv's connections, handshakes, traffic, datagrams, stalls and
- * calls by method. srv is borrowed: free m (or it) in the order that
- * keeps srv alive while m is. From here on srv counts each call it
- * serves by method, final status and duration. One server per m.
+ * calls by method, summed over its workers (each scrape asks every worker
+ * on its own thread and waits, as qrpc_server_get_stats() does). srv is
+ * borrowed: free m (or it) in the order that keeps srv alive while m is.
+ * From here on every worker of srv counts each call it serves by method,
+ * final status and duration. One server per m. Worker 0's thread.
  * Errors: QRPC_EINVAL, QRPC_ESTATE (m already has a server),
  * QRPC_ENOMEM. */
 int qrpc_metrics_add_server(qrpc_metrics *m, qrpc_server *srv);

@@ -46,7 +46,6 @@ struct qrpc_metrics {
   qrpc_server *srv;
   qrpc_broker *broker;
   qrpc_client *cli;
-  qrpci_callstats *calls;
   method_name *names;
   size_t nnames;
 };
@@ -101,8 +100,8 @@ static const char *slot_label(size_t slot) {
   return st < 0 ? "UNKNOWN_STATUS" : qrpc_status_name(st);
 }
 
-static void render_calls(const qrpc_metrics *m, struct evbuffer *b) {
-  const qrpci_callstats *cs = m->calls;
+static void render_calls(const qrpc_metrics *m, const qrpci_callstats *cs,
+                         struct evbuffer *b) {
   char idbuf[16];
   family(b, "qrpc_calls_total", "counter",
          "Calls served, by method and final status.");
@@ -281,13 +280,18 @@ static void render_client(qrpc_client *cli, struct evbuffer *b) {
 
 static int render(qrpc_metrics *m, struct evbuffer *b) {
   if (m->srv) {
+    /* Every worker's figures, summed. */
     qrpc_endpoint_stats es;
     qrpc_dgram_stats ds;
-    qrpc_endpoint_get_stats(qrpc_server_endpoint(m->srv), &es);
+    qrpci_callstats *cs = qrpci_callstats_new();
+    if (qrpc_server_get_stats(m->srv, &es, NULL, 0) != 0)
+      qrpc_endpoint_get_stats(qrpc_server_endpoint(m->srv), &es);
     qrpc_server_dgram_stats(m->srv, &ds);
+    if (cs) qrpci_server_callstats_sum(m->srv, cs);
     render_transport(&es, b);
     render_dgrams(&es, &ds, b);
-    render_calls(m, b);
+    render_calls(m, cs, b);
+    qrpci_callstats_free(cs);
   }
   if (m->broker) render_broker(m->broker, b);
   if (m->cli) render_client(m->cli, b);
@@ -319,7 +323,8 @@ int qrpc_metrics_render(qrpc_metrics *m, char **out, size_t *len) {
 int qrpc_metrics_add_server(qrpc_metrics *m, qrpc_server *srv) {
   if (!m || !srv) return QRPC_EINVAL;
   if (m->srv) return QRPC_ESTATE;
-  if (!(m->calls = qrpci_server_callstats(srv))) return QRPC_ENOMEM;
+  int rv = qrpci_server_callstats_enable(srv);
+  if (rv != 0) return rv;
   m->srv = srv;
   return 0;
 }

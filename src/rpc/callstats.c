@@ -5,6 +5,7 @@
 
 #include <stdlib.h>
 
+#include "qrpc/error.h"
 #include "qrpc/rpc.h"
 
 /* 100 us to 10 s: a unary call on loopback is tens of microseconds, a
@@ -66,6 +67,20 @@ static qrpci_method_stats *method_get(qrpci_callstats *cs, uint32_t method) {
   }
   cs->methods[cs->n++] = ms;
   return ms;
+}
+
+int qrpci_callstats_add(qrpci_callstats *dst, const qrpci_callstats *src) {
+  for (size_t i = 0; i < src->n; i++) {
+    const qrpci_method_stats *s = src->methods[i];
+    qrpci_method_stats *d = method_get(dst, s->method);
+    if (!d) return QRPC_ENOMEM;
+    for (size_t k = 0; k < QRPCI_STATUS_SLOTS; k++) d->calls[k] += s->calls[k];
+    for (size_t k = 0; k <= QRPCI_LATENCY_BUCKETS; k++)
+      d->buckets[k] += s->buckets[k];
+    d->count += s->count;
+    d->sum_ns += s->sum_ns;
+  }
+  return 0;
 }
 
 void qrpci_callstats_record(qrpci_callstats *cs, uint32_t method, int status,

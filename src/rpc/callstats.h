@@ -44,9 +44,18 @@ typedef struct qrpci_callstats {
 qrpci_callstats *qrpci_callstats_new(void);
 void qrpci_callstats_free(qrpci_callstats *cs);
 
-/* The per-method counters of srv, created (and counting started) on the
- * first call. NULL when out of memory. */
-qrpci_callstats *qrpci_server_callstats(qrpc_server *srv);
+/* Starts counting calls on every worker of srv (nothing is counted
+ * before the first call). Worker 0's thread. Errors: QRPC_ENOMEM. */
+int qrpci_server_callstats_enable(qrpc_server *srv);
+
+/* Adds the counters of every worker of srv into sum, asking each worker
+ * on its own thread (see qrpc_server_get_stats()). Worker 0's thread.
+ * Errors: QRPC_ENOMEM. */
+int qrpci_server_callstats_sum(qrpc_server *srv, qrpci_callstats *sum);
+
+/* Adds src's counters into dst. Errors: QRPC_ENOMEM (dst then holds part
+ * of them). */
+int qrpci_callstats_add(qrpci_callstats *dst, const qrpci_callstats *src);
 
 /* Counts one call of method that ended with status after ns nanoseconds.
  * Out of memory loses the sample, nothing else. */

@@ -482,8 +482,37 @@ int qrpc_server_steered(const qrpc_server *srv) {
   return srv && srv->group ? qrpci_wgroup_bpf(srv->group) : 0;
 }
 
-qrpci_callstats *qrpci_server_callstats(qrpc_server *srv) {
-  return qrpci_core_callstats(&srv->w[0].core);
+/* Call counters, per worker: each worker's are its own thread's, so they
+ * are made and read there. */
+typedef struct calls_ctx {
+  pthread_mutex_t mu;
+  qrpci_callstats *sum; /* NULL: only make them */
+  int err;
+} calls_ctx;
+
+static void worker_calls(srv_worker *w, void *arg) {
+  calls_ctx *c = arg;
+  const qrpci_callstats *cs = qrpci_core_callstats(&w->core);
+  pthread_mutex_lock(&c->mu);
+  if (!cs || (c->sum && qrpci_callstats_add(c->sum, cs) != 0))
+    c->err = QRPC_ENOMEM;
+  pthread_mutex_unlock(&c->mu);
+}
+
+static int every_worker_calls(qrpc_server *srv, qrpci_callstats *sum) {
+  calls_ctx c = {.sum = sum};
+  pthread_mutex_init(&c.mu, NULL);
+  int rv = on_every_worker(srv, worker_calls, &c);
+  pthread_mutex_destroy(&c.mu);
+  return rv ? rv : c.err;
+}
+
+int qrpci_server_callstats_enable(qrpc_server *srv) {
+  return every_worker_calls(srv, NULL);
+}
+
+int qrpci_server_callstats_sum(qrpc_server *srv, qrpci_callstats *sum) {
+  return every_worker_calls(srv, sum);
 }
 
 typedef struct stats_ctx {

@@ -335,6 +335,63 @@ END_TEST
 
 /* ---- Bad requests ------------------------------------------------------ */
 
+#define WORKER_CLIENTS 16
+#define WORKER_CALLS 2
+
+/* A server on two workers: the scrape sums every worker's connections and
+ * calls, not worker 0's alone. */
+START_TEST(test_server_workers_scrape) {
+  qrpc_server *srv;
+  char addr[64];
+  qrpc_server_opts so;
+  qrpc_server_opts_default(&so);
+  so.workers = 2;
+  ck_assert_int_eq(qt_rpc_server_start(loop, "127.0.0.1:0", stls, &so, &srv,
+                                       addr, sizeof(addr)),
+                   0);
+  ck_assert_int_eq(
+      qrpc_server_register(srv, M_ECHO, QRPC_SHAPE_UNARY, qt_rpc_echo, NULL),
+      0);
+  qrpc_metrics *m;
+  ck_assert_int_eq(qrpc_metrics_serve(loop, "127.0.0.1:0", NULL, &m), 0);
+  ck_assert_int_eq(qrpc_metrics_add_server(m, srv), 0);
+  static qt_rpc_client cl[WORKER_CLIENTS];
+  static qt_call_rec recs[WORKER_CLIENTS * WORKER_CALLS];
+  qt_call_tally tally = {0};
+  for (int i = 0; i < WORKER_CLIENTS; i++)
+    ck_assert_int_eq(qt_rpc_client_start(&cl[i], loop, addr, ctls, NULL), 0);
+  for (int i = 0; i < WORKER_CLIENTS; i++)
+    ck_assert(qt_rpc_client_wait_connects(&cl[i], 1, QT_WAIT_MS));
+  for (int i = 0; i < WORKER_CLIENTS * WORKER_CALLS; i++)
+    ck_assert_int_eq(qt_call_rec_start(&recs[i], &tally,
+                                       cl[i % WORKER_CLIENTS].cli, M_ECHO, "w",
+                                       1, NULL),
+                     0);
+  ck_assert(qt_run_until_count(loop, &tally.done, WORKER_CLIENTS * WORKER_CALLS,
+                               QT_WAIT_MS));
+  ck_assert_int_eq(tally.ok, WORKER_CLIENTS * WORKER_CALLS);
+  /* Both workers serve some of the clients (all 16 on one: 2^-15). */
+  qrpc_server_worker_stats per[2];
+  ck_assert_int_eq(qrpc_server_get_stats(srv, NULL, per, 2), 0);
+  ck_assert_uint_gt(per[0].peers_opened, 0);
+  ck_assert_uint_gt(per[1].peers_opened, 0);
+  char *text = scrape(qrpc_metrics_port(m));
+  ck_assert_double_eq(value(text, "qrpc_calls_total{method=\"1\",code=\"OK\"}"),
+                      WORKER_CLIENTS * WORKER_CALLS);
+  ck_assert_double_eq(value(text, "qrpc_call_duration_seconds_count{method="
+                                  "\"1\"}"),
+                      WORKER_CLIENTS * WORKER_CALLS);
+  ck_assert_double_eq(value(text, "qrpc_connections"), WORKER_CLIENTS);
+  ck_assert_double_eq(value(text, "qrpc_handshakes_total{result=\"ok\"}"),
+                      WORKER_CLIENTS);
+  free(text);
+  for (int i = 0; i < WORKER_CLIENTS; i++) qt_rpc_client_free(&cl[i]);
+  qrpc_metrics_free(m);
+  qrpc_server_free(srv);
+  ck_assert(qt_run_until_released(loop, 4 * QT_WAIT_MS));
+}
+END_TEST
+
 static int status_of(const http_req *r) {
   int code = 0;
   if (sscanf(r->resp, "HTTP/1.1 %d ", &code) != 1) return -1;
@@ -540,6 +597,7 @@ int main(void) {
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, test_server_scrape);
+  tcase_add_test(tc, test_server_workers_scrape);
   tcase_add_test(tc, test_bad_requests);
   tcase_add_test(tc, test_broker_scrape);
   suite_add_tcase(s, tc);
