@@ -159,7 +159,7 @@ grep -q '^RESULT server_recv_per_s=[0-9]' "$tmp/server.out" ||
   fail "game server: no server_recv_per_s"
 
 # The world workload: snapshots with deltas, every state checked.
-start_server game --tick-hz 60 --entities 300 --entity-bytes 24 --delta
+start_server game --tick-hz 60 --entities 300 --entity-bytes 24 --delta --workers 2
 run_client world game --clients 5 --entities 300 --entity-bytes 24
 positive world down_bytes_per_s && positive world down_p50_us &&
   zero world wrong_states
