@@ -157,7 +157,7 @@ run: build certs
 # memcheck runs of the end-to-end suites. Then the unit and end-to-end
 # suites of the GnuTLS build, and the cross-backend test (tests/cross).
 # Last each libFuzzer target of tests/fuzz runs for FUZZ_SECONDS (default
-# 20) in a clang build of its own, inside $(SAN_DIR)/fuzz/, and any crash,
+# 15) in a clang build of its own, inside $(SAN_DIR)/fuzz/, and any crash,
 # leak or broken property fails the run.
 test: build build-san build-gnutls
 	@status=0
@@ -169,9 +169,9 @@ test: build build-san build-gnutls
 	$(CTEST) --test-dir $(GNUTLS_DIR) -LE '^(memcheck|soak|install)$$' || status=1
 	echo "== cross-backend: servers of each backend against clients of the other"
 	bash tests/cross/run-cross.sh $(BUILD_DIR) $(GNUTLS_DIR) || status=1
-	echo "== fuzzing, $(or $(FUZZ_SECONDS),20) s per target: $(SAN_DIR)/fuzz/"
+	echo "== fuzzing, $(or $(FUZZ_SECONDS),15) s per target: $(SAN_DIR)/fuzz/"
 	CC=clang cmake -S . -B $(SAN_DIR)/fuzz -DQRPC_SANITIZE=ON -DQRPC_FUZZ=ON \
-	  -DQRPC_FUZZ_SECONDS=$(or $(FUZZ_SECONDS),20) $(CMAKE_FLAGS) >/dev/null
+	  -DQRPC_FUZZ_SECONDS=$(or $(FUZZ_SECONDS),15) $(CMAKE_FLAGS) >/dev/null
 	cmake --build $(SAN_DIR)/fuzz -j$(JOBS) --target qrpc_fuzzers
 	$(CTEST) --test-dir $(SAN_DIR)/fuzz -L '^fuzz$$' || status=1
 	if [ "$$status" -ne 0 ]; then
