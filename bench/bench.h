@@ -29,6 +29,7 @@ int bench_client_rpc(const char *prog, int argc, char **argv);
 int bench_client_game(const char *prog, int argc, char **argv);
 int bench_client_idle(const char *prog, int argc, char **argv);
 int bench_client_pubsub(const char *prog, int argc, char **argv);
+int bench_client_floor(const char *prog, int argc, char **argv);
 
 /* The largest --payload of the RPC family. Both sides set their max_frame
  * above it, so a frame of this size is never refused. */

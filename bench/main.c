@@ -2,7 +2,7 @@
  * qrpc-bench: the load generator for the workloads of bench/README.md.
  *
  *   qrpc-bench server rpc|game [flags]
- *   qrpc-bench client rpc|game|idle|pubsub [flags]
+ *   qrpc-bench client rpc|game|idle|pubsub|floor [flags]
  *
  * Each ROLE FAMILY pair is one entry of the table below; its function
  * parses the rest of the command line. TLS flags are the same for every
@@ -37,6 +37,8 @@ static const command commands[] = {
      "idle connections to server rpc, and the server memory they take"},
     {"client", "pubsub", bench_client_pubsub,
      "fan-out through qrpc-broker to reliable subscribers"},
+    {"client", "floor", bench_client_floor,
+     "the machine's floor: a bare UDP or TCP round trip, no QUIC, no TLS"},
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))

@@ -168,6 +168,16 @@ grep -q '^RESULT server_ticks=[0-9]' "$tmp/server.out" &&
   grep -q 'server_snap_delta=[1-9]' "$tmp/server.out" ||
   fail "world server: no deltas sent"
 
+# The floor needs no server.
+echo "== floor: client floor --proto udp, then tcp"
+for proto in udp tcp; do
+  "$bench" client floor --proto "$proto" --warmup 0.1 --duration 0.5 \
+    >"$tmp/client.out" 2>"$tmp/client.err" ||
+    fail "floor $proto: exited with $?"
+  positive "floor-$proto" rtt_per_s && positive "floor-$proto" p50_us &&
+    zero "floor-$proto" errors
+done
+
 # The pub/sub family goes through the real broker, which needs
 # certificate files.
 bash "$gen_certs" "$tmp/certs" >/dev/null
