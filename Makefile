@@ -17,6 +17,7 @@ MAKEFLAGS += --no-print-directory
 
 BUILD_DIR   ?= build
 SAN_DIR     ?= build-san
+TSAN_DIR    ?= build-tsan
 GNUTLS_DIR  ?= build-gnutls
 CERT_DIR    ?= $(BUILD_DIR)/certs
 PREFIX      ?= /usr/local
@@ -31,7 +32,7 @@ SAN_ENV     := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 # Seconds the demo may take before it is stopped.
 RUN_TIMEOUT ?= 60
 
-.PHONY: help setup build build-san build-gnutls certs run test install clean
+.PHONY: help setup build build-san build-gnutls certs run test test-tsan install clean
 
 # List the targets.
 help:
@@ -42,6 +43,7 @@ help:
 	@echo "make build     configure and build into $(BUILD_DIR)/"
 	@echo "make build-san the same with ASan + UBSan, into $(SAN_DIR)/"
 	@echo "make build-gnutls  the same on the GnuTLS backend, into $(GNUTLS_DIR)/"
+	@echo "make test-tsan the suites with threads (server workers) under ThreadSanitizer, in $(TSAN_DIR)/"
 	@echo "make certs     make development certificates in $(CERT_DIR)/ if missing"
 	@echo "make install   install into PREFIX (now $(PREFIX)), e.g. make install PREFIX=\$$HOME/.local"
 	@echo "make clean     remove $(BUILD_DIR)/ and $(SAN_DIR)/ (the cached OpenSSL build stays)"
@@ -68,6 +70,18 @@ build-san: setup
 build-gnutls: setup
 	cmake -S . -B $(GNUTLS_DIR) -DQRPC_TLS=gnutls $(CMAKE_FLAGS)
 	cmake --build $(GNUTLS_DIR) -j$(JOBS)
+
+# The suites where qrpc runs on several threads (a server's workers, and
+# the metrics and snapshots that cross them) under ThreadSanitizer, in a
+# clang build of their own (make test runs it too). Only qrpc's code is
+# instrumented (libevent, ngtcp2 and the TLS library are Debian's), so a
+# report is about qrpc.
+TSAN_SUITES := test_rpc_workers test_metrics test_dgram_snapshot
+test-tsan: setup
+	CC=clang cmake -S . -B $(TSAN_DIR) -DQRPC_TSAN=ON $(CMAKE_FLAGS) >/dev/null
+	cmake --build $(TSAN_DIR) -j$(JOBS) --target $(TSAN_SUITES)
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+	  $(CTEST) --test-dir $(TSAN_DIR) -R '^($(subst $(eval) ,|,$(TSAN_SUITES)))$$'
 
 # Development CA and localhost server certificate (kept if present).
 certs: setup
@@ -155,7 +169,8 @@ run: build certs
 # Run every test in both builds of the default (OpenSSL) backend; fails if
 # any test failed in either. The normal build's tests include valgrind
 # memcheck runs of the end-to-end suites. Then the unit and end-to-end
-# suites of the GnuTLS build, and the cross-backend test (tests/cross).
+# suites of the GnuTLS build, the cross-backend test (tests/cross), and
+# the suites with threads under ThreadSanitizer (test-tsan).
 # Last each libFuzzer target of tests/fuzz runs for FUZZ_SECONDS (default
 # 15) in a clang build of its own, inside $(SAN_DIR)/fuzz/, and any crash,
 # leak or broken property fails the run.
@@ -169,6 +184,8 @@ test: build build-san build-gnutls
 	$(CTEST) --test-dir $(GNUTLS_DIR) -LE '^(memcheck|soak|install)$$' || status=1
 	echo "== cross-backend: servers of each backend against clients of the other"
 	bash tests/cross/run-cross.sh $(BUILD_DIR) $(GNUTLS_DIR) || status=1
+	echo "== suites with threads under ThreadSanitizer: $(TSAN_DIR)/"
+	$(MAKE) test-tsan || status=1
 	echo "== fuzzing, $(or $(FUZZ_SECONDS),15) s per target: $(SAN_DIR)/fuzz/"
 	CC=clang cmake -S . -B $(SAN_DIR)/fuzz -DQRPC_SANITIZE=ON -DQRPC_FUZZ=ON \
 	  -DQRPC_FUZZ_SECONDS=$(or $(FUZZ_SECONDS),15) $(CMAKE_FLAGS) >/dev/null
@@ -187,4 +204,4 @@ install: build
 # Remove the build trees (and the demo certificates inside build/); the
 # cached OpenSSL prefix stays (see README).
 clean:
-	rm -rf $(BUILD_DIR) $(SAN_DIR) $(GNUTLS_DIR)
+	rm -rf $(BUILD_DIR) $(SAN_DIR) $(GNUTLS_DIR) $(TSAN_DIR)
