@@ -235,6 +235,17 @@ int bench_server_rpc(const char *prog, int argc, char **argv) {
     status = bench_server_serve(prog, loop, srv, &c);
   }
   double cpu = bench_cpu_s();
+  /* How the connections spread over the workers, asked before the free. */
+  size_t nw = qrpc_server_workers(srv);
+  uint64_t opened = 0, least = UINT64_MAX;
+  qrpc_server_worker_stats *per = calloc(nw ? nw : 1, sizeof(*per));
+  if (per != NULL && qrpc_server_get_stats(srv, NULL, per, nw) == 0) {
+    for (size_t i = 0; i < nw; i++) {
+      opened += per[i].peers_opened;
+      if (per[i].peers_opened < least) least = per[i].peers_opened;
+    }
+  }
+  free(per);
   bench_server_stop(&c, loop, srv);
   if (status == 0) {
     bench_report r;
@@ -246,6 +257,10 @@ int bench_server_rpc(const char *prog, int argc, char **argv) {
     bench_report_uint(&r, "server_stream_failed", LOAD(s.stream_failed));
     bench_report_uint(&r, "server_stream_queued_max", LOAD(s.queued_max));
     bench_report_uint(&r, "server_conns", LOAD(s.conns));
+    bench_report_uint(&r, "server_workers", nw);
+    /* The share of the connections the least loaded worker served. */
+    bench_report_num(&r, "server_least_worker_pct",
+                     opened ? 100.0 * (double)least / (double)opened : 0, 1);
     bench_report_num(&r, "server_cpu_s", cpu, 2);
     bench_report_print_result(&r);
   }
