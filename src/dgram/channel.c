@@ -42,7 +42,6 @@ typedef struct chan {
   snap_state **ring;
   size_t ring_next; /* the slot the next state takes */
   uint64_t last_tick;
-  qrpci_delta_keys keys;
 } chan;
 
 struct qrpci_dgconn {
@@ -80,8 +79,12 @@ typedef struct snap_sent {
  * known within an RTT or so (sent, acknowledged or declared lost). */
 #define WHOLE_IN_FLIGHT_NS (500 * QRPCI_NS_PER_MS)
 
-/* Snapshots tracked per connection: enough for every state of the
- * largest ring to be in flight twice over. */
+/* Snapshots tracked per connection, each in the slot of its Seq, so a
+ * notice about a fragment finds its snapshot in one step. A snapshot
+ * overwritten by a later one of the same slot (128 Seqs on, which the
+ * channel's other encodings take too) is no longer tracked: it can no
+ * longer become a baseline, nothing else. A power of two that divides
+ * 2^31, so the Seq bits an id carries give the slot. */
 #define SNAP_SENT_SLOTS (2 * QRPC_DGRAM_MAX_RING)
 /* Snapshots in the clock estimate's window. */
 #define CLOCK_WINDOW 64
@@ -89,8 +92,8 @@ typedef struct snap_sent {
 typedef struct snap_conn {
   /* Sending. */
   snap_sent sent[SNAP_SENT_SLOTS];
-  size_t sent_next;
-  uint64_t acked_tick; /* the newest tick acknowledged whole; 0: none */
+  uint64_t last_seq, prev_seq; /* the last two snapshots sent; 0: none */
+  uint64_t acked_tick;         /* the newest tick acknowledged whole; 0: none */
   /* Receiving: the last states rebuilt, by tick (NULL: free slot). */
   snap_state **ring;
   uint64_t tick, tick_server_us; /* the newest handed over */
@@ -170,7 +173,7 @@ static snap_state *state_new(uint64_t tick, uint64_t server_us,
   st->tick = tick;
   st->server_us = server_us;
   st->len = len;
-  if (len) memcpy(st->data, data, len);
+  if (len && data) memcpy(st->data, data, len);
   return st;
 }
 
@@ -185,6 +188,12 @@ static snap_state *ring_find(snap_state **ring, size_t n, uint64_t tick) {
   for (size_t i = 0; ring && tick && i < n; i++)
     if (ring[i] && ring[i]->tick == tick) return ring[i];
   return NULL;
+}
+
+/* How a snapshot channel's states are diffed. */
+static qrpci_delta_keys delta_keys(const chan *ch) {
+  return (qrpci_delta_keys){.entities = ch->opts.snapshot_entities,
+                            .key = ch->opts.snapshot_key};
 }
 
 static void free_partials(conn_chan *cc) {
@@ -288,8 +297,6 @@ int qrpci_dgram_register(qrpci_dgram *dg, uint32_t channel,
   ch->ring = ring;
   ch->ring_next = 0;
   ch->last_tick = 0;
-  ch->keys.entities = o.snapshot_entities;
-  ch->keys.key = o.snapshot_key;
   ch->opts = o;
   ch->fn = fn;
   ch->ud = ud;
@@ -394,11 +401,8 @@ static conn_chan *noticed(void *ud, uint64_t id) {
 static snap_sent *noticed_snapshot(conn_chan *cc, uint64_t id) {
   uint64_t seq = id >> ID_KEY_BITS;
   if (!cc || !cc->snap || !seq) return NULL;
-  for (size_t i = 0; i < SNAP_SENT_SLOTS; i++) {
-    snap_sent *ss = &cc->snap->sent[i];
-    if (ss->seq && (ss->seq & ID_SEQ_MASK) == seq) return ss;
-  }
-  return NULL;
+  snap_sent *ss = &cc->snap->sent[seq % SNAP_SENT_SLOTS];
+  return ss->seq && (ss->seq & ID_SEQ_MASK) == seq ? ss : NULL;
 }
 
 /* A fragment was lost or never sent: its snapshot cannot be a baseline. */
@@ -541,8 +545,9 @@ static snap_state *snapshot_state(qrpci_dgconn *dc, chan *ch, conn_chan *cc,
   }
   qrpci_delta_buf out = {0};
   snap_state *st = NULL;
-  if (qrpci_delta_apply(&ch->keys, b->data, b->len, body, n,
-                        ch->opts.max_message, &out) == 0)
+  qrpci_delta_keys keys = delta_keys(ch);
+  if (qrpci_delta_apply(&keys, b->data, b->len, body, n, ch->opts.max_message,
+                        &out) == 0)
     st = state_new(tick, server_us, out.data, out.len);
   else
     snapshot_dropped(dc, cc, 0);
@@ -850,16 +855,12 @@ int qrpci_snapshot_new(qrpci_dgram *dg, uint32_t channel, uint64_t tick,
   size_t len = qrpci_payload_len(&pl);
   if (len > ch->opts.max_message) return QRPC_EMSGSIZE;
   qrpc_snapshot *s = calloc(1, sizeof(*s));
-  snap_state *st = malloc(sizeof(*st) + (len ? len : 1));
+  snap_state *st = state_new(tick, server_clock_us(), NULL, len);
   if (!s || !st) {
     free(s);
     free(st);
     return QRPC_ENOMEM;
   }
-  st->refs = 1;
-  st->tick = tick;
-  st->server_us = server_clock_us();
-  st->len = len;
   if (qrpci_payload_write(&pl, st->data) != 0) {
     free(s);
     free(st);
@@ -917,7 +918,8 @@ static snap_enc *snapshot_encoding(qrpc_snapshot *s, const chan *ch,
   snap_enc *full = NULL;
   if (bt) {
     qrpci_delta_buf d = {0};
-    int rv = qrpci_delta_diff(&ch->keys, base->data, base->len, s->st->data,
+    qrpci_delta_keys keys = delta_keys(ch);
+    int rv = qrpci_delta_diff(&keys, base->data, base->len, s->st->data,
                               s->st->len, &d);
     if (rv == 0) {
       snap_enc *e = &s->enc[s->n];
@@ -963,10 +965,9 @@ static snap_enc *snapshot_encoding(qrpc_snapshot *s, const chan *ch,
  * would never catch up). */
 static int snapshot_must_wait(const snap_conn *sc, int have_base,
                               uint64_t now) {
-  const snap_sent *prev =
-      &sc->sent[(sc->sent_next + SNAP_SENT_SLOTS - 2) % SNAP_SENT_SLOTS];
-  if (prev->seq && !prev->lost && prev->written < prev->frags &&
-      now - prev->sent_ns < WHOLE_IN_FLIGHT_NS)
+  const snap_sent *prev = &sc->sent[sc->prev_seq % SNAP_SENT_SLOTS];
+  if (sc->prev_seq && prev->seq == sc->prev_seq && !prev->lost &&
+      prev->written < prev->frags && now - prev->sent_ns < WHOLE_IN_FLIGHT_NS)
     return 1;
   for (size_t i = 0; !have_base && i < SNAP_SENT_SLOTS; i++) {
     const snap_sent *p = &sc->sent[i];
@@ -1002,8 +1003,9 @@ int qrpci_dgconn_send_snapshot(qrpci_dgconn *dc, qrpc_snapshot *s) {
   if (!e) return err;
   int rv = qrpci_dgconn_send_encoded(dc, e->d);
   if (rv != 0) return rv;
-  snap_sent *ss = &sc->sent[sc->sent_next];
-  sc->sent_next = (sc->sent_next + 1) % SNAP_SENT_SLOTS;
+  snap_sent *ss = &sc->sent[e->d->seq % SNAP_SENT_SLOTS];
+  sc->prev_seq = sc->last_seq;
+  sc->last_seq = e->d->seq;
   *ss = (snap_sent){.seq = e->d->seq,
                     .tick = s->st->tick,
                     .sent_ns = now,
