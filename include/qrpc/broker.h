@@ -114,6 +114,12 @@ typedef struct qrpc_broker_opts {
   size_t cluster_buffer_bytes;  /* publishes nats.c holds while it
                                    reconnects; beyond, dropped and counted
                                    (publish_failed); 8 MiB */
+  /* With several workers (server.workers): the bytes of publishes one
+   * worker may hold from the others while it has not yet delivered them.
+   * A publish that would overflow a worker's share is refused as a whole
+   * (RESOURCE_EXHAUSTED, counted as refused), before any subscriber has
+   * it. At least max_payload plus the Delivery's framing; 64 MiB. */
+  size_t worker_queue_bytes;
   /* Note: server.endpoint.conn.keepalive_ms defaults to 10000 here, so a
    * subscriber whose machine vanished is found and its subscriptions and
    * queues freed within keepalive_ms + dead_peer_timeout_ms (3000), not
@@ -136,6 +142,10 @@ int qrpc_broker_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
 
 /* The server underneath (port, endpoint statistics). Owned by the broker. */
 qrpc_server *qrpc_broker_server(qrpc_broker *b);
+
+/* The number of workers serving (qrpc_server_opts.workers, 0 resolved).
+ * Any thread. */
+size_t qrpc_broker_workers(const qrpc_broker *b);
 
 /* The broker's health service (qrpc/health.h): "" and
  * "qrpc.broker.Broker" are SERVING, and NOT_SERVING once

@@ -30,6 +30,7 @@ typedef struct options {
   const char *cluster, *cluster_user, *cluster_prefix;
   unsigned long long max_payload, max_subs, queue_msgs, queue_bytes;
   unsigned long long max_conns, max_retained, drain_ms, keepalive_ms;
+  unsigned long long workers;
   qrpc_log_level level;
 } options;
 
@@ -55,6 +56,9 @@ static void usage(FILE *f) {
       "                          (default 10000)\n"
       "  --queue-bytes BYTES     the same in bytes (default 8388608)\n"
       "  --max-connections N     clients at once (default 10000)\n"
+      "  --workers N             threads serving, each with a UDP socket of\n"
+      "                          its own on the same port; 0: one per CPU\n"
+      "                          (default 1; a clustered broker takes 1)\n"
       "  --max-retained N        topics with a retained message (default "
       "100000)\n"
       "  --drain-ms MS           graceful shutdown limit (default 5000)\n"
@@ -131,6 +135,7 @@ static int parse_args(int argc, char **argv, options *o) {
                  .max_retained = d.max_retained,
                  .drain_ms = 5000,
                  .keepalive_ms = d.server.endpoint.conn.keepalive_ms,
+                 .workers = d.server.workers,
                  .level = QRPC_LOG_INFO};
   static const struct {
     const char *flag;
@@ -145,6 +150,7 @@ static int parse_args(int argc, char **argv, options *o) {
       {"--max-retained", offsetof(options, max_retained), 0, 10000000},
       {"--drain-ms", offsetof(options, drain_ms), 0, 600000},
       {"--keepalive-ms", offsetof(options, keepalive_ms), 0, 3600000},
+      {"--workers", offsetof(options, workers), 0, 256},
   };
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -348,6 +354,7 @@ int main(int argc, char **argv) {
   bo.queue_messages = (uint32_t)o.queue_msgs;
   bo.queue_bytes = o.queue_bytes;
   bo.server.endpoint.max_connections = o.max_conns;
+  bo.server.workers = (size_t)o.workers;
   bo.max_retained = o.max_retained;
   bo.cluster = o.cluster;
   bo.cluster_user = o.cluster_user;
@@ -375,7 +382,9 @@ int main(int argc, char **argv) {
   unsigned port = qrpc_server_port(qrpc_broker_server(d.broker));
   char bound[INET6_ADDRSTRLEN + 16];
   bound_addr(d.broker, o.listen, bound, sizeof(bound));
-  fprintf(stderr, PROG ": serving on %s (udp port %u)%s%s\n", bound, port,
+  size_t nw = qrpc_broker_workers(d.broker);
+  fprintf(stderr, PROG ": serving on %s (udp port %u, %zu worker%s)%s%s\n",
+          bound, port, nw, nw == 1 ? "" : "s",
           o.client_ca ? ", client certificates required" : "",
           o.acl ? "" : ", open access");
   printf("READY %u\n", port);

@@ -17,11 +17,26 @@
  * subscriber cut off by the DISCONNECT policy is only marked during a
  * fan-out and closed at the end of the handler that caused it.
  *
+ * Workers (qrpc_server_opts.workers > 1). A connection and its
+ * subscriptions live on the worker that accepted it (a bworker), and only
+ * that worker's thread touches them. The topic tree, the interests and
+ * the queue groups' member lists are shared, under tree_lock: subscribe
+ * and unsubscribe write, fan-outs read. A publish is matched once on its
+ * worker, which offers it to its own subscriptions and picks the queue
+ * groups' members; every other worker with a match gets the Delivery
+ * bytes (copied once per worker) in its inbox, a bounded FIFO, and offers
+ * them to its own subscriptions on its own thread. One FIFO per worker
+ * keeps each publisher's messages in order. The retained store is shared
+ * under retained_lock. Counters are per worker, written by its thread and
+ * summed by any.
+ *
  * Topics, patterns and tokens are (pointer, length) pairs taken from the
  * requests as received: protobuf-c's decoded strings end at the first NUL
  * byte, so the requests that carry them are served here rather than
  * through the generated stubs (see "Requests with strings" below).
  */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +52,7 @@
 #include "broker/queue.h"
 #include "broker/topic.h"
 #include "qrpc/broker.qrpc.h"
+#include "rpc/callstats.h"
 #include "util/list.h"
 #include "util/log.h"
 #include "util/pbwire.h"
@@ -72,8 +88,11 @@ typedef struct cpat {
   uint64_t hash; /* of pattern and group, in b->cpat_by_hash */
   struct cpat *next_same_hash;
   qrpci_list subs; /* bsub.cnode */
+  size_t nsubs;
   qrpci_cluster_sub *ns;
-  uint64_t fanout; /* a queue group: the last fan-out that served it */
+  /* A queue group: the last fan-out of each worker that served it. */
+  uint64_t *fanout;
+  atomic_uint_fast64_t turn; /* with several workers: the next member */
   size_t len, group_len;
   char pattern[]; /* len bytes, a NUL, then the group and a NUL */
 } cpat;
@@ -89,6 +108,7 @@ struct bsub {
   qrpci_bqueue q;
   cpat *cp;         /* its pattern's (and queue group's) interest */
   qrpci_list cnode; /* in cp->subs */
+  uint64_t gid;     /* unique in the broker: in its worker's by_gid */
   int blocked;      /* the stream refused a write; on_writable drains */
   uint64_t gap;     /* dropped and not yet reported to the subscriber */
   uint64_t delivered, dropped, conflated;
@@ -97,8 +117,11 @@ struct bsub {
                      a char * up to its NUL: a valid pattern holds none */
 };
 
+typedef struct bworker bworker;
+
 struct bconn {
   qrpc_broker *b;
+  bworker *w; /* the worker it lives on */
   qrpc_peer *peer;
   const qrpci_acl_identity *id;
   qrpci_list subs;
@@ -115,29 +138,96 @@ typedef struct retained_msg {
   size_t payload_len;
 } retained_msg;
 
+/* A worker's counters: written by its thread alone (a relaxed load and
+ * store, no locked instruction), read by any. */
+typedef struct bstats {
+  _Atomic uint64_t connections, subscriptions, published, refused, delivered,
+      dropped, conflated, slow_disconnects, denied, dropped_oldest,
+      dropped_newest;
+} bstats;
+
+#define ST_ADD(w, f, n) stat_add(&(w)->st.f, (uint64_t)(n))
+
+static void stat_add(_Atomic uint64_t *c, uint64_t n) {
+  atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                        memory_order_relaxed);
+}
+
+/* A publish handed to another worker: its own copy of the Delivery, and
+ * the members of queue groups picked there (by gid). */
+typedef struct bxfer {
+  struct bxfer *next;
+  qrpci_bmsg *m;
+  int all;     /* offer to the worker's matching subscriptions */
+  size_t ngid; /* then to these queue group members */
+  uint64_t gid[];
+} bxfer;
+
+/* What one publish sends to one other worker, gathered under the lock. */
+typedef struct btarget {
+  int all;
+  size_t ngid, gcap;
+  uint64_t *gid;
+} btarget;
+
+struct bworker {
+  qrpc_broker *b;
+  size_t idx;
+  qrpc_loop *loop;
+  qrpci_list conns_doomed;
+  bsub **match; /* the subscriptions of the publish being fanned out */
+  size_t match_cap, match_len;
+  uint64_t fanouts;    /* numbers each fan-out, for queue groups */
+  qrpci_u64map by_gid; /* bsub.gid -> bsub, of this worker */
+  btarget *tgt;        /* one per worker, for the publish at hand */
+  _Atomic size_t queued_bytes;
+  bstats st;
+  /* The inbox: publishes from other workers, oldest first. */
+  pthread_mutex_t in_mu;
+  bxfer *in_head, **in_tail;
+  int in_posted;          /* a drain is posted to the loop */
+  atomic_size_t in_bytes; /* reserved by publishers, up to in_max */
+};
+
 struct qrpc_broker {
   qrpc_loop *loop;
   qrpc_server *srv;
   qrpc_broker_opts opts;
+  size_t nworkers;
+  bworker *w;
+  /* With several workers: the tree, the interests and their member
+   * lists are written under it (subscribe, unsubscribe) and read under it
+   * (fan-outs). Not taken with one worker. */
+  pthread_rwlock_t tree_lock;
   qrpci_topic_tree *tree;
   qrpci_acl *acl;
-  qrpci_list conns_doomed;
+  pthread_mutex_t retained_lock; /* the four below */
   qrpci_u64map retained_by_hash; /* topic hash -> chain of retained_msg */
   qrpci_list retained;
   size_t retained_bytes;
-  bsub **match; /* the subscriptions of the publish being fanned out */
-  size_t match_cap, match_len;
-  size_t queued_bytes;
+  uint64_t nretained;
+  atomic_uint_fast64_t next_gid;
+  size_t inbox_max; /* bytes of one worker's inbox */
   qrpc_health *health;
   qrpci_cluster *cluster;    /* NULL: alone */
   qrpci_u64map cpat_by_hash; /* pattern and group hash -> chain of cpat */
   qrpci_u64map cpat_by_id;   /* cpat.id -> cpat */
   uint64_t next_cpat_id;
-  uint64_t fanouts; /* numbers each fan-out, for queue groups */
-  qrpc_broker_stats st;
   void (*on_shutdown)(qrpc_broker *b, void *user_data);
   void *shutdown_ud;
 };
+
+static void tree_read(qrpc_broker *b) {
+  if (b->nworkers > 1) pthread_rwlock_rdlock(&b->tree_lock);
+}
+
+static void tree_write(qrpc_broker *b) {
+  if (b->nworkers > 1) pthread_rwlock_wrlock(&b->tree_lock);
+}
+
+static void tree_done(qrpc_broker *b) {
+  if (b->nworkers > 1) pthread_rwlock_unlock(&b->tree_lock);
+}
 
 /* ---- Options ---------------------------------------------------------- */
 
@@ -160,6 +250,7 @@ void qrpc_broker_opts_default(qrpc_broker_opts *o) {
   o->max_retained = 100000;
   o->max_retained_bytes = 256u << 20;
   o->cluster_buffer_bytes = 8u << 20;
+  o->worker_queue_bytes = 64u << 20;
 }
 
 static int opts_check(const qrpc_broker_opts *o, char *err, size_t errlen) {
@@ -177,6 +268,12 @@ static int opts_check(const qrpc_broker_opts *o, char *err, size_t errlen) {
   else if (o->cluster && (o->cluster_buffer_bytes == 0 ||
                           o->cluster_buffer_bytes > INT32_MAX))
     why = "cluster_buffer_bytes must be from 1 to 2147483647";
+  else if (o->cluster && o->server.workers != 1)
+    why = "a clustered broker serves on one worker: set server.workers "
+          "(--workers) to 1";
+  else if (o->worker_queue_bytes < o->max_payload + DELIVERY_OVERHEAD)
+    why = "worker_queue_bytes must hold at least one message of "
+          "max_payload";
   if (!why) return 0;
   if (err && errlen)
     snprintf(err, errlen, "%s", why);
@@ -237,14 +334,14 @@ static void doom(bconn *c, const bsub *s) {
            "of %u messages / %zu bytes",
            (unsigned long long)s->id, plen, s->pattern, s->q.max_msgs,
            s->q.max_bytes);
-  qrpci_list_push_back(&c->b->conns_doomed, &c->doomed);
+  qrpci_list_push_back(&c->w->conns_doomed, &c->doomed);
 }
 
-static void close_doomed(qrpc_broker *b) {
-  while (!qrpci_list_empty(&b->conns_doomed)) {
-    bconn *c = QRPCI_CONTAINER_OF(b->conns_doomed.next, bconn, doomed);
+static void close_doomed(bworker *w) {
+  while (!qrpci_list_empty(&w->conns_doomed)) {
+    bconn *c = QRPCI_CONTAINER_OF(w->conns_doomed.next, bconn, doomed);
     qrpci_list_remove(&c->doomed);
-    b->st.slow_disconnects++;
+    ST_ADD(w, slow_disconnects, 1);
     QRPCI_WARN("broker: closing a connection: %s", c->reason);
     /* Runs on_cancel of every subscription and frees c. */
     qrpc_conn_close(qrpc_peer_conn(c->peer), QRPCI_ERR_RESOURCE_LIMIT,
@@ -278,7 +375,7 @@ static void sub_drain(bsub *s) {
       if (rv == 0) {
         qrpci_bqueue_pop(&s->q);
         s->delivered++;
-        s->conn->b->st.delivered++;
+        ST_ADD(s->conn->w, delivered, 1);
       }
     }
     if (rv == QRPC_EAGAIN) {
@@ -290,23 +387,23 @@ static void sub_drain(bsub *s) {
 }
 
 static void count_drops(bsub *s, uint64_t n, int by_policy) {
-  qrpc_broker_stats *st = &s->conn->b->st;
+  bworker *w = s->conn->w;
   s->dropped += n;
   s->gap += n;
-  st->dropped += n;
+  ST_ADD(w, dropped, n);
   if (by_policy && s->policy == QRPCI_BPOLICY_DROP_OLDEST)
-    st->dropped_oldest += n;
+    ST_ADD(w, dropped_oldest, n);
   else if (by_policy && s->policy == QRPCI_BPOLICY_DROP_NEWEST)
-    st->dropped_newest += n;
+    ST_ADD(w, dropped_newest, n);
 }
 
 static void sub_offer(bsub *s, qrpci_bmsg *m) {
-  qrpc_broker *b = s->conn->b;
+  bworker *w = s->conn->w;
   if (!s->blocked && s->q.count == 0 && s->gap == 0) {
     int rv = qrpc_req_send(s->req, m->bytes, m->len);
     if (rv == 0) {
       s->delivered++;
-      b->st.delivered++;
+      ST_ADD(w, delivered, 1);
       return;
     }
     if (rv != QRPC_EAGAIN) return;
@@ -317,7 +414,7 @@ static void sub_offer(bsub *s, qrpci_bmsg *m) {
   case QRPCI_BPUSH_QUEUED: break;
   case QRPCI_BPUSH_CONFLATED:
     s->conflated++;
-    b->st.conflated++;
+    ST_ADD(w, conflated, 1);
     break;
   case QRPCI_BPUSH_DROPPED: count_drops(s, dropped, 1); break;
   case QRPCI_BPUSH_OVERFLOW: doom(s->conn, s); return;
@@ -338,6 +435,7 @@ typedef struct dgram_cache {
 
 static void realtime_send(bsub *s, qrpci_bmsg *m, dgram_cache *dc) {
   qrpc_broker *b = s->conn->b;
+  bworker *w = s->conn->w;
   qrpc_dgram *d = NULL, *own = NULL;
   for (size_t i = 0; i < dc->n && !d; i++)
     if (dc->e[i].channel == s->id) d = dc->e[i].d;
@@ -354,11 +452,11 @@ static void realtime_send(bsub *s, qrpci_bmsg *m, dgram_cache *dc) {
    * the newest, and reports drops only in the counters. */
   if (d && qrpc_peer_send_encoded(s->conn->peer, d) == 0) {
     s->delivered++;
-    b->st.delivered++;
+    ST_ADD(w, delivered, 1);
   } else {
     s->dropped++;
-    b->st.dropped++;
-    b->st.dropped_newest++;
+    ST_ADD(w, dropped, 1);
+    ST_ADD(w, dropped_newest, 1);
   }
   qrpc_dgram_free(own);
 }
@@ -377,10 +475,10 @@ static void dgram_cache_free(dgram_cache *dc) {
   for (size_t i = 0; i < dc->n; i++) qrpc_dgram_free(dc->e[i].d);
 }
 
-/* The member of queue group x that takes the next message: the first one
- * in turn whose queue is empty and whose stream takes writes, else the
- * first one in turn; it goes to the back. NULL when every member's
- * connection is closing. */
+/* The member of queue group x that takes the next message, with one
+ * worker: the first one in turn whose queue is empty and whose stream
+ * takes writes, else the first one in turn; it goes to the back. NULL
+ * when every member's connection is closing. */
 static bsub *group_pick(cpat *x) {
   bsub *pick = NULL;
   for (qrpci_list *n = x->subs.next; n != &x->subs; n = n->next) {
@@ -399,17 +497,206 @@ static bsub *group_pick(cpat *x) {
   return pick;
 }
 
-static void collect(qrpci_topic_sub *link, void *ctx) {
-  qrpc_broker *b = ctx;
-  if (b->match_len == b->match_cap) {
-    size_t cap = b->match_cap ? b->match_cap * 2 : 64;
-    bsub **m = realloc(b->match, cap * sizeof(*m));
-    if (!m) return; /* counted as not delivered below */
-    b->match = m;
-    b->match_cap = cap;
-  }
-  b->match[b->match_len++] = QRPCI_CONTAINER_OF(link, bsub, link);
+/* The same with several workers, under the tree lock held for reading:
+ * the members take turns, whichever worker they are on (the state of
+ * another worker's subscription is that worker's to read). */
+static bsub *group_pick_shared(cpat *x) {
+  if (x->nsubs == 0) return NULL;
+  uint64_t k =
+      atomic_fetch_add_explicit(&x->turn, 1, memory_order_relaxed) % x->nsubs;
+  qrpci_list *n = x->subs.next;
+  while (k--) n = n->next;
+  return QRPCI_CONTAINER_OF(n, bsub, cnode);
 }
+
+static int match_add(bworker *w, bsub *s) {
+  if (w->match_len == w->match_cap) {
+    size_t cap = w->match_cap ? w->match_cap * 2 : 64;
+    bsub **m = realloc(w->match, cap * sizeof(*m));
+    if (!m) return -1;
+    w->match = m;
+    w->match_cap = cap;
+  }
+  w->match[w->match_len++] = s;
+  return 0;
+}
+
+static void collect(qrpci_topic_sub *link, void *ctx) {
+  /* Out of memory: counted as not delivered by match_topic(). */
+  (void)match_add(ctx, QRPCI_CONTAINER_OF(link, bsub, link));
+}
+
+/* Matches topic against the tree into w->match; returns the matches,
+ * counting those it had no memory for as dropped. Under the tree lock. */
+static size_t match_topic(bworker *w, const char *topic, size_t len) {
+  w->match_len = 0;
+  size_t n = qrpci_topic_tree_match(w->b->tree, topic, len, collect, w);
+  if (w->match_len < n) ST_ADD(w, dropped, n - w->match_len);
+  return n;
+}
+
+static void offer_all(bworker *w, qrpci_bmsg *m, size_t n) {
+  dgram_cache dc = {.n = 0};
+  for (size_t i = 0; i < n; i++) offer(w->match[i], m, &dc);
+  dgram_cache_free(&dc);
+}
+
+/* ---- Handing publishes to other workers ------------------------------- */
+
+static int target_gid(btarget *t, uint64_t gid) {
+  if (t->ngid == t->gcap) {
+    size_t cap = t->gcap ? t->gcap * 2 : 8;
+    uint64_t *g = realloc(t->gid, cap * sizeof(*g));
+    if (!g) return -1;
+    t->gid = g;
+    t->gcap = cap;
+  }
+  t->gid[t->ngid++] = gid;
+  return 0;
+}
+
+static int target_wanted(const btarget *t) { return t->all || t->ngid; }
+
+static void targets_clear(bworker *w) {
+  for (size_t j = 0; j < w->b->nworkers; j++) {
+    w->tgt[j].all = 0;
+    w->tgt[j].ngid = 0;
+  }
+}
+
+/* Takes len bytes of worker j's inbox, or fails when it is full. */
+static int inbox_reserve(bworker *j, size_t len, size_t max) {
+  size_t cur = atomic_load_explicit(&j->in_bytes, memory_order_relaxed);
+  do {
+    if (cur + len > max) return -1;
+  } while (!atomic_compare_exchange_weak_explicit(&j->in_bytes, &cur, cur + len,
+                                                  memory_order_relaxed,
+                                                  memory_order_relaxed));
+  return 0;
+}
+
+static void inbox_release(bworker *j, size_t len) {
+  atomic_fetch_sub_explicit(&j->in_bytes, len, memory_order_relaxed);
+}
+
+static void inbox_drain(qrpc_loop *loop, void *arg);
+
+/* Appends x to worker j's inbox (its bytes reserved), and wakes j when
+ * the inbox was idle. Any thread. */
+static void inbox_push(bworker *j, bxfer *x) {
+  x->next = NULL;
+  pthread_mutex_lock(&j->in_mu);
+  *j->in_tail = x;
+  j->in_tail = &x->next;
+  int wake = !j->in_posted;
+  j->in_posted = 1;
+  pthread_mutex_unlock(&j->in_mu);
+  if (wake && qrpc_loop_post(j->loop, inbox_drain, j) != 0) {
+    /* Out of memory: the next publish for j tries again. */
+    pthread_mutex_lock(&j->in_mu);
+    j->in_posted = 0;
+    pthread_mutex_unlock(&j->in_mu);
+    QRPCI_WARN("broker: cannot wake worker %zu: out of memory", j->idx);
+  }
+}
+
+/* Hands m to every worker the fan-out named in w->tgt, all or none:
+ * QRPC_EAGAIN when one of their inboxes is full. */
+static int hand_over(bworker *w, qrpci_bmsg *m) {
+  qrpc_broker *b = w->b;
+  size_t j, done;
+  for (j = 0; j < b->nworkers; j++)
+    if (target_wanted(&w->tgt[j]) &&
+        inbox_reserve(&b->w[j], m->len, b->inbox_max) != 0)
+      break;
+  if (j < b->nworkers) {
+    for (done = 0; done < j; done++)
+      if (target_wanted(&w->tgt[done])) inbox_release(&b->w[done], m->len);
+    targets_clear(w);
+    return QRPC_EAGAIN;
+  }
+  for (j = 0; j < b->nworkers; j++) {
+    btarget *t = &w->tgt[j];
+    if (!target_wanted(t)) continue;
+    bxfer *x = malloc(sizeof(*x) + t->ngid * sizeof(uint64_t));
+    qrpci_bmsg *c = x ? qrpci_bmsg_new(m->topic, m->topic_len, m->len) : NULL;
+    if (!c) {
+      free(x);
+      inbox_release(&b->w[j], m->len);
+      ST_ADD(w, dropped, 1);
+      continue;
+    }
+    memcpy(c->bytes, m->bytes, m->len);
+    x->m = c;
+    x->all = t->all;
+    x->ngid = t->ngid;
+    if (t->ngid) memcpy(x->gid, t->gid, t->ngid * sizeof(uint64_t));
+    inbox_push(&b->w[j], x);
+  }
+  targets_clear(w);
+  return 0;
+}
+
+/* Offers a publish handed over by another worker to this worker's
+ * matching subscriptions (queue groups excepted: their member was picked
+ * on the publisher's worker and comes by gid). */
+static void deliver_handed(bworker *w, const bxfer *x) {
+  qrpc_broker *b = w->b;
+  size_t n = 0;
+  if (x->all) {
+    tree_read(b);
+    match_topic(w, x->m->topic, x->m->topic_len);
+    for (size_t i = 0; i < w->match_len; i++) {
+      bsub *s = w->match[i];
+      if (s->conn->w == w && !s->cp->group_len &&
+          !qrpci_list_linked(&s->conn->doomed))
+        w->match[n++] = s;
+    }
+    tree_done(b);
+  }
+  w->match_len = n;
+  for (size_t i = 0; i < x->ngid; i++) {
+    bsub *s = qrpci_u64map_get(&w->by_gid, x->gid[i]);
+    /* Gone meanwhile, closing, or no memory: lost for its group. */
+    if (!s || qrpci_list_linked(&s->conn->doomed) || match_add(w, s) != 0)
+      ST_ADD(w, dropped, 1);
+  }
+  offer_all(w, x->m, w->match_len);
+}
+
+static void inbox_drain(qrpc_loop *loop, void *arg) {
+  bworker *w = arg;
+  (void)loop;
+  pthread_mutex_lock(&w->in_mu);
+  bxfer *x = w->in_head;
+  w->in_head = NULL;
+  w->in_tail = &w->in_head;
+  w->in_posted = 0;
+  pthread_mutex_unlock(&w->in_mu);
+  while (x) {
+    bxfer *next = x->next;
+    deliver_handed(w, x);
+    inbox_release(w, x->m->len);
+    qrpci_bmsg_unref(x->m);
+    free(x);
+    x = next;
+  }
+  close_doomed(w);
+}
+
+static void inbox_free(bworker *w) {
+  bxfer *x = w->in_head;
+  while (x) {
+    bxfer *next = x->next;
+    qrpci_bmsg_unref(x->m);
+    free(x);
+    x = next;
+  }
+  w->in_head = NULL;
+  w->in_tail = &w->in_head;
+}
+
+/* ---- Fan-out ---------------------------------------------------------- */
 
 /* topic must be valid (qrpci_topic_check()): protobuf-c packs a char * up
  * to its NUL, so the topic, which then holds no NUL and fits
@@ -432,36 +719,48 @@ static qrpci_bmsg *encode_delivery(const char *topic, size_t topic_len,
   return m;
 }
 
-/* Offers a local publish to every matching subscription, and to one
- * member of each matching queue group. Returns the subscriptions it was
- * handed to, a queue group counting once. A clustered queue group whose
+/* Offers a publish on worker w to every matching subscription, and to
+ * one member of each matching queue group: those of w at once, those of
+ * other workers through their inboxes. *handed counts the subscriptions
+ * it went to, a queue group counting once. A clustered queue group whose
  * NATS queue subscription is open gets it back from NATS, which picks one
- * member on this node or another (cluster_deliver()). */
-static size_t fanout(qrpc_broker *b, qrpci_bmsg *m) {
-  b->match_len = 0;
-  size_t n =
-      qrpci_topic_tree_match(b->tree, m->topic, m->topic_len, collect, b);
-  if (b->match_len < n) b->st.dropped += n - b->match_len;
-  uint64_t gen = ++b->fanouts;
-  size_t handed = 0;
-  dgram_cache dc = {.n = 0};
-  for (size_t i = 0; i < b->match_len; i++) {
-    bsub *s = b->match[i];
+ * member on this node or another (cluster_deliver()). QRPC_EAGAIN, with
+ * nothing delivered, when another worker's inbox is full. */
+static int fanout(bworker *w, qrpci_bmsg *m, size_t *handed) {
+  qrpc_broker *b = w->b;
+  int shared = b->nworkers > 1;
+  tree_read(b);
+  match_topic(w, m->topic, m->topic_len);
+  uint64_t gen = ++w->fanouts;
+  size_t n = 0, count = 0;
+  for (size_t i = 0; i < w->match_len; i++) {
+    bsub *s = w->match[i];
     cpat *x = s->cp;
     if (x->group_len) {
-      if (x->fanout == gen) continue;
-      x->fanout = gen;
-      handed++;
+      if (x->fanout[w->idx] == gen) continue;
+      x->fanout[w->idx] = gen;
+      count++;
       if (x->ns) continue;
-      if (!(s = group_pick(x))) continue;
+      if (!(s = shared ? group_pick_shared(x) : group_pick(x))) continue;
+      if (s->conn->w != w) {
+        if (target_gid(&w->tgt[s->conn->w->idx], s->gid) != 0)
+          ST_ADD(w, dropped, 1);
+        continue;
+      }
     } else {
-      handed++;
-      if (qrpci_list_linked(&s->conn->doomed)) continue;
+      count++;
+      if (s->conn->w != w) {
+        w->tgt[s->conn->w->idx].all = 1;
+        continue;
+      }
     }
-    offer(s, m, &dc);
+    if (!qrpci_list_linked(&s->conn->doomed)) w->match[n++] = s;
   }
-  dgram_cache_free(&dc);
-  return handed;
+  tree_done(b);
+  if (shared && hand_over(w, m) != 0) return QRPC_EAGAIN;
+  offer_all(w, m, n);
+  *handed = count;
+  return 0;
 }
 
 /* ---- Retained messages ------------------------------------------------ */
@@ -491,15 +790,26 @@ static void retained_remove(qrpc_broker *b, retained_msg *r) {
   }
   qrpci_list_remove(&r->node);
   b->retained_bytes -= r->payload_len;
-  b->st.retained--;
+  b->nretained--;
   qrpci_bmsg_unref(r->msg);
   free(r);
 }
 
+static int retain_locked(qrpc_broker *b, const char *topic, size_t topic_len,
+                         const uint8_t *payload, size_t len, const char **why);
+
 /* Keeps (or with an empty payload clears) the topic's retained message.
- * Returns a QRPC_STATUS_*. */
+ * Returns a QRPC_STATUS_*. Any worker. */
 static int retain_msg(qrpc_broker *b, const char *topic, size_t topic_len,
                       const uint8_t *payload, size_t len, const char **why) {
+  pthread_mutex_lock(&b->retained_lock);
+  int rv = retain_locked(b, topic, topic_len, payload, len, why);
+  pthread_mutex_unlock(&b->retained_lock);
+  return rv;
+}
+
+static int retain_locked(qrpc_broker *b, const char *topic, size_t topic_len,
+                         const uint8_t *payload, size_t len, const char **why) {
   uint64_t h = qrpci_topic_hash(topic, topic_len);
   retained_msg *old = retained_get(b, topic, topic_len, h);
   size_t old_len = old ? old->payload_len : 0;
@@ -507,7 +817,7 @@ static int retain_msg(qrpc_broker *b, const char *topic, size_t topic_len,
     if (old) retained_remove(b, old);
     return QRPC_STATUS_OK;
   }
-  if ((!old && b->st.retained >= b->opts.max_retained) ||
+  if ((!old && b->nretained >= b->opts.max_retained) ||
       b->retained_bytes - old_len + len > b->opts.max_retained_bytes) {
     *why = "the broker's store of retained messages is full";
     return QRPC_STATUS_RESOURCE_EXHAUSTED;
@@ -541,21 +851,38 @@ static int retain_msg(qrpc_broker *b, const char *topic, size_t topic_len,
   }
   qrpci_list_push_back(&b->retained, &r->node);
   b->retained_bytes += len;
-  b->st.retained++;
+  b->nretained++;
   return QRPC_STATUS_OK;
 }
 
+/* Offers s the retained messages its pattern matches. The store is
+ * shared by the workers: with several, s gets its worker's own copy of
+ * each, since a message's references are counted by one thread. */
 static void send_retained(qrpc_broker *b, bsub *s) {
+  pthread_mutex_lock(&b->retained_lock);
   for (qrpci_list *n = b->retained.next; n != &b->retained; n = n->next) {
     retained_msg *r = QRPCI_CONTAINER_OF(n, retained_msg, node);
-    if (!qrpci_pattern_match(s->pattern, s->pattern_len, r->msg->topic,
-                             r->msg->topic_len))
+    qrpci_bmsg *m = r->msg;
+    if (!qrpci_pattern_match(s->pattern, s->pattern_len, m->topic,
+                             m->topic_len))
       continue;
+    if (b->nworkers > 1) {
+      if (!(m = qrpci_bmsg_new(r->msg->topic, r->msg->topic_len,
+                               r->msg->len))) {
+        ST_ADD(s->conn->w, dropped, 1);
+        continue;
+      }
+      memcpy(m->bytes, r->msg->bytes, m->len);
+    } else {
+      qrpci_bmsg_ref(m);
+    }
     dgram_cache dc = {.n = 0};
-    offer(s, r->msg, &dc);
+    offer(s, m, &dc);
     dgram_cache_free(&dc);
-    if (qrpci_list_linked(&s->conn->doomed)) return;
+    qrpci_bmsg_unref(m);
+    if (qrpci_list_linked(&s->conn->doomed)) break;
   }
+  pthread_mutex_unlock(&b->retained_lock);
 }
 
 /* ---- Publishing ------------------------------------------------------- */
@@ -565,13 +892,14 @@ static void send_retained(qrpc_broker *b, bsub *s) {
 static int publish(bconn *c, const Qrpc__Broker__PublishRequest *r, wstr t,
                    uint32_t *nsubs, const char **why) {
   qrpc_broker *b = c->b;
+  bworker *w = c->w;
   int status = QRPC_STATUS_OK;
   if ((*why = qrpci_topic_problem(t.p, t.len, 0)) != NULL) {
     status = QRPC_STATUS_INVALID_ARGUMENT;
   } else if (!may_publish(c, t)) {
     *why = "the connection's ACL section may not publish on this topic";
     status = QRPC_STATUS_PERMISSION_DENIED;
-    b->st.denied++;
+    ST_ADD(w, denied, 1);
   } else if (r->payload.len > b->opts.max_payload) {
     *why = "payload over the broker's max_payload";
     status = QRPC_STATUS_RESOURCE_EXHAUSTED;
@@ -583,19 +911,29 @@ static int publish(bconn *c, const Qrpc__Broker__PublishRequest *r, wstr t,
     status = retain_msg(b, t.p, t.len, r->payload.data, r->payload.len, why);
   }
   if (status != QRPC_STATUS_OK) {
-    b->st.refused++;
+    ST_ADD(w, refused, 1);
     return status;
   }
   qrpci_bmsg *m =
       encode_delivery(t.p, t.len, r->payload.data, r->payload.len, 0);
   if (!m) {
     *why = "out of memory";
-    b->st.refused++;
+    ST_ADD(w, refused, 1);
     return QRPC_STATUS_RESOURCE_EXHAUSTED;
   }
-  b->st.published++;
-  *nsubs = (uint32_t)fanout(b, m);
+  size_t handed = 0;
+  int rv = fanout(w, m, &handed);
   qrpci_bmsg_unref(m);
+  if (rv != 0) {
+    /* Its retained copy, if any, is kept: the store holds the last
+     * value, delivered or not. */
+    *why = "the broker's workers are behind: a worker's queue of "
+           "publishes from the others is full";
+    ST_ADD(w, refused, 1);
+    return QRPC_STATUS_RESOURCE_EXHAUSTED;
+  }
+  ST_ADD(w, published, 1);
+  *nsubs = (uint32_t)handed;
   /* Delivered here first; a failure to hand it to NATS is counted and
    * logged by the cluster (it then reached this node's subscribers only).
    * A retained one is also stored in the cluster's JetStream stream, for
@@ -627,7 +965,7 @@ static void h_publish(qrpc_req *req, const Qrpc__Broker__PublishRequest *r,
   } else {
     qrpc_broker_Broker_Publish_error(req, status, why);
   }
-  close_doomed(c->b);
+  close_doomed(c->w);
 }
 
 static void h_publish_oneway(qrpc_req *req,
@@ -640,7 +978,7 @@ static void h_publish_oneway(qrpc_req *req,
   if (publish(c, r, topic, &n, &why) != QRPC_STATUS_OK)
     QRPCI_DEBUG("broker: one-way publish on '%s' refused: %s",
                 log_str(&ls, topic), why);
-  close_doomed(c->b);
+  close_doomed(c->w);
 }
 
 /* ---- Subscriptions ---------------------------------------------------- */
@@ -649,11 +987,14 @@ static void interest_del(qrpc_broker *b, bsub *s);
 
 static void sub_free(bsub *s) {
   bconn *c = s->conn;
+  tree_write(c->b);
   interest_del(c->b, s);
   qrpci_topic_tree_remove(c->b->tree, &s->link);
+  tree_done(c->b);
+  qrpci_u64map_del(&c->w->by_gid, s->gid);
   qrpci_list_remove(&s->node);
   c->nsubs--;
-  c->b->st.subscriptions--;
+  ST_ADD(c->w, subscriptions, -1);
   qrpci_bqueue_clear(&s->q);
   free(s);
 }
@@ -691,7 +1032,7 @@ static int sub_check(bconn *c, const Qrpc__Broker__SubscribeRequest *r,
     return QRPC_STATUS_INVALID_ARGUMENT;
   }
   if (!may_subscribe(c, pat)) {
-    b->st.denied++;
+    ST_ADD(c->w, denied, 1);
     *why = "the connection's ACL section may not subscribe to this pattern";
     return QRPC_STATUS_PERMISSION_DENIED;
   }
@@ -742,12 +1083,18 @@ static int interest_add(qrpc_broker *b, bsub *s, wstr group) {
     x->id = ++b->next_cpat_id;
     qrpci_list_init(&x->subs);
     x->next_same_hash = qrpci_u64map_get(&b->cpat_by_hash, h);
+    if (group.len && !(x->fanout = calloc(b->nworkers, sizeof(uint64_t)))) {
+      free(x);
+      return -1;
+    }
     if (qrpci_u64map_put(&b->cpat_by_id, x->id, x) != 0) {
+      free(x->fanout);
       free(x);
       return -1;
     }
     if (qrpci_u64map_put(&b->cpat_by_hash, h, x) != 0) {
       qrpci_u64map_del(&b->cpat_by_id, x->id);
+      free(x->fanout);
       free(x);
       return -1;
     }
@@ -757,6 +1104,7 @@ static int interest_add(qrpc_broker *b, bsub *s, wstr group) {
   }
   s->cp = x;
   qrpci_list_push_back(&x->subs, &s->cnode);
+  x->nsubs++;
   return 0;
 }
 
@@ -764,6 +1112,7 @@ static void interest_del(qrpc_broker *b, bsub *s) {
   cpat *x = s->cp;
   if (!x) return;
   qrpci_list_remove(&s->cnode);
+  x->nsubs--;
   s->cp = NULL;
   if (!qrpci_list_empty(&x->subs)) return;
   if (x->ns) qrpci_cluster_unsubscribe(b->cluster, x->ns);
@@ -780,6 +1129,7 @@ static void interest_del(qrpc_broker *b, bsub *s) {
         break;
       }
   }
+  free(x->fanout);
   free(x);
 }
 
@@ -829,9 +1179,10 @@ static void cluster_deliver(void *ctx, uint64_t id, const char *topic,
     qrpci_cluster_malformed(b->cluster, why);
     return;
   }
+  bworker *w = &b->w[0]; /* clustered brokers have one worker */
   qrpci_bmsg *m = encode_delivery(topic, topic_len, payload, len, 0);
   if (!m) {
-    b->st.dropped++;
+    ST_ADD(w, dropped, 1);
     return;
   }
   dgram_cache dc = {.n = 0};
@@ -846,7 +1197,7 @@ static void cluster_deliver(void *ctx, uint64_t id, const char *topic,
   }
   dgram_cache_free(&dc);
   qrpci_bmsg_unref(m);
-  close_doomed(b);
+  close_doomed(w);
 }
 
 void qrpc_broker_get_cluster_stats(qrpc_broker *b,
@@ -857,6 +1208,8 @@ void qrpc_broker_get_cluster_stats(qrpc_broker *b,
     memset(st, 0, sizeof(*st));
 }
 
+/* A new subscription of c. What other workers read of it (its connection,
+ * gid and interest) is set before it enters the tree. */
 static bsub *sub_new(bconn *c, const Qrpc__Broker__SubscribeRequest *r,
                      wstr pat, wstr group) {
   qrpc_broker *b = c->b;
@@ -864,16 +1217,22 @@ static bsub *sub_new(bconn *c, const Qrpc__Broker__SubscribeRequest *r,
   if (!s) return NULL;
   memcpy(s->pattern, pat.p, pat.len);
   s->pattern_len = pat.len;
-  if (qrpci_topic_tree_add(b->tree, s->pattern, pat.len, &s->link) != 0) {
-    free(s);
-    return NULL;
-  }
-  if (interest_add(b, s, group) != 0) {
-    qrpci_topic_tree_remove(b->tree, &s->link);
-    free(s);
-    return NULL;
-  }
   s->conn = c;
+  s->gid = atomic_fetch_add_explicit(&b->next_gid, 1, memory_order_relaxed);
+  if (qrpci_u64map_put(&c->w->by_gid, s->gid, s) != 0) {
+    free(s);
+    return NULL;
+  }
+  tree_write(b);
+  int rv = qrpci_topic_tree_add(b->tree, s->pattern, pat.len, &s->link);
+  if (rv == 0 && (rv = interest_add(b, s, group)) != 0)
+    qrpci_topic_tree_remove(b->tree, &s->link);
+  tree_done(b);
+  if (rv != 0) {
+    qrpci_u64map_del(&c->w->by_gid, s->gid);
+    free(s);
+    return NULL;
+  }
   s->id = ++c->next_id;
   s->mode = r->mode == QRPC__BROKER__DELIVERY_MODE__REALTIME
                 ? QRPC_BROKER_REALTIME
@@ -888,11 +1247,11 @@ static bsub *sub_new(bconn *c, const Qrpc__Broker__SubscribeRequest *r,
       r->queue_max_bytes ? (size_t)r->queue_max_bytes : b->opts.queue_bytes;
   if (msgs > b->opts.queue_messages_max) msgs = b->opts.queue_messages_max;
   if (bytes > b->opts.queue_bytes_max) bytes = b->opts.queue_bytes_max;
-  qrpci_bqueue_init(&s->q, msgs, bytes, &b->queued_bytes,
-                    b->opts.queued_bytes_total);
+  qrpci_bqueue_init(&s->q, msgs, bytes, &c->w->queued_bytes,
+                    b->opts.queued_bytes_total / b->nworkers);
   qrpci_list_push_back(&c->subs, &s->node);
   c->nsubs++;
-  b->st.subscriptions++;
+  ST_ADD(c->w, subscriptions, 1);
   return s;
 }
 
@@ -926,7 +1285,7 @@ static void h_subscribe(qrpc_req *req, const Qrpc__Broker__SubscribeRequest *r,
   /* A queue group's members get no retained messages, as MQTT 5's
    * shared subscriptions: which member would take them is arbitrary. */
   if (!r->skip_retained && !group.len) send_retained(c->b, s);
-  close_doomed(c->b);
+  close_doomed(c->w);
 }
 
 static void fill_sub_stats(const bsub *s, Qrpc__Broker__SubscriptionStats *o) {
@@ -984,7 +1343,7 @@ static void h_hello(qrpc_req *req, wstr token, wstr client_name) {
   if (b->acl && token.len) {
     const qrpci_acl_identity *id = qrpci_acl_lookup(b->acl, token.p, token.len);
     if (!id) {
-      b->st.denied++;
+      ST_ADD(c->w, denied, 1);
       QRPCI_INFO("broker: client '%s' presented an unknown token",
                  log_str(&ls, client_name));
       qrpc_broker_Broker_Hello_error(req, QRPC_STATUS_UNAUTHENTICATED,
@@ -1003,11 +1362,36 @@ static void h_hello(qrpc_req *req, wstr token, wstr client_name) {
   qrpc_broker_Broker_Hello_reply(req, &rep);
 }
 
+static uint64_t stat_get(_Atomic uint64_t *c) {
+  return atomic_load_explicit(c, memory_order_relaxed);
+}
+
 void qrpc_broker_get_stats(qrpc_broker *b, qrpc_broker_stats *st) {
-  *st = b->st;
-  st->queued_bytes = b->queued_bytes;
+  memset(st, 0, sizeof(*st));
+  for (size_t i = 0; i < b->nworkers; i++) {
+    bworker *w = &b->w[i];
+    st->connections += stat_get(&w->st.connections);
+    st->subscriptions += stat_get(&w->st.subscriptions);
+    st->published += stat_get(&w->st.published);
+    st->refused += stat_get(&w->st.refused);
+    st->delivered += stat_get(&w->st.delivered);
+    st->dropped += stat_get(&w->st.dropped);
+    st->conflated += stat_get(&w->st.conflated);
+    st->slow_disconnects += stat_get(&w->st.slow_disconnects);
+    st->denied += stat_get(&w->st.denied);
+    st->dropped_oldest += stat_get(&w->st.dropped_oldest);
+    st->dropped_newest += stat_get(&w->st.dropped_newest);
+    st->queued_bytes +=
+        atomic_load_explicit(&w->queued_bytes, memory_order_relaxed);
+  }
+  pthread_mutex_lock(&b->retained_lock);
+  st->retained = b->nretained;
+  pthread_mutex_unlock(&b->retained_lock);
+  /* Every worker's endpoint, where the thread may ask them all (worker
+   * 0's, or one that is no worker's); else this worker's own. */
   qrpc_endpoint_stats es;
-  qrpc_endpoint_get_stats(qrpc_server_endpoint(b->srv), &es);
+  if (qrpc_server_get_stats(b->srv, &es, NULL, 0) != 0)
+    qrpc_endpoint_get_stats(qrpci_server_own_endpoint(b->srv), &es);
   st->dead_peers = es.dead_peers;
 }
 
@@ -1208,6 +1592,13 @@ static const qrpci_acl_identity *pick_identity(qrpc_broker *b,
   return qrpci_acl_anonymous(b->acl);
 }
 
+/* The worker whose loop is loop (a connection's: one of them). */
+static bworker *worker_at(qrpc_broker *b, qrpc_loop *loop) {
+  for (size_t i = 1; i < b->nworkers; i++)
+    if (b->w[i].loop == loop) return &b->w[i];
+  return &b->w[0];
+}
+
 static void on_peer_open(qrpc_peer *peer, void *ud) {
   qrpc_broker *b = ud;
   bconn *c = calloc(1, sizeof(*c));
@@ -1217,12 +1608,13 @@ static void on_peer_open(qrpc_peer *peer, void *ud) {
     return;
   }
   c->b = b;
+  c->w = worker_at(b, qrpc_peer_loop(peer));
   c->peer = peer;
   c->id = pick_identity(b, qrpc_conn_peer_identity(qrpc_peer_conn(peer)));
   qrpci_list_init(&c->subs);
   qrpci_list_init(&c->doomed);
   qrpc_peer_set_user_data(peer, c);
-  b->st.connections++;
+  ST_ADD(c->w, connections, 1);
 }
 
 static void on_peer_close(qrpc_peer *peer, void *ud) {
@@ -1233,7 +1625,7 @@ static void on_peer_close(qrpc_peer *peer, void *ud) {
   while (!qrpci_list_empty(&c->subs))
     sub_free(QRPCI_CONTAINER_OF(c->subs.next, bsub, node));
   if (qrpci_list_linked(&c->doomed)) qrpci_list_remove(&c->doomed);
-  c->b->st.connections--;
+  ST_ADD(c->w, connections, -1);
   qrpc_peer_set_user_data(peer, NULL);
   free(c);
 }
@@ -1261,6 +1653,39 @@ static int load_acl(qrpc_broker *b, const char *path, char *err,
   return 0;
 }
 
+/* The broker's side of each of the server's workers, made before the
+ * worker threads serve anyone (they wait for worker 0's loop to run). */
+static int workers_new(qrpc_broker *b) {
+  size_t n = qrpc_server_workers(b->srv);
+  if (!(b->w = calloc(n, sizeof(*b->w)))) return QRPC_ENOMEM;
+  for (size_t i = 0; i < n; i++) {
+    bworker *w = &b->w[i];
+    w->b = b;
+    w->idx = i;
+    w->loop = qrpc_server_worker_loop(b->srv, i);
+    qrpci_list_init(&w->conns_doomed);
+    qrpci_u64map_init(&w->by_gid);
+    pthread_mutex_init(&w->in_mu, NULL);
+    w->in_tail = &w->in_head;
+    b->nworkers = i + 1; /* freed by qrpc_broker_free() from here on */
+    if (!(w->tgt = calloc(n, sizeof(*w->tgt)))) return QRPC_ENOMEM;
+  }
+  return 0;
+}
+
+static void workers_free(qrpc_broker *b) {
+  for (size_t i = 0; i < b->nworkers; i++) {
+    bworker *w = &b->w[i];
+    inbox_free(w);
+    pthread_mutex_destroy(&w->in_mu);
+    qrpci_u64map_free(&w->by_gid);
+    for (size_t j = 0; w->tgt && j < b->nworkers; j++) free(w->tgt[j].gid);
+    free(w->tgt);
+    free(w->match);
+  }
+  free(b->w);
+}
+
 int qrpc_broker_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
                     const qrpc_broker_opts *opts, qrpc_broker **out, char *err,
                     size_t errlen) {
@@ -1276,7 +1701,10 @@ int qrpc_broker_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
   if (!b) return QRPC_ENOMEM;
   b->loop = loop;
   b->opts = *opts;
-  qrpci_list_init(&b->conns_doomed);
+  b->inbox_max = opts->worker_queue_bytes;
+  atomic_init(&b->next_gid, 1);
+  pthread_rwlock_init(&b->tree_lock, NULL);
+  pthread_mutex_init(&b->retained_lock, NULL);
   qrpci_list_init(&b->retained);
   qrpci_u64map_init(&b->retained_by_hash);
   qrpci_u64map_init(&b->cpat_by_hash);
@@ -1308,7 +1736,7 @@ int qrpc_broker_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
   if (so.endpoint.conn.max_streams_bidi < streams)
     so.endpoint.conn.max_streams_bidi = streams;
   if ((rv = qrpc_server_new(loop, addr, tls, &so, &b->srv)) != 0 ||
-      (rv = broker_register(b->srv)) != 0 ||
+      (rv = workers_new(b)) != 0 || (rv = broker_register(b->srv)) != 0 ||
       (rv = qrpc_health_new(b->srv, &b->health)) != 0 ||
       (rv = qrpc_health_set(b->health, "qrpc.broker.Broker",
                             QRPC_HEALTH_SERVING)) != 0) {
@@ -1322,6 +1750,8 @@ int qrpc_broker_new(qrpc_loop *loop, const char *addr, qrpc_tls_config *tls,
 }
 
 qrpc_server *qrpc_broker_server(qrpc_broker *b) { return b->srv; }
+
+size_t qrpc_broker_workers(const qrpc_broker *b) { return b->nworkers; }
 
 qrpc_health *qrpc_broker_health(qrpc_broker *b) { return b->health; }
 
@@ -1354,6 +1784,8 @@ void qrpc_broker_free(qrpc_broker *b) {
   qrpci_u64map_free(&b->retained_by_hash);
   qrpci_topic_tree_free(b->tree);
   qrpci_acl_free(b->acl);
-  free(b->match);
+  workers_free(b);
+  pthread_rwlock_destroy(&b->tree_lock);
+  pthread_mutex_destroy(&b->retained_lock);
   free(b);
 }

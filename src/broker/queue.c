@@ -31,7 +31,7 @@ uint64_t qrpci_topic_hash(const char *topic, size_t len) {
 }
 
 void qrpci_bqueue_init(qrpci_bqueue *q, uint32_t max_msgs, size_t max_bytes,
-                       size_t *total, size_t total_max) {
+                       _Atomic size_t *total, size_t total_max) {
   memset(q, 0, sizeof(*q));
   q->max_msgs = max_msgs ? max_msgs : 1;
   q->max_bytes = max_bytes;
@@ -45,7 +45,11 @@ static qrpci_bmsg **slot(const qrpci_bqueue *q, uint32_t i) {
 
 static void account(qrpci_bqueue *q, size_t add, size_t sub) {
   q->bytes = q->bytes + add - sub;
-  if (q->total) *q->total = *q->total + add - sub;
+  if (q->total)
+    atomic_store_explicit(q->total,
+                          atomic_load_explicit(q->total, memory_order_relaxed) +
+                              add - sub,
+                          memory_order_relaxed);
 }
 
 /* An empty queue always takes one message, so that a message larger than
@@ -54,7 +58,9 @@ static void account(qrpci_bqueue *q, size_t add, size_t sub) {
 static int fits(const qrpci_bqueue *q, size_t len) {
   if (q->count == 0) return 1;
   if (q->count >= q->max_msgs || q->bytes + len > q->max_bytes) return 0;
-  return !q->total || *q->total + len <= q->total_max;
+  return !q->total ||
+         atomic_load_explicit(q->total, memory_order_relaxed) + len <=
+             q->total_max;
 }
 
 static int grow(qrpci_bqueue *q) {

@@ -15,6 +15,7 @@
 #ifndef QRPCI_BROKER_QUEUE_H
 #define QRPCI_BROKER_QUEUE_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -54,7 +55,9 @@ typedef struct qrpci_bqueue {
   size_t bytes;
   uint32_t max_msgs;
   size_t max_bytes;
-  size_t *total;    /* bytes in all queues of the broker; may be NULL */
+  /* Bytes in all queues of the broker's worker, or NULL: written by that
+   * worker's thread alone, read by any (qrpc_broker_get_stats()). */
+  _Atomic size_t *total;
   size_t total_max; /* bound of *total */
 } qrpci_bqueue;
 
@@ -70,7 +73,7 @@ typedef enum qrpci_bpush {
 } qrpci_bpush;
 
 void qrpci_bqueue_init(qrpci_bqueue *q, uint32_t max_msgs, size_t max_bytes,
-                       size_t *total, size_t total_max);
+                       _Atomic size_t *total, size_t total_max);
 /* Offers m (the queue takes its own reference when it keeps it) under
  * policy; *dropped is set to the number of messages lost by this push. */
 qrpci_bpush qrpci_bqueue_push(qrpci_bqueue *q, qrpci_bmsg *m,

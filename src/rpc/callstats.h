@@ -53,6 +53,10 @@ int qrpci_server_callstats_enable(qrpc_server *srv);
  * Errors: QRPC_ENOMEM. */
 int qrpci_server_callstats_sum(qrpc_server *srv, qrpci_callstats *sum);
 
+/* The endpoint of the worker whose thread calls (worker 0's from a thread
+ * that is none of srv's workers). */
+qrpc_endpoint *qrpci_server_own_endpoint(qrpc_server *srv);
+
 /* Adds src's counters into dst. Errors: QRPC_ENOMEM (dst then holds part
  * of them). */
 int qrpci_callstats_add(qrpci_callstats *dst, const qrpci_callstats *src);

@@ -148,8 +148,7 @@ static void srv_on_datagram(qrpc_conn *c, const uint8_t *data, size_t len,
 
 /* Established connections reach here, and those that entered 0-RTT; a
  * connection whose peer could not be made has none to release. */
-static void srv_on_closed(qrpc_conn *c, const qrpc_close_info *info,
-                          void *ud) {
+static void srv_on_closed(qrpc_conn *c, const qrpc_close_info *info, void *ud) {
   qrpc_peer *peer;
   owner_of(ud, &peer);
   if (peer) qrpci_peer_closed(peer);
@@ -443,8 +442,8 @@ int qrpc_server_register_flags(qrpc_server *srv, uint32_t method,
   if (!srv) return QRPC_EINVAL;
   int rv = may_register(srv);
   for (size_t i = 0; rv == 0 && i < srv->nworkers; i++)
-    rv = qrpci_core_register(&srv->w[i].core, method, shape, flags, handler,
-                             ud);
+    rv =
+        qrpci_core_register(&srv->w[i].core, method, shape, flags, handler, ud);
   return rv;
 }
 
@@ -465,6 +464,10 @@ uint16_t qrpc_server_port(qrpc_server *srv) {
 }
 
 qrpc_endpoint *qrpc_server_endpoint(qrpc_server *srv) { return srv->w[0].ep; }
+
+qrpc_endpoint *qrpci_server_own_endpoint(qrpc_server *srv) {
+  return cur_worker && cur_worker->srv == srv ? cur_worker->ep : srv->w[0].ep;
+}
 
 size_t qrpc_server_workers(const qrpc_server *srv) {
   return srv ? srv->nworkers : 0;
@@ -643,7 +646,8 @@ int qrpc_server_dgram_encode(qrpc_server *srv, uint32_t channel,
                              const void *payload, size_t len,
                              qrpc_dgram **out) {
   if (!srv) return QRPC_EINVAL;
-  return qrpci_dgram_encode(cur_dg(srv), channel, qrpci_bytes(payload, len), out);
+  return qrpci_dgram_encode(cur_dg(srv), channel, qrpci_bytes(payload, len),
+                            out);
 }
 
 int qrpc_server_dgram_encode_msg(qrpc_server *srv, uint32_t channel,
@@ -656,8 +660,8 @@ int qrpc_server_snapshot_new(qrpc_server *srv, uint32_t channel, uint64_t tick,
                              const void *state, size_t len,
                              qrpc_snapshot **out) {
   if (!srv || !state) return QRPC_EINVAL;
-  return qrpci_snapshot_new(cur_dg(srv), channel, tick,
-                            qrpci_bytes(state, len), out);
+  return qrpci_snapshot_new(cur_dg(srv), channel, tick, qrpci_bytes(state, len),
+                            out);
 }
 
 int qrpc_server_snapshot_new_msg(qrpc_server *srv, uint32_t channel,
