@@ -7,7 +7,14 @@
  * the same one, in as many datagrams as it takes.
  *
  *   game_server [--listen HOST:PORT] [--cert PEM] [--key PEM]
- *               [--client-ca PEM] [--tick-hz N] [--bots N] [--verbose]
+ *               [--client-ca PEM] [--tick-hz N] [--bots N] [--workers N]
+ *               [--verbose]
+ *
+ * With --workers N it serves on N threads (qrpc_server_opts.workers), each
+ * holding the connections it accepted. The world is one, under a mutex:
+ * worker 0's timer moves it, then every worker snapshots it and sends the
+ * snapshot to its own players, so each tick is encoded once per worker
+ * and baseline, on that worker's thread.
  *
  * With --client-ca PEM the server requires mutual TLS: a player must
  * present a certificate that verifies against that CA (game_client --cert
@@ -19,6 +26,7 @@
  * what it saw (inputs, their loss and one-way delay, state datagrams) and
  * exits with status 0.
  */
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,6 +64,7 @@ typedef struct options {
   unsigned long tick_hz;
   unsigned long bots;
   unsigned long loss_pct, delay_ms; /* link conditioner; 0: off */
+  unsigned long workers;            /* 0: one per CPU */
   int verbose;
 } options;
 
@@ -71,38 +80,53 @@ typedef struct entity {
   uint64_t inputs;      /* inputs received */
 } entity;
 
-typedef struct server {
+typedef struct server server;
+
+/* One worker's share of a tick: its copy of the world's messages and its
+ * players, reused (no allocation per tick once grown), and what its sends
+ * did. Its own thread alone touches it while the server runs. */
+typedef struct worker {
+  server *s;
+  qrpc_loop *loop;
+  uint64_t last_tick; /* the newest tick sent */
+  Player *msgs;
+  Player **msg_ptrs;
+  size_t cap_msgs;
+  qrpc_peer **peers;
+  size_t cap_peers;
+  uint64_t encodings;    /* of the ticks' snapshots */
+  uint64_t state_sends;  /* queued to a peer */
+  uint64_t deferred;     /* QRPC_EAGAIN: the last state still on its way */
+  uint64_t refused_full; /* QRPC_ENOBUFS: a slow client's queue */
+  uint64_t send_errors;  /* anything else */
+} worker;
+
+struct server {
   options opt;
   qrpc_loop *loop;
   qrpc_server *srv;
   qrpc_health *health;
   qrpc_metrics *metrics;
   qrpc_timer *ticker; /* the world's clock, tick_hz times a second */
+  worker *workers;
+  size_t n_workers;
+
+  /* The world and the counters below, touched by every worker's thread. */
+  pthread_mutex_t mu;
   uint32_t rng;
   uint64_t tick;
-
   entity **ents; /* players and bots */
   size_t n_ents, cap_ents;
   size_t n_players;
   uint32_t next_id;
 
-  /* The messages of one tick, reused: no allocation per tick once grown. */
-  Player *msgs;
-  Player **msg_ptrs;
-  size_t cap_msgs;
-
   /* What happened, for the report at exit. */
   unsigned long joined;
   uint64_t inputs, inputs_unjoined, inputs_expected;
   game_hist input_delay_us;
-  uint64_t encodings;    /* of the ticks' snapshots */
-  uint64_t state_sends;  /* queued to a peer */
-  uint64_t deferred;     /* QRPC_EAGAIN: the last state still on its way */
-  uint64_t refused_full; /* QRPC_ENOBUFS: a slow client's queue */
-  uint64_t send_errors;  /* anything else */
-  uint64_t full, delta;  /* of closed connections: states sent whole */
-  uint64_t lost, aged;   /* ... and their state datagrams */
-} server;
+  uint64_t full, delta; /* of closed connections: states sent whole */
+  uint64_t lost, aged;  /* ... and their state datagrams */
+};
 
 static server S;
 
@@ -113,7 +137,7 @@ static void usage(FILE *f) {
           "usage: " PROG " [--listen HOST:PORT] [--cert PEM] [--key PEM]\n"
           "                   [--client-ca PEM] [--tick-hz N] [--bots N]\n"
           "                   [--metrics HOST:PORT] [--loss PCT] [--delay MS]\n"
-          "                   [--verbose]\n"
+          "                   [--workers N] [--verbose]\n"
           "\n"
           "  --listen HOST:PORT  address (default 127.0.0.1:4433; port 0\n"
           "                      picks a free port)\n"
@@ -135,6 +159,8 @@ static void usage(FILE *f) {
           "  --delay MS          hold them MS ms, 0..10000: the link\n"
           "                      conditioner, for trying the game on a bad\n"
           "                      network (development only)\n"
+          "  --workers N         threads serving, 0..256 (0: one per CPU;\n"
+          "                      default 1)\n"
           "  --verbose           log joins and qrpc debug messages\n"
           "\n"
           "Serves qrpc.examples.game.Game and the health service. Prints\n"
@@ -183,6 +209,7 @@ static int parse_args(int argc, char **argv, options *o) {
   o->key = "build/certs/server-key.pem";
   o->tick_hz = 60;
   o->bots = 200;
+  o->workers = 1;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
@@ -220,6 +247,9 @@ static int parse_args(int argc, char **argv, options *o) {
     } else if (strcmp(a, "--delay") == 0) {
       num = &o->delay_ms;
       max = 10000;
+    } else if (strcmp(a, "--workers") == 0) {
+      num = &o->workers;
+      max = 256;
     } else {
       fprintf(stderr, PROG ": unknown argument '%s'\n", a);
       usage(stderr);
@@ -305,74 +335,103 @@ static void move_all(server *s) {
 
 /* ---- Broadcasting the world ---------------------------------------------- */
 
-/* Makes room for n player messages. */
-static int reserve(server *s, size_t n) {
-  if (n > s->cap_msgs) {
-    Player *m = realloc(s->msgs, n * sizeof(*m));
-    if (m != NULL) s->msgs = m;
-    Player **p = realloc(s->msg_ptrs, n * sizeof(*p));
-    if (p != NULL) s->msg_ptrs = p;
+/* Makes room for n player messages and n peers in w. */
+static int reserve(worker *w, size_t n) {
+  if (n > w->cap_msgs) {
+    Player *m = realloc(w->msgs, n * sizeof(*m));
+    if (m != NULL) w->msgs = m;
+    Player **p = realloc(w->msg_ptrs, n * sizeof(*p));
+    if (p != NULL) w->msg_ptrs = p;
     if (m == NULL || p == NULL) return -1;
-    s->cap_msgs = n;
+    w->cap_msgs = n;
+  }
+  if (n > w->cap_peers) {
+    qrpc_peer **p = realloc(w->peers, n * sizeof(*p));
+    if (p == NULL) return -1;
+    w->peers = p;
+    w->cap_peers = n;
   }
   return 0;
 }
 
-static void count_send(server *s, int rc) {
+static void count_send(worker *w, int rc) {
   if (rc == 0)
-    s->state_sends++;
+    w->state_sends++;
   else if (rc == QRPC_EAGAIN)
-    s->deferred++;
+    w->deferred++;
   else if (rc == QRPC_ENOBUFS)
-    s->refused_full++;
+    w->refused_full++;
   else
-    s->send_errors++;
+    w->send_errors++;
 }
 
-/* The tick's world as one snapshot: each player gets the difference from
- * the last state it acknowledged, players that acknowledged the same one
- * share the bytes. */
-static void broadcast(server *s) {
-  if (reserve(s, s->n_ents) != 0) {
-    fprintf(stderr, PROG ": out of memory for the world state\n");
-    return;
-  }
-  WorldState ws = QRPC__EXAMPLES__GAME__WORLD_STATE__INIT;
-  ws.tick = s->tick;
-  ws.sent_ns = game_now_ns();
-  for (size_t i = 0; i < s->n_ents; i++) {
+/* The tick's world as one snapshot for w's players: each gets the
+ * difference from the last state it acknowledged, players that
+ * acknowledged the same one share the bytes. The world is copied under
+ * the mutex; the encoding and the sends run outside it, on w's thread,
+ * which alone closes w's peers. */
+static void broadcast(worker *w) {
+  server *s = w->s;
+  size_t n_players = 0;
+  pthread_mutex_lock(&s->mu);
+  uint64_t tick = s->tick;
+  size_t n = s->n_ents;
+  int ok = tick > w->last_tick && reserve(w, n) == 0;
+  for (size_t i = 0; ok && i < n; i++) {
     const entity *e = s->ents[i];
-    Player *p = &s->msgs[i];
+    Player *p = &w->msgs[i];
     *p = (Player)QRPC__EXAMPLES__GAME__PLAYER__INIT;
     p->id = e->id;
     p->x = e->x;
     p->y = e->y;
     p->last_input = e->last_input;
-    s->msg_ptrs[i] = p;
+    w->msg_ptrs[i] = p;
+    if (e->peer != NULL && qrpc_peer_loop(e->peer) == w->loop)
+      w->peers[n_players++] = e->peer;
   }
-  ws.players = s->msg_ptrs;
-  ws.n_players = s->n_ents;
+  pthread_mutex_unlock(&s->mu);
+  if (!ok) {
+    if (tick > w->last_tick)
+      fprintf(stderr, PROG ": out of memory for the world state\n");
+    return; /* or this tick went already */
+  }
+  w->last_tick = tick;
+  WorldState ws = QRPC__EXAMPLES__GAME__WORLD_STATE__INIT;
+  ws.tick = tick;
+  ws.sent_ns = game_now_ns();
+  ws.players = w->msg_ptrs;
+  ws.n_players = n;
   qrpc_snapshot *snap = NULL;
-  int rc =
-      qrpc_examples_game_Game_State_snapshot_new(s->srv, s->tick, &ws, &snap);
+  int rc = qrpc_examples_game_Game_State_snapshot_new(s->srv, tick, &ws, &snap);
   if (rc != 0) {
     fprintf(stderr, PROG ": cannot make the world's snapshot: %s\n",
             qrpc_strerror(rc));
     return;
   }
-  for (size_t i = 0; i < s->n_ents; i++)
-    if (s->ents[i]->peer != NULL)
-      count_send(s, qrpc_peer_send_snapshot(s->ents[i]->peer, snap));
-  s->encodings += qrpc_snapshot_encodings(snap);
+  for (size_t i = 0; i < n_players; i++)
+    count_send(w, qrpc_peer_send_snapshot(w->peers[i], snap));
+  w->encodings += qrpc_snapshot_encodings(snap);
   qrpc_snapshot_free(snap);
 }
 
+static void broadcast_posted(qrpc_loop *loop, void *arg) {
+  (void)loop;
+  broadcast(arg);
+}
+
+/* Worker 0's timer: moves the world, then has every worker send it. */
 static void on_tick(qrpc_timer *timer, void *arg) {
   server *s = arg;
   (void)timer;
+  pthread_mutex_lock(&s->mu);
   s->tick++;
   move_all(s);
-  broadcast(s);
+  pthread_mutex_unlock(&s->mu);
+  for (size_t i = 1; i < s->n_workers; i++)
+    if (qrpc_loop_post(s->workers[i].loop, broadcast_posted, &s->workers[i]) !=
+        0)
+      fprintf(stderr, PROG ": cannot reach worker %zu: out of memory\n", i);
+  broadcast(&s->workers[0]);
 }
 
 /* ---- The service --------------------------------------------------------- */
@@ -391,19 +450,28 @@ static void on_join(qrpc_req *req, const JoinRequest *request, void *ud) {
         "the world state travels as datagrams: enable them");
     return;
   }
+  pthread_mutex_lock(&s->mu);
+  const char *why = NULL;
+  entity *e = NULL;
+  int32_t x = 0, y = 0;
   if (s->n_players >= MAX_PLAYERS) {
+    why = "the world is full";
+  } else if ((e = entity_add(s, peer, request->name)) == NULL) {
+    why = "out of memory";
+  } else {
+    s->joined++;
+    x = e->x;
+    y = e->y;
+  }
+  pthread_mutex_unlock(&s->mu);
+  if (why != NULL) {
     qrpc_examples_game_Game_Join_error(req, QRPC_STATUS_RESOURCE_EXHAUSTED,
-                                       "the world is full");
+                                       why);
     return;
   }
-  entity *e = entity_add(s, peer, request->name);
-  if (e == NULL) {
-    qrpc_examples_game_Game_Join_error(req, QRPC_STATUS_RESOURCE_EXHAUSTED,
-                                       "out of memory");
-    return;
-  }
+  /* e's id, name and peer do not change; its position does, under the
+   * mutex (x and y above). */
   qrpc_peer_set_user_data(peer, e);
-  s->joined++;
   JoinReply reply = QRPC__EXAMPLES__GAME__JOIN_REPLY__INIT;
   reply.player_id = e->id;
   reply.tick_hz = (uint32_t)s->opt.tick_hz;
@@ -415,10 +483,10 @@ static void on_join(qrpc_req *req, const JoinRequest *request, void *ud) {
   if (id)
     printf(PROG ": player %u \"%s\" joined at (%d, %d), client certificate "
                 "\"%.*s\"\n",
-           e->id, e->name, e->x, e->y, (int)id->subject.len, id->subject.ptr);
+           e->id, e->name, x, y, (int)id->subject.len, id->subject.ptr);
   else
-    printf(PROG ": player %u \"%s\" joined at (%d, %d)\n", e->id, e->name, e->x,
-           e->y);
+    printf(PROG ": player %u \"%s\" joined at (%d, %d)\n", e->id, e->name, x,
+           y);
 }
 
 /* Inputs only steer the sender's own player; the newest input_seq wins,
@@ -429,8 +497,10 @@ static void on_input(qrpc_peer *peer, uint64_t seq, const PlayerInput *in,
   entity *e = qrpc_peer_user_data(peer);
   uint64_t now = game_now_ns();
   (void)seq;
+  pthread_mutex_lock(&s->mu);
   if (e == NULL) {
     s->inputs_unjoined++;
+    pthread_mutex_unlock(&s->mu);
     return;
   }
   s->inputs++;
@@ -444,6 +514,7 @@ static void on_input(qrpc_peer *peer, uint64_t seq, const PlayerInput *in,
     e->mx = clamp(in->move_x, -1, 1);
     e->my = clamp(in->move_y, -1, 1);
   }
+  pthread_mutex_unlock(&s->mu);
 }
 
 static void on_peer_close(qrpc_peer *peer, void *ud) {
@@ -452,13 +523,15 @@ static void on_peer_close(qrpc_peer *peer, void *ud) {
   if (e == NULL) return;
   qrpc_dgram_stats st;
   qrpc_peer_dgram_stats(peer, STATE_CH, &st);
+  if (s->opt.verbose) printf(PROG ": player %u \"%s\" left\n", e->id, e->name);
+  qrpc_peer_set_user_data(peer, NULL);
+  pthread_mutex_lock(&s->mu);
   s->lost += st.lost;
   s->aged += st.dropped_aged;
   s->full += st.snap_full_sent;
   s->delta += st.snap_delta_sent;
-  if (s->opt.verbose) printf(PROG ": player %u \"%s\" left\n", e->id, e->name);
-  qrpc_peer_set_user_data(peer, NULL);
   entity_remove(s, e);
+  pthread_mutex_unlock(&s->mu);
 }
 
 /* ---- Main ---------------------------------------------------------------- */
@@ -486,6 +559,15 @@ static void log_to_stderr(qrpc_log_level level, const char *msg,
 }
 
 static void report(const server *s) {
+  worker t = {.s = NULL};
+  for (size_t i = 0; i < s->n_workers; i++) {
+    const worker *w = &s->workers[i];
+    t.encodings += w->encodings;
+    t.state_sends += w->state_sends;
+    t.deferred += w->deferred;
+    t.refused_full += w->refused_full;
+    t.send_errors += w->send_errors;
+  }
   double ms = 1e-3;
   uint64_t expected = s->inputs_expected;
   double loss = expected > 0 && expected >= s->inputs
@@ -498,10 +580,10 @@ static void report(const server *s) {
               "%.2f encodings per tick), %llu held back while the last was "
               "on its way, refused %llu (queue full), %llu datagrams lost, "
               "%llu too old to send\n",
-         (unsigned long long)s->state_sends, (unsigned long long)s->full,
+         (unsigned long long)t.state_sends, (unsigned long long)s->full,
          (unsigned long long)s->delta,
-         s->tick ? (double)s->encodings / (double)s->tick : 0.0,
-         (unsigned long long)s->deferred, (unsigned long long)s->refused_full,
+         s->tick ? (double)t.encodings / (double)s->tick : 0.0,
+         (unsigned long long)t.deferred, (unsigned long long)t.refused_full,
          (unsigned long long)s->lost, (unsigned long long)s->aged);
   printf(PROG ": inputs: %llu received (loss %.2f %%), one-way delay p50 "
               "%.3f ms, p99 %.3f ms\n",
@@ -550,6 +632,7 @@ int main(int argc, char **argv) {
   qrpc_log_set_handler(log_to_stderr, NULL);
   qrpc_log_set_level(s->opt.verbose ? QRPC_LOG_DEBUG : QRPC_LOG_WARN);
   s->rng = 0x9e3779b9u;
+  pthread_mutex_init(&s->mu, NULL);
 
   qrpc_tls_config *tls = NULL;
   qrpc_signal *sigterm = NULL, *sigint = NULL;
@@ -578,8 +661,8 @@ int main(int argc, char **argv) {
   }
   if (s->opt.server_key &&
       (rc = qrpc_tls_config_use_server_key_file(tls, s->opt.server_key)) != 0) {
-    fprintf(stderr, PROG ": cannot use --server-key %s: %s\n", s->opt.server_key,
-            qrpc_strerror(rc));
+    fprintf(stderr, PROG ": cannot use --server-key %s: %s\n",
+            s->opt.server_key, qrpc_strerror(rc));
     goto out;
   }
   qrpc_server_opts so;
@@ -589,6 +672,7 @@ int main(int argc, char **argv) {
   so.endpoint.conn.sim_delay_ms = (uint32_t)s->opt.delay_ms;
   so.on_peer_close = on_peer_close;
   so.user_data = s;
+  so.workers = (size_t)s->opt.workers;
   rc = qrpc_server_new(s->loop, s->opt.listen, tls, &so, &s->srv);
   qrpc_tls_config_free(tls); /* the server holds its own reference */
   tls = NULL;
@@ -598,6 +682,15 @@ int main(int argc, char **argv) {
             s->opt.listen, qrpc_strerror(rc),
             rc == QRPC_EINVAL ? " (expected HOST:PORT)" : "");
     goto out;
+  }
+  s->n_workers = qrpc_server_workers(s->srv);
+  if ((s->workers = calloc(s->n_workers, sizeof(*s->workers))) == NULL) {
+    fprintf(stderr, PROG ": out of memory for the workers\n");
+    goto out;
+  }
+  for (size_t i = 0; i < s->n_workers; i++) {
+    s->workers[i].s = s;
+    s->workers[i].loop = qrpc_server_worker_loop(s->srv, i);
   }
   if (start_world(s) != 0 || serve_extras(s) != 0) goto out;
 
@@ -609,8 +702,9 @@ int main(int argc, char **argv) {
 
   unsigned port = qrpc_server_port(s->srv);
   printf(PROG ": serving qrpc.examples.game.Game on %s, udp port %u, "
-              "%lu Hz, %lu bots%s\n",
-         s->opt.listen, port, s->opt.tick_hz, s->opt.bots,
+              "%lu Hz, %lu bots, %zu worker%s%s\n",
+         s->opt.listen, port, s->opt.tick_hz, s->opt.bots, s->n_workers,
+         s->n_workers == 1 ? "" : "s",
          s->opt.client_ca ? ", client certificates required" : "");
   printf("READY %u\n", port);
 
@@ -634,8 +728,13 @@ out:
    * to the input counts before the report. */
   while (s->n_ents > 0) entity_remove(s, s->ents[s->n_ents - 1]);
   if (status == 0) report(s);
+  for (size_t i = 0; i < s->n_workers; i++) {
+    free(s->workers[i].msgs);
+    free(s->workers[i].msg_ptrs);
+    free(s->workers[i].peers);
+  }
+  free(s->workers);
   free(s->ents);
-  free(s->msgs);
-  free(s->msg_ptrs);
+  pthread_mutex_destroy(&s->mu);
   return status;
 }

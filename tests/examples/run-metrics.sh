@@ -78,15 +78,17 @@ check_format "$tmp/hello"
 stop
 echo "ok: hello_server --metrics"
 
-start game_server --bots 5
+# On two workers: the players spread over both, every one of them must
+# get the world (game_client fails otherwise), and the metrics sum both.
+start game_server --bots 5 --workers 2
 "$examples/game_client" --connect "127.0.0.1:$port" --ca "$ca" \
-  --servername localhost --clients 2 --seconds 1 >/dev/null ||
+  --servername localhost --clients 6 --seconds 1 >/dev/null ||
   fail "game_client"
 scrape >"$tmp/game"
-grep -qx 'qrpc_calls_total{method="qrpc.examples.game.Game/Join",code="OK"} 2' \
-  "$tmp/game" || fail "Join not counted twice: $(grep calls_total "$tmp/game")"
+grep -qx 'qrpc_calls_total{method="qrpc.examples.game.Game/Join",code="OK"} 6' \
+  "$tmp/game" || fail "Join not counted 6 times: $(grep calls_total "$tmp/game")"
 sent=$(sed -n 's/^qrpc_datagrams_sent_total \([0-9]*\)$/\1/p' "$tmp/game")
 [ "${sent:-0}" -gt 0 ] || fail "no datagrams counted as sent"
 check_format "$tmp/game"
 stop
-echo "ok: game_server --metrics ($sent datagrams sent)"
+echo "ok: game_server --workers 2 --metrics ($sent datagrams sent)"
