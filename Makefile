@@ -76,7 +76,7 @@ build-gnutls: setup
 # clang build of their own (make test runs it too). Only qrpc's code is
 # instrumented (libevent, ngtcp2 and the TLS library are Debian's), so a
 # report is about qrpc.
-TSAN_SUITES := test_rpc_workers test_metrics test_dgram_snapshot
+TSAN_SUITES := test_rpc_workers test_metrics test_dgram_snapshot test_broker_workers
 test-tsan: setup
 	CC=clang cmake -S . -B $(TSAN_DIR) -DQRPC_TSAN=ON $(CMAKE_FLAGS) >/dev/null
 	cmake --build $(TSAN_DIR) -j$(JOBS) --target $(TSAN_SUITES)

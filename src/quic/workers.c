@@ -46,8 +46,10 @@ static int attach_bpf(int fd) {
       BPF_STMT(BPF_RET | BPF_A, 0),
       BPF_STMT(BPF_RET | BPF_K, 0xffffffffu),
   };
-  struct sock_fprog prog = {.len = sizeof(code) / sizeof(code[0]),
-                            .filter = code};
+  struct sock_fprog prog;
+  memset(&prog, 0, sizeof(prog)); /* its padding goes to the kernel too */
+  prog.len = sizeof(code) / sizeof(code[0]);
+  prog.filter = code;
   return setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog,
                     sizeof(prog));
 }
