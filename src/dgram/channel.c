@@ -959,17 +959,17 @@ static snap_enc *snapshot_encoding(qrpc_snapshot *s, const chan *ch,
  * makes, and a state queued behind two others would arrive late and
  * stale: it gets the newest state once there is room instead; one state
  * may wait behind another, which a path that takes a whole state in
- * about a tick needs); or it needs a whole state and
+ * about a tick needs); or, when whole_waits, it needs a whole state and
  * one is still on its way, neither acknowledged nor lost, so another
  * would only take the path's room (and a client joining a busy server
  * would never catch up). */
-static int snapshot_must_wait(const snap_conn *sc, int have_base,
+static int snapshot_must_wait(const snap_conn *sc, int whole_waits,
                               uint64_t now) {
   const snap_sent *prev = &sc->sent[sc->prev_seq % SNAP_SENT_SLOTS];
   if (sc->prev_seq && prev->seq == sc->prev_seq && !prev->lost &&
       prev->written < prev->frags && now - prev->sent_ns < WHOLE_IN_FLIGHT_NS)
     return 1;
-  for (size_t i = 0; !have_base && i < SNAP_SENT_SLOTS; i++) {
+  for (size_t i = 0; whole_waits && i < SNAP_SENT_SLOTS; i++) {
     const snap_sent *p = &sc->sent[i];
     if (p->seq && p->whole && !p->lost && p->acked < p->frags &&
         now - p->sent_ns < WHOLE_IN_FLIGHT_NS)
@@ -990,10 +990,13 @@ int qrpci_dgconn_send_snapshot(qrpci_dgconn *dc, qrpc_snapshot *s) {
   /* A baseline is older than the state, whatever was acknowledged. */
   if (base && base->tick >= s->st->tick) base = NULL;
   uint64_t now = qrpci_now_ns();
-  /* With a ring of one state every state goes whole: no limit. */
-  int whole_capped = !base && ch->opts.snapshot_ring > 1 &&
-                     s->whole_sent >= ch->opts.snapshot_whole_per_tick;
-  if (whole_capped || snapshot_must_wait(sc, base != NULL, now)) {
+  /* With a ring of one state every state goes whole, and no delta can
+   * follow an acknowledgement: neither the limit per tick nor waiting for
+   * the last whole state applies; the queue alone holds a state back. */
+  int deltas = ch->opts.snapshot_ring > 1;
+  int whole_capped =
+      !base && deltas && s->whole_sent >= ch->opts.snapshot_whole_per_tick;
+  if (whole_capped || snapshot_must_wait(sc, !base && deltas, now)) {
     cc->st.snap_deferred++;
     dc->dg->total.snap_deferred++;
     return QRPC_EAGAIN;

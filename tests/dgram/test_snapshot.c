@@ -109,11 +109,13 @@ static void on_connect(qrpc_client *cli, qrpc_peer *peer, void *ud) {
 
 /* The server's snapshot_whole_per_tick (0: the default). */
 static size_t whole_cap;
+/* Both sides' snapshot_ring (0: RING). */
+static size_t ring;
 
 static void world_opts(qrpc_dgram_opts *o) {
   qrpc_dgram_opts_default(o);
   o->snapshot_whole_per_tick = whole_cap;
-  o->snapshot_ring = RING;
+  o->snapshot_ring = ring ? ring : RING;
   o->snapshot_entities = 2;
   o->snapshot_key = 1;
 }
@@ -342,6 +344,43 @@ START_TEST(test_whole_states_capped_per_tick) {
 }
 END_TEST
 
+/* While a whole state to a client is unacknowledged, the next waits when
+ * a delta could follow the acknowledgement; with a ring of one every state
+ * is whole, and each goes out at once. */
+static int first_at_tick(void *arg) {
+  group *g = arg;
+  return g->c[0].tick >= g->tick;
+}
+
+START_TEST(test_whole_in_flight_holds_back_only_deltas) {
+  const int ring_of_one = _i == 0;
+  server_side s;
+  client_side c[1];
+  group g;
+  ring = ring_of_one ? 1 : RING;
+  start(&g, &s, c, 1, 0);
+  ring = 0;
+  for (uint64_t t = 1; t <= 2; t++) {
+    world w;
+    world_at(t, &w);
+    qrpc_snapshot *snap;
+    ck_assert_int_eq(
+        qrpc_server_snapshot_new(s.srv, CH_WORLD, t, w.buf, w.len, &snap), 0);
+    int want = t == 1 || ring_of_one ? 0 : QRPC_EAGAIN;
+    ck_assert_int_eq(qrpc_peer_send_snapshot(s.peers[0], snap), want);
+    qrpc_snapshot_free(snap);
+  }
+  g.tick = ring_of_one ? 2 : 1;
+  ck_assert(qt_run_until(loop, first_at_tick, &g, QT_WAIT_MS));
+  qrpc_dgram_stats st;
+  qrpc_peer_dgram_stats(s.peers[0], CH_WORLD, &st);
+  ck_assert_uint_eq(st.snap_full_sent, ring_of_one ? 2 : 1);
+  ck_assert_uint_eq(st.snap_deferred, ring_of_one ? 0 : 1);
+  ck_assert_uint_eq(c[0].wrong, 0);
+  stop(&g);
+}
+END_TEST
+
 START_TEST(test_clock_estimate) {
   server_side s;
   client_side c[1];
@@ -469,6 +508,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_loss_only_delays_and_converges);
   tcase_add_test(tc, test_shared_baseline_encoded_once);
   tcase_add_test(tc, test_whole_states_capped_per_tick);
+  tcase_add_loop_test(tc, test_whole_in_flight_holds_back_only_deltas, 0, 2);
   tcase_add_test(tc, test_clock_estimate);
   tcase_add_test(tc, test_bad_deltas_dropped_and_counted);
   tcase_add_test(tc, test_snapshot_api_checks);
