@@ -231,6 +231,12 @@ int bench_client_idle(const char *prog, int argc, char **argv) {
   bench_sim_apply(&b->o.c.sim, &b->co);
   b->co.idle_timeout_ms =
       (uint64_t)((b->o.c.warmup_s + b->o.c.duration_s + IDLE_SLACK_S) * 1e3);
+  /* Nor on silence while the others connect: a server answering thousands
+   * of handshakes on one core, its socket buffer full of path MTU probes
+   * (64 KiB each on loopback), can leave a connection unanswered for longer
+   * than the default dead-peer timeout of 1 s. The idle timeout above still
+   * ends a connection whose server is gone. */
+  b->co.dead_peer_timeout_ms = 0;
   double setup = SETUP_BASE_S + SETUP_PER_CONN_S * (double)b->o.conns;
   bench_runner_callbacks cbs = {.on_progress = on_progress};
   if (bench_runner_init(&b->run, prog, b->env.loop, b->o.c.warmup_s,

@@ -239,7 +239,8 @@ int bench_server_rpc(const char *prog, int argc, char **argv) {
   size_t nw = qrpc_server_workers(srv);
   uint64_t opened = 0, least = UINT64_MAX;
   qrpc_server_worker_stats *per = calloc(nw ? nw : 1, sizeof(*per));
-  if (per != NULL && qrpc_server_get_stats(srv, NULL, per, nw) == 0) {
+  qrpc_endpoint_stats total = {0};
+  if (per != NULL && qrpc_server_get_stats(srv, &total, per, nw) == 0) {
     for (size_t i = 0; i < nw; i++) {
       opened += per[i].peers_opened;
       if (per[i].peers_opened < least) least = per[i].peers_opened;
@@ -258,6 +259,8 @@ int bench_server_rpc(const char *prog, int argc, char **argv) {
     bench_report_uint(&r, "server_stream_queued_max", LOAD(s.queued_max));
     bench_report_uint(&r, "server_conns", LOAD(s.conns));
     bench_report_uint(&r, "server_workers", nw);
+    bench_report_uint(&r, "server_dead_peers", total.dead_peers);
+    bench_report_uint(&r, "server_socket_drops", total.socket_drops);
     /* The share of the connections the least loaded worker served. */
     bench_report_num(&r, "server_least_worker_pct",
                      opened ? 100.0 * (double)least / (double)opened : 0, 1);

@@ -11,6 +11,9 @@ size_t bench_server_common_flags(bench_flag *flags, size_t n,
   c->tls_client_ca = NULL;
   c->max_conns = BENCH_DEFAULT_MAX_CONNS;
   c->max_udp_payload = 0;
+  qrpc_endpoint_opts eo;
+  qrpc_endpoint_opts_default(&eo);
+  c->dead_peer_ms = eo.conn.dead_peer_timeout_ms;
   c->precise_timers = 0;
   c->base = NULL;
   c->metrics = NULL;
@@ -35,6 +38,10 @@ size_t bench_server_common_flags(bench_flag *flags, size_t n,
        "largest QUIC packet (qrpc_conn_opts.max_udp_payload; 0: the "
        "default, 1200 to 65527)",
        0, 0},
+      {"--dead-peer-ms", BENCH_FLAG_UINT, &c->dead_peer_ms, 0, 600000, NULL,
+       "MS",
+       "dead-peer detection (qrpc_conn_opts.dead_peer_timeout_ms; 0: off)", 0,
+       0},
       {"--metrics", BENCH_FLAG_STR, &c->metrics, 0, 0, NULL, "HOST:PORT",
        "serve Prometheus metrics at /metrics there (docs/api.md)", 0, 0},
   };
@@ -50,6 +57,7 @@ void bench_server_opts(const bench_server_common *c, qrpc_server_opts *o) {
   o->endpoint.max_connections = (size_t)c->max_conns + 1024;
   o->endpoint.max_handshakes = BENCH_MAX_HANDSHAKES;
   o->endpoint.conn.idle_timeout_ms = BENCH_SERVER_IDLE_TIMEOUT_MS;
+  o->endpoint.conn.dead_peer_timeout_ms = c->dead_peer_ms;
   if (c->max_udp_payload)
     o->endpoint.conn.max_udp_payload = (size_t)c->max_udp_payload;
   bench_sim_apply(&c->sim, &o->endpoint.conn);

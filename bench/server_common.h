@@ -16,6 +16,7 @@ typedef struct bench_server_common {
   const char *tls_client_ca; /* CA of required client certificates, or NULL */
   uint64_t max_conns;
   uint64_t max_udp_payload; /* 0: the library's default */
+  uint64_t dead_peer_ms;    /* qrpc_conn_opts.dead_peer_timeout_ms */
   int precise_timers;       /* set by the family before bench_server_start() */
   struct event_base *base;  /* the loop's, when precise_timers */
   const char *metrics;      /* --metrics HOST:PORT, or NULL */

@@ -194,7 +194,10 @@ typedef struct qrpc_conn_opts {
    * transfer costs several times less CPU. 1452 keeps packets
    * Ethernet-sized everywhere; 1200 turns discovery off, and makes
    * datagrams (about 1,150 bytes then) as small as on the smallest path,
-   * in both directions: set it while developing datagram payloads. */
+   * in both directions: set it while developing datagram payloads. It
+   * also bounds what a connection keeps for the largest packet it has
+   * received (ngtcp2's decryption buffer: 64 KiB per connection on
+   * loopback at the default, 2 KiB at 1452). */
   size_t max_udp_payload;
   /* Dead-peer detection. When packets that the peer must acknowledge have
    * been outstanding this long and nothing at all (no packet that
@@ -284,6 +287,12 @@ typedef struct qrpc_endpoint_stats {
   uint64_t handed_off;
   uint64_t handoff_dropped;
   uint64_t handed_in;
+  /* Packets the kernel dropped on the endpoint's socket before qrpc read
+   * them, nearly all because its receive buffer was full: the loop was
+   * too busy to keep up (a storm of handshakes, say). QUIC sends them
+   * again, but a count that keeps growing means the server needs another
+   * core (qrpc_server_opts.workers) or a larger net.core.rmem_max. */
+  uint64_t socket_drops;
 } qrpc_endpoint_stats;
 
 /* ---- Server endpoint -------------------------------------------------- */

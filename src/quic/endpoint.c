@@ -653,6 +653,7 @@ void qrpc_endpoint_get_stats(qrpc_endpoint *ep, qrpc_endpoint_stats *st) {
   st->datagrams_lost = sum.datagrams_lost;
   st->stream_blocked = sum.stream_blocked;
   st->flow_blocked = sum.flow_blocked;
+  st->socket_drops = qrpci_sock_drops(&ep->sock);
 }
 
 static void endpoint_free(qrpc_endpoint *ep, const char *peer_reason) {

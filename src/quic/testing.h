@@ -35,4 +35,18 @@ void qrpci_conn_vanish(qrpc_conn *c);
  * UINT64_MAX when it is not armed. */
 uint64_t qrpci_conn_timer_due(qrpc_conn *c);
 
+/* 1 while the connection holds its TLS session: a client always, a server
+ * until its handshake completed. */
+int qrpci_conn_has_tls(qrpc_conn *c);
+
+/* Starts a QUIC key update (RFC 9001, 6) on an established connection.
+ * Errors: QRPC_EINVAL (not established, or the last update is not yet
+ * confirmed). */
+int qrpci_conn_update_key(qrpc_conn *c);
+
+/* Makes an established connection send len bytes of 1-RTT CRYPTO data, as
+ * a peer that speaks TLS after the handshake would. Errors: QRPC_EINVAL
+ * (not established), QRPC_ENOMEM. */
+int qrpci_conn_send_tls_data(qrpc_conn *c, const uint8_t *data, size_t len);
+
 #endif

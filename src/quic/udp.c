@@ -5,6 +5,7 @@
  * loop turn).
  */
 #include <errno.h>
+#include <linux/sock_diag.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
 #include <stdlib.h>
@@ -283,6 +284,15 @@ static int txq_add(qrpci_sock *s, const struct sockaddr *to, socklen_t tolen,
 void qrpci_loop_flush_txqs(struct qrpc_loop *loop) {
   while (!qrpci_list_empty(&loop->txq_socks))
     txq_flush(QRPCI_CONTAINER_OF(loop->txq_socks.next, qrpci_sock, txq_node));
+}
+
+uint64_t qrpci_sock_drops(const qrpci_sock *s) {
+  uint32_t info[SK_MEMINFO_VARS];
+  socklen_t len = sizeof(info);
+  if (getsockopt(s->fd, SOL_SOCKET, SO_MEMINFO, info, &len) != 0 ||
+      len <= SK_MEMINFO_DROPS * sizeof(uint32_t))
+    return 0;
+  return info[SK_MEMINFO_DROPS];
 }
 
 int qrpci_sock_recv_batch(qrpci_sock *s, uint8_t (*bufs)[QRPCI_MAX_UDP],

@@ -48,6 +48,10 @@ typedef struct qrpci_sock {
 } qrpci_sock;
 
 int qrpci_sock_open(qrpci_sock *s, int family);
+/* Packets the kernel has dropped on s since it opened, nearly all for a
+ * full receive buffer (the owner did not read fast enough); 0 if the
+ * kernel does not say. One system call. */
+uint64_t qrpci_sock_drops(const qrpci_sock *s);
 void qrpci_sock_close(qrpci_sock *s);
 /* Makes sends on a socket shared by many connections wait in a queue that
  * leaves in one sendmmsg per loop turn (or when full), instead of one

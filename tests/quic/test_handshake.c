@@ -195,6 +195,75 @@ static void assert_cert_refused(const qt_client *cl) {
   ck_assert_uint_lt(cl->close.code, 256);
 }
 
+static int xfer_closed(void *arg) {
+  qt_xfer *x = arg;
+  return x->closes > 0;
+}
+
+/* A server frees its TLS session once its handshake completed (a client
+ * keeps its own, for tickets). A client that still speaks TLS after that,
+ * here with a KeyUpdate message, which QUIC forbids, is closed with the
+ * alert TLS itself would send (unexpected_message, CRYPTO_ERROR 0x10a),
+ * and the server goes on serving its other clients. */
+START_TEST(test_tls_after_handshake) {
+  qt_server srv;
+  qt_client cl[2];
+  static const uint8_t key_update[] = {24, 0, 0, 1, 0};
+
+  ck_assert_int_eq(qt_pair_start(loop, &certs, &srv, NULL, &cl[0], NULL), 0);
+  qrpc_tls_config *ctls = qt_client_tls(certs.ca_pem);
+  ck_assert_ptr_nonnull(ctls);
+  ck_assert_int_eq(qt_client_connect_wait(&cl[1], loop, &srv, ctls, NULL), 0);
+  qrpc_tls_config_free(ctls);
+  qt_run_for(loop, 50);
+  ck_assert_int_eq(srv.live, 2);
+  for (int i = 0; i < 2; i++) {
+    ck_assert_ptr_nonnull(srv.conns[i]);
+    ck_assert_int_eq(qrpci_conn_has_tls(srv.conns[i]), 0);
+    ck_assert_int_eq(qrpci_conn_has_tls(cl[i].conn), 1);
+  }
+
+  ck_assert_int_eq(
+      qrpci_conn_send_tls_data(cl[0].conn, key_update, sizeof(key_update)), 0);
+  ck_assert(qt_run_until(loop, client_closed, &cl[0], QT_WAIT_MS));
+  qt_run_for(loop, 100);
+  ck_assert_int_eq(cl[0].closed, 1);
+  ck_assert_int_eq(cl[0].close.kind, QRPC_CLOSE_TLS);
+  ck_assert_int_eq(cl[0].close.local, 0);
+  ck_assert_uint_eq(cl[0].close.code, 10);
+  ck_assert_int_eq(srv.closed, 1);
+  ck_assert_int_eq(srv.last_close.kind, QRPC_CLOSE_TLS);
+  ck_assert_int_eq(srv.last_close.local, 1);
+  ck_assert_uint_eq(srv.last_close.code, 10);
+  ck_assert_ptr_nonnull(strstr(srv.last_close.reason, "after the handshake"));
+
+  /* The other client is served as before, 64 KiB echoed intact, across a
+   * key update it starts: the server derives its next keys without TLS. */
+  ck_assert_int_eq(cl[1].closed, 0);
+  ck_assert_int_eq(qrpci_conn_update_key(cl[1].conn), 0);
+  qt_xfer x;
+  ck_assert_int_eq(qt_xfer_start(&x, cl[1].conn, "echo", 65536, 7, 0, NULL), 0);
+  ck_assert(qt_run_until(loop, xfer_closed, &x, QT_WAIT_MS));
+  ck_assert_int_eq(x.ok, 1);
+  ck_assert_uint_eq(x.recvd, 65536);
+  /* ngtcp2 allows the next update only once the peer has answered in the
+   * new key phase, a few PTOs have passed, and a packet read since has
+   * made the next keys: so the update above took place. */
+  qt_run_for(loop, 200);
+  qt_xfer y[2];
+  for (int i = 0; i < 2; i++) {
+    if (i == 1) ck_assert_int_eq(qrpci_conn_update_key(cl[1].conn), 0);
+    ck_assert_int_eq(
+        qt_xfer_start(&y[i], cl[1].conn, "echo", 4096, 8 + i, 0, NULL), 0);
+    ck_assert(qt_run_until(loop, xfer_closed, &y[i], QT_WAIT_MS));
+    ck_assert_int_eq(y[i].ok, 1);
+  }
+  ck_assert_int_eq(cl[1].closed, 0);
+
+  qt_close_all(loop, &srv, &cl[1], 1);
+}
+END_TEST
+
 START_TEST(test_handshake_wrong_ca) {
   qt_server srv;
   qt_client cl;
@@ -639,6 +708,7 @@ static Suite *handshake_suite(void) {
   tcase_set_timeout(tc, 30);
   tcase_add_test(tc, test_handshake_ok);
   tcase_add_test(tc, test_handshake_wrong_ca);
+  tcase_add_test(tc, test_tls_after_handshake);
   tcase_add_test(tc, test_handshake_wrong_server_name);
   tcase_add_test(tc, test_handshake_client_wrong_alpn);
   tcase_add_test(tc, test_handshake_server_wrong_alpn);
