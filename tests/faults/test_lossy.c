@@ -39,17 +39,13 @@ typedef struct env {
   qt_rpc_client cl;
 } env;
 
-static void env_start(env *e, uint64_t idle_ms, const qrpc_client_opts *copts,
-                      uint64_t seed) {
-  qrpc_server_opts so;
+/* Starts the server with opts so (peers installed here), the proxy and
+ * the client. */
+static void env_start_with(env *e, qrpc_server_opts *so,
+                           const qrpc_client_opts *copts, uint64_t seed) {
   memset(e, 0, sizeof(*e));
-  qrpc_server_opts_default(&so);
-  if (idle_ms) so.endpoint.conn.idle_timeout_ms = idle_ms;
-  /* The blackouts here test what the idle timeout does; dead-peer
-   * detection would end the connections first. */
-  so.endpoint.conn.dead_peer_timeout_ms = 0;
-  qt_rpc_peers_install(&so, &e->peers);
-  ck_assert_int_eq(qt_rpc_server_start(loop, "127.0.0.1:0", stls, &so, &e->srv,
+  qt_rpc_peers_install(so, &e->peers);
+  ck_assert_int_eq(qt_rpc_server_start(loop, "127.0.0.1:0", stls, so, &e->srv,
                                        e->srv_addr, sizeof(e->srv_addr)),
                    0);
   ck_assert_int_eq(qf_register_methods(e->srv), 0);
@@ -58,6 +54,17 @@ static void env_start(env *e, uint64_t idle_ms, const qrpc_client_opts *copts,
   ck_assert_int_eq(
       qt_rpc_client_start(&e->cl, loop, qt_proxy_addr(e->proxy), ctls, copts),
       0);
+}
+
+static void env_start(env *e, uint64_t idle_ms, const qrpc_client_opts *copts,
+                      uint64_t seed) {
+  qrpc_server_opts so;
+  qrpc_server_opts_default(&so);
+  if (idle_ms) so.endpoint.conn.idle_timeout_ms = idle_ms;
+  /* The blackouts here test what the idle timeout does; dead-peer
+   * detection would end the connections first. */
+  so.endpoint.conn.dead_peer_timeout_ms = 0;
+  env_start_with(e, &so, copts, seed);
 }
 
 static void env_stop(env *e) {
@@ -337,6 +344,59 @@ END_TEST
 
 /* The proxy on a thread of its own, and its statistics: with no faults
  * configured it passes everything, so calls through it just work. */
+/* ---- A path with an Ethernet MTU ----------------------------------------- */
+
+/* The largest UDP payload a 1500-byte IPv6 path carries. */
+#define ETHERNET_PAYLOAD 1452
+/* Longer than both sides' dead-peer timeouts (1 s client, 3 s server). */
+#define ETHERNET_IDLE_MS 4500
+
+/* Drops what a 1500-byte path would not carry: path MTU discovery's
+ * larger probes. */
+static int drop_jumbo(qt_proxy *p, qt_dir dir, size_t flow, uint8_t *pkt,
+                      size_t *len, size_t cap, void *user_data) {
+  (void)p, (void)dir, (void)flow, (void)pkt, (void)cap, (void)user_data;
+  return *len > ETHERNET_PAYLOAD;
+}
+
+/* On an Ethernet path, discovery's probes past 1452 bytes are lost. A
+ * connection left idle then has only those probes outstanding, which no
+ * peer can answer: neither side may take that for a dead peer. Default
+ * options on both sides. */
+START_TEST(test_idle_on_ethernet_path) {
+  env e;
+  qf_pump warm, p;
+  qrpc_server_opts so;
+  qrpc_server_opts_default(&so);
+  env_start_with(&e, &so, NULL, 11);
+  qt_proxy_set_tap(e.proxy, drop_jumbo, NULL);
+  ck_assert_int_eq(qf_pump_start(&warm, e.cl.cli, 20, 20, 0), 0);
+  ck_assert(qt_run_until(loop, pump_finished, &warm, QT_WAIT_MS));
+  ck_assert_uint_eq(warm.ok, 20);
+
+  qt_run_for(loop, ETHERNET_IDLE_MS);
+  qt_link_stats up, down;
+  qt_proxy_get_stats(e.proxy, QT_UP, &up);
+  qt_proxy_get_stats(e.proxy, QT_DOWN, &down);
+  printf("idle on a 1452-byte path: %llu probes dropped up, %llu down; "
+         "connects %d, lost %d, server closed %d\n",
+         (unsigned long long)up.dropped, (unsigned long long)down.dropped,
+         e.cl.connects, e.cl.lost, e.peers.closed);
+  ck_assert_uint_gt(up.dropped, 0);
+  ck_assert_uint_gt(down.dropped, 0);
+  ck_assert_int_eq(e.cl.lost, 0);
+  ck_assert_int_eq(e.peers.closed, 0);
+
+  ck_assert_int_eq(qf_pump_start(&p, e.cl.cli, 20, 20, 0), 0);
+  ck_assert(qt_run_until(loop, pump_finished, &p, QT_WAIT_MS));
+  ck_assert_uint_eq(p.ok, 20);
+  ck_assert_int_eq(e.cl.connects, 1);
+  qf_pump_free(&warm);
+  qf_pump_free(&p);
+  env_stop(&e);
+}
+END_TEST
+
 START_TEST(test_proxy_thread_mode) {
   qrpc_server *srv;
   char addr[64];
@@ -393,6 +453,7 @@ static Suite *faults_suite(void) {
   tcase_add_test(tc, test_raw_stream_4mib_loss5);
   tcase_add_test(tc, test_blackout_shorter_than_idle);
   tcase_add_test(tc, test_blackout_longer_than_idle);
+  tcase_add_test(tc, test_idle_on_ethernet_path);
   tcase_add_test(tc, test_proxy_thread_mode);
   tcase_add_test(tc, test_link_conf_parse);
   suite_add_tcase(s, tc);
