@@ -171,6 +171,10 @@ static void render_transport(const qrpc_endpoint_stats *es,
   one(b, "qrpc_dropped_packets_total", "counter",
       "UDP packets dropped: undecodable or for no connection.",
       es->packets_dropped);
+  one(b, "qrpc_socket_drops_total", "counter",
+      "UDP packets the kernel dropped before qrpc read them (receive buffer "
+      "full).",
+      es->socket_drops);
   one(b, "qrpc_retries_sent_total", "counter",
       "Stateless retries sent for address validation.", es->retries_sent);
   one(b, "qrpc_dead_peers_total", "counter",

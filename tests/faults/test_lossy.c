@@ -342,8 +342,6 @@ END_TEST
 /* ---- The proxy itself ------------------------------------------------------
  */
 
-/* The proxy on a thread of its own, and its statistics: with no faults
- * configured it passes everything, so calls through it just work. */
 /* ---- A path with an Ethernet MTU ----------------------------------------- */
 
 /* The largest UDP payload a 1500-byte IPv6 path carries. */
@@ -397,6 +395,8 @@ START_TEST(test_idle_on_ethernet_path) {
 }
 END_TEST
 
+/* The proxy on a thread of its own, and its statistics: with no faults
+ * configured it passes everything, so calls through it just work. */
 START_TEST(test_proxy_thread_mode) {
   qrpc_server *srv;
   char addr[64];

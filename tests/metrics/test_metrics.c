@@ -297,6 +297,8 @@ START_TEST(test_server_scrape) {
   ck_assert_double_eq(value(text, "qrpc_handshakes_total{result=\"ok\"}"), 1);
   ck_assert_double_eq(value(text, "qrpc_handshakes_total{result=\"failed\"}"),
                       0);
+  /* A quiet loopback server drops nothing: the counter is there, at 0. */
+  ck_assert_double_eq(value(text, "qrpc_socket_drops_total"), 0);
   ck_assert_double_eq(
       value(text, "qrpc_datagrams_dropped_total{reason=\"unknown_channel\"}"),
       UNKNOWN_DGRAMS);

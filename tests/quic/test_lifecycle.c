@@ -654,6 +654,57 @@ START_TEST(test_garbage_dropped) {
 }
 END_TEST
 
+/* More than any receive buffer holds (at most 2 x rmem_max, 8 MiB with
+ * Debian's default; each datagram takes at least 768 bytes of it). */
+#define FLOOD_PACKETS 30000
+
+static int flood_accounted(void *arg) {
+  dropped_wait *w = arg;
+  qrpc_endpoint_stats st;
+  qrpc_endpoint_get_stats(w->ep, &st);
+  return st.packets_dropped + st.socket_drops >= w->target;
+}
+
+/* A flood sent while the loop does not read overflows the server's socket:
+ * the kernel's drops show in socket_drops, what was read in
+ * packets_dropped, every datagram of the flood in one of them, and the
+ * server goes on serving. (The kernel also drops what the good client
+ * sends while the buffer is full, a few packets, counted as well.) */
+START_TEST(test_socket_drops_counted) {
+  qt_server srv;
+  qt_client cl;
+  qt_xfer x;
+  qrpc_endpoint_stats st;
+  uint8_t pkt[1100];
+
+  ck_assert_int_eq(qt_pair_start(loop, &certs, &srv, NULL, &cl, NULL), 0);
+  qrpc_endpoint_get_stats(srv.ep, &st);
+  ck_assert_uint_eq(st.socket_drops, 0);
+  dropped_wait w = {srv.ep, st.packets_dropped + FLOOD_PACKETS};
+  int fd = qt_udp_socket_v4();
+  ck_assert_int_ge(fd, 0);
+  for (int i = 0; i < FLOOD_PACKETS; i++) {
+    size_t len = make_garbage(i, pkt, sizeof(pkt));
+    ck_assert_int_eq(qt_udp_send_v4(fd, srv.port, pkt, len), 0);
+  }
+  close(fd);
+  qrpc_endpoint_get_stats(srv.ep, &st);
+  ck_assert_uint_gt(st.socket_drops, 0);
+  ck_assert_uint_lt(st.socket_drops, FLOOD_PACKETS);
+  ck_assert(qt_run_until(loop, flood_accounted, &w, QT_WAIT_MS));
+  qt_run_for(loop, 50);
+  qrpc_endpoint_get_stats(srv.ep, &st);
+  ck_assert_uint_ge(st.packets_dropped + st.socket_drops, w.target);
+  ck_assert_uint_le(st.packets_dropped + st.socket_drops, w.target + 100);
+
+  ck_assert_int_eq(qt_xfer_start(&x, cl.conn, "echo", 20000, 61, 0, NULL), 0);
+  ck_assert(qt_run_until_count(loop, &x.closes, 1, QT_WAIT_MS));
+  ck_assert(x.ok);
+  ck_assert_int_eq(cl.closed, 0);
+  qt_close_all(loop, &srv, &cl, 1);
+}
+END_TEST
+
 /* ---- Loop hand-off --------------------------------------------------- */
 
 #define POSTS 100
@@ -862,6 +913,7 @@ static Suite *lifecycle_suite(void) {
   tcase_add_test(tc, test_version_negotiation);
   tcase_add_test(tc, test_stateless_retry);
   tcase_add_test(tc, test_garbage_dropped);
+  tcase_add_test(tc, test_socket_drops_counted);
   tcase_add_test(tc, test_loop_post_from_thread);
   tcase_add_test(tc, test_loop_post_dropped_by_free);
   tcase_add_test(tc, test_conn_stats);
