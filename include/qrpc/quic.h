@@ -236,6 +236,22 @@ typedef struct qrpc_conn_opts {
   uint32_t sim_jitter_ms;
   uint32_t sim_reorder_ms;
   uint64_t sim_seed;
+  /* Outgoing connections only (ignored by an endpoint for the connections
+   * it accepts): send and receive through this endpoint's UDP socket, made
+   * with qrpc_endpoint_open() or qrpc_endpoint_listen() on the same loop,
+   * instead of a socket of the connection's own. Packets are told apart
+   * by connection id, so a process holding many connections (a gateway,
+   * a test driver, a bench client with 1000 subscribers) reads them with
+   * one recvmmsg and sends them with one sendmmsg per loop turn instead of
+   * a system call and a wake-up per connection. The endpoint is
+   * referenced, not owned: close these connections before freeing it (if
+   * it goes first, they close with QRPC_ECLOSED). Such a connection cannot
+   * qrpc_conn_rebind() (QRPC_ESTATE), learns of an unreachable server by
+   * its handshake timeout rather than an ICMP error, and does not detect
+   * stateless resets (a restarted server's connections end by dead-peer
+   * detection or idle timeout instead). NULL, the default: a socket of
+   * its own. */
+  qrpc_endpoint *via;
 } qrpc_conn_opts;
 
 void qrpc_conn_opts_default(qrpc_conn_opts *o);
@@ -310,6 +326,17 @@ int qrpc_endpoint_listen(qrpc_loop *loop, const char *addr,
                          const qrpc_conn_callbacks *cbs, void *user_data,
                          qrpc_endpoint **out);
 
+/* Creates an endpoint for outgoing connections only, bound to addr
+ * ("127.0.0.1:0", "[::]:0"): connections made with qrpc_conn_opts.via set
+ * to it share its socket. It answers no handshake (Initial packets from
+ * others are dropped and counted in packets_dropped). opts may be NULL
+ * (its conn part is unused: it accepts no connection). Free it with
+ * qrpc_endpoint_free() after closing the connections that use it.
+ * Loop thread. Errors: QRPC_EINVAL (bad address), QRPC_EADDRINUSE,
+ * QRPC_ESYSTEM, QRPC_ENOMEM. */
+int qrpc_endpoint_open(qrpc_loop *loop, const char *addr,
+                       const qrpc_endpoint_opts *opts, qrpc_endpoint **out);
+
 /* The bound address (port resolved when 0 was asked). */
 int qrpc_endpoint_local_addr(qrpc_endpoint *ep, struct sockaddr_storage *ss,
                              socklen_t *len);
@@ -323,7 +350,10 @@ void qrpc_endpoint_get_stats(qrpc_endpoint *ep, qrpc_endpoint_stats *st);
 /* Closes every connection abruptly (CONNECTION_CLOSE with NO_ERROR, no
  * closing period), firing on_closed (kind QRPC_CLOSE_ENDPOINT, local) for
  * each established one, then releases the socket and the endpoint. Not from
- * inside a callback of this endpoint's connections. NULL is ignored. */
+ * inside a callback of this endpoint's connections. Outgoing connections
+ * made through it (qrpc_conn_opts.via) that are still open close the same
+ * way, with QRPC_ECLOSED; those still resolving their server's name fail
+ * with QRPC_ECLOSED when they would start. NULL is ignored. */
 void qrpc_endpoint_free(qrpc_endpoint *ep);
 
 /* ---- Client connections ----------------------------------------------- */

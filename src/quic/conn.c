@@ -149,6 +149,8 @@ void qrpci_conn_free(qrpc_conn *c) {
   free(c->host);
   free(c->port);
   if (c->qlog) fclose(c->qlog);
+  /* Last: the conditioner above may have sent on the endpoint's socket. */
+  if (c->via) qrpci_endpoint_unref(c->via);
   free(c);
 }
 
@@ -257,7 +259,8 @@ void qrpci_conn_close_now(qrpc_conn *c, const ngtcp2_ccerr *ccerr,
   }
 }
 
-void qrpci_conn_discard(qrpc_conn *c, const char *peer_reason) {
+/* The part of discarding that leaves the connection allocated. */
+static void close_for_endpoint(qrpc_conn *c, const char *peer_reason) {
   if (!c->closed_fired) {
     set_info(c, QRPC_CLOSE_ENDPOINT, 1, 0, QRPC_ECLOSED, NULL);
     qrpci_conn_fire_closed(c);
@@ -270,7 +273,19 @@ void qrpci_conn_discard(qrpc_conn *c, const char *peer_reason) {
                                        strlen(peer_reason));
     qrpci_conn_close_now(c, &cc, 0);
   }
+}
+
+void qrpci_conn_discard(qrpc_conn *c, const char *peer_reason) {
+  close_for_endpoint(c, peer_reason);
   qrpci_conn_free(c);
+}
+
+void qrpci_conn_leave_endpoint(qrpc_conn *c, const char *peer_reason) {
+  close_for_endpoint(c, peer_reason);
+  qrpci_endpoint_conn_gone(c->ep, c);
+  /* Nothing more leaves: the socket it shared is about to close. */
+  c->sock = &c->own_sock;
+  mark_dead(c);
 }
 
 /* Closes from inside the transport for a protocol reason of our own. */
@@ -835,7 +850,7 @@ static void close_dead_peer(qrpc_conn *c, uint64_t now) {
            (unsigned long long)((now - c->unanswered_since) /
                                 NGTCP2_MILLISECONDS));
   QRPCI_INFO("conn: %s", why);
-  if (c->ep) c->ep->stats.dead_peers++;
+  if (c->ep && c->is_server) c->ep->stats.dead_peers++;
   set_info(c, QRPC_CLOSE_DEAD_PEER, 1, 0, QRPC_EDEADPEER, why);
   qrpci_conn_fire_closed(c);
   ngtcp2_ccerr cc;
@@ -1238,19 +1253,27 @@ static int client_watch(qrpc_conn *c) {
 
 static int client_setup(qrpc_conn *c, const struct sockaddr *sa,
                         socklen_t salen) {
-  c->sock = &c->own_sock;
   memcpy(&c->remote, sa, salen);
   c->remotelen = salen;
-  int rv = client_socket(&c->own_sock, sa, salen, &c->local, &c->locallen);
-  if (rv == 0) rv = client_watch(c);
-  if (rv != 0) return rv;
-
   ngtcp2_cid dcid, scid;
   dcid.datalen = CLIENT_DCID_LEN;
   scid.datalen = QRPCI_SCID_LEN;
   if (qrpci_tls_rand(dcid.data, dcid.datalen) != 0 ||
-      qrpci_tls_rand(scid.data, scid.datalen) != 0)
+      qrpci_endpoint_new_cid(c->via, scid.data, scid.datalen) != 0)
     return QRPC_ESYSTEM;
+  int rv;
+  if (c->via) {
+    /* Through a shared socket: packets find this connection by the ids it
+     * issues, starting with scid. */
+    rv = qrpci_endpoint_attach(c->via, c, sa, &scid);
+    if (rv == 0) c->first_scid = scid;
+  } else {
+    c->sock = &c->own_sock;
+    rv = client_socket(&c->own_sock, sa, salen, &c->local, &c->locallen);
+    if (rv == 0) rv = client_watch(c);
+  }
+  if (rv != 0) return rv;
+
   ngtcp2_path path = {
       .local = {.addr = (ngtcp2_sockaddr *)&c->local, .addrlen = c->locallen},
       .remote = {.addr = (ngtcp2_sockaddr *)&c->remote,
@@ -1288,6 +1311,15 @@ static void dns_cb(int result, struct evutil_addrinfo *res, void *arg) {
   }
   int rv = client_setup(c, res->ai_addr, (socklen_t)res->ai_addrlen);
   evutil_freeaddrinfo(res);
+  if (rv == QRPC_EINVAL) {
+    fail_local(c, rv, "the server's address family differs from the socket's "
+                      "(qrpc_conn_opts.via)");
+    return;
+  }
+  if (rv == QRPC_ECLOSED) {
+    fail_local(c, rv, "its endpoint (qrpc_conn_opts.via) was freed");
+    return;
+  }
   if (rv != 0) {
     fail_local(c, rv, rv == QRPC_ESYSTEM ? strerror(errno) : qrpc_strerror(rv));
     return;
@@ -1323,6 +1355,11 @@ int qrpc_conn_connect(qrpc_loop *loop, const char *addr,
                       qrpc_conn **out) {
   if (!loop || !addr || !tls || !out) return QRPC_EINVAL;
   if (opts && !qrpci_conn_opts_valid(opts)) return QRPC_EINVAL;
+  /* A shared socket belongs to one loop, and a worker group's endpoint
+   * routes packets by ids its workers issue. */
+  if (opts && opts->via &&
+      (opts->via->loop != loop || opts->via->group || opts->via->freed))
+    return QRPC_EINVAL;
   char *host, *port;
   int rv = qrpci_parse_addr(addr, &host, &port);
   if (rv != 0) return rv;
@@ -1334,6 +1371,10 @@ int qrpc_conn_connect(qrpc_loop *loop, const char *addr,
   }
   c->host = host;
   c->port = port;
+  if (c->opts.via) {
+    c->via = c->opts.via;
+    qrpci_endpoint_ref(c->via);
+  }
   c->server_name = strdup(server_name ? server_name : host);
   c->tlscfg = tls;
   qrpci_tls_config_ref(tls);
@@ -1350,7 +1391,7 @@ int qrpc_conn_connect(qrpc_loop *loop, const char *addr,
 
 int qrpc_conn_rebind(qrpc_conn *c) {
   if (!c || c->is_server) return QRPC_EINVAL;
-  if (c->closed_fired || c->state != QRPCI_CONN_ESTABLISHED)
+  if (c->closed_fired || c->state != QRPCI_CONN_ESTABLISHED || c->via)
     return QRPC_ESTATE;
   qrpci_sock ns;
   struct sockaddr_storage local;

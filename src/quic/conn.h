@@ -50,7 +50,8 @@ typedef struct qrpci_dgent {
 
 struct qrpc_conn {
   qrpc_loop *loop;
-  qrpc_endpoint *ep;         /* server side only */
+  qrpc_endpoint *ep;         /* whose socket and ids: server side, or via */
+  qrpc_endpoint *via;        /* client through a shared socket; a reference */
   qrpci_list loop_node;      /* in loop->conns */
   qrpci_list ep_node;        /* in ep->conns */
   qrpci_list dirty_node;     /* in loop->dirty */
@@ -160,6 +161,10 @@ void qrpci_conn_close_now(qrpc_conn *c, const ngtcp2_ccerr *ccerr, int linger);
  * is told with an application close carrying peer_reason if there is one
  * and the handshake started, and c is freed. */
 void qrpci_conn_discard(qrpc_conn *c, const char *peer_reason);
+/* Closes an outgoing connection whose endpoint (qrpc_conn_opts.via) is
+ * being freed, as qrpci_conn_discard() does, and detaches it from the
+ * endpoint's socket; the application still frees it. */
+void qrpci_conn_leave_endpoint(qrpc_conn *c, const char *peer_reason);
 /* Keeps a copy of the peer's chain (peer first) for
  * qrpc_conn_peer_certs(); out of memory leaves it empty. */
 void qrpci_conn_keep_chain(qrpc_conn *c, const qrpc_cert *chain, size_t n);

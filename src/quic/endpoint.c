@@ -78,7 +78,32 @@ void qrpci_endpoint_conn_established(qrpc_endpoint *ep, qrpc_conn *c) {
     c->counted_handshake = 0;
     ep->nhandshaking--;
   }
-  ep->stats.accepted++;
+  if (c->is_server) ep->stats.accepted++;
+}
+
+void qrpci_endpoint_ref(qrpc_endpoint *ep) { ep->refs++; }
+
+static void endpoint_release(qrpc_endpoint *ep) {
+  if (ep->tls) qrpc_tls_config_free(ep->tls);
+  free(ep);
+}
+
+void qrpci_endpoint_unref(qrpc_endpoint *ep) {
+  if (--ep->refs == 0) endpoint_release(ep);
+}
+
+int qrpci_endpoint_attach(qrpc_endpoint *ep, qrpc_conn *c,
+                          const struct sockaddr *peer, const ngtcp2_cid *scid) {
+  if (ep->freed) return QRPC_ECLOSED;
+  if (peer->sa_family != ep->local.ss_family) return QRPC_EINVAL;
+  if (qrpci_endpoint_map_cid(ep, scid, c) != 0) return QRPC_ENOMEM;
+  c->ep = ep;
+  c->sock = &ep->sock;
+  memcpy(&c->local, &ep->local, ep->locallen);
+  c->locallen = ep->locallen;
+  qrpci_list_push_back(&ep->conns, &c->ep_node);
+  ep->nconns++;
+  return 0;
 }
 
 void qrpci_endpoint_conn_closed(qrpc_endpoint *ep, qrpc_conn *c) {
@@ -305,6 +330,11 @@ static void accept_new(qrpc_endpoint *ep, const ngtcp2_path *path,
     ep->stats.packets_dropped++;
     return;
   }
+  if (!ep->tls) {
+    /* An endpoint for outgoing connections answers no handshake. */
+    ep->stats.packets_dropped++;
+    return;
+  }
   if (ep->nconns >= ep->opts.max_connections ||
       ep->nhandshaking >= ep->opts.max_handshakes) {
     ep->stats.refused++;
@@ -508,16 +538,17 @@ static int endpoint_create(qrpc_loop *loop, qrpc_tls_config *tls,
                            const qrpc_endpoint_opts *opts,
                            const qrpc_conn_callbacks *cbs, void *user_data,
                            qrpc_endpoint **out) {
-  if (!loop || !tls || !out) return QRPC_EINVAL;
+  if (!loop || !out) return QRPC_EINVAL;
   if (opts && (opts->size != sizeof(*opts) ||
                !qrpci_conn_opts_valid(&opts->conn) ||
                opts->conn.max_streams_bidi < QRPCI_MIN_PEER_STREAMS_BIDI ||
                opts->max_connections == 0 || opts->max_handshakes == 0))
     return QRPC_EINVAL;
-  int trv = qrpci_tls_config_check_server(tls);
+  int trv = tls ? qrpci_tls_config_check_server(tls) : 0;
   if (trv != 0) return trv;
   qrpc_endpoint *ep = calloc(1, sizeof(*ep));
   if (!ep) return QRPC_ENOMEM;
+  ep->refs = 1;
   ep->loop = loop;
   ep->sock.fd = -1;
   qrpci_list_init(&ep->conns);
@@ -529,14 +560,16 @@ static int endpoint_create(qrpc_loop *loop, qrpc_tls_config *tls,
   if (cbs) ep->cbs = *cbs;
   ep->user_data = user_data;
   ep->tls = tls;
-  qrpci_tls_config_ref(tls);
+  if (tls) qrpci_tls_config_ref(tls);
   int rv = QRPC_ENOMEM;
   if (!(ep->cids = qrpci_cidmap_new())) goto fail;
   /* From the server key: a restarted server, a twin with the same key, or
    * another worker of the same server makes the same stateless-reset
-   * tokens and accepts the same Retry tokens. */
-  if (qrpci_tls_derive(tls, "qrpc endpoint secret", 0, ep->secret,
-                       sizeof(ep->secret)) != 0)
+   * tokens and accepts the same Retry tokens. With no key (outgoing
+   * connections only), random: its tokens need not outlive it. */
+  if (tls ? qrpci_tls_derive(tls, "qrpc endpoint secret", 0, ep->secret,
+                             sizeof(ep->secret)) != 0
+          : qrpci_tls_rand(ep->secret, sizeof(ep->secret)) != 0)
     goto fail;
   *out = ep;
   return 0;
@@ -569,9 +602,23 @@ int qrpc_endpoint_listen(qrpc_loop *loop, const char *addr,
                          const qrpc_endpoint_opts *opts,
                          const qrpc_conn_callbacks *cbs, void *user_data,
                          qrpc_endpoint **out) {
-  if (!addr) return QRPC_EINVAL;
+  if (!addr || !tls) return QRPC_EINVAL;
   qrpc_endpoint *ep;
   int rv = endpoint_create(loop, tls, opts, cbs, user_data, &ep);
+  if (rv != 0) return rv;
+  if ((rv = bind_socket(ep, addr)) != 0 || (rv = endpoint_start(ep)) != 0) {
+    qrpc_endpoint_free(ep);
+    return rv;
+  }
+  *out = ep;
+  return 0;
+}
+
+int qrpc_endpoint_open(qrpc_loop *loop, const char *addr,
+                       const qrpc_endpoint_opts *opts, qrpc_endpoint **out) {
+  if (!addr) return QRPC_EINVAL;
+  qrpc_endpoint *ep;
+  int rv = endpoint_create(loop, NULL, opts, NULL, NULL, &ep);
   if (rv != 0) return rv;
   if ((rv = bind_socket(ep, addr)) != 0 || (rv = endpoint_start(ep)) != 0) {
     qrpc_endpoint_free(ep);
@@ -658,18 +705,24 @@ void qrpc_endpoint_get_stats(qrpc_endpoint *ep, qrpc_endpoint_stats *st) {
 
 static void endpoint_free(qrpc_endpoint *ep, const char *peer_reason) {
   if (!ep) return;
+  ep->freed = 1;
   while (!qrpci_list_empty(&ep->conns)) {
-    qrpci_conn_discard(
-        QRPCI_CONTAINER_OF(ep->conns.next, qrpc_conn, ep_node), peer_reason);
+    qrpc_conn *c = QRPCI_CONTAINER_OF(ep->conns.next, qrpc_conn, ep_node);
+    if (c->is_server)
+      qrpci_conn_discard(c, peer_reason);
+    else
+      qrpci_conn_leave_endpoint(c, peer_reason);
   }
   if (ep->read_ev) event_free(ep->read_ev);
+  ep->read_ev = NULL;
   if (ep->inbox_ev) event_free(ep->inbox_ev);
+  ep->inbox_ev = NULL;
   if (ep->group) qrpci_wgroup_forget(ep->group, ep->widx);
   inbox_free(ep);
   qrpci_sock_close(&ep->sock);
   qrpci_cidmap_free(ep->cids);
-  if (ep->tls) qrpc_tls_config_free(ep->tls);
-  free(ep);
+  ep->cids = NULL;
+  qrpci_endpoint_unref(ep);
 }
 
 void qrpc_endpoint_free(qrpc_endpoint *ep) {

@@ -55,6 +55,11 @@ struct qrpc_endpoint {
   int inbox_mu_init;
   qrpci_handoff *inbox_head, *inbox_tail;
   size_t inbox_len;
+  /* The application's reference and one per outgoing connection through
+   * it (qrpc_conn_opts.via): the struct outlives qrpc_endpoint_free()
+   * while such connections exist, with its socket closed and freed set. */
+  size_t refs;
+  int freed;
 };
 
 /* Fills cid with len random bytes, the worker index in a group's
@@ -75,6 +80,15 @@ qrpc_endpoint *qrpci_wgroup_endpoint(qrpci_wgroup *g, size_t idx);
 void qrpci_wgroup_forget(qrpci_wgroup *g, size_t idx);
 
 void qrpci_endpoint_conn_gone(qrpc_endpoint *ep, qrpc_conn *c);
+/* An outgoing connection through ep (qrpc_conn_opts.via) takes a
+ * reference at qrpc_conn_connect() and gives it back when freed. */
+void qrpci_endpoint_ref(qrpc_endpoint *ep);
+void qrpci_endpoint_unref(qrpc_endpoint *ep);
+/* Joins client connection c to ep's socket and id map, scid its first
+ * id. Errors: QRPC_ECLOSED (ep was freed), QRPC_EINVAL (other address
+ * family than the server's), QRPC_ENOMEM. */
+int qrpci_endpoint_attach(qrpc_endpoint *ep, qrpc_conn *c,
+                          const struct sockaddr *peer, const ngtcp2_cid *scid);
 void qrpci_endpoint_conn_closed(qrpc_endpoint *ep, qrpc_conn *c);
 void qrpci_endpoint_conn_established(qrpc_endpoint *ep, qrpc_conn *c);
 int qrpci_endpoint_map_cid(qrpc_endpoint *ep, const ngtcp2_cid *cid,
