@@ -193,6 +193,7 @@ size_t bench_client_common_flags(bench_flag *flags, size_t n,
   c->duration_s = 5;
   c->json = 0;
   c->qlog_dir = NULL;
+  c->shared_socket = 0;
   const bench_flag common[] = {
       {"--host", BENCH_FLAG_STR, &c->host, 0, 0, NULL, "HOST",
        "the server's address", 0, 0},
@@ -218,6 +219,10 @@ size_t bench_client_common_flags(bench_flag *flags, size_t n,
       {"--qlog", BENCH_FLAG_STR, &c->qlog_dir, 0, 0, NULL, "DIR",
        "write a qlog file per connection into DIR (slows the run; for "
        "diagnosis)",
+       0, 0},
+      {"--shared-socket", BENCH_FLAG_BOOL, &c->shared_socket, 0, 0, NULL, NULL,
+       "make every connection of this client through one UDP socket "
+       "(qrpc_endpoint_open, qrpc_conn_opts.via) instead of one each",
        0, 0},
   };
   for (size_t i = 0; i < sizeof(common) / sizeof(common[0]); i++)

@@ -50,6 +50,7 @@ typedef struct bench_client_common {
   double duration_s;
   int json;
   const char *qlog_dir;
+  int shared_socket; /* all connections through one socket */
   bench_sim sim;
 } bench_client_common;
 

@@ -38,6 +38,18 @@ int bench_client_env_init(bench_client_env *e, const char *prog,
     e->base = NULL;
     return 1;
   }
+  if (c->shared_socket) {
+    /* Any local address of the server's family: a bracketed or colon
+     * host is IPv6. */
+    const char *any = strchr(c->host, ':') ? "[::]:0" : "0.0.0.0:0";
+    rc = qrpc_endpoint_open(e->loop, any, NULL, &e->shared);
+    if (rc != 0) {
+      fprintf(stderr, "%s: cannot open the shared socket: %s\n", prog,
+              qrpc_strerror(rc));
+      bench_client_env_cleanup(e);
+      return 1;
+    }
+  }
   return 0;
 }
 
@@ -46,6 +58,8 @@ void bench_client_env_cleanup(bench_client_env *e) {
   e->tls = NULL;
   if (e->loop == NULL) return;
   qrpc_loop_run_for(e->loop, CLOSE_FLUSH_MS);
+  qrpc_endpoint_free(e->shared);
+  e->shared = NULL;
   bench_loop_free(e->loop, e->base);
   e->loop = NULL;
   e->base = NULL;

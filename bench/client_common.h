@@ -13,6 +13,7 @@ typedef struct bench_client_env {
   qrpc_loop *loop;
   struct event_base *base; /* the loop's, with precise timers */
   qrpc_tls_config *tls;
+  qrpc_endpoint *shared; /* --shared-socket: set qrpc_conn_opts.via to it */
   char addr[300]; /* "host:port" */
 } bench_client_env;
 
@@ -24,8 +25,8 @@ int bench_client_env_init(bench_client_env *e, const char *prog,
                           int precise);
 
 /* Frees the TLS config, lets the loop send the closes of connections
- * already closed for a moment, and frees the loop. Everything on it must
- * be freed first. */
+ * already closed for a moment, frees the shared socket's endpoint and the
+ * loop. Everything on it must be freed first. */
 void bench_client_env_cleanup(bench_client_env *e);
 
 /* The client options every family starts from: SNI from --tls-name,

@@ -228,6 +228,7 @@ int bench_client_idle(const char *prog, int argc, char **argv) {
   qrpc_conn_opts_default(&b->co);
   b->co.handshake_timeout_ms = HANDSHAKE_TIMEOUT_MS;
   b->co.qlog_dir = b->o.c.qlog_dir;
+  b->co.via = b->env.shared;
   bench_sim_apply(&b->o.c.sim, &b->co);
   b->co.idle_timeout_ms =
       (uint64_t)((b->o.c.warmup_s + b->o.c.duration_s + IDLE_SLACK_S) * 1e3);

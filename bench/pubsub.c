@@ -239,6 +239,7 @@ static int open_clients(ps_bench *b, ps_sub *pub_state) {
   qrpc_broker_client_opts o;
   qrpc_broker_client_opts_default(&o);
   bench_client_opts(&b->o.c, &o.client);
+  o.client.conn.via = b->env.shared;
   o.on_ready = on_ready;
   o.on_disconnect = on_disconnect;
   char other[300];

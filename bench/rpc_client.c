@@ -731,6 +731,7 @@ int bench_client_rpc(const char *prog, int argc, char **argv) {
   int precise = b->o.mode == MODE_CONNECT && b->o.handshake == HS_0RTT;
   if (bench_client_env_init(&b->env, prog, &b->o.c, fds, precise) != 0)
     goto out;
+  b->co.conn.via = b->env.shared;
   if (b->o.mode == MODE_CONNECT && b->o.handshake == HS_FULL &&
       (rc = qrpc_tls_config_set_resumption(b->env.tls, 0)) != 0) {
     fprintf(stderr, "%s: cannot turn resumption off: %s\n", prog,

@@ -150,6 +150,7 @@ static void on_disconnect(qrpc_client *cli, const qrpc_close_info *info,
 static int open_clients(world_bench *g) {
   qrpc_client_opts co;
   bench_client_opts(&g->c, &co);
+  co.conn.via = g->env.shared;
   co.on_connect = on_connect;
   co.on_disconnect = on_disconnect;
   qrpc_dgram_opts o;
