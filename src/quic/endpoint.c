@@ -584,6 +584,7 @@ static int endpoint_start(qrpc_endpoint *ep) {
   ep->locallen = sizeof(ep->local);
   if (getsockname(ep->sock.fd, (struct sockaddr *)&ep->local, &ep->locallen))
     return QRPC_ESYSTEM;
+  qrpci_sock_grow_rcvbuf(&ep->sock);
   if (qrpci_sock_watch(&ep->sock, loop->base, ep_writable, ep) != 0 ||
       qrpci_sock_enable_txq(&ep->sock, loop) != 0)
     return QRPC_ENOMEM;
@@ -730,3 +731,7 @@ void qrpc_endpoint_free(qrpc_endpoint *ep) {
 }
 
 void qrpci_endpoint_vanish(qrpc_endpoint *ep) { endpoint_free(ep, NULL); }
+
+void qrpci_endpoint_set_rcvbuf(qrpc_endpoint *ep, int bytes) {
+  setsockopt(ep->sock.fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes));
+}

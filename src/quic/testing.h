@@ -26,6 +26,10 @@ size_t qrpci_loop_conn_count(qrpc_loop *loop);
  * socket closes. Not from inside a callback of the endpoint. */
 void qrpci_endpoint_vanish(qrpc_endpoint *ep);
 
+/* Sets the endpoint socket's receive buffer to bytes (SO_RCVBUF), below
+ * what endpoints ask for, so a test can overflow it with a known flood. */
+void qrpci_endpoint_set_rcvbuf(qrpc_endpoint *ep, int bytes);
+
 /* Makes a client connection deaf and mute, as if its machine lost power:
  * it reads nothing more and sends nothing more. It stays allocated until
  * it is closed or times out. */

@@ -91,6 +91,32 @@ int qrpci_sock_open(qrpci_sock *s, int family) {
   return 0;
 }
 
+/* A socket that many connections share takes bursts for all of them at
+ * once: a broker's fan-out to a thousand subscribers arriving at one
+ * client process, or a thousand clients' packets at a server. What the
+ * buffer cannot hold is dropped, and each drop stalls its connection for
+ * a loss recovery. A limit, not an allocation: the kernel charges only
+ * what is queued. */
+#define QRPCI_EP_RCVBUF (64 * 1024 * 1024)
+
+void qrpci_sock_grow_rcvbuf(qrpci_sock *s) {
+  static int told;
+  int v = QRPCI_EP_RCVBUF;
+  if (setsockopt(s->fd, SOL_SOCKET, SO_RCVBUFFORCE, &v, sizeof(v)) == 0)
+    return;
+  setsockopt(s->fd, SOL_SOCKET, SO_RCVBUF, &v, sizeof(v));
+  int got = 0;
+  socklen_t len = sizeof(got);
+  /* The kernel reports twice what it allows (its bookkeeping share). */
+  if (getsockopt(s->fd, SOL_SOCKET, SO_RCVBUF, &got, &len) == 0 &&
+      got / 2 < v && !told) {
+    told = 1;
+    QRPCI_INFO("udp: receive buffer %d KiB of %d asked (net.core.rmem_max); "
+               "a socket shared by many connections may drop bursts",
+               got / 2 / 1024, v / 1024);
+  }
+}
+
 static void sock_writable_cb(evutil_socket_t fd, short what, void *arg) {
   qrpci_sock *s = arg;
   s->blocked = 0;

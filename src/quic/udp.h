@@ -48,6 +48,11 @@ typedef struct qrpci_sock {
 } qrpci_sock;
 
 int qrpci_sock_open(qrpci_sock *s, int family);
+/* Raises the receive buffer of an endpoint's socket, which many
+ * connections share, to QRPCI_EP_RCVBUF: beyond net.core.rmem_max when
+ * the process may (CAP_NET_ADMIN), else as far as that allows, saying so
+ * once per process at info level. */
+void qrpci_sock_grow_rcvbuf(qrpci_sock *s);
 /* Packets the kernel has dropped on s since it opened, nearly all for a
  * full receive buffer (the owner did not read fast enough); 0 if the
  * kernel does not say. One system call. */
