@@ -102,8 +102,7 @@ int qrpci_sock_open(qrpci_sock *s, int family) {
 void qrpci_sock_grow_rcvbuf(qrpci_sock *s) {
   static int told;
   int v = QRPCI_EP_RCVBUF;
-  if (setsockopt(s->fd, SOL_SOCKET, SO_RCVBUFFORCE, &v, sizeof(v)) == 0)
-    return;
+  if (setsockopt(s->fd, SOL_SOCKET, SO_RCVBUFFORCE, &v, sizeof(v)) == 0) return;
   setsockopt(s->fd, SOL_SOCKET, SO_RCVBUF, &v, sizeof(v));
   int got = 0;
   socklen_t len = sizeof(got);
