@@ -194,6 +194,7 @@ size_t bench_client_common_flags(bench_flag *flags, size_t n,
   c->json = 0;
   c->qlog_dir = NULL;
   c->shared_socket = 0;
+  c->busy_poll_us = 0;
   const bench_flag common[] = {
       {"--host", BENCH_FLAG_STR, &c->host, 0, 0, NULL, "HOST",
        "the server's address", 0, 0},
@@ -223,6 +224,11 @@ size_t bench_client_common_flags(bench_flag *flags, size_t n,
       {"--shared-socket", BENCH_FLAG_BOOL, &c->shared_socket, 0, 0, NULL, NULL,
        "make every connection of this client through one UDP socket "
        "(qrpc_endpoint_open, qrpc_conn_opts.via) instead of one each",
+       0, 0},
+      {"--busy-poll", BENCH_FLAG_UINT, &c->busy_poll_us, 0, 1000000, NULL,
+       "US",
+       "poll without sleeping for US microseconds after the last packet "
+       "(qrpc_loop_set_busy_poll; uses the whole CPU meanwhile)",
        0, 0},
   };
   for (size_t i = 0; i < sizeof(common) / sizeof(common[0]); i++)

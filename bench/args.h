@@ -51,6 +51,7 @@ typedef struct bench_client_common {
   int json;
   const char *qlog_dir;
   int shared_socket; /* all connections through one socket */
+  uint64_t busy_poll_us; /* qrpc_loop_set_busy_poll(); 0: off */
   bench_sim sim;
 } bench_client_common;
 

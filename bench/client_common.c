@@ -31,6 +31,7 @@ int bench_client_env_init(bench_client_env *e, const char *prog,
             qrpc_strerror(rc));
     return 1;
   }
+  qrpc_loop_set_busy_poll(e->loop, (uint32_t)c->busy_poll_us);
   if (bench_tls_client(prog, c->tls_ca, c->tls_cert, c->tls_key, &e->tls) !=
       0) {
     bench_loop_free(e->loop, e->base);

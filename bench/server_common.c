@@ -17,6 +17,7 @@ size_t bench_server_common_flags(bench_flag *flags, size_t n,
   c->precise_timers = 0;
   c->base = NULL;
   c->metrics = NULL;
+  c->busy_poll_us = 0;
   const bench_flag common[] = {
       {"--host", BENCH_FLAG_STR, &c->host, 0, 0, NULL, "HOST",
        "the address to listen on", 0, 0},
@@ -44,6 +45,11 @@ size_t bench_server_common_flags(bench_flag *flags, size_t n,
        0},
       {"--metrics", BENCH_FLAG_STR, &c->metrics, 0, 0, NULL, "HOST:PORT",
        "serve Prometheus metrics at /metrics there (docs/api.md)", 0, 0},
+      {"--busy-poll", BENCH_FLAG_UINT, &c->busy_poll_us, 0, 1000000, NULL,
+       "US",
+       "poll without sleeping for US microseconds after the last packet "
+       "(qrpc_loop_set_busy_poll; uses the whole CPU meanwhile)",
+       0, 0},
   };
   for (size_t i = 0; i < sizeof(common) / sizeof(common[0]); i++)
     if (n < BENCH_MAX_FLAGS) flags[n++] = common[i];
@@ -86,6 +92,7 @@ int bench_server_start(const char *prog, bench_server_common *c,
             qrpc_strerror(rc));
     return 1;
   }
+  qrpc_loop_set_busy_poll(*loop, (uint32_t)c->busy_poll_us);
   qrpc_tls_config *tls = NULL;
   if (bench_tls_server(prog, c->tls_cert, c->tls_key, c->tls_client_ca, &tls) !=
       0) {

@@ -20,6 +20,7 @@ typedef struct bench_server_common {
   int precise_timers;       /* set by the family before bench_server_start() */
   struct event_base *base;  /* the loop's, when precise_timers */
   const char *metrics;      /* --metrics HOST:PORT, or NULL */
+  uint64_t busy_poll_us;    /* qrpc_loop_set_busy_poll(); 0: off */
   bench_sim sim;            /* --loss, --delay, ... */
 } bench_server_common;
 

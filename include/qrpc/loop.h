@@ -49,6 +49,19 @@ int qrpc_loop_run_for(qrpc_loop *loop, uint64_t timeout_ms);
  * only; from other threads, post a function that calls it. */
 void qrpc_loop_stop(qrpc_loop *loop);
 
+/* Busy polling, for latency at the cost of a core: after the last packet
+ * the loop read, sent or was handed (qrpc_loop_post()), qrpc_loop_run()
+ * and qrpc_loop_run_for() keep polling without blocking for usec
+ * microseconds before they go to sleep in the kernel again. A request
+ * that comes in meanwhile is picked up without the wake-up of a sleeping
+ * thread (an interrupt to its CPU and a context switch, tens of
+ * microseconds on some virtual machines). The loop's thread then uses its
+ * whole CPU while traffic flows and for usec after it stops. 0, the
+ * default, turns it off. Timers keep their times either way. Loop thread
+ * only; takes effect at the next qrpc_loop_run() or qrpc_loop_run_for().
+ * Errors: QRPC_EINVAL (NULL loop, or more than 1,000,000 usec). */
+int qrpc_loop_set_busy_poll(qrpc_loop *loop, uint32_t usec);
+
 /* Queues fn(loop, arg) to run on the loop thread, in posting order. Any
  * thread may call this. arg stays owned by the caller; fn runs exactly once
  * unless the loop is freed first, in which case it never runs.

@@ -1210,6 +1210,7 @@ static void handshake_unreachable(qrpc_conn *c, int err) {
 
 static void client_read_cb(evutil_socket_t fd, short what, void *arg) {
   qrpc_conn *c = arg;
+  c->loop->activity++;
   c->own_sock.icmp_error = 0;
   qrpci_sock_recv_batch(&c->own_sock, c->loop->rxbufs, client_pkt, c);
   if (c->own_sock.icmp_error && c->state == QRPCI_CONN_HANDSHAKING &&

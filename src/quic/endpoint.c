@@ -497,6 +497,7 @@ static void ep_pkt_here(qrpc_endpoint *ep, const struct sockaddr *from,
 
 static void ep_read_cb(evutil_socket_t fd, short what, void *arg) {
   qrpc_endpoint *ep = arg;
+  ep->loop->activity++;
   qrpci_sock_recv_batch(&ep->sock, ep->loop->rxbufs, ep_pkt, ep);
 }
 

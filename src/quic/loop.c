@@ -29,6 +29,7 @@ struct qrpci_post {
  * dirty, so frames queued by many calls leave in as few packets as possible. */
 static void flush_cb(evutil_socket_t fd, short what, void *arg) {
   qrpc_loop *loop = arg;
+  loop->activity++;
   qrpci_list work;
   qrpci_list_init(&work);
   /* Detach the list first: writing may mark other connections dirty, which
@@ -63,6 +64,7 @@ void qrpci_loop_mark_dirty(qrpc_loop *loop, qrpc_conn *c) {
 
 static void post_cb(evutil_socket_t fd, short what, void *arg) {
   qrpc_loop *loop = arg;
+  loop->activity++;
   pthread_mutex_lock(&loop->post_mu);
   qrpci_post *p = loop->post_head;
   loop->post_head = loop->post_tail = NULL;
@@ -134,27 +136,62 @@ struct event_base *qrpc_loop_base(qrpc_loop *loop) { return loop->base; }
 
 uint64_t qrpc_loop_now_ns(qrpc_loop *loop) { return qrpci_now_ns(); }
 
-int qrpc_loop_run(qrpc_loop *loop) {
+int qrpc_loop_set_busy_poll(qrpc_loop *loop, uint32_t usec) {
+  if (!loop || usec > 1000000) return QRPC_EINVAL;
+  loop->busy_poll_ns = (uint64_t)usec * 1000;
+  return 0;
+}
+
+/* Turns without blocking while anything happened within busy_poll_ns,
+ * then one turn that blocks until an event. */
+static int run_busy(qrpc_loop *loop) {
+  loop->stop = 0;
+  uint64_t seen = loop->activity, idle_since = qrpci_now_ns();
+  for (;;) {
+    int rv = event_base_loop(loop->base, EVLOOP_NONBLOCK);
+    if (rv < 0) return QRPC_ESYSTEM;
+    if (rv == 1 || loop->stop || event_base_got_break(loop->base)) return 0;
+    uint64_t now = qrpci_now_ns();
+    if (loop->activity != seen) {
+      seen = loop->activity;
+      idle_since = now;
+    } else if (now - idle_since >= loop->busy_poll_ns) {
+      rv = event_base_loop(loop->base, EVLOOP_ONCE);
+      if (rv < 0) return QRPC_ESYSTEM;
+      if (rv == 1 || loop->stop || event_base_got_break(loop->base)) return 0;
+      seen = loop->activity;
+      idle_since = qrpci_now_ns();
+    }
+  }
+}
+
+static int run(qrpc_loop *loop) {
+  if (loop->busy_poll_ns) return run_busy(loop);
   return event_base_dispatch(loop->base) < 0 ? QRPC_ESYSTEM : 0;
 }
 
+int qrpc_loop_run(qrpc_loop *loop) { return run(loop); }
+
 static void run_for_expired(evutil_socket_t fd, short what, void *arg) {
-  event_base_loopbreak(arg);
+  qrpc_loop_stop(arg);
 }
 
 int qrpc_loop_run_for(qrpc_loop *loop, uint64_t timeout_ms) {
   /* A timer of our own rather than event_base_loopexit(), whose pending
    * exit would cut short a later run if this one ends early. */
-  struct event *t = evtimer_new(loop->base, run_for_expired, loop->base);
+  struct event *t = evtimer_new(loop->base, run_for_expired, loop);
   if (!t) return QRPC_ENOMEM;
   struct timeval tv = qrpci_ns_to_tv(timeout_ms * QRPCI_NS_PER_MS);
   evtimer_add(t, &tv);
-  int rv = event_base_dispatch(loop->base);
+  int rv = run(loop);
   event_free(t);
-  return rv < 0 ? QRPC_ESYSTEM : 0;
+  return rv;
 }
 
-void qrpc_loop_stop(qrpc_loop *loop) { event_base_loopbreak(loop->base); }
+void qrpc_loop_stop(qrpc_loop *loop) {
+  loop->stop = 1;
+  event_base_loopbreak(loop->base);
+}
 
 int qrpc_loop_post(qrpc_loop *loop, qrpc_loop_fn fn, void *arg) {
   if (!loop || !fn) return QRPC_EINVAL;

@@ -35,6 +35,9 @@ struct qrpc_loop {
   qrpci_list txq_socks;     /* sockets with packets queued for sendmmsg */
   qrpci_list timers;        /* qrpc_timer objects, freed with the loop */
   qrpci_list signals;       /* qrpc_signal watches, freed with the loop */
+  uint64_t busy_poll_ns;    /* qrpc_loop_set_busy_poll(); 0: off */
+  uint64_t activity;        /* grows with every read, flush and post */
+  int stop;                 /* qrpc_loop_stop() during a busy-polled run */
 };
 
 void qrpci_loop_mark_dirty(qrpc_loop *loop, qrpc_conn *c);
