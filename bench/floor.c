@@ -5,7 +5,9 @@
  * UDP or TCP (--proto) with blocking send and receive calls: no QUIC, no
  * TLS, no event loop, one message in flight. A unary call with one in
  * flight is that round trip plus qrpc's own work on both sides, so the
- * ratio of the two is what qrpc costs.
+ * ratio of the two is what qrpc costs. With --busy (UDP) both ends poll
+ * their socket without sleeping, the floor for qrpc's busy-polled loops
+ * (qrpc_loop_set_busy_poll(), --busy-poll).
  *
  * RESULT: rtt_per_s (round trips a second in the measured window),
  * p50_us and p99_us (each round trip's time), and errors.
@@ -32,6 +34,7 @@
 
 typedef struct floor_run {
   int tcp;
+  int busy; /* UDP: poll with MSG_DONTWAIT instead of sleeping in recv */
   size_t payload;
   int srv_fd; /* UDP: the echo socket; TCP: the listener */
   atomic_int stop;
@@ -79,6 +82,20 @@ static int send_full(int fd, const uint8_t *buf, size_t n) {
   return 0;
 }
 
+/* A datagram, received as recvfrom() would, but polling without sleeping
+ * when f->busy; gives up (EAGAIN) after a second, like the blocking
+ * receive's timeout, or when the run is stopping. */
+static ssize_t floor_recv(floor_run *f, int fd, uint8_t *buf, size_t n,
+                          struct sockaddr *from, socklen_t *fl) {
+  if (!f->busy) return recvfrom(fd, buf, n, 0, from, fl);
+  uint64_t until = bench_now_ns() + UINT64_C(1000000000);
+  for (;;) {
+    ssize_t r = recvfrom(fd, buf, n, MSG_DONTWAIT, from, fl);
+    if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) return r;
+    if (atomic_load(&f->stop) || bench_now_ns() > until) return -1;
+  }
+}
+
 /* The echo side: sends back whatever arrives until stopped. */
 static void *echo_main(void *arg) {
   floor_run *f = arg;
@@ -101,11 +118,11 @@ static void *echo_main(void *arg) {
     for (;;) {
       struct sockaddr_storage from;
       socklen_t fl = sizeof(from);
-      ssize_t r = recvfrom(f->srv_fd, buf, f->payload, 0,
-                           (struct sockaddr *)&from, &fl);
+      ssize_t r = floor_recv(f, f->srv_fd, buf, f->payload,
+                             (struct sockaddr *)&from, &fl);
       if (atomic_load(&f->stop)) break;
       if (r < 0) {
-        if (errno == EINTR) continue;
+        if (errno == EINTR || (f->busy && errno == EAGAIN)) continue;
         f->echo_error = 1;
         break;
       }
@@ -157,7 +174,8 @@ static uint64_t bounce(int fd, floor_run *f, uint8_t *buf, uint64_t until_ns,
     int bad = f->tcp ? send_full(fd, buf, f->payload) != 0 ||
                            read_full(fd, buf, f->payload) != 0
                      : send(fd, buf, f->payload, 0) < 0 ||
-                           recv(fd, buf, f->payload, 0) != (ssize_t)f->payload;
+                           floor_recv(f, fd, buf, f->payload, NULL, NULL) !=
+                               (ssize_t)f->payload;
     uint64_t t = bench_now_ns();
     if (bad) {
       if (++*errors > 10) break;
@@ -224,6 +242,7 @@ static int run(const char *prog, floor_run *f, double warmup_s,
   bench_report_param_text(&r, "family", "floor");
   bench_report_param_text(&r, "proto", f->tcp ? "tcp" : "udp");
   bench_report_param_uint(&r, "payload", f->payload);
+  bench_report_param_uint(&r, "busy", (uint64_t)f->busy);
   bench_report_param_num(&r, "warmup_s", warmup_s);
   bench_report_param_num(&r, "duration_s", duration_s);
   bench_report_param_uint(&r, "pinned", cpu >= 0 && f->echo_cpu >= 0);
@@ -232,9 +251,10 @@ static int run(const char *prog, floor_run *f, double warmup_s,
   bench_report_num(&r, "p99_us", bench_hist_quantile(&h, 0.99) / 1e3, 1);
   bench_report_uint(&r, "errors", errors);
   fprintf(stderr,
-          "%s: %s floor, %zu B: %.0f round trips/s, p50 %.1f us, p99 %.1f us "
-          "(%s)\n",
-          prog, f->tcp ? "TCP" : "UDP", f->payload,
+          "%s: %s%s floor, %zu B: %.0f round trips/s, p50 %.1f us, p99 %.1f "
+          "us (%s)\n",
+          prog, f->tcp ? "TCP" : "UDP", f->busy ? " busy-polled" : "",
+          f->payload,
           secs > 0 ? (double)n / secs : 0, bench_hist_quantile(&h, 0.50) / 1e3,
           bench_hist_quantile(&h, 0.99) / 1e3,
           cpu >= 0 && f->echo_cpu >= 0 ? "the two ends on CPUs 0 and 1"
@@ -245,7 +265,7 @@ static int run(const char *prog, floor_run *f, double warmup_s,
 
 int bench_client_floor(const char *prog, int argc, char **argv) {
   static const char *const protos[] = {"udp", "tcp", NULL};
-  int proto = 0, json = 0;
+  int proto = 0, json = 0, busy = 0;
   uint64_t payload = 64;
   double warmup_s = 1, duration_s = 5;
   bench_flag flags[] = {
@@ -259,9 +279,14 @@ int bench_client_floor(const char *prog, int argc, char **argv) {
        "seconds measured", 0, 0},
       {"--json", BENCH_FLAG_BOOL, &json, 0, 0, NULL, NULL,
        "also print the result as one JSON line", 0, 0},
+      {"--busy", BENCH_FLAG_BOOL, &busy, 0, 0, NULL, NULL,
+       "UDP: both ends poll without sleeping (the floor of --busy-poll)", 0,
+       0},
   };
   int rc = bench_args_parse(
-      prog, "[--proto udp|tcp] [--payload BYTES] [--warmup S] [--duration S]",
+      prog,
+      "[--proto udp|tcp] [--payload BYTES] [--warmup S] [--duration S] "
+      "[--busy]",
       "The machine's floor for one round trip: two threads of this process\n"
       "(on CPUs 0 and 1 when there are two) bounce the payload over\n"
       "loopback, no QUIC, no TLS, one in flight. Prints RESULT with\n"
@@ -269,6 +294,10 @@ int bench_client_floor(const char *prog, int argc, char **argv) {
       "ratio to it, measured in the same run.",
       flags, sizeof(flags) / sizeof(flags[0]), argc, argv);
   if (rc != 0) return rc == 1 ? 0 : 2;
-  floor_run f = {.tcp = proto == 1, .payload = (size_t)payload};
+  if (busy && proto == 1) {
+    fprintf(stderr, "%s: --busy applies to --proto udp\n", prog);
+    return 2;
+  }
+  floor_run f = {.tcp = proto == 1, .busy = busy, .payload = (size_t)payload};
   return run(prog, &f, warmup_s, duration_s, json);
 }
