@@ -42,6 +42,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/event.h>
+
 #include "qrpc/broker.h"
 #include "qrpc/dgram.h"
 #include "qrpc/error.h"
@@ -182,6 +184,14 @@ struct bworker {
   btarget *tgt;        /* one per worker, for the publish at hand */
   _Atomic size_t queued_bytes;
   bstats st;
+  /* Publishes to one topic waiting for the end of the loop turn, and the
+   * subscriptions they go to (batch_fanout()). */
+  qrpci_bmsg **pend;
+  size_t npend, pend_cap;
+  bsub **pend_subs;
+  size_t npend_subs, pend_subs_cap;
+  struct event *pend_ev;
+  int pend_flushing;
   /* The inbox: publishes from other workers, oldest first. */
   pthread_mutex_t in_mu;
   bxfer *in_head, **in_tail;
@@ -719,6 +729,102 @@ static qrpci_bmsg *encode_delivery(const char *topic, size_t topic_len,
   return m;
 }
 
+/* ---- Batched fan-out --------------------------------------------------- */
+
+/* A publisher that sends many messages to one topic in a loop turn (a
+ * packet of publishes) has each of them fanned out to the same
+ * subscriptions. Offering message by message walks every subscription's
+ * state (its queue, request, stream and connection, several cache lines
+ * each) once per message; with a thousand subscribers that no longer fits
+ * the cache, and each delivery paid those misses. So publishes to the
+ * topic of the batch wait, each counted and answered as before, until the
+ * end of the loop turn, and are then offered subscription by
+ * subscription, in order. Only for one worker, no cluster, and matches
+ * that are all plain reliable subscriptions (queue groups pick a member
+ * per message; realtime ones encode per message). Anything that could
+ * see or change the order flushes first: another topic, a publish that
+ * does not batch, a new subscription (tree_write()); a subscription being
+ * freed leaves the batch. */
+
+static void pend_flush(bworker *w) {
+  size_t n = w->npend;
+  if (n == 0 || w->pend_flushing) return;
+  /* The batch stays in place meanwhile, so that a subscription freed by
+   * an offer's consequences leaves it (pend_forget()). */
+  w->pend_flushing = 1;
+  for (size_t i = 0; i < w->npend_subs; i++) {
+    for (size_t j = 0; w->pend_subs[i] && j < n; j++) {
+      bsub *s = w->pend_subs[i];
+      if (qrpci_list_linked(&s->conn->doomed)) break;
+      sub_offer(s, w->pend[j]);
+    }
+  }
+  for (size_t j = 0; j < n; j++) qrpci_bmsg_unref(w->pend[j]);
+  w->npend = w->npend_subs = 0;
+  w->pend_flushing = 0;
+}
+
+static void pend_cb(evutil_socket_t fd, short what, void *arg) {
+  bworker *w = arg;
+  pend_flush(w);
+  close_doomed(w);
+}
+
+/* Leaves s out of the batch waiting (it is being freed). */
+static void pend_forget(bworker *w, bsub *s) {
+  for (size_t i = 0; w->npend && i < w->npend_subs; i++)
+    if (w->pend_subs[i] == s) w->pend_subs[i] = NULL;
+}
+
+static int batchable(const bworker *w, size_t n) {
+  if (w->b->nworkers > 1 || w->b->cluster || !w->pend_ev || w->pend_flushing)
+    return 0;
+  for (size_t i = 0; i < n; i++)
+    if (w->match[i]->cp->group_len || w->match[i]->mode != QRPC_BROKER_RELIABLE)
+      return 0;
+  return 1;
+}
+
+/* Adds m, fanned out to w->match[0..n), to the batch; 0, or -1 when it
+ * must go at once (the batch is flushed then). */
+static int batch_fanout(bworker *w, qrpci_bmsg *m, size_t n) {
+  if (n == 0) return 0; /* nobody to offer it to, nothing to order */
+  if (!batchable(w, n)) {
+    pend_flush(w);
+    return -1;
+  }
+  if (w->npend) {
+    const qrpci_bmsg *first = w->pend[0];
+    if (first->topic_len != m->topic_len ||
+        memcmp(first->topic, m->topic, m->topic_len) != 0)
+      pend_flush(w);
+  }
+  if (w->npend == w->pend_cap) {
+    size_t cap = w->pend_cap ? 2 * w->pend_cap : 64;
+    qrpci_bmsg **p = realloc(w->pend, cap * sizeof(*p));
+    if (!p) {
+      pend_flush(w);
+      return -1;
+    }
+    w->pend = p;
+    w->pend_cap = cap;
+  }
+  if (w->npend == 0) {
+    if (n > w->pend_subs_cap) {
+      bsub **p = realloc(w->pend_subs, n * sizeof(*p));
+      if (!p) return -1;
+      w->pend_subs = p;
+      w->pend_subs_cap = n;
+    }
+    memcpy(w->pend_subs, w->match, n * sizeof(*w->match));
+    w->npend_subs = n;
+    event_active(w->pend_ev, 0, 0);
+  }
+  qrpci_bmsg_ref(m);
+  w->pend[w->npend++] = m;
+  return 0;
+}
+
 /* Offers a publish on worker w to every matching subscription, and to
  * one member of each matching queue group: those of w at once, those of
  * other workers through their inboxes. *handed counts the subscriptions
@@ -758,7 +864,7 @@ static int fanout(bworker *w, qrpci_bmsg *m, size_t *handed) {
   }
   tree_done(b);
   if (shared && hand_over(w, m) != 0) return QRPC_EAGAIN;
-  offer_all(w, m, n);
+  if (batch_fanout(w, m, n) != 0) offer_all(w, m, n);
   *handed = count;
   return 0;
 }
@@ -987,6 +1093,7 @@ static void interest_del(qrpc_broker *b, bsub *s);
 
 static void sub_free(bsub *s) {
   bconn *c = s->conn;
+  pend_forget(c->w, s);
   tree_write(c->b);
   interest_del(c->b, s);
   qrpci_topic_tree_remove(c->b->tree, &s->link);
@@ -1223,6 +1330,8 @@ static bsub *sub_new(bconn *c, const Qrpc__Broker__SubscribeRequest *r,
     free(s);
     return NULL;
   }
+  /* The batch waiting goes to the subscriptions before this one. */
+  pend_flush(c->w);
   tree_write(b);
   int rv = qrpci_topic_tree_add(b->tree, s->pattern, pat.len, &s->link);
   if (rv == 0 && (rv = interest_add(b, s, group)) != 0)
@@ -1669,6 +1778,9 @@ static int workers_new(qrpc_broker *b) {
     w->in_tail = &w->in_head;
     b->nworkers = i + 1; /* freed by qrpc_broker_free() from here on */
     if (!(w->tgt = calloc(n, sizeof(*w->tgt)))) return QRPC_ENOMEM;
+    if (n == 1 &&
+        !(w->pend_ev = event_new(qrpc_loop_base(w->loop), -1, 0, pend_cb, w)))
+      return QRPC_ENOMEM;
   }
   return 0;
 }
@@ -1682,6 +1794,10 @@ static void workers_free(qrpc_broker *b) {
     for (size_t j = 0; w->tgt && j < b->nworkers; j++) free(w->tgt[j].gid);
     free(w->tgt);
     free(w->match);
+    if (w->pend_ev) event_free(w->pend_ev);
+    for (size_t j = 0; j < w->npend; j++) qrpci_bmsg_unref(w->pend[j]);
+    free(w->pend);
+    free(w->pend_subs);
   }
   free(b->w);
 }

@@ -285,6 +285,86 @@ START_TEST(test_fanout_100_reliable_in_order) {
 }
 END_TEST
 
+/* Publishes that reach the broker together are fanned out together
+ * (subscription by subscription at the end of its loop turn). Topics
+ * interleaved in one burst still reach each subscriber in order, once; a
+ * subscription confirmed between two bursts gets all of the second and
+ * nothing out of order; one cancelled meanwhile keeps an unbroken prefix. */
+START_TEST(test_batched_fanout_order) {
+  char addr[64];
+  qrpc_broker *b = broker_start(NULL, addr, sizeof(addr), NULL);
+  client ca, cb, cw, cn, cu, pub;
+  sub sa, sb, sw, sn, su;
+  client_start(&ca, addr, NULL);
+  client_start(&cb, addr, NULL);
+  client_start(&cw, addr, NULL);
+  client_start(&cu, addr, NULL);
+  client_start(&cn, addr, NULL);
+  subscribe(&ca, &sa, "t.a", NULL);
+  subscribe(&cb, &sb, "t.b", NULL);
+  subscribe(&cw, &sw, "t.*", NULL);
+  subscribe(&cu, &su, "t.a", NULL);
+  ck_assert(qt_run_until_count(loop, &sa.subscribed, 1, QT_WAIT_MS));
+  ck_assert(qt_run_until_count(loop, &sb.subscribed, 1, QT_WAIT_MS));
+  ck_assert(qt_run_until_count(loop, &sw.subscribed, 1, QT_WAIT_MS));
+  ck_assert(qt_run_until_count(loop, &su.subscribed, 1, QT_WAIT_MS));
+  client_start(&pub, addr, NULL);
+  pubs p = {0};
+  /* One burst, no loop turn in between: a, a, b, a, a, b, ... */
+  uint64_t na = 0, nb = 0;
+  for (uint64_t k = 1; k <= 300; k++) {
+    int to_b = k % 3 == 0;
+    publish_seq(&pub, &p, to_b ? "t.b" : "t.a", k, 32, 0);
+    to_b ? nb++ : na++;
+  }
+  wait_received(&sw, 300);
+  wait_received(&sa, na);
+  wait_received(&sb, nb);
+  ck_assert_uint_eq(sw.received, 300);
+  ck_assert_uint_eq(sw.out_of_order, 0);
+  ck_assert_uint_eq(sw.last_seq, 300);
+  ck_assert_uint_eq(sa.received, na);
+  ck_assert_uint_eq(sa.out_of_order, 0);
+  ck_assert_uint_eq(sb.received, nb);
+  ck_assert_uint_eq(sb.out_of_order, 0);
+  ck_assert_uint_eq(sb.last_seq, 300);
+
+  /* A second burst to t.a, with one subscriber cancelling in the middle
+   * of it; then a new subscriber, confirmed, and a third burst. */
+  for (uint64_t k = 301; k <= 400; k++) {
+    publish_seq(&pub, &p, "t.a", k, 32, 0);
+    if (k == 350) qrpc_broker_unsubscribe(su.h);
+  }
+  subscribe(&cn, &sn, "t.a", NULL);
+  ck_assert(qt_run_until_count(loop, &sn.subscribed, 1, QT_WAIT_MS));
+  for (uint64_t k = 401; k <= 500; k++) publish_seq(&pub, &p, "t.a", k, 32, 0);
+  wait_received(&sa, na + 200);
+  ck_assert_uint_eq(sa.received, na + 200);
+  ck_assert_uint_eq(sa.out_of_order, 0);
+  ck_assert_uint_eq(sa.last_seq, 500);
+  /* The newcomer: everything from its first message on, at least the
+   * whole third burst. */
+  wait_received(&sn, 100);
+  ck_assert_uint_eq(sn.out_of_order, 0);
+  ck_assert_uint_eq(sn.last_seq, 500);
+  ck_assert_uint_le(sn.first_seq, 401);
+  ck_assert_uint_eq(sn.received, 500 - sn.first_seq + 1);
+  /* The one that left: an unbroken prefix of what t.a carried. */
+  ck_assert_uint_eq(su.out_of_order, 0);
+  ck_assert_uint_le(su.received, na + 100);
+  ck_assert(qt_run_until_count(loop, &p.acked, 500, QT_WAIT_MS));
+  ck_assert_int_eq(p.failed, 0);
+  qrpc_broker_stats st;
+  qrpc_broker_get_stats(b, &st);
+  ck_assert_uint_eq(st.published, 500);
+  ck_assert_uint_eq(st.dropped, 0);
+  client *all[] = {&ca, &cb, &cw, &cn, &cu, &pub};
+  for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+    qrpc_broker_client_free(all[i]->bc);
+  qrpc_broker_free(b);
+}
+END_TEST
+
 /* ---- Realtime --------------------------------------------------------- */
 
 START_TEST(test_realtime_delivery_and_overload) {
@@ -1451,6 +1531,7 @@ static Suite *suite(void) {
   tcase_add_checked_fixture(t, setup, teardown);
   tcase_set_timeout(t, 180);
   tcase_add_test(t, test_fanout_100_reliable_in_order);
+  tcase_add_test(t, test_batched_fanout_order);
   tcase_add_test(t, test_realtime_delivery_and_overload);
   tcase_add_test(t, test_slow_disconnect);
   tcase_add_test(t, test_slow_drop_oldest);
