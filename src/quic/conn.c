@@ -150,7 +150,7 @@ void qrpci_conn_free(qrpc_conn *c) {
   free(c->port);
   if (c->qlog) fclose(c->qlog);
   /* Last: the conditioner above may have sent on the endpoint's socket. */
-  if (c->via) qrpci_endpoint_unref(c->via);
+  if (c->opts.via) qrpci_endpoint_unref(c->opts.via);
   free(c);
 }
 
@@ -1210,7 +1210,6 @@ static void handshake_unreachable(qrpc_conn *c, int err) {
 
 static void client_read_cb(evutil_socket_t fd, short what, void *arg) {
   qrpc_conn *c = arg;
-  c->loop->activity++;
   c->own_sock.icmp_error = 0;
   qrpci_sock_recv_batch(&c->own_sock, c->loop->rxbufs, client_pkt, c);
   if (c->own_sock.icmp_error && c->state == QRPCI_CONN_HANDSHAKING &&
@@ -1260,13 +1259,13 @@ static int client_setup(qrpc_conn *c, const struct sockaddr *sa,
   dcid.datalen = CLIENT_DCID_LEN;
   scid.datalen = QRPCI_SCID_LEN;
   if (qrpci_tls_rand(dcid.data, dcid.datalen) != 0 ||
-      qrpci_endpoint_new_cid(c->via, scid.data, scid.datalen) != 0)
+      qrpci_endpoint_new_cid(c->opts.via, scid.data, scid.datalen) != 0)
     return QRPC_ESYSTEM;
   int rv;
-  if (c->via) {
+  if (c->opts.via) {
     /* Through a shared socket: packets find this connection by the ids it
      * issues, starting with scid. */
-    rv = qrpci_endpoint_attach(c->via, c, sa, &scid);
+    rv = qrpci_endpoint_attach(c->opts.via, c, sa, &scid);
     if (rv == 0) c->first_scid = scid;
   } else {
     c->sock = &c->own_sock;
@@ -1372,10 +1371,8 @@ int qrpc_conn_connect(qrpc_loop *loop, const char *addr,
   }
   c->host = host;
   c->port = port;
-  if (c->opts.via) {
-    c->via = c->opts.via;
-    qrpci_endpoint_ref(c->via);
-  }
+  /* Held until qrpci_conn_free(). */
+  if (c->opts.via) qrpci_endpoint_ref(c->opts.via);
   c->server_name = strdup(server_name ? server_name : host);
   c->tlscfg = tls;
   qrpci_tls_config_ref(tls);
@@ -1392,7 +1389,7 @@ int qrpc_conn_connect(qrpc_loop *loop, const char *addr,
 
 int qrpc_conn_rebind(qrpc_conn *c) {
   if (!c || c->is_server) return QRPC_EINVAL;
-  if (c->closed_fired || c->state != QRPCI_CONN_ESTABLISHED || c->via)
+  if (c->closed_fired || c->state != QRPCI_CONN_ESTABLISHED || c->opts.via)
     return QRPC_ESTATE;
   qrpci_sock ns;
   struct sockaddr_storage local;

@@ -50,8 +50,7 @@ typedef struct qrpci_dgent {
 
 struct qrpc_conn {
   qrpc_loop *loop;
-  qrpc_endpoint *ep;         /* whose socket and ids: server side, or via */
-  qrpc_endpoint *via;        /* client through a shared socket; a reference */
+  qrpc_endpoint *ep;         /* whose socket and ids: server, or opts.via */
   qrpci_list loop_node;      /* in loop->conns */
   qrpci_list ep_node;        /* in ep->conns */
   qrpci_list dirty_node;     /* in loop->dirty */

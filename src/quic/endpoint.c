@@ -257,6 +257,7 @@ static qrpc_conn *server_conn_new(qrpc_endpoint *ep, const ngtcp2_pkt_hd *hd,
   qrpc_conn *c = qrpci_conn_alloc(ep->loop, &ep->opts.conn, &ep->cbs,
                                   ep->user_data);
   if (!c) return NULL;
+  c->opts.via = NULL; /* for outgoing connections only */
   c->ep = ep;
   c->is_server = 1;
   c->rpc_accept = ep->rpc_accept;
@@ -497,7 +498,6 @@ static void ep_pkt_here(qrpc_endpoint *ep, const struct sockaddr *from,
 
 static void ep_read_cb(evutil_socket_t fd, short what, void *arg) {
   qrpc_endpoint *ep = arg;
-  ep->loop->activity++;
   qrpci_sock_recv_batch(&ep->sock, ep->loop->rxbufs, ep_pkt, ep);
 }
 
@@ -599,12 +599,13 @@ static int endpoint_start(qrpc_endpoint *ep) {
   return 0;
 }
 
-int qrpc_endpoint_listen(qrpc_loop *loop, const char *addr,
-                         qrpc_tls_config *tls,
-                         const qrpc_endpoint_opts *opts,
+/* An endpoint on a socket of its own bound to addr; tls NULL: outgoing
+ * connections only. */
+static int endpoint_bind(qrpc_loop *loop, const char *addr,
+                         qrpc_tls_config *tls, const qrpc_endpoint_opts *opts,
                          const qrpc_conn_callbacks *cbs, void *user_data,
                          qrpc_endpoint **out) {
-  if (!addr || !tls) return QRPC_EINVAL;
+  if (!addr) return QRPC_EINVAL;
   qrpc_endpoint *ep;
   int rv = endpoint_create(loop, tls, opts, cbs, user_data, &ep);
   if (rv != 0) return rv;
@@ -616,18 +617,18 @@ int qrpc_endpoint_listen(qrpc_loop *loop, const char *addr,
   return 0;
 }
 
+int qrpc_endpoint_listen(qrpc_loop *loop, const char *addr,
+                         qrpc_tls_config *tls,
+                         const qrpc_endpoint_opts *opts,
+                         const qrpc_conn_callbacks *cbs, void *user_data,
+                         qrpc_endpoint **out) {
+  if (!tls) return QRPC_EINVAL;
+  return endpoint_bind(loop, addr, tls, opts, cbs, user_data, out);
+}
+
 int qrpc_endpoint_open(qrpc_loop *loop, const char *addr,
                        const qrpc_endpoint_opts *opts, qrpc_endpoint **out) {
-  if (!addr) return QRPC_EINVAL;
-  qrpc_endpoint *ep;
-  int rv = endpoint_create(loop, NULL, opts, NULL, NULL, &ep);
-  if (rv != 0) return rv;
-  if ((rv = bind_socket(ep, addr)) != 0 || (rv = endpoint_start(ep)) != 0) {
-    qrpc_endpoint_free(ep);
-    return rv;
-  }
-  *out = ep;
-  return 0;
+  return endpoint_bind(loop, addr, NULL, opts, NULL, NULL, out);
 }
 
 int qrpci_endpoint_listen_fd(qrpc_loop *loop, int fd, int gso,

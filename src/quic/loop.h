@@ -36,7 +36,8 @@ struct qrpc_loop {
   qrpci_list timers;        /* qrpc_timer objects, freed with the loop */
   qrpci_list signals;       /* qrpc_signal watches, freed with the loop */
   uint64_t busy_poll_ns;    /* qrpc_loop_set_busy_poll(); 0: off */
-  uint64_t activity;        /* grows with every read, flush and post */
+  uint64_t activity;        /* grows with every flush and post (every
+                               packet read for a connection makes one) */
   int stop;                 /* qrpc_loop_stop() during a busy-polled run */
 };
 

@@ -8,6 +8,7 @@
 #include <linux/sock_diag.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -100,7 +101,7 @@ int qrpci_sock_open(qrpci_sock *s, int family) {
 #define QRPCI_EP_RCVBUF (64 * 1024 * 1024)
 
 void qrpci_sock_grow_rcvbuf(qrpci_sock *s) {
-  static int told;
+  static atomic_int told; /* loops of several threads make endpoints */
   int v = QRPCI_EP_RCVBUF;
   if (setsockopt(s->fd, SOL_SOCKET, SO_RCVBUFFORCE, &v, sizeof(v)) == 0) return;
   setsockopt(s->fd, SOL_SOCKET, SO_RCVBUF, &v, sizeof(v));
@@ -108,8 +109,7 @@ void qrpci_sock_grow_rcvbuf(qrpci_sock *s) {
   socklen_t len = sizeof(got);
   /* The kernel reports twice what it allows (its bookkeeping share). */
   if (getsockopt(s->fd, SOL_SOCKET, SO_RCVBUF, &got, &len) == 0 &&
-      got / 2 < v && !told) {
-    told = 1;
+      got / 2 < v && !atomic_exchange(&told, 1)) {
     QRPCI_INFO("udp: receive buffer %d KiB of %d asked (net.core.rmem_max); "
                "a socket shared by many connections may drop bursts",
                got / 2 / 1024, v / 1024);
