@@ -191,6 +191,7 @@ struct bworker {
   bsub **pend_subs;
   size_t npend_subs, pend_subs_cap;
   struct event *pend_ev;
+  int pend_flushing;
   /* The inbox: publishes from other workers, oldest first. */
   pthread_mutex_t in_mu;
   bxfer *in_head, **in_tail;
@@ -745,20 +746,22 @@ static qrpci_bmsg *encode_delivery(const char *topic, size_t topic_len,
  * does not batch, a new subscription (tree_write()); a subscription being
  * freed leaves the batch. */
 
-/* An offer neither publishes nor subscribes, so nothing adds to the batch
- * while it goes out. It stays in place meanwhile: a subscription that an
- * offer's consequences free leaves it (pend_forget()), and later offers
- * skip it. */
 static void pend_flush(bworker *w) {
   size_t n = w->npend;
-  for (size_t i = 0; n && i < w->npend_subs; i++)
-    for (size_t j = 0; j < n; j++) {
+  if (n == 0 || w->pend_flushing) return;
+  /* The batch stays in place meanwhile, so that a subscription freed by
+   * an offer's consequences leaves it (pend_forget()). */
+  w->pend_flushing = 1;
+  for (size_t i = 0; i < w->npend_subs; i++) {
+    for (size_t j = 0; w->pend_subs[i] && j < n; j++) {
       bsub *s = w->pend_subs[i];
-      if (!s || qrpci_list_linked(&s->conn->doomed)) break;
+      if (qrpci_list_linked(&s->conn->doomed)) break;
       sub_offer(s, w->pend[j]);
     }
+  }
   for (size_t j = 0; j < n; j++) qrpci_bmsg_unref(w->pend[j]);
   w->npend = w->npend_subs = 0;
+  w->pend_flushing = 0;
 }
 
 static void pend_cb(evutil_socket_t fd, short what, void *arg) {
@@ -773,13 +776,20 @@ static void pend_forget(bworker *w, bsub *s) {
     if (w->pend_subs[i] == s) w->pend_subs[i] = NULL;
 }
 
-/* Adds m, fanned out to w->match[0..n), to the batch; plain: every match
- * is a reliable subscription outside queue groups (fanout() saw each).
- * 0, or -1 when it must go at once (the batch is flushed then). pend_ev
- * exists for a broker of one worker. */
-static int batch_fanout(bworker *w, qrpci_bmsg *m, size_t n, int plain) {
+static int batchable(const bworker *w, size_t n) {
+  if (w->b->nworkers > 1 || w->b->cluster || !w->pend_ev || w->pend_flushing)
+    return 0;
+  for (size_t i = 0; i < n; i++)
+    if (w->match[i]->cp->group_len || w->match[i]->mode != QRPC_BROKER_RELIABLE)
+      return 0;
+  return 1;
+}
+
+/* Adds m, fanned out to w->match[0..n), to the batch; 0, or -1 when it
+ * must go at once (the batch is flushed then). */
+static int batch_fanout(bworker *w, qrpci_bmsg *m, size_t n) {
   if (n == 0) return 0; /* nobody to offer it to, nothing to order */
-  if (!plain || !w->pend_ev || w->b->cluster) {
+  if (!batchable(w, n)) {
     pend_flush(w);
     return -1;
   }
@@ -829,11 +839,9 @@ static int fanout(bworker *w, qrpci_bmsg *m, size_t *handed) {
   match_topic(w, m->topic, m->topic_len);
   uint64_t gen = ++w->fanouts;
   size_t n = 0, count = 0;
-  int plain = 1; /* no queue group, no realtime: batch_fanout() may wait */
   for (size_t i = 0; i < w->match_len; i++) {
     bsub *s = w->match[i];
     cpat *x = s->cp;
-    if (x->group_len || s->mode != QRPC_BROKER_RELIABLE) plain = 0;
     if (x->group_len) {
       if (x->fanout[w->idx] == gen) continue;
       x->fanout[w->idx] = gen;
@@ -856,7 +864,7 @@ static int fanout(bworker *w, qrpci_bmsg *m, size_t *handed) {
   }
   tree_done(b);
   if (shared && hand_over(w, m) != 0) return QRPC_EAGAIN;
-  if (batch_fanout(w, m, n, plain) != 0) offer_all(w, m, n);
+  if (batch_fanout(w, m, n) != 0) offer_all(w, m, n);
   *handed = count;
   return 0;
 }
