@@ -33,6 +33,7 @@ typedef struct rpc_server {
   atomic_uint_fast64_t stream_failed;
   atomic_uint_fast64_t queued_max; /* bytes, the most one stream held back */
   atomic_uint_fast64_t conns;
+  int copy; /* --copy: echo items by copying them (set before serving) */
 } rpc_server;
 
 #define COUNT(x) atomic_fetch_add_explicit(&(x), 1, memory_order_relaxed)
@@ -52,10 +53,10 @@ static void on_echo(qrpc_req *req, const uint8_t *payload, size_t len,
 
 /* ---- Bidi streaming ------------------------------------------------------ */
 
+/* An echo waiting for room, as a message that owns its bytes. */
 typedef struct queued_item {
   struct queued_item *next;
-  size_t len;
-  uint8_t data[];
+  qrpc_msg m;
 } queued_item;
 
 typedef struct echo_stream {
@@ -65,10 +66,16 @@ typedef struct echo_stream {
   int caller_ended;
 } echo_stream;
 
+/* Gives back what a message owns, if anything. */
+static void msg_drop(qrpc_msg *m) {
+  if (m->release) m->release(m->owner);
+}
+
 static void stream_free(echo_stream *es) {
   while (es->head != NULL) {
     queued_item *q = es->head;
     es->head = q->next;
+    msg_drop(&q->m);
     free(q);
   }
   free(es);
@@ -87,12 +94,12 @@ static void stream_fail(qrpc_req *req, echo_stream *es, const char *why) {
   qrpc_req_error(req, QRPC_STATUS_RESOURCE_EXHAUSTED, why);
 }
 
-/* Sends what waits, in order, while the stream takes it. Returns 0, or -1
- * after failing the stream. */
+/* Sends what waits, in order, while the stream takes it; qrpc owns each
+ * one it took. Returns 0, or -1 after failing the stream. */
 static int stream_flush(qrpc_req *req, echo_stream *es) {
   while (es->head != NULL) {
     queued_item *q = es->head;
-    int rc = qrpc_req_send(req, q->data, q->len);
+    int rc = qrpc_req_send_msg(req, &q->m);
     if (rc == QRPC_EAGAIN) return 0;
     if (rc != 0) {
       stream_fail(req, es, qrpc_strerror(rc));
@@ -100,7 +107,7 @@ static int stream_flush(qrpc_req *req, echo_stream *es) {
     }
     es->head = q->next;
     if (es->head == NULL) es->tail = NULL;
-    es->queued -= q->len;
+    es->queued -= q->m.size;
     free(q);
   }
   return 0;
@@ -114,26 +121,40 @@ static void stream_on_item(qrpc_req *req, const uint8_t *data, size_t len,
    * stream only while that buffer is full, so this is what bounds the
    * queue below. */
   if (stream_flush(req, es) != 0) return;
-  if (es->head == NULL) {
-    int rc = qrpc_req_send(req, data, len);
+  /* The item is echoed as it came: taken from qrpc (a large one's
+   * reassembled buffer changes hands, and the send links it into the
+   * stream), or with --copy borrowed, so that sending copies it. */
+  qrpc_msg m = {.msg = data, .size = len};
+  int rc = es->srv->copy ? 0 : qrpc_req_take(req, &m);
+  if (rc == 0 && es->head == NULL) {
+    rc = qrpc_req_send_msg(req, &m);
     if (rc == 0) return;
-    if (rc != QRPC_EAGAIN) {
-      stream_fail(req, es, qrpc_strerror(rc));
-      return;
-    }
+  }
+  if (rc != 0 && rc != QRPC_EAGAIN) {
+    msg_drop(&m);
+    stream_fail(req, es, qrpc_strerror(rc));
+    return;
   }
   if (es->queued + len > STREAM_QUEUE_MAX) {
+    msg_drop(&m);
     stream_fail(req, es, "echoes are not being read");
     return;
   }
-  queued_item *q = malloc(sizeof(*q) + len);
-  if (q == NULL) {
+  queued_item *q = malloc(sizeof(*q));
+  uint8_t *copy = m.release || len == 0 ? NULL : malloc(len);
+  if (q == NULL || (!m.release && len && copy == NULL)) {
+    free(q);
+    msg_drop(&m);
     stream_fail(req, es, "out of memory");
     return;
   }
+  if (copy != NULL) {
+    /* Borrowed bytes: the queue keeps a copy. */
+    memcpy(copy, data, len);
+    m = (qrpc_msg){.msg = copy, .size = len, .release = free, .owner = copy};
+  }
   q->next = NULL;
-  q->len = len;
-  memcpy(q->data, data, len);
+  q->m = m;
   if (es->tail != NULL)
     es->tail->next = q;
   else
@@ -202,6 +223,13 @@ int bench_server_rpc(const char *prog, int argc, char **argv) {
       "per online CPU)",
       0, 0};
   if (n < BENCH_MAX_FLAGS) flags[n++] = wflag;
+  int copy = 0;
+  const bench_flag cflag = {
+      "--copy", BENCH_FLAG_BOOL, &copy, 0, 0, NULL, NULL,
+      "EchoStream: echo each item from a copy instead of taking qrpc's "
+      "buffer (qrpc_req_take) and giving it back to the stream",
+      0, 0};
+  if (n < BENCH_MAX_FLAGS) flags[n++] = cflag;
   int rc = bench_args_parse(
       prog, "--port P [--tls-cert PEM --tls-key PEM] [flags]",
       "Serves qrpc.bench.Echo (bench.proto): unary Echo and bidi streaming\n"
@@ -213,6 +241,7 @@ int bench_server_rpc(const char *prog, int argc, char **argv) {
 
   rpc_server s;
   memset(&s, 0, sizeof(s));
+  s.copy = copy;
   qrpc_server_opts o;
   bench_server_opts(&c, &o);
   o.workers = (size_t)workers;

@@ -118,16 +118,35 @@ typedef struct qrpc_result {
   size_t ntrailers;
 } qrpc_result;
 
-/* A message serialised straight into the send buffer instead of being
- * copied from a byte array: pack(msg, out) writes exactly size bytes to
- * out and returns size. Generated stubs fill it from protobuf-c's
- * get_packed_size and pack. msg is borrowed for the duration of the call
- * that takes the qrpc_msg. Every function taking payload bytes has a _msg
- * twin taking one of these. */
+/* A message for the _msg twin that every function taking payload bytes
+ * has. Two forms (docs/api.md, "Messages without copies"):
+ *
+ * Packed: pack(msg, out) writes exactly size bytes to out and returns
+ * size; the message is serialised straight into the send buffer. msg is
+ * borrowed for the duration of the call that takes the qrpc_msg. Generated
+ * stubs fill it from protobuf-c's get_packed_size and pack. release and
+ * owner are not read.
+ *
+ * Bytes given away (pack NULL): msg points to size bytes that are already
+ * the payload. When the function returns 0, qrpc owns them: a stream send
+ * (qrpc_call_send_msg(), qrpc_req_send_msg(), qrpc_req_reply_msg(), calls
+ * that go out at once) of 16 KiB or more links them into the stream's send
+ * buffer without copying and keeps them until the peer has acknowledged
+ * them; anything else is copied and given back before the function
+ * returns. Either way release(owner) is called exactly once, on the loop
+ * thread of the connection (or the caller's thread, before returning),
+ * when qrpc no longer reads them; it must only free or recycle memory,
+ * not call qrpc. release NULL: the bytes are copied and stay the caller's.
+ * On an error return release is not called and the bytes stay the
+ * caller's. qrpc_req_take() and qrpc_call_take() make one from a received
+ * payload. Zero-initialise the struct (designated initialisers) so that
+ * fields added later keep their defaults. */
 typedef struct qrpc_msg {
   const void *msg;
   size_t size;
   size_t (*pack)(const void *msg, uint8_t *out);
+  void (*release)(void *owner);
+  void *owner;
 } qrpc_msg;
 
 /* ---- Calling ---------------------------------------------------------- */
@@ -260,6 +279,17 @@ int qrpc_call_send_msg(qrpc_call *call, const qrpc_msg *m);
  * 0). Errors: QRPC_EINVAL, QRPC_ESTATE, QRPC_ECLOSED. */
 int qrpc_call_end(qrpc_call *call);
 
+/* Inside on_item of call (loop thread): the ITEM's payload being
+ * delivered becomes *out, a message owning its bytes (pack NULL, release
+ * and owner set; see qrpc_msg). A large payload that was reassembled from
+ * many packets changes hands without a copy; one that lay whole in a
+ * packet is copied. The data pointer on_item was given is then out->msg,
+ * valid until out is released: pass out to a _msg send (qrpc owns it from
+ * a return of 0) or call out->release(out->owner) yourself.
+ * Errors: QRPC_EINVAL (NULL), QRPC_ESTATE (not inside on_item of call, or
+ * already taken), QRPC_ENOMEM. */
+int qrpc_call_take(qrpc_call *call, qrpc_msg *out);
+
 /* Cancels the call: a CANCEL goes to the callee, and on_done fires with
  * QRPC_STATUS_CANCELLED (local) from the loop, after this returns.
  * Cancelling again before on_done has run returns QRPC_ECLOSED; after
@@ -368,6 +398,12 @@ int qrpc_req_error(qrpc_req *req, int status, const char *detail);
  * (already ended, or its stream is gone), QRPC_EMSGSIZE, QRPC_ENOMEM. */
 int qrpc_req_send(qrpc_req *req, const void *data, size_t len);
 int qrpc_req_send_msg(qrpc_req *req, const qrpc_msg *m);
+
+/* As qrpc_call_take(), inside the handler of req (its request payload) or
+ * inside on_item of req (that ITEM's payload). A server that forwards or
+ * echoes large messages takes them and sends them on with
+ * qrpc_req_send_msg() or qrpc_call_send_msg() without a copy. */
+int qrpc_req_take(qrpc_req *req, qrpc_msg *out);
 
 /* Ends a server or bidi streaming call with END (status 0). For bidi, req
  * stays valid until the caller's END has arrived too. Errors: QRPC_EINVAL,

@@ -365,8 +365,9 @@ static void sub_start(qrpc_broker_sub *s) {
   r.queue_max_bytes = s->opts.queue_bytes;
   r.skip_retained = s->opts.skip_retained != 0;
   if (s->group) r.group = s->group;
-  qrpc_msg m = {&r, qrpc__broker__subscribe_request__get_packed_size(&r),
-                pack_subscribe};
+  qrpc_msg m = {.msg = &r,
+                .size = qrpc__broker__subscribe_request__get_packed_size(&r),
+                .pack = pack_subscribe};
   int rv = qrpc_client_stream_msg(
       s->bc->cli, qrpc_broker_Broker_Subscribe_METHOD_ID,
       QRPC_SHAPE_SERVER_STREAM, &m, NULL, &sub_callbacks, s, &s->call);

@@ -59,6 +59,14 @@ int qrpci_stream_open_rpc(qrpc_conn *c, const qrpc_stream_callbacks *cbs,
  * out of memory or the stream can no longer send. */
 uint8_t *qrpci_stream_reserve(qrpc_stream *s, size_t n);
 void qrpci_stream_commit(qrpc_stream *s, size_t n);
+/* Commits n bytes written at what qrpci_stream_reserve() returned, then
+ * len bytes at data that the stream now owns without copying them; it
+ * calls release(owner) once when it no longer needs them (acknowledged,
+ * or the stream freed). Both go out or neither: on QRPC_ENOMEM nothing
+ * was committed and data stays the caller's. */
+int qrpci_stream_commit_given(qrpc_stream *s, size_t n, const uint8_t *data,
+                              size_t len, void (*release)(void *owner),
+                              void *owner);
 
 /* 1 if the stream's unacknowledged bytes are at the send-buffer limit; the
  * stream's on_writable then fires once they have drained. */

@@ -8,12 +8,18 @@
 #include "qrpc/error.h"
 #include "quic/conn.h"
 #include "quic/loop.h"
+#include "quic/rpcstream.h"
 #include "quic/stream.h"
 #include "util/log.h"
 #include "wire/stream_header.h"
 
 #define CHUNK_MIN (16 * 1024)
 #define CHUNK_MAX (256 * 1024)
+
+static void chunk_free(qrpci_chunk *ch) {
+  if (ch->release) ch->release(ch->owner);
+  free(ch);
+}
 
 qrpc_stream *qrpci_stream_new(qrpc_conn *c, int64_t id, int local) {
   qrpc_stream *s = calloc(1, sizeof(*s));
@@ -31,7 +37,7 @@ void qrpci_stream_free(qrpc_stream *s) {
   if (qrpci_list_linked(&s->send_node)) qrpci_list_remove(&s->send_node);
   while (s->head) {
     qrpci_chunk *next = s->head->next;
-    free(s->head);
+    chunk_free(s->head);
     s->head = next;
   }
   free(s->hdr);
@@ -60,15 +66,10 @@ static void want_send(qrpc_stream *s) {
   qrpci_loop_mark_dirty(s->conn->loop, s->conn);
 }
 
-/* Links a new empty chunk of cap bytes at the tail. Earlier chunks keep
- * whatever room they have left unused: they never move or grow, since
- * ngtcp2 may point into them. */
-static qrpci_chunk *add_chunk(qrpc_stream *s, size_t cap) {
-  qrpci_chunk *n = malloc(sizeof(*n) + cap);
-  if (!n) return NULL;
+/* Links chunk n at the tail. Earlier chunks keep whatever room they have
+ * left unused: they never move or grow, since ngtcp2 may point into them. */
+static void link_chunk(qrpc_stream *s, qrpci_chunk *n) {
   n->next = NULL;
-  n->cap = cap;
-  n->len = 0;
   if (s->tail) {
     s->tail->next = n;
   } else {
@@ -81,6 +82,18 @@ static qrpci_chunk *add_chunk(qrpc_stream *s, size_t cap) {
     s->cur_off = s->written;
   }
   s->tail = n;
+}
+
+/* Links a new empty chunk of cap bytes at the tail. */
+static qrpci_chunk *add_chunk(qrpc_stream *s, size_t cap) {
+  qrpci_chunk *n = malloc(sizeof(*n) + cap);
+  if (!n) return NULL;
+  n->cap = cap;
+  n->len = 0;
+  n->data = n->mem;
+  n->release = NULL;
+  n->owner = NULL;
+  link_chunk(s, n);
   return n;
 }
 
@@ -142,7 +155,7 @@ void qrpci_stream_acked(qrpc_stream *s, uint64_t offset, uint64_t len) {
     if (s->tail == h) s->tail = NULL;
     s->head = h->next;
     s->head_off += h->len;
-    free(h);
+    chunk_free(h);
   }
   if (s->closed_fired || !s->has_user) return;
   if (s->cbs.on_acked && s->acked > s->hdr_len)
@@ -456,6 +469,24 @@ void qrpci_stream_commit(qrpc_stream *s, size_t n) {
   s->tail->len += n;
   s->written += n;
   want_send(s);
+}
+
+int qrpci_stream_commit_given(qrpc_stream *s, size_t n, const uint8_t *data,
+                              size_t len, void (*release)(void *owner),
+                              void *owner) {
+  qrpci_chunk *g = malloc(sizeof(*g));
+  if (!g) return QRPC_ENOMEM;
+  s->tail->len += n;
+  s->written += n;
+  /* Full from the start: later writes go to a new chunk after it. */
+  g->cap = g->len = len;
+  g->data = (uint8_t *)data;
+  g->release = release;
+  g->owner = owner;
+  link_chunk(s, g);
+  s->written += len;
+  want_send(s);
+  return 0;
 }
 
 int qrpci_stream_congested(qrpc_stream *s) {

@@ -14,11 +14,16 @@
 #include "util/list.h"
 
 /* Stream send buffer: a list of chunks that never move, because ngtcp2
- * keeps pointers into sent data until it is acknowledged. */
+ * keeps pointers into sent data until it is acknowledged. A chunk holds
+ * its bytes in mem[] after it, or (release set) points to bytes a caller
+ * gave away, which go back with release(owner) when the chunk is freed. */
 typedef struct qrpci_chunk {
   struct qrpci_chunk *next;
   size_t cap, len;
-  uint8_t data[];
+  uint8_t *data;
+  void (*release)(void *owner);
+  void *owner;
+  uint8_t mem[];
 } qrpci_chunk;
 
 struct qrpc_stream {

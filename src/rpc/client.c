@@ -970,13 +970,13 @@ uint64_t qrpc_client_early_calls(qrpc_client *cli) {
 }
 
 static int client_start(qrpc_client *cli, uint32_t method, qrpc_shape shape,
-                        qrpci_payload pl, const qrpc_call_opts *opts,
+                        qrpci_payload *pl, const qrpc_call_opts *opts,
                         const qrpc_call_callbacks *cbs, void *ud,
                         qrpc_call **out) {
   qrpc_call_opts o;
-  if (!cli || !qrpci_payload_valid(&pl) || qrpc_call_opts_copy(&o, opts) != 0)
+  if (!cli || !qrpci_payload_valid(pl) || qrpc_call_opts_copy(&o, opts) != 0)
     return QRPC_EINVAL;
-  size_t len = qrpci_payload_len(&pl);
+  size_t len = qrpci_payload_len(pl);
   if ((shape == QRPC_SHAPE_CLIENT_STREAM || shape == QRPC_SHAPE_BIDI_STREAM) &&
       len)
     return QRPC_EINVAL;
@@ -1006,12 +1006,12 @@ static int client_start(qrpc_client *cli, uint32_t method, qrpc_shape shape,
   int keep = cli->balancing && shape == QRPC_SHAPE_UNARY;
   if (peer && !keep) {
     b->calls++;
-    rv = qrpci_call_start(call, peer, &pl);
+    rv = qrpci_call_start(call, peer, pl);
   } else if (len && !(call->payload = malloc(len))) {
     rv = QRPC_ENOMEM;
   } else {
     /* Waiting for a connection: the payload is kept as bytes. */
-    rv = len ? qrpci_payload_write(&pl, call->payload) : 0;
+    rv = len ? qrpci_payload_write(pl, call->payload) : 0;
     call->len = len;
     call->kept = keep;
     if (rv == 0 && peer) {
@@ -1037,21 +1037,22 @@ int qrpc_client_call(qrpc_client *cli, uint32_t method, const void *payload,
                      size_t len, const qrpc_call_opts *opts,
                      const qrpc_call_callbacks *cbs, void *ud,
                      qrpc_call **out) {
-  return client_start(cli, method, QRPC_SHAPE_UNARY, qrpci_bytes(payload, len),
-                      opts, cbs, ud, out);
+  qrpci_payload pl = qrpci_bytes(payload, len);
+  return client_start(cli, method, QRPC_SHAPE_UNARY, &pl, opts, cbs, ud, out);
 }
 
 int qrpc_client_call_msg(qrpc_client *cli, uint32_t method, const qrpc_msg *m,
                          const qrpc_call_opts *opts,
                          const qrpc_call_callbacks *cbs, void *ud,
                          qrpc_call **out) {
-  return client_start(cli, method, QRPC_SHAPE_UNARY, qrpci_msg(m), opts, cbs,
-                      ud, out);
+  qrpci_payload pl = qrpci_msg(m);
+  return qrpci_payload_settle(
+      &pl, client_start(cli, method, QRPC_SHAPE_UNARY, &pl, opts, cbs, ud, out));
 }
 
 /* A streaming shape: unary calls go through qrpc_client_call(). */
 static int client_stream(qrpc_client *cli, uint32_t method, qrpc_shape shape,
-                         qrpci_payload pl, const qrpc_call_opts *opts,
+                         qrpci_payload *pl, const qrpc_call_opts *opts,
                          const qrpc_call_callbacks *cbs, void *ud,
                          qrpc_call **out) {
   if (shape == QRPC_SHAPE_UNARY || shape > QRPC_SHAPE_BIDI_STREAM)
@@ -1064,19 +1065,22 @@ int qrpc_client_stream(qrpc_client *cli, uint32_t method, qrpc_shape shape,
                        const qrpc_call_opts *opts,
                        const qrpc_call_callbacks *cbs, void *ud,
                        qrpc_call **out) {
-  return client_stream(cli, method, shape, qrpci_bytes(payload, len), opts, cbs,
-                       ud, out);
+  qrpci_payload pl = qrpci_bytes(payload, len);
+  return client_stream(cli, method, shape, &pl, opts, cbs, ud, out);
 }
 
 int qrpc_client_stream_msg(qrpc_client *cli, uint32_t method, qrpc_shape shape,
                            const qrpc_msg *m, const qrpc_call_opts *opts,
                            const qrpc_call_callbacks *cbs, void *ud,
                            qrpc_call **out) {
-  return client_stream(cli, method, shape, qrpci_msg(m), opts, cbs, ud, out);
+  qrpci_payload pl = qrpci_msg(m);
+  return qrpci_payload_settle(
+      &pl, client_stream(cli, method, shape, &pl, opts, cbs, ud, out));
 }
 
-static int client_notify(qrpc_client *cli, uint32_t method, qrpci_payload pl) {
-  if (!cli || !qrpci_payload_valid(&pl)) return QRPC_EINVAL;
+static int client_notify(qrpc_client *cli, uint32_t method,
+                         qrpci_payload *pl) {
+  if (!cli || !qrpci_payload_valid(pl)) return QRPC_EINVAL;
   backend *b = pick(cli, 0);
   if (!b || !qrpc_client_peer(cli)) return QRPC_ECLOSED;
   return qrpci_peer_notify(b->peer, method, pl);
@@ -1084,12 +1088,14 @@ static int client_notify(qrpc_client *cli, uint32_t method, qrpci_payload pl) {
 
 int qrpc_client_notify(qrpc_client *cli, uint32_t method, const void *payload,
                        size_t len) {
-  return client_notify(cli, method, qrpci_bytes(payload, len));
+  qrpci_payload pl = qrpci_bytes(payload, len);
+  return client_notify(cli, method, &pl);
 }
 
 int qrpc_client_notify_msg(qrpc_client *cli, uint32_t method,
                            const qrpc_msg *m) {
-  return client_notify(cli, method, qrpci_msg(m));
+  qrpci_payload pl = qrpci_msg(m);
+  return qrpci_payload_settle(&pl, client_notify(cli, method, &pl));
 }
 
 static void close_peer(qrpc_peer *peer) {

@@ -223,7 +223,7 @@ static int stream_ok(const qrpci_rstream *rs) { return rs && !rs->gone; }
  * two frames go out together or not at all. */
 static int put_frame_after(qrpci_rstream *rs, const qrpci_frame *pre,
                            uint8_t type, uint64_t msgid, uint64_t method,
-                           uint64_t timeout_ms, const qrpci_payload *pl) {
+                           uint64_t timeout_ms, qrpci_payload *pl) {
   if (!stream_ok(rs)) return QRPC_ECLOSED;
   size_t len = qrpci_payload_len(pl);
   size_t hl = qrpci_frame_header_len(type, msgid, method, timeout_ms, len);
@@ -233,11 +233,21 @@ static int put_frame_after(qrpci_rstream *rs, const qrpci_frame *pre,
     return QRPC_EMSGSIZE;
   size_t pre_len = pre ? qrpci_frame_encoded_len(pre) : 0;
   if (pre && pre_len == 0) return QRPC_EINVAL;
-  uint8_t *p = qrpci_stream_reserve(rs->s, pre_len + hl + len);
+  /* Large bytes given away go into the send buffer as they are; only the
+   * headers are written there. */
+  void (*release)(void *) = qrpci_payload_release(pl);
+  int give = release && len >= QRPCI_GIVE_MIN;
+  uint8_t *p = qrpci_stream_reserve(rs->s, pre_len + hl + (give ? 0 : len));
   if (!p) return QRPC_ENOMEM;
   if (pre) qrpci_frame_encode(p, pre_len, pre);
   qrpci_frame_encode_header(p + pre_len, hl, type, msgid, method, timeout_ms,
                             len);
+  if (give) {
+    int rc = qrpci_stream_commit_given(rs->s, pre_len + hl, pl->msg->msg, len,
+                                       release, pl->msg->owner);
+    if (rc == 0) pl->taken = 1;
+    return rc;
+  }
   /* Nothing is committed unless the whole frame was written. */
   int rv = qrpci_payload_write(pl, p + pre_len + hl);
   if (rv != 0) return rv;
@@ -247,7 +257,7 @@ static int put_frame_after(qrpci_rstream *rs, const qrpci_frame *pre,
 
 static int put_frame(qrpci_rstream *rs, uint8_t type, uint64_t msgid,
                      uint64_t method, uint64_t timeout_ms,
-                     const qrpci_payload *pl) {
+                     qrpci_payload *pl) {
   return put_frame_after(rs, NULL, type, msgid, method, timeout_ms, pl);
 }
 
@@ -765,8 +775,7 @@ static void call_timer_cb(evutil_socket_t fd, short what, void *arg) {
   call_fail_local(call, QRPC_STATUS_DEADLINE_EXCEEDED, "deadline exceeded");
 }
 
-int qrpci_call_start(qrpc_call *call, qrpc_peer *peer,
-                     const qrpci_payload *pl) {
+int qrpci_call_start(qrpc_call *call, qrpc_peer *peer, qrpci_payload *pl) {
   if (!qrpci_peer_takes(peer, call->idempotent)) return QRPC_ECLOSED;
   qrpci_rstream *rs;
   int rv = call->shape == QRPC_SHAPE_UNARY ? pool_stream(peer, &rs)
@@ -820,15 +829,15 @@ static int shape_valid(qrpc_shape shape) {
 }
 
 static int peer_start(qrpc_peer *peer, uint32_t method, qrpc_shape shape,
-                      qrpci_payload pl, const qrpc_call_opts *opts,
+                      qrpci_payload *pl, const qrpc_call_opts *opts,
                       const qrpc_call_callbacks *cbs, void *ud,
                       qrpc_call **out) {
   qrpc_call_opts o;
-  if (!peer || !shape_valid(shape) || !qrpci_payload_valid(&pl) ||
+  if (!peer || !shape_valid(shape) || !qrpci_payload_valid(pl) ||
       qrpc_call_opts_copy(&o, opts) != 0)
     return QRPC_EINVAL;
   if ((shape == QRPC_SHAPE_CLIENT_STREAM || shape == QRPC_SHAPE_BIDI_STREAM) &&
-      qrpci_payload_len(&pl))
+      qrpci_payload_len(pl))
     return QRPC_EINVAL;
   int rc = qrpci_call_opts_check(peer->core, &o);
   if (rc != 0) return rc;
@@ -841,7 +850,7 @@ static int peer_start(qrpc_peer *peer, uint32_t method, qrpc_shape shape,
     if (out) *out = call;
     return 0;
   }
-  int rv = qrpci_call_start(call, peer, &pl);
+  int rv = qrpci_call_start(call, peer, pl);
   if (rv != 0) {
     qrpci_call_release(call);
     return rv;
@@ -853,21 +862,22 @@ static int peer_start(qrpc_peer *peer, uint32_t method, qrpc_shape shape,
 int qrpc_peer_call(qrpc_peer *peer, uint32_t method, const void *payload,
                    size_t len, const qrpc_call_opts *opts,
                    const qrpc_call_callbacks *cbs, void *ud, qrpc_call **out) {
-  return peer_start(peer, method, QRPC_SHAPE_UNARY, qrpci_bytes(payload, len),
-                    opts, cbs, ud, out);
+  qrpci_payload pl = qrpci_bytes(payload, len);
+  return peer_start(peer, method, QRPC_SHAPE_UNARY, &pl, opts, cbs, ud, out);
 }
 
 int qrpc_peer_call_msg(qrpc_peer *peer, uint32_t method, const qrpc_msg *m,
                        const qrpc_call_opts *opts,
                        const qrpc_call_callbacks *cbs, void *ud,
                        qrpc_call **out) {
-  return peer_start(peer, method, QRPC_SHAPE_UNARY, qrpci_msg(m), opts, cbs,
-                    ud, out);
+  qrpci_payload pl = qrpci_msg(m);
+  return qrpci_payload_settle(
+      &pl, peer_start(peer, method, QRPC_SHAPE_UNARY, &pl, opts, cbs, ud, out));
 }
 
 /* A streaming shape: unary calls go through qrpc_peer_call(). */
 static int peer_stream(qrpc_peer *peer, uint32_t method, qrpc_shape shape,
-                       qrpci_payload pl, const qrpc_call_opts *opts,
+                       qrpci_payload *pl, const qrpc_call_opts *opts,
                        const qrpc_call_callbacks *cbs, void *ud,
                        qrpc_call **out) {
   if (shape == QRPC_SHAPE_UNARY) return QRPC_EINVAL;
@@ -879,34 +889,38 @@ int qrpc_peer_stream(qrpc_peer *peer, uint32_t method, qrpc_shape shape,
                      const qrpc_call_opts *opts,
                      const qrpc_call_callbacks *cbs, void *ud,
                      qrpc_call **out) {
-  return peer_stream(peer, method, shape, qrpci_bytes(payload, len), opts, cbs,
-                     ud, out);
+  qrpci_payload pl = qrpci_bytes(payload, len);
+  return peer_stream(peer, method, shape, &pl, opts, cbs, ud, out);
 }
 
 int qrpc_peer_stream_msg(qrpc_peer *peer, uint32_t method, qrpc_shape shape,
                          const qrpc_msg *m, const qrpc_call_opts *opts,
                          const qrpc_call_callbacks *cbs, void *ud,
                          qrpc_call **out) {
-  return peer_stream(peer, method, shape, qrpci_msg(m), opts, cbs, ud, out);
+  qrpci_payload pl = qrpci_msg(m);
+  return qrpci_payload_settle(
+      &pl, peer_stream(peer, method, shape, &pl, opts, cbs, ud, out));
 }
 
-int qrpci_peer_notify(qrpc_peer *peer, uint32_t method, qrpci_payload pl) {
-  if (!peer || !qrpci_payload_valid(&pl)) return QRPC_EINVAL;
+int qrpci_peer_notify(qrpc_peer *peer, uint32_t method, qrpci_payload *pl) {
+  if (!peer || !qrpci_payload_valid(pl)) return QRPC_EINVAL;
   if (peer->closed || !peer->ready || peer->goaway_received)
     return QRPC_ECLOSED;
   qrpci_rstream *rs;
   int rv = pool_stream(peer, &rs);
   if (rv != 0) return rv;
-  return put_frame(rs, QRPCI_FRAME_NOTIFY, 0, method, 0, &pl);
+  return put_frame(rs, QRPCI_FRAME_NOTIFY, 0, method, 0, pl);
 }
 
 int qrpc_peer_notify(qrpc_peer *peer, uint32_t method, const void *payload,
                      size_t len) {
-  return qrpci_peer_notify(peer, method, qrpci_bytes(payload, len));
+  qrpci_payload pl = qrpci_bytes(payload, len);
+  return qrpci_peer_notify(peer, method, &pl);
 }
 
 int qrpc_peer_notify_msg(qrpc_peer *peer, uint32_t method, const qrpc_msg *m) {
-  return qrpci_peer_notify(peer, method, qrpci_msg(m));
+  qrpci_payload pl = qrpci_msg(m);
+  return qrpci_payload_settle(&pl, qrpci_peer_notify(peer, method, &pl));
 }
 
 static int call_sends_items(const qrpc_call *call) {
@@ -914,22 +928,64 @@ static int call_sends_items(const qrpc_call *call) {
          call->shape == QRPC_SHAPE_BIDI_STREAM;
 }
 
-static int call_send(qrpc_call *call, qrpci_payload pl) {
-  if (!call || !call_sends_items(call) || !qrpci_payload_valid(&pl))
+static int call_send(qrpc_call *call, qrpci_payload *pl) {
+  if (!call || !call_sends_items(call) || !qrpci_payload_valid(pl))
     return QRPC_EINVAL;
   if (call->state != QRPCI_CALL_ACTIVE || !call->msgid) return QRPC_ECLOSED;
   if (call->sent_end) return QRPC_ESTATE;
   if (!stream_ok(call->rs)) return QRPC_ECLOSED;
   if (qrpci_stream_congested(call->rs->s)) return QRPC_EAGAIN;
-  return put_frame(call->rs, QRPCI_FRAME_ITEM, call->msgid, 0, 0, &pl);
+  return put_frame(call->rs, QRPCI_FRAME_ITEM, call->msgid, 0, 0, pl);
 }
 
 int qrpc_call_send(qrpc_call *call, const void *data, size_t len) {
-  return call_send(call, qrpci_bytes(data, len));
+  qrpci_payload pl = qrpci_bytes(data, len);
+  return call_send(call, &pl);
 }
 
 int qrpc_call_send_msg(qrpc_call *call, const qrpc_msg *m) {
-  return call_send(call, qrpci_msg(m));
+  qrpci_payload pl = qrpci_msg(m);
+  return qrpci_payload_settle(&pl, call_send(call, &pl));
+}
+
+/* The payload being delivered becomes *out: the reassembly buffer it lies
+ * in changes hands, or a payload that lay whole in a packet is copied. */
+static int take_payload(qrpci_core *core, qrpc_msg *out) {
+  qrpci_delivery *d = &core->dl;
+  uint8_t *buf = qrpci_reasm_take(&d->rs->reasm, d->body);
+  const uint8_t *p = d->payload;
+  if (!buf) {
+    if (!(buf = malloc(d->len ? d->len : 1))) return QRPC_ENOMEM;
+    if (d->len) memcpy(buf, d->payload, d->len);
+    p = buf;
+  }
+  memset(out, 0, sizeof(*out));
+  out->msg = p;
+  out->size = d->len;
+  out->release = free;
+  out->owner = buf;
+  d->rs = NULL; /* once */
+  return 0;
+}
+
+int qrpc_call_take(qrpc_call *call, qrpc_msg *out) {
+  if (!call || !out) return QRPC_EINVAL;
+  qrpci_delivery *d = &call->core->dl;
+  if (!d->rs || d->rs != call->rs || d->type != QRPCI_FRAME_ITEM ||
+      d->msgid != call->msgid)
+    return QRPC_ESTATE;
+  return take_payload(call->core, out);
+}
+
+int qrpc_req_take(qrpc_req *req, qrpc_msg *out) {
+  if (!req || !out) return QRPC_EINVAL;
+  qrpci_delivery *d = &req->peer->core->dl;
+  int mine = req->notify ? d->type == QRPCI_FRAME_NOTIFY
+                         : d->rs == req->rs && d->msgid == req->msgid &&
+                               (d->type == QRPCI_FRAME_REQUEST ||
+                                d->type == QRPCI_FRAME_ITEM);
+  if (!d->rs || !mine) return QRPC_ESTATE;
+  return take_payload(req->peer->core, out);
 }
 
 int qrpc_call_end(qrpc_call *call) {
@@ -1437,6 +1493,14 @@ static int on_frame(void *ctx, const uint8_t *body, size_t len) {
     rs->hdr_pairs = NULL;
     rs->hdr_len = 0;
   }
+  qrpci_core *core = peer->core;
+  qrpci_delivery outer = core->dl;
+  core->dl.rs = rs;
+  core->dl.body = body;
+  core->dl.payload = f.payload;
+  core->dl.len = f.payload_len;
+  core->dl.msgid = f.msgid;
+  core->dl.type = f.type;
   switch (f.type) {
   case QRPCI_FRAME_REQUEST:
     on_request(rs, &f, &hdr);
@@ -1473,6 +1537,7 @@ static int on_frame(void *ctx, const uint8_t *body, size_t len) {
   case QRPCI_FRAME_GOAWAY: on_goaway(rs, &f); break;
   default: break;
   }
+  core->dl = outer;
   /* The next frame starts in the read being fed. */
   rs->frame_early = rs->rx_early;
   return peer->closed || rs->gone ? 1 : 0;
@@ -1687,8 +1752,8 @@ static const qrpci_frame *req_trailers(qrpc_req *req, qrpci_frame *f) {
   return f;
 }
 
-static int req_reply(qrpc_req *req, qrpci_payload pl) {
-  if (!req || !qrpci_payload_valid(&pl)) return QRPC_EINVAL;
+static int req_reply(qrpc_req *req, qrpci_payload *pl) {
+  if (!req || !qrpci_payload_valid(pl)) return QRPC_EINVAL;
   if (req->notify) {
     req_release(req);
     return 0;
@@ -1699,7 +1764,7 @@ static int req_reply(qrpc_req *req, qrpci_payload pl) {
   req_flush_headers(req);
   qrpci_frame tf;
   int rv = put_frame_after(req->rs, req_trailers(req, &tf), QRPCI_FRAME_REPLY,
-                           req->msgid, 0, 0, &pl);
+                           req->msgid, 0, 0, pl);
   if (rv != 0) req->status = QRPC_STATUS_INTERNAL;
   if (rv != 0 && rv != QRPC_ECLOSED) {
     put_status(req->rs, QRPCI_FRAME_ERROR, req->msgid, QRPC_STATUS_INTERNAL,
@@ -1710,11 +1775,13 @@ static int req_reply(qrpc_req *req, qrpci_payload pl) {
 }
 
 int qrpc_req_reply(qrpc_req *req, const void *payload, size_t len) {
-  return req_reply(req, qrpci_bytes(payload, len));
+  qrpci_payload pl = qrpci_bytes(payload, len);
+  return req_reply(req, &pl);
 }
 
 int qrpc_req_reply_msg(qrpc_req *req, const qrpc_msg *m) {
-  return req_reply(req, qrpci_msg(m));
+  qrpci_payload pl = qrpci_msg(m);
+  return qrpci_payload_settle(&pl, req_reply(req, &pl));
 }
 
 int qrpc_req_error(qrpc_req *req, int status, const char *detail) {
@@ -1738,23 +1805,25 @@ static int req_sends_items(const qrpc_req *req) {
          req->shape == QRPC_SHAPE_BIDI_STREAM;
 }
 
-static int req_send(qrpc_req *req, qrpci_payload pl) {
+static int req_send(qrpc_req *req, qrpci_payload *pl) {
   if (!req || req->notify || !req_sends_items(req) ||
-      !qrpci_payload_valid(&pl))
+      !qrpci_payload_valid(pl))
     return QRPC_EINVAL;
   if (req->released || req->answered) return QRPC_ECLOSED;
   if (!stream_ok(req->rs)) return QRPC_ECLOSED;
   if (qrpci_stream_congested(req->rs->s)) return QRPC_EAGAIN;
   req_flush_headers(req);
-  return put_frame(req->rs, QRPCI_FRAME_ITEM, req->msgid, 0, 0, &pl);
+  return put_frame(req->rs, QRPCI_FRAME_ITEM, req->msgid, 0, 0, pl);
 }
 
 int qrpc_req_send(qrpc_req *req, const void *data, size_t len) {
-  return req_send(req, qrpci_bytes(data, len));
+  qrpci_payload pl = qrpci_bytes(data, len);
+  return req_send(req, &pl);
 }
 
 int qrpc_req_send_msg(qrpc_req *req, const qrpc_msg *m) {
-  return req_send(req, qrpci_msg(m));
+  qrpci_payload pl = qrpci_msg(m);
+  return qrpci_payload_settle(&pl, req_send(req, &pl));
 }
 
 int qrpc_req_end(qrpc_req *req) {

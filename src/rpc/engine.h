@@ -22,6 +22,10 @@
 #define QRPCI_COMMON_TIMEOUTS 16
 #define QRPCI_FREELIST_MAX 1024
 #define QRPCI_MAX_INTERCEPTORS 16
+/* Bytes given away (qrpc_msg with pack NULL) from this size on are linked
+ * into the stream's send buffer instead of copied; smaller ones are cheaper
+ * to copy next to their frame header. */
+#define QRPCI_GIVE_MIN (16 * 1024)
 
 typedef struct qrpci_method {
   qrpc_shape shape;
@@ -68,6 +72,18 @@ typedef struct qrpci_core_ops {
   void (*peer_goaway)(qrpci_core *core, qrpc_peer *peer);
 } qrpci_core_ops;
 
+/* The frame being delivered to a handler or callback, for
+ * qrpc_req_take() and qrpc_call_take(); rs is NULL outside on_frame's
+ * dispatch and once the payload was taken. */
+typedef struct qrpci_delivery {
+  struct qrpci_rstream *rs;
+  const uint8_t *body;
+  const uint8_t *payload;
+  size_t len;
+  uint64_t msgid;
+  uint8_t type;
+} qrpci_delivery;
+
 /* What servers and clients share: the loop, options, registered methods,
  * free lists and deferred completions. */
 struct qrpci_core {
@@ -93,6 +109,7 @@ struct qrpci_core {
   qrpc_interceptor icpt[QRPCI_MAX_INTERCEPTORS];
   size_t nicpt;
   struct qrpci_callstats *callstats; /* NULL until metrics ask for it */
+  qrpci_delivery dl; /* the frame on_frame is delivering */
 };
 
 typedef struct qrpci_rstream qrpci_rstream;
@@ -285,7 +302,7 @@ void qrpci_peer_goaway(qrpc_peer *peer);
 int qrpci_peer_idle(qrpc_peer *peer);
 /* Sends a NOTIFY on the peer. Errors: QRPC_EINVAL (invalid payload),
  * QRPC_ECLOSED, QRPC_EMSGSIZE, QRPC_ENOMEM. */
-int qrpci_peer_notify(qrpc_peer *peer, uint32_t method, qrpci_payload pl);
+int qrpci_peer_notify(qrpc_peer *peer, uint32_t method, qrpci_payload *pl);
 
 /* Checks the metadata of opts (this version's struct) against core's
  * limit. Errors: QRPC_EINVAL, QRPC_EMSGSIZE. */
@@ -306,8 +323,7 @@ int qrpci_core_add_interceptor(qrpci_core *core, const qrpc_interceptor *icpt);
 /* Sends the call's REQUEST on peer (payload given, or the queued copy).
  * Errors: QRPC_ECLOSED (peer does not take the call now), those of
  * opening a stream and of writing the frame. */
-int qrpci_call_start(qrpc_call *call, qrpc_peer *peer,
-                     const qrpci_payload *pl);
+int qrpci_call_start(qrpc_call *call, qrpc_peer *peer, qrpci_payload *pl);
 /* Completes a call that never reached the wire, from the loop. */
 void qrpci_call_defer_done(qrpc_call *call, int status, const char *detail);
 void qrpci_call_release(qrpc_call *call);

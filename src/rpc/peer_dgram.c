@@ -30,7 +30,8 @@ int qrpc_peer_send_dgram_msg(qrpc_peer *peer, uint32_t channel,
                              const qrpc_msg *m) {
   if (!peer) return QRPC_EINVAL;
   if (peer->closed) return QRPC_ECLOSED;
-  return qrpci_dgconn_send(peer->dg, channel, qrpci_msg(m));
+  qrpci_payload pl = qrpci_msg(m);
+  return qrpci_payload_settle(&pl, qrpci_dgconn_send(peer->dg, channel, pl));
 }
 
 int qrpc_peer_send_encoded(qrpc_peer *peer, const qrpc_dgram *d) {

@@ -653,7 +653,9 @@ int qrpc_server_dgram_encode(qrpc_server *srv, uint32_t channel,
 int qrpc_server_dgram_encode_msg(qrpc_server *srv, uint32_t channel,
                                  const qrpc_msg *m, qrpc_dgram **out) {
   if (!srv) return QRPC_EINVAL;
-  return qrpci_dgram_encode(cur_dg(srv), channel, qrpci_msg(m), out);
+  qrpci_payload pl = qrpci_msg(m);
+  return qrpci_payload_settle(
+      &pl, qrpci_dgram_encode(cur_dg(srv), channel, pl, out));
 }
 
 int qrpc_server_snapshot_new(qrpc_server *srv, uint32_t channel, uint64_t tick,
@@ -668,7 +670,9 @@ int qrpc_server_snapshot_new_msg(qrpc_server *srv, uint32_t channel,
                                  uint64_t tick, const qrpc_msg *m,
                                  qrpc_snapshot **out) {
   if (!srv) return QRPC_EINVAL;
-  return qrpci_snapshot_new(cur_dg(srv), channel, tick, qrpci_msg(m), out);
+  qrpci_payload pl = qrpci_msg(m);
+  return qrpci_payload_settle(
+      &pl, qrpci_snapshot_new(cur_dg(srv), channel, tick, pl, out));
 }
 
 int qrpc_server_keep(qrpc_server *srv, const void *data, size_t len,

@@ -28,6 +28,8 @@ int qrpc_stub_msg(qrpc_msg *m, const ProtobufCMessage *msg,
   m->msg = msg;
   m->size = protobuf_c_message_get_packed_size(msg);
   m->pack = pack;
+  m->release = NULL;
+  m->owner = NULL;
   return 0;
 }
 

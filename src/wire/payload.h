@@ -19,8 +19,9 @@
 typedef struct qrpci_payload {
   const void *bytes; /* is_msg == 0: len bytes, NULL only when len == 0 */
   size_t len;
-  const qrpc_msg *msg; /* is_msg == 1: packed on write */
+  const qrpc_msg *msg; /* is_msg == 1: packed on write, or msg->msg bytes */
   int is_msg;
+  int taken; /* given bytes now belong to a stream's send buffer */
 } qrpci_payload;
 
 static inline qrpci_payload qrpci_bytes(const void *bytes, size_t len) {
@@ -34,9 +35,26 @@ static inline qrpci_payload qrpci_msg(const qrpc_msg *m) {
 }
 
 /* 1 if the payload can be written: bytes with a pointer (or none at all),
- * or a message with a pack function. */
+ * a message with a pack function, or a message of bytes. */
 static inline int qrpci_payload_valid(const qrpci_payload *p) {
-  return p->is_msg ? p->msg && p->msg->pack : p->bytes || !p->len;
+  if (!p->is_msg) return p->bytes || !p->len;
+  return p->msg && (p->msg->pack || p->msg->msg || !p->msg->size);
+}
+
+/* The release function of bytes given away (qrpc_msg with pack NULL), or
+ * NULL. Only for a valid payload. */
+static inline void (*qrpci_payload_release(const qrpci_payload *p))(void *) {
+  return p->is_msg && !p->msg->pack ? p->msg->release : NULL;
+}
+
+/* Ends a public _msg function: on success, bytes given away that no
+ * stream took are given back now (they were copied). Returns rv. */
+static inline int qrpci_payload_settle(const qrpci_payload *p, int rv) {
+  void (*release)(void *) = rv == 0 && !p->taken && qrpci_payload_valid(p)
+                                ? qrpci_payload_release(p)
+                                : NULL;
+  if (release) release(p->msg->owner);
+  return rv;
 }
 
 /* Bytes the payload takes on the wire. Only for a valid payload. */

@@ -28,6 +28,14 @@ void qrpci_reasm_free(qrpci_reasm *r) {
 
 size_t qrpci_reasm_buffered(const qrpci_reasm *r) { return r->buf_cap; }
 
+uint8_t *qrpci_reasm_take(qrpci_reasm *r, const uint8_t *body) {
+  if (!r->buf || body != r->buf) return NULL;
+  uint8_t *p = r->buf;
+  r->buf = NULL;
+  r->buf_cap = 0;
+  return p;
+}
+
 int qrpci_reasm_in_frame(const qrpci_reasm *r) {
   return r->len_have != 0 || r->body_len != 0;
 }

@@ -75,6 +75,13 @@ int qrpci_reasm_in_frame(const qrpci_reasm *r);
  * account buffered data against per-connection memory limits. */
 size_t qrpci_reasm_buffered(const qrpci_reasm *r);
 
+/* Inside the callback: if body is r's own buffer (a frame that arrived in
+ * several pieces), r lets go of it and returns it; the caller frees it
+ * with free(), and r allocates anew for the next split frame. NULL when
+ * body lies in the fed data (a frame that arrived whole), which stays
+ * borrowed. */
+uint8_t *qrpci_reasm_take(qrpci_reasm *r, const uint8_t *body);
+
 /* Releases the buffer. r may be initialized again afterwards. */
 void qrpci_reasm_free(qrpci_reasm *r);
 

@@ -444,7 +444,7 @@ static size_t msg_pack(const void *msg, uint8_t *out) {
 }
 
 static qrpc_msg msg_of(const msg_src *m) {
-  qrpc_msg q = {m, m->len, msg_pack};
+  qrpc_msg q = {.msg = m, .size = m->len, .pack = msg_pack};
   return q;
 }
 

@@ -80,6 +80,67 @@ START_TEST(test_msg_empty) {
 }
 END_TEST
 
+static int releases;
+static void *released_owner;
+
+static void count_release(void *owner) {
+  releases++;
+  released_owner = owner;
+}
+
+/* Bytes given away: a payload of their size, written by copying. */
+START_TEST(test_given_bytes) {
+  uint8_t out[5] = {0};
+  qrpc_msg m = {.msg = "hello", .size = 5, .release = count_release,
+                .owner = &out};
+  qrpci_payload p = qrpci_msg(&m);
+  ck_assert(qrpci_payload_valid(&p));
+  ck_assert_uint_eq(qrpci_payload_len(&p), 5);
+  ck_assert_ptr_eq(qrpci_payload_release(&p), count_release);
+  ck_assert_int_eq(qrpci_payload_write(&p, out), 0);
+  ck_assert_mem_eq(out, "hello", 5);
+  /* Without release the bytes are simply copied and stay the caller's. */
+  qrpc_msg lent = {.msg = "hi", .size = 2};
+  p = qrpci_msg(&lent);
+  ck_assert(qrpci_payload_valid(&p));
+  ck_assert_ptr_null(qrpci_payload_release(&p));
+  /* A packed message's release is never read. */
+  qrpc_msg packed = {.size = 3, .pack = pack_abc, .release = count_release};
+  p = qrpci_msg(&packed);
+  ck_assert_ptr_null(qrpci_payload_release(&p));
+}
+END_TEST
+
+/* Settling: given bytes no stream took go back once on success, never on
+ * an error (the caller still owns them) and never when a stream took
+ * them (it gives them back later). */
+START_TEST(test_settle) {
+  int owner;
+  qrpc_msg m = {.msg = "abc", .size = 3, .release = count_release,
+                .owner = &owner};
+  releases = 0;
+  qrpci_payload p = qrpci_msg(&m);
+  ck_assert_int_eq(qrpci_payload_settle(&p, QRPC_EAGAIN), QRPC_EAGAIN);
+  ck_assert_int_eq(releases, 0);
+  ck_assert_int_eq(qrpci_payload_settle(&p, 0), 0);
+  ck_assert_int_eq(releases, 1);
+  ck_assert_ptr_eq(released_owner, &owner);
+  p.taken = 1;
+  ck_assert_int_eq(qrpci_payload_settle(&p, 0), 0);
+  ck_assert_int_eq(releases, 1);
+  /* Plain bytes and packed messages have nothing to give back. */
+  qrpci_payload b = qrpci_bytes("x", 1);
+  ck_assert_int_eq(qrpci_payload_settle(&b, 0), 0);
+  qrpc_msg packed = {.size = 3, .pack = pack_abc, .release = count_release};
+  p = qrpci_msg(&packed);
+  ck_assert_int_eq(qrpci_payload_settle(&p, 0), 0);
+  /* Nor does an invalid one (its function failed with QRPC_EINVAL). */
+  p = qrpci_msg(NULL);
+  ck_assert_int_eq(qrpci_payload_settle(&p, QRPC_EINVAL), QRPC_EINVAL);
+  ck_assert_int_eq(releases, 1);
+}
+END_TEST
+
 static Suite *payload_suite(void) {
   Suite *s = suite_create("payload");
   TCase *tc = tcase_create("payload");
@@ -88,6 +149,8 @@ static Suite *payload_suite(void) {
   tcase_add_test(tc, test_msg);
   tcase_add_test(tc, test_msg_invalid);
   tcase_add_test(tc, test_msg_size_mismatch);
+  tcase_add_test(tc, test_given_bytes);
+  tcase_add_test(tc, test_settle);
   tcase_add_test(tc, test_msg_empty);
   suite_add_tcase(s, tc);
   return s;

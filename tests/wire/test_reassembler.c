@@ -382,6 +382,68 @@ START_TEST(test_large_buffer_released) {
 }
 END_TEST
 
+/* A callback that takes the body it is given when it lies in r's own
+ * buffer, checks it against the stream and frees it as its new owner. */
+typedef struct taker {
+  qrpci_reasm *r;
+  const stream *s;
+  size_t n;
+  size_t taken;
+} taker;
+
+static int take_cb(void *ctx, const uint8_t *body, size_t len) {
+  taker *t = ctx;
+  ck_assert_uint_lt(t->n, t->s->n_frames);
+  ck_assert_uint_eq(len, t->s->body_len[t->n]);
+  ck_assert_mem_eq(body, t->s->bytes + t->s->body_off[t->n], len);
+  uint8_t *own = qrpci_reasm_take(t->r, body);
+  if (own) {
+    ck_assert_ptr_eq(own, body);
+    ck_assert_uint_eq(qrpci_reasm_buffered(t->r), 0);
+    /* Taken once: the buffer is no longer r's. */
+    ck_assert_ptr_null(qrpci_reasm_take(t->r, body));
+    t->taken++;
+    free(own);
+  }
+  t->n++;
+  return 0;
+}
+
+/* Frames split over pieces hand their buffer over; frames that arrived
+ * whole stay borrowed (nothing to take); the frames after a taken one are
+ * reassembled intact in a new buffer. */
+START_TEST(test_take_buffer) {
+  stream s = {0};
+  add_reply(&s, 1, 200000);
+  add_reply(&s, 2, 10);
+  add_reply(&s, 3, 70000);
+  add_reply(&s, 4, 300);
+  qrpci_reasm r;
+  taker t = {&r, &s, 0, 0};
+  const char *why = NULL;
+  qrpci_reasm_init(&r, MAX_FRAME);
+  /* Pieces of 1,000 bytes: the two large frames are split, and so are
+   * the small ones where a boundary falls inside them. */
+  for (size_t off = 0; off < s.len; off += 1000) {
+    size_t n = s.len - off < 1000 ? s.len - off : 1000;
+    ck_assert_int_eq(qrpci_reasm_feed(&r, s.bytes + off, n, take_cb, &t, &why),
+                     0);
+  }
+  ck_assert_uint_eq(t.n, 4);
+  ck_assert_uint_ge(t.taken, 2);
+  ck_assert_int_eq(qrpci_reasm_finish(&r), 0);
+  qrpci_reasm_free(&r);
+  /* Whole in one piece: every frame is delivered in place, none taken. */
+  taker w = {&r, &s, 0, 0};
+  qrpci_reasm_init(&r, MAX_FRAME);
+  ck_assert_int_eq(qrpci_reasm_feed(&r, s.bytes, s.len, take_cb, &w, &why), 0);
+  ck_assert_uint_eq(w.n, 4);
+  ck_assert_uint_eq(w.taken, 0);
+  qrpci_reasm_free(&r);
+  free(s.bytes);
+}
+END_TEST
+
 /* ---- violations and stopping ------------------------------------------- */
 
 START_TEST(test_length_0) {
@@ -473,6 +535,7 @@ static Suite *reasm_suite(void) {
   tcase_add_test(tc, test_limit_is_inclusive);
   tcase_add_test(tc, test_memory_follows_received_bytes);
   tcase_add_test(tc, test_large_buffer_released);
+  tcase_add_test(tc, test_take_buffer);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("errors");
