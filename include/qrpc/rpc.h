@@ -129,9 +129,9 @@ typedef struct qrpc_result {
  *
  * Bytes given away (pack NULL): msg points to size bytes that are already
  * the payload. When the function returns 0, qrpc owns them: a stream send
- * (qrpc_call_send_msg(), qrpc_req_send_msg(), qrpc_req_reply_msg(), calls
- * that go out at once) of 16 KiB or more links them into the stream's send
- * buffer without copying and keeps them until the peer has acknowledged
+ * (qrpc_call_send_msg(), qrpc_req_send_msg(), qrpc_req_reply_msg(), and
+ * calls and notifications that go out at once) of 16 KiB or more links
+ * them into the stream's send buffer without copying and keeps them until the peer has acknowledged
  * them; anything else is copied and given back before the function
  * returns. Either way release(owner) is called exactly once, on the loop
  * thread of the connection (or the caller's thread, before returning),
@@ -283,8 +283,8 @@ int qrpc_call_end(qrpc_call *call);
  * delivered becomes *out, a message owning its bytes (pack NULL, release
  * and owner set; see qrpc_msg). A large payload that was reassembled from
  * many packets changes hands without a copy; one that lay whole in a
- * packet is copied. The data pointer on_item was given is then out->msg,
- * valid until out is released: pass out to a _msg send (qrpc owns it from
+ * packet is copied. out->msg is then the data pointer on_item was given
+ * (reassembled) or the copy, valid until out is released: pass out to a _msg send (qrpc owns it from
  * a return of 0) or call out->release(out->owner) yourself.
  * Errors: QRPC_EINVAL (NULL), QRPC_ESTATE (not inside on_item of call, or
  * already taken), QRPC_ENOMEM. */

@@ -68,6 +68,12 @@ int qrpci_stream_commit_given(qrpc_stream *s, size_t n, const uint8_t *data,
                               size_t len, void (*release)(void *owner),
                               void *owner);
 
+/* Inside on_read of s: the last n bytes on_read was given were not used.
+ * s pauses (as qrpc_stream_pause_read()), keeps them and delivers them
+ * first when resumed, with the FIN if it came with them; the peer gets
+ * their credit back only then. */
+void qrpci_stream_hold_rest(qrpc_stream *s, size_t n);
+
 /* 1 if the stream's unacknowledged bytes are at the send-buffer limit; the
  * stream's on_writable then fires once they have drained. */
 int qrpci_stream_congested(qrpc_stream *s);

@@ -334,14 +334,27 @@ int qrpci_stream_recv(qrpc_stream *s, uint32_t flags, const uint8_t *data,
     if (len) s->held_early |= early;
     return hold(s, data, len) == 0 ? 0 : QRPC_ENOMEM;
   }
+  size_t rest = 0;
   if (len || fin) {
     s->fin_delivered = fin;
     s->rx_early = early;
+    s->rest = 0;
     if (s->cbs.on_read) s->cbs.on_read(s, data, len, fin, s->user_data);
     s->rx_early = 0;
+    if ((rest = s->rest) != 0) {
+      s->rest = 0;
+      s->fin_delivered = 0;
+      s->held_early |= early;
+      if (hold(s, data + len - rest, rest) != 0) return QRPC_ENOMEM;
+    }
   }
-  give_credit(s, len);
+  give_credit(s, len - rest);
   return 0;
+}
+
+void qrpci_stream_hold_rest(qrpc_stream *s, size_t n) {
+  s->rest = n;
+  s->paused = 1;
 }
 
 void qrpci_stream_deliver_held(qrpc_stream *s) {
@@ -353,9 +366,19 @@ void qrpci_stream_deliver_held(qrpc_stream *s) {
     s->rx_len = 0;
     s->rx_early = s->held_early;
     s->held_early = 0;
+    s->rest = 0;
     if (s->cbs.on_read) s->cbs.on_read(s, s->rx, n, fin, s->user_data);
+    size_t rest = s->rest;
+    if (rest) {
+      /* Still not used: they stay first in line. */
+      s->rest = 0;
+      s->fin_delivered = 0;
+      s->held_early = s->rx_early;
+      memmove(s->rx, s->rx + n - rest, rest);
+      s->rx_len = rest;
+    }
     s->rx_early = 0;
-    give_credit(s, n);
+    give_credit(s, n - rest);
     qrpci_loop_mark_dirty(s->conn->loop, s->conn);
   }
   if (s->transport_closed && !s->paused && !s->rx_len) {

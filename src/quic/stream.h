@@ -57,6 +57,7 @@ struct qrpc_stream {
   size_t hdr_got;
   uint8_t *rx;               /* bytes held while paused */
   size_t rx_len, rx_cap;
+  size_t rest;               /* qrpci_stream_hold_rest() inside on_read */
   int rx_early;              /* the bytes on_read delivers came in 0-RTT */
   int held_early;            /* some of the held bytes came in 0-RTT */
 };

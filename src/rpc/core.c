@@ -1553,14 +1553,25 @@ static void rs_on_read(qrpc_stream *s, const uint8_t *data, size_t len,
   rs->rx_ns = qrpci_stream_rx_ns(s);
   if (!qrpci_reasm_in_frame(&rs->reasm)) rs->frame_early = rs->rx_early;
   const char *why = NULL;
-  int rv = len ? qrpci_reasm_feed(&rs->reasm, data, len, on_frame, rs, &why)
+  size_t use = len;
+  if (rs->read_paused && rs->s) {
+    /* Answers back up (below): only the body of the frame in progress is
+     * taken, short of its last byte, straight into the reassembly buffer;
+     * the stream keeps the rest, and with it that frame's completion,
+     * until the answers drain. (Holding all of it would copy every byte
+     * twice.) */
+    size_t missing = qrpci_reasm_missing(&rs->reasm);
+    use = fin || missing < 2 ? 0 : missing - 1 < len ? missing - 1 : len;
+    if (use < len) qrpci_stream_hold_rest(s, len - use);
+  }
+  int rv = use ? qrpci_reasm_feed(&rs->reasm, data, use, on_frame, rs, &why)
                : 0;
   if (rv == QRPC_EMSGSIZE) {
     qrpci_conn_fail(peer->conn, QRPCI_ERR_FRAME_TOO_LARGE,
                     "frame Length over the receiver's limit");
   } else if (rv < 0) {
     fail_proto(peer, why ? why : "malformed frame");
-  } else if (fin && !peer->closed && !rs->gone) {
+  } else if (fin && use == len && !peer->closed && !rs->gone) {
     if (qrpci_reasm_finish(&rs->reasm) != 0) {
       fail_proto(peer, "frame truncated by end of stream");
     } else {
@@ -1571,10 +1582,12 @@ static void rs_on_read(qrpc_stream *s, const uint8_t *data, size_t len,
   /* A peer that sends requests but does not read the answers fills our
    * send buffer; stop reading its requests until the answers drain, so
    * flow control holds it back instead of our memory growing. */
-  if (!rs->local && !rs->gone && !peer->closed && rs->s &&
+  if (!rs->local && !rs->gone && !peer->closed && rs->s && !rs->read_paused &&
       qrpci_stream_congested(rs->s)) {
     rs->read_paused = 1;
-    qrpc_stream_pause_read(rs->s, 1);
+    /* In the middle of a frame's body the stream goes on delivering that
+     * body (above) and pauses at its end. */
+    if (qrpci_reasm_missing(&rs->reasm) < 2) qrpc_stream_pause_read(rs->s, 1);
   }
   /* Credit goes back for bytes held in partial frames (a frame may be
    * larger than the stream window), so memory is bounded here instead. */

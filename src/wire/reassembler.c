@@ -36,6 +36,10 @@ uint8_t *qrpci_reasm_take(qrpci_reasm *r, const uint8_t *body) {
   return p;
 }
 
+size_t qrpci_reasm_missing(const qrpci_reasm *r) {
+  return r->body_len ? r->body_len - r->body_have : 0;
+}
+
 int qrpci_reasm_in_frame(const qrpci_reasm *r) {
   return r->len_have != 0 || r->body_len != 0;
 }

@@ -71,6 +71,11 @@ int qrpci_reasm_finish(const qrpci_reasm *r);
  * body) and the rest is still to come; 0 on a frame boundary. */
 int qrpci_reasm_in_frame(const qrpci_reasm *r);
 
+/* Body bytes the frame being read still lacks: 0 on a frame boundary and
+ * while its Length field is incomplete. Feeding fewer bytes than this
+ * completes no frame, so calls no callback. */
+size_t qrpci_reasm_missing(const qrpci_reasm *r);
+
 /* Bytes of heap memory r holds right now: at most max_frame. Lets the owner
  * account buffered data against per-connection memory limits. */
 size_t qrpci_reasm_buffered(const qrpci_reasm *r);
