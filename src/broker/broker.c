@@ -776,20 +776,17 @@ static void pend_forget(bworker *w, bsub *s) {
     if (w->pend_subs[i] == s) w->pend_subs[i] = NULL;
 }
 
-static int batchable(const bworker *w, size_t n) {
-  if (w->b->nworkers > 1 || w->b->cluster || !w->pend_ev || w->pend_flushing)
-    return 0;
-  for (size_t i = 0; i < n; i++)
-    if (w->match[i]->cp->group_len || w->match[i]->mode != QRPC_BROKER_RELIABLE)
-      return 0;
-  return 1;
+static int batchable(const bworker *w) {
+  return w->b->nworkers == 1 && !w->b->cluster && w->pend_ev &&
+         !w->pend_flushing;
 }
 
 /* Adds m, fanned out to w->match[0..n), to the batch; 0, or -1 when it
- * must go at once (the batch is flushed then). */
-static int batch_fanout(bworker *w, qrpci_bmsg *m, size_t n) {
+ * must go at once (the batch is flushed then). plain: every one of them
+ * is a reliable subscription outside any queue group. */
+static int batch_fanout(bworker *w, qrpci_bmsg *m, size_t n, int plain) {
   if (n == 0) return 0; /* nobody to offer it to, nothing to order */
-  if (!batchable(w, n)) {
+  if (!plain || !batchable(w)) {
     pend_flush(w);
     return -1;
   }
@@ -839,6 +836,7 @@ static int fanout(bworker *w, qrpci_bmsg *m, size_t *handed) {
   match_topic(w, m->topic, m->topic_len);
   uint64_t gen = ++w->fanouts;
   size_t n = 0, count = 0;
+  int plain = 1;
   for (size_t i = 0; i < w->match_len; i++) {
     bsub *s = w->match[i];
     cpat *x = s->cp;
@@ -860,11 +858,15 @@ static int fanout(bworker *w, qrpci_bmsg *m, size_t *handed) {
         continue;
       }
     }
-    if (!qrpci_list_linked(&s->conn->doomed)) w->match[n++] = s;
+    if (!qrpci_list_linked(&s->conn->doomed)) {
+      /* s is this worker's: only this thread writes its mode. */
+      plain &= !x->group_len && s->mode == QRPC_BROKER_RELIABLE;
+      w->match[n++] = s;
+    }
   }
   tree_done(b);
   if (shared && hand_over(w, m) != 0) return QRPC_EAGAIN;
-  if (batch_fanout(w, m, n) != 0) offer_all(w, m, n);
+  if (batch_fanout(w, m, n, plain) != 0) offer_all(w, m, n);
   *handed = count;
   return 0;
 }
