@@ -1591,6 +1591,7 @@ static void rs_on_read(qrpc_stream *s, const uint8_t *data, size_t len,
   }
   /* Credit goes back for bytes held in partial frames (a frame may be
    * larger than the stream window), so memory is bounded here instead. */
+  qrpci_reasm_trim(&rs->reasm);
   size_t held = qrpci_reasm_buffered(&rs->reasm);
   peer->rx_buffered = peer->rx_buffered - rs->rx_buffered + held;
   rs->rx_buffered = held;

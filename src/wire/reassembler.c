@@ -7,9 +7,10 @@
 
 /* A buffer up to this size is kept between split frames: frames a little
  * larger than a packet arrive split all the time, and reallocating for each
- * would put a malloc on the hot path. A larger one goes back to the heap as
- * soon as its frame is delivered, so one big message does not pin memory for
- * the life of the stream. */
+ * would put a malloc on the hot path. A larger one serves the frames that
+ * follow while they keep coming, and goes back to the heap once the owner
+ * finds the stream between frames (qrpci_reasm_trim()), so one big message
+ * does not pin memory for the life of the stream. */
 #define QRPCI_REASM_KEEP 16384
 
 /* First allocation for a split frame; growth doubles from here. */
@@ -34,6 +35,11 @@ uint8_t *qrpci_reasm_take(qrpci_reasm *r, const uint8_t *body) {
   r->buf = NULL;
   r->buf_cap = 0;
   return p;
+}
+
+void qrpci_reasm_trim(qrpci_reasm *r) {
+  if (r->buf_cap > QRPCI_REASM_KEEP && !qrpci_reasm_in_frame(r))
+    qrpci_reasm_free(r);
 }
 
 size_t qrpci_reasm_missing(const qrpci_reasm *r) {
@@ -120,9 +126,7 @@ static int read_body(qrpci_reasm *r, const uint8_t *p, size_t n, size_t *used,
   size_t len = r->body_len;
   r->body_len = 0;
   r->body_have = 0;
-  rc = cb(ctx, r->buf, len);
-  if (r->buf_cap > QRPCI_REASM_KEEP) qrpci_reasm_free(r);
-  return rc;
+  return cb(ctx, r->buf, len);
 }
 
 int qrpci_reasm_feed(qrpci_reasm *r, const uint8_t *data, size_t len,

@@ -6,7 +6,8 @@
  * Memory: a frame that lies wholly inside one piece is handed to the
  * callback in place, without copying. Only a frame split across pieces is
  * copied, into a buffer that grows with the bytes actually received and
- * never beyond that frame's size. The Length limit is checked the moment the
+ * never beyond that frame's size; a large buffer is used again by the
+ * frames that follow until the owner trims it between frames. The Length limit is checked the moment the
  * Length field is complete, before any byte of the body is kept, so a peer
  * cannot make the receiver hold more than max_frame + 8 bytes per stream.
  *
@@ -86,6 +87,12 @@ size_t qrpci_reasm_buffered(const qrpci_reasm *r);
  * body lies in the fed data (a frame that arrived whole), which stays
  * borrowed. */
 uint8_t *qrpci_reasm_take(qrpci_reasm *r, const uint8_t *body);
+
+/* Between frames (no frame in progress), gives a buffer larger than a
+ * split packet's frames need back to the heap; keeps it otherwise. The
+ * owner calls it when a piece has been fed: back-to-back large frames
+ * reuse one buffer, and an idle stream holds none. */
+void qrpci_reasm_trim(qrpci_reasm *r);
 
 /* Releases the buffer. r may be initialized again afterwards. */
 void qrpci_reasm_free(qrpci_reasm *r);
