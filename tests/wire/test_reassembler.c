@@ -409,6 +409,8 @@ START_TEST(test_large_buffer_reused) {
    * never on a frame boundary here, so the buffer stays. */
   for (size_t off = 0; off < s.len; off += 1000) {
     size_t n = s.len - off < 1000 ? s.len - off : 1000;
+    w.piece = s.bytes + off;
+    w.piece_len = n;
     ck_assert_int_eq(
         qrpci_reasm_feed(&r, s.bytes + off, n, same_buffer_cb, &w, &why), 0);
     if (off + n < s.len) qrpci_reasm_trim(&r);
