@@ -1072,7 +1072,7 @@ void qrpci_conn_write(qrpc_conn *c) {
   ngtcp2_path_storage_zero(&ps);
   uint64_t now = qrpci_now_ns();
   size_t npkts = 0;
-  int rv = 0;
+  int rv = 0, drained = 0;
   c->busy++;
   while (npkts < maxn && !c->sock->blocked) {
     if (!batch_has_room(&b)) batch_flush(c, &b);
@@ -1081,7 +1081,10 @@ void qrpci_conn_write(qrpc_conn *c) {
       rv = (int)n;
       break;
     }
-    if (n == 0) break;
+    if (n == 0) {
+      drained = 1;
+      break;
+    }
     batch_add(c, &b, &ps.path, (size_t)n);
     npkts++;
   }
@@ -1091,20 +1094,30 @@ void qrpci_conn_write(qrpc_conn *c) {
     handle_error(c, rv);
     return;
   }
+  /* When ngtcp2 had nothing more to write, its expiry before
+   * update_pkt_tx_time() holds a pacing time only if pacing held a packet
+   * back: the time after it, a few microseconds ahead, would wake the
+   * connection to find nothing to send. */
+  uint64_t unpaced = drained ? ngtcp2_conn_get_expiry(c->q) : 0;
   ngtcp2_conn_update_pkt_tx_time(c->q, now);
   if (npkts) note_sent(c, now);
   /* More to send than one turn's share: come back next turn, after other
    * connections and incoming packets had theirs. */
   if (npkts == maxn) qrpci_loop_mark_dirty(c->loop, c);
-  /* ngtcp2's expiry includes the pacing time of the next packet, a few
-   * microseconds ahead. Waking then often finds nothing to send (a loop
-   * turn and its timer syscalls), but leaving that time out, as an earlier
-   * version did when ngtcp2 had nothing more to write, cost more than it
-   * saved: unary calls with 128 in flight went 0.90x and with 1 in flight
-   * 0.70x against arming it (alternating runs, docs/performance.md). Why
-   * is not settled; the early wake-up may spare the waiting thread a
-   * deeper sleep before the answer comes. */
-  arm_timer_at(c, ngtcp2_conn_get_expiry(c->q), now);
+  uint64_t exp = ngtcp2_conn_get_expiry(c->q);
+  if (drained && unpaced > exp) {
+    /* The connection sleeps until its other deadlines, but the loop still
+     * wakes at that pacing time, once for all its connections: leaving
+     * the wake-up out cost unary calls with 1 in flight 0.70x and with
+     * 128 in flight 0.90x (alternating runs, docs/performance.md), while
+     * a connection's own timer there cost a loop serving many
+     * connections a timer callback per packet. Why the bare wake-up
+     * helps is not settled; it may spare the thread a deeper sleep
+     * before the answer comes. */
+    qrpci_loop_nudge(c->loop, exp, now);
+    exp = unpaced;
+  }
+  arm_timer_at(c, exp, now);
   run_pending_close(c);
 }
 

@@ -62,6 +62,18 @@ void qrpci_loop_mark_dirty(qrpc_loop *loop, qrpc_conn *c) {
   event_active(loop->flush_ev, 0, 0);
 }
 
+static void nudge_cb(evutil_socket_t fd, short what, void *arg) {
+  qrpc_loop *loop = arg;
+  loop->nudge_at = UINT64_MAX;
+}
+
+void qrpci_loop_nudge(qrpc_loop *loop, uint64_t ts, uint64_t now) {
+  if (ts >= loop->nudge_at) return;
+  loop->nudge_at = ts;
+  struct timeval tv = qrpci_ns_to_tv(ts > now ? ts - now : 0);
+  evtimer_add(loop->nudge_ev, &tv);
+}
+
 static void post_cb(evutil_socket_t fd, short what, void *arg) {
   qrpc_loop *loop = arg;
   loop->activity++;
@@ -124,7 +136,10 @@ int qrpc_loop_new(struct event_base *base, qrpc_loop **out) {
   if (!loop->rxbufs) goto fail;
   loop->flush_ev = event_new(loop->base, -1, 0, flush_cb, loop);
   loop->post_ev = event_new(loop->base, -1, 0, post_cb, loop);
-  if (!loop->txbuf || !loop->flush_ev || !loop->post_ev) goto fail;
+  loop->nudge_ev = evtimer_new(loop->base, nudge_cb, loop);
+  loop->nudge_at = UINT64_MAX;
+  if (!loop->txbuf || !loop->flush_ev || !loop->post_ev || !loop->nudge_ev)
+    goto fail;
   *out = loop;
   return 0;
 fail:
@@ -284,6 +299,7 @@ void qrpc_loop_free(qrpc_loop *loop) {
   }
   if (loop->post_ev) event_free(loop->post_ev);
   if (loop->flush_ev) event_free(loop->flush_ev);
+  if (loop->nudge_ev) event_free(loop->nudge_ev);
   if (loop->own_base && loop->base) event_base_free(loop->base);
   pthread_mutex_destroy(&loop->post_mu);
   free(loop->txbuf);
