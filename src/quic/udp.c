@@ -33,8 +33,12 @@
  * packet or two to each, and one system call per connection would cost
  * more than the packets. An entry is one GSO batch, so it always holds the
  * largest (a packet grown by PMTUD, or several), and the queue holds
- * several of those. */
-#define QRPCI_TXQ_MSGS 64
+ * several of those. A full queue leaves at once: in runs of 8 the
+ * receivers start on a burst (a publish to 100 subscribers, a game tick
+ * to every client) while the rest is still being encrypted. Against runs
+ * of 64, alternating: fan-out 1 -> 100 paced at 1k msg/s p50 0.7-0.8x,
+ * 1 -> 1000 at full speed 0.94-0.98x (docs/performance.md). */
+#define QRPCI_TXQ_MSGS 8
 #define QRPCI_TXQ_BYTES (256 * 1024)
 _Static_assert(QRPCI_TXQ_BYTES >= 4 * QRPCI_GSO_MAX_BYTES,
                "a server's send queue holds several full GSO batches");
@@ -286,8 +290,7 @@ static void txq_flush(qrpci_sock *s) {
 static int txq_add(qrpci_sock *s, const struct sockaddr *to, socklen_t tolen,
                    const uint8_t *data, size_t len, size_t segsize) {
   qrpci_txq *q = s->txq;
-  if (q->n == QRPCI_TXQ_MSGS || q->used + len > QRPCI_TXQ_BYTES)
-    txq_flush(s);
+  if (q->used + len > QRPCI_TXQ_BYTES) txq_flush(s);
   if (s->blocked) return QRPC_EAGAIN;
   memcpy(q->buf + q->used, data, len);
   q->iov[q->n].iov_len = len;
@@ -296,6 +299,10 @@ static int txq_add(qrpci_sock *s, const struct sockaddr *to, socklen_t tolen,
   q->seg[q->n] = segsize;
   q->n++;
   q->used += len;
+  if (q->n == QRPCI_TXQ_MSGS) {
+    txq_flush(s);
+    return 0;
+  }
   if (!qrpci_list_linked(&s->txq_node)) {
     qrpci_list_push_back(&s->loop->txq_socks, &s->txq_node);
     /* Packets a flush pass writes leave at its end; only packets written
