@@ -288,6 +288,7 @@ void qrpc_loop_free(qrpc_loop *loop) {
         QRPCI_CONTAINER_OF(loop->conns.next, qrpc_conn, loop_node), NULL);
   }
   qrpci_loop_free_timers(loop);
+  qrpci_loop_free_chunks(loop);
   if (loop->dns) evdns_base_free(loop->dns, 1);
   free_retired_dns(loop);
   if (loop->retire_ev) event_free(loop->retire_ev);

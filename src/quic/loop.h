@@ -39,11 +39,15 @@ struct qrpc_loop {
   uint64_t activity;        /* grows with every flush and post (every
                                packet read for a connection makes one) */
   int stop;                 /* qrpc_loop_stop() during a busy-polled run */
+  struct qrpci_chunk *chunks; /* free send-buffer chunks (stream.c) */
+  size_t nchunks;
   struct event *nudge_ev;   /* a wake-up at a pacing time (conn.c) */
   uint64_t nudge_at;        /* when nudge_ev is due; UINT64_MAX: not armed */
 };
 
 void qrpci_loop_mark_dirty(qrpc_loop *loop, qrpc_conn *c);
+/* Frees the loop's cache of send-buffer chunks (stream.c). */
+void qrpci_loop_free_chunks(qrpc_loop *loop);
 /* Wakes the loop at ts (a qrpci_now_ns() time; now is a recent one) for a
  * turn that does nothing of its own, unless a wake-up at or before ts is
  * already due. Loop thread. */
