@@ -36,8 +36,8 @@
  * several of those. A full queue leaves at once: in runs of 8 the
  * receivers start on a burst (a publish to 100 subscribers, a game tick
  * to every client) while the rest is still being encrypted. Against runs
- * of 64, alternating: fan-out 1 -> 100 paced at 1k msg/s p50 0.7-0.8x,
- * 1 -> 1000 at full speed 0.94-0.98x (docs/performance.md). */
+ * of 64, alternating: fan-out 1 -> 100 paced at 1k msg/s p50 0.69-0.91x,
+ * 1 -> 1000 at full speed 0.92-0.98x (docs/performance.md). */
 #define QRPCI_TXQ_MSGS 8
 #define QRPCI_TXQ_BYTES (256 * 1024)
 _Static_assert(QRPCI_TXQ_BYTES >= 4 * QRPCI_GSO_MAX_BYTES,
