@@ -45,6 +45,14 @@
 #define DEAD_PEER_MIN_PTOS 3
 /* The largest timeout the options take: a day. */
 #define MAX_TIMEOUT_MS (24 * 3600 * 1000ULL)
+/* qrpc_conn_opts.ack_wait_ms: by default about half the max_ack_delay we
+ * announce (ngtcp2's default, 25 ms), at most 5 ms short of it, room for
+ * a busy loop before the peer's loss timers would count the ACK late. */
+#define DEFAULT_ACK_WAIT_MS 12
+#define MAX_ACK_WAIT_MS 20
+/* A packet larger than this may be bulk data whose flow-control credit
+ * the sender is waiting for: its acknowledgement does not wait. */
+#define ACK_WAIT_MAX_BYTES NGTCP2_MAX_UDP_PAYLOAD_SIZE
 
 /* Packets that decrypted on this thread: a packet from the real peer
  * decrypts, while garbage or a stateless reset with a wrong token does
@@ -68,6 +76,7 @@ void qrpc_conn_opts_default(qrpc_conn_opts *o) {
   o->max_udp_payload = DEFAULT_MAX_UDP_PAYLOAD;
   o->dead_peer_timeout_ms = DEFAULT_DEAD_PEER_MS;
   o->keepalive_ms = 0;
+  o->ack_wait_ms = DEFAULT_ACK_WAIT_MS;
 }
 
 int qrpci_conn_opts_valid(const qrpc_conn_opts *o) {
@@ -77,7 +86,8 @@ int qrpci_conn_opts_valid(const qrpc_conn_opts *o) {
          o->max_udp_payload >= NGTCP2_MAX_UDP_PAYLOAD_SIZE &&
          o->max_udp_payload <= QUIC_MAX_UDP_PAYLOAD &&
          o->dead_peer_timeout_ms <= MAX_TIMEOUT_MS &&
-         o->keepalive_ms <= MAX_TIMEOUT_MS;
+         o->keepalive_ms <= MAX_TIMEOUT_MS &&
+         o->ack_wait_ms <= MAX_ACK_WAIT_MS;
 }
 
 /* ---- Allocation ------------------------------------------------------- */
@@ -877,6 +887,10 @@ void qrpci_conn_read(qrpc_conn *c, const ngtcp2_path *path, uint8_t *data,
     return;
   ngtcp2_pkt_info pi = {0};
   uint64_t decrypted = decrypted_pkts;
+  /* Nothing of ours in flight: the packet is not an ACK that declares
+   * some lost or frees room to send, and its own ACK may wait. */
+  int one_way =
+      c->opts.ack_wait_ms && c->ack_wait_ok && bytes_in_flight(c) == 0;
   c->busy++;
   c->rx_ns = qrpci_now_ns();
   int rv = ngtcp2_conn_read_pkt(c->q, path, &pi, data, len, c->rx_ns);
@@ -891,7 +905,12 @@ void qrpci_conn_read(qrpc_conn *c, const ngtcp2_path *path, uint8_t *data,
   drop_server_tls(c);
   run_pending_close(c);
   if (c->flush_close) qrpci_conn_check_shutdown(c);
-  qrpci_loop_mark_dirty(c->loop, c);
+  c->rx_unacked++;
+  c->rx_unacked_bytes += len;
+  if (one_way)
+    qrpci_loop_mark_read(c->loop, c);
+  else
+    qrpci_loop_mark_dirty(c->loop, c);
 }
 
 /* ---- Writing ---------------------------------------------------------- */
@@ -1055,7 +1074,26 @@ static ngtcp2_ssize write_one(qrpc_conn *c, ngtcp2_path *path, uint8_t *dst,
 
 static void arm_timer_at(qrpc_conn *c, uint64_t exp, uint64_t now);
 
+int qrpci_conn_ack_can_wait(qrpc_conn *c) {
+  if (!c->opts.ack_wait_ms || !c->ack_wait_ok ||
+      c->state != QRPCI_CONN_ESTABLISHED)
+    return 0;
+  /* A second packet, anything to send, or a close on the way: write. */
+  if (c->rx_unacked != 1 || c->rx_unacked_bytes > ACK_WAIT_MAX_BYTES ||
+      !qrpci_list_empty(&c->sendq) || c->dgq_len || c->flush_close ||
+      c->pending_close || c->resume_pending)
+    return 0;
+  uint64_t now = qrpci_now_ns();
+  uint64_t at = now + c->opts.ack_wait_ms * NGTCP2_MILLISECONDS;
+  if (c->timer_expiry > now && c->timer_expiry < at) at = c->timer_expiry;
+  arm_timer_at(c, at, now);
+  return 1;
+}
+
 void qrpci_conn_write(qrpc_conn *c) {
+  c->write_wanted = 0;
+  c->rx_unacked = 0;
+  c->rx_unacked_bytes = 0;
   if (c->state != QRPCI_CONN_HANDSHAKING && c->state != QRPCI_CONN_ESTABLISHED)
     return;
   if (c->sock->blocked) return;
@@ -1104,6 +1142,7 @@ void qrpci_conn_write(qrpc_conn *c) {
   /* More to send than one turn's share: come back next turn, after other
    * connections and incoming packets had theirs. */
   if (npkts == maxn) qrpci_loop_mark_dirty(c->loop, c);
+  if (drained && ngtcp2_conn_get_handshake_completed(c->q)) c->ack_wait_ok = 1;
   uint64_t exp = ngtcp2_conn_get_expiry(c->q);
   if (drained && unpaced > exp) {
     /* The connection sleeps until its other deadlines, but the loop still

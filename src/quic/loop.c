@@ -49,6 +49,7 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg) {
       qrpci_conn_free(c);
       continue;
     }
+    if (!c->write_wanted && qrpci_conn_ack_can_wait(c)) continue;
     loop->flushing = 1;
     qrpci_conn_write(c);
     loop->flushing = 0;
@@ -57,6 +58,11 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg) {
 }
 
 void qrpci_loop_mark_dirty(qrpc_loop *loop, qrpc_conn *c) {
+  c->write_wanted = 1;
+  qrpci_loop_mark_read(loop, c);
+}
+
+void qrpci_loop_mark_read(qrpc_loop *loop, qrpc_conn *c) {
   if (qrpci_list_linked(&c->dirty_node)) return;
   qrpci_list_push_back(&loop->dirty, &c->dirty_node);
   event_active(loop->flush_ev, 0, 0);

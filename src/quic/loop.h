@@ -45,7 +45,12 @@ struct qrpc_loop {
   uint64_t nudge_at;        /* when nudge_ev is due; UINT64_MAX: not armed */
 };
 
+/* c is written at the end of this loop turn: it has something to send. */
 void qrpci_loop_mark_dirty(qrpc_loop *loop, qrpc_conn *c);
+/* c read a packet (or gave credit for what it read): it is written at the
+ * end of the turn unless only an acknowledgement is due, which may wait
+ * (qrpci_conn_ack_can_wait). Loop thread, as the one above. */
+void qrpci_loop_mark_read(qrpc_loop *loop, qrpc_conn *c);
 /* Frees the loop's cache of send-buffer chunks (stream.c). */
 void qrpci_loop_free_chunks(qrpc_loop *loop);
 /* Wakes the loop at ts (a qrpci_now_ns() time; now is a recent one) for a

@@ -408,7 +408,7 @@ void qrpci_stream_deliver_held(qrpc_stream *s) {
     }
     s->rx_early = 0;
     give_credit(s, n - rest);
-    qrpci_loop_mark_dirty(s->conn->loop, s->conn);
+    qrpci_loop_mark_read(s->conn->loop, s->conn);
   }
   if (s->transport_closed && !s->paused && !s->rx_len) {
     qrpc_conn *c = s->conn;

@@ -332,6 +332,67 @@ START_TEST(test_datagram_queue_full) {
 }
 END_TEST
 
+/* ---- A one-way flow's acknowledgements ------------------------------- */
+
+#define TRICKLE_COUNT 60
+
+typedef struct trickle {
+  qrpc_conn *conn;
+  int sent, errors;
+} trickle;
+
+static void trickle_tick(qrpc_timer *t, void *arg) {
+  trickle *k = arg;
+  uint8_t buf[100];
+  qt_dgram_fill((uint32_t)k->sent + 1, buf, sizeof(buf));
+  if (qrpc_conn_send_datagram(k->conn, buf, sizeof(buf)) != 0) k->errors++;
+  if (++k->sent == TRICKLE_COUNT) qrpc_timer_stop(t);
+}
+
+/* The server only receives: a datagram every millisecond, one packet at a
+ * time. Its ACK waits for the next packet and covers both, so it sends
+ * about one packet per two datagrams (conn.ack_wait_ms); the last one's
+ * ACK still comes, and the sender declares nothing lost. */
+START_TEST(test_datagram_one_way_acks_wait) {
+  qt_server srv;
+  qt_client cl;
+  qrpc_conn_stats s0, s1, cst;
+  qrpc_timer *t;
+  trickle k = {0};
+
+  ck_assert_int_eq(qt_pair_start(loop, &certs, &srv, NULL, &cl, NULL), 0);
+  srv.echo_datagrams = 0;
+  /* The handshake's last packets and the path MTU probes settle. */
+  qt_run_for(loop, 200);
+  qrpc_conn_get_stats(srv.last_conn, &s0);
+
+  k.conn = cl.conn;
+  ck_assert_int_eq(qrpc_timer_new(loop, trickle_tick, &k, &t), 0);
+  ck_assert_int_eq(qrpc_timer_start(t, 1000000, 1000000), 0);
+  qt_run_until_count(loop, &srv.datagrams, TRICKLE_COUNT, QT_WAIT_MS);
+  qt_run_for(loop, 100);
+  qrpc_timer_free(t);
+
+  ck_assert_int_eq(k.errors, 0);
+  ck_assert_int_eq(k.sent, TRICKLE_COUNT);
+  ck_assert_int_ge(srv.datagrams, TRICKLE_COUNT * 9 / 10);
+  ck_assert_int_eq(srv.datagrams_bad, 0);
+  qrpc_conn_get_stats(srv.last_conn, &s1);
+  qrpc_conn_get_stats(cl.conn, &cst);
+  uint64_t recv = s1.pkts_recv - s0.pkts_recv,
+           sent = s1.pkts_sent - s0.pkts_sent;
+  ck_assert_uint_ge(recv, (uint64_t)srv.datagrams);
+  ck_assert_uint_gt(sent, 0);
+  /* One packet back per two datagrams (and for the few packets of the
+   * client's own ACKs that ask for one); one per datagram without the
+   * wait. */
+  ck_assert_uint_le(sent, (uint64_t)srv.datagrams * 3 / 4);
+  ck_assert_uint_eq(cst.bytes_in_flight, 0);
+  ck_assert_uint_eq(cst.datagrams_lost, 0);
+  ck_assert_uint_eq(cst.pkts_lost, 0);
+  qt_close_all(loop, &srv, &cl, 1);
+}
+END_TEST
 static Suite *datagram_suite(void) {
   Suite *s = suite_create("quic_datagram");
   TCase *tc = tcase_create("datagram");
@@ -346,6 +407,7 @@ static Suite *datagram_suite(void) {
   tcase_add_test(tc, test_datagram_sender_with_own_disabled);
   tcase_add_test(tc, test_datagram_before_established);
   tcase_add_test(tc, test_datagram_queue_full);
+  tcase_add_test(tc, test_datagram_one_way_acks_wait);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -462,6 +462,13 @@ START_TEST(test_opts_checked) {
   ck_assert_int_eq(
       qrpc_conn_connect(loop, "127.0.0.1:1", NULL, ctls, &o, NULL, NULL, &c),
       QRPC_EINVAL);
+  /* An ACK may not wait as long as the max_ack_delay we announce. */
+  qrpc_conn_opts_default(&o);
+  ck_assert_uint_eq(o.ack_wait_ms, 12);
+  o.ack_wait_ms = 21;
+  ck_assert_int_eq(
+      qrpc_conn_connect(loop, "127.0.0.1:1", NULL, ctls, &o, NULL, NULL, &c),
+      QRPC_EINVAL);
   qrpc_tls_config_free(ctls);
   ck_assert_str_eq(qrpc_strerror(QRPC_ECONNRESET),
                    "connection reset by the peer");
