@@ -257,8 +257,8 @@ typedef struct qrpc_conn_opts {
    * in flight or queued to send (a subscriber, a receiver of datagrams or
    * of a trickle of stream data), its ACK waits for the next packet, data
    * of ours to ride on, or this many milliseconds, and then covers them
-   * all: a one-way flow sends about half the packets back it did, on both
-   * sides a packet and a system call fewer per two received. Otherwise
+   * all: a one-way flow sends about half the packets back it did, and
+   * its peer has half as many to read and decrypt. Otherwise
    * every packet that wants an ACK is acknowledged in the next write, at
    * the end of the loop turn. Default 12 (about half the 25 ms
    * max_ack_delay this side announces, which the peer's loss timers

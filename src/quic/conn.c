@@ -887,10 +887,14 @@ void qrpci_conn_read(qrpc_conn *c, const ngtcp2_path *path, uint8_t *data,
     return;
   ngtcp2_pkt_info pi = {0};
   uint64_t decrypted = decrypted_pkts;
-  /* Nothing of ours in flight: the packet is not an ACK that declares
-   * some lost or frees room to send, and its own ACK may wait. */
-  int one_way =
-      c->opts.ack_wait_ms && c->ack_wait_ok && bytes_in_flight(c) == 0;
+  /* A small packet while nothing of ours is in flight (and the handshake
+   * is done, so what it needed sent has gone): it is not an ACK that
+   * declares some of ours lost or frees room to send, nor bulk data
+   * whose sender waits for credit, and its own ACK may wait. */
+  int one_way = c->opts.ack_wait_ms && len <= ACK_WAIT_MAX_BYTES &&
+                c->state == QRPCI_CONN_ESTABLISHED &&
+                ngtcp2_conn_get_handshake_completed(c->q) &&
+                bytes_in_flight(c) == 0;
   c->busy++;
   c->rx_ns = qrpci_now_ns();
   int rv = ngtcp2_conn_read_pkt(c->q, path, &pi, data, len, c->rx_ns);
@@ -906,7 +910,6 @@ void qrpci_conn_read(qrpc_conn *c, const ngtcp2_path *path, uint8_t *data,
   run_pending_close(c);
   if (c->flush_close) qrpci_conn_check_shutdown(c);
   c->rx_unacked++;
-  c->rx_unacked_bytes += len;
   if (one_way)
     qrpci_loop_mark_read(c->loop, c);
   else
@@ -1075,11 +1078,8 @@ static ngtcp2_ssize write_one(qrpc_conn *c, ngtcp2_path *path, uint8_t *dst,
 static void arm_timer_at(qrpc_conn *c, uint64_t exp, uint64_t now);
 
 int qrpci_conn_ack_can_wait(qrpc_conn *c) {
-  if (!c->opts.ack_wait_ms || !c->ack_wait_ok ||
-      c->state != QRPCI_CONN_ESTABLISHED)
-    return 0;
   /* A second packet, anything to send, or a close on the way: write. */
-  if (c->rx_unacked != 1 || c->rx_unacked_bytes > ACK_WAIT_MAX_BYTES ||
+  if (c->rx_unacked != 1 || c->state != QRPCI_CONN_ESTABLISHED ||
       !qrpci_list_empty(&c->sendq) || c->dgq_len || c->flush_close ||
       c->pending_close || c->resume_pending)
     return 0;
@@ -1093,7 +1093,6 @@ int qrpci_conn_ack_can_wait(qrpc_conn *c) {
 void qrpci_conn_write(qrpc_conn *c) {
   c->write_wanted = 0;
   c->rx_unacked = 0;
-  c->rx_unacked_bytes = 0;
   if (c->state != QRPCI_CONN_HANDSHAKING && c->state != QRPCI_CONN_ESTABLISHED)
     return;
   if (c->sock->blocked) return;
@@ -1142,7 +1141,6 @@ void qrpci_conn_write(qrpc_conn *c) {
   /* More to send than one turn's share: come back next turn, after other
    * connections and incoming packets had theirs. */
   if (npkts == maxn) qrpci_loop_mark_dirty(c->loop, c);
-  if (drained && ngtcp2_conn_get_handshake_completed(c->q)) c->ack_wait_ok = 1;
   uint64_t exp = ngtcp2_conn_get_expiry(c->q);
   if (drained && unpaced > exp) {
     /* The connection sleeps until its other deadlines, but the loop still

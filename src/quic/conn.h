@@ -128,9 +128,7 @@ struct qrpc_conn {
   uint64_t timer_expiry;     /* what the timer is armed for */
   /* An acknowledgement may wait (qrpci_conn_ack_can_wait): */
   unsigned rx_unacked;       /* packets read since the last write */
-  size_t rx_unacked_bytes;   /* and their bytes */
   int write_wanted;          /* marked dirty for more than a read */
-  int ack_wait_ok;           /* a write drained after the handshake */
 
   int peer_verified;         /* the peer's chain passed the built-in check */
   qrpc_identity *peer_identity; /* of a verified peer, one allocation */
@@ -156,10 +154,10 @@ void qrpci_conn_check_shutdown(qrpc_conn *c);
 void qrpci_conn_read(qrpc_conn *c, const ngtcp2_path *path, uint8_t *data,
                      size_t len);
 void qrpci_conn_write(qrpc_conn *c);
-/* Called for a connection marked by a read alone (a packet that came while
- * nothing of ours was in flight, qrpci_conn_read) instead of writing it:
- * when that one small packet is all that came since the last write and
- * nothing is queued to send, its ACK waits for a second packet, data of
+/* Called for a connection marked by a read alone (a small packet that came
+ * while nothing of ours was in flight, qrpci_conn_read) instead of writing
+ * it: when that packet is all that came since the last write and nothing
+ * is queued to send, its ACK waits for a second packet, data of
  * ours, or opts.ack_wait_ms (the timer is armed for it) and this returns
  * 1; else 0, and the caller writes. Loop thread. */
 int qrpci_conn_ack_can_wait(qrpc_conn *c);
